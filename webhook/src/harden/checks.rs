@@ -1,0 +1,214 @@
+//! The read phase for security: every insecure field of the pod and its containers.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde_json::{Value, json};
+
+use super::rules::{ALLOWED_SELINUX_TYPES, ALLOWED_VOLUME_TYPES, SAFE_SYSCTLS};
+use super::{ANNOTATION_ANALYSIS_ID, ANNOTATION_CREDENTIALS_SECRET, ANNOTATION_PROJECT_ID, ContainerRef, Findings, Fix, PodIds, Rule, VOLUME_CREDENTIALS, join};
+use crate::patch::{Seg, get};
+use crate::path;
+use crate::policy::{Policy, check_object_name};
+
+const APPARMOR_ANNOTATION_PREFIX: &str = "container.apparmor.security.beta.kubernetes.io/";
+
+/// Ids reach URL paths in the proxy's routes: only characters that cannot change a path's meaning.
+fn check_id(id: &str) -> Result<(), String> {
+    let safe = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':' | '@' | '+' | '=' | '~');
+    if id.is_empty() || id.len() > 253 {
+        return Err("must be 1 to 253 characters".into());
+    }
+    if id == "." || id == ".." {
+        return Err("must not be a dot segment".into());
+    }
+    if let Some(bad) = id.chars().find(|c| !safe(*c)) {
+        return Err(format!("contains {bad:?}; allowed are letters, digits and - _ . : @ + = ~"));
+    }
+    Ok(())
+}
+
+pub(super) fn pod_ids(policy: &Policy, annotations: &BTreeMap<String, String>, f: &mut Findings) -> PodIds {
+    let mut id = |key: &str| {
+        let value = annotations.get(key)?;
+        match check_id(value) {
+            Ok(()) => Some(value.clone()),
+            Err(why) => {
+                f.refused(Rule::InvalidAnnotation, "pod", format!("metadata.annotations[{key}]"), format!("{value:?} {why}"));
+                None
+            }
+        }
+    };
+    let analysis = id(ANNOTATION_ANALYSIS_ID);
+    let project = id(ANNOTATION_PROJECT_ID);
+    let secret = annotations.get(ANNOTATION_CREDENTIALS_SECRET).map(String::as_str);
+    if let Some(Err(why)) = secret.map(check_object_name) {
+        f.refused(Rule::InvalidAnnotation, "pod", format!("metadata.annotations[{ANNOTATION_CREDENTIALS_SECRET}]"), why);
+    }
+    PodIds { analysis, project, credentials_secret: policy.credentials_secret(secret).to_owned() }
+}
+
+fn is_true(value: Option<&Value>) -> bool {
+    value == Some(&Value::Bool(true))
+}
+
+fn str_at<'v>(doc: &'v Value, path: &[Seg]) -> Option<&'v str> {
+    get(doc, path).and_then(Value::as_str)
+}
+
+/// Checks shared by the pod's and a container's securityContext.
+fn security_context(doc: &Value, scope: &str, sc_path: &crate::patch::Path, prefix: &str, uid: i64, f: &mut Findings) {
+    let at = |rel: &[&str]| join(sc_path, rel.iter().map(|s| Seg::from(*s)));
+    let field = |rel: &str| format!("{prefix}securityContext.{rel}");
+    if get(doc, &at(&["runAsUser"])).and_then(Value::as_i64) == Some(0) {
+        f.insecure(Rule::RunAsRoot, scope, &field("runAsUser"), "is 0 (root)", Fix::Set(at(&["runAsUser"]), json!(uid)), format!("set {}={uid}", field("runAsUser")));
+    }
+    if get(doc, &at(&["runAsNonRoot"])) == Some(&Value::Bool(false)) {
+        f.insecure(Rule::RunAsRoot, scope, &field("runAsNonRoot"), "is false", Fix::Set(at(&["runAsNonRoot"]), json!(true)), format!("set {}=true", field("runAsNonRoot")));
+    }
+    if str_at(doc, &at(&["seccompProfile", "type"])) == Some("Unconfined") {
+        let fix = Fix::Set(at(&["seccompProfile"]), json!({"type": "RuntimeDefault"}));
+        f.insecure(Rule::Seccomp, scope, &field("seccompProfile.type"), "is Unconfined", fix, format!("set {}=RuntimeDefault", field("seccompProfile.type")));
+    }
+    if str_at(doc, &at(&["appArmorProfile", "type"])) == Some("Unconfined") {
+        let fix = Fix::Set(at(&["appArmorProfile"]), json!({"type": "RuntimeDefault"}));
+        f.insecure(Rule::AppArmor, scope, &field("appArmorProfile.type"), "is Unconfined", fix, format!("set {}=RuntimeDefault", field("appArmorProfile.type")));
+    }
+    if let Some(selinux) = get(doc, &at(&["seLinuxOptions"])) {
+        let selinux_type = selinux.get("type").and_then(Value::as_str).unwrap_or("");
+        let sets_user_or_role = ["user", "role"].iter().any(|k| selinux.get(*k).and_then(Value::as_str).is_some_and(|v| !v.is_empty()));
+        if (!selinux_type.is_empty() && !ALLOWED_SELINUX_TYPES.contains(&selinux_type)) || sets_user_or_role {
+            let problem = if sets_user_or_role { "sets a user or role".to_owned() } else { format!("has type {selinux_type:?}") };
+            f.insecure(Rule::SeLinux, scope, &field("seLinuxOptions"), problem, Fix::Remove(at(&["seLinuxOptions"])), format!("removed {}", field("seLinuxOptions")));
+        }
+    }
+    if is_true(get(doc, &at(&["windowsOptions", "hostProcess"]))) {
+        let fix = Fix::Set(at(&["windowsOptions", "hostProcess"]), json!(false));
+        f.insecure(Rule::HostProcess, scope, &field("windowsOptions.hostProcess"), "is true", fix, format!("set {}=false", field("windowsOptions.hostProcess")));
+    }
+}
+
+pub(super) fn pod_level(doc: &Value, annotations: &BTreeMap<String, String>, f: &mut Findings) {
+    let uid = f.policy.security.run_as_user;
+    for key in ["hostNetwork", "hostPID", "hostIPC"] {
+        if is_true(get(doc, &path!["spec", key])) {
+            f.insecure(Rule::HostNamespaces, "pod", &format!("spec.{key}"), "is true", Fix::Set(path!["spec", key], json!(false)), format!("set spec.{key}=false"));
+        }
+    }
+    security_context(doc, "pod", &path!["spec", "securityContext"], "spec.", uid, f);
+
+    if let Some(Value::Array(sysctls)) = get(doc, &path!["spec", "securityContext", "sysctls"]) {
+        let unsafe_names: Vec<&str> = sysctls.iter().filter_map(|s| s.get("name").and_then(Value::as_str)).filter(|name| !SAFE_SYSCTLS.contains(name)).collect();
+        if !unsafe_names.is_empty() {
+            let kept: Vec<Value> = sysctls.iter().filter(|s| s.get("name").and_then(Value::as_str).is_some_and(|name| SAFE_SYSCTLS.contains(&name))).cloned().collect();
+            let fix_path = path!["spec", "securityContext", "sysctls"];
+            let fix = if kept.is_empty() { Fix::Remove(fix_path) } else { Fix::Set(fix_path, Value::Array(kept)) };
+            f.insecure(Rule::Sysctls, "pod", "spec.securityContext.sysctls", format!("sets unsafe {}", unsafe_names.join(", ")), fix, "removed the unsafe sysctls");
+        }
+    }
+
+    if let Some(Value::Array(volumes)) = get(doc, &path!["spec", "volumes"]) {
+        for (index, volume) in volumes.iter().enumerate() {
+            let name = volume.get("name").and_then(Value::as_str).unwrap_or("");
+            let Some(kind) = volume.as_object().and_then(|v| v.keys().find(|k| *k != "name")) else { continue };
+            if ALLOWED_VOLUME_TYPES.contains(&kind.as_str()) {
+                continue;
+            }
+            let rule = if kind == "hostPath" { Rule::HostPath } else { Rule::VolumeTypes };
+            let fix = Fix::Set(path!["spec", "volumes", index], json!({"name": name, "emptyDir": {}}));
+            f.insecure(rule, "pod", &format!("spec.volumes[{name:?}].{kind}"), "is not allowed", fix, format!("replaced volume {name:?} with an emptyDir"));
+        }
+    }
+
+    for (key, value) in annotations {
+        if let Some(container) = key.strip_prefix(APPARMOR_ANNOTATION_PREFIX)
+            && value == "unconfined"
+        {
+            let fix = Fix::Set(path!["metadata", "annotations", key.as_str()], json!("runtime/default"));
+            f.insecure(Rule::AppArmor, &format!("container {container:?}"), &format!("metadata.annotations[{key}]"), "is unconfined", fix, format!("set annotation {key}=runtime/default"));
+        }
+    }
+}
+
+/// Volumes of the pod that carry the proxy's credentials, and the reserved name of tollgate's own.
+fn credential_volumes(doc: &Value, secret: &str) -> BTreeSet<String> {
+    let mut names = BTreeSet::from([VOLUME_CREDENTIALS.to_owned()]);
+    if let Some(Value::Array(volumes)) = get(doc, &path!["spec", "volumes"]) {
+        for volume in volumes {
+            let direct = volume.pointer("/secret/secretName").and_then(Value::as_str) == Some(secret);
+            let projected = matches!(volume.pointer("/projected/sources"), Some(Value::Array(sources))
+                if sources.iter().any(|s| s.pointer("/secret/name").and_then(Value::as_str) == Some(secret)));
+            if let (true, Some(name)) = (direct || projected, volume.get("name").and_then(Value::as_str)) {
+                names.insert(name.to_owned());
+            }
+        }
+    }
+    names
+}
+
+pub(super) fn container(doc: &Value, c: &ContainerRef, ids: &PodIds, f: &mut Findings) {
+    let scope = c.scope.as_str();
+    let sc = join(&c.path, [Seg::from("securityContext")]);
+    let at = |rel: &[&str]| join(&sc, rel.iter().map(|s| Seg::from(*s)));
+    let uid = f.policy.security.run_as_user;
+
+    if is_true(get(doc, &at(&["privileged"]))) {
+        f.insecure(Rule::Privileged, scope, "securityContext.privileged", "is true", Fix::Set(at(&["privileged"]), json!(false)), "set securityContext.privileged=false");
+    }
+    if is_true(get(doc, &at(&["allowPrivilegeEscalation"]))) {
+        let fix = Fix::Set(at(&["allowPrivilegeEscalation"]), json!(false));
+        f.insecure(Rule::PrivilegeEscalation, scope, "securityContext.allowPrivilegeEscalation", "is true", fix, "set securityContext.allowPrivilegeEscalation=false");
+    }
+    if let Some(Value::Array(added)) = get(doc, &at(&["capabilities", "add"])) {
+        let extra: Vec<&str> = added.iter().filter_map(Value::as_str).filter(|cap| *cap != "NET_BIND_SERVICE").collect();
+        if !extra.is_empty() || added.iter().any(|cap| !cap.is_string()) {
+            let kept: Vec<Value> = added.iter().filter(|cap| cap.as_str() == Some("NET_BIND_SERVICE")).cloned().collect();
+            let fix = if kept.is_empty() { Fix::Remove(at(&["capabilities", "add"])) } else { Fix::Set(at(&["capabilities", "add"]), Value::Array(kept)) };
+            f.insecure(Rule::Capabilities, scope, "securityContext.capabilities.add", format!("adds {}", extra.join(", ")), fix, "removed the added capabilities");
+        }
+    }
+    if str_at(doc, &at(&["procMount"])) == Some("Unmasked") {
+        f.insecure(Rule::ProcMount, scope, "securityContext.procMount", "is Unmasked", Fix::Set(at(&["procMount"]), json!("Default")), "set securityContext.procMount=Default");
+    }
+    security_context(doc, scope, &sc, "", uid, f);
+
+    let ports = join(&c.path, [Seg::from("ports")]);
+    if let Some(Value::Array(items)) = get(doc, &ports) {
+        let proxy = &f.policy.proxy;
+        let reserved = [proxy.egress_port, proxy.ingress_port, proxy.admin_port];
+        for (index, port) in items.iter().enumerate() {
+            if port.get("hostPort").and_then(Value::as_i64).is_some_and(|p| p != 0) {
+                let fix = Fix::Remove(join(&ports, [Seg::Index(index), Seg::from("hostPort")]));
+                f.insecure(Rule::HostPorts, scope, &format!("ports[{index}].hostPort"), "is set", fix, format!("removed ports[{index}].hostPort"));
+            }
+            if let Some(number) = port.get("containerPort").and_then(Value::as_i64).filter(|p| reserved.iter().any(|r| i64::from(*r) == *p)) {
+                f.refused(Rule::PortConflict, scope, format!("ports[{index}].containerPort"), format!("{number} is reserved for {}", super::SIDECAR_NAME));
+            }
+        }
+    }
+
+    // The proxy's credentials are for the proxy alone: any other container asking for them is refused.
+    let secret = ids.credentials_secret.as_str();
+    let carrying = credential_volumes(doc, secret);
+    if let Some(Value::Array(mounts)) = get(doc, &join(&c.path, [Seg::from("volumeMounts")])) {
+        for (index, mount) in mounts.iter().enumerate() {
+            if let Some(name) = mount.get("name").and_then(Value::as_str).filter(|n| carrying.contains(*n)) {
+                f.refused(Rule::CredentialsExposed, scope, format!("volumeMounts[{index}]"), format!("mounts volume {name:?}, which carries the proxy credentials Secret {secret:?}"));
+            }
+        }
+    }
+    if let Some(Value::Array(env)) = get(doc, &join(&c.path, [Seg::from("env")])) {
+        for var in env {
+            if var.pointer("/valueFrom/secretKeyRef/name").and_then(Value::as_str) == Some(secret) {
+                let name = var.get("name").and_then(Value::as_str).unwrap_or("");
+                f.refused(Rule::CredentialsExposed, scope, format!("env[{name:?}]"), format!("reads the proxy credentials Secret {secret:?}"));
+            }
+        }
+    }
+    if let Some(Value::Array(env_from)) = get(doc, &join(&c.path, [Seg::from("envFrom")])) {
+        for (index, source) in env_from.iter().enumerate() {
+            if source.pointer("/secretRef/name").and_then(Value::as_str) == Some(secret) {
+                f.refused(Rule::CredentialsExposed, scope, format!("envFrom[{index}]"), format!("reads the proxy credentials Secret {secret:?}"));
+            }
+        }
+    }
+}

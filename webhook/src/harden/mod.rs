@@ -1,0 +1,430 @@
+//! The pure core: (policy, pod) → JSONPatch plus the list of changes, or a denial naming every violation.
+//!
+//! Reads and writes go through one working copy of the pod as raw JSON, so fields this build of
+//! k8s-openapi does not know survive untouched; a typed decode first rejects pods that are not pods.
+
+mod checks;
+mod resources;
+pub mod rules;
+mod sidecar;
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use k8s_openapi::api::core::v1::Pod;
+use serde::Serialize;
+use serde_json::{Value, json};
+
+use crate::patch::{Path, PatchBuilder, Seg, join};
+use crate::path;
+use crate::policy::{OnExceed, OnViolation, Policy};
+pub use rules::{Denial, Rule, Violation};
+
+pub const ANNOTATION_INJECT: &str = "tollgate.dev/inject";
+pub const ANNOTATION_ANALYSIS_ID: &str = "tollgate.dev/analysis-id";
+pub const ANNOTATION_PROJECT_ID: &str = "tollgate.dev/project-id";
+pub const ANNOTATION_CREDENTIALS_SECRET: &str = "tollgate.dev/credentials-secret";
+pub const ANNOTATION_STATUS: &str = "tollgate.dev/status";
+pub const LABEL_INJECTED: &str = "tollgate.dev/injected";
+pub const LABEL_ANALYSIS_ID: &str = "tollgate.dev/analysis-id";
+pub const LABEL_PROJECT_ID: &str = "tollgate.dev/project-id";
+pub const SIDECAR_NAME: &str = "tollgate-proxy";
+pub const VOLUME_TMP: &str = "tollgate-tmp";
+pub const VOLUME_CONFIG: &str = "tollgate-proxy-config";
+pub const VOLUME_CREDENTIALS: &str = "tollgate-proxy-credentials";
+pub const ENV_EGRESS_URL: &str = "TOLLGATE_EGRESS_URL";
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// One thing tollgate changed, e.g. `container "app": set securityContext.readOnlyRootFilesystem=true`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    pub scope: String,
+    pub action: String,
+}
+
+impl fmt::Display for Change {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.scope, self.action)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// The pod is (now) hardened; an empty patch means it already was.
+    Hardened(Hardened),
+    /// Left alone on purpose.
+    Skipped { reason: SkipReason },
+    Denied(Denial),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Hardened {
+    pub patch: json_patch::Patch,
+    pub changes: Vec<Change>,
+    /// Remarks that are not changes (e.g. an opt-out that the policy does not honour).
+    pub notes: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SkipReason {
+    OptedOut,
+}
+
+impl SkipReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SkipReason::OptedOut => "opted-out",
+        }
+    }
+}
+
+/// The object is not a decodable Pod; the message names the field.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("object is not a valid Pod: {0}")]
+pub struct DecodeError(pub String);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Kind {
+    Init,
+    App,
+    Ephemeral,
+}
+
+impl Kind {
+    const ALL: [Kind; 3] = [Kind::Init, Kind::App, Kind::Ephemeral];
+
+    fn field(self) -> &'static str {
+        match self {
+            Kind::Init => "initContainers",
+            Kind::App => "containers",
+            Kind::Ephemeral => "ephemeralContainers",
+        }
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            Kind::Init => "init container",
+            Kind::App => "container",
+            Kind::Ephemeral => "ephemeral container",
+        }
+    }
+}
+
+/// A container of the pod other than tollgate's own sidecar.
+#[derive(Clone, Debug)]
+pub(crate) struct ContainerRef {
+    kind: Kind,
+    name: String,
+    path: Path,
+    scope: String,
+}
+
+fn containers(doc: &Value) -> Vec<ContainerRef> {
+    let mut found = Vec::new();
+    for kind in Kind::ALL {
+        let Some(Value::Array(items)) = crate::patch::get(doc, &path!["spec", kind.field()]) else { continue };
+        for (index, container) in items.iter().enumerate() {
+            let name = container.get("name").and_then(Value::as_str).unwrap_or("").to_owned();
+            if kind != Kind::Ephemeral && name == SIDECAR_NAME {
+                continue;
+            }
+            let scope = format!("{} {name:?}", kind.label());
+            found.push(ContainerRef { kind, name, path: path!["spec", kind.field(), index], scope });
+        }
+    }
+    found
+}
+
+enum Fix {
+    Set(Path, Value),
+    Remove(Path),
+}
+
+/// What the read phase found: violations (each fixable or not under this policy) and plain settings.
+struct Findings<'p> {
+    policy: &'p Policy,
+    violations: Vec<(Violation, Option<(Fix, String)>)>,
+}
+
+impl<'p> Findings<'p> {
+    fn violation(&mut self, rule: Rule, scope: &str, field: impl Into<String>, problem: impl Into<String>, fix: Option<(Fix, String)>) {
+        let violation = Violation { rule, scope: scope.to_owned(), field: field.into(), problem: problem.into() };
+        self.violations.push((violation, fix));
+    }
+
+    /// An insecure setting: fixed only when the policy says `onViolation: override`.
+    fn insecure(&mut self, rule: Rule, scope: &str, field: &str, problem: impl Into<String>, fix: Fix, fixed: impl Into<String>) {
+        let fix = (self.policy.on_violation == OnViolation::Override).then(|| (fix, fixed.into()));
+        self.violation(rule, scope, field, problem, fix);
+    }
+
+    /// A value above the policy's maximum: fixed only when the policy says `onExceed: clamp`.
+    fn excessive(&mut self, rule: Rule, scope: &str, field: &str, problem: impl Into<String>, fix: Fix, fixed: impl Into<String>) {
+        let fix = (self.policy.resources.on_exceed == OnExceed::Clamp).then(|| (fix, fixed.into()));
+        self.violation(rule, scope, field, problem, fix);
+    }
+
+    /// Never fixable: the request itself is wrong or hostile.
+    fn refused(&mut self, rule: Rule, scope: &str, field: impl Into<String>, problem: impl Into<String>) {
+        self.violation(rule, scope, field, problem, None);
+    }
+}
+
+/// Writes through the patch builder and records each change.
+struct Editor<'d> {
+    builder: PatchBuilder<'d>,
+    changes: Vec<Change>,
+}
+
+impl Editor<'_> {
+    fn change(&mut self, scope: &str, action: impl Into<String>) {
+        self.changes.push(Change { scope: scope.to_owned(), action: action.into() });
+    }
+
+    /// Set `rel` under `base` (a field path for the message) when missing.
+    fn default(&mut self, scope: &str, base: &Path, rel: &[&str], value: Value) {
+        let path = join(base, rel.iter().map(|s| Seg::from(*s)));
+        if self.builder.get(&path).is_none() {
+            self.force(scope, base, rel, value);
+        }
+    }
+
+    /// Set `rel` under `base` to `value`, whatever was there.
+    fn force(&mut self, scope: &str, base: &Path, rel: &[&str], value: Value) {
+        let path = join(base, rel.iter().map(|s| Seg::from(*s)));
+        let shown = compact(&value);
+        if self.builder.set(&path, value) {
+            self.change(scope, format!("set {}={shown}", rel.join(".")));
+        }
+    }
+}
+
+fn compact(value: &Value) -> String {
+    match value {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+#[derive(Serialize)]
+struct Status<'a> {
+    version: &'a str,
+    policy: &'a str,
+    proxy: &'a str,
+    image: &'a str,
+    containers: Vec<&'a str>,
+}
+
+/// The ids from the pod's annotations that reach the proxy and the labels.
+pub(crate) struct PodIds {
+    analysis: Option<String>,
+    project: Option<String>,
+    credentials_secret: String,
+}
+
+/// Harden `pod` in place according to `policy`.
+///
+/// On `Outcome::Hardened`, `pod` is the hardened pod and the patch turns the original into it. On a
+/// denial or skip, `pod` is unchanged (all checks run before the first edit).
+pub fn harden(policy: &Policy, pod: &mut Value) -> Result<Outcome, DecodeError> {
+    let typed: Pod = serde_path_to_error::deserialize(&*pod).map_err(|e| {
+        let path = e.path().to_string();
+        DecodeError(if path == "." { e.inner().to_string() } else { format!("{path}: {}", e.inner()) })
+    })?;
+    let annotations: BTreeMap<String, String> = typed.metadata.annotations.unwrap_or_default();
+    let mut notes = Vec::new();
+    if annotations.get(ANNOTATION_INJECT).map(String::as_str) == Some("false") {
+        if policy.allow_opt_out {
+            return Ok(Outcome::Skipped { reason: SkipReason::OptedOut });
+        }
+        notes.push(format!("annotation {ANNOTATION_INJECT}=false ignored: the policy does not allow opting out"));
+    }
+
+    let mut findings = Findings { policy, violations: Vec::new() };
+    let ids = checks::pod_ids(policy, &annotations, &mut findings);
+
+    let mut editor = Editor { builder: PatchBuilder::new(pod), changes: Vec::new() };
+    let sidecar = sidecar::render(policy, &ids);
+    let (sidecar_in_place, stale_sidecars) = sidecar::find_existing(policy, editor.builder.doc(), &sidecar);
+
+    // Read phase: find everything wrong before changing anything.
+    let containers = containers(editor.builder.doc());
+    checks::pod_level(editor.builder.doc(), &annotations, &mut findings);
+    for container in &containers {
+        checks::container(editor.builder.doc(), container, &ids, &mut findings);
+    }
+    let resource_defaults = resources::plan(policy, editor.builder.doc(), &containers, &mut findings);
+    resources::lifetime(policy, editor.builder.doc(), &mut findings);
+
+    if findings.violations.iter().any(|(_, fix)| fix.is_none()) {
+        return Ok(Outcome::Denied(Denial { violations: findings.violations.into_iter().map(|(v, _)| v).collect() }));
+    }
+
+    // Write phase.
+    for (violation, fix) in findings.violations {
+        let (fix, fixed) = fix.expect("unfixable violations were denied above");
+        match fix {
+            Fix::Set(path, value) => {
+                editor.builder.set(&path, value);
+            }
+            Fix::Remove(path) => {
+                editor.builder.remove(&path);
+            }
+        }
+        editor.change(&violation.scope, format!("{fixed} (was: {} {}) [{}]", violation.field, violation.problem, violation.rule));
+    }
+    for (scope, path, field, value) in resource_defaults {
+        let shown = compact(&value);
+        if editor.builder.set(&path, value) {
+            editor.change(&scope, format!("set {field}={shown}"));
+        }
+    }
+    harden_pod_level(policy, &mut editor);
+    for container in &containers {
+        harden_container(policy, container, &mut editor);
+    }
+    ensure_volumes(policy, &ids, &containers, &mut editor);
+    // Index-based edits are done: now stale sidecars can go (last first, so indices hold) and ours come in.
+    for path in stale_sidecars.iter().rev() {
+        editor.builder.remove(path);
+        editor.change("pod", format!("removed a container {SIDECAR_NAME:?} that was not tollgate's current sidecar"));
+    }
+    if !sidecar_in_place {
+        sidecar::insert(policy, sidecar, &mut editor);
+    }
+    label_and_record(policy, &ids, &containers, &mut editor);
+
+    let Editor { builder, changes } = editor;
+    Ok(Outcome::Hardened(Hardened { patch: json_patch::Patch(builder.into_ops()), changes, notes }))
+}
+
+fn harden_pod_level(policy: &Policy, e: &mut Editor) {
+    let security = &policy.security;
+    let spec = path!["spec"];
+    e.default("pod", &spec, &["securityContext", "runAsNonRoot"], json!(true));
+    e.default("pod", &spec, &["securityContext", "runAsUser"], json!(security.run_as_user));
+    e.default("pod", &spec, &["securityContext", "runAsGroup"], json!(security.run_as_group));
+    e.default("pod", &spec, &["securityContext", "fsGroup"], json!(security.fs_group));
+    e.default("pod", &spec, &["securityContext", "seccompProfile"], json!({"type": "RuntimeDefault"}));
+    if !security.allow_service_account_token {
+        e.force("pod", &spec, &["automountServiceAccountToken"], json!(false));
+    }
+    if !security.allow_service_links {
+        e.force("pod", &spec, &["enableServiceLinks"], json!(false));
+    }
+    let restart_policy = e.builder.get(&path!["spec", "restartPolicy"]).and_then(Value::as_str).unwrap_or("Always");
+    if matches!(restart_policy, "Never" | "OnFailure") {
+        e.default("pod", &spec, &["activeDeadlineSeconds"], json!(policy.lifetime.active_deadline_seconds));
+    }
+}
+
+fn harden_container(policy: &Policy, c: &ContainerRef, e: &mut Editor) {
+    let sc = join(&c.path, [Seg::from("securityContext")]);
+    e.default(&c.scope, &c.path, &["securityContext", "allowPrivilegeEscalation"], json!(false));
+    let drop_path = join(&sc, path!["capabilities", "drop"]);
+    match e.builder.get(&drop_path) {
+        Some(Value::Array(drop)) if drop.iter().any(|cap| cap == "ALL") => {}
+        Some(Value::Array(_)) => {
+            e.builder.append(&drop_path, json!("ALL"));
+            e.change(&c.scope, "added ALL to securityContext.capabilities.drop");
+        }
+        _ => e.force(&c.scope, &c.path, &["securityContext", "capabilities", "drop"], json!(["ALL"])),
+    }
+    if policy.security.read_only_root_filesystem {
+        e.force(&c.scope, &c.path, &["securityContext", "readOnlyRootFilesystem"], json!(true));
+    }
+    if c.kind == Kind::Ephemeral {
+        return;
+    }
+
+    let egress_url = format!("http://127.0.0.1:{}", policy.proxy.egress_port);
+    let env_path = join(&c.path, [Seg::from("env")]);
+    let wanted = json!({"name": ENV_EGRESS_URL, "value": egress_url});
+    let existing = match e.builder.get(&env_path) {
+        Some(Value::Array(env)) => env.iter().position(|var| var.get("name").and_then(Value::as_str) == Some(ENV_EGRESS_URL)),
+        _ => None,
+    };
+    match existing {
+        Some(index) => {
+            if e.builder.set(&join(&env_path, [Seg::Index(index)]), wanted) {
+                e.change(&c.scope, format!("set env {ENV_EGRESS_URL}={egress_url}"));
+            }
+        }
+        None => {
+            e.builder.append(&env_path, wanted);
+            e.change(&c.scope, format!("set env {ENV_EGRESS_URL}={egress_url}"));
+        }
+    }
+
+    if policy.security.read_only_root_filesystem {
+        let mounts_path = join(&c.path, [Seg::from("volumeMounts")]);
+        let has_tmp = match e.builder.get(&mounts_path) {
+            Some(Value::Array(mounts)) => mounts.iter().any(|m| matches!(m.get("mountPath").and_then(Value::as_str), Some("/tmp" | "/tmp/"))),
+            _ => false,
+        };
+        if !has_tmp {
+            e.builder.append(&mounts_path, json!({"name": VOLUME_TMP, "mountPath": "/tmp"}));
+            e.change(&c.scope, format!("mounted emptyDir {VOLUME_TMP} at /tmp"));
+        }
+    }
+}
+
+fn ensure_volumes(policy: &Policy, ids: &PodIds, containers: &[ContainerRef], e: &mut Editor) {
+    let mounts_tmp = containers.iter().any(|c| {
+        matches!(e.builder.get(&join(&c.path, [Seg::from("volumeMounts")])), Some(Value::Array(mounts))
+            if mounts.iter().any(|m| m.get("name").and_then(Value::as_str) == Some(VOLUME_TMP)))
+    });
+    let mut wanted = Vec::new();
+    if mounts_tmp {
+        wanted.push(json!({"name": VOLUME_TMP, "emptyDir": {"sizeLimit": policy.security.tmp_size_limit.text}}));
+    }
+    wanted.push(json!({"name": VOLUME_CONFIG, "configMap": {"name": policy.proxy.config_map, "defaultMode": 0o444}}));
+    wanted.push(json!({"name": VOLUME_CREDENTIALS, "secret": {"secretName": ids.credentials_secret, "defaultMode": 0o440}}));
+
+    let volumes = path!["spec", "volumes"];
+    for volume in wanted {
+        let name = volume["name"].as_str().unwrap_or_default().to_owned();
+        let index = match e.builder.get(&volumes) {
+            Some(Value::Array(items)) => items.iter().position(|v| v.get("name").and_then(Value::as_str) == Some(&name)),
+            _ => None,
+        };
+        let kind = if name == VOLUME_TMP { "emptyDir" } else if name == VOLUME_CONFIG { "configMap" } else { "secret" };
+        match index {
+            Some(index) => {
+                if e.builder.set(&join(&volumes, [Seg::Index(index)]), volume) {
+                    e.change("pod", format!("replaced volume {name:?} with tollgate's {kind} volume"));
+                }
+            }
+            None => {
+                e.builder.append(&volumes, volume);
+                e.change("pod", format!("added {kind} volume {name:?}"));
+            }
+        }
+    }
+}
+
+fn label_and_record(policy: &Policy, ids: &PodIds, containers: &[ContainerRef], e: &mut Editor) {
+    let metadata = path!["metadata"];
+    e.force("pod", &metadata, &["labels", LABEL_INJECTED], json!("true"));
+    if let Some(id) = &ids.analysis {
+        e.force("pod", &metadata, &["labels", LABEL_ANALYSIS_ID], json!(crate::labels::label_value_for(id)));
+    }
+    if let Some(id) = &ids.project {
+        e.force("pod", &metadata, &["labels", LABEL_PROJECT_ID], json!(crate::labels::label_value_for(id)));
+    }
+    let status = Status {
+        version: VERSION,
+        policy: policy.digest(),
+        proxy: match policy.proxy.mode {
+            crate::policy::ProxyMode::Native => "native",
+            crate::policy::ProxyMode::Classic => "classic",
+        },
+        image: &policy.proxy.image,
+        containers: containers.iter().map(|c| c.name.as_str()).collect(),
+    };
+    let status = serde_json::to_string(&status).expect("status serializes");
+    let path = path!["metadata", "annotations", ANNOTATION_STATUS];
+    if e.builder.set(&path, json!(status)) {
+        e.change("pod", format!("recorded annotation {ANNOTATION_STATUS}"));
+    }
+}

@@ -1,0 +1,11 @@
+//! tollgate-webhook: a Kubernetes mutating admission webhook that hardens analysis pods.
+//!
+//! The decision is a pure function, [`harden::harden`]: (policy, pod) → JSONPatch and the list of
+//! changes, or a denial naming every violation. [`review`] wraps it in AdmissionReview; the HTTPS server
+//! ([`server`]) and the CLI are thin shells over those two.
+
+pub mod harden;
+pub mod labels;
+pub mod patch;
+pub mod policy;
+pub mod quantity;

@@ -1,0 +1,245 @@
+//! Building a JSONPatch while applying it: every edit changes the working document and records the
+//! operation that makes the same edit, so the patch is exactly as long as the list of edits (linear in
+//! the pod, never a whole-document diff).
+
+use json_patch::jsonptr::PointerBuf;
+use json_patch::{AddOperation, PatchOperation, RemoveOperation, ReplaceOperation};
+use serde_json::{Map, Value};
+
+/// A path into a JSON document: object keys and array indices.
+pub type Path = Vec<Seg>;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Seg {
+    Key(String),
+    Index(usize),
+}
+
+impl From<&str> for Seg {
+    fn from(key: &str) -> Self {
+        Seg::Key(key.to_owned())
+    }
+}
+
+impl From<String> for Seg {
+    fn from(key: String) -> Self {
+        Seg::Key(key)
+    }
+}
+
+impl From<usize> for Seg {
+    fn from(index: usize) -> Self {
+        Seg::Index(index)
+    }
+}
+
+/// `path!["spec", "containers", 0, "securityContext"]`
+#[macro_export]
+macro_rules! path {
+    ($($seg:expr),* $(,)?) => { vec![$($crate::patch::Seg::from($seg)),*] };
+}
+
+/// `base` extended with more segments.
+pub fn join(base: &Path, rest: impl IntoIterator<Item = Seg>) -> Path {
+    let mut path = base.clone();
+    path.extend(rest);
+    path
+}
+
+fn pointer(path: &[Seg]) -> PointerBuf {
+    PointerBuf::from_tokens(path.iter().map(|seg| match seg {
+        Seg::Key(key) => key.clone(),
+        Seg::Index(index) => index.to_string(),
+    }))
+}
+
+/// Read-only lookup; `null` counts as absent.
+pub fn get<'v>(doc: &'v Value, path: &[Seg]) -> Option<&'v Value> {
+    let mut node = doc;
+    for seg in path {
+        node = match (seg, node) {
+            (Seg::Key(key), Value::Object(map)) => map.get(key)?,
+            (Seg::Index(index), Value::Array(items)) => items.get(*index)?,
+            _ => return None,
+        };
+    }
+    (!node.is_null()).then_some(node)
+}
+
+fn get_mut<'v>(doc: &'v mut Value, path: &[Seg]) -> Option<&'v mut Value> {
+    let mut node = doc;
+    for seg in path {
+        node = match (seg, node) {
+            (Seg::Key(key), Value::Object(map)) => map.get_mut(key)?,
+            (Seg::Index(index), Value::Array(items)) => items.get_mut(*index)?,
+            _ => return None,
+        };
+    }
+    Some(node)
+}
+
+pub struct PatchBuilder<'d> {
+    doc: &'d mut Value,
+    ops: Vec<PatchOperation>,
+}
+
+impl<'d> PatchBuilder<'d> {
+    pub fn new(doc: &'d mut Value) -> Self {
+        PatchBuilder { doc, ops: Vec::new() }
+    }
+
+    pub fn doc(&self) -> &Value {
+        self.doc
+    }
+
+    pub fn get(&self, path: &[Seg]) -> Option<&Value> {
+        get(self.doc, path)
+    }
+
+    /// Set `path` to `value`, creating missing (or null) parent objects in one operation.
+    /// Returns false when the value was already there.
+    pub fn set(&mut self, path: &[Seg], value: Value) -> bool {
+        if self.get(path) == Some(&value) {
+            return false;
+        }
+        // The deepest prefix that exists as a container we can add into.
+        let mut existing = 0;
+        while existing < path.len() {
+            match get(self.doc, &path[..=existing]) {
+                Some(Value::Object(_)) | Some(Value::Array(_)) if existing + 1 < path.len() => existing += 1,
+                _ => break,
+            }
+        }
+        // Wrap the value in the objects that are missing below that prefix.
+        let mut wrapped = value;
+        for seg in path[existing + 1..].iter().rev() {
+            let Seg::Key(key) = seg else {
+                unreachable!("an index into a missing array cannot be created");
+            };
+            let mut map = Map::new();
+            map.insert(key.clone(), wrapped);
+            wrapped = Value::Object(map);
+        }
+        let target = &path[..=existing];
+        let present = matches!(target.split_last(), Some((Seg::Key(key), parent)) if get_mut(self.doc, parent).and_then(|p| p.as_object()).is_some_and(|p| p.contains_key(key)));
+        let (last, parent_path) = target.split_last().expect("set needs a non-empty path");
+        let parent = get_mut(self.doc, parent_path).expect("parent exists");
+        match (last, parent) {
+            (Seg::Key(key), Value::Object(map)) => {
+                map.insert(key.clone(), wrapped.clone());
+            }
+            (Seg::Index(index), Value::Array(items)) if *index < items.len() => items[*index] = wrapped.clone(),
+            _ => unreachable!("set into a non-container: {target:?}"),
+        }
+        let path = pointer(target);
+        self.ops.push(if present || matches!(last, Seg::Index(_)) {
+            PatchOperation::Replace(ReplaceOperation { path, value: wrapped })
+        } else {
+            PatchOperation::Add(AddOperation { path, value: wrapped })
+        });
+        true
+    }
+
+    /// Append to the array at `path`, creating it when missing.
+    pub fn append(&mut self, path: &[Seg], value: Value) {
+        match get_mut(self.doc, path) {
+            Some(Value::Array(items)) => {
+                items.push(value.clone());
+                let mut target = pointer(path);
+                target.push_back("-");
+                self.ops.push(PatchOperation::Add(AddOperation { path: target, value }));
+            }
+            _ => {
+                self.set(path, Value::Array(vec![value]));
+            }
+        }
+    }
+
+    /// Insert into the array at `path` before `index`, creating the array when missing.
+    pub fn insert(&mut self, path: &[Seg], index: usize, value: Value) {
+        match get_mut(self.doc, path) {
+            Some(Value::Array(items)) if index <= items.len() => {
+                items.insert(index, value.clone());
+                let mut target = pointer(path);
+                target.push_back(index.to_string());
+                self.ops.push(PatchOperation::Add(AddOperation { path: target, value }));
+            }
+            _ => {
+                self.set(path, Value::Array(vec![value]));
+            }
+        }
+    }
+
+    /// Remove the member or element at `path`, if present.
+    pub fn remove(&mut self, path: &[Seg]) -> bool {
+        let Some((last, parent_path)) = path.split_last() else { return false };
+        let removed = match (last, get_mut(self.doc, parent_path)) {
+            (Seg::Key(key), Some(Value::Object(map))) => map.remove(key).is_some(),
+            (Seg::Index(index), Some(Value::Array(items))) if *index < items.len() => {
+                items.remove(*index);
+                true
+            }
+            _ => false,
+        };
+        if removed {
+            self.ops.push(PatchOperation::Remove(RemoveOperation { path: pointer(path) }));
+        }
+        removed
+    }
+
+    pub fn into_ops(self) -> Vec<PatchOperation> {
+        self.ops
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn check(mut doc: Value, edit: impl FnOnce(&mut PatchBuilder), expected: Value, expected_ops: usize) {
+        let original = doc.clone();
+        let mut builder = PatchBuilder::new(&mut doc);
+        edit(&mut builder);
+        let ops = builder.into_ops();
+        assert_eq!(doc, expected);
+        assert_eq!(ops.len(), expected_ops, "{ops:?}");
+        let mut replayed = original;
+        json_patch::patch(&mut replayed, &ops).expect("patch applies");
+        assert_eq!(replayed, expected, "the patch reproduces the edit");
+    }
+
+    #[test]
+    fn set_creates_missing_parents_in_one_operation() {
+        check(json!({"spec": {}}), |b| assert!(b.set(&path!["spec", "securityContext", "seccompProfile", "type"], json!("RuntimeDefault"))), json!({"spec": {"securityContext": {"seccompProfile": {"type": "RuntimeDefault"}}}}), 1);
+        check(json!({"spec": {"securityContext": null}}), |b| assert!(b.set(&path!["spec", "securityContext", "runAsUser"], json!(1))), json!({"spec": {"securityContext": {"runAsUser": 1}}}), 1);
+    }
+
+    #[test]
+    fn set_is_a_no_op_when_equal_and_a_replace_otherwise() {
+        check(json!({"a": {"b": 1}}), |b| assert!(!b.set(&path!["a", "b"], json!(1))), json!({"a": {"b": 1}}), 0);
+        check(json!({"a": {"b": 1}}), |b| assert!(b.set(&path!["a", "b"], json!(2))), json!({"a": {"b": 2}}), 1);
+        check(json!({"a": [1, 2]}), |b| assert!(b.set(&path!["a", 1], json!(3))), json!({"a": [1, 3]}), 1);
+    }
+
+    #[test]
+    fn keys_with_slashes_and_tildes_are_escaped() {
+        check(json!({"metadata": {"labels": {}}}), |b| {
+            b.set(&path!["metadata", "labels", "tollgate.dev/injected"], json!("true"));
+            b.set(&path!["metadata", "labels", "a~b"], json!("x"));
+        }, json!({"metadata": {"labels": {"tollgate.dev/injected": "true", "a~b": "x"}}}), 2);
+    }
+
+    #[test]
+    fn append_insert_remove() {
+        check(json!({"l": [1]}), |b| {
+            b.append(&path!["l"], json!(2));
+            b.insert(&path!["l"], 0, json!(0));
+            b.append(&path!["m"], json!("new"));
+            b.insert(&path!["n"], 0, json!("first"));
+            assert!(b.remove(&path!["l", 1]));
+            assert!(!b.remove(&path!["l", 9]));
+            assert!(!b.remove(&path!["absent"]));
+        }, json!({"l": [0, 2], "m": ["new"], "n": ["first"]}), 5);
+    }
+}

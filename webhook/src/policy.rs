@@ -1,0 +1,471 @@
+//! The hardening policy: what a hardened pod gets, loaded from YAML and validated up front.
+//!
+//! The embedded default (`default-policy.yaml`, documented in full there) applies with no file. A policy
+//! file is merged over it: sections merge field by field, while resource lists (`requests`, `limits`,
+//! `maximum`) replace the default list as a whole. Every error names its field.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use crate::quantity::Quantity;
+
+/// The embedded default policy, with its documentation.
+pub const DEFAULT_POLICY_YAML: &str = include_str!("../default-policy.yaml");
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Policy {
+    pub on_violation: OnViolation,
+    pub allow_opt_out: bool,
+    pub max_warnings: usize,
+    pub security: SecurityPolicy,
+    pub proxy: ProxyPolicy,
+    pub resources: ResourcePolicy,
+    pub lifetime: LifetimePolicy,
+    /// `sha256:` and the first hex digits of the policy's canonical JSON; recorded in the status annotation.
+    #[serde(skip)]
+    digest: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum OnViolation {
+    Deny,
+    Override,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum OnExceed {
+    Deny,
+    Clamp,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum ProxyMode {
+    Native,
+    Classic,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PullPolicy {
+    Always,
+    IfNotPresent,
+    Never,
+}
+
+impl PullPolicy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PullPolicy::Always => "Always",
+            PullPolicy::IfNotPresent => "IfNotPresent",
+            PullPolicy::Never => "Never",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SecurityPolicy {
+    pub run_as_user: i64,
+    pub run_as_group: i64,
+    pub fs_group: i64,
+    pub read_only_root_filesystem: bool,
+    pub tmp_size_limit: QuantityValue,
+    pub allow_service_account_token: bool,
+    pub allow_service_links: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ProxyPolicy {
+    pub mode: ProxyMode,
+    pub image: String,
+    pub image_pull_policy: PullPolicy,
+    pub egress_port: u16,
+    pub ingress_port: u16,
+    pub admin_port: u16,
+    pub run_as_user: i64,
+    pub run_as_group: i64,
+    pub config_map: String,
+    pub credentials_secret: String,
+    pub startup_failure_threshold: u32,
+    pub resources: ResourceRequirements,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ResourceRequirements {
+    #[serde(default, skip_serializing_if = "ResourceList::is_empty")]
+    pub requests: ResourceList,
+    #[serde(default, skip_serializing_if = "ResourceList::is_empty")]
+    pub limits: ResourceList,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ResourcePolicy {
+    pub defaults: ResourceRequirements,
+    pub maximum: ResourceList,
+    pub on_exceed: OnExceed,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LifetimePolicy {
+    pub active_deadline_seconds: i64,
+}
+
+pub type ResourceList = BTreeMap<String, QuantityValue>;
+
+/// A quantity as written (kept for output) together with its exact value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QuantityValue {
+    pub text: String,
+    pub value: Quantity,
+}
+
+impl Serialize for QuantityValue {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.text)
+    }
+}
+
+impl<'de> Deserialize<'de> for QuantityValue {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        // YAML writes `cpu: 2` as a number; Kubernetes accepts both.
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Text(String),
+            Int(i64),
+            Float(f64),
+        }
+        let text = match Raw::deserialize(deserializer)? {
+            Raw::Text(text) => text,
+            Raw::Int(n) => n.to_string(),
+            Raw::Float(f) => f.to_string(),
+        };
+        let value = text.parse::<Quantity>().map_err(serde::de::Error::custom)?;
+        Ok(QuantityValue { text, value })
+    }
+}
+
+/// One problem in a policy, with the dotted path of its field.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyError {
+    pub field: String,
+    pub message: String,
+}
+
+impl fmt::Display for PolicyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.field, self.message)
+    }
+}
+
+/// All problems found in a policy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyErrors(pub Vec<PolicyError>);
+
+impl fmt::Display for PolicyErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let lines: Vec<String> = self.0.iter().map(ToString::to_string).collect();
+        f.write_str(&lines.join("\n"))
+    }
+}
+
+impl std::error::Error for PolicyErrors {}
+
+fn error(field: impl Into<String>, message: impl Into<String>) -> PolicyError {
+    PolicyError { field: field.into(), message: message.into() }
+}
+
+/// Resource lists are replaced whole by a policy file, never merged key by key.
+const REPLACED_WHOLE: &[&str] = &[
+    "resources.defaults.requests",
+    "resources.defaults.limits",
+    "resources.maximum",
+    "proxy.resources.requests",
+    "proxy.resources.limits",
+];
+
+fn merge(base: &mut Value, overlay: Value, path: &str) {
+    match (base, overlay) {
+        (Value::Object(base), Value::Object(overlay)) if !REPLACED_WHOLE.contains(&path) => {
+            for (key, value) in overlay {
+                let child = if path.is_empty() { key.clone() } else { format!("{path}.{key}") };
+                match base.get_mut(&key) {
+                    Some(existing) => merge(existing, value, &child),
+                    None => {
+                        base.insert(key, value);
+                    }
+                }
+            }
+        }
+        (base, overlay) => *base = overlay,
+    }
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy::from_yaml("").expect("the embedded default policy is valid (checked by tests)")
+    }
+}
+
+impl Policy {
+    /// Parse a policy file (merged over the embedded default) and validate it.
+    pub fn from_yaml(text: &str) -> Result<Policy, PolicyErrors> {
+        let mut merged: Value = serde_yaml_ng::from_str(DEFAULT_POLICY_YAML)
+            .map_err(|e| PolicyErrors(vec![error("<embedded default>", e.to_string())]))?;
+        if !text.trim().is_empty() {
+            let overlay: Value = serde_yaml_ng::from_str(text).map_err(|e| PolicyErrors(vec![error("<file>", e.to_string())]))?;
+            match overlay {
+                Value::Object(_) => merge(&mut merged, overlay, ""),
+                Value::Null => {}
+                other => return Err(PolicyErrors(vec![error("<file>", format!("expected a mapping, found {}", kind_of(&other)))])),
+            }
+        }
+        let mut policy: Policy = serde_path_to_error::deserialize(&merged).map_err(|e| {
+            let field = e.path().to_string();
+            PolicyErrors(vec![error(if field == "." { "<file>".into() } else { field }, e.into_inner().to_string())])
+        })?;
+        policy.validate()?;
+        policy.digest = policy.compute_digest();
+        Ok(policy)
+    }
+
+    pub fn digest(&self) -> &str {
+        &self.digest
+    }
+
+    fn compute_digest(&self) -> String {
+        let canonical = serde_json::to_vec(self).expect("policy serializes");
+        let digest = Sha256::digest(&canonical);
+        let hex: String = digest.iter().take(6).map(|b| format!("{b:02x}")).collect();
+        format!("sha256:{hex}")
+    }
+
+    /// The credentials Secret for a pod: the annotation wins over the policy.
+    pub fn credentials_secret<'a>(&'a self, annotation: Option<&'a str>) -> &'a str {
+        annotation.unwrap_or(&self.proxy.credentials_secret)
+    }
+
+    fn validate(&self) -> Result<(), PolicyErrors> {
+        let mut errors = Vec::new();
+        if self.max_warnings == 0 {
+            errors.push(error("maxWarnings", "must be at least 1"));
+        }
+        let s = &self.security;
+        for (field, id) in [("security.runAsUser", s.run_as_user), ("security.runAsGroup", s.run_as_group), ("security.fsGroup", s.fs_group)] {
+            check_id(&mut errors, field, id);
+        }
+        if s.tmp_size_limit.value <= Quantity::ZERO {
+            errors.push(error("security.tmpSizeLimit", "must be greater than zero"));
+        }
+
+        let p = &self.proxy;
+        if let Err(why) = check_image_pinned(&p.image) {
+            errors.push(error("proxy.image", why));
+        }
+        let ports = [("proxy.egressPort", p.egress_port), ("proxy.ingressPort", p.ingress_port), ("proxy.adminPort", p.admin_port)];
+        for (i, (field, port)) in ports.iter().enumerate() {
+            if *port == 0 {
+                errors.push(error(*field, "must be a port between 1 and 65535"));
+            }
+            if let Some((other, _)) = ports[..i].iter().find(|(_, p)| p == port) {
+                errors.push(error(*field, format!("port {port} is already used by {other}")));
+            }
+        }
+        check_id(&mut errors, "proxy.runAsUser", p.run_as_user);
+        check_id(&mut errors, "proxy.runAsGroup", p.run_as_group);
+        if p.run_as_user == s.run_as_user {
+            errors.push(error("proxy.runAsUser", format!("must differ from security.runAsUser ({}): the proxy runs as its own user", s.run_as_user)));
+        }
+        for (field, name) in [("proxy.configMap", &p.config_map), ("proxy.credentialsSecret", &p.credentials_secret)] {
+            if let Err(why) = check_object_name(name) {
+                errors.push(error(field, why));
+            }
+        }
+        if p.startup_failure_threshold == 0 {
+            errors.push(error("proxy.startupFailureThreshold", "must be at least 1"));
+        }
+        check_requirements(&mut errors, "proxy.resources", &p.resources);
+
+        let r = &self.resources;
+        check_requirements(&mut errors, "resources.defaults", &r.defaults);
+        check_resource_names(&mut errors, "resources.maximum", &r.maximum);
+        for (kind, list) in [("requests", &r.defaults.requests), ("limits", &r.defaults.limits)] {
+            for (name, value) in list {
+                if let Some(max) = r.maximum.get(name).filter(|max| value.value > max.value) {
+                    errors.push(error(format!("resources.defaults.{kind}.{name}"), format!("{} is above resources.maximum.{name} ({})", value.text, max.text)));
+                }
+            }
+        }
+        if self.lifetime.active_deadline_seconds < 1 {
+            errors.push(error("lifetime.activeDeadlineSeconds", "must be at least 1"));
+        }
+        if errors.is_empty() { Ok(()) } else { Err(PolicyErrors(errors)) }
+    }
+}
+
+fn kind_of(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "nothing",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "a list",
+        Value::Object(_) => "a mapping",
+    }
+}
+
+fn check_id(errors: &mut Vec<PolicyError>, field: &str, id: i64) {
+    if !(1..=i64::from(i32::MAX)).contains(&id) {
+        errors.push(error(field, format!("{id} is not a non-root id (1..={})", i32::MAX)));
+    }
+}
+
+fn check_requirements(errors: &mut Vec<PolicyError>, field: &str, req: &ResourceRequirements) {
+    check_resource_names(errors, &format!("{field}.requests"), &req.requests);
+    check_resource_names(errors, &format!("{field}.limits"), &req.limits);
+    for (name, request) in &req.requests {
+        if let Some(limit) = req.limits.get(name).filter(|limit| request.value > limit.value) {
+            errors.push(error(format!("{field}.requests.{name}"), format!("{} is above the limit {}", request.text, limit.text)));
+        }
+    }
+}
+
+fn check_resource_names(errors: &mut Vec<PolicyError>, field: &str, list: &ResourceList) {
+    for (name, value) in list {
+        if !is_resource_name(name) {
+            errors.push(error(format!("{field}.{name}"), "not a resource name (cpu, memory, ephemeral-storage, hugepages-<size> or <domain>/<name>)"));
+        }
+        if value.value.is_negative() {
+            errors.push(error(format!("{field}.{name}"), format!("{} is negative", value.text)));
+        }
+    }
+}
+
+fn is_resource_name(name: &str) -> bool {
+    matches!(name, "cpu" | "memory" | "ephemeral-storage")
+        || name.strip_prefix("hugepages-").is_some_and(|size| size.parse::<Quantity>().is_ok())
+        || name.split_once('/').is_some_and(|(domain, local)| {
+            check_object_name(domain).is_ok() && !local.is_empty() && local.len() <= 63 && local.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        })
+}
+
+/// A DNS-1123 subdomain, as Kubernetes requires of ConfigMap and Secret names.
+pub fn check_object_name(name: &str) -> Result<(), String> {
+    let ok_chars = name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.');
+    let ok_ends = name.starts_with(|c: char| c.is_ascii_alphanumeric()) && name.ends_with(|c: char| c.is_ascii_alphanumeric());
+    if name.is_empty() || name.len() > 253 || !ok_chars || !ok_ends {
+        return Err(format!("{name:?} is not a valid object name (lowercase letters, digits, '-' and '.', at most 253, alphanumeric at both ends)"));
+    }
+    Ok(())
+}
+
+/// Images must be pinned: a digest, or a tag other than `latest`.
+fn check_image_pinned(image: &str) -> Result<(), String> {
+    if image.is_empty() || image.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(format!("{image:?} is not an image reference"));
+    }
+    if image.contains("@sha256:") {
+        return Ok(());
+    }
+    let last_segment = image.rsplit('/').next().unwrap_or(image);
+    match last_segment.split_once(':') {
+        Some((_, "latest")) => Err(format!("{image:?} uses the tag latest; pin a version or digest")),
+        Some((_, tag)) if !tag.is_empty() => Ok(()),
+        _ => Err(format!("{image:?} has no tag; pin a version or digest")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn errors_of(yaml: &str) -> Vec<String> {
+        Policy::from_yaml(yaml).expect_err("policy must be rejected").0.iter().map(ToString::to_string).collect()
+    }
+
+    #[test]
+    fn embedded_default_is_valid_and_complete() {
+        let policy = Policy::default();
+        assert_eq!(policy.on_violation, OnViolation::Deny);
+        assert!(!policy.allow_opt_out);
+        assert_eq!(policy.security.run_as_user, 10000);
+        assert_eq!(policy.proxy.mode, ProxyMode::Native);
+        assert_eq!(policy.resources.maximum["nvidia.com/gpu"].text, "2");
+        assert!(policy.digest().starts_with("sha256:") && policy.digest().len() == 19);
+    }
+
+    #[test]
+    fn a_file_changes_only_what_it_names() {
+        let policy = Policy::from_yaml("onViolation: override\nproxy:\n  mode: classic\n").unwrap();
+        let default = Policy::default();
+        assert_eq!(policy.on_violation, OnViolation::Override);
+        assert_eq!(policy.proxy.mode, ProxyMode::Classic);
+        assert_eq!(policy.proxy.image, default.proxy.image);
+        assert_eq!(policy.resources, default.resources);
+        assert_ne!(policy.digest(), default.digest());
+    }
+
+    #[test]
+    fn resource_lists_replace_the_default_whole() {
+        let policy = Policy::from_yaml("resources:\n  maximum: { cpu: 4 }\n").unwrap();
+        assert_eq!(policy.resources.maximum.keys().collect::<Vec<_>>(), ["cpu"]);
+        assert_eq!(policy.resources.maximum["cpu"].value, "4".parse().unwrap());
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        assert_eq!(errors_of("proxy:\n  egresPort: 1\n").len(), 1);
+        assert!(errors_of("proxy:\n  egresPort: 1\n")[0].starts_with("proxy.egresPort: unknown field `egresPort`"), "{:?}", errors_of("proxy:\n  egresPort: 1\n"));
+        assert!(errors_of("proxy:\n  egressPort: nope\n")[0].starts_with("proxy.egressPort: invalid type"));
+        assert!(errors_of("onViolation: ignore\n")[0].starts_with("onViolation: unknown variant `ignore`"));
+        assert!(errors_of("resources:\n  maximum: { memory: 4GB }\n")[0].starts_with("resources.maximum.memory: quantity \"4GB\" has an unknown suffix"));
+        assert!(errors_of("- a\n")[0].starts_with("<file>: expected a mapping"));
+        assert!(errors_of("proxy: [\n")[0].starts_with("<file>: "));
+    }
+
+    #[test]
+    fn semantic_errors_are_all_reported() {
+        let errors = errors_of(
+            "maxWarnings: 0\nsecurity: { runAsUser: 0 }\nproxy:\n  image: tollgate-proxy:latest\n  ingressPort: 15001\n  configMap: Bad_Name\n  runAsUser: 10000\nresources:\n  defaults:\n    requests: { cpu: '3' }\n    limits: { cpu: '2' }\n  maximum: { cpu: 1, 'not a name': 1 }\nlifetime: { activeDeadlineSeconds: 0 }\n",
+        );
+        let expected_prefixes = [
+            "maxWarnings: must be at least 1",
+            "security.runAsUser: 0 is not a non-root id",
+            "proxy.image: \"tollgate-proxy:latest\" uses the tag latest",
+            "proxy.ingressPort: port 15001 is already used by proxy.egressPort",
+            "proxy.configMap: \"Bad_Name\" is not a valid object name",
+            "resources.defaults.requests.cpu: 3 is above the limit 2",
+            "resources.maximum.not a name: not a resource name",
+            "resources.defaults.requests.cpu: 3 is above resources.maximum.cpu (1)",
+            "resources.defaults.limits.cpu: 2 is above resources.maximum.cpu (1)",
+            "lifetime.activeDeadlineSeconds: must be at least 1",
+        ];
+        for prefix in expected_prefixes {
+            assert!(errors.iter().any(|e| e.starts_with(prefix)), "missing {prefix:?} in {errors:#?}");
+        }
+        // runAsUser 0 also makes the proxy's UID clash check irrelevant; the proxy clash is separate:
+        assert!(errors_of("proxy: { runAsUser: 10000 }\n")[0].starts_with("proxy.runAsUser: must differ from security.runAsUser"));
+    }
+
+    #[test]
+    fn images_must_be_pinned() {
+        assert!(check_image_pinned("ghcr.io/x/proxy:0.1.0").is_ok());
+        assert!(check_image_pinned("localhost:5000/proxy:1").is_ok());
+        assert!(check_image_pinned("proxy@sha256:abcd").is_ok());
+        assert!(check_image_pinned("localhost:5000/proxy").is_err());
+        assert!(check_image_pinned("proxy").is_err());
+        assert!(check_image_pinned("proxy:latest").is_err());
+        assert!(check_image_pinned("pro xy:1").is_err());
+    }
+}

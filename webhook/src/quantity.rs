@@ -1,0 +1,237 @@
+//! Exact parsing of Kubernetes resource quantities.
+//!
+//! Grammar (from `k8s.io/apimachinery/pkg/api/resource`):
+//! `<sign><digits>[.<digits>]<suffix>` where the suffix is a binary SI suffix (`Ki`..`Ei`), a decimal SI
+//! suffix (`n u m "" k M G T P E`) or a decimal exponent (`e3`, `E-2`). Values are held as an exact count
+//! of nano-units in an `i128`; like Kubernetes, precision finer than one nano-unit rounds up.
+
+use std::cmp::Ordering;
+use std::fmt;
+use std::str::FromStr;
+
+/// A resource quantity, exact to one nano-unit (10^-9).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Quantity {
+    nanos: i128,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum QuantityError {
+    #[error("empty quantity")]
+    Empty,
+    #[error("quantity {0:?} has no digits")]
+    NoDigits(String),
+    #[error("quantity {0:?} is malformed: {1}")]
+    Malformed(String, &'static str),
+    #[error("quantity {0:?} has an unknown suffix {1:?} (use Ki, Mi, Gi, Ti, Pi, Ei, n, u, m, k, M, G, T, P, E or an exponent like e3)")]
+    UnknownSuffix(String, String),
+    #[error("quantity {0:?} is too large")]
+    TooLarge(String),
+}
+
+const NANOS_PER_UNIT: i128 = 1_000_000_000;
+
+impl Quantity {
+    pub const ZERO: Quantity = Quantity { nanos: 0 };
+
+    pub fn from_nanos(nanos: i128) -> Self {
+        Quantity { nanos }
+    }
+
+    pub fn nanos(self) -> i128 {
+        self.nanos
+    }
+
+    pub fn is_negative(self) -> bool {
+        self.nanos < 0
+    }
+}
+
+/// Multiplier of a suffix: value = digits × 2^binary × 10^decimal.
+fn suffix_scale(suffix: &str) -> Option<(u32, i32)> {
+    let scale = match suffix {
+        "Ki" => (10, 0),
+        "Mi" => (20, 0),
+        "Gi" => (30, 0),
+        "Ti" => (40, 0),
+        "Pi" => (50, 0),
+        "Ei" => (60, 0),
+        "n" => (0, -9),
+        "u" => (0, -6),
+        "m" => (0, -3),
+        "" => (0, 0),
+        "k" => (0, 3),
+        "M" => (0, 6),
+        "G" => (0, 9),
+        "T" => (0, 12),
+        "P" => (0, 15),
+        "E" => (0, 18),
+        _ => {
+            let exp = suffix.strip_prefix(['e', 'E'])?;
+            let digits = exp.strip_prefix(['+', '-']).unwrap_or(exp);
+            if digits.is_empty() || digits.len() > 4 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+                return None;
+            }
+            (0, exp.parse::<i32>().ok()?)
+        }
+    };
+    Some(scale)
+}
+
+impl FromStr for Quantity {
+    type Err = QuantityError;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        if text.is_empty() {
+            return Err(QuantityError::Empty);
+        }
+        let malformed = |why| QuantityError::Malformed(text.to_owned(), why);
+        let too_large = || QuantityError::TooLarge(text.to_owned());
+
+        let (negative, rest) = match text.as_bytes()[0] {
+            b'-' => (true, &text[1..]),
+            b'+' => (false, &text[1..]),
+            _ => (false, text),
+        };
+        let number_len = rest.bytes().take_while(|b| b.is_ascii_digit() || *b == b'.').count();
+        let (number, suffix) = rest.split_at(number_len);
+        let (int_part, frac_part) = match number.split_once('.') {
+            Some((_, frac)) if frac.contains('.') => return Err(malformed("more than one decimal point")),
+            Some((int, frac)) => (int, frac),
+            None => (number, ""),
+        };
+        if int_part.is_empty() && frac_part.is_empty() {
+            return Err(QuantityError::NoDigits(text.to_owned()));
+        }
+        let (binary, decimal) =
+            suffix_scale(suffix).ok_or_else(|| QuantityError::UnknownSuffix(text.to_owned(), suffix.to_owned()))?;
+
+        // mantissa × 10^(decimal - frac_len) × 2^binary, in nano-units.
+        let digits = int_part.bytes().chain(frac_part.bytes()).skip_while(|b| *b == b'0');
+        let mut mantissa: i128 = 0;
+        for digit in digits {
+            mantissa = mantissa
+                .checked_mul(10)
+                .and_then(|m| m.checked_add(i128::from(digit - b'0')))
+                .ok_or_else(too_large)?;
+        }
+        let frac_len = i32::try_from(frac_part.len()).map_err(|_| too_large())?;
+        let mut exp10 = decimal - frac_len + 9;
+        let mut value = mantissa.checked_mul(1i128 << binary).ok_or_else(too_large)?;
+        if value != 0 {
+            while exp10 > 0 {
+                value = value.checked_mul(10).ok_or_else(too_large)?;
+                exp10 -= 1;
+            }
+            if exp10 < 0 {
+                // Finer than a nano-unit: divide and round up (away from zero), as Kubernetes does.
+                let divisor = 10i128.checked_pow(exp10.unsigned_abs()).unwrap_or(i128::MAX);
+                let (quot, rem) = (value / divisor, value % divisor);
+                value = if rem == 0 { quot } else { quot + 1 };
+            }
+        }
+        Ok(Quantity { nanos: if negative { -value } else { value } })
+    }
+}
+
+impl fmt::Display for Quantity {
+    /// Canonical-enough rendering for messages: whole units when exact, else milli- or nano-units.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.nanos % NANOS_PER_UNIT == 0 {
+            write!(f, "{}", self.nanos / NANOS_PER_UNIT)
+        } else if self.nanos % 1_000_000 == 0 {
+            write!(f, "{}m", self.nanos / 1_000_000)
+        } else {
+            write!(f, "{}n", self.nanos)
+        }
+    }
+}
+
+/// Compare two quantity strings; `None` when either does not parse.
+pub fn compare(a: &str, b: &str) -> Option<Ordering> {
+    Some(a.parse::<Quantity>().ok()?.cmp(&b.parse::<Quantity>().ok()?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn q(s: &str) -> i128 {
+        s.parse::<Quantity>().unwrap_or_else(|e| panic!("{s}: {e}")).nanos()
+    }
+
+    #[test]
+    fn parses_kubernetes_forms_exactly() {
+        let g = 1_000_000_000i128;
+        assert_eq!(q("1Gi"), 1_073_741_824 * g);
+        assert_eq!(q("500m"), 500_000_000);
+        assert_eq!(q("1e3"), 1000 * g);
+        assert_eq!(q("1E3"), 1000 * g);
+        assert_eq!(q("0.5"), 500_000_000);
+        assert_eq!(q(".5"), 500_000_000);
+        assert_eq!(q("5."), 5 * g);
+        assert_eq!(q("129M"), 129_000_000 * g);
+        assert_eq!(q("128974848"), 128_974_848 * g);
+        assert_eq!(q("123Mi"), 123 * 1024 * 1024 * g);
+        assert_eq!(q("1.5Gi"), 1_610_612_736 * g);
+        assert_eq!(q("100n"), 100);
+        assert_eq!(q("100u"), 100_000);
+        assert_eq!(q("2k"), 2000 * g);
+        assert_eq!(q("1e-3"), 1_000_000);
+        assert_eq!(q("1e+3"), 1000 * g);
+        assert_eq!(q("+3"), 3 * g);
+        assert_eq!(q("-3"), -3 * g);
+        assert_eq!(q("0"), 0);
+        assert_eq!(q("0Gi"), 0);
+        assert_eq!(q("000001"), g);
+        assert_eq!(q("8Ei"), (1i128 << 63) * g);
+    }
+
+    #[test]
+    fn sub_nano_precision_rounds_up_like_kubernetes() {
+        assert_eq!(q("1e-10"), 1);
+        assert_eq!(q("0.0000000001"), 1);
+        assert_eq!(q("1.0000000001"), 1_000_000_001);
+        assert_eq!(q("1n"), 1);
+    }
+
+    #[test]
+    fn decimal_and_binary_compare_exactly() {
+        assert!(q("1Gi") > q("1G"));
+        assert!(q("1000Mi") < q("1Gi"));
+        assert_eq!(q("1024Mi"), q("1Gi"));
+        assert_eq!(q("1"), q("1000m"));
+        assert_eq!(q("0.1"), q("100m"));
+        assert_eq!(compare("129M", "123Mi"), Some(Ordering::Greater));
+    }
+
+    #[test]
+    fn rejects_malformed_quantities_with_specific_errors() {
+        assert_eq!("".parse::<Quantity>(), Err(QuantityError::Empty));
+        for bad in ["Gi", "-", ".", "+."] {
+            assert!(matches!(bad.parse::<Quantity>(), Err(QuantityError::NoDigits(_)) | Err(QuantityError::UnknownSuffix(..))), "{bad}");
+        }
+        for (bad, suffix) in [("1GB", "GB"), ("1K", "K"), ("4gi", "gi"), ("1 Gi", " Gi"), ("1e", "e"), ("1e3.5", "e3.5"), ("1Gi ", "Gi "), ("0x10", "x10"), ("1e99999", "e99999"), ("1ki", "ki")] {
+            assert_eq!(bad.parse::<Quantity>(), Err(QuantityError::UnknownSuffix(bad.into(), suffix.into())), "{bad}");
+        }
+        assert!(matches!("1.2.3".parse::<Quantity>(), Err(QuantityError::Malformed(..))));
+        assert!(matches!("--1".parse::<Quantity>(), Err(QuantityError::NoDigits(_))));
+    }
+
+    #[test]
+    fn huge_values_are_errors_not_overflows() {
+        assert!(matches!("1e40".parse::<Quantity>(), Err(QuantityError::TooLarge(_))));
+        assert!(matches!("99999999999999999999999999999999999999999".parse::<Quantity>(), Err(QuantityError::TooLarge(_))));
+        assert!(matches!("9999999999999999999999Ei".parse::<Quantity>(), Err(QuantityError::TooLarge(_))));
+        // Tiny exponents of zero are fine, and tiny exponents of non-zero round up to one nano.
+        assert_eq!(q("0e-9999"), 0);
+        assert_eq!(q("5e-9999"), 1);
+    }
+
+    #[test]
+    fn displays_readably() {
+        assert_eq!("2".parse::<Quantity>().unwrap().to_string(), "2");
+        assert_eq!("250m".parse::<Quantity>().unwrap().to_string(), "250m");
+        assert_eq!("1n".parse::<Quantity>().unwrap().to_string(), "1n");
+    }
+}
