@@ -1,1 +1,234 @@
-fn main() {}
+//! `tollgate-webhook`: serve the admission webhook, inject offline, check a policy.
+
+use std::io::Read;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use tollgate_webhook::policy::{DEFAULT_POLICY_YAML, Policy};
+use tollgate_webhook::server::{ServeConfig, Server};
+use tollgate_webhook::workload::{self, ObjectReport};
+
+#[derive(Parser)]
+#[command(name = "tollgate-webhook", version, about = "Kubernetes mutating admission webhook that hardens analysis pods", long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve AdmissionReview v1 over HTTPS (POST /mutate; GET /healthz, /readyz, /metrics).
+    Serve(ServeArgs),
+    /// Harden Pods and the pod templates of workloads offline; YAML on stdout, changes on stderr.
+    Inject {
+        /// File with one or more YAML/JSON documents (Pod, Deployment, StatefulSet, DaemonSet, Job, CronJob, List), or - for stdin.
+        #[arg(short = 'f', long = "filename", value_name = "FILE|-")]
+        file: String,
+        /// Policy file (default: the embedded policy; see `tollgate-webhook default-policy`).
+        #[arg(long, value_name = "FILE")]
+        policy: Option<PathBuf>,
+    },
+    /// Validate a policy file; every error names its field.
+    CheckPolicy {
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+    },
+    /// Print the embedded default policy, with its documentation.
+    DefaultPolicy,
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, env = "TOLLGATE_LISTEN", default_value = "0.0.0.0:8443")]
+    listen: SocketAddr,
+    /// PEM certificate chain; reloaded when it changes.
+    #[arg(long, env = "TOLLGATE_TLS_CERT", value_name = "FILE")]
+    tls_cert: PathBuf,
+    /// PEM private key; reloaded when it changes.
+    #[arg(long, env = "TOLLGATE_TLS_KEY", value_name = "FILE")]
+    tls_key: PathBuf,
+    /// Policy file; reloaded when it changes (an invalid change is rejected and logged).
+    #[arg(long, env = "TOLLGATE_POLICY", value_name = "FILE")]
+    policy: Option<PathBuf>,
+    /// How often the certificate, key and policy files are checked for changes.
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    reload_interval: Duration,
+    /// On SIGTERM, keep serving this long with /readyz failing, so the Service stops routing here first.
+    #[arg(long, default_value = "3s", value_parser = parse_duration)]
+    drain_delay: Duration,
+    /// Then give in-flight requests this long to finish.
+    #[arg(long, default_value = "15s", value_parser = parse_duration)]
+    shutdown_timeout: Duration,
+    /// Log format.
+    #[arg(long, value_enum, env = "TOLLGATE_LOG_FORMAT", default_value = "json")]
+    log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Json,
+    Text,
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number.parse().map_err(|_| format!("{text:?} is not a duration like 500ms, 2s or 1m"))?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(number)),
+        "s" => Ok(Duration::from_secs(number)),
+        "m" => Ok(Duration::from_secs(number * 60)),
+        _ => Err(format!("{text:?} is not a duration like 500ms, 2s or 1m")),
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("TOLLGATE_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve(args) => serve(args),
+        Command::Inject { file, policy } => inject(&file, policy.as_ref()),
+        Command::CheckPolicy { file } => check_policy(&file),
+        Command::DefaultPolicy => {
+            print!("{DEFAULT_POLICY_YAML}");
+            ExitCode::SUCCESS
+        }
+    }
+}
+
+fn read_policy(path: Option<&PathBuf>) -> Result<Policy, String> {
+    let Some(path) = path else { return Ok(Policy::default()) };
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    Policy::from_yaml(&text).map_err(|e| format!("{}:\n{e}", path.display()))
+}
+
+fn check_policy(path: &PathBuf) -> ExitCode {
+    match read_policy(Some(path)) {
+        Ok(policy) => {
+            println!("{}: valid (digest {})", path.display(), policy.digest());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn inject(file: &str, policy: Option<&PathBuf>) -> ExitCode {
+    let policy = match read_policy(policy) {
+        Ok(policy) => policy,
+        Err(e) => {
+            eprintln!("error: policy {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let mut text = String::new();
+    let read = if file == "-" { std::io::stdin().read_to_string(&mut text).map(|_| ()) } else { std::fs::read_to_string(file).map(|t| text = t) };
+    if let Err(e) = read {
+        eprintln!("error: {file}: {e}");
+        return ExitCode::from(2);
+    }
+    let result = match workload::inject(&policy, &text) {
+        Ok(result) => result,
+        Err(e) => {
+            eprintln!("error: {file}: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    for report in &result.reports {
+        match report {
+            ObjectReport::Hardened { object, changes, notes } => {
+                for note in notes {
+                    eprintln!("{object}: note: {note}");
+                }
+                if changes.is_empty() {
+                    eprintln!("{object}: already hardened");
+                }
+                for change in changes {
+                    eprintln!("{object}: {change}");
+                }
+            }
+            ObjectReport::Skipped { object, reason } => eprintln!("{object}: skipped ({reason})"),
+            ObjectReport::Denied { object, denial } => eprintln!("{object}: {denial}"),
+            ObjectReport::Invalid { object, error } => eprintln!("{object}: error: {error}"),
+        }
+    }
+    if result.failed() {
+        // Print nothing on stdout: a half-hardened stream must not reach `kubectl apply`.
+        return ExitCode::FAILURE;
+    }
+    match result.to_yaml() {
+        Ok(yaml) => {
+            print!("{yaml}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn serve(args: ServeArgs) -> ExitCode {
+    init_logging(args.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start the runtime");
+            return ExitCode::FAILURE;
+        }
+    };
+    let config = ServeConfig {
+        listen: args.listen,
+        tls_cert: args.tls_cert,
+        tls_key: args.tls_key,
+        policy: args.policy,
+        reload_interval: args.reload_interval,
+        drain_delay: args.drain_delay,
+        shutdown_timeout: args.shutdown_timeout,
+    };
+    runtime.block_on(async {
+        let server = match Server::bind(config).await {
+            Ok(server) => server,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot start");
+                return ExitCode::FAILURE;
+            }
+        };
+        match server.local_addr() {
+            Ok(addr) => tracing::info!(%addr, version = env!("CARGO_PKG_VERSION"), "serving"),
+            Err(e) => tracing::warn!(error = %e, "serving on an unknown address"),
+        }
+        server.run(shutdown_signal()).await;
+        ExitCode::SUCCESS
+    })
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => tracing::info!("SIGTERM"),
+                _ = int.recv() => tracing::info!("SIGINT"),
+            }
+        }
+        _ => {
+            tracing::warn!("cannot install signal handlers; stopping on ctrl-c only");
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}

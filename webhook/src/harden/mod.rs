@@ -273,15 +273,15 @@ pub fn harden(policy: &Policy, pod: &mut Value) -> Result<Outcome, DecodeError> 
         }
         editor.change(&violation.scope, format!("{fixed} (was: {} {}) [{}]", violation.field, violation.problem, violation.rule));
     }
+    harden_pod_level(policy, &mut editor);
+    for container in &containers {
+        harden_container(policy, container, &mut editor);
+    }
     for (scope, path, field, value) in resource_defaults {
         let shown = compact(&value);
         if editor.builder.set(&path, value) {
             editor.change(&scope, format!("set {field}={shown}"));
         }
-    }
-    harden_pod_level(policy, &mut editor);
-    for container in &containers {
-        harden_container(policy, container, &mut editor);
     }
     ensure_volumes(policy, &ids, &containers, &mut editor);
     // Index-based edits are done: now stale sidecars can go (last first, so indices hold) and ours come in.

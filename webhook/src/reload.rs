@@ -1,0 +1,49 @@
+//! Watching files for changes by polling their contents.
+//!
+//! Polling (not inotify) because Kubernetes updates Secret and ConfigMap volumes by swapping a symlink,
+//! which inotify watches on the file itself miss; reading a few small files every couple of seconds
+//! costs nothing.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+/// Calls `apply` with the contents of `paths` whenever any of them changes (and not on the first read,
+/// which the caller has done). `apply` returns an error for content it rejects; that is logged once per
+/// distinct content, and the next change is tried again.
+pub fn spawn_watcher<F>(name: &'static str, paths: Vec<PathBuf>, interval: Duration, initial: Vec<Vec<u8>>, mut shutdown: watch::Receiver<bool>, mut apply: F) -> tokio::task::JoinHandle<()>
+where
+    F: FnMut(&[Vec<u8>]) -> Result<(), String> + Send + 'static,
+{
+    tokio::spawn(async move {
+        let mut seen = initial;
+        let mut ticker = tokio::time::interval(interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = ticker.tick() => {}
+                _ = shutdown.changed() => return,
+            }
+            let mut contents = Vec::with_capacity(paths.len());
+            for path in &paths {
+                match tokio::fs::read(path).await {
+                    Ok(bytes) => contents.push(bytes),
+                    // Mid-swap or briefly missing: keep what is loaded, look again next tick.
+                    Err(e) => {
+                        tracing::debug!(watcher = name, path = %path.display(), error = %e, "cannot read watched file");
+                        break;
+                    }
+                }
+            }
+            if contents.len() != paths.len() || contents == seen {
+                continue;
+            }
+            match apply(&contents) {
+                Ok(()) => tracing::info!(watcher = name, "reloaded"),
+                Err(error) => tracing::error!(watcher = name, %error, "rejected changed file; keeping the previous version"),
+            }
+            seen = contents;
+        }
+    })
+}

@@ -1,0 +1,149 @@
+//! AdmissionReview in, AdmissionReview out: the admission protocol around the pure core.
+
+use std::collections::HashMap;
+
+use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation};
+use kube::core::{DynamicObject, Status};
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::harden::{self, Outcome, Rule};
+use crate::policy::Policy;
+
+/// The body is not an AdmissionReview request: answered with HTTP 400.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct BadReview(pub String);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ReviewOutcome {
+    /// Hardened with a non-empty patch.
+    Patched,
+    /// Already hardened: allowed with no patch.
+    Unchanged,
+    Denied,
+    /// Opted out, where the policy allows it.
+    Skipped,
+    /// Not a Pod CREATE: allowed untouched.
+    Ignored,
+    /// The object is not a decodable Pod.
+    Invalid,
+}
+
+impl ReviewOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReviewOutcome::Patched => "patched",
+            ReviewOutcome::Unchanged => "unchanged",
+            ReviewOutcome::Denied => "denied",
+            ReviewOutcome::Skipped => "skipped",
+            ReviewOutcome::Ignored => "ignored",
+            ReviewOutcome::Invalid => "invalid",
+        }
+    }
+}
+
+/// What happened, for the log line and the metrics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReviewSummary {
+    pub uid: String,
+    pub namespace: String,
+    /// The pod's name, or its generateName followed by `*`.
+    pub name: String,
+    pub outcome: ReviewOutcome,
+    pub changes: usize,
+    pub denied_rules: Vec<Rule>,
+    pub skip_reason: Option<&'static str>,
+}
+
+fn pod_name(object: &Value, request_name: &str) -> String {
+    let metadata = object.get("metadata");
+    let field = |key| metadata.and_then(|m| m.get(key)).and_then(Value::as_str).filter(|s| !s.is_empty());
+    match (field("name"), field("generateName")) {
+        (Some(name), _) => name.to_owned(),
+        (None, Some(prefix)) => format!("{prefix}*"),
+        (None, None) => request_name.to_owned(),
+    }
+}
+
+/// `tollgate: <change>` lines, at most `max` of them (the last one summarising the rest).
+pub fn warnings(lines: impl ExactSizeIterator<Item = String>, max: usize) -> Vec<String> {
+    let total = lines.len();
+    let shown = if total > max { max.saturating_sub(1) } else { total };
+    let mut warnings: Vec<String> = lines.take(shown).map(|line| format!("tollgate: {line}")).collect();
+    if total > shown {
+        warnings.push(format!("tollgate: … and {} more changes (run `tollgate-webhook inject` for the full list)", total - shown));
+    }
+    warnings
+}
+
+/// Answer one AdmissionReview body.
+pub fn review(policy: &Policy, body: &[u8]) -> Result<(Vec<u8>, ReviewSummary), BadReview> {
+    let mut envelope: Value = serde_json::from_slice(body).map_err(|e| BadReview(format!("body is not JSON: {e}")))?;
+    if !envelope.is_object() {
+        return Err(BadReview("body is not an AdmissionReview object".into()));
+    }
+    // The pod stays raw JSON: fields unknown to k8s-openapi must survive, and its decode error
+    // must become a denial with the uid, not a 400.
+    let object = envelope.pointer_mut("/request/object").map(Value::take).unwrap_or(Value::Null);
+    let review: AdmissionReview<DynamicObject> = AdmissionReview::deserialize(envelope).map_err(|e| BadReview(format!("body is not an AdmissionReview: {e}")))?;
+    if review.types.api_version != "admission.k8s.io/v1" || review.types.kind != "AdmissionReview" {
+        return Err(BadReview(format!("expected apiVersion admission.k8s.io/v1, kind AdmissionReview; got {:?}, {:?}", review.types.api_version, review.types.kind)));
+    }
+    let request: AdmissionRequest<DynamicObject> = review.try_into().map_err(|_| BadReview("AdmissionReview has no request".into()))?;
+
+    let mut summary = ReviewSummary {
+        uid: request.uid.clone(),
+        namespace: request.namespace.clone().unwrap_or_default(),
+        name: pod_name(&object, &request.name),
+        outcome: ReviewOutcome::Ignored,
+        changes: 0,
+        denied_rules: Vec::new(),
+        skip_reason: None,
+    };
+    let mut response = AdmissionResponse::from(&request);
+    let is_pod_create = request.operation == Operation::Create
+        && request.kind.group.is_empty()
+        && request.kind.kind == "Pod"
+        && request.sub_resource.as_deref().unwrap_or("").is_empty();
+    if is_pod_create {
+        let mut pod = object;
+        match harden::harden(policy, &mut pod) {
+            Err(decode) => {
+                summary.outcome = ReviewOutcome::Invalid;
+                response.allowed = false;
+                response.result = Status::failure(&format!("tollgate: {decode}"), "BadRequest").with_code(400);
+            }
+            Ok(Outcome::Denied(denial)) => {
+                summary.outcome = ReviewOutcome::Denied;
+                summary.denied_rules = denial.violations.iter().map(|v| v.rule).collect();
+                response.allowed = false;
+                response.result = Status::failure(&denial.message(), "Forbidden").with_code(403);
+            }
+            Ok(Outcome::Skipped { reason }) => {
+                summary.outcome = ReviewOutcome::Skipped;
+                summary.skip_reason = Some(reason.as_str());
+                response.warnings = Some(vec![format!("tollgate: pod not hardened ({})", reason.as_str())]);
+            }
+            Ok(Outcome::Hardened(hardened)) => {
+                summary.changes = hardened.changes.len();
+                let lines = hardened.notes.iter().cloned().chain(hardened.changes.iter().map(ToString::to_string)).collect::<Vec<_>>();
+                if !lines.is_empty() {
+                    response.warnings = Some(warnings(lines.into_iter(), policy.max_warnings));
+                }
+                if hardened.patch.0.is_empty() {
+                    summary.outcome = ReviewOutcome::Unchanged;
+                } else {
+                    summary.outcome = ReviewOutcome::Patched;
+                    response = response.with_patch(hardened.patch).map_err(|e| BadReview(format!("patch does not serialize: {e}")))?;
+                }
+            }
+        }
+        response.audit_annotations = HashMap::from([
+            ("outcome".to_owned(), summary.outcome.as_str().to_owned()),
+            ("changes".to_owned(), summary.changes.to_string()),
+        ]);
+    }
+    let body = serde_json::to_vec(&response.into_review()).map_err(|e| BadReview(format!("response does not serialize: {e}")))?;
+    Ok((body, summary))
+}

@@ -1,0 +1,254 @@
+//! The HTTPS server: `POST /mutate`, `GET /healthz`, `/readyz`, `/metrics`.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::{Body, Incoming};
+use hyper::header::{CONTENT_LENGTH, CONTENT_TYPE, HeaderValue};
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use serde_json::json;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_rustls::TlsAcceptor;
+
+use crate::metrics::Metrics;
+use crate::policy::Policy;
+use crate::reload::spawn_watcher;
+use crate::review;
+use crate::tls::{CertStore, load_certified_key, server_config};
+
+/// kube-apiserver's own limit for request bodies.
+pub const MAX_BODY_BYTES: usize = 3 * 1024 * 1024;
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+const BODY_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Clone, Debug)]
+pub struct ServeConfig {
+    pub listen: SocketAddr,
+    pub tls_cert: PathBuf,
+    pub tls_key: PathBuf,
+    pub policy: Option<PathBuf>,
+    /// How often watched files are polled for changes.
+    pub reload_interval: Duration,
+    /// After SIGTERM: how long to keep accepting (with /readyz failing) so endpoints can update.
+    pub drain_delay: Duration,
+    /// After that: how long in-flight requests get to finish.
+    pub shutdown_timeout: Duration,
+}
+
+pub struct State {
+    policy: ArcSwap<Policy>,
+    metrics: Metrics,
+    draining: AtomicBool,
+}
+
+impl State {
+    pub fn new(policy: Policy) -> Self {
+        State { policy: ArcSwap::from_pointee(policy), metrics: Metrics::new(), draining: AtomicBool::new(false) }
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+}
+
+fn load_policy(path: Option<&PathBuf>) -> Result<(Policy, Vec<u8>), String> {
+    match path {
+        None => Ok((Policy::default(), Vec::new())),
+        Some(path) => {
+            let bytes = std::fs::read(path).map_err(|e| format!("policy file {}: {e}", path.display()))?;
+            let text = std::str::from_utf8(&bytes).map_err(|e| format!("policy file {}: {e}", path.display()))?;
+            let policy = Policy::from_yaml(text).map_err(|e| format!("policy file {}:\n{e}", path.display()))?;
+            Ok((policy, bytes))
+        }
+    }
+}
+
+/// A bound, not yet serving, webhook server.
+pub struct Server {
+    listener: TcpListener,
+    tls: TlsAcceptor,
+    state: Arc<State>,
+    config: ServeConfig,
+    stop_watchers: watch::Sender<bool>,
+}
+
+impl Server {
+    /// Load certificate, key and policy (failing on any problem), bind, and start watching the files.
+    pub async fn bind(config: ServeConfig) -> Result<Server, String> {
+        let cert = std::fs::read(&config.tls_cert).map_err(|e| format!("--tls-cert {}: {e}", config.tls_cert.display()))?;
+        let key = std::fs::read(&config.tls_key).map_err(|e| format!("--tls-key {}: {e}", config.tls_key.display()))?;
+        let store = Arc::new(CertStore::new(load_certified_key(&cert, &key)?));
+        let tls = TlsAcceptor::from(Arc::new(server_config(store.clone()).map_err(|e| format!("TLS: {e}"))?));
+        let (policy, policy_bytes) = load_policy(config.policy.as_ref())?;
+        let state = Arc::new(State::new(policy));
+        let listener = TcpListener::bind(config.listen).await.map_err(|e| format!("--listen {}: {e}", config.listen))?;
+
+        let (stop_watchers, stopped) = watch::channel(false);
+        let metrics_state = state.clone();
+        spawn_watcher("tls", vec![config.tls_cert.clone(), config.tls_key.clone()], config.reload_interval, vec![cert, key], stopped.clone(), move |files| {
+            let result = load_certified_key(&files[0], &files[1]).map(|key| store.swap(key));
+            metrics_state.metrics.observe_reload("tls", result.is_ok());
+            result
+        });
+        if let Some(path) = &config.policy {
+            let policy_state = state.clone();
+            spawn_watcher("policy", vec![path.clone()], config.reload_interval, vec![policy_bytes], stopped, move |files| {
+                let result = std::str::from_utf8(&files[0]).map_err(|e| e.to_string()).and_then(|text| Policy::from_yaml(text).map_err(|e| e.to_string()));
+                policy_state.metrics.observe_reload("policy", result.is_ok());
+                let policy = result?;
+                tracing::info!(digest = policy.digest(), "policy loaded");
+                policy_state.policy.store(Arc::new(policy));
+                Ok(())
+            });
+        }
+        Ok(Server { listener, tls, state, config, stop_watchers })
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    pub fn state(&self) -> Arc<State> {
+        self.state.clone()
+    }
+
+    /// Serve until `shutdown` resolves, then drain: fail /readyz, keep serving for the drain delay,
+    /// stop accepting, and give in-flight requests up to the shutdown timeout.
+    pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) {
+        let Server { listener, tls, state, config, stop_watchers } = self;
+        let graceful = GracefulShutdown::new();
+        let accept_until = async {
+            shutdown.await;
+            state.draining.store(true, Ordering::SeqCst);
+            tracing::info!(drain_delay = ?config.drain_delay, "shutdown requested; /readyz now fails");
+            tokio::time::sleep(config.drain_delay).await;
+        };
+        tokio::pin!(accept_until);
+        loop {
+            let (tcp, peer) = tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok(accepted) => accepted,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+                _ = &mut accept_until => break,
+            };
+            let _ = tcp.set_nodelay(true);
+            let tls = tls.clone();
+            let state = state.clone();
+            let watcher = graceful.watcher();
+            tokio::spawn(async move {
+                let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.accept(tcp)).await {
+                    Ok(Ok(stream)) => stream,
+                    Ok(Err(e)) => return tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                    Err(_) => return tracing::debug!(%peer, "TLS handshake timed out"),
+                };
+                let service = service_fn(move |request| handle(state.clone(), request));
+                let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                builder.http1().timer(TokioTimer::new()).header_read_timeout(HANDSHAKE_TIMEOUT);
+                builder.http2().timer(TokioTimer::new()).keep_alive_interval(Duration::from_secs(30));
+                let connection = builder.serve_connection(TokioIo::new(stream), service).into_owned();
+                if let Err(e) = watcher.watch(connection).await {
+                    tracing::debug!(%peer, error = %e, "connection ended with an error");
+                }
+            });
+        }
+        drop(listener);
+        let _ = stop_watchers.send(true);
+        let open = graceful.count();
+        tracing::info!(open_connections = open, "stopped accepting; draining in-flight requests");
+        match tokio::time::timeout(config.shutdown_timeout, graceful.shutdown()).await {
+            Ok(()) => tracing::info!("drained; bye"),
+            Err(_) => tracing::warn!(timeout = ?config.shutdown_timeout, "shutdown timeout reached with requests still in flight"),
+        }
+    }
+}
+
+type HttpResponse = Response<Full<Bytes>>;
+
+fn respond(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> HttpResponse {
+    let mut response = Response::new(Full::new(body.into()));
+    *response.status_mut() = status;
+    response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response
+}
+
+fn json_error(status: StatusCode, message: impl Into<String>) -> HttpResponse {
+    let body = json!({"error": message.into(), "status": status.as_u16()});
+    respond(status, "application/json", body.to_string())
+}
+
+async fn handle(state: Arc<State>, request: Request<Incoming>) -> Result<HttpResponse, Infallible> {
+    let response = match (request.method(), request.uri().path()) {
+        (&Method::POST, "/mutate") => mutate(&state, request).await,
+        (&Method::GET, "/healthz") => respond(StatusCode::OK, "text/plain", "ok\n"),
+        (&Method::GET, "/readyz") if state.draining.load(Ordering::SeqCst) => respond(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "draining\n"),
+        (&Method::GET, "/readyz") => respond(StatusCode::OK, "text/plain", "ok\n"),
+        (&Method::GET, "/metrics") => respond(StatusCode::OK, "application/openmetrics-text; version=1.0.0; charset=utf-8", state.metrics.encode()),
+        (_, "/mutate" | "/healthz" | "/readyz" | "/metrics") => json_error(StatusCode::METHOD_NOT_ALLOWED, format!("method {} is not allowed here", request.method())),
+        (_, path) => json_error(StatusCode::NOT_FOUND, format!("no such endpoint: {path}")),
+    };
+    Ok(response)
+}
+
+async fn mutate(state: &State, request: Request<Incoming>) -> HttpResponse {
+    let declared = request.headers().get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    if declared.or(request.body().size_hint().exact()).is_some_and(|len| len > MAX_BODY_BYTES as u64) {
+        state.metrics.observe_bad_request("too-large");
+        return json_error(StatusCode::PAYLOAD_TOO_LARGE, format!("body is larger than {MAX_BODY_BYTES} bytes"));
+    }
+    let body = match tokio::time::timeout(BODY_TIMEOUT, Limited::new(request.into_body(), MAX_BODY_BYTES).collect()).await {
+        Ok(Ok(collected)) => collected.to_bytes(),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
+            state.metrics.observe_bad_request("too-large");
+            return json_error(StatusCode::PAYLOAD_TOO_LARGE, format!("body is larger than {MAX_BODY_BYTES} bytes"));
+        }
+        Ok(Err(e)) => {
+            state.metrics.observe_bad_request("body-read");
+            return json_error(StatusCode::BAD_REQUEST, format!("reading the body failed: {e}"));
+        }
+        Err(_) => {
+            state.metrics.observe_bad_request("body-timeout");
+            return json_error(StatusCode::REQUEST_TIMEOUT, format!("body not received within {BODY_TIMEOUT:?}"));
+        }
+    };
+    let started = Instant::now();
+    let policy = state.policy.load();
+    match review::review(&policy, &body) {
+        Ok((response, summary)) => {
+            let elapsed = started.elapsed();
+            state.metrics.observe_review(&summary, elapsed.as_secs_f64());
+            let rules: Vec<&str> = summary.denied_rules.iter().map(|r| r.as_str()).collect();
+            tracing::info!(
+                uid = %summary.uid,
+                namespace = %summary.namespace,
+                name = %summary.name,
+                outcome = summary.outcome.as_str(),
+                changes = summary.changes,
+                rules = %rules.join(","),
+                duration_us = elapsed.as_micros() as u64,
+                "review"
+            );
+            respond(StatusCode::OK, "application/json", response)
+        }
+        Err(e) => {
+            state.metrics.observe_bad_request("not-an-admission-review");
+            tracing::warn!(error = %e, "bad request");
+            json_error(StatusCode::BAD_REQUEST, e.0)
+        }
+    }
+}
