@@ -10,14 +10,17 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 /// Calls `apply` with the contents of `paths` whenever any of them changes (and not on the first read,
-/// which the caller has done). `apply` returns an error for content it rejects; that is logged once per
-/// distinct content, and the next change is tried again.
+/// which the caller has done). A change is applied only once two reads in a row agree, so a file
+/// caught half-written (an in-place write, not Kubernetes' atomic swap) is never applied. `apply`
+/// returns an error for content it rejects; that is logged once per distinct content, and the next
+/// change is tried again.
 pub fn spawn_watcher<F>(name: &'static str, paths: Vec<PathBuf>, interval: Duration, initial: Vec<Vec<u8>>, mut shutdown: watch::Receiver<bool>, mut apply: F) -> tokio::task::JoinHandle<()>
 where
     F: FnMut(&[Vec<u8>]) -> Result<(), String> + Send + 'static,
 {
     tokio::spawn(async move {
         let mut seen = initial;
+        let mut pending: Option<Vec<Vec<u8>>> = None;
         let mut ticker = tokio::time::interval(interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -37,8 +40,14 @@ where
                 }
             }
             if contents.len() != paths.len() || contents == seen {
+                pending = None;
                 continue;
             }
+            if pending.as_ref() != Some(&contents) {
+                pending = Some(contents);
+                continue;
+            }
+            pending = None;
             match apply(&contents) {
                 Ok(()) => tracing::info!(watcher = name, "reloaded"),
                 Err(error) => tracing::error!(watcher = name, %error, "rejected changed file; keeping the previous version"),

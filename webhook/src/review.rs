@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 
+use base64::Engine;
 use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation};
 use kube::core::{DynamicObject, Status};
 use serde::Deserialize;
@@ -102,6 +103,7 @@ pub fn review(policy: &Policy, body: &[u8]) -> Result<(Vec<u8>, ReviewSummary), 
         skip_reason: None,
     };
     let mut response = AdmissionResponse::from(&request);
+    let mut patch = None;
     let is_pod_create = request.operation == Operation::Create
         && request.kind.group.is_empty()
         && request.kind.kind == "Pod"
@@ -135,7 +137,10 @@ pub fn review(policy: &Policy, body: &[u8]) -> Result<(Vec<u8>, ReviewSummary), 
                     summary.outcome = ReviewOutcome::Unchanged;
                 } else {
                     summary.outcome = ReviewOutcome::Patched;
-                    response = response.with_patch(hardened.patch).map_err(|e| BadReview(format!("patch does not serialize: {e}")))?;
+                    patch = Some(serde_json::to_vec(&hardened.patch).map_err(|e| BadReview(format!("patch does not serialize: {e}")))?);
+                    // Sets patchType; the patch itself is added below as base64.
+                    response = response.with_patch(json_patch::Patch(Vec::new())).map_err(|e| BadReview(format!("patch does not serialize: {e}")))?;
+                    response.patch = None;
                 }
             }
         }
@@ -144,6 +149,11 @@ pub fn review(policy: &Policy, body: &[u8]) -> Result<(Vec<u8>, ReviewSummary), 
             ("changes".to_owned(), summary.changes.to_string()),
         ]);
     }
-    let body = serde_json::to_vec(&response.into_review()).map_err(|e| BadReview(format!("response does not serialize: {e}")))?;
+    let mut review = serde_json::to_value(response.into_review()).map_err(|e| BadReview(format!("response does not serialize: {e}")))?;
+    if let (Some(patch), Some(Value::Object(response))) = (patch, review.get_mut("response")) {
+        // kube-core would encode the bytes as a JSON array of numbers; the API's []byte is base64.
+        response.insert("patch".to_owned(), Value::String(base64::engine::general_purpose::STANDARD.encode(patch)));
+    }
+    let body = serde_json::to_vec(&review).map_err(|e| BadReview(format!("response does not serialize: {e}")))?;
     Ok((body, summary))
 }

@@ -1,5 +1,6 @@
 #![allow(dead_code)]
 
+pub mod net;
 pub mod pss;
 
 use std::path::PathBuf;

@@ -1,0 +1,503 @@
+//! The webhook server over real TLS and real sockets: h1 and h2, AdmissionReview as kube-apiserver
+//! sends it, bad bodies, certificate rotation under continuous traffic, policy reload, draining.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use common::net::{Client, TestCa, request, tls_connect};
+use k8s_openapi::api::core::v1::Pod;
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::oneshot;
+use tollgate_webhook::server::{ServeConfig, Server};
+
+struct Running {
+    addr: SocketAddr,
+    ca: TestCa,
+    dir: tempfile::TempDir,
+    stop: Option<oneshot::Sender<()>>,
+    done: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    async fn client(&self, alpn: &[u8]) -> Client {
+        Client::connect(&self.ca.connector(&[alpn]), self.addr).await.expect("connects").0
+    }
+
+    async fn stop(mut self) {
+        self.stop.take().unwrap().send(()).unwrap();
+        tokio::time::timeout(Duration::from_secs(10), self.done).await.expect("server stops in time").unwrap();
+    }
+}
+
+async fn start(policy: Option<&str>) -> Running {
+    let ca = TestCa::new();
+    let dir = tempfile::tempdir().unwrap();
+    let leaf = ca.leaf("serving-1");
+    std::fs::write(dir.path().join("tls.crt"), &leaf.cert_pem).unwrap();
+    std::fs::write(dir.path().join("tls.key"), &leaf.key_pem).unwrap();
+    let policy_path = policy.map(|text| {
+        let path = dir.path().join("policy.yaml");
+        std::fs::write(&path, text).unwrap();
+        path
+    });
+    let config = ServeConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        tls_cert: dir.path().join("tls.crt"),
+        tls_key: dir.path().join("tls.key"),
+        policy: policy_path,
+        reload_interval: Duration::from_millis(50),
+        drain_delay: Duration::ZERO,
+        shutdown_timeout: Duration::from_secs(5),
+    };
+    let server = Server::bind(config).await.expect("binds");
+    let addr = server.local_addr().unwrap();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let done = tokio::spawn(server.run(async {
+        let _ = stopped.await;
+    }));
+    Running { addr, ca, dir, stop: Some(stop), done }
+}
+
+fn plain_pod() -> Value {
+    json!({
+        "kind": "Pod",
+        "apiVersion": "v1",
+        "metadata": {"generateName": "analysis-", "namespace": "flame", "creationTimestamp": null, "annotations": {"tollgate.dev/analysis-id": "a1"}},
+        "spec": {
+            "containers": [{"name": "app", "image": "python:3.12-slim", "resources": {}, "terminationMessagePath": "/dev/termination-log", "terminationMessagePolicy": "File", "imagePullPolicy": "IfNotPresent"}],
+            "restartPolicy": "Never",
+            "terminationGracePeriodSeconds": 30,
+            "dnsPolicy": "ClusterFirst",
+            "securityContext": {},
+            "schedulerName": "default-scheduler",
+            "enableServiceLinks": true,
+            "preemptionPolicy": "PreemptLowerPriority"
+        },
+        "status": {}
+    })
+}
+
+/// An AdmissionReview as kube-apiserver 1.3x sends it.
+fn admission_review(uid: &str, operation: &str, kind: (&str, &str, &str), object: Value) -> Value {
+    let (group, version, kind) = kind;
+    let resource = format!("{}s", kind.to_ascii_lowercase());
+    json!({
+        "kind": "AdmissionReview",
+        "apiVersion": "admission.k8s.io/v1",
+        "request": {
+            "uid": uid,
+            "kind": {"group": group, "version": version, "kind": kind},
+            "resource": {"group": group, "version": version, "resource": resource},
+            "requestKind": {"group": group, "version": version, "kind": kind},
+            "requestResource": {"group": group, "version": version, "resource": resource},
+            "namespace": "flame",
+            "operation": operation,
+            "userInfo": {"username": "kubernetes-admin", "groups": ["system:masters", "system:authenticated"]},
+            "object": object,
+            "oldObject": null,
+            "dryRun": false,
+            "options": {"kind": "CreateOptions", "apiVersion": "meta.k8s.io/v1", "fieldManager": "kubectl-run"}
+        }
+    })
+}
+
+fn pod_review(uid: &str, pod: Value) -> Vec<u8> {
+    serde_json::to_vec(&admission_review(uid, "CREATE", ("", "v1", "Pod"), pod)).unwrap()
+}
+
+fn response_of(reply: &common::net::Reply) -> Value {
+    assert_eq!(reply.status, 200, "{}", String::from_utf8_lossy(&reply.body));
+    assert_eq!(reply.content_type, "application/json");
+    let review = reply.json();
+    assert_eq!(review["kind"], "AdmissionReview");
+    assert_eq!(review["apiVersion"], "admission.k8s.io/v1");
+    review["response"].clone()
+}
+
+fn apply_patch(pod: &Value, response: &Value) -> Value {
+    assert_eq!(response["patchType"], "JSONPatch");
+    let bytes = base64::engine::general_purpose::STANDARD.decode(response["patch"].as_str().unwrap()).unwrap();
+    let patch: json_patch::Patch = serde_json::from_slice(&bytes).unwrap();
+    let mut patched = pod.clone();
+    json_patch::patch(&mut patched, &patch).unwrap();
+    patched
+}
+
+#[tokio::test]
+async fn hardens_pods_over_http1_and_http2() {
+    let server = start(None).await;
+    for alpn in [&b"http/1.1"[..], b"h2"] {
+        let mut client = server.client(alpn).await;
+        assert_eq!(client.is_h2(), alpn == b"h2");
+        let uid = format!("uid-{}", String::from_utf8_lossy(alpn));
+        let reply = client.send(request("POST", "/mutate", pod_review(&uid, plain_pod()))).await.unwrap();
+        let response = response_of(&reply);
+        assert_eq!(response["uid"], uid.as_str());
+        assert_eq!(response["allowed"], true);
+        let patched = apply_patch(&plain_pod(), &response);
+        let typed: Pod = serde_json::from_value(patched.clone()).unwrap();
+        assert_eq!(common::pss::restricted_violations(&typed), Vec::<String>::new());
+        assert_eq!(patched["spec"]["initContainers"][0]["name"], "tollgate-proxy");
+        assert_eq!(patched["metadata"]["labels"]["tollgate.dev/injected"], "true");
+        let warnings: Vec<&str> = response["warnings"].as_array().unwrap().iter().map(|w| w.as_str().unwrap()).collect();
+        assert_eq!(warnings.len(), 20, "capped at the policy's maxWarnings: {warnings:#?}");
+        assert!(warnings.iter().all(|w| w.starts_with("tollgate: ")));
+        assert!(warnings.contains(&r#"tollgate: container "app": set securityContext.readOnlyRootFilesystem=true"#), "{warnings:#?}");
+        assert!(warnings.last().unwrap().contains("more changes"), "{warnings:#?}");
+
+        // Reinvocation: the hardened pod comes back unchanged.
+        let reply = client.send(request("POST", "/mutate", pod_review("again", patched))).await.unwrap();
+        let response = response_of(&reply);
+        assert_eq!(response["allowed"], true);
+        assert!(response.get("patch").is_none(), "{response}");
+        assert!(response.get("warnings").is_none(), "{response}");
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn denies_insecure_pods_with_one_message_and_the_uid() {
+    let server = start(None).await;
+    let mut client = server.client(b"h2").await;
+    let mut pod = plain_pod();
+    pod["spec"]["hostPID"] = json!(true);
+    pod["spec"]["containers"][0]["securityContext"] = json!({"privileged": true});
+    let response = response_of(&client.send(request("POST", "/mutate", pod_review("deny-me", pod))).await.unwrap());
+    assert_eq!(response["uid"], "deny-me");
+    assert_eq!(response["allowed"], false);
+    assert_eq!(response["status"]["code"], 403);
+    assert_eq!(response["status"]["reason"], "Forbidden");
+    let message = response["status"]["message"].as_str().unwrap();
+    assert!(message.starts_with("tollgate denied this pod (2 violations): "), "{message}");
+    assert!(message.contains("pod: spec.hostPID is true [host-namespaces]"), "{message}");
+    assert!(message.contains(r#"container "app": securityContext.privileged is true [privileged]"#), "{message}");
+    assert!(response.get("patch").is_none());
+
+    let metrics = String::from_utf8(client.send(request("GET", "/metrics", "")).await.unwrap().body.to_vec()).unwrap();
+    assert!(metrics.contains(r#"tollgate_webhook_denials_total{rule="privileged"} 1"#), "{metrics}");
+    assert!(metrics.contains(r#"tollgate_webhook_denials_total{rule="host-namespaces"} 1"#), "{metrics}");
+    assert!(metrics.contains(r#"tollgate_webhook_reviews_total{outcome="denied"} 1"#), "{metrics}");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn other_kinds_and_operations_pass_untouched() {
+    let server = start(None).await;
+    let mut client = server.client(b"http/1.1").await;
+    let config_map = json!({"kind": "ConfigMap", "apiVersion": "v1", "metadata": {"name": "c"}, "data": {"a": "b"}});
+    let cases = [
+        admission_review("cm", "CREATE", ("", "v1", "ConfigMap"), config_map),
+        admission_review("update", "UPDATE", ("", "v1", "Pod"), plain_pod()),
+        admission_review("deploy", "CREATE", ("apps", "v1", "Deployment"), json!({"kind": "Deployment", "apiVersion": "apps/v1", "metadata": {"name": "d"}})),
+        admission_review("delete", "DELETE", ("", "v1", "Pod"), Value::Null),
+    ];
+    for review in cases {
+        let uid = review["request"]["uid"].clone();
+        let response = response_of(&client.send(request("POST", "/mutate", serde_json::to_vec(&review).unwrap())).await.unwrap());
+        assert_eq!(response["uid"], uid);
+        assert_eq!(response["allowed"], true, "{response}");
+        assert!(response.get("patch").is_none(), "{response}");
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn bad_input_gets_a_clear_answer() {
+    let server = start(None).await;
+    let mut client = server.client(b"h2").await;
+
+    // Not a decodable Pod: a denial with the decode error and the uid.
+    let mut pod = plain_pod();
+    pod["spec"]["containers"][0]["ports"] = json!([{"containerPort": "http"}]);
+    let response = response_of(&client.send(request("POST", "/mutate", pod_review("broken", pod))).await.unwrap());
+    assert_eq!(response["uid"], "broken");
+    assert_eq!(response["allowed"], false);
+    assert_eq!(response["status"]["code"], 400);
+    let message = response["status"]["message"].as_str().unwrap();
+    assert!(message.contains("object is not a valid Pod: spec.containers[0].ports[0].containerPort: invalid type: string \"http\""), "{message}");
+
+    // Not an AdmissionReview: HTTP 400 with a JSON error.
+    for (body, expected) in [
+        (&b"{not json"[..], "body is not JSON"),
+        (b"[]", "body is not an AdmissionReview object"),
+        (br#"{"kind":"AdmissionReview","apiVersion":"admission.k8s.io/v1"}"#, "AdmissionReview has no request"),
+        (br#"{"kind":"AdmissionReview","apiVersion":"admission.k8s.io/v1beta1","request":{}}"#, "body is not an AdmissionReview"),
+        (br#"{"kind":"Pod","apiVersion":"v1"}"#, "expected apiVersion admission.k8s.io/v1, kind AdmissionReview"),
+        (b"", "body is not JSON"),
+    ] {
+        let reply = client.send(request("POST", "/mutate", body.to_vec())).await.unwrap();
+        assert_eq!(reply.status, 400, "{}", String::from_utf8_lossy(body));
+        assert_eq!(reply.content_type, "application/json");
+        let error = reply.json();
+        assert!(error["error"].as_str().unwrap().contains(expected), "{error} lacks {expected:?}");
+    }
+
+    // Too large: declared, and streamed without a length (h2 DATA frames).
+    let huge = vec![b' '; 3 * 1024 * 1024 + 1];
+    let reply = client.send(request("POST", "/mutate", huge.clone())).await.unwrap();
+    assert_eq!(reply.status, 413);
+    assert!(reply.json()["error"].as_str().unwrap().contains("larger than 3145728 bytes"));
+    let mut h1 = server.client(b"http/1.1").await;
+    let reply = h1.send(request("POST", "/mutate", huge)).await.unwrap();
+    assert_eq!(reply.status, 413);
+
+    // Exactly at the limit is read (and then judged as JSON).
+    let mut at_limit = pod_review("big", plain_pod());
+    at_limit.resize(3 * 1024 * 1024, b' ');
+    let response = response_of(&client.send(request("POST", "/mutate", at_limit)).await.unwrap());
+    assert_eq!(response["uid"], "big");
+
+    // Unknown paths and methods.
+    assert_eq!(client.send(request("GET", "/nope", "")).await.unwrap().status, 404);
+    assert_eq!(client.send(request("GET", "/mutate", "")).await.unwrap().status, 405);
+    assert_eq!(client.send(request("POST", "/healthz", "")).await.unwrap().status, 405);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn health_readiness_and_metrics() {
+    let server = start(None).await;
+    let mut client = server.client(b"http/1.1").await;
+    assert_eq!(client.send(request("GET", "/healthz", "")).await.unwrap().status, 200);
+    assert_eq!(client.send(request("GET", "/readyz", "")).await.unwrap().status, 200);
+    client.send(request("POST", "/mutate", pod_review("m1", plain_pod()))).await.unwrap();
+    client.send(request("POST", "/mutate", b"nope".to_vec())).await.unwrap();
+    let reply = client.send(request("GET", "/metrics", "")).await.unwrap();
+    assert_eq!(reply.status, 200);
+    assert!(reply.content_type.starts_with("application/openmetrics-text"));
+    let metrics = String::from_utf8(reply.body.to_vec()).unwrap();
+    for line in [
+        r#"tollgate_webhook_reviews_total{outcome="patched"} 1"#,
+        r#"tollgate_webhook_reviews_total{outcome="unchanged"} 0"#,
+        "tollgate_webhook_review_duration_seconds_count 1",
+        r#"tollgate_webhook_bad_requests_total{reason="not-an-admission-review"} 1"#,
+        r#"tollgate_webhook_denials_total{rule="sysctls"} 0"#,
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "metrics lack {line:?}:\n{metrics}");
+    }
+    server.stop().await;
+}
+
+/// Write a file the way a careless updater would: in place, not atomically.
+fn write_in_place(path: &std::path::Path, contents: &str) {
+    std::fs::write(path, contents).unwrap();
+}
+
+/// Write a file the way kubelet updates Secret volumes: a new file swapped in by rename.
+fn write_atomically(path: &std::path::Path, contents: &str) {
+    let temp = path.with_extension("tmp");
+    std::fs::write(&temp, contents).unwrap();
+    std::fs::rename(&temp, path).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificate_rotation_under_continuous_traffic_fails_no_request() {
+    let server = Arc::new(start(None).await);
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let seen_certs = Arc::new(std::sync::Mutex::new(Vec::new()));
+
+    let mut workers = Vec::new();
+    // New connections one after another, h1 and h2; a fresh client config each time, so every
+    // handshake is a full one (no session resumption) and sees the certificate current at that moment.
+    for (i, alpn) in [&b"http/1.1"[..], b"h2"].into_iter().enumerate() {
+        let (server, stop, ok, failed, seen_certs) = (server.clone(), stop.clone(), ok.clone(), failed.clone(), seen_certs.clone());
+        workers.push(tokio::spawn(async move {
+            let mut n = 0;
+            while !stop.load(Ordering::SeqCst) {
+                n += 1;
+                let connector = server.ca.connector(&[alpn]);
+                let result = async {
+                    let (mut client, cert) = Client::connect(&connector, server.addr).await.map_err(|e| e.to_string())?;
+                    let reply = client.send(request("POST", "/mutate", pod_review(&format!("w{i}-{n}"), plain_pod()))).await.map_err(|e| e.to_string())?;
+                    (reply.status == 200 && reply.json()["response"]["allowed"] == true).then_some(cert).ok_or_else(|| format!("status {}", reply.status))
+                }
+                .await;
+                match result {
+                    Ok(cert) => {
+                        ok.fetch_add(1, Ordering::SeqCst);
+                        seen_certs.lock().unwrap().push(cert);
+                    }
+                    Err(e) => {
+                        eprintln!("request failed: {e}");
+                        failed.fetch_add(1, Ordering::SeqCst);
+                    }
+                }
+            }
+        }));
+    }
+    // One long-lived h2 connection throughout (in-flight connections survive the swap).
+    {
+        let (server, stop, ok, failed) = (server.clone(), stop.clone(), ok.clone(), failed.clone());
+        workers.push(tokio::spawn(async move {
+            let mut client = server.client(b"h2").await;
+            let mut n = 0;
+            while !stop.load(Ordering::SeqCst) {
+                n += 1;
+                match client.send(request("POST", "/mutate", pod_review(&format!("long-{n}"), plain_pod()))).await {
+                    Ok(reply) if reply.status == 200 => ok.fetch_add(1, Ordering::SeqCst),
+                    other => {
+                        eprintln!("long-lived request failed: {:?}", other.map(|r| r.status));
+                        failed.fetch_add(1, Ordering::SeqCst)
+                    }
+                };
+            }
+        }));
+    }
+
+    let cert_path = server.path("tls.crt");
+    let key_path = server.path("tls.key");
+    let mut leaves = Vec::new();
+    for round in 2..=5 {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let leaf = server.ca.leaf(&format!("serving-{round}"));
+        if round % 2 == 0 {
+            // Certificate first, key a moment later: for a while the pair does not match.
+            write_in_place(&cert_path, &leaf.cert_pem);
+            tokio::time::sleep(Duration::from_millis(150)).await;
+            write_in_place(&key_path, &leaf.key_pem);
+        } else {
+            write_atomically(&key_path, &leaf.key_pem);
+            write_atomically(&cert_path, &leaf.cert_pem);
+        }
+        // Wait until new handshakes present the new certificate.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let stream = tls_connect(&server.ca.connector(&[b"http/1.1"]), server.addr).await.unwrap();
+            if common::net::peer_cert(&stream) == leaf.der {
+                break;
+            }
+            assert!(Instant::now() < deadline, "rotation {round} not picked up");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        leaves.push(leaf);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    stop.store(true, Ordering::SeqCst);
+    for worker in workers {
+        worker.await.unwrap();
+    }
+    let (ok, failed) = (ok.load(Ordering::SeqCst), failed.load(Ordering::SeqCst));
+    assert_eq!(failed, 0, "{failed} requests failed ({ok} succeeded)");
+    assert!(ok > 50, "too little traffic to prove anything: {ok}");
+    let seen = seen_certs.lock().unwrap();
+    for leaf in &leaves {
+        assert!(seen.contains(&leaf.der), "traffic never saw one of the rotated certificates");
+    }
+    let metrics = String::from_utf8(server.client(b"h2").await.send(request("GET", "/metrics", "")).await.unwrap().body.to_vec()).unwrap();
+    assert!(metrics.contains(r#"tollgate_webhook_reloads_total{file="tls",result="success"} 4"#), "{metrics}");
+    assert!(metrics.contains(r#"tollgate_webhook_reloads_total{file="tls",result="failure"}"#), "the mismatched pair was seen and rejected: {metrics}");
+    Arc::into_inner(server).unwrap().stop().await;
+}
+
+#[tokio::test]
+async fn policy_reload_applies_valid_and_rejects_invalid_changes() {
+    let server = start(Some("onViolation: deny\n")).await;
+    let mut client = server.client(b"h2").await;
+    let mut privileged = plain_pod();
+    privileged["spec"]["containers"][0]["securityContext"] = json!({"privileged": true});
+    let verdict = |reply: common::net::Reply| response_of(&reply)["allowed"].as_bool().unwrap();
+
+    assert!(!verdict(client.send(request("POST", "/mutate", pod_review("1", privileged.clone()))).await.unwrap()));
+
+    std::fs::write(server.path("policy.yaml"), "onViolation: override\n").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !verdict(client.send(request("POST", "/mutate", pod_review("2", privileged.clone()))).await.unwrap()) {
+        assert!(Instant::now() < deadline, "valid policy change not applied");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // An invalid policy is rejected; the previous one stays in force.
+    std::fs::write(server.path("policy.yaml"), "onViolation: overide\n").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let metrics = String::from_utf8(client.send(request("GET", "/metrics", "")).await.unwrap().body.to_vec()).unwrap();
+        if metrics.contains(r#"tollgate_webhook_reloads_total{file="policy",result="failure"} 1"#) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "invalid policy not noticed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(verdict(client.send(request("POST", "/mutate", pod_review("3", privileged.clone()))).await.unwrap()), "old policy must stay in force");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_drains_in_flight_requests_and_then_refuses() {
+    let mut server = start(None).await;
+    let connector = server.ca.connector(&[b"http/1.1"]);
+    // A request whose body is only half sent when shutdown starts.
+    let body = pod_review("in-flight", plain_pod());
+    let mut stream = tls_connect(&connector, server.addr).await.unwrap();
+    let head = format!("POST /mutate HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n", body.len());
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream.write_all(&body[..body.len() / 2]).await.unwrap();
+    stream.flush().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    server.stop.take().unwrap().send(()).unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The listener is gone: new connections are refused.
+    assert!(tokio::net::TcpStream::connect(server.addr).await.is_err(), "still accepting after shutdown");
+
+    stream.write_all(&body[body.len() / 2..]).await.unwrap();
+    stream.flush().await.unwrap();
+    let mut response = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut response)).await.expect("answered in time").unwrap_or_default();
+    let response = String::from_utf8_lossy(&response);
+    assert!(response.starts_with("HTTP/1.1 200 OK"), "{response}");
+    assert!(response.contains(r#""uid":"in-flight""#), "{response}");
+    tokio::time::timeout(Duration::from_secs(5), server.done).await.expect("server finished draining").unwrap();
+}
+
+#[tokio::test]
+async fn a_huge_pod_is_answered() {
+    let server = start(None).await;
+    let mut client = server.client(b"h2").await;
+    let input = common::yaml(&std::fs::read_to_string(common::fixtures_dir().join("huge-pod/input.yaml")).unwrap());
+    let reply = client.send(request("POST", "/mutate", pod_review("huge", input.clone()))).await.unwrap();
+    let response = response_of(&reply);
+    assert_eq!(response["allowed"], true);
+    let patched = apply_patch(&input, &response);
+    let expected = common::yaml(&std::fs::read_to_string(common::fixtures_dir().join("huge-pod/expected.yaml")).unwrap());
+    assert!(patched == expected, "patched huge pod differs from the fixture");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn startup_fails_clearly_on_bad_files() {
+    let ca = TestCa::new();
+    let dir = tempfile::tempdir().unwrap();
+    let leaf = ca.leaf("x");
+    let other = ca.leaf("y");
+    std::fs::write(dir.path().join("tls.crt"), &leaf.cert_pem).unwrap();
+    std::fs::write(dir.path().join("other.key"), &other.key_pem).unwrap();
+    std::fs::write(dir.path().join("tls.key"), &leaf.key_pem).unwrap();
+    std::fs::write(dir.path().join("bad-policy.yaml"), "proxy: { egressPort: 0 }\n").unwrap();
+    let config = |cert: &str, key: &str, policy: Option<&str>| ServeConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        tls_cert: dir.path().join(cert),
+        tls_key: dir.path().join(key),
+        policy: policy.map(|p| dir.path().join(p)),
+        reload_interval: Duration::from_secs(1),
+        drain_delay: Duration::ZERO,
+        shutdown_timeout: Duration::from_secs(1),
+    };
+    let error = |result: Result<Server, String>| result.err().expect("must fail");
+    assert!(error(Server::bind(config("missing.crt", "tls.key", None)).await).starts_with("--tls-cert "));
+    assert!(error(Server::bind(config("tls.crt", "other.key", None)).await).contains("certificate and key"));
+    assert!(error(Server::bind(config("tls.key", "tls.key", None)).await).contains("no PEM certificate found"));
+    let policy_error = error(Server::bind(config("tls.crt", "tls.key", Some("bad-policy.yaml"))).await);
+    assert!(policy_error.contains("proxy.egressPort: must be a port between 1 and 65535"), "{policy_error}");
+}
