@@ -27,11 +27,8 @@ pub fn label_value_for(id: &str) -> String {
     }
     let hash = short_hash(id);
     let room = MAX_LABEL_VALUE_LEN - HASH_LEN - 1;
-    let sanitized: String = id
-        .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') { c } else { '-' })
-        .take(room)
-        .collect();
+    let sanitized: String =
+        id.chars().map(|c| if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') { c } else { '-' }).take(room).collect();
     let trimmed = sanitized.trim_matches(|c: char| !c.is_ascii_alphanumeric());
     if trimmed.is_empty() { hash } else { format!("{trimmed}-{hash}") }
 }
@@ -62,7 +59,19 @@ mod tests {
     fn sanitized_values_are_valid_and_keep_a_readable_prefix() {
         let value = label_value_for("urn:osa:localhost:dep:abc123");
         assert!(value.starts_with("urn-osa-localhost-dep-abc123-"), "{value}");
-        for id in ["urn:osa:localhost:dep:abc123", "-leading", "trailing-", "ünïcødé", "", ":::", " ", &"y".repeat(64), &"é".repeat(100), "a/b", "-._-"] {
+        for id in [
+            "urn:osa:localhost:dep:abc123",
+            "-leading",
+            "trailing-",
+            "ünïcødé",
+            "",
+            ":::",
+            " ",
+            &"y".repeat(64),
+            &"é".repeat(100),
+            "a/b",
+            "-._-",
+        ] {
             let value = label_value_for(id);
             assert!(is_valid_label_value(&value), "{id:?} -> {value:?}");
         }

@@ -6,12 +6,12 @@
 
 pub mod harden;
 pub mod labels;
+pub mod metrics;
 pub mod patch;
 pub mod policy;
 pub mod quantity;
-pub mod review;
-pub mod workload;
-pub mod metrics;
 pub mod reload;
+pub mod review;
 pub mod server;
 pub mod tls;
+pub mod workload;

@@ -136,7 +136,8 @@ fn inject(file: &str, policy: Option<&PathBuf>) -> ExitCode {
         }
     };
     let mut text = String::new();
-    let read = if file == "-" { std::io::stdin().read_to_string(&mut text).map(|_| ()) } else { std::fs::read_to_string(file).map(|t| text = t) };
+    let read =
+        if file == "-" { std::io::stdin().read_to_string(&mut text).map(|_| ()) } else { std::fs::read_to_string(file).map(|t| text = t) };
     if let Err(e) = read {
         eprintln!("error: {file}: {e}");
         return ExitCode::from(2);

@@ -57,13 +57,24 @@ impl Metrics {
         let bad_requests = Family::<ReasonLabels, Counter>::default();
         let reloads = Family::<ReloadLabels, Counter>::default();
         registry.register("reviews", "AdmissionReviews answered, by outcome", reviews.clone());
-        registry.register("review_duration_seconds", "Time to answer an AdmissionReview, from the full body to the encoded response", duration.clone());
+        registry.register(
+            "review_duration_seconds",
+            "Time to answer an AdmissionReview, from the full body to the encoded response",
+            duration.clone(),
+        );
         registry.register("denials", "Violations in denied pods, by rule", denials.clone());
         registry.register("skips", "Pods deliberately not hardened, by reason", skips.clone());
         registry.register("bad_requests", "Requests answered with an HTTP error, by reason", bad_requests.clone());
         registry.register("reloads", "Reloads of watched files, by file and result", reloads.clone());
         // Export every series from the start, so rates and alerts work before the first event.
-        for outcome in [ReviewOutcome::Patched, ReviewOutcome::Unchanged, ReviewOutcome::Denied, ReviewOutcome::Skipped, ReviewOutcome::Ignored, ReviewOutcome::Invalid] {
+        for outcome in [
+            ReviewOutcome::Patched,
+            ReviewOutcome::Unchanged,
+            ReviewOutcome::Denied,
+            ReviewOutcome::Skipped,
+            ReviewOutcome::Ignored,
+            ReviewOutcome::Invalid,
+        ] {
             let _ = reviews.get_or_create(&OutcomeLabels { outcome: outcome.as_str() });
         }
         for rule in Rule::ALL {

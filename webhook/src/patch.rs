@@ -36,7 +36,7 @@ impl From<usize> for Seg {
 /// `path!["spec", "containers", 0, "securityContext"]`
 #[macro_export]
 macro_rules! path {
-    ($($seg:expr),* $(,)?) => { vec![$($crate::patch::Seg::from($seg)),*] };
+    ($($seg:expr),* $(,)?) => { ::std::vec::Vec::<$crate::patch::Seg>::from([$($crate::patch::Seg::from($seg)),*]) };
 }
 
 /// `base` extended with more segments.
@@ -211,8 +211,18 @@ mod tests {
 
     #[test]
     fn set_creates_missing_parents_in_one_operation() {
-        check(json!({"spec": {}}), |b| assert!(b.set(&path!["spec", "securityContext", "seccompProfile", "type"], json!("RuntimeDefault"))), json!({"spec": {"securityContext": {"seccompProfile": {"type": "RuntimeDefault"}}}}), 1);
-        check(json!({"spec": {"securityContext": null}}), |b| assert!(b.set(&path!["spec", "securityContext", "runAsUser"], json!(1))), json!({"spec": {"securityContext": {"runAsUser": 1}}}), 1);
+        check(
+            json!({"spec": {}}),
+            |b| assert!(b.set(&path!["spec", "securityContext", "seccompProfile", "type"], json!("RuntimeDefault"))),
+            json!({"spec": {"securityContext": {"seccompProfile": {"type": "RuntimeDefault"}}}}),
+            1,
+        );
+        check(
+            json!({"spec": {"securityContext": null}}),
+            |b| assert!(b.set(&path!["spec", "securityContext", "runAsUser"], json!(1))),
+            json!({"spec": {"securityContext": {"runAsUser": 1}}}),
+            1,
+        );
     }
 
     #[test]
@@ -224,22 +234,32 @@ mod tests {
 
     #[test]
     fn keys_with_slashes_and_tildes_are_escaped() {
-        check(json!({"metadata": {"labels": {}}}), |b| {
-            b.set(&path!["metadata", "labels", "tollgate.dev/injected"], json!("true"));
-            b.set(&path!["metadata", "labels", "a~b"], json!("x"));
-        }, json!({"metadata": {"labels": {"tollgate.dev/injected": "true", "a~b": "x"}}}), 2);
+        check(
+            json!({"metadata": {"labels": {}}}),
+            |b| {
+                b.set(&path!["metadata", "labels", "tollgate.dev/injected"], json!("true"));
+                b.set(&path!["metadata", "labels", "a~b"], json!("x"));
+            },
+            json!({"metadata": {"labels": {"tollgate.dev/injected": "true", "a~b": "x"}}}),
+            2,
+        );
     }
 
     #[test]
     fn append_insert_remove() {
-        check(json!({"l": [1]}), |b| {
-            b.append(&path!["l"], json!(2));
-            b.insert(&path!["l"], 0, json!(0));
-            b.append(&path!["m"], json!("new"));
-            b.insert(&path!["n"], 0, json!("first"));
-            assert!(b.remove(&path!["l", 1]));
-            assert!(!b.remove(&path!["l", 9]));
-            assert!(!b.remove(&path!["absent"]));
-        }, json!({"l": [0, 2], "m": ["new"], "n": ["first"]}), 5);
+        check(
+            json!({"l": [1]}),
+            |b| {
+                b.append(&path!["l"], json!(2));
+                b.insert(&path!["l"], 0, json!(0));
+                b.append(&path!["m"], json!("new"));
+                b.insert(&path!["n"], 0, json!("first"));
+                assert!(b.remove(&path!["l", 1]));
+                assert!(!b.remove(&path!["l", 9]));
+                assert!(!b.remove(&path!["absent"]));
+            },
+            json!({"l": [0, 2], "m": ["new"], "n": ["first"]}),
+            5,
+        );
     }
 }

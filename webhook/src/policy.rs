@@ -221,8 +221,8 @@ impl Default for Policy {
 impl Policy {
     /// Parse a policy file (merged over the embedded default) and validate it.
     pub fn from_yaml(text: &str) -> Result<Policy, PolicyErrors> {
-        let mut merged: Value = serde_yaml_ng::from_str(DEFAULT_POLICY_YAML)
-            .map_err(|e| PolicyErrors(vec![error("<embedded default>", e.to_string())]))?;
+        let mut merged: Value =
+            serde_yaml_ng::from_str(DEFAULT_POLICY_YAML).map_err(|e| PolicyErrors(vec![error("<embedded default>", e.to_string())]))?;
         if !text.trim().is_empty() {
             let overlay: Value = serde_yaml_ng::from_str(text).map_err(|e| PolicyErrors(vec![error("<file>", e.to_string())]))?;
             match overlay {
@@ -262,7 +262,9 @@ impl Policy {
             errors.push(error("maxWarnings", "must be at least 1"));
         }
         let s = &self.security;
-        for (field, id) in [("security.runAsUser", s.run_as_user), ("security.runAsGroup", s.run_as_group), ("security.fsGroup", s.fs_group)] {
+        for (field, id) in
+            [("security.runAsUser", s.run_as_user), ("security.runAsGroup", s.run_as_group), ("security.fsGroup", s.fs_group)]
+        {
             check_id(&mut errors, field, id);
         }
         if s.tmp_size_limit.value <= Quantity::ZERO {
@@ -285,7 +287,10 @@ impl Policy {
         check_id(&mut errors, "proxy.runAsUser", p.run_as_user);
         check_id(&mut errors, "proxy.runAsGroup", p.run_as_group);
         if p.run_as_user == s.run_as_user {
-            errors.push(error("proxy.runAsUser", format!("must differ from security.runAsUser ({}): the proxy runs as its own user", s.run_as_user)));
+            errors.push(error(
+                "proxy.runAsUser",
+                format!("must differ from security.runAsUser ({}): the proxy runs as its own user", s.run_as_user),
+            ));
         }
         for (field, name) in [("proxy.configMap", &p.config_map), ("proxy.credentialsSecret", &p.credentials_secret)] {
             if let Err(why) = check_object_name(name) {
@@ -303,7 +308,10 @@ impl Policy {
         for (kind, list) in [("requests", &r.defaults.requests), ("limits", &r.defaults.limits)] {
             for (name, value) in list {
                 if let Some(max) = r.maximum.get(name).filter(|max| value.value > max.value) {
-                    errors.push(error(format!("resources.defaults.{kind}.{name}"), format!("{} is above resources.maximum.{name} ({})", value.text, max.text)));
+                    errors.push(error(
+                        format!("resources.defaults.{kind}.{name}"),
+                        format!("{} is above resources.maximum.{name} ({})", value.text, max.text),
+                    ));
                 }
             }
         }
@@ -344,7 +352,10 @@ fn check_requirements(errors: &mut Vec<PolicyError>, field: &str, req: &Resource
 fn check_resource_names(errors: &mut Vec<PolicyError>, field: &str, list: &ResourceList) {
     for (name, value) in list {
         if !is_resource_name(name) {
-            errors.push(error(format!("{field}.{name}"), "not a resource name (cpu, memory, ephemeral-storage, hugepages-<size> or <domain>/<name>)"));
+            errors.push(error(
+                format!("{field}.{name}"),
+                "not a resource name (cpu, memory, ephemeral-storage, hugepages-<size> or <domain>/<name>)",
+            ));
         }
         if value.value.is_negative() {
             errors.push(error(format!("{field}.{name}"), format!("{} is negative", value.text)));
@@ -356,7 +367,10 @@ fn is_resource_name(name: &str) -> bool {
     matches!(name, "cpu" | "memory" | "ephemeral-storage")
         || name.strip_prefix("hugepages-").is_some_and(|size| size.parse::<Quantity>().is_ok())
         || name.split_once('/').is_some_and(|(domain, local)| {
-            check_object_name(domain).is_ok() && !local.is_empty() && local.len() <= 63 && local.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+            check_object_name(domain).is_ok()
+                && !local.is_empty()
+                && local.len() <= 63
+                && local.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
         })
 }
 
@@ -365,7 +379,9 @@ pub fn check_object_name(name: &str) -> Result<(), String> {
     let ok_chars = name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.');
     let ok_ends = name.starts_with(|c: char| c.is_ascii_alphanumeric()) && name.ends_with(|c: char| c.is_ascii_alphanumeric());
     if name.is_empty() || name.len() > 253 || !ok_chars || !ok_ends {
-        return Err(format!("{name:?} is not a valid object name (lowercase letters, digits, '-' and '.', at most 253, alphanumeric at both ends)"));
+        return Err(format!(
+            "{name:?} is not a valid object name (lowercase letters, digits, '-' and '.', at most 253, alphanumeric at both ends)"
+        ));
     }
     Ok(())
 }
@@ -426,10 +442,17 @@ mod tests {
     #[test]
     fn errors_name_the_field() {
         assert_eq!(errors_of("proxy:\n  egresPort: 1\n").len(), 1);
-        assert!(errors_of("proxy:\n  egresPort: 1\n")[0].starts_with("proxy.egresPort: unknown field `egresPort`"), "{:?}", errors_of("proxy:\n  egresPort: 1\n"));
+        assert!(
+            errors_of("proxy:\n  egresPort: 1\n")[0].starts_with("proxy.egresPort: unknown field `egresPort`"),
+            "{:?}",
+            errors_of("proxy:\n  egresPort: 1\n")
+        );
         assert!(errors_of("proxy:\n  egressPort: nope\n")[0].starts_with("proxy.egressPort: invalid type"));
         assert!(errors_of("onViolation: ignore\n")[0].starts_with("onViolation: unknown variant `ignore`"));
-        assert!(errors_of("resources:\n  maximum: { memory: 4GB }\n")[0].starts_with("resources.maximum.memory: quantity \"4GB\" has an unknown suffix"));
+        assert!(
+            errors_of("resources:\n  maximum: { memory: 4GB }\n")[0]
+                .starts_with("resources.maximum.memory: quantity \"4GB\" has an unknown suffix")
+        );
         assert!(errors_of("- a\n")[0].starts_with("<file>: expected a mapping"));
         assert!(errors_of("proxy: [\n")[0].starts_with("<file>: "));
     }

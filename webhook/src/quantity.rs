@@ -103,17 +103,13 @@ impl FromStr for Quantity {
         if int_part.is_empty() && frac_part.is_empty() {
             return Err(QuantityError::NoDigits(text.to_owned()));
         }
-        let (binary, decimal) =
-            suffix_scale(suffix).ok_or_else(|| QuantityError::UnknownSuffix(text.to_owned(), suffix.to_owned()))?;
+        let (binary, decimal) = suffix_scale(suffix).ok_or_else(|| QuantityError::UnknownSuffix(text.to_owned(), suffix.to_owned()))?;
 
         // mantissa × 10^(decimal - frac_len) × 2^binary, in nano-units.
         let digits = int_part.bytes().chain(frac_part.bytes()).skip_while(|b| *b == b'0');
         let mut mantissa: i128 = 0;
         for digit in digits {
-            mantissa = mantissa
-                .checked_mul(10)
-                .and_then(|m| m.checked_add(i128::from(digit - b'0')))
-                .ok_or_else(too_large)?;
+            mantissa = mantissa.checked_mul(10).and_then(|m| m.checked_add(i128::from(digit - b'0'))).ok_or_else(too_large)?;
         }
         let frac_len = i32::try_from(frac_part.len()).map_err(|_| too_large())?;
         let mut exp10 = decimal - frac_len + 9;
@@ -211,7 +207,18 @@ mod tests {
         for bad in ["Gi", "-", ".", "+."] {
             assert!(matches!(bad.parse::<Quantity>(), Err(QuantityError::NoDigits(_)) | Err(QuantityError::UnknownSuffix(..))), "{bad}");
         }
-        for (bad, suffix) in [("1GB", "GB"), ("1K", "K"), ("4gi", "gi"), ("1 Gi", " Gi"), ("1e", "e"), ("1e3.5", "e3.5"), ("1Gi ", "Gi "), ("0x10", "x10"), ("1e99999", "e99999"), ("1ki", "ki")] {
+        for (bad, suffix) in [
+            ("1GB", "GB"),
+            ("1K", "K"),
+            ("4gi", "gi"),
+            ("1 Gi", " Gi"),
+            ("1e", "e"),
+            ("1e3.5", "e3.5"),
+            ("1Gi ", "Gi "),
+            ("0x10", "x10"),
+            ("1e99999", "e99999"),
+            ("1ki", "ki"),
+        ] {
             assert_eq!(bad.parse::<Quantity>(), Err(QuantityError::UnknownSuffix(bad.into(), suffix.into())), "{bad}");
         }
         assert!(matches!("1.2.3".parse::<Quantity>(), Err(QuantityError::Malformed(..))));

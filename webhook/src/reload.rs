@@ -14,7 +14,14 @@ use tokio::sync::watch;
 /// caught half-written (an in-place write, not Kubernetes' atomic swap) is never applied. `apply`
 /// returns an error for content it rejects; that is logged once per distinct content, and the next
 /// change is tried again.
-pub fn spawn_watcher<F>(name: &'static str, paths: Vec<PathBuf>, interval: Duration, initial: Vec<Vec<u8>>, mut shutdown: watch::Receiver<bool>, mut apply: F) -> tokio::task::JoinHandle<()>
+pub fn spawn_watcher<F>(
+    name: &'static str,
+    paths: Vec<PathBuf>,
+    interval: Duration,
+    initial: Vec<Vec<u8>>,
+    mut shutdown: watch::Receiver<bool>,
+    mut apply: F,
+) -> tokio::task::JoinHandle<()>
 where
     F: FnMut(&[Vec<u8>]) -> Result<(), String> + Send + 'static,
 {

@@ -87,9 +87,13 @@ pub fn review(policy: &Policy, body: &[u8]) -> Result<(Vec<u8>, ReviewSummary), 
     // The pod stays raw JSON: fields unknown to k8s-openapi must survive, and its decode error
     // must become a denial with the uid, not a 400.
     let object = envelope.pointer_mut("/request/object").map(Value::take).unwrap_or(Value::Null);
-    let review: AdmissionReview<DynamicObject> = AdmissionReview::deserialize(envelope).map_err(|e| BadReview(format!("body is not an AdmissionReview: {e}")))?;
+    let review: AdmissionReview<DynamicObject> =
+        AdmissionReview::deserialize(envelope).map_err(|e| BadReview(format!("body is not an AdmissionReview: {e}")))?;
     if review.types.api_version != "admission.k8s.io/v1" || review.types.kind != "AdmissionReview" {
-        return Err(BadReview(format!("expected apiVersion admission.k8s.io/v1, kind AdmissionReview; got {:?}, {:?}", review.types.api_version, review.types.kind)));
+        return Err(BadReview(format!(
+            "expected apiVersion admission.k8s.io/v1, kind AdmissionReview; got {:?}, {:?}",
+            review.types.api_version, review.types.kind
+        )));
     }
     let request: AdmissionRequest<DynamicObject> = review.try_into().map_err(|_| BadReview("AdmissionReview has no request".into()))?;
 
@@ -139,7 +143,9 @@ pub fn review(policy: &Policy, body: &[u8]) -> Result<(Vec<u8>, ReviewSummary), 
                     summary.outcome = ReviewOutcome::Patched;
                     patch = Some(serde_json::to_vec(&hardened.patch).map_err(|e| BadReview(format!("patch does not serialize: {e}")))?);
                     // Sets patchType; the patch itself is added below as base64.
-                    response = response.with_patch(json_patch::Patch(Vec::new())).map_err(|e| BadReview(format!("patch does not serialize: {e}")))?;
+                    response = response
+                        .with_patch(json_patch::Patch(Vec::new()))
+                        .map_err(|e| BadReview(format!("patch does not serialize: {e}")))?;
                     response.patch = None;
                 }
             }

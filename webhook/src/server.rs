@@ -96,15 +96,24 @@ impl Server {
 
         let (stop_watchers, stopped) = watch::channel(false);
         let metrics_state = state.clone();
-        spawn_watcher("tls", vec![config.tls_cert.clone(), config.tls_key.clone()], config.reload_interval, vec![cert, key], stopped.clone(), move |files| {
-            let result = load_certified_key(&files[0], &files[1]).map(|key| store.swap(key));
-            metrics_state.metrics.observe_reload("tls", result.is_ok());
-            result
-        });
+        spawn_watcher(
+            "tls",
+            vec![config.tls_cert.clone(), config.tls_key.clone()],
+            config.reload_interval,
+            vec![cert, key],
+            stopped.clone(),
+            move |files| {
+                let result = load_certified_key(&files[0], &files[1]).map(|key| store.swap(key));
+                metrics_state.metrics.observe_reload("tls", result.is_ok());
+                result
+            },
+        );
         if let Some(path) = &config.policy {
             let policy_state = state.clone();
             spawn_watcher("policy", vec![path.clone()], config.reload_interval, vec![policy_bytes], stopped, move |files| {
-                let result = std::str::from_utf8(&files[0]).map_err(|e| e.to_string()).and_then(|text| Policy::from_yaml(text).map_err(|e| e.to_string()));
+                let result = std::str::from_utf8(&files[0])
+                    .map_err(|e| e.to_string())
+                    .and_then(|text| Policy::from_yaml(text).map_err(|e| e.to_string()));
                 policy_state.metrics.observe_reload("policy", result.is_ok());
                 let policy = result?;
                 tracing::info!(digest = policy.digest(), "policy loaded");
@@ -196,10 +205,16 @@ async fn handle(state: Arc<State>, request: Request<Incoming>) -> Result<HttpRes
     let response = match (request.method(), request.uri().path()) {
         (&Method::POST, "/mutate") => mutate(&state, request).await,
         (&Method::GET, "/healthz") => respond(StatusCode::OK, "text/plain", "ok\n"),
-        (&Method::GET, "/readyz") if state.draining.load(Ordering::SeqCst) => respond(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "draining\n"),
+        (&Method::GET, "/readyz") if state.draining.load(Ordering::SeqCst) => {
+            respond(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "draining\n")
+        }
         (&Method::GET, "/readyz") => respond(StatusCode::OK, "text/plain", "ok\n"),
-        (&Method::GET, "/metrics") => respond(StatusCode::OK, "application/openmetrics-text; version=1.0.0; charset=utf-8", state.metrics.encode()),
-        (_, "/mutate" | "/healthz" | "/readyz" | "/metrics") => json_error(StatusCode::METHOD_NOT_ALLOWED, format!("method {} is not allowed here", request.method())),
+        (&Method::GET, "/metrics") => {
+            respond(StatusCode::OK, "application/openmetrics-text; version=1.0.0; charset=utf-8", state.metrics.encode())
+        }
+        (_, "/mutate" | "/healthz" | "/readyz" | "/metrics") => {
+            json_error(StatusCode::METHOD_NOT_ALLOWED, format!("method {} is not allowed here", request.method()))
+        }
         (_, path) => json_error(StatusCode::NOT_FOUND, format!("no such endpoint: {path}")),
     };
     Ok(response)

@@ -41,7 +41,8 @@ impl ResolvesServerCert for CertStore {
 /// Parse a PEM certificate chain and PEM private key, and check that they belong together (a Secret
 /// update can briefly show a new certificate with the old key).
 pub fn load_certified_key(cert_pem: &[u8], key_pem: &[u8]) -> Result<CertifiedKey, String> {
-    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert_pem).collect::<Result<_, _>>().map_err(|e| format!("certificate file: {e}"))?;
+    let chain: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_slice_iter(cert_pem).collect::<Result<_, _>>().map_err(|e| format!("certificate file: {e}"))?;
     if chain.is_empty() {
         return Err("certificate file: no PEM certificate found".into());
     }

@@ -40,51 +40,196 @@ fn denial(policy: &Policy, pod: &Value) -> (String, Vec<Rule>) {
 #[test]
 fn each_rule_denies_with_a_message_naming_container_and_field() {
     let cases: Vec<(Rule, Value, &str)> = vec![
-        (Rule::Privileged, with(|p| p["spec"]["containers"][0]["securityContext"] = json!({"privileged": true})), r#"container "app": securityContext.privileged is true [privileged]"#),
+        (
+            Rule::Privileged,
+            with(|p| p["spec"]["containers"][0]["securityContext"] = json!({"privileged": true})),
+            r#"container "app": securityContext.privileged is true [privileged]"#,
+        ),
         (Rule::HostNamespaces, with(|p| p["spec"]["hostNetwork"] = json!(true)), "pod: spec.hostNetwork is true [host-namespaces]"),
         (Rule::HostNamespaces, with(|p| p["spec"]["hostPID"] = json!(true)), "pod: spec.hostPID is true [host-namespaces]"),
         (Rule::HostNamespaces, with(|p| p["spec"]["hostIPC"] = json!(true)), "pod: spec.hostIPC is true [host-namespaces]"),
-        (Rule::HostPath, with(|p| p["spec"]["volumes"] = json!([{"name": "root", "hostPath": {"path": "/"}}])), r#"pod: spec.volumes["root"].hostPath is not allowed [host-path]"#),
-        (Rule::VolumeTypes, with(|p| p["spec"]["volumes"] = json!([{"name": "nfs", "nfs": {"server": "s", "path": "/"}}])), r#"pod: spec.volumes["nfs"].nfs is not allowed [volume-types]"#),
-        (Rule::HostPorts, with(|p| p["spec"]["containers"][0]["ports"] = json!([{"containerPort": 80, "hostPort": 80}])), r#"container "app": ports[0].hostPort is set [host-ports]"#),
-        (Rule::Capabilities, with(|p| p["spec"]["containers"][0]["securityContext"] = json!({"capabilities": {"add": ["NET_ADMIN", "SYS_ADMIN"]}})), r#"container "app": securityContext.capabilities.add adds NET_ADMIN, SYS_ADMIN [capabilities]"#),
-        (Rule::RunAsRoot, with(|p| p["spec"]["containers"][0]["securityContext"] = json!({"runAsUser": 0})), r#"container "app": securityContext.runAsUser is 0 (root) [run-as-root]"#),
-        (Rule::RunAsRoot, with(|p| p["spec"]["securityContext"] = json!({"runAsUser": 0})), "pod: spec.securityContext.runAsUser is 0 (root) [run-as-root]"),
-        (Rule::RunAsRoot, with(|p| p["spec"]["securityContext"] = json!({"runAsNonRoot": false})), "pod: spec.securityContext.runAsNonRoot is false [run-as-root]"),
-        (Rule::RunAsRoot, with(|p| p["spec"]["containers"][0]["securityContext"] = json!({"runAsNonRoot": false})), r#"container "app": securityContext.runAsNonRoot is false [run-as-root]"#),
-        (Rule::PrivilegeEscalation, with(|p| p["spec"]["containers"][0]["securityContext"] = json!({"allowPrivilegeEscalation": true})), r#"container "app": securityContext.allowPrivilegeEscalation is true [privilege-escalation]"#),
-        (Rule::ProcMount, with(|p| p["spec"]["containers"][0]["securityContext"] = json!({"procMount": "Unmasked"})), r#"container "app": securityContext.procMount is Unmasked [proc-mount]"#),
-        (Rule::Seccomp, with(|p| p["spec"]["securityContext"] = json!({"seccompProfile": {"type": "Unconfined"}})), "pod: spec.securityContext.seccompProfile.type is Unconfined [seccomp]"),
-        (Rule::Seccomp, with(|p| p["spec"]["containers"][0]["securityContext"] = json!({"seccompProfile": {"type": "Unconfined"}})), r#"container "app": securityContext.seccompProfile.type is Unconfined [seccomp]"#),
-        (Rule::AppArmor, with(|p| p["spec"]["containers"][0]["securityContext"] = json!({"appArmorProfile": {"type": "Unconfined"}})), r#"container "app": securityContext.appArmorProfile.type is Unconfined [apparmor]"#),
-        (Rule::AppArmor, with(|p| p["metadata"]["annotations"]["container.apparmor.security.beta.kubernetes.io/app"] = json!("unconfined")), r#"container "app": metadata.annotations[container.apparmor.security.beta.kubernetes.io/app] is unconfined [apparmor]"#),
-        (Rule::SeLinux, with(|p| p["spec"]["containers"][0]["securityContext"] = json!({"seLinuxOptions": {"type": "spc_t"}})), r#"container "app": securityContext.seLinuxOptions has type "spc_t" [selinux]"#),
-        (Rule::HostProcess, with(|p| p["spec"]["securityContext"] = json!({"windowsOptions": {"hostProcess": true}})), "pod: spec.securityContext.windowsOptions.hostProcess is true [host-process]"),
-        (Rule::Sysctls, with(|p| p["spec"]["securityContext"] = json!({"sysctls": [{"name": "kernel.msgmax", "value": "1"}, {"name": "net.ipv4.tcp_syncookies", "value": "1"}]})), "pod: spec.securityContext.sysctls sets unsafe kernel.msgmax [sysctls]"),
-        (Rule::CredentialsExposed, with(|p| {
-            p["spec"]["volumes"] = json!([{"name": "creds", "secret": {"secretName": "tollgate-proxy-credentials"}}]);
-            p["spec"]["containers"][0]["volumeMounts"] = json!([{"name": "creds", "mountPath": "/creds"}]);
-        }), r#"container "app": volumeMounts[0] mounts volume "creds", which carries the proxy credentials Secret "tollgate-proxy-credentials" [credentials-exposed]"#),
-        (Rule::CredentialsExposed, with(|p| p["spec"]["containers"][0]["volumeMounts"] = json!([{"name": "tollgate-proxy-credentials", "mountPath": "/creds"}])), r#"container "app": volumeMounts[0] mounts volume "tollgate-proxy-credentials""#),
-        (Rule::CredentialsExposed, with(|p| p["spec"]["containers"][0]["env"] = json!([{"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": "tollgate-proxy-credentials", "key": "client-secret"}}}])), r#"container "app": env["TOKEN"] reads the proxy credentials Secret"#),
-        (Rule::CredentialsExposed, with(|p| p["spec"]["containers"][0]["envFrom"] = json!([{"secretRef": {"name": "tollgate-proxy-credentials"}}])), r#"container "app": envFrom[0] reads the proxy credentials Secret"#),
-        (Rule::CredentialsExposed, with(|p| {
-            p["metadata"]["annotations"]["tollgate.dev/credentials-secret"] = json!("analysis-7-creds");
-            p["spec"]["volumes"] = json!([{"name": "all", "projected": {"sources": [{"secret": {"name": "analysis-7-creds"}}]}}]);
-            p["spec"]["containers"][0]["volumeMounts"] = json!([{"name": "all", "mountPath": "/all"}]);
-        }), r#"carries the proxy credentials Secret "analysis-7-creds" [credentials-exposed]"#),
-        (Rule::PortConflict, with(|p| p["spec"]["containers"][0]["ports"] = json!([{"containerPort": 15006}])), r#"container "app": ports[0].containerPort 15006 is reserved for tollgate-proxy [port-conflict]"#),
-        (Rule::InvalidAnnotation, with(|p| p["metadata"]["annotations"]["tollgate.dev/analysis-id"] = json!("../other")), r#"pod: metadata.annotations[tollgate.dev/analysis-id] "../other" contains '/'"#),
-        (Rule::InvalidAnnotation, with(|p| p["metadata"]["annotations"]["tollgate.dev/project-id"] = json!("a%2Fb")), r#"metadata.annotations[tollgate.dev/project-id] "a%2Fb" contains '%'"#),
-        (Rule::InvalidAnnotation, with(|p| p["metadata"]["annotations"]["tollgate.dev/analysis-id"] = json!("..")), "must not be a dot segment"),
-        (Rule::InvalidAnnotation, with(|p| p["metadata"]["annotations"]["tollgate.dev/credentials-secret"] = json!("Not_A_Name")), r#"metadata.annotations[tollgate.dev/credentials-secret] "Not_A_Name" is not a valid object name"#),
-        (Rule::InvalidQuantity, with(|p| p["spec"]["containers"][0]["resources"] = json!({"limits": {"memory": "4GB"}})), r#"container "app": resources.limits.memory is invalid: quantity "4GB" has an unknown suffix "GB""#),
-        (Rule::InvalidQuantity, with(|p| p["spec"]["containers"][0]["resources"] = json!({"requests": {"cpu": "-1"}})), r#"container "app": resources.requests.cpu "-1" is negative [invalid-quantity]"#),
-        (Rule::ResourceNotAllowed, with(|p| p["spec"]["containers"][0]["resources"] = json!({"limits": {"example.com/fpga": "1"}})), r#"container "app": resources.limits.example.com/fpga is not permitted by the policy (no entry in resources.maximum) [resource-not-allowed]"#),
-        (Rule::ResourcesExceedMaximum, with(|p| p["spec"]["containers"][0]["resources"] = json!({"limits": {"memory": "65Gi"}})), r#"container "app": resources.limits.memory 65Gi is above the maximum 64Gi [resources-exceed-maximum]"#),
-        (Rule::ResourcesExceedMaximum, with(|p| p["spec"]["containers"][0]["resources"] = json!({"limits": {"nvidia.com/gpu": "3"}})), r#"resources.limits.nvidia.com/gpu 3 is above the maximum 2"#),
-        (Rule::RequestsExceedLimits, with(|p| p["spec"]["containers"][0]["resources"] = json!({"requests": {"cpu": "1500m"}, "limits": {"cpu": "1"}})), r#"container "app": resources.requests.cpu 1500m is above the limit 1 [requests-exceed-limits]"#),
-        (Rule::LifetimeExceedsMaximum, with(|p| p["spec"]["activeDeadlineSeconds"] = json!(999_999)), "pod: spec.activeDeadlineSeconds 999999 is above the maximum 86400 [lifetime-exceeds-maximum]"),
+        (
+            Rule::HostPath,
+            with(|p| p["spec"]["volumes"] = json!([{"name": "root", "hostPath": {"path": "/"}}])),
+            r#"pod: spec.volumes["root"].hostPath is not allowed [host-path]"#,
+        ),
+        (
+            Rule::VolumeTypes,
+            with(|p| p["spec"]["volumes"] = json!([{"name": "nfs", "nfs": {"server": "s", "path": "/"}}])),
+            r#"pod: spec.volumes["nfs"].nfs is not allowed [volume-types]"#,
+        ),
+        (
+            Rule::HostPorts,
+            with(|p| p["spec"]["containers"][0]["ports"] = json!([{"containerPort": 80, "hostPort": 80}])),
+            r#"container "app": ports[0].hostPort is set [host-ports]"#,
+        ),
+        (
+            Rule::Capabilities,
+            with(|p| p["spec"]["containers"][0]["securityContext"] = json!({"capabilities": {"add": ["NET_ADMIN", "SYS_ADMIN"]}})),
+            r#"container "app": securityContext.capabilities.add adds NET_ADMIN, SYS_ADMIN [capabilities]"#,
+        ),
+        (
+            Rule::RunAsRoot,
+            with(|p| p["spec"]["containers"][0]["securityContext"] = json!({"runAsUser": 0})),
+            r#"container "app": securityContext.runAsUser is 0 (root) [run-as-root]"#,
+        ),
+        (
+            Rule::RunAsRoot,
+            with(|p| p["spec"]["securityContext"] = json!({"runAsUser": 0})),
+            "pod: spec.securityContext.runAsUser is 0 (root) [run-as-root]",
+        ),
+        (
+            Rule::RunAsRoot,
+            with(|p| p["spec"]["securityContext"] = json!({"runAsNonRoot": false})),
+            "pod: spec.securityContext.runAsNonRoot is false [run-as-root]",
+        ),
+        (
+            Rule::RunAsRoot,
+            with(|p| p["spec"]["containers"][0]["securityContext"] = json!({"runAsNonRoot": false})),
+            r#"container "app": securityContext.runAsNonRoot is false [run-as-root]"#,
+        ),
+        (
+            Rule::PrivilegeEscalation,
+            with(|p| p["spec"]["containers"][0]["securityContext"] = json!({"allowPrivilegeEscalation": true})),
+            r#"container "app": securityContext.allowPrivilegeEscalation is true [privilege-escalation]"#,
+        ),
+        (
+            Rule::ProcMount,
+            with(|p| p["spec"]["containers"][0]["securityContext"] = json!({"procMount": "Unmasked"})),
+            r#"container "app": securityContext.procMount is Unmasked [proc-mount]"#,
+        ),
+        (
+            Rule::Seccomp,
+            with(|p| p["spec"]["securityContext"] = json!({"seccompProfile": {"type": "Unconfined"}})),
+            "pod: spec.securityContext.seccompProfile.type is Unconfined [seccomp]",
+        ),
+        (
+            Rule::Seccomp,
+            with(|p| p["spec"]["containers"][0]["securityContext"] = json!({"seccompProfile": {"type": "Unconfined"}})),
+            r#"container "app": securityContext.seccompProfile.type is Unconfined [seccomp]"#,
+        ),
+        (
+            Rule::AppArmor,
+            with(|p| p["spec"]["containers"][0]["securityContext"] = json!({"appArmorProfile": {"type": "Unconfined"}})),
+            r#"container "app": securityContext.appArmorProfile.type is Unconfined [apparmor]"#,
+        ),
+        (
+            Rule::AppArmor,
+            with(|p| p["metadata"]["annotations"]["container.apparmor.security.beta.kubernetes.io/app"] = json!("unconfined")),
+            r#"container "app": metadata.annotations[container.apparmor.security.beta.kubernetes.io/app] is unconfined [apparmor]"#,
+        ),
+        (
+            Rule::SeLinux,
+            with(|p| p["spec"]["containers"][0]["securityContext"] = json!({"seLinuxOptions": {"type": "spc_t"}})),
+            r#"container "app": securityContext.seLinuxOptions has type "spc_t" [selinux]"#,
+        ),
+        (
+            Rule::HostProcess,
+            with(|p| p["spec"]["securityContext"] = json!({"windowsOptions": {"hostProcess": true}})),
+            "pod: spec.securityContext.windowsOptions.hostProcess is true [host-process]",
+        ),
+        (
+            Rule::Sysctls,
+            with(|p| {
+                p["spec"]["securityContext"] =
+                    json!({"sysctls": [{"name": "kernel.msgmax", "value": "1"}, {"name": "net.ipv4.tcp_syncookies", "value": "1"}]})
+            }),
+            "pod: spec.securityContext.sysctls sets unsafe kernel.msgmax [sysctls]",
+        ),
+        (
+            Rule::CredentialsExposed,
+            with(|p| {
+                p["spec"]["volumes"] = json!([{"name": "creds", "secret": {"secretName": "tollgate-proxy-credentials"}}]);
+                p["spec"]["containers"][0]["volumeMounts"] = json!([{"name": "creds", "mountPath": "/creds"}]);
+            }),
+            r#"container "app": volumeMounts[0] mounts volume "creds", which carries the proxy credentials Secret "tollgate-proxy-credentials" [credentials-exposed]"#,
+        ),
+        (
+            Rule::CredentialsExposed,
+            with(|p| p["spec"]["containers"][0]["volumeMounts"] = json!([{"name": "tollgate-proxy-credentials", "mountPath": "/creds"}])),
+            r#"container "app": volumeMounts[0] mounts volume "tollgate-proxy-credentials""#,
+        ),
+        (
+            Rule::CredentialsExposed,
+            with(|p| {
+                p["spec"]["containers"][0]["env"] = json!([{"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": "tollgate-proxy-credentials", "key": "client-secret"}}}])
+            }),
+            r#"container "app": env["TOKEN"] reads the proxy credentials Secret"#,
+        ),
+        (
+            Rule::CredentialsExposed,
+            with(|p| p["spec"]["containers"][0]["envFrom"] = json!([{"secretRef": {"name": "tollgate-proxy-credentials"}}])),
+            r#"container "app": envFrom[0] reads the proxy credentials Secret"#,
+        ),
+        (
+            Rule::CredentialsExposed,
+            with(|p| {
+                p["metadata"]["annotations"]["tollgate.dev/credentials-secret"] = json!("analysis-7-creds");
+                p["spec"]["volumes"] = json!([{"name": "all", "projected": {"sources": [{"secret": {"name": "analysis-7-creds"}}]}}]);
+                p["spec"]["containers"][0]["volumeMounts"] = json!([{"name": "all", "mountPath": "/all"}]);
+            }),
+            r#"carries the proxy credentials Secret "analysis-7-creds" [credentials-exposed]"#,
+        ),
+        (
+            Rule::PortConflict,
+            with(|p| p["spec"]["containers"][0]["ports"] = json!([{"containerPort": 15006}])),
+            r#"container "app": ports[0].containerPort 15006 is reserved for tollgate-proxy [port-conflict]"#,
+        ),
+        (
+            Rule::InvalidAnnotation,
+            with(|p| p["metadata"]["annotations"]["tollgate.dev/analysis-id"] = json!("../other")),
+            r#"pod: metadata.annotations[tollgate.dev/analysis-id] "../other" contains '/'"#,
+        ),
+        (
+            Rule::InvalidAnnotation,
+            with(|p| p["metadata"]["annotations"]["tollgate.dev/project-id"] = json!("a%2Fb")),
+            r#"metadata.annotations[tollgate.dev/project-id] "a%2Fb" contains '%'"#,
+        ),
+        (
+            Rule::InvalidAnnotation,
+            with(|p| p["metadata"]["annotations"]["tollgate.dev/analysis-id"] = json!("..")),
+            "must not be a dot segment",
+        ),
+        (
+            Rule::InvalidAnnotation,
+            with(|p| p["metadata"]["annotations"]["tollgate.dev/credentials-secret"] = json!("Not_A_Name")),
+            r#"metadata.annotations[tollgate.dev/credentials-secret] "Not_A_Name" is not a valid object name"#,
+        ),
+        (
+            Rule::InvalidQuantity,
+            with(|p| p["spec"]["containers"][0]["resources"] = json!({"limits": {"memory": "4GB"}})),
+            r#"container "app": resources.limits.memory is invalid: quantity "4GB" has an unknown suffix "GB""#,
+        ),
+        (
+            Rule::InvalidQuantity,
+            with(|p| p["spec"]["containers"][0]["resources"] = json!({"requests": {"cpu": "-1"}})),
+            r#"container "app": resources.requests.cpu "-1" is negative [invalid-quantity]"#,
+        ),
+        (
+            Rule::ResourceNotAllowed,
+            with(|p| p["spec"]["containers"][0]["resources"] = json!({"limits": {"example.com/fpga": "1"}})),
+            r#"container "app": resources.limits.example.com/fpga is not permitted by the policy (no entry in resources.maximum) [resource-not-allowed]"#,
+        ),
+        (
+            Rule::ResourcesExceedMaximum,
+            with(|p| p["spec"]["containers"][0]["resources"] = json!({"limits": {"memory": "65Gi"}})),
+            r#"container "app": resources.limits.memory 65Gi is above the maximum 64Gi [resources-exceed-maximum]"#,
+        ),
+        (
+            Rule::ResourcesExceedMaximum,
+            with(|p| p["spec"]["containers"][0]["resources"] = json!({"limits": {"nvidia.com/gpu": "3"}})),
+            r#"resources.limits.nvidia.com/gpu 3 is above the maximum 2"#,
+        ),
+        (
+            Rule::RequestsExceedLimits,
+            with(|p| p["spec"]["containers"][0]["resources"] = json!({"requests": {"cpu": "1500m"}, "limits": {"cpu": "1"}})),
+            r#"container "app": resources.requests.cpu 1500m is above the limit 1 [requests-exceed-limits]"#,
+        ),
+        (
+            Rule::LifetimeExceedsMaximum,
+            with(|p| p["spec"]["activeDeadlineSeconds"] = json!(999_999)),
+            "pod: spec.activeDeadlineSeconds 999999 is above the maximum 86400 [lifetime-exceeds-maximum]",
+        ),
     ];
     let policy = Policy::default();
     let mut covered = std::collections::BTreeSet::new();
@@ -170,8 +315,14 @@ fn opt_out_only_where_the_policy_allows_it() {
 #[test]
 fn undecodable_pods_name_the_field() {
     for (pod, expected) in [
-        (with(|p| p["spec"]["containers"] = json!("not a list")), "spec.containers: invalid type: string \"not a list\", expected a sequence"),
-        (with(|p| p["spec"]["containers"][0]["ports"] = json!([{"containerPort": "eighty"}])), "spec.containers[0].ports[0].containerPort: invalid type: string \"eighty\""),
+        (
+            with(|p| p["spec"]["containers"] = json!("not a list")),
+            "spec.containers: invalid type: string \"not a list\", expected a sequence",
+        ),
+        (
+            with(|p| p["spec"]["containers"][0]["ports"] = json!([{"containerPort": "eighty"}])),
+            "spec.containers[0].ports[0].containerPort: invalid type: string \"eighty\"",
+        ),
         (with(|p| p["metadata"]["labels"] = json!({"a": 1})), "metadata.labels.a: invalid type: integer `1`"),
         (json!([1, 2]), "invalid type: sequence, expected Pod"),
         (json!({"kind": "Pod", "apiVersion": "v2"}), "invalid value: string \"v2\", expected v1"),

@@ -35,7 +35,9 @@ fn check_fixture(name: &str) {
         fs::write(&expected_path, serde_yaml_ng::to_string(&pod).unwrap()).unwrap();
         fs::write(&changes_path, &changes).unwrap();
     }
-    let expected = common::yaml(&fs::read_to_string(&expected_path).unwrap_or_else(|_| panic!("{name}: no expected.yaml (TOLLGATE_BLESS=1 writes it)")));
+    let expected = common::yaml(
+        &fs::read_to_string(&expected_path).unwrap_or_else(|_| panic!("{name}: no expected.yaml (TOLLGATE_BLESS=1 writes it)")),
+    );
     assert!(pod == expected, "{name}: hardened pod differs from expected.yaml:\n{}", serde_yaml_ng::to_string(&pod).unwrap());
     assert_eq!(changes, fs::read_to_string(&changes_path).unwrap(), "{name}: change list differs from changes.txt");
 

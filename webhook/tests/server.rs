@@ -199,7 +199,12 @@ async fn other_kinds_and_operations_pass_untouched() {
     let cases = [
         admission_review("cm", "CREATE", ("", "v1", "ConfigMap"), config_map),
         admission_review("update", "UPDATE", ("", "v1", "Pod"), plain_pod()),
-        admission_review("deploy", "CREATE", ("apps", "v1", "Deployment"), json!({"kind": "Deployment", "apiVersion": "apps/v1", "metadata": {"name": "d"}})),
+        admission_review(
+            "deploy",
+            "CREATE",
+            ("apps", "v1", "Deployment"),
+            json!({"kind": "Deployment", "apiVersion": "apps/v1", "metadata": {"name": "d"}}),
+        ),
         admission_review("delete", "DELETE", ("", "v1", "Pod"), Value::Null),
     ];
     for review in cases {
@@ -225,7 +230,10 @@ async fn bad_input_gets_a_clear_answer() {
     assert_eq!(response["allowed"], false);
     assert_eq!(response["status"]["code"], 400);
     let message = response["status"]["message"].as_str().unwrap();
-    assert!(message.contains("object is not a valid Pod: spec.containers[0].ports[0].containerPort: invalid type: string \"http\""), "{message}");
+    assert!(
+        message.contains("object is not a valid Pod: spec.containers[0].ports[0].containerPort: invalid type: string \"http\""),
+        "{message}"
+    );
 
     // Not an AdmissionReview: HTTP 400 with a JSON error.
     for (body, expected) in [
@@ -320,8 +328,13 @@ async fn certificate_rotation_under_continuous_traffic_fails_no_request() {
                 let connector = server.ca.connector(&[alpn]);
                 let result = async {
                     let (mut client, cert) = Client::connect(&connector, server.addr).await.map_err(|e| e.to_string())?;
-                    let reply = client.send(request("POST", "/mutate", pod_review(&format!("w{i}-{n}"), plain_pod()))).await.map_err(|e| e.to_string())?;
-                    (reply.status == 200 && reply.json()["response"]["allowed"] == true).then_some(cert).ok_or_else(|| format!("status {}", reply.status))
+                    let reply = client
+                        .send(request("POST", "/mutate", pod_review(&format!("w{i}-{n}"), plain_pod())))
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    (reply.status == 200 && reply.json()["response"]["allowed"] == true)
+                        .then_some(cert)
+                        .ok_or_else(|| format!("status {}", reply.status))
                 }
                 .await;
                 match result {
@@ -391,13 +404,16 @@ async fn certificate_rotation_under_continuous_traffic_fails_no_request() {
     let (ok, failed) = (ok.load(Ordering::SeqCst), failed.load(Ordering::SeqCst));
     assert_eq!(failed, 0, "{failed} requests failed ({ok} succeeded)");
     assert!(ok > 50, "too little traffic to prove anything: {ok}");
-    let seen = seen_certs.lock().unwrap();
+    let seen = seen_certs.lock().unwrap().clone();
     for leaf in &leaves {
         assert!(seen.contains(&leaf.der), "traffic never saw one of the rotated certificates");
     }
     let metrics = String::from_utf8(server.client(b"h2").await.send(request("GET", "/metrics", "")).await.unwrap().body.to_vec()).unwrap();
     assert!(metrics.contains(r#"tollgate_webhook_reloads_total{file="tls",result="success"} 4"#), "{metrics}");
-    assert!(metrics.contains(r#"tollgate_webhook_reloads_total{file="tls",result="failure"}"#), "the mismatched pair was seen and rejected: {metrics}");
+    assert!(
+        metrics.contains(r#"tollgate_webhook_reloads_total{file="tls",result="failure"}"#),
+        "the mismatched pair was seen and rejected: {metrics}"
+    );
     Arc::into_inner(server).unwrap().stop().await;
 }
 
@@ -429,7 +445,10 @@ async fn policy_reload_applies_valid_and_rejects_invalid_changes() {
         assert!(Instant::now() < deadline, "invalid policy not noticed");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert!(verdict(client.send(request("POST", "/mutate", pod_review("3", privileged.clone()))).await.unwrap()), "old policy must stay in force");
+    assert!(
+        verdict(client.send(request("POST", "/mutate", pod_review("3", privileged.clone()))).await.unwrap()),
+        "old policy must stay in force"
+    );
     server.stop().await;
 }
 
@@ -440,7 +459,8 @@ async fn shutdown_drains_in_flight_requests_and_then_refuses() {
     // A request whose body is only half sent when shutdown starts.
     let body = pod_review("in-flight", plain_pod());
     let mut stream = tls_connect(&connector, server.addr).await.unwrap();
-    let head = format!("POST /mutate HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n", body.len());
+    let head =
+        format!("POST /mutate HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n", body.len());
     stream.write_all(head.as_bytes()).await.unwrap();
     stream.write_all(&body[..body.len() / 2]).await.unwrap();
     stream.flush().await.unwrap();

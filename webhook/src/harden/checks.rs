@@ -5,7 +5,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde_json::{Value, json};
 
 use super::rules::{ALLOWED_SELINUX_TYPES, ALLOWED_VOLUME_TYPES, SAFE_SYSCTLS};
-use super::{ANNOTATION_ANALYSIS_ID, ANNOTATION_CREDENTIALS_SECRET, ANNOTATION_PROJECT_ID, ContainerRef, Findings, Fix, PodIds, Rule, VOLUME_CREDENTIALS, join};
+use super::{
+    ANNOTATION_ANALYSIS_ID, ANNOTATION_CREDENTIALS_SECRET, ANNOTATION_PROJECT_ID, ContainerRef, Findings, Fix, PodIds, Rule,
+    VOLUME_CREDENTIALS, join,
+};
 use crate::patch::{Seg, get};
 use crate::path;
 use crate::policy::{Policy, check_object_name};
@@ -60,30 +63,72 @@ fn security_context(doc: &Value, scope: &str, sc_path: &crate::patch::Path, pref
     let at = |rel: &[&str]| join(sc_path, rel.iter().map(|s| Seg::from(*s)));
     let field = |rel: &str| format!("{prefix}securityContext.{rel}");
     if get(doc, &at(&["runAsUser"])).and_then(Value::as_i64) == Some(0) {
-        f.insecure(Rule::RunAsRoot, scope, &field("runAsUser"), "is 0 (root)", Fix::Set(at(&["runAsUser"]), json!(uid)), format!("set {}={uid}", field("runAsUser")));
+        f.insecure(
+            Rule::RunAsRoot,
+            scope,
+            &field("runAsUser"),
+            "is 0 (root)",
+            Fix::Set(at(&["runAsUser"]), json!(uid)),
+            format!("set {}={uid}", field("runAsUser")),
+        );
     }
     if get(doc, &at(&["runAsNonRoot"])) == Some(&Value::Bool(false)) {
-        f.insecure(Rule::RunAsRoot, scope, &field("runAsNonRoot"), "is false", Fix::Set(at(&["runAsNonRoot"]), json!(true)), format!("set {}=true", field("runAsNonRoot")));
+        f.insecure(
+            Rule::RunAsRoot,
+            scope,
+            &field("runAsNonRoot"),
+            "is false",
+            Fix::Set(at(&["runAsNonRoot"]), json!(true)),
+            format!("set {}=true", field("runAsNonRoot")),
+        );
     }
     if str_at(doc, &at(&["seccompProfile", "type"])) == Some("Unconfined") {
         let fix = Fix::Set(at(&["seccompProfile"]), json!({"type": "RuntimeDefault"}));
-        f.insecure(Rule::Seccomp, scope, &field("seccompProfile.type"), "is Unconfined", fix, format!("set {}=RuntimeDefault", field("seccompProfile.type")));
+        f.insecure(
+            Rule::Seccomp,
+            scope,
+            &field("seccompProfile.type"),
+            "is Unconfined",
+            fix,
+            format!("set {}=RuntimeDefault", field("seccompProfile.type")),
+        );
     }
     if str_at(doc, &at(&["appArmorProfile", "type"])) == Some("Unconfined") {
         let fix = Fix::Set(at(&["appArmorProfile"]), json!({"type": "RuntimeDefault"}));
-        f.insecure(Rule::AppArmor, scope, &field("appArmorProfile.type"), "is Unconfined", fix, format!("set {}=RuntimeDefault", field("appArmorProfile.type")));
+        f.insecure(
+            Rule::AppArmor,
+            scope,
+            &field("appArmorProfile.type"),
+            "is Unconfined",
+            fix,
+            format!("set {}=RuntimeDefault", field("appArmorProfile.type")),
+        );
     }
     if let Some(selinux) = get(doc, &at(&["seLinuxOptions"])) {
         let selinux_type = selinux.get("type").and_then(Value::as_str).unwrap_or("");
         let sets_user_or_role = ["user", "role"].iter().any(|k| selinux.get(*k).and_then(Value::as_str).is_some_and(|v| !v.is_empty()));
         if (!selinux_type.is_empty() && !ALLOWED_SELINUX_TYPES.contains(&selinux_type)) || sets_user_or_role {
             let problem = if sets_user_or_role { "sets a user or role".to_owned() } else { format!("has type {selinux_type:?}") };
-            f.insecure(Rule::SeLinux, scope, &field("seLinuxOptions"), problem, Fix::Remove(at(&["seLinuxOptions"])), format!("removed {}", field("seLinuxOptions")));
+            f.insecure(
+                Rule::SeLinux,
+                scope,
+                &field("seLinuxOptions"),
+                problem,
+                Fix::Remove(at(&["seLinuxOptions"])),
+                format!("removed {}", field("seLinuxOptions")),
+            );
         }
     }
     if is_true(get(doc, &at(&["windowsOptions", "hostProcess"]))) {
         let fix = Fix::Set(at(&["windowsOptions", "hostProcess"]), json!(false));
-        f.insecure(Rule::HostProcess, scope, &field("windowsOptions.hostProcess"), "is true", fix, format!("set {}=false", field("windowsOptions.hostProcess")));
+        f.insecure(
+            Rule::HostProcess,
+            scope,
+            &field("windowsOptions.hostProcess"),
+            "is true",
+            fix,
+            format!("set {}=false", field("windowsOptions.hostProcess")),
+        );
     }
 }
 
@@ -91,18 +136,37 @@ pub(super) fn pod_level(doc: &Value, annotations: &BTreeMap<String, String>, f: 
     let uid = f.policy.security.run_as_user;
     for key in ["hostNetwork", "hostPID", "hostIPC"] {
         if is_true(get(doc, &path!["spec", key])) {
-            f.insecure(Rule::HostNamespaces, "pod", &format!("spec.{key}"), "is true", Fix::Set(path!["spec", key], json!(false)), format!("set spec.{key}=false"));
+            f.insecure(
+                Rule::HostNamespaces,
+                "pod",
+                &format!("spec.{key}"),
+                "is true",
+                Fix::Set(path!["spec", key], json!(false)),
+                format!("set spec.{key}=false"),
+            );
         }
     }
     security_context(doc, "pod", &path!["spec", "securityContext"], "spec.", uid, f);
 
     if let Some(Value::Array(sysctls)) = get(doc, &path!["spec", "securityContext", "sysctls"]) {
-        let unsafe_names: Vec<&str> = sysctls.iter().filter_map(|s| s.get("name").and_then(Value::as_str)).filter(|name| !SAFE_SYSCTLS.contains(name)).collect();
+        let unsafe_names: Vec<&str> =
+            sysctls.iter().filter_map(|s| s.get("name").and_then(Value::as_str)).filter(|name| !SAFE_SYSCTLS.contains(name)).collect();
         if !unsafe_names.is_empty() {
-            let kept: Vec<Value> = sysctls.iter().filter(|s| s.get("name").and_then(Value::as_str).is_some_and(|name| SAFE_SYSCTLS.contains(&name))).cloned().collect();
+            let kept: Vec<Value> = sysctls
+                .iter()
+                .filter(|s| s.get("name").and_then(Value::as_str).is_some_and(|name| SAFE_SYSCTLS.contains(&name)))
+                .cloned()
+                .collect();
             let fix_path = path!["spec", "securityContext", "sysctls"];
             let fix = if kept.is_empty() { Fix::Remove(fix_path) } else { Fix::Set(fix_path, Value::Array(kept)) };
-            f.insecure(Rule::Sysctls, "pod", "spec.securityContext.sysctls", format!("sets unsafe {}", unsafe_names.join(", ")), fix, "removed the unsafe sysctls");
+            f.insecure(
+                Rule::Sysctls,
+                "pod",
+                "spec.securityContext.sysctls",
+                format!("sets unsafe {}", unsafe_names.join(", ")),
+                fix,
+                "removed the unsafe sysctls",
+            );
         }
     }
 
@@ -115,7 +179,14 @@ pub(super) fn pod_level(doc: &Value, annotations: &BTreeMap<String, String>, f: 
             }
             let rule = if kind == "hostPath" { Rule::HostPath } else { Rule::VolumeTypes };
             let fix = Fix::Set(path!["spec", "volumes", index], json!({"name": name, "emptyDir": {}}));
-            f.insecure(rule, "pod", &format!("spec.volumes[{name:?}].{kind}"), "is not allowed", fix, format!("replaced volume {name:?} with an emptyDir"));
+            f.insecure(
+                rule,
+                "pod",
+                &format!("spec.volumes[{name:?}].{kind}"),
+                "is not allowed",
+                fix,
+                format!("replaced volume {name:?} with an emptyDir"),
+            );
         }
     }
 
@@ -124,7 +195,14 @@ pub(super) fn pod_level(doc: &Value, annotations: &BTreeMap<String, String>, f: 
             && value == "unconfined"
         {
             let fix = Fix::Set(path!["metadata", "annotations", key.as_str()], json!("runtime/default"));
-            f.insecure(Rule::AppArmor, &format!("container {container:?}"), &format!("metadata.annotations[{key}]"), "is unconfined", fix, format!("set annotation {key}=runtime/default"));
+            f.insecure(
+                Rule::AppArmor,
+                &format!("container {container:?}"),
+                &format!("metadata.annotations[{key}]"),
+                "is unconfined",
+                fix,
+                format!("set annotation {key}=runtime/default"),
+            );
         }
     }
 }
@@ -152,22 +230,54 @@ pub(super) fn container(doc: &Value, c: &ContainerRef, ids: &PodIds, f: &mut Fin
     let uid = f.policy.security.run_as_user;
 
     if is_true(get(doc, &at(&["privileged"]))) {
-        f.insecure(Rule::Privileged, scope, "securityContext.privileged", "is true", Fix::Set(at(&["privileged"]), json!(false)), "set securityContext.privileged=false");
+        f.insecure(
+            Rule::Privileged,
+            scope,
+            "securityContext.privileged",
+            "is true",
+            Fix::Set(at(&["privileged"]), json!(false)),
+            "set securityContext.privileged=false",
+        );
     }
     if is_true(get(doc, &at(&["allowPrivilegeEscalation"]))) {
         let fix = Fix::Set(at(&["allowPrivilegeEscalation"]), json!(false));
-        f.insecure(Rule::PrivilegeEscalation, scope, "securityContext.allowPrivilegeEscalation", "is true", fix, "set securityContext.allowPrivilegeEscalation=false");
+        f.insecure(
+            Rule::PrivilegeEscalation,
+            scope,
+            "securityContext.allowPrivilegeEscalation",
+            "is true",
+            fix,
+            "set securityContext.allowPrivilegeEscalation=false",
+        );
     }
     if let Some(Value::Array(added)) = get(doc, &at(&["capabilities", "add"])) {
         let extra: Vec<&str> = added.iter().filter_map(Value::as_str).filter(|cap| *cap != "NET_BIND_SERVICE").collect();
         if !extra.is_empty() || added.iter().any(|cap| !cap.is_string()) {
             let kept: Vec<Value> = added.iter().filter(|cap| cap.as_str() == Some("NET_BIND_SERVICE")).cloned().collect();
-            let fix = if kept.is_empty() { Fix::Remove(at(&["capabilities", "add"])) } else { Fix::Set(at(&["capabilities", "add"]), Value::Array(kept)) };
-            f.insecure(Rule::Capabilities, scope, "securityContext.capabilities.add", format!("adds {}", extra.join(", ")), fix, "removed the added capabilities");
+            let fix = if kept.is_empty() {
+                Fix::Remove(at(&["capabilities", "add"]))
+            } else {
+                Fix::Set(at(&["capabilities", "add"]), Value::Array(kept))
+            };
+            f.insecure(
+                Rule::Capabilities,
+                scope,
+                "securityContext.capabilities.add",
+                format!("adds {}", extra.join(", ")),
+                fix,
+                "removed the added capabilities",
+            );
         }
     }
     if str_at(doc, &at(&["procMount"])) == Some("Unmasked") {
-        f.insecure(Rule::ProcMount, scope, "securityContext.procMount", "is Unmasked", Fix::Set(at(&["procMount"]), json!("Default")), "set securityContext.procMount=Default");
+        f.insecure(
+            Rule::ProcMount,
+            scope,
+            "securityContext.procMount",
+            "is Unmasked",
+            Fix::Set(at(&["procMount"]), json!("Default")),
+            "set securityContext.procMount=Default",
+        );
     }
     security_context(doc, scope, &sc, "", uid, f);
 
@@ -178,10 +288,23 @@ pub(super) fn container(doc: &Value, c: &ContainerRef, ids: &PodIds, f: &mut Fin
         for (index, port) in items.iter().enumerate() {
             if port.get("hostPort").and_then(Value::as_i64).is_some_and(|p| p != 0) {
                 let fix = Fix::Remove(join(&ports, [Seg::Index(index), Seg::from("hostPort")]));
-                f.insecure(Rule::HostPorts, scope, &format!("ports[{index}].hostPort"), "is set", fix, format!("removed ports[{index}].hostPort"));
+                f.insecure(
+                    Rule::HostPorts,
+                    scope,
+                    &format!("ports[{index}].hostPort"),
+                    "is set",
+                    fix,
+                    format!("removed ports[{index}].hostPort"),
+                );
             }
-            if let Some(number) = port.get("containerPort").and_then(Value::as_i64).filter(|p| reserved.iter().any(|r| i64::from(*r) == *p)) {
-                f.refused(Rule::PortConflict, scope, format!("ports[{index}].containerPort"), format!("{number} is reserved for {}", super::SIDECAR_NAME));
+            if let Some(number) = port.get("containerPort").and_then(Value::as_i64).filter(|p| reserved.iter().any(|r| i64::from(*r) == *p))
+            {
+                f.refused(
+                    Rule::PortConflict,
+                    scope,
+                    format!("ports[{index}].containerPort"),
+                    format!("{number} is reserved for {}", super::SIDECAR_NAME),
+                );
             }
         }
     }
@@ -192,7 +315,12 @@ pub(super) fn container(doc: &Value, c: &ContainerRef, ids: &PodIds, f: &mut Fin
     if let Some(Value::Array(mounts)) = get(doc, &join(&c.path, [Seg::from("volumeMounts")])) {
         for (index, mount) in mounts.iter().enumerate() {
             if let Some(name) = mount.get("name").and_then(Value::as_str).filter(|n| carrying.contains(*n)) {
-                f.refused(Rule::CredentialsExposed, scope, format!("volumeMounts[{index}]"), format!("mounts volume {name:?}, which carries the proxy credentials Secret {secret:?}"));
+                f.refused(
+                    Rule::CredentialsExposed,
+                    scope,
+                    format!("volumeMounts[{index}]"),
+                    format!("mounts volume {name:?}, which carries the proxy credentials Secret {secret:?}"),
+                );
             }
         }
     }
@@ -200,14 +328,24 @@ pub(super) fn container(doc: &Value, c: &ContainerRef, ids: &PodIds, f: &mut Fin
         for var in env {
             if var.pointer("/valueFrom/secretKeyRef/name").and_then(Value::as_str) == Some(secret) {
                 let name = var.get("name").and_then(Value::as_str).unwrap_or("");
-                f.refused(Rule::CredentialsExposed, scope, format!("env[{name:?}]"), format!("reads the proxy credentials Secret {secret:?}"));
+                f.refused(
+                    Rule::CredentialsExposed,
+                    scope,
+                    format!("env[{name:?}]"),
+                    format!("reads the proxy credentials Secret {secret:?}"),
+                );
             }
         }
     }
     if let Some(Value::Array(env_from)) = get(doc, &join(&c.path, [Seg::from("envFrom")])) {
         for (index, source) in env_from.iter().enumerate() {
             if source.pointer("/secretRef/name").and_then(Value::as_str) == Some(secret) {
-                f.refused(Rule::CredentialsExposed, scope, format!("envFrom[{index}]"), format!("reads the proxy credentials Secret {secret:?}"));
+                f.refused(
+                    Rule::CredentialsExposed,
+                    scope,
+                    format!("envFrom[{index}]"),
+                    format!("reads the proxy credentials Secret {secret:?}"),
+                );
             }
         }
     }

@@ -15,7 +15,7 @@ use k8s_openapi::api::core::v1::Pod;
 use serde::Serialize;
 use serde_json::{Value, json};
 
-use crate::patch::{Path, PatchBuilder, Seg, join};
+use crate::patch::{PatchBuilder, Path, Seg, join};
 use crate::path;
 use crate::policy::{OnExceed, OnViolation, Policy};
 pub use rules::{Denial, Rule, Violation};
@@ -53,7 +53,9 @@ pub enum Outcome {
     /// The pod is (now) hardened; an empty patch means it already was.
     Hardened(Hardened),
     /// Left alone on purpose.
-    Skipped { reason: SkipReason },
+    Skipped {
+        reason: SkipReason,
+    },
     Denied(Denial),
 }
 
@@ -359,7 +361,9 @@ fn harden_container(policy: &Policy, c: &ContainerRef, e: &mut Editor) {
     if policy.security.read_only_root_filesystem {
         let mounts_path = join(&c.path, [Seg::from("volumeMounts")]);
         let has_tmp = match e.builder.get(&mounts_path) {
-            Some(Value::Array(mounts)) => mounts.iter().any(|m| matches!(m.get("mountPath").and_then(Value::as_str), Some("/tmp" | "/tmp/"))),
+            Some(Value::Array(mounts)) => {
+                mounts.iter().any(|m| matches!(m.get("mountPath").and_then(Value::as_str), Some("/tmp" | "/tmp/")))
+            }
             _ => false,
         };
         if !has_tmp {
@@ -388,7 +392,13 @@ fn ensure_volumes(policy: &Policy, ids: &PodIds, containers: &[ContainerRef], e:
             Some(Value::Array(items)) => items.iter().position(|v| v.get("name").and_then(Value::as_str) == Some(&name)),
             _ => None,
         };
-        let kind = if name == VOLUME_TMP { "emptyDir" } else if name == VOLUME_CONFIG { "configMap" } else { "secret" };
+        let kind = if name == VOLUME_TMP {
+            "emptyDir"
+        } else if name == VOLUME_CONFIG {
+            "configMap"
+        } else {
+            "secret"
+        };
         match index {
             Some(index) => {
                 if e.builder.set(&join(&volumes, [Seg::Index(index)]), volume) {

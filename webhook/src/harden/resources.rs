@@ -33,7 +33,9 @@ fn parse_list(doc: &Value, path: &Path, field: &str, scope: &str, f: &mut Findin
             other => other.to_string(),
         };
         match text.parse::<Quantity>() {
-            Ok(quantity) if quantity.is_negative() => f.refused(Rule::InvalidQuantity, scope, format!("{field}.{name}"), format!("{text:?} is negative")),
+            Ok(quantity) if quantity.is_negative() => {
+                f.refused(Rule::InvalidQuantity, scope, format!("{field}.{name}"), format!("{text:?} is negative"))
+            }
             Ok(quantity) => {
                 parsed.insert(name.clone(), (text, quantity));
             }
@@ -61,7 +63,14 @@ fn plan_container(policy: &Policy, doc: &Value, c: &ContainerRef, f: &mut Findin
                 }
                 Some(max) if *value > max.value => {
                     let fix = Fix::Set(join(list_path, [Seg::from(name.as_str())]), json!(max.text));
-                    f.excessive(Rule::ResourcesExceedMaximum, scope, &field, format!("{text} is above the maximum {}", max.text), fix, format!("set {field}={}", max.text));
+                    f.excessive(
+                        Rule::ResourcesExceedMaximum,
+                        scope,
+                        &field,
+                        format!("{text} is above the maximum {}", max.text),
+                        fix,
+                        format!("set {field}={}", max.text),
+                    );
                     // Go on with the clamped value so the checks below see what will be stored.
                     *text = max.text.clone();
                     *value = max.value;
@@ -72,7 +81,12 @@ fn plan_container(policy: &Policy, doc: &Value, c: &ContainerRef, f: &mut Findin
     }
     for (name, (text, value)) in &requests {
         if let Some((limit_text, _)) = limits.get(name).filter(|(_, limit)| value > limit) {
-            f.refused(Rule::RequestsExceedLimits, scope, format!("resources.requests.{name}"), format!("{text} is above the limit {limit_text}"));
+            f.refused(
+                Rule::RequestsExceedLimits,
+                scope,
+                format!("resources.requests.{name}"),
+                format!("{text} is above the limit {limit_text}"),
+            );
         }
     }
 
@@ -86,7 +100,12 @@ fn plan_container(policy: &Policy, doc: &Value, c: &ContainerRef, f: &mut Findin
             Some((text, request)) if *request > default.value => (text.clone(), *request),
             _ => (default.text.clone(), default.value),
         };
-        settings.push((c.scope.clone(), join(&limits_path, [Seg::from(name.as_str())]), format!("resources.limits.{name}"), json!(limit.0)));
+        settings.push((
+            c.scope.clone(),
+            join(&limits_path, [Seg::from(name.as_str())]),
+            format!("resources.limits.{name}"),
+            json!(limit.0),
+        ));
         limits.insert(name.clone(), limit);
     }
     for (name, default) in &defaults.requests {
@@ -97,7 +116,12 @@ fn plan_container(policy: &Policy, doc: &Value, c: &ContainerRef, f: &mut Findin
             Some((text, limit)) if *limit < default.value => text.clone(),
             _ => default.text.clone(),
         };
-        settings.push((c.scope.clone(), join(&requests_path, [Seg::from(name.as_str())]), format!("resources.requests.{name}"), json!(request)));
+        settings.push((
+            c.scope.clone(),
+            join(&requests_path, [Seg::from(name.as_str())]),
+            format!("resources.requests.{name}"),
+            json!(request),
+        ));
     }
 }
 
@@ -106,6 +130,13 @@ pub(super) fn lifetime(policy: &Policy, doc: &Value, f: &mut Findings) {
     let max = policy.lifetime.active_deadline_seconds;
     if let Some(deadline) = get(doc, &path!["spec", "activeDeadlineSeconds"]).and_then(Value::as_i64).filter(|d| *d > max) {
         let fix = Fix::Set(path!["spec", "activeDeadlineSeconds"], json!(max));
-        f.excessive(Rule::LifetimeExceedsMaximum, "pod", "spec.activeDeadlineSeconds", format!("{deadline} is above the maximum {max}"), fix, format!("set spec.activeDeadlineSeconds={max}"));
+        f.excessive(
+            Rule::LifetimeExceedsMaximum,
+            "pod",
+            "spec.activeDeadlineSeconds",
+            format!("{deadline} is above the maximum {max}"),
+            fix,
+            format!("set spec.activeDeadlineSeconds={max}"),
+        );
     }
 }

@@ -145,7 +145,8 @@ pub const SAFE_SYSCTLS: &[&str] = &[
 ];
 
 /// Volume types Pod Security "restricted" allows.
-pub const ALLOWED_VOLUME_TYPES: &[&str] = &["configMap", "csi", "downwardAPI", "emptyDir", "ephemeral", "persistentVolumeClaim", "projected", "secret"];
+pub const ALLOWED_VOLUME_TYPES: &[&str] =
+    &["configMap", "csi", "downwardAPI", "emptyDir", "ephemeral", "persistentVolumeClaim", "projected", "secret"];
 
 /// SELinux types Pod Security "baseline" allows (besides none).
 pub const ALLOWED_SELINUX_TYPES: &[&str] = &["container_t", "container_init_t", "container_kvm_t", "container_engine_t"];

@@ -35,7 +35,9 @@ pub fn restricted_violations(pod: &Pod) -> Vec<String> {
         v.push("pod windowsOptions.hostProcess".into());
     }
     if let Some(se) = &psc.se_linux_options
-        && (!SELINUX_TYPES.contains(&se.type_.as_deref().unwrap_or("")) || se.user.as_deref().is_some_and(|s| !s.is_empty()) || se.role.as_deref().is_some_and(|s| !s.is_empty()))
+        && (!SELINUX_TYPES.contains(&se.type_.as_deref().unwrap_or(""))
+            || se.user.as_deref().is_some_and(|s| !s.is_empty())
+            || se.role.as_deref().is_some_and(|s| !s.is_empty()))
     {
         v.push("pod seLinuxOptions".into());
     }
@@ -50,7 +52,9 @@ pub fn restricted_violations(pod: &Pod) -> Vec<String> {
         }
     }
     for (key, value) in pod.metadata.annotations.iter().flatten() {
-        if key.starts_with("container.apparmor.security.beta.kubernetes.io/") && !(value == "runtime/default" || value.starts_with("localhost/")) {
+        if key.starts_with("container.apparmor.security.beta.kubernetes.io/")
+            && !(value == "runtime/default" || value.starts_with("localhost/"))
+        {
             v.push(format!("annotation {key}={value}"));
         }
     }
@@ -78,9 +82,19 @@ pub fn restricted_violations(pod: &Pod) -> Vec<String> {
         v.push("pod runAsUser 0".into());
     }
 
-    let containers = spec.containers.iter().map(|c| (c.name.clone(), c.security_context.clone(), c.ports.clone().unwrap_or_default().iter().filter_map(|p| p.host_port).collect::<Vec<_>>()));
-    let inits = spec.init_containers.iter().flatten().map(|c| (c.name.clone(), c.security_context.clone(), c.ports.clone().unwrap_or_default().iter().filter_map(|p| p.host_port).collect()));
-    let ephemerals = spec.ephemeral_containers.iter().flatten().map(|c| (c.name.clone(), c.security_context.clone(), c.ports.clone().unwrap_or_default().iter().filter_map(|p| p.host_port).collect()));
+    let containers = spec.containers.iter().map(|c| {
+        (
+            c.name.clone(),
+            c.security_context.clone(),
+            c.ports.clone().unwrap_or_default().iter().filter_map(|p| p.host_port).collect::<Vec<_>>(),
+        )
+    });
+    let inits = spec.init_containers.iter().flatten().map(|c| {
+        (c.name.clone(), c.security_context.clone(), c.ports.clone().unwrap_or_default().iter().filter_map(|p| p.host_port).collect())
+    });
+    let ephemerals = spec.ephemeral_containers.iter().flatten().map(|c| {
+        (c.name.clone(), c.security_context.clone(), c.ports.clone().unwrap_or_default().iter().filter_map(|p| p.host_port).collect())
+    });
     for (name, sc, host_ports) in containers.chain(inits).chain(ephemerals) {
         let sc: SecurityContext = sc.unwrap_or_default();
         let c = |what: &str| format!("container {name}: {what}");
@@ -97,7 +111,9 @@ pub fn restricted_violations(pod: &Pod) -> Vec<String> {
             v.push(c("procMount"));
         }
         if let Some(se) = &sc.se_linux_options
-            && (!SELINUX_TYPES.contains(&se.type_.as_deref().unwrap_or("")) || se.user.as_deref().is_some_and(|s| !s.is_empty()) || se.role.as_deref().is_some_and(|s| !s.is_empty()))
+            && (!SELINUX_TYPES.contains(&se.type_.as_deref().unwrap_or(""))
+                || se.user.as_deref().is_some_and(|s| !s.is_empty())
+                || se.role.as_deref().is_some_and(|s| !s.is_empty()))
         {
             v.push(c("seLinuxOptions"));
         }
