@@ -73,7 +73,7 @@ pub fn warnings(lines: impl ExactSizeIterator<Item = String>, max: usize) -> Vec
     let shown = if total > max { max.saturating_sub(1) } else { total };
     let mut warnings: Vec<String> = lines.take(shown).map(|line| format!("tollgate: {line}")).collect();
     if total > shown {
-        warnings.push(format!("tollgate: … and {} more changes (run `tollgate-webhook inject` for the full list)", total - shown));
+        warnings.push(format!("tollgate: ... and {} more changes (run `tollgate-webhook inject` for the full list)", total - shown));
     }
     warnings
 }
