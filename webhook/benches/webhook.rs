@@ -78,12 +78,15 @@ fn https(c: &mut Criterion) {
 
     let mut group = c.benchmark_group("https-h2");
     group.bench_function("GET /healthz (TLS + HTTP floor)", |b| {
-        b.to_async(&runtime).iter(|| async { client.borrow_mut().send(net::request("GET", "/healthz", "")).await.unwrap() })
+        b.to_async(&runtime)
+            .iter(|| async { assert_eq!(client.borrow_mut().send(net::request("GET", "/healthz", "")).await.unwrap().status, 200) })
     });
     for name in ["plain-pod", "huge-pod"] {
         let body = bytes::Bytes::from(review_body(&fixture(name)));
         group.bench_with_input(BenchmarkId::new("POST /mutate", name), &body, |b, body| {
-            b.to_async(&runtime).iter(|| async { client.borrow_mut().send(net::request("POST", "/mutate", body.clone())).await.unwrap() })
+            b.to_async(&runtime).iter(|| async {
+                assert_eq!(client.borrow_mut().send(net::request("POST", "/mutate", body.clone())).await.unwrap().status, 200)
+            })
         });
     }
     group.finish();

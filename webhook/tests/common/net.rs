@@ -1,3 +1,4 @@
+#![allow(dead_code)] // shared by the tests and the benchmarks; each uses a part
 //! Real TLS for the tests: a CA and serving certificates (rcgen), and an h1/h2 client
 //! (hyper over tokio-rustls) that trusts only that CA.
 
