@@ -73,19 +73,19 @@ fn https(c: &mut Criterion) {
         tokio::spawn(server.run(std::future::pending()));
         addr
     });
-    let mut client = runtime.block_on(async { net::Client::connect(&ca.connector(&[b"h2"]), addr).await.unwrap().0 });
-    let client = std::cell::RefCell::new(&mut client);
+    let client = runtime.block_on(async { net::Client::connect(&ca.connector(&[b"h2"]), addr).await.unwrap().0 });
+    let client = tokio::sync::Mutex::new(client);
 
     let mut group = c.benchmark_group("https-h2");
     group.bench_function("GET /healthz (TLS + HTTP floor)", |b| {
         b.to_async(&runtime)
-            .iter(|| async { assert_eq!(client.borrow_mut().send(net::request("GET", "/healthz", "")).await.unwrap().status, 200) })
+            .iter(|| async { assert_eq!(client.lock().await.send(net::request("GET", "/healthz", "")).await.unwrap().status, 200) })
     });
     for name in ["plain-pod", "huge-pod"] {
         let body = bytes::Bytes::from(review_body(&fixture(name)));
         group.bench_with_input(BenchmarkId::new("POST /mutate", name), &body, |b, body| {
             b.to_async(&runtime).iter(|| async {
-                assert_eq!(client.borrow_mut().send(net::request("POST", "/mutate", body.clone())).await.unwrap().status, 200)
+                assert_eq!(client.lock().await.send(net::request("POST", "/mutate", body.clone())).await.unwrap().status, 200)
             })
         });
     }
