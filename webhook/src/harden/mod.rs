@@ -343,7 +343,8 @@ fn harden_container(policy: &Policy, c: &ContainerRef, e: &mut Editor) {
     let env_path = join(&c.path, [Seg::from("env")]);
     let wanted = json!({"name": ENV_EGRESS_URL, "value": egress_url});
     let existing = match e.builder.get(&env_path) {
-        Some(Value::Array(env)) => env.iter().position(|var| var.get("name").and_then(Value::as_str) == Some(ENV_EGRESS_URL)),
+        // The last definition of a name wins in the container, so that is the one to own.
+        Some(Value::Array(env)) => env.iter().rposition(|var| var.get("name").and_then(Value::as_str) == Some(ENV_EGRESS_URL)),
         _ => None,
     };
     match existing {
