@@ -171,6 +171,53 @@ fn each_rule_denies_with_a_message_naming_container_and_field() {
             r#"carries the proxy credentials Secret "analysis-7-creds" [credentials-exposed]"#,
         ),
         (
+            Rule::CredentialsExposed,
+            with(|p| {
+                // Naming another Secret for the proxy does not unprotect the policy's.
+                p["metadata"]["annotations"]["tollgate.dev/credentials-secret"] = json!("analysis-7-creds");
+                p["spec"]["containers"][0]["env"] =
+                    json!([{"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": "tollgate-proxy-credentials", "key": "k"}}}]);
+            }),
+            r#"container "app": env["TOKEN"] reads the proxy credentials Secret "tollgate-proxy-credentials" [credentials-exposed]"#,
+        ),
+        (
+            Rule::SharedProcessNamespace,
+            with(|p| p["spec"]["shareProcessNamespace"] = json!(true)),
+            "pod: spec.shareProcessNamespace is true [shared-process-namespace]",
+        ),
+        (
+            Rule::ProxyIdentity,
+            with(|p| p["spec"]["containers"][0]["securityContext"] = json!({"runAsUser": 10001})),
+            r#"container "app": securityContext.runAsUser is 10001, the proxy's user [proxy-identity]"#,
+        ),
+        (
+            Rule::ProxyIdentity,
+            with(|p| p["spec"]["securityContext"] = json!({"runAsUser": 10001})),
+            "pod: spec.securityContext.runAsUser is 10001, the proxy's user [proxy-identity]",
+        ),
+        (
+            Rule::ProbeHost,
+            with(|p| {
+                p["spec"]["containers"][0]["livenessProbe"] = json!({"httpGet": {"host": "169.254.169.254", "port": 80, "path": "/"}})
+            }),
+            r#"container "app": livenessProbe.httpGet.host is "169.254.169.254" [probe-host]"#,
+        ),
+        (
+            Rule::ProbeHost,
+            with(|p| p["spec"]["containers"][0]["lifecycle"] = json!({"postStart": {"tcpSocket": {"host": "10.0.0.1", "port": 22}}})),
+            r#"container "app": lifecycle.postStart.tcpSocket.host is "10.0.0.1" [probe-host]"#,
+        ),
+        (
+            Rule::ResourceNotAllowed,
+            with(|p| p["spec"]["resourceClaims"] = json!([{"name": "gpu", "resourceClaimName": "gpu-claim"}])),
+            "pod: spec.resourceClaims uses dynamic resource claims, which the policy cannot bound [resource-not-allowed]",
+        ),
+        (
+            Rule::ResourceNotAllowed,
+            with(|p| p["spec"]["containers"][0]["resources"] = json!({"claims": [{"name": "gpu"}]})),
+            r#"container "app": resources.claims uses dynamic resource claims"#,
+        ),
+        (
             Rule::PortConflict,
             with(|p| p["spec"]["containers"][0]["ports"] = json!([{"containerPort": 15006}])),
             r#"container "app": ports[0].containerPort 15006 is reserved for tollgate-proxy [port-conflict]"#,

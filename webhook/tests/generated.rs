@@ -34,7 +34,7 @@ impl Rng {
 fn security_context(rng: &mut Rng, pod_level: bool) -> Value {
     let mut sc = Map::new();
     let options: Vec<(&str, Vec<Value>)> = vec![
-        ("runAsUser", vec![json!(0), json!(1000), json!(65534), Value::Null]),
+        ("runAsUser", vec![json!(0), json!(1000), json!(65534), json!(10001), Value::Null]),
         ("runAsNonRoot", vec![json!(true), json!(false), Value::Null]),
         ("runAsGroup", vec![json!(0), json!(3000)]),
         (
@@ -110,6 +110,13 @@ fn container(rng: &mut Rng, name: String, ephemeral: bool) -> Value {
     if rng.chance(30) {
         c["ports"] = json!([{"containerPort": rng.pick(&[8080, 15006, 15021]), "hostPort": rng.pick(&[0, 80])}]);
     }
+    if rng.chance(10) {
+        c[rng.pick(&["livenessProbe", "readinessProbe", "startupProbe"])] =
+            json!({"httpGet": {"port": 80, "host": rng.pick(&["", "10.0.0.1"])}});
+    }
+    if rng.chance(10) {
+        c["lifecycle"] = json!({"preStop": {"tcpSocket": {"port": 22, "host": "10.0.0.1"}}});
+    }
     if rng.chance(15) {
         c["envFrom"] = json!([{"secretRef": {"name": rng.pick(&["tollgate-proxy-credentials", "other"])}}]);
     }
@@ -158,7 +165,7 @@ fn pod(rng: &mut Rng) -> Value {
     if rng.chance(60) {
         spec["securityContext"] = if rng.chance(10) { Value::Null } else { security_context(rng, true) };
     }
-    for key in ["hostNetwork", "hostPID", "hostIPC", "automountServiceAccountToken", "enableServiceLinks"] {
+    for key in ["hostNetwork", "hostPID", "hostIPC", "shareProcessNamespace", "automountServiceAccountToken", "enableServiceLinks"] {
         if rng.chance(10) {
             spec[key] = json!(rng.chance(50));
         }

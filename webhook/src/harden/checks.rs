@@ -1,6 +1,6 @@
 //! The read phase for security: every insecure field of the pod and its containers.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use serde_json::{Value, json};
 
@@ -47,7 +47,10 @@ pub(super) fn pod_ids(policy: &Policy, annotations: &BTreeMap<String, String>, f
     if let Some(Err(why)) = secret.map(check_object_name) {
         f.refused(Rule::InvalidAnnotation, "pod", format!("metadata.annotations[{ANNOTATION_CREDENTIALS_SECRET}]"), why);
     }
-    PodIds { analysis, project, credentials_secret: policy.credentials_secret(secret).to_owned() }
+    // The policy's Secret stays protected even when a pod names another one for its proxy.
+    let mut protected_secrets = vec![policy.proxy.credentials_secret.clone()];
+    protected_secrets.extend(secret.filter(|s| *s != policy.proxy.credentials_secret).map(str::to_owned));
+    PodIds { analysis, project, credentials_secret: policy.credentials_secret(secret).to_owned(), protected_secrets }
 }
 
 fn is_true(value: Option<&Value>) -> bool {
@@ -147,6 +150,35 @@ pub(super) fn pod_level(doc: &Value, annotations: &BTreeMap<String, String>, f: 
         }
     }
     security_context(doc, "pod", &path!["spec", "securityContext"], "spec.", uid, f);
+    if is_true(get(doc, &path!["spec", "shareProcessNamespace"])) {
+        let fix = Fix::Set(path!["spec", "shareProcessNamespace"], json!(false));
+        f.insecure(
+            Rule::SharedProcessNamespace,
+            "pod",
+            "spec.shareProcessNamespace",
+            "is true",
+            fix,
+            "set spec.shareProcessNamespace=false",
+        );
+    }
+    let proxy_uid = f.policy.proxy.run_as_user;
+    if get(doc, &path!["spec", "securityContext", "runAsUser"]).and_then(Value::as_i64) == Some(proxy_uid) {
+        let fix = Fix::Set(path!["spec", "securityContext", "runAsUser"], json!(uid));
+        let problem = format!("is {proxy_uid}, the proxy's user");
+        f.insecure(
+            Rule::ProxyIdentity,
+            "pod",
+            "spec.securityContext.runAsUser",
+            problem,
+            fix,
+            format!("set spec.securityContext.runAsUser={uid}"),
+        );
+    }
+    if let Some(Value::Array(claims)) = get(doc, &path!["spec", "resourceClaims"])
+        && !claims.is_empty()
+    {
+        f.refused(Rule::ResourceNotAllowed, "pod", "spec.resourceClaims", "uses dynamic resource claims, which the policy cannot bound");
+    }
 
     if let Some(Value::Array(sysctls)) = get(doc, &path!["spec", "securityContext", "sysctls"]) {
         let unsafe_names: Vec<&str> =
@@ -207,16 +239,20 @@ pub(super) fn pod_level(doc: &Value, annotations: &BTreeMap<String, String>, f: 
     }
 }
 
-/// Volumes of the pod that carry the proxy's credentials, and the reserved name of tollgate's own.
-fn credential_volumes(doc: &Value, secret: &str) -> BTreeSet<String> {
-    let mut names = BTreeSet::from([VOLUME_CREDENTIALS.to_owned()]);
+/// Volumes of the pod that carry one of the protected Secrets (by volume name, with the Secret's name),
+/// and the reserved name of tollgate's own.
+fn credential_volumes(doc: &Value, secrets: &[String]) -> BTreeMap<String, String> {
+    let protected = |name: Option<&str>| name.and_then(|n| secrets.iter().find(|s| s.as_str() == n)).cloned();
+    let mut names = BTreeMap::from([(VOLUME_CREDENTIALS.to_owned(), secrets[0].clone())]);
     if let Some(Value::Array(volumes)) = get(doc, &path!["spec", "volumes"]) {
         for volume in volumes {
-            let direct = volume.pointer("/secret/secretName").and_then(Value::as_str) == Some(secret);
-            let projected = matches!(volume.pointer("/projected/sources"), Some(Value::Array(sources))
-                if sources.iter().any(|s| s.pointer("/secret/name").and_then(Value::as_str) == Some(secret)));
-            if let (true, Some(name)) = (direct || projected, volume.get("name").and_then(Value::as_str)) {
-                names.insert(name.to_owned());
+            let direct = protected(volume.pointer("/secret/secretName").and_then(Value::as_str));
+            let projected = match volume.pointer("/projected/sources") {
+                Some(Value::Array(sources)) => sources.iter().find_map(|s| protected(s.pointer("/secret/name").and_then(Value::as_str))),
+                _ => None,
+            };
+            if let (Some(secret), Some(name)) = (direct.or(projected), volume.get("name").and_then(Value::as_str)) {
+                names.insert(name.to_owned(), secret);
             }
         }
     }
@@ -310,23 +346,20 @@ pub(super) fn container(doc: &Value, c: &ContainerRef, ids: &PodIds, f: &mut Fin
     }
 
     // The proxy's credentials are for the proxy alone: any other container asking for them is refused.
-    let secret = ids.credentials_secret.as_str();
-    let carrying = credential_volumes(doc, secret);
+    let carrying = credential_volumes(doc, &ids.protected_secrets);
     if let Some(Value::Array(mounts)) = get(doc, &join(&c.path, [Seg::from("volumeMounts")])) {
         for (index, mount) in mounts.iter().enumerate() {
-            if let Some(name) = mount.get("name").and_then(Value::as_str).filter(|n| carrying.contains(*n)) {
-                f.refused(
-                    Rule::CredentialsExposed,
-                    scope,
-                    format!("volumeMounts[{index}]"),
-                    format!("mounts volume {name:?}, which carries the proxy credentials Secret {secret:?}"),
-                );
+            let name = mount.get("name").and_then(Value::as_str).unwrap_or("");
+            if let Some(secret) = carrying.get(name) {
+                let problem = format!("mounts volume {name:?}, which carries the proxy credentials Secret {secret:?}");
+                f.refused(Rule::CredentialsExposed, scope, format!("volumeMounts[{index}]"), problem);
             }
         }
     }
+    let protected = |name: Option<&str>| name.and_then(|n| ids.protected_secrets.iter().find(|s| s.as_str() == n));
     if let Some(Value::Array(env)) = get(doc, &join(&c.path, [Seg::from("env")])) {
         for var in env {
-            if var.pointer("/valueFrom/secretKeyRef/name").and_then(Value::as_str) == Some(secret) {
+            if let Some(secret) = protected(var.pointer("/valueFrom/secretKeyRef/name").and_then(Value::as_str)) {
                 let name = var.get("name").and_then(Value::as_str).unwrap_or("");
                 f.refused(
                     Rule::CredentialsExposed,
@@ -339,7 +372,7 @@ pub(super) fn container(doc: &Value, c: &ContainerRef, ids: &PodIds, f: &mut Fin
     }
     if let Some(Value::Array(env_from)) = get(doc, &join(&c.path, [Seg::from("envFrom")])) {
         for (index, source) in env_from.iter().enumerate() {
-            if source.pointer("/secretRef/name").and_then(Value::as_str) == Some(secret) {
+            if let Some(secret) = protected(source.pointer("/secretRef/name").and_then(Value::as_str)) {
                 f.refused(
                     Rule::CredentialsExposed,
                     scope,
@@ -348,5 +381,38 @@ pub(super) fn container(doc: &Value, c: &ContainerRef, ids: &PodIds, f: &mut Fin
                 );
             }
         }
+    }
+
+    // Kubelet-run probes and hooks reach whatever `host` names, past the proxy and any NetworkPolicy.
+    for probe in ["livenessProbe", "readinessProbe", "startupProbe", "lifecycle.postStart", "lifecycle.preStop"] {
+        for handler in ["httpGet", "tcpSocket"] {
+            let mut rel: Vec<&str> = probe.split('.').collect();
+            rel.extend([handler, "host"]);
+            let path = join(&c.path, rel.iter().map(|s| Seg::from(*s)));
+            if let Some(host) = get(doc, &path).and_then(Value::as_str).filter(|h| !h.is_empty()) {
+                let field = format!("{probe}.{handler}.host");
+                f.insecure(Rule::ProbeHost, scope, &field, format!("is {host:?}"), Fix::Remove(path), format!("removed {field}"));
+            }
+        }
+    }
+
+    // Only the proxy runs as the proxy's user: another process as that user could read its files
+    // (through /proc when processes are shared).
+    let proxy_uid = f.policy.proxy.run_as_user;
+    if get(doc, &at(&["runAsUser"])).and_then(Value::as_i64) == Some(proxy_uid) {
+        let fix = Fix::Set(at(&["runAsUser"]), json!(uid));
+        f.insecure(
+            Rule::ProxyIdentity,
+            scope,
+            "securityContext.runAsUser",
+            format!("is {proxy_uid}, the proxy's user"),
+            fix,
+            format!("set securityContext.runAsUser={uid}"),
+        );
+    }
+    if let Some(Value::Array(claims)) = get(doc, &join(&c.path, path!["resources", "claims"]))
+        && !claims.is_empty()
+    {
+        f.refused(Rule::ResourceNotAllowed, scope, "resources.claims", "uses dynamic resource claims, which the policy cannot bound");
     }
 }

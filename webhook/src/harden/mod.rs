@@ -222,6 +222,8 @@ pub(crate) struct PodIds {
     analysis: Option<String>,
     project: Option<String>,
     credentials_secret: String,
+    /// Secrets no container but the proxy may touch: the policy's, and the pod's own if it names one.
+    protected_secrets: Vec<String>,
 }
 
 /// Harden `pod` in place according to `policy`.

@@ -20,6 +20,9 @@ pub enum Rule {
     Sysctls,
     VolumeTypes,
     CredentialsExposed,
+    SharedProcessNamespace,
+    ProxyIdentity,
+    ProbeHost,
     PortConflict,
     InvalidAnnotation,
     InvalidQuantity,
@@ -30,7 +33,7 @@ pub enum Rule {
 }
 
 impl Rule {
-    pub const ALL: [Rule; 22] = [
+    pub const ALL: [Rule; 25] = [
         Rule::Privileged,
         Rule::HostNamespaces,
         Rule::HostPath,
@@ -46,6 +49,9 @@ impl Rule {
         Rule::Sysctls,
         Rule::VolumeTypes,
         Rule::CredentialsExposed,
+        Rule::SharedProcessNamespace,
+        Rule::ProxyIdentity,
+        Rule::ProbeHost,
         Rule::PortConflict,
         Rule::InvalidAnnotation,
         Rule::InvalidQuantity,
@@ -72,6 +78,9 @@ impl Rule {
             Rule::Sysctls => "sysctls",
             Rule::VolumeTypes => "volume-types",
             Rule::CredentialsExposed => "credentials-exposed",
+            Rule::SharedProcessNamespace => "shared-process-namespace",
+            Rule::ProxyIdentity => "proxy-identity",
+            Rule::ProbeHost => "probe-host",
             Rule::PortConflict => "port-conflict",
             Rule::InvalidAnnotation => "invalid-annotation",
             Rule::InvalidQuantity => "invalid-quantity",
