@@ -152,7 +152,8 @@ impl<'de> Deserialize<'de> for QuantityValue {
             Raw::Float(f) => f.to_string(),
         };
         let value = text.parse::<Quantity>().map_err(serde::de::Error::custom)?;
-        Ok(QuantityValue { text, value })
+        // Written the way kube-apiserver stores it, so a reinvoked webhook sees its own values again.
+        Ok(QuantityValue { text: value.canonical(crate::quantity::Format::of(&text)), value })
     }
 }
 
@@ -479,6 +480,14 @@ mod tests {
         }
         // runAsUser 0 also makes the proxy's UID clash check irrelevant; the proxy clash is separate:
         assert!(errors_of("proxy: { runAsUser: 10000 }\n")[0].starts_with("proxy.runAsUser: must differ from security.runAsUser"));
+    }
+
+    #[test]
+    fn quantities_are_kept_in_canonical_form() {
+        let policy = Policy::from_yaml("security: { tmpSizeLimit: 1024Mi }\nproxy:\n  resources:\n    limits: { cpu: 0.5, memory: 128Mi }\n").unwrap();
+        assert_eq!(policy.security.tmp_size_limit.text, "1Gi");
+        assert_eq!(policy.proxy.resources.limits["cpu"].text, "500m");
+        assert_eq!(policy.proxy.resources.limits["memory"].text, "128Mi");
     }
 
     #[test]

@@ -143,6 +143,56 @@ impl fmt::Display for Quantity {
     }
 }
 
+/// How a quantity was written, which decides its canonical form (as in apimachinery).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    BinarySI,
+    DecimalSI,
+    DecimalExponent,
+}
+
+impl Format {
+    /// The format of a quantity as written.
+    pub fn of(text: &str) -> Format {
+        let suffix = text.trim_start_matches(|c: char| c.is_ascii_digit() || matches!(c, '.' | '+' | '-'));
+        if suffix.ends_with('i') {
+            Format::BinarySI
+        } else if suffix.starts_with(['e', 'E']) {
+            Format::DecimalExponent
+        } else {
+            Format::DecimalSI
+        }
+    }
+}
+
+impl Quantity {
+    /// The form kube-apiserver stores: `0.5` → `500m`, `1024Mi` → `1Gi`, `2000` → `2k`, `1.5Gi` → `1536Mi`.
+    pub fn canonical(self, format: Format) -> String {
+        if self.nanos == 0 {
+            return "0".to_owned();
+        }
+        let units = self.nanos / NANOS_PER_UNIT;
+        if format == Format::BinarySI && self.nanos % NANOS_PER_UNIT == 0 && units.abs() >= 1024 {
+            let suffixes = ["", "Ki", "Mi", "Gi", "Ti", "Pi", "Ei"];
+            let power = (0..suffixes.len()).rev().find(|k| units % (1i128 << (10 * k)) == 0).unwrap_or(0);
+            return format!("{}{}", units >> (10 * power), suffixes[power]);
+        }
+        // The largest power of 1000 that leaves an integer mantissa.
+        let (exponent, mantissa) = (-3..=6)
+            .rev()
+            .map(|k: i32| (3 * k, 10i128.pow((3 * k + 9) as u32)))
+            .find(|(_, scale)| self.nanos % scale == 0)
+            .map(|(exponent, scale)| (exponent, self.nanos / scale))
+            .unwrap_or((-9, self.nanos));
+        let suffix = match (format, exponent) {
+            (_, 0) => String::new(),
+            (Format::DecimalExponent, e) => format!("e{e}"),
+            (_, e) => ["n", "u", "m", "", "k", "M", "G", "T", "P", "E"][((e + 9) / 3) as usize].to_owned(),
+        };
+        format!("{mantissa}{suffix}")
+    }
+}
+
 /// Compare two quantity strings; `None` when either does not parse.
 pub fn compare(a: &str, b: &str) -> Option<Ordering> {
     Some(a.parse::<Quantity>().ok()?.cmp(&b.parse::<Quantity>().ok()?))
@@ -233,6 +283,33 @@ mod tests {
         // Tiny exponents of zero are fine, and tiny exponents of non-zero round up to one nano.
         assert_eq!(q("0e-9999"), 0);
         assert_eq!(q("5e-9999"), 1);
+    }
+
+    #[test]
+    fn canonical_forms_match_kube_apiserver() {
+        for (written, canonical) in [
+            ("0.5", "500m"),
+            ("1000m", "1"),
+            ("1500m", "1500m"),
+            ("1.5", "1500m"),
+            ("1500", "1500"),
+            ("2000", "2k"),
+            ("1024Mi", "1Gi"),
+            ("1.5Gi", "1536Mi"),
+            ("0.5Ki", "512"),
+            ("1536", "1536"),
+            ("129M", "129M"),
+            ("1e3", "1e3"),
+            ("1.5e3", "1500"),
+            ("12e3", "12e3"),
+            ("100n", "100n"),
+            ("0.1u", "100n"),
+            ("0Gi", "0"),
+            ("8Ei", "8Ei"),
+        ] {
+            let value: Quantity = written.parse().unwrap();
+            assert_eq!(value.canonical(Format::of(written)), canonical, "{written}");
+        }
     }
 
     #[test]
