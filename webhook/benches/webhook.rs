@@ -60,12 +60,8 @@ fn https(c: &mut Criterion) {
     std::fs::write(dir.path().join("tls.key"), &leaf.key_pem).unwrap();
     let config = ServeConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
-        tls_cert: dir.path().join("tls.crt"),
-        tls_key: dir.path().join("tls.key"),
-        policy: None,
-        reload_interval: Duration::from_secs(60),
         drain_delay: Duration::ZERO,
-        shutdown_timeout: Duration::from_secs(1),
+        ..ServeConfig::new(dir.path().join("tls.crt"), dir.path().join("tls.key"))
     };
     let addr = runtime.block_on(async {
         let server = Server::bind(config).await.unwrap();

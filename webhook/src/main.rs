@@ -63,6 +63,9 @@ struct ServeArgs {
     /// Then give in-flight requests this long to finish.
     #[arg(long, default_value = "15s", value_parser = parse_duration)]
     shutdown_timeout: Duration,
+    /// Connections served at once; more wait in the listen backlog.
+    #[arg(long, default_value_t = 1024)]
+    max_connections: usize,
     /// Log format.
     #[arg(long, value_enum, env = "TOLLGATE_LOG_FORMAT", default_value = "json")]
     log_format: LogFormat,
@@ -194,12 +197,12 @@ fn serve(args: ServeArgs) -> ExitCode {
     };
     let config = ServeConfig {
         listen: args.listen,
-        tls_cert: args.tls_cert,
-        tls_key: args.tls_key,
         policy: args.policy,
         reload_interval: args.reload_interval,
         drain_delay: args.drain_delay,
         shutdown_timeout: args.shutdown_timeout,
+        max_connections: args.max_connections,
+        ..ServeConfig::new(args.tls_cert, args.tls_key)
     };
     runtime.block_on(async {
         let server = match Server::bind(config).await {

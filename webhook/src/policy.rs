@@ -484,7 +484,9 @@ mod tests {
 
     #[test]
     fn quantities_are_kept_in_canonical_form() {
-        let policy = Policy::from_yaml("security: { tmpSizeLimit: 1024Mi }\nproxy:\n  resources:\n    limits: { cpu: 0.5, memory: 128Mi }\n").unwrap();
+        let policy =
+            Policy::from_yaml("security: { tmpSizeLimit: 1024Mi }\nproxy:\n  resources:\n    limits: { cpu: 0.5, memory: 128Mi }\n")
+                .unwrap();
         assert_eq!(policy.security.tmp_size_limit.text, "1Gi");
         assert_eq!(policy.proxy.resources.limits["cpu"].text, "500m");
         assert_eq!(policy.proxy.resources.limits["memory"].text, "128Mi");

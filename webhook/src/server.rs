@@ -18,7 +18,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use serde_json::json;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{Semaphore, watch};
 use tokio_rustls::TlsAcceptor;
 
 use crate::metrics::Metrics;
@@ -44,6 +44,27 @@ pub struct ServeConfig {
     pub drain_delay: Duration,
     /// After that: how long in-flight requests get to finish.
     pub shutdown_timeout: Duration,
+    /// Connections served at once; further ones wait in the listen backlog.
+    pub max_connections: usize,
+    /// A connection that has not started a request this long after its TLS handshake is closed.
+    pub first_request_timeout: Duration,
+}
+
+impl ServeConfig {
+    /// The defaults of `tollgate-webhook serve`, for these files, listening on port 8443.
+    pub fn new(tls_cert: PathBuf, tls_key: PathBuf) -> Self {
+        ServeConfig {
+            listen: SocketAddr::from(([0, 0, 0, 0], 8443)),
+            tls_cert,
+            tls_key,
+            policy: None,
+            reload_interval: Duration::from_secs(2),
+            drain_delay: Duration::from_secs(3),
+            shutdown_timeout: Duration::from_secs(15),
+            max_connections: 1024,
+            first_request_timeout: HANDSHAKE_TIMEOUT,
+        }
+    }
 }
 
 pub struct State {
@@ -144,7 +165,12 @@ impl Server {
             tokio::time::sleep(config.drain_delay).await;
         };
         tokio::pin!(accept_until);
+        let permits = Arc::new(Semaphore::new(config.max_connections.max(1)));
         loop {
+            let permit = tokio::select! {
+                permit = permits.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
+                _ = &mut accept_until => break,
+            };
             let (tcp, peer) = tokio::select! {
                 accepted = listener.accept() => match accepted {
                     Ok(accepted) => accepted,
@@ -160,19 +186,43 @@ impl Server {
             let tls = tls.clone();
             let state = state.clone();
             let watcher = graceful.watcher();
+            let first_request_timeout = config.first_request_timeout;
             tokio::spawn(async move {
+                let _permit = permit;
                 let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.accept(tcp)).await {
                     Ok(Ok(stream)) => stream,
                     Ok(Err(e)) => return tracing::debug!(%peer, error = %e, "TLS handshake failed"),
                     Err(_) => return tracing::debug!(%peer, "TLS handshake timed out"),
                 };
-                let service = service_fn(move |request| handle(state.clone(), request));
+                // The protocol is the one ALPN chose, so hyper never waits to sniff it.
+                let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
+                let started = Arc::new(AtomicBool::new(false));
+                let seen = started.clone();
+                let service = service_fn(move |request| {
+                    seen.store(true, Ordering::Relaxed);
+                    handle(state.clone(), request)
+                });
                 let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                builder = if h2 { builder.http2_only() } else { builder.http1_only() };
                 builder.http1().timer(TokioTimer::new()).header_read_timeout(HANDSHAKE_TIMEOUT);
-                builder.http2().timer(TokioTimer::new()).keep_alive_interval(Duration::from_secs(30));
-                let connection = builder.serve_connection(TokioIo::new(stream), service).into_owned();
-                if let Err(e) = watcher.watch(connection).await {
-                    tracing::debug!(%peer, error = %e, "connection ended with an error");
+                builder
+                    .http2()
+                    .timer(TokioTimer::new())
+                    .keep_alive_interval(Duration::from_secs(30))
+                    .keep_alive_timeout(Duration::from_secs(10));
+                let connection = watcher.watch(builder.serve_connection(TokioIo::new(stream), service).into_owned());
+                // A client that connects and then says nothing must not hold a connection slot forever.
+                let idle_before_first_request = async {
+                    tokio::time::sleep(first_request_timeout).await;
+                    if started.load(Ordering::Relaxed) {
+                        std::future::pending::<()>().await;
+                    }
+                };
+                tokio::select! {
+                    result = connection => if let Err(e) = result {
+                        tracing::debug!(%peer, error = %e, "connection ended with an error");
+                    },
+                    _ = idle_before_first_request => tracing::debug!(%peer, "no request in time; connection closed"),
                 }
             });
         }

@@ -41,6 +41,10 @@ impl Running {
 }
 
 async fn start(policy: Option<&str>) -> Running {
+    start_with(policy, |_| {}).await
+}
+
+async fn start_with(policy: Option<&str>, tweak: impl FnOnce(&mut ServeConfig)) -> Running {
     let ca = TestCa::new();
     let dir = tempfile::tempdir().unwrap();
     let leaf = ca.leaf("serving-1");
@@ -51,15 +55,15 @@ async fn start(policy: Option<&str>) -> Running {
         std::fs::write(&path, text).unwrap();
         path
     });
-    let config = ServeConfig {
+    let mut config = ServeConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
-        tls_cert: dir.path().join("tls.crt"),
-        tls_key: dir.path().join("tls.key"),
         policy: policy_path,
         reload_interval: Duration::from_millis(50),
         drain_delay: Duration::ZERO,
         shutdown_timeout: Duration::from_secs(5),
+        ..ServeConfig::new(dir.path().join("tls.crt"), dir.path().join("tls.key"))
     };
+    tweak(&mut config);
     let server = Server::bind(config).await.expect("binds");
     let addr = server.local_addr().unwrap();
     let (stop, stopped) = oneshot::channel::<()>();
@@ -507,12 +511,8 @@ async fn startup_fails_clearly_on_bad_files() {
     std::fs::write(dir.path().join("bad-policy.yaml"), "proxy: { egressPort: 0 }\n").unwrap();
     let config = |cert: &str, key: &str, policy: Option<&str>| ServeConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
-        tls_cert: dir.path().join(cert),
-        tls_key: dir.path().join(key),
         policy: policy.map(|p| dir.path().join(p)),
-        reload_interval: Duration::from_secs(1),
-        drain_delay: Duration::ZERO,
-        shutdown_timeout: Duration::from_secs(1),
+        ..ServeConfig::new(dir.path().join(cert), dir.path().join(key))
     };
     let error = |result: Result<Server, String>| result.err().expect("must fail");
     assert!(error(Server::bind(config("missing.crt", "tls.key", None)).await).starts_with("--tls-cert "));
@@ -520,4 +520,37 @@ async fn startup_fails_clearly_on_bad_files() {
     assert!(error(Server::bind(config("tls.key", "tls.key", None)).await).contains("no PEM certificate found"));
     let policy_error = error(Server::bind(config("tls.crt", "tls.key", Some("bad-policy.yaml"))).await);
     assert!(policy_error.contains("proxy.egressPort: must be a port between 1 and 65535"), "{policy_error}");
+}
+
+#[tokio::test]
+async fn silent_clients_are_dropped_and_connections_are_capped() {
+    let server = start_with(None, |config| {
+        config.max_connections = 1;
+        config.first_request_timeout = Duration::from_millis(300);
+    })
+    .await;
+    for alpn in [&b"h2"[..], b"http/1.1"] {
+        // Connects, completes TLS, then says nothing (or only part of the h2 preface).
+        let mut silent = tls_connect(&server.ca.connector(&[alpn]), server.addr).await.unwrap();
+        if alpn == b"h2" {
+            silent.write_all(b"PRI * HTTP/2.0").await.unwrap();
+        }
+        let started = Instant::now();
+        // The only connection slot is taken: a real client waits for it...
+        let waiting = {
+            let connector = server.ca.connector(&[b"h2"]);
+            let addr = server.addr;
+            tokio::spawn(async move {
+                let (mut client, _) = Client::connect(&connector, addr).await.unwrap();
+                client.send(request("GET", "/healthz", "")).await.unwrap().status
+            })
+        };
+        // ...until the silent one is closed by the server (after its h2 SETTINGS, if any).
+        let mut sink = Vec::new();
+        let _ =
+            tokio::time::timeout(Duration::from_secs(5), silent.read_to_end(&mut sink)).await.expect("server closes the silent connection");
+        assert!(started.elapsed() >= Duration::from_millis(250), "closed too early: {:?}", started.elapsed());
+        assert_eq!(tokio::time::timeout(Duration::from_secs(5), waiting).await.expect("served once the slot is free").unwrap(), 200);
+    }
+    server.stop().await;
 }
