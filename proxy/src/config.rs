@@ -1,0 +1,452 @@
+//! The proxy's configuration: one YAML file, validated at start; every error names its path
+//! (`routes[3].upstream: ...`). The raw structs mirror the file; [`Config::load`] turns them into the
+//! checked, compiled form the proxy runs on.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::routes::{AuthMode, Pattern, Route, Upstream};
+use crate::units::{parse_bytes, parse_duration};
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RawConfig {
+    #[serde(default)]
+    pub listen: RawListen,
+    pub identity: Option<RawIdentity>,
+    #[serde(default)]
+    pub routes: Vec<RawRoute>,
+    pub ingress: Option<RawIngress>,
+    #[serde(default)]
+    pub tls: RawTls,
+    /// `http://host:port` of an HTTP CONNECT proxy for all egress (corporate networks).
+    pub forward_proxy: Option<String>,
+    #[serde(default)]
+    pub shutdown: RawShutdown,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RawListen {
+    pub egress: Option<String>,
+    pub ingress: Option<String>,
+    pub admin: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RawIdentity {
+    pub token_url: String,
+    pub client_id_file: PathBuf,
+    pub client_secret_file: PathBuf,
+    pub scope: Option<String>,
+    pub refresh_before: Option<String>,
+    pub timeout: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RawRoute {
+    pub name: String,
+    pub prefix: String,
+    #[serde(default)]
+    pub allow: Vec<String>,
+    pub methods: Option<Vec<String>>,
+    pub upstream: String,
+    #[serde(default = "yes")]
+    pub strip_prefix: bool,
+    #[serde(default)]
+    pub auth: RawAuth,
+    pub bearer_file: Option<PathBuf>,
+    pub connect_timeout: Option<String>,
+    pub read_timeout: Option<String>,
+    pub max_request_body: Option<String>,
+    pub byte_budget: Option<String>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum RawAuth {
+    #[default]
+    None,
+    Token,
+    BearerFile,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RawIngress {
+    pub upstream: String,
+    pub jwks_url: String,
+    pub issuer: String,
+    #[serde(default)]
+    pub audiences: Vec<String>,
+    #[serde(default = "yes")]
+    pub require_audience: bool,
+    pub algorithms: Vec<String>,
+    pub leeway: Option<String>,
+    #[serde(default)]
+    pub allowed_clients: Vec<String>,
+    #[serde(default)]
+    pub forward_token: bool,
+    #[serde(default)]
+    pub claim_headers: BTreeMap<String, String>,
+    pub jwks_refetch_interval: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RawTls {
+    /// PEM bundle of extra CAs trusted for https upstreams, besides the system roots.
+    pub extra_ca_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RawShutdown {
+    pub grace: Option<String>,
+}
+
+/// One problem, with the path of its field.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub path: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.path, self.message)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let lines: Vec<String> = self.0.iter().map(ToString::to_string).collect();
+        f.write_str(&lines.join("\n"))
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+/// Values from the pod: ids for route placeholders, and listen addresses the webhook chose.
+#[derive(Debug, Clone, Default)]
+pub struct Environment {
+    pub analysis_id: Option<String>,
+    pub project_id: Option<String>,
+    pub egress_listen: Option<String>,
+    pub ingress_listen: Option<String>,
+    pub admin_listen: Option<String>,
+}
+
+impl Environment {
+    pub fn from_process() -> Self {
+        let var = |name| std::env::var(name).ok().filter(|v: &String| !v.is_empty());
+        Environment {
+            analysis_id: var("TOLLGATE_ANALYSIS_ID"),
+            project_id: var("TOLLGATE_PROJECT_ID"),
+            egress_listen: var("TOLLGATE_EGRESS_LISTEN"),
+            ingress_listen: var("TOLLGATE_INGRESS_LISTEN"),
+            admin_listen: var("TOLLGATE_ADMIN_LISTEN"),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Identity {
+    pub token_url: Upstream,
+    pub client_id_file: PathBuf,
+    pub client_secret_file: PathBuf,
+    pub scope: Option<String>,
+    pub refresh_before: Duration,
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct Ingress {
+    pub upstream: Upstream,
+    pub jwks_url: Upstream,
+    pub issuer: String,
+    pub audiences: Vec<String>,
+    pub require_audience: bool,
+    pub algorithms: Vec<jsonwebtoken::Algorithm>,
+    pub leeway: Duration,
+    pub allowed_clients: Vec<String>,
+    pub forward_token: bool,
+    pub claim_headers: BTreeMap<String, String>,
+    pub jwks_refetch_interval: Duration,
+}
+
+/// The checked configuration the proxy runs on.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub egress_listen: SocketAddr,
+    pub ingress_listen: SocketAddr,
+    pub admin_listen: SocketAddr,
+    pub identity: Option<Identity>,
+    pub routes: Vec<Route>,
+    pub ingress: Option<Ingress>,
+    pub extra_ca_file: Option<PathBuf>,
+    pub forward_proxy: Option<Upstream>,
+    pub shutdown_grace: Duration,
+}
+
+struct Checker {
+    errors: Vec<ConfigError>,
+}
+
+impl Checker {
+    fn error(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.errors.push(ConfigError { path: path.into(), message: message.into() });
+    }
+
+    fn check<T>(&mut self, path: impl Into<String>, result: Result<T, String>) -> Option<T> {
+        result.map_err(|message| self.error(path, message)).ok()
+    }
+}
+
+/// An id that fills a placeholder must be one safe path segment.
+pub fn check_id(id: &str) -> Result<(), String> {
+    let safe = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':' | '@' | '+' | '=' | '~');
+    if id.is_empty() || id.len() > 253 || id == "." || id == ".." || !id.chars().all(safe) {
+        return Err(format!("{id:?} is not a safe id (1 to 253 of letters, digits and - _ . : @ + = ~, not a dot segment)"));
+    }
+    Ok(())
+}
+
+const PLACEHOLDERS: [(&str, &str); 2] = [("{analysis_id}", "TOLLGATE_ANALYSIS_ID"), ("{project_id}", "TOLLGATE_PROJECT_ID")];
+
+fn fill(text: &str, env: &Environment) -> Result<String, String> {
+    let mut out = text.to_owned();
+    for ((placeholder, var), value) in PLACEHOLDERS.iter().zip([&env.analysis_id, &env.project_id]) {
+        if out.contains(placeholder) {
+            let value = value.as_deref().ok_or_else(|| format!("uses {placeholder} but {var} is not set"))?;
+            check_id(value).map_err(|e| format!("{var}: {e}"))?;
+            out = out.replace(placeholder, value);
+        }
+    }
+    if let Some(start) = out.find('{') {
+        return Err(format!("unknown placeholder in {text:?} at {:?} (known: {{analysis_id}}, {{project_id}})", &out[start..]));
+    }
+    Ok(out)
+}
+
+fn listen(raw: Option<&String>, env: Option<&String>, default: &str) -> Result<SocketAddr, String> {
+    let text = env.or(raw).map_or(default, String::as_str);
+    text.parse().map_err(|_| format!("{text:?} is not an address like 127.0.0.1:15001"))
+}
+
+const METHODS: [&str; 7] = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"];
+
+impl Config {
+    /// Parse and check a config file; `env` supplies placeholder values and listen overrides.
+    pub fn load(yaml: &str, env: &Environment) -> Result<Config, ConfigErrors> {
+        let raw: RawConfig = if yaml.trim().is_empty() {
+            RawConfig::default()
+        } else {
+            // Through a JSON value, so that errors carry a clean field path and no YAML position noise.
+            let value: serde_json::Value = serde_yaml_ng::from_str(yaml)
+                .map_err(|e| ConfigErrors(vec![ConfigError { path: "<file>".into(), message: e.to_string() }]))?;
+            serde_path_to_error::deserialize(&value).map_err(|e| {
+                let path = e.path().to_string();
+                ConfigErrors(vec![ConfigError { path: if path == "." { "<file>".into() } else { path }, message: e.into_inner().to_string() }])
+            })?
+        };
+        Self::compile(raw, env)
+    }
+
+    pub fn compile(raw: RawConfig, env: &Environment) -> Result<Config, ConfigErrors> {
+        let mut c = Checker { errors: Vec::new() };
+        let egress_listen = c.check("listen.egress", listen(raw.listen.egress.as_ref(), env.egress_listen.as_ref(), "127.0.0.1:15001"));
+        let ingress_listen = c.check("listen.ingress", listen(raw.listen.ingress.as_ref(), env.ingress_listen.as_ref(), "0.0.0.0:15006"));
+        let admin_listen = c.check("listen.admin", listen(raw.listen.admin.as_ref(), env.admin_listen.as_ref(), "0.0.0.0:15021"));
+        if let Some(egress) = egress_listen
+            && !egress.ip().is_loopback()
+        {
+            c.error("listen.egress", format!("{egress} is not a loopback address: the egress listener is for this pod only"));
+        }
+        let ports = [("listen.egress", egress_listen), ("listen.ingress", ingress_listen), ("listen.admin", admin_listen)];
+        for (i, (path, addr)) in ports.iter().enumerate() {
+            if let Some(addr) = addr
+                && let Some((other, _)) = ports[..i].iter().find(|(_, o)| o.is_some_and(|o| o.port() == addr.port()))
+            {
+                c.error(*path, format!("port {} is already used by {other}", addr.port()));
+            }
+        }
+
+        let identity = raw.identity.as_ref().and_then(|id| {
+            let token_url = c.check("identity.tokenUrl", Upstream::parse(&id.token_url));
+            let refresh_before = c.check("identity.refreshBefore", parse_duration(id.refresh_before.as_deref().unwrap_or("30s")));
+            let timeout = c.check("identity.timeout", parse_duration(id.timeout.as_deref().unwrap_or("5s")));
+            Some(Identity {
+                token_url: token_url?,
+                client_id_file: id.client_id_file.clone(),
+                client_secret_file: id.client_secret_file.clone(),
+                scope: id.scope.clone(),
+                refresh_before: refresh_before?,
+                timeout: timeout?,
+            })
+        });
+
+        let mut routes = Vec::new();
+        let mut names = BTreeMap::new();
+        for (i, r) in raw.routes.iter().enumerate() {
+            let at = |field: &str| format!("routes[{i}].{field}");
+            if r.name.is_empty() || !r.name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_')) {
+                c.error(at("name"), format!("{:?} must be letters, digits, '-' or '_'", r.name));
+            }
+            if let Some(first) = names.insert(r.name.clone(), i) {
+                c.error(at("name"), format!("{:?} is already the name of routes[{first}]", r.name));
+            }
+            let prefix = c.check(at("prefix"), fill(&r.prefix, env).and_then(|p| Pattern::prefix(&p)));
+            let allow: Vec<Option<Pattern>> =
+                r.allow.iter().enumerate().map(|(j, a)| c.check(at(&format!("allow[{j}]")), fill(a, env).and_then(|a| Pattern::rest(&a)))).collect();
+            let methods = r.methods.clone().unwrap_or_else(|| vec!["GET".into(), "HEAD".into()]);
+            for (j, method) in methods.iter().enumerate() {
+                if !METHODS.contains(&method.as_str()) {
+                    c.error(at(&format!("methods[{j}]")), format!("{method:?} is not one of {}", METHODS.join(", ")));
+                }
+            }
+            let upstream = c.check(at("upstream"), fill(&r.upstream, env).and_then(|u| Upstream::parse(&u)));
+            let auth = match (r.auth, &r.bearer_file) {
+                (RawAuth::None, None) => Some(AuthMode::None),
+                (RawAuth::Token, None) => {
+                    if raw.identity.is_none() {
+                        c.error(at("auth"), "token needs the identity section (token endpoint and client credentials)");
+                    }
+                    Some(AuthMode::Token)
+                }
+                (RawAuth::BearerFile, Some(file)) => Some(AuthMode::BearerFile(file.clone())),
+                (RawAuth::BearerFile, None) => {
+                    c.error(at("bearerFile"), "required when auth is bearerFile");
+                    None
+                }
+                (_, Some(_)) => {
+                    c.error(at("bearerFile"), "only allowed when auth is bearerFile");
+                    None
+                }
+            };
+            let connect_timeout = c.check(at("connectTimeout"), parse_duration(r.connect_timeout.as_deref().unwrap_or("10s")));
+            let read_timeout = c.check(at("readTimeout"), parse_duration(r.read_timeout.as_deref().unwrap_or("60s")));
+            let max_request_body = c.check(at("maxRequestBody"), parse_bytes(r.max_request_body.as_deref().unwrap_or("10Mi")));
+            let byte_budget = match &r.byte_budget {
+                Some(text) => c.check(at("byteBudget"), parse_bytes(text)).map(Some),
+                None => Some(None),
+            };
+            if let (Some(prefix), Some(upstream), Some(auth), Some(connect_timeout), Some(read_timeout), Some(max_request_body), Some(byte_budget)) =
+                (prefix, upstream, auth, connect_timeout, read_timeout, max_request_body, byte_budget)
+                && allow.iter().all(Option::is_some)
+            {
+                routes.push(Route {
+                    name: r.name.clone(),
+                    prefix,
+                    allow: allow.into_iter().flatten().collect(),
+                    methods,
+                    upstream,
+                    strip_prefix: r.strip_prefix,
+                    auth,
+                    connect_timeout,
+                    read_timeout,
+                    max_request_body,
+                    byte_budget,
+                });
+            }
+        }
+
+        let ingress = raw.ingress.as_ref().and_then(|ing| {
+            let upstream = c.check("ingress.upstream", Upstream::parse(&ing.upstream));
+            let jwks_url = c.check("ingress.jwksUrl", Upstream::parse(&ing.jwks_url));
+            if ing.issuer.is_empty() {
+                c.error("ingress.issuer", "required: tokens must name their issuer");
+            }
+            if ing.require_audience && ing.audiences.is_empty() {
+                c.error("ingress.audiences", "at least one audience is required (or set requireAudience: false, e.g. for Keycloak clients without an audience mapper)");
+            }
+            if ing.algorithms.is_empty() {
+                c.error("ingress.algorithms", "pin at least one of RS256, ES256, PS256, EdDSA");
+            }
+            let algorithms: Vec<Option<jsonwebtoken::Algorithm>> = ing
+                .algorithms
+                .iter()
+                .enumerate()
+                .map(|(j, a)| {
+                    use jsonwebtoken::Algorithm::*;
+                    let algorithm = match a.as_str() {
+                        "RS256" => Ok(RS256),
+                        "RS384" => Ok(RS384),
+                        "RS512" => Ok(RS512),
+                        "PS256" => Ok(PS256),
+                        "PS384" => Ok(PS384),
+                        "PS512" => Ok(PS512),
+                        "ES256" => Ok(ES256),
+                        "ES384" => Ok(ES384),
+                        "EdDSA" => Ok(EdDSA),
+                        "HS256" | "HS384" | "HS512" | "none" => Err(format!("{a} is never accepted: only asymmetric algorithms")),
+                        other => Err(format!("{other:?} is not one of RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384, EdDSA")),
+                    };
+                    c.check(format!("ingress.algorithms[{j}]"), algorithm)
+                })
+                .collect();
+            for (header, _) in &ing.claim_headers {
+                if header.is_empty() || !header.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+                    c.error(format!("ingress.claimHeaders.{header}"), "not a header name");
+                }
+            }
+            let leeway = c.check("ingress.leeway", parse_duration(ing.leeway.as_deref().unwrap_or("30s")));
+            let refetch = c.check("ingress.jwksRefetchInterval", parse_duration(ing.jwks_refetch_interval.as_deref().unwrap_or("30s")));
+            Some(Ingress {
+                upstream: upstream?,
+                jwks_url: jwks_url?,
+                issuer: ing.issuer.clone(),
+                audiences: ing.audiences.clone(),
+                require_audience: ing.require_audience,
+                algorithms: algorithms.into_iter().collect::<Option<Vec<_>>>()?,
+                leeway: leeway?,
+                allowed_clients: ing.allowed_clients.clone(),
+                forward_token: ing.forward_token,
+                claim_headers: ing.claim_headers.clone(),
+                jwks_refetch_interval: refetch?,
+            })
+        });
+        let forward_proxy = raw.forward_proxy.as_ref().and_then(|p| {
+            let parsed = c.check("forwardProxy", Upstream::parse(p))?;
+            if parsed.tls {
+                c.error("forwardProxy", "must be an http:// proxy (TLS to the upstream goes through it by CONNECT)");
+            }
+            Some(parsed)
+        });
+        let shutdown_grace = c.check("shutdown.grace", parse_duration(raw.shutdown.grace.as_deref().unwrap_or("5s")));
+        if let Some(grace) = shutdown_grace
+            && grace > Duration::from_secs(25)
+        {
+            c.error("shutdown.grace", "must stay below Kubernetes' 30 s termination grace period (at most 25s)");
+        }
+
+        if !c.errors.is_empty() {
+            return Err(ConfigErrors(c.errors));
+        }
+        Ok(Config {
+            egress_listen: egress_listen.expect("checked"),
+            ingress_listen: ingress_listen.expect("checked"),
+            admin_listen: admin_listen.expect("checked"),
+            identity,
+            routes,
+            ingress,
+            extra_ca_file: raw.tls.extra_ca_file,
+            forward_proxy,
+            shutdown_grace: shutdown_grace.expect("checked"),
+        })
+    }
+}

@@ -1,0 +1,10 @@
+//! tollgate-proxy: the injected sidecar, the analysis pod's only authenticated way out.
+//!
+//! The decisions are pure: [`target::check`] makes a request target safe or refuses it, and
+//! [`routes::decide`] maps (routes, method, target) to forward-or-refuse. The pingora services are thin
+//! shells over them.
+
+pub mod config;
+pub mod routes;
+pub mod target;
+pub mod units;

@@ -1,0 +1,226 @@
+//! Request-target safety: the path is checked and normalized before any route sees it.
+//!
+//! pingora passes the request target through as received, so the proxy must defend against the classic
+//! path confusions itself: traversal (Envoy CVE-2019-9901), encoded slashes and backslashes
+//! (CVE-2021-29492), fragments (CVE-2021-32779), `;` path parameters, double encoding, control bytes,
+//! and absolute-form targets that name another host. Anything doubtful is refused, not repaired.
+
+use std::fmt;
+
+/// Why a request target was refused (answered with 400).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TargetError {
+    NotOriginForm,
+    ForeignHost(String),
+    Fragment,
+    ControlOrNonAscii,
+    Backslash,
+    PathParameter,
+    DotSegment,
+    EncodedSeparator(String),
+    DoubleEncoding,
+    BadPercentEncoding,
+}
+
+impl fmt::Display for TargetError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TargetError::NotOriginForm => write!(f, "request target must be a path starting with '/'"),
+            TargetError::ForeignHost(host) => write!(f, "absolute-form request target names another host ({host})"),
+            TargetError::Fragment => write!(f, "request target contains a fragment ('#')"),
+            TargetError::ControlOrNonAscii => write!(f, "request target contains a control or non-ASCII byte"),
+            TargetError::Backslash => write!(f, "path contains a backslash"),
+            TargetError::PathParameter => write!(f, "path contains ';' (path parameters are not allowed)"),
+            TargetError::DotSegment => write!(f, "path contains a '.' or '..' segment"),
+            TargetError::EncodedSeparator(seq) => write!(f, "path contains the encoded separator {seq}"),
+            TargetError::DoubleEncoding => write!(f, "path contains a double-encoded sequence ('%25')"),
+            TargetError::BadPercentEncoding => write!(f, "path contains an invalid percent-encoding"),
+        }
+    }
+}
+
+impl std::error::Error for TargetError {}
+
+/// A checked request target: the normalized path and the query, each as it will be forwarded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SafeTarget {
+    /// Starts with '/', segments non-empty except a trailing one, no dot segments, percent-encoding
+    /// uppercase and only where needed.
+    pub path: String,
+    /// Without the '?'; `None` when the target had none.
+    pub query: Option<String>,
+}
+
+impl SafeTarget {
+    /// The path's segments (a trailing slash gives a last empty segment).
+    pub fn segments(&self) -> impl Iterator<Item = &str> {
+        self.path[1..].split('/')
+    }
+
+    /// The path and query to forward, with `path` replacing the normalized path.
+    pub fn with_path(&self, path: &str) -> String {
+        match &self.query {
+            Some(query) => format!("{path}?{query}"),
+            None => path.to_owned(),
+        }
+    }
+}
+
+fn is_unreserved(byte: u8) -> bool {
+    byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~')
+}
+
+/// Bytes that may appear literally in a path segment (RFC 3986 pchar, less ';' which we refuse).
+fn is_segment_char(byte: u8) -> bool {
+    is_unreserved(byte) || matches!(byte, b'!' | b'$' | b'&' | b'\'' | b'(' | b')' | b'*' | b'+' | b',' | b'=' | b':' | b'@')
+}
+
+fn hex_value(byte: u8) -> Option<u8> {
+    (byte as char).to_digit(16).map(|d| d as u8)
+}
+
+/// Check and normalize a request target as received. `own_authorities` are the host[:port] forms that
+/// address the proxy itself (an absolute-form target naming one of them is accepted).
+pub fn check(target: &str, own_authorities: &[String]) -> Result<SafeTarget, TargetError> {
+    if target.bytes().any(|b| b < 0x20 || b >= 0x7f) {
+        return Err(TargetError::ControlOrNonAscii);
+    }
+    if target.contains('#') {
+        return Err(TargetError::Fragment);
+    }
+    let origin = match target.split_once("://") {
+        Some((scheme, rest)) if scheme.eq_ignore_ascii_case("http") || scheme.eq_ignore_ascii_case("https") => {
+            let end = rest.find(['/', '?']).unwrap_or(rest.len());
+            let authority = &rest[..end];
+            if !own_authorities.iter().any(|own| own.eq_ignore_ascii_case(authority)) {
+                return Err(TargetError::ForeignHost(authority.to_owned()));
+            }
+            match &rest[end..] {
+                "" => "/",
+                path if path.starts_with('?') => return Err(TargetError::NotOriginForm),
+                path => path,
+            }
+        }
+        _ => target,
+    };
+    if !origin.starts_with('/') {
+        return Err(TargetError::NotOriginForm);
+    }
+    let (raw_path, query) = match origin.split_once('?') {
+        Some((path, query)) => (path, Some(query.to_owned())),
+        None => (origin, None),
+    };
+    if raw_path.contains('\\') {
+        return Err(TargetError::Backslash);
+    }
+    if raw_path.contains(';') {
+        return Err(TargetError::PathParameter);
+    }
+
+    let mut path = String::with_capacity(raw_path.len());
+    let segments: Vec<&str> = raw_path[1..].split('/').collect();
+    let last = segments.len() - 1;
+    for (index, segment) in segments.iter().enumerate() {
+        // Empty segments collapse ('//' → '/'); a trailing slash is kept.
+        if segment.is_empty() && index != last {
+            continue;
+        }
+        path.push('/');
+        let bytes = segment.as_bytes();
+        let mut i = 0;
+        while i < bytes.len() {
+            match bytes[i] {
+                b'%' => {
+                    let (Some(hi), Some(lo)) = (bytes.get(i + 1).copied().and_then(hex_value), bytes.get(i + 2).copied().and_then(hex_value)) else {
+                        return Err(TargetError::BadPercentEncoding);
+                    };
+                    let decoded = hi * 16 + lo;
+                    match decoded {
+                        b'/' | b'\\' | b'.' => return Err(TargetError::EncodedSeparator(segment[i..i + 3].to_owned())),
+                        b'%' => return Err(TargetError::DoubleEncoding),
+                        0..=0x1f | 0x7f => return Err(TargetError::ControlOrNonAscii),
+                        b';' => return Err(TargetError::PathParameter),
+                        byte if is_unreserved(byte) => path.push(byte as char),
+                        byte => path.push_str(&format!("%{byte:02X}")),
+                    }
+                    i += 3;
+                }
+                byte if is_segment_char(byte) => {
+                    path.push(byte as char);
+                    i += 1;
+                }
+                byte => {
+                    path.push_str(&format!("%{byte:02X}"));
+                    i += 1;
+                }
+            }
+        }
+        let written = &path[path.rfind('/').unwrap_or(0) + 1..];
+        if written == "." || written == ".." {
+            return Err(TargetError::DotSegment);
+        }
+    }
+    if path.is_empty() {
+        path.push('/');
+    }
+    Ok(SafeTarget { path, query })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ok(target: &str) -> SafeTarget {
+        check(target, &["127.0.0.1:15001".to_owned()]).unwrap_or_else(|e| panic!("{target}: {e}"))
+    }
+
+    fn err(target: &str) -> TargetError {
+        check(target, &["127.0.0.1:15001".to_owned()]).expect_err(target)
+    }
+
+    #[test]
+    fn normal_paths_pass_and_normalize() {
+        assert_eq!(ok("/storage/final/x").path, "/storage/final/x");
+        assert_eq!(ok("/a//b///c").path, "/a/b/c");
+        assert_eq!(ok("/a/b/").path, "/a/b/");
+        assert_eq!(ok("/").path, "/");
+        assert_eq!(ok("/%41%62c").path, "/Abc", "unreserved characters are decoded");
+        assert_eq!(ok("/a%20b").path, "/a%20b");
+        assert_eq!(ok("/a%3ab").path, "/a%3Ab", "reserved characters stay encoded, uppercase");
+        assert_eq!(ok("/a b").path, "/a%20b");
+        let t = ok("/kong/x?x=1&y=/..;%2F");
+        assert_eq!((t.path.as_str(), t.query.as_deref()), ("/kong/x", Some("x=1&y=/..;%2F")), "the query is not the path");
+        assert_eq!(ok("http://127.0.0.1:15001/a?b").with_path("/a"), "/a?b");
+        assert_eq!(ok("/a...b/..c/c..").path, "/a...b/..c/c..", "dots inside segments are fine");
+    }
+
+    #[test]
+    fn traversal_and_encoding_tricks_are_refused() {
+        for target in ["/a/../b", "/a/./b", "/..", "/.", "/a/..", "/storage/final/../../etc", "//..//x"] {
+            assert_eq!(err(target), TargetError::DotSegment, "{target}");
+        }
+        for target in ["/a/%2e%2e/b", "/a/%2E/b", "/a%2fb", "/a%2Fb", "/a%5cb", "/a%5C..%5Cb", "/.%2e/x"] {
+            assert!(matches!(err(target), TargetError::EncodedSeparator(_)), "{target}");
+        }
+        for target in ["/a%252fb", "/a%252e%252e/b", "/%25"] {
+            assert_eq!(err(target), TargetError::DoubleEncoding, "{target}");
+        }
+        assert_eq!(err("/a\\..\\b"), TargetError::Backslash);
+        assert_eq!(err("/storage;/final"), TargetError::PathParameter);
+        assert_eq!(err("/storage/final;x=1"), TargetError::PathParameter);
+        assert_eq!(err("/a%3bb"), TargetError::PathParameter);
+        assert_eq!(err("/a#frag"), TargetError::Fragment);
+        assert_eq!(err("/a?b#c"), TargetError::Fragment);
+        assert_eq!(err("/a\0b"), TargetError::ControlOrNonAscii);
+        assert_eq!(err("/a%00b"), TargetError::ControlOrNonAscii);
+        assert_eq!(err("/a%0d%0aX-Injected:1"), TargetError::ControlOrNonAscii);
+        assert_eq!(err("/a\tb"), TargetError::ControlOrNonAscii);
+        assert_eq!(err("/ä"), TargetError::ControlOrNonAscii);
+        assert_eq!(err("/a%zz"), TargetError::BadPercentEncoding);
+        assert_eq!(err("/a%2"), TargetError::BadPercentEncoding);
+        assert_eq!(err("a/b"), TargetError::NotOriginForm);
+        assert_eq!(err("*"), TargetError::NotOriginForm);
+        assert_eq!(err("http://evil.example.org/storage/final"), TargetError::ForeignHost("evil.example.org".into()));
+        assert_eq!(err("http://127.0.0.1:15002/x"), TargetError::ForeignHost("127.0.0.1:15002".into()));
+    }
+}

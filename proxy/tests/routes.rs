@@ -1,0 +1,155 @@
+//! The FLAME route table, stricter than the nginx it replaces; route and config rules.
+
+use tollgate_proxy::config::{Config, Environment};
+use tollgate_proxy::routes::{Decision, decide};
+use tollgate_proxy::target::check;
+
+const ANALYSIS: &str = "3f2c1b9e-1d7a-4c8e-9b1a-2e4f6a8c0d1e";
+const PROJECT: &str = "7d1e4a2c-95b8-4f3e-a6d0-1b2c3d4e5f60";
+
+fn env() -> Environment {
+    Environment { analysis_id: Some(ANALYSIS.into()), project_id: Some(PROJECT.into()), ..Environment::default() }
+}
+
+fn flame() -> Config {
+    let yaml = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/flame.yaml")).unwrap();
+    Config::load(&yaml, &env()).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// (route name, upstream target) or the refusal.
+fn route(config: &Config, method: &str, target: &str) -> Result<(String, String), String> {
+    let target = check(target, &[]).map_err(|e| format!("400: {e}"))?;
+    match decide(&config.routes, method, &target) {
+        Decision::Forward { route, upstream_target } => Ok((config.routes[route].name.clone(), upstream_target)),
+        Decision::Refuse { reason } => Err(reason),
+    }
+}
+
+#[test]
+fn flame_routes_forward_what_nginx_forwarded() {
+    let c = flame();
+    let cases = [
+        ("GET", "/kong/datasource/patients?limit=10", "kong", "/datasource/patients?limit=10"),
+        ("GET", "/kong", "kong", "/"),
+        ("PUT", "/storage/final/result.tar", "storage", "/final/result.tar"),
+        ("GET", "/storage/local", "storage", "/local"),
+        ("POST", "/storage/intermediate/a/b", "storage", "/intermediate/a/b"),
+        ("GET", &format!("/hub-adapter/kong/datastore/{PROJECT}/fhir/Patient"), "hub-datastore", &format!("/kong/datastore/{PROJECT}/fhir/Patient")),
+        ("GET", &format!("/message-broker/analyses/{ANALYSIS}/participants"), "message-broker", &format!("/analyses/{ANALYSIS}/participants")),
+        ("GET", &format!("/message-broker/analyses/{ANALYSIS}/participants/self"), "message-broker", &format!("/analyses/{ANALYSIS}/participants/self")),
+        ("POST", &format!("/message-broker/analyses/{ANALYSIS}/messages"), "message-broker", &format!("/analyses/{ANALYSIS}/messages")),
+        ("POST", &format!("/message-broker/analyses/{ANALYSIS}/messages/subscriptions"), "message-broker", &format!("/analyses/{ANALYSIS}/messages/subscriptions")),
+        ("GET", "/message-broker/healthz", "message-broker", "/healthz"),
+        ("POST", "/po/stream_logs", "pod-orchestrator-logs", "/po/stream_logs"),
+    ];
+    for (method, target, name, upstream) in cases {
+        assert_eq!(route(&c, method, target), Ok((name.to_owned(), upstream.to_owned())), "{method} {target}");
+    }
+}
+
+#[test]
+fn flame_routes_refuse_what_nginx_let_through() {
+    let c = flame();
+    for (method, target) in [
+        ("GET", "/kongX"),
+        ("GET", "/kong-admin/routes"),
+        ("PUT", "/storage/finalX"),
+        ("PUT", "/storage/final_other/x"),
+        ("GET", "/storage"),
+        ("GET", "/storage/"),
+        ("GET", "/hub-adapter/kong/datastore/other-project/fhir"),
+        ("GET", &format!("/hub-adapter/kong/datastore/{PROJECT}X/fhir")),
+        ("GET", "/message-broker/analyses/other-analysis/participants"),
+        ("GET", &format!("/message-broker/analyses/{ANALYSIS}/participantsX")),
+        ("GET", &format!("/message-broker/analyses/{ANALYSIS}/participants/other")),
+        ("GET", &format!("/message-broker/analyses/{ANALYSIS}/messages/subscriptions/x")),
+        ("GET", "/message-broker/analyses"),
+        ("GET", "/po/stream_logsX"),
+        ("GET", "/po/other"),
+        ("GET", "/"),
+        ("GET", "/unknown"),
+        ("DELETE", &format!("/hub-adapter/kong/datastore/{PROJECT}/x")),
+        ("GET", "/po/stream_logs"),
+    ] {
+        assert!(route(&c, method, target).is_err(), "{method} {target} must be refused, got {:?}", route(&c, method, target));
+    }
+    assert_eq!(route(&c, "GET", "/kongX"), Err("no route for /kongX".to_owned()));
+    assert_eq!(route(&c, "PUT", "/storage/finalX"), Err("route \"storage\" does not allow /storage/finalX".to_owned()));
+    assert_eq!(route(&c, "GET", "/po/stream_logs"), Err("route \"pod-orchestrator-logs\" does not allow method GET".to_owned()));
+}
+
+#[test]
+fn traversal_never_reaches_a_route() {
+    let c = flame();
+    for target in [
+        "/storage/final/../../kong-admin",
+        "/storage/final/%2e%2e/%2e%2e/x",
+        "/storage/final%2F..%2F..%2Fx",
+        "/storage/final/..%5C..%5Cx",
+        "/storage;/final/x",
+        "/storage/final/x#/../y",
+        &format!("/message-broker/analyses/{ANALYSIS}/participants/..%2f..%2fother-analysis%2fparticipants"),
+        "http://evil.example.org/storage/final/x",
+    ] {
+        let result = route(&c, "GET", target);
+        assert!(matches!(&result, Err(e) if e.starts_with("400: ")), "{target}: {result:?}");
+    }
+    // The query is not part of what is matched (oauth2-proxy CVE-2025-54576).
+    assert_eq!(route(&c, "GET", "/unknown?x=/kong/").map(|r| r.0), Err("no route for /unknown".to_owned()));
+    assert_eq!(route(&c, "GET", "/kong//a///b").map(|r| r.1), Ok("/a/b".to_owned()), "the normalized path is what is forwarded");
+}
+
+#[test]
+fn longest_prefix_wins_and_strip_prefix_can_be_off() {
+    let yaml = "routes:\n- { name: all, prefix: /, upstream: 'http://a:1' }\n- { name: api, prefix: /api/v1, upstream: 'http://b:2/base/', stripPrefix: false }\n";
+    let c = Config::load(yaml, &Environment::default()).unwrap();
+    assert_eq!(route(&c, "GET", "/api/v1/x?q"), Ok(("api".into(), "/base/api/v1/x?q".into())));
+    assert_eq!(route(&c, "GET", "/api/v2"), Ok(("all".into(), "/api/v2".into())));
+    assert_eq!(route(&c, "GET", "/"), Ok(("all".into(), "/".into())));
+}
+
+#[test]
+fn config_errors_name_their_path() {
+    let bad = "routes:\n\
+        - { name: a, prefix: kong, upstream: 'ftp://x' }\n\
+        - { name: a, prefix: '/x/{analysis_id}', upstream: 'http://x:0', methods: [BREW], auth: token }\n\
+        - { name: c, prefix: /c, upstream: 'http://c', allow: ['/a/**/b', '/../x'], auth: bearerFile, connectTimeout: '10' }\n\
+        ingress: { upstream: 'http://127.0.0.1:8000', jwksUrl: 'http://k/certs', issuer: '', algorithms: [HS256, RS1] }\n\
+        listen: { egress: '0.0.0.0:15001', admin: '127.0.0.1:15001' }\n\
+        shutdown: { grace: 60s }\n";
+    let errors = Config::load(bad, &Environment::default()).expect_err("invalid").to_string();
+    for expected in [
+        "routes[0].prefix: \"kong\" must start with '/'",
+        "routes[0].upstream: \"ftp://x\" must start with http:// or https://",
+        "routes[1].name: \"a\" is already the name of routes[0]",
+        "routes[1].prefix: uses {analysis_id} but TOLLGATE_ANALYSIS_ID is not set",
+        "routes[1].methods[0]: \"BREW\" is not one of",
+        "routes[1].upstream: \"http://x:0\" has an invalid port",
+        "routes[1].auth: token needs the identity section",
+        "routes[2].allow[0]: \"/a/**/b\": '**' may only be last",
+        "routes[2].allow[1]: \"/../x\": dot segments are not allowed",
+        "routes[2].bearerFile: required when auth is bearerFile",
+        "routes[2].connectTimeout: \"10\" is not a duration",
+        "ingress.issuer: required",
+        "ingress.audiences: at least one audience is required",
+        "ingress.algorithms[0]: HS256 is never accepted",
+        "ingress.algorithms[1]: \"RS1\" is not one of",
+        "listen.egress: 0.0.0.0:15001 is not a loopback address",
+        "listen.admin: port 15001 is already used by listen.egress",
+        "shutdown.grace: must stay below Kubernetes' 30 s",
+    ] {
+        assert!(errors.lines().any(|l| l.starts_with(expected)), "missing {expected:?} in:\n{errors}");
+    }
+    let typo = Config::load("routes:\n- { name: a, prefix: /a, upstrem: 'http://a' }\n", &Environment::default()).unwrap_err().to_string();
+    assert!(typo.starts_with("routes[0].upstrem: unknown field `upstrem`, expected one of"), "{typo}");
+    let unsafe_id = Environment { analysis_id: Some("../x".into()), ..Environment::default() };
+    let errors = Config::load("routes:\n- { name: a, prefix: '/a/{analysis_id}', upstream: 'http://a' }\n", &unsafe_id).unwrap_err().to_string();
+    assert!(errors.contains("routes[0].prefix: TOLLGATE_ANALYSIS_ID: \"../x\" is not a safe id"), "{errors}");
+}
+
+#[test]
+fn an_empty_config_is_valid_and_refuses_everything() {
+    let c = Config::load("", &Environment::default()).unwrap();
+    assert_eq!(c.egress_listen.to_string(), "127.0.0.1:15001");
+    assert!(route(&c, "GET", "/anything").is_err());
+}
