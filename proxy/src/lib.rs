@@ -8,3 +8,8 @@ pub mod config;
 pub mod routes;
 pub mod target;
 pub mod units;
+pub mod client;
+pub mod tokens;
+pub mod admin;
+pub mod egress;
+pub mod metrics;

@@ -1,1 +1,127 @@
-fn main() {}
+//! `tollgate-proxy`: run the sidecar, or check a config file.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
+use clap::{Parser, Subcommand};
+use pingora::server::Server;
+use pingora::server::configuration::ServerConf;
+use pingora::services::background::background_service;
+use pingora::services::listening::Service;
+use tollgate_proxy::admin::Admin;
+use tollgate_proxy::client::HttpClient;
+use tollgate_proxy::config::{Config, Environment};
+use tollgate_proxy::egress::Egress;
+use tollgate_proxy::metrics::Metrics;
+use tollgate_proxy::routes::AuthMode;
+use tollgate_proxy::tokens::TokenSource;
+
+#[derive(Parser)]
+#[command(name = "tollgate-proxy", version, about = "The analysis pod's only authenticated way out", long_about = None)]
+struct Cli {
+    /// Config file (YAML); see the crate's README for every field.
+    #[arg(long, env = "TOLLGATE_PROXY_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Validate a config file (with TOLLGATE_* placeholders from the environment); every error names its path.
+    CheckConfig {
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+    },
+}
+
+fn load(path: &PathBuf) -> Result<Config, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    Config::load(&text, &Environment::from_process()).map_err(|e| format!("{}:\n{e}", path.display()))
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Some(Command::CheckConfig { file }) = cli.command {
+        return match load(&file) {
+            Ok(config) => {
+                println!("{}: valid ({} routes)", file.display(), config.routes.len());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    let filter = tracing_subscriber::EnvFilter::try_from_env("TOLLGATE_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).json().flatten_event(true).init();
+    let Some(path) = cli.config else {
+        eprintln!("error: --config FILE is required (or use a subcommand; see --help)");
+        return ExitCode::from(2);
+    };
+    let config = match load(&path) {
+        Ok(config) => Arc::new(config),
+        Err(e) => {
+            tracing::error!(error = %e, "invalid config");
+            return ExitCode::FAILURE;
+        }
+    };
+    match run(config) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(config: Arc<Config>) -> Result<(), String> {
+    let extra_ca = match &config.extra_ca_file {
+        Some(path) => Some(std::fs::read(path).map_err(|e| format!("tls.extraCaFile {}: {e}", path.display()))?),
+        None => None,
+    };
+    let client = HttpClient::new(extra_ca.as_deref())?;
+    let metrics = Arc::new(Metrics::new());
+    let needs_token = config.routes.iter().any(|r| r.auth == AuthMode::Token);
+    let tokens = match (&config.identity, needs_token) {
+        (Some(identity), true) => Some(Arc::new(TokenSource::new(identity.clone(), client.clone(), metrics.clone()))),
+        _ => None,
+    };
+
+    // pingora sleeps grace_period_seconds after SIGTERM (listeners closed, in-flight requests running);
+    // keep it to the configured grace, well below Kubernetes' 30 s.
+    let grace = config.shutdown_grace.as_secs_f64().ceil() as u64;
+    let conf = ServerConf { grace_period_seconds: Some(grace), graceful_shutdown_timeout_seconds: Some(1), threads: 1, ..ServerConf::default() };
+    let mut server = Server::new_with_opt_and_conf(None, conf);
+    server.bootstrap();
+
+    let mut egress = pingora::proxy::http_proxy_service(&server.configuration, Egress::new(config.clone(), tokens.clone(), metrics.clone()));
+    egress.add_tcp(&config.egress_listen.to_string());
+    server.add_service(egress);
+
+    let admin = Admin { metrics: metrics.clone(), tokens: tokens.clone(), draining: Arc::new(AtomicBool::new(false)) };
+    let mut admin_service = Service::new("admin".to_owned(), admin);
+    admin_service.add_tcp(&config.admin_listen.to_string());
+    server.add_service(admin_service);
+
+    if let Some(tokens) = tokens {
+        server.add_service(background_service("token refresh", TokenRefresh(tokens)));
+    }
+    tracing::info!(egress = %config.egress_listen, admin = %config.admin_listen, routes = config.routes.len(), "starting");
+    server.run_forever();
+}
+
+struct TokenRefresh(Arc<TokenSource>);
+
+#[async_trait::async_trait]
+impl pingora::services::background::BackgroundService for TokenRefresh {
+    async fn start(&self, mut shutdown: pingora::server::ShutdownWatch) {
+        tokio::select! {
+            _ = self.0.clone().keep_fresh() => {}
+            _ = shutdown.changed() => {}
+        }
+    }
+}

@@ -1,0 +1,50 @@
+//! The admin listener: `/healthz` (alive), `/readyz` (config loaded, and a token in hand where a route
+//! needs one), `/metrics`.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use async_trait::async_trait;
+use http::Response;
+use pingora::apps::http_app::ServeHttp;
+use pingora::protocols::http::ServerSession;
+
+use crate::metrics::Metrics;
+use crate::tokens::TokenSource;
+
+pub struct Admin {
+    pub metrics: Arc<Metrics>,
+    /// Set when a route needs a token: ready only once one is in hand.
+    pub tokens: Option<Arc<TokenSource>>,
+    pub draining: Arc<AtomicBool>,
+}
+
+fn reply(status: u16, content_type: &str, body: impl Into<Vec<u8>>) -> Response<Vec<u8>> {
+    let body = body.into();
+    Response::builder()
+        .status(status)
+        .header("content-type", content_type)
+        .header("content-length", body.len())
+        .body(body)
+        .expect("static response parts are valid")
+}
+
+#[async_trait]
+impl ServeHttp for Admin {
+    async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        let header = session.req_header();
+        if header.method != http::Method::GET {
+            return reply(405, "text/plain", "method not allowed\n");
+        }
+        match header.uri.path() {
+            "/healthz" => reply(200, "text/plain", "ok\n"),
+            "/readyz" if self.draining.load(Ordering::Relaxed) => reply(503, "text/plain", "draining\n"),
+            "/readyz" => match &self.tokens {
+                Some(tokens) if !tokens.ready() => reply(503, "text/plain", "waiting for a token\n"),
+                _ => reply(200, "text/plain", "ok\n"),
+            },
+            "/metrics" => reply(200, "application/openmetrics-text; version=1.0.0; charset=utf-8", self.metrics.encode()),
+            _ => reply(404, "text/plain", "not found\n"),
+        }
+    }
+}

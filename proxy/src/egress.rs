@@ -1,0 +1,250 @@
+//! The egress listener on pingora: the app's only authenticated way out. The decisions come from
+//! [`crate::target::check`] and [`crate::routes::decide`]; this is the glue.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Instant, SystemTime};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::prelude::*;
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use serde_json::json;
+
+use crate::config::Config;
+use crate::metrics::{Metrics, RequestLabels};
+use crate::routes::{AuthMode, Decision, decide};
+use crate::target::check;
+use crate::tokens::TokenSource;
+
+/// Headers the app may not send upstream: credentials are the proxy's business, and forwarding
+/// headers would let the app speak for someone else.
+const STRIPPED: [&str; 7] = ["authorization", "proxy-authorization", "cookie", "forwarded", "x-forwarded-for", "x-forwarded-host", "x-forwarded-proto"];
+
+pub struct Egress {
+    pub config: Arc<Config>,
+    pub tokens: Option<Arc<TokenSource>>,
+    pub metrics: Arc<Metrics>,
+    /// Bytes sent upstream per route (index as in the config).
+    pub sent: Arc<Vec<AtomicU64>>,
+    bearer_files: Mutex<HashMap<PathBuf, (SystemTime, u64, Arc<String>)>>,
+    own_authorities: Vec<String>,
+}
+
+impl Egress {
+    pub fn new(config: Arc<Config>, tokens: Option<Arc<TokenSource>>, metrics: Arc<Metrics>) -> Self {
+        let port = config.egress_listen.port();
+        let own_authorities = vec![config.egress_listen.to_string(), format!("localhost:{port}"), format!("127.0.0.1:{port}")];
+        let sent = Arc::new(config.routes.iter().map(|_| AtomicU64::new(0)).collect());
+        for route in &config.routes {
+            metrics.register_route(&route.name);
+        }
+        Egress { config, tokens, metrics, sent, bearer_files: Mutex::new(HashMap::new()), own_authorities }
+    }
+
+    /// The bearer file's contents, re-read when its size or modification time changes.
+    fn bearer_from_file(&self, path: &Path) -> Result<Arc<String>, String> {
+        let meta = std::fs::metadata(path).map_err(|e| format!("bearer file {}: {e}", path.display()))?;
+        let stamp = (meta.modified().unwrap_or(SystemTime::UNIX_EPOCH), meta.len());
+        let mut cache = self.bearer_files.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((modified, len, value)) = cache.get(path)
+            && (*modified, *len) == stamp
+        {
+            return Ok(value.clone());
+        }
+        let token = std::fs::read_to_string(path).map_err(|e| format!("bearer file {}: {e}", path.display()))?;
+        let token = token.trim();
+        if token.is_empty() || !token.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(format!("bearer file {} is empty or not a header-safe token", path.display()));
+        }
+        let value = Arc::new(format!("Bearer {token}"));
+        cache.insert(path.to_owned(), (stamp.0, stamp.1, value.clone()));
+        Ok(value)
+    }
+}
+
+#[derive(Default)]
+pub struct EgressCtx {
+    route: Option<usize>,
+    upstream_target: String,
+    authorization: Option<Arc<String>>,
+    decision: &'static str,
+    reason: Option<String>,
+    normalized_path: String,
+    bytes_in: u64,
+    started: Option<Instant>,
+    forwarded_at: Option<Instant>,
+}
+
+/// Answer locally with a JSON error; nothing is forwarded.
+async fn refuse(session: &mut Session, ctx: &mut EgressCtx, status: u16, decision: &'static str, reason: String) -> Result<bool> {
+    let body = Bytes::from(json!({"error": reason, "status": status, "decision": decision}).to_string());
+    ctx.decision = decision;
+    ctx.reason = Some(reason);
+    let mut header = ResponseHeader::build(status, Some(3))?;
+    header.insert_header("content-type", "application/json")?;
+    header.insert_header("content-length", body.len().to_string())?;
+    header.insert_header("cache-control", "no-store")?;
+    session.set_keepalive(None);
+    session.write_response_header(Box::new(header), false).await?;
+    session.write_response_body(Some(body), true).await?;
+    Ok(true)
+}
+
+#[async_trait]
+impl ProxyHttp for Egress {
+    type CTX = EgressCtx;
+
+    fn new_ctx(&self) -> EgressCtx {
+        EgressCtx { started: Some(Instant::now()), ..EgressCtx::default() }
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut EgressCtx) -> Result<bool> {
+        let header = session.req_header();
+        let method = header.method.as_str().to_owned();
+        let raw = String::from_utf8_lossy(header.raw_path()).into_owned();
+        let target = match check(&raw, &self.own_authorities) {
+            Ok(target) => target,
+            Err(e) => return refuse(session, ctx, 400, "bad-request", e.to_string()).await,
+        };
+        ctx.normalized_path = target.path.clone();
+        let (index, upstream_target) = match decide(&self.config.routes, &method, &target) {
+            Decision::Forward { route, upstream_target } => (route, upstream_target),
+            Decision::Refuse { reason } => return refuse(session, ctx, 403, "denied", reason).await,
+        };
+        let route = &self.config.routes[index];
+        ctx.route = Some(index);
+        ctx.upstream_target = upstream_target;
+
+        let declared = session.req_header().headers.get("content-length").and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+        if let Some(length) = declared {
+            if length > route.max_request_body {
+                return refuse(session, ctx, 413, "too-large", format!("body of {length} bytes is above route {:?}'s limit of {}", route.name, route.max_request_body)).await;
+            }
+            if let Some(budget) = route.byte_budget
+                && self.sent[index].load(Ordering::Relaxed) + length > budget
+            {
+                return refuse(session, ctx, 413, "budget-exceeded", format!("route {:?} has used its byte budget of {budget}", route.name)).await;
+            }
+        } else if let Some(budget) = route.byte_budget
+            && self.sent[index].load(Ordering::Relaxed) >= budget
+        {
+            return refuse(session, ctx, 413, "budget-exceeded", format!("route {:?} has used its byte budget of {budget}", route.name)).await;
+        }
+
+        ctx.authorization = match &route.auth {
+            AuthMode::None => None,
+            AuthMode::BearerFile(path) => match self.bearer_from_file(path) {
+                Ok(value) => Some(value),
+                Err(e) => return refuse(session, ctx, 503, "no-credentials", e).await,
+            },
+            AuthMode::Token => match self.tokens.as_ref().map(|t| t.clone()) {
+                Some(tokens) => match tokens.token().await {
+                    Ok(token) => Some(Arc::new(token.header_value.clone())),
+                    Err(e) => return refuse(session, ctx, 503, "no-credentials", e.to_string()).await,
+                },
+                None => return refuse(session, ctx, 503, "no-credentials", "no identity configured".into()).await,
+            },
+        };
+        ctx.decision = "forwarded";
+        Ok(false)
+    }
+
+    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut EgressCtx) -> Result<Box<HttpPeer>> {
+        let route = &self.config.routes[ctx.route.expect("request_filter chose a route")];
+        let upstream = &route.upstream;
+        let mut peer = HttpPeer::new(upstream.address(), upstream.tls, upstream.host.clone());
+        peer.options.connection_timeout = Some(route.connect_timeout);
+        peer.options.total_connection_timeout = Some(route.connect_timeout);
+        peer.options.read_timeout = Some(route.read_timeout);
+        peer.options.write_timeout = Some(route.read_timeout);
+        ctx.forwarded_at = Some(Instant::now());
+        Ok(Box::new(peer))
+    }
+
+    async fn upstream_request_filter(&self, _session: &mut Session, request: &mut RequestHeader, ctx: &mut EgressCtx) -> Result<()> {
+        let route = &self.config.routes[ctx.route.expect("request_filter chose a route")];
+        let uri = ctx.upstream_target.parse().map_err(|e| Error::because(ErrorType::InternalError, "building the upstream target", e))?;
+        request.set_uri(uri);
+        for name in STRIPPED {
+            request.remove_header(name);
+        }
+        request.insert_header("host", route.upstream.authority())?;
+        if let Some(value) = &ctx.authorization {
+            request.insert_header("authorization", value.as_str())?;
+        }
+        Ok(())
+    }
+
+    async fn request_body_filter(&self, _session: &mut Session, body: &mut Option<Bytes>, _end: bool, ctx: &mut EgressCtx) -> Result<()> {
+        let (Some(index), Some(chunk)) = (ctx.route, body.as_ref()) else { return Ok(()) };
+        let route = &self.config.routes[index];
+        let len = chunk.len() as u64;
+        ctx.bytes_in += len;
+        if ctx.bytes_in > route.max_request_body {
+            ctx.decision = "too-large";
+            return Error::e_explain(ErrorType::HTTPStatus(413), "request body above the route's limit");
+        }
+        let total = self.sent[index].fetch_add(len, Ordering::Relaxed) + len;
+        self.metrics.bytes_out(&route.name, len);
+        if route.byte_budget.is_some_and(|budget| total > budget) {
+            ctx.decision = "budget-exceeded";
+            return Error::e_explain(ErrorType::HTTPStatus(413), "route byte budget exceeded");
+        }
+        Ok(())
+    }
+
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut EgressCtx) -> FailToProxy {
+        let code = match e.etype() {
+            ErrorType::HTTPStatus(code) => *code,
+            ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout => 504,
+            _ if e.esource() == &ErrorSource::Upstream => 502,
+            _ if e.esource() == &ErrorSource::Downstream => 400,
+            _ => 502,
+        };
+        if ctx.decision == "forwarded" {
+            ctx.decision = "upstream-error";
+        }
+        ctx.reason = Some(e.to_string());
+        let body = Bytes::from(json!({"error": e.etype().as_str(), "status": code, "decision": ctx.decision}).to_string());
+        let written = async {
+            let mut header = ResponseHeader::build(code, Some(2))?;
+            header.insert_header("content-type", "application/json")?;
+            header.insert_header("content-length", body.len().to_string())?;
+            session.write_response_header(Box::new(header), false).await?;
+            session.write_response_body(Some(body), true).await
+        };
+        if let Err(write_error) = written.await {
+            tracing::debug!(error = %write_error, "could not send the error response");
+        }
+        FailToProxy { error_code: code, can_reuse_downstream: false }
+    }
+
+    async fn logging(&self, session: &mut Session, error: Option<&Error>, ctx: &mut EgressCtx) {
+        let status = session.response_written().map_or(0, |r| r.status.as_u16());
+        let route = ctx.route.map(|i| self.config.routes[i].name.as_str()).unwrap_or("");
+        if let (Some(forwarded), Some(_)) = (ctx.forwarded_at, ctx.route) {
+            self.metrics.upstream_duration(route, forwarded.elapsed().as_secs_f64());
+        }
+        self.metrics.request(RequestLabels { listener: "egress", route: route.to_owned(), status, decision: ctx.decision });
+        let request_id = session.req_header().headers.get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+        tracing::info!(
+            listener = "egress",
+            route,
+            method = %session.req_header().method,
+            path = %ctx.normalized_path,
+            status,
+            decision = ctx.decision,
+            reason = ctx.reason.as_deref().unwrap_or(""),
+            bytes_in = ctx.bytes_in,
+            bytes_out = session.body_bytes_sent(),
+            duration_ms = ctx.started.map_or(0.0, |s| s.elapsed().as_secs_f64() * 1000.0),
+            request_id,
+            error = error.map(|e| e.to_string()).unwrap_or_default(),
+            "request"
+        );
+    }
+}

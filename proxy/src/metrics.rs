@@ -1,0 +1,86 @@
+//! Prometheus metrics of the proxy (OpenMetrics text at the admin listener's `/metrics`).
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub listener: &'static str,
+    pub route: String,
+    pub status: u16,
+    pub decision: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteLabels {
+    route: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabels {
+    result: &'static str,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    upstream_duration: Family<RouteLabels, Histogram>,
+    bytes_out: Family<RouteLabels, Counter>,
+    token_fetches: Family<ResultLabels, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("tollgate_proxy");
+        let requests = Family::<RequestLabels, Counter>::default();
+        let upstream_duration =
+            Family::<RouteLabels, Histogram>::new_with_constructor(|| Histogram::new(exponential_buckets(0.0005, 2.0, 16)) as Histogram);
+        let bytes_out = Family::<RouteLabels, Counter>::default();
+        let token_fetches = Family::<ResultLabels, Counter>::default();
+        registry.register("requests", "Requests answered, by listener, route, status and decision", requests.clone());
+        registry.register("upstream_duration_seconds", "Time from forwarding a request to the end of its response, by route", upstream_duration.clone());
+        registry.register("bytes_out", "Request body bytes sent upstream, by route", bytes_out.clone());
+        registry.register("token_fetches", "Calls to the token endpoint, by result", token_fetches.clone());
+        for result in ["success", "failure"] {
+            let _ = token_fetches.get_or_create(&ResultLabels { result });
+        }
+        Metrics { registry, requests, upstream_duration, bytes_out, token_fetches }
+    }
+
+    pub fn request(&self, labels: RequestLabels) {
+        self.requests.get_or_create(&labels).inc();
+    }
+
+    pub fn upstream_duration(&self, route: &str, seconds: f64) {
+        self.upstream_duration.get_or_create(&RouteLabels { route: route.to_owned() }).observe(seconds);
+    }
+
+    pub fn bytes_out(&self, route: &str, bytes: u64) {
+        self.bytes_out.get_or_create(&RouteLabels { route: route.to_owned() }).inc_by(bytes);
+    }
+
+    pub fn register_route(&self, route: &str) {
+        let _ = self.bytes_out.get_or_create(&RouteLabels { route: route.to_owned() });
+    }
+
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("writing to a String cannot fail");
+        out
+    }
+}
+
+impl crate::tokens::TokenObserver for Metrics {
+    fn token_fetch(&self, ok: bool) {
+        self.token_fetches.get_or_create(&ResultLabels { result: if ok { "success" } else { "failure" } }).inc();
+    }
+}

@@ -1,0 +1,175 @@
+//! OAuth2 client-credentials tokens, fetched by the proxy itself (the app never sees a credential).
+//!
+//! One token is cached and refreshed ahead of expiry by a background task. Requests that find no valid
+//! token wait on one shared fetch (single flight): any number of concurrent requests cause one call to the
+//! token endpoint. After a failed call, requests fail fast (503) until the backoff has passed, so an
+//! identity provider that is down is not hammered; the background task retries with growing backoff.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwapOption;
+use bytes::Bytes;
+use http_body_util::Full;
+use serde::Deserialize;
+use tokio::sync::Mutex;
+
+use crate::client::HttpClient;
+use crate::config::Identity;
+
+/// Never use a token this close to its expiry.
+const EXPIRY_MARGIN: Duration = Duration::from_secs(5);
+const MIN_BACKOFF: Duration = Duration::from_millis(500);
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+#[derive(Debug)]
+pub struct Token {
+    /// `Bearer <access token>`, ready for the Authorization header.
+    pub header_value: String,
+    pub expires_at: Instant,
+    /// When to fetch the next one: `refreshBefore` ahead of expiry, but never in the first half of the
+    /// token's life (short-lived tokens would otherwise be refetched in a loop).
+    pub refresh_at: Instant,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("no valid token: {0}")]
+pub struct TokenError(pub String);
+
+#[derive(Deserialize)]
+struct TokenResponse {
+    access_token: String,
+    #[serde(default)]
+    token_type: Option<String>,
+    #[serde(default)]
+    expires_in: Option<u64>,
+}
+
+/// What happened when the endpoint was called, for metrics.
+pub trait TokenObserver: Send + Sync {
+    fn token_fetch(&self, ok: bool);
+}
+
+struct FailureState {
+    at: Instant,
+    backoff: Duration,
+    error: String,
+}
+
+pub struct TokenSource {
+    identity: Identity,
+    client: HttpClient,
+    current: ArcSwapOption<Token>,
+    fetching: Mutex<Option<FailureState>>,
+    observer: Arc<dyn TokenObserver>,
+}
+
+impl TokenSource {
+    pub fn new(identity: Identity, client: HttpClient, observer: Arc<dyn TokenObserver>) -> Self {
+        TokenSource { identity, client, current: ArcSwapOption::empty(), fetching: Mutex::new(None), observer }
+    }
+
+    fn usable(&self) -> Option<Arc<Token>> {
+        self.current.load_full().filter(|t| t.expires_at > Instant::now() + EXPIRY_MARGIN)
+    }
+
+    /// Whether a usable token is cached (for /readyz).
+    pub fn ready(&self) -> bool {
+        self.usable().is_some()
+    }
+
+    /// A valid token: the cached one, or one fetched now (shared by all concurrent callers).
+    pub async fn token(&self) -> Result<Arc<Token>, TokenError> {
+        if let Some(token) = self.usable() {
+            return Ok(token);
+        }
+        let mut failure = self.fetching.lock().await;
+        if let Some(token) = self.usable() {
+            return Ok(token);
+        }
+        if let Some(f) = failure.as_ref().filter(|f| f.at.elapsed() < f.backoff) {
+            return Err(TokenError(format!("token endpoint failed {:?} ago: {}", f.at.elapsed(), f.error)));
+        }
+        self.fetch_locked(&mut failure).await
+    }
+
+    async fn fetch_locked(&self, failure: &mut Option<FailureState>) -> Result<Arc<Token>, TokenError> {
+        match self.fetch().await {
+            Ok(token) => {
+                self.observer.token_fetch(true);
+                *failure = None;
+                let token = Arc::new(token);
+                self.current.store(Some(token.clone()));
+                Ok(token)
+            }
+            Err(error) => {
+                self.observer.token_fetch(false);
+                let backoff = failure.as_ref().map_or(MIN_BACKOFF, |f| (f.backoff * 2).min(MAX_BACKOFF));
+                tracing::warn!(%error, retry_in = ?backoff, "token request failed");
+                *failure = Some(FailureState { at: Instant::now(), backoff, error: error.clone() });
+                Err(TokenError(error))
+            }
+        }
+    }
+
+    /// Keep a token fresh: refresh `refreshBefore` ahead of expiry, retry failures with backoff.
+    pub async fn keep_fresh(self: Arc<Self>) {
+        loop {
+            let wait = {
+                let mut failure = self.fetching.lock().await;
+                let due = self.current.load_full().map_or(Duration::ZERO, |t| t.refresh_at.saturating_duration_since(Instant::now()));
+                if due.is_zero() {
+                    match self.fetch_locked(&mut failure).await {
+                        Ok(_) => Duration::ZERO,
+                        Err(_) => failure.as_ref().map_or(MIN_BACKOFF, |f| f.backoff),
+                    }
+                } else {
+                    due
+                }
+            };
+            if !wait.is_zero() {
+                tokio::time::sleep(wait).await;
+            }
+        }
+    }
+
+    async fn fetch(&self) -> Result<Token, String> {
+        // Read on every fetch, so a rotated Secret is picked up; never logged.
+        let read = |path: &std::path::Path| {
+            std::fs::read_to_string(path).map(|s| s.trim().to_owned()).map_err(|e| format!("reading {}: {e}", path.display()))
+        };
+        let client_id = read(&self.identity.client_id_file)?;
+        let client_secret = read(&self.identity.client_secret_file)?;
+        let form = {
+            let mut form = form_urlencoded::Serializer::new(String::new());
+            form.append_pair("grant_type", "client_credentials").append_pair("client_id", &client_id).append_pair("client_secret", &client_secret);
+            if let Some(scope) = &self.identity.scope {
+                form.append_pair("scope", scope);
+            }
+            form.finish()
+        };
+        let url = &self.identity.token_url;
+        let request = hyper::Request::post(if url.base_path.is_empty() { "/" } else { url.base_path.as_str() })
+            .header("content-type", "application/x-www-form-urlencoded")
+            .header("accept", "application/json")
+            .body(Full::new(Bytes::from(form)))
+            .map_err(|e| e.to_string())?;
+        let started = Instant::now();
+        let response = self.client.send(url, request, self.identity.timeout).await?;
+        if response.status != 200 {
+            // The body may echo the request; say only what kind of failure it was.
+            let error = serde_json::from_slice::<serde_json::Value>(&response.body).ok().and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_owned));
+            return Err(format!("token endpoint answered {}{}", response.status, error.map(|e| format!(" ({e})")).unwrap_or_default()));
+        }
+        let parsed: TokenResponse = serde_json::from_slice(&response.body).map_err(|e| format!("token response is not a token: {e}"))?;
+        if parsed.token_type.as_deref().is_some_and(|t| !t.eq_ignore_ascii_case("bearer")) {
+            return Err(format!("token type {:?} is not Bearer", parsed.token_type.unwrap_or_default()));
+        }
+        if parsed.access_token.is_empty() || !parsed.access_token.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err("access token is empty or not a header-safe string".into());
+        }
+        let lifetime = Duration::from_secs(parsed.expires_in.unwrap_or(60));
+        let refresh_at = started + lifetime - self.identity.refresh_before.min(lifetime / 2);
+        Ok(Token { header_value: format!("Bearer {}", parsed.access_token), expires_at: started + lifetime, refresh_at })
+    }
+}
