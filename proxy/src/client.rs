@@ -35,7 +35,8 @@ impl HttpClient {
             let _ = roots.add(cert);
         }
         if let Some(pem) = extra_ca_pem {
-            let extra: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(pem).collect::<Result<_, _>>().map_err(|e| format!("extra CA bundle: {e}"))?;
+            let extra: Vec<CertificateDer<'static>> =
+                CertificateDer::pem_slice_iter(pem).collect::<Result<_, _>>().map_err(|e| format!("extra CA bundle: {e}"))?;
             if extra.is_empty() {
                 return Err("extra CA bundle: no PEM certificate found".into());
             }
@@ -53,7 +54,9 @@ impl HttpClient {
 
     /// Send one request to `url` + `path_and_query`; the whole exchange is bounded by `timeout`.
     pub async fn send(&self, url: &Upstream, request: Request<Full<Bytes>>, timeout: Duration) -> Result<Response, String> {
-        tokio::time::timeout(timeout, self.send_unbounded(url, request)).await.map_err(|_| format!("no answer from {} within {timeout:?}", url.authority()))?
+        tokio::time::timeout(timeout, self.send_unbounded(url, request))
+            .await
+            .map_err(|_| format!("no answer from {} within {timeout:?}", url.authority()))?
     }
 
     async fn send_unbounded(&self, url: &Upstream, mut request: Request<Full<Bytes>>) -> Result<Response, String> {
@@ -79,6 +82,7 @@ where
     tokio::spawn(connection);
     let response = sender.send_request(request).await.map_err(|e| e.to_string())?;
     let status = response.status().as_u16();
-    let body = Limited::new(response.into_body(), MAX_RESPONSE).collect().await.map_err(|e| format!("reading the response: {e}"))?.to_bytes();
+    let body =
+        Limited::new(response.into_body(), MAX_RESPONSE).collect().await.map_err(|e| format!("reading the response: {e}"))?.to_bytes();
     Ok(Response { status, body })
 }

@@ -65,8 +65,25 @@ pub struct RawRoute {
     pub bearer_file: Option<PathBuf>,
     pub connect_timeout: Option<String>,
     pub read_timeout: Option<String>,
-    pub max_request_body: Option<String>,
-    pub byte_budget: Option<String>,
+    pub max_request_body: Option<Size>,
+    pub byte_budget: Option<Size>,
+}
+
+/// A byte size as written: `10Mi`, or a plain number of bytes.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum Size {
+    Bytes(u64),
+    Text(String),
+}
+
+impl Size {
+    fn parse(&self) -> Result<u64, String> {
+        match self {
+            Size::Bytes(n) => Ok(*n),
+            Size::Text(text) => parse_bytes(text),
+        }
+    }
 }
 
 fn yes() -> bool {
@@ -261,7 +278,10 @@ impl Config {
                 .map_err(|e| ConfigErrors(vec![ConfigError { path: "<file>".into(), message: e.to_string() }]))?;
             serde_path_to_error::deserialize(&value).map_err(|e| {
                 let path = e.path().to_string();
-                ConfigErrors(vec![ConfigError { path: if path == "." { "<file>".into() } else { path }, message: e.into_inner().to_string() }])
+                ConfigErrors(vec![ConfigError {
+                    path: if path == "." { "<file>".into() } else { path },
+                    message: e.into_inner().to_string(),
+                }])
             })?
         };
         Self::compile(raw, env)
@@ -311,8 +331,12 @@ impl Config {
                 c.error(at("name"), format!("{:?} is already the name of routes[{first}]", r.name));
             }
             let prefix = c.check(at("prefix"), fill(&r.prefix, env).and_then(|p| Pattern::prefix(&p)));
-            let allow: Vec<Option<Pattern>> =
-                r.allow.iter().enumerate().map(|(j, a)| c.check(at(&format!("allow[{j}]")), fill(a, env).and_then(|a| Pattern::rest(&a)))).collect();
+            let allow: Vec<Option<Pattern>> = r
+                .allow
+                .iter()
+                .enumerate()
+                .map(|(j, a)| c.check(at(&format!("allow[{j}]")), fill(a, env).and_then(|a| Pattern::rest(&a))))
+                .collect();
             let methods = r.methods.clone().unwrap_or_else(|| vec!["GET".into(), "HEAD".into()]);
             for (j, method) in methods.iter().enumerate() {
                 if !METHODS.contains(&method.as_str()) {
@@ -340,13 +364,20 @@ impl Config {
             };
             let connect_timeout = c.check(at("connectTimeout"), parse_duration(r.connect_timeout.as_deref().unwrap_or("10s")));
             let read_timeout = c.check(at("readTimeout"), parse_duration(r.read_timeout.as_deref().unwrap_or("60s")));
-            let max_request_body = c.check(at("maxRequestBody"), parse_bytes(r.max_request_body.as_deref().unwrap_or("10Mi")));
+            let max_request_body = c.check(at("maxRequestBody"), r.max_request_body.as_ref().map_or(Ok(10 << 20), Size::parse));
             let byte_budget = match &r.byte_budget {
-                Some(text) => c.check(at("byteBudget"), parse_bytes(text)).map(Some),
+                Some(size) => c.check(at("byteBudget"), size.parse()).map(Some),
                 None => Some(None),
             };
-            if let (Some(prefix), Some(upstream), Some(auth), Some(connect_timeout), Some(read_timeout), Some(max_request_body), Some(byte_budget)) =
-                (prefix, upstream, auth, connect_timeout, read_timeout, max_request_body, byte_budget)
+            if let (
+                Some(prefix),
+                Some(upstream),
+                Some(auth),
+                Some(connect_timeout),
+                Some(read_timeout),
+                Some(max_request_body),
+                Some(byte_budget),
+            ) = (prefix, upstream, auth, connect_timeout, read_timeout, max_request_body, byte_budget)
                 && allow.iter().all(Option::is_some)
             {
                 routes.push(Route {
@@ -399,7 +430,7 @@ impl Config {
                     c.check(format!("ingress.algorithms[{j}]"), algorithm)
                 })
                 .collect();
-            for (header, _) in &ing.claim_headers {
+            for header in ing.claim_headers.keys() {
                 if header.is_empty() || !header.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
                     c.error(format!("ingress.claimHeaders.{header}"), "not a header name");
                 }

@@ -22,7 +22,8 @@ use crate::tokens::TokenSource;
 
 /// Headers the app may not send upstream: credentials are the proxy's business, and forwarding
 /// headers would let the app speak for someone else.
-const STRIPPED: [&str; 7] = ["authorization", "proxy-authorization", "cookie", "forwarded", "x-forwarded-for", "x-forwarded-host", "x-forwarded-proto"];
+const STRIPPED: [&str; 7] =
+    ["authorization", "proxy-authorization", "cookie", "forwarded", "x-forwarded-for", "x-forwarded-host", "x-forwarded-proto"];
 
 pub struct Egress {
     pub config: Arc<Config>,
@@ -30,7 +31,7 @@ pub struct Egress {
     pub metrics: Arc<Metrics>,
     /// Bytes sent upstream per route (index as in the config).
     pub sent: Arc<Vec<AtomicU64>>,
-    bearer_files: Mutex<HashMap<PathBuf, (SystemTime, u64, Arc<String>)>>,
+    bearer_files: Mutex<HashMap<PathBuf, BearerCacheEntry>>,
     own_authorities: Vec<String>,
 }
 
@@ -65,6 +66,9 @@ impl Egress {
         Ok(value)
     }
 }
+
+/// A bearer file's modification time and size when read, and its header value.
+type BearerCacheEntry = (SystemTime, u64, Arc<String>);
 
 #[derive(Default)]
 pub struct EgressCtx {
@@ -119,20 +123,54 @@ impl ProxyHttp for Egress {
         ctx.route = Some(index);
         ctx.upstream_target = upstream_target;
 
-        let declared = session.req_header().headers.get("content-length").and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+        // Framing must be unambiguous, or the upstream may read a different request than we checked.
+        let headers = &session.req_header().headers;
+        let lengths: Vec<&[u8]> = headers.get_all("content-length").iter().map(|v| v.as_bytes()).collect();
+        let encodings: Vec<&[u8]> = headers.get_all("transfer-encoding").iter().map(|v| v.as_bytes()).collect();
+        if !encodings.is_empty() && !lengths.is_empty() {
+            return refuse(session, ctx, 400, "bad-request", "both Content-Length and Transfer-Encoding".into()).await;
+        }
+        if lengths.len() > 1 {
+            return refuse(session, ctx, 400, "bad-request", "more than one Content-Length".into()).await;
+        }
+        if encodings.len() > 1 || encodings.first().is_some_and(|e| !e.eq_ignore_ascii_case(b"chunked")) {
+            return refuse(session, ctx, 400, "bad-request", "Transfer-Encoding other than chunked".into()).await;
+        }
+        let declared = match lengths.first() {
+            Some(value) => match std::str::from_utf8(value).ok().and_then(|v| v.trim().parse::<u64>().ok()) {
+                Some(length) => Some(length),
+                None => return refuse(session, ctx, 400, "bad-request", "invalid Content-Length".into()).await,
+            },
+            None => None,
+        };
         if let Some(length) = declared {
             if length > route.max_request_body {
-                return refuse(session, ctx, 413, "too-large", format!("body of {length} bytes is above route {:?}'s limit of {}", route.name, route.max_request_body)).await;
+                return refuse(
+                    session,
+                    ctx,
+                    413,
+                    "too-large",
+                    format!("body of {length} bytes is above route {:?}'s limit of {}", route.name, route.max_request_body),
+                )
+                .await;
             }
             if let Some(budget) = route.byte_budget
                 && self.sent[index].load(Ordering::Relaxed) + length > budget
             {
-                return refuse(session, ctx, 413, "budget-exceeded", format!("route {:?} has used its byte budget of {budget}", route.name)).await;
+                return refuse(
+                    session,
+                    ctx,
+                    413,
+                    "budget-exceeded",
+                    format!("route {:?} has used its byte budget of {budget}", route.name),
+                )
+                .await;
             }
         } else if let Some(budget) = route.byte_budget
             && self.sent[index].load(Ordering::Relaxed) >= budget
         {
-            return refuse(session, ctx, 413, "budget-exceeded", format!("route {:?} has used its byte budget of {budget}", route.name)).await;
+            return refuse(session, ctx, 413, "budget-exceeded", format!("route {:?} has used its byte budget of {budget}", route.name))
+                .await;
         }
 
         ctx.authorization = match &route.auth {

@@ -4,12 +4,12 @@
 //! [`routes::decide`] maps (routes, method, target) to forward-or-refuse. The pingora services are thin
 //! shells over them.
 
-pub mod config;
-pub mod routes;
-pub mod target;
-pub mod units;
-pub mod client;
-pub mod tokens;
 pub mod admin;
+pub mod client;
+pub mod config;
 pub mod egress;
 pub mod metrics;
+pub mod routes;
+pub mod target;
+pub mod tokens;
+pub mod units;

@@ -94,11 +94,13 @@ fn run(config: Arc<Config>) -> Result<(), String> {
     // pingora sleeps grace_period_seconds after SIGTERM (listeners closed, in-flight requests running);
     // keep it to the configured grace, well below Kubernetes' 30 s.
     let grace = config.shutdown_grace.as_secs_f64().ceil() as u64;
-    let conf = ServerConf { grace_period_seconds: Some(grace), graceful_shutdown_timeout_seconds: Some(1), threads: 1, ..ServerConf::default() };
+    let conf =
+        ServerConf { grace_period_seconds: Some(grace), graceful_shutdown_timeout_seconds: Some(1), threads: 1, ..ServerConf::default() };
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
 
-    let mut egress = pingora::proxy::http_proxy_service(&server.configuration, Egress::new(config.clone(), tokens.clone(), metrics.clone()));
+    let mut egress =
+        pingora::proxy::http_proxy_service(&server.configuration, Egress::new(config.clone(), tokens.clone(), metrics.clone()));
     egress.add_tcp(&config.egress_listen.to_string());
     server.add_service(egress);
 

@@ -47,7 +47,11 @@ impl Metrics {
         let bytes_out = Family::<RouteLabels, Counter>::default();
         let token_fetches = Family::<ResultLabels, Counter>::default();
         registry.register("requests", "Requests answered, by listener, route, status and decision", requests.clone());
-        registry.register("upstream_duration_seconds", "Time from forwarding a request to the end of its response, by route", upstream_duration.clone());
+        registry.register(
+            "upstream_duration_seconds",
+            "Time from forwarding a request to the end of its response, by route",
+            upstream_duration.clone(),
+        );
         registry.register("bytes_out", "Request body bytes sent upstream, by route", bytes_out.clone());
         registry.register("token_fetches", "Calls to the token endpoint, by result", token_fetches.clone());
         for result in ["success", "failure"] {

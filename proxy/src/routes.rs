@@ -120,7 +120,7 @@ impl Upstream {
         } else {
             return Err(format!("{url:?} must start with http:// or https://"));
         };
-        if url.contains(['?', '#', '\\', ' ']) || url.bytes().any(|b| b < 0x20 || b >= 0x7f) {
+        if url.contains(['?', '#', '\\', ' ']) || url.bytes().any(|b| !(0x20..0x7f).contains(&b)) {
             return Err(format!("{url:?} must not contain a query, fragment, backslash, space or control characters"));
         }
         let (authority, path) = rest.find('/').map_or((rest, ""), |i| rest.split_at(i));
@@ -184,14 +184,13 @@ pub enum Decision {
 pub fn decide(routes: &[Route], method: &str, target: &SafeTarget) -> Decision {
     let segments: Vec<&str> = target.segments().collect();
     let segments: &[&str] = if segments == [""] { &[] } else { &segments };
-    let best = routes
-        .iter()
-        .enumerate()
-        .filter_map(|(i, r)| r.prefix.match_prefix(segments).map(|taken| (i, taken)))
-        .fold(None, |best: Option<(usize, usize)>, (i, taken)| match best {
+    let best = routes.iter().enumerate().filter_map(|(i, r)| r.prefix.match_prefix(segments).map(|taken| (i, taken))).fold(
+        None,
+        |best: Option<(usize, usize)>, (i, taken)| match best {
             Some((_, best_taken)) if best_taken >= taken => best,
             _ => Some((i, taken)),
-        });
+        },
+    );
     let Some((index, taken)) = best else {
         return Decision::Refuse { reason: format!("no route for {}", target.path) };
     };
@@ -203,11 +202,8 @@ pub fn decide(routes: &[Route], method: &str, target: &SafeTarget) -> Decision {
     if !route.methods.iter().any(|m| m == method) {
         return Decision::Refuse { reason: format!("route {:?} does not allow method {method}", route.name) };
     }
-    let forwarded = if route.strip_prefix {
-        if rest.is_empty() { String::new() } else { format!("/{}", rest.join("/")) }
-    } else {
-        target.path.clone()
-    };
+    let forwarded =
+        if route.strip_prefix { if rest.is_empty() { String::new() } else { format!("/{}", rest.join("/")) } } else { target.path.clone() };
     let mut path = format!("{}{forwarded}", route.upstream.base_path);
     if path.is_empty() {
         path.push('/');

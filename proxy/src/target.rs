@@ -82,7 +82,7 @@ fn hex_value(byte: u8) -> Option<u8> {
 /// Check and normalize a request target as received. `own_authorities` are the host[:port] forms that
 /// address the proxy itself (an absolute-form target naming one of them is accepted).
 pub fn check(target: &str, own_authorities: &[String]) -> Result<SafeTarget, TargetError> {
-    if target.bytes().any(|b| b < 0x20 || b >= 0x7f) {
+    if target.bytes().any(|b| !(0x20..0x7f).contains(&b)) {
         return Err(TargetError::ControlOrNonAscii);
     }
     if target.contains('#') {
@@ -131,7 +131,9 @@ pub fn check(target: &str, own_authorities: &[String]) -> Result<SafeTarget, Tar
         while i < bytes.len() {
             match bytes[i] {
                 b'%' => {
-                    let (Some(hi), Some(lo)) = (bytes.get(i + 1).copied().and_then(hex_value), bytes.get(i + 2).copied().and_then(hex_value)) else {
+                    let (Some(hi), Some(lo)) =
+                        (bytes.get(i + 1).copied().and_then(hex_value), bytes.get(i + 2).copied().and_then(hex_value))
+                    else {
                         return Err(TargetError::BadPercentEncoding);
                     };
                     let decoded = hi * 16 + lo;

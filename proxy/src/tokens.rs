@@ -142,7 +142,9 @@ impl TokenSource {
         let client_secret = read(&self.identity.client_secret_file)?;
         let form = {
             let mut form = form_urlencoded::Serializer::new(String::new());
-            form.append_pair("grant_type", "client_credentials").append_pair("client_id", &client_id).append_pair("client_secret", &client_secret);
+            form.append_pair("grant_type", "client_credentials")
+                .append_pair("client_id", &client_id)
+                .append_pair("client_secret", &client_secret);
             if let Some(scope) = &self.identity.scope {
                 form.append_pair("scope", scope);
             }
@@ -158,7 +160,9 @@ impl TokenSource {
         let response = self.client.send(url, request, self.identity.timeout).await?;
         if response.status != 200 {
             // The body may echo the request; say only what kind of failure it was.
-            let error = serde_json::from_slice::<serde_json::Value>(&response.body).ok().and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_owned));
+            let error = serde_json::from_slice::<serde_json::Value>(&response.body)
+                .ok()
+                .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_owned));
             return Err(format!("token endpoint answered {}{}", response.status, error.map(|e| format!(" ({e})")).unwrap_or_default()));
         }
         let parsed: TokenResponse = serde_json::from_slice(&response.body).map_err(|e| format!("token response is not a token: {e}"))?;

@@ -34,11 +34,31 @@ fn flame_routes_forward_what_nginx_forwarded() {
         ("PUT", "/storage/final/result.tar", "storage", "/final/result.tar"),
         ("GET", "/storage/local", "storage", "/local"),
         ("POST", "/storage/intermediate/a/b", "storage", "/intermediate/a/b"),
-        ("GET", &format!("/hub-adapter/kong/datastore/{PROJECT}/fhir/Patient"), "hub-datastore", &format!("/kong/datastore/{PROJECT}/fhir/Patient")),
-        ("GET", &format!("/message-broker/analyses/{ANALYSIS}/participants"), "message-broker", &format!("/analyses/{ANALYSIS}/participants")),
-        ("GET", &format!("/message-broker/analyses/{ANALYSIS}/participants/self"), "message-broker", &format!("/analyses/{ANALYSIS}/participants/self")),
+        (
+            "GET",
+            &format!("/hub-adapter/kong/datastore/{PROJECT}/fhir/Patient"),
+            "hub-datastore",
+            &format!("/kong/datastore/{PROJECT}/fhir/Patient"),
+        ),
+        (
+            "GET",
+            &format!("/message-broker/analyses/{ANALYSIS}/participants"),
+            "message-broker",
+            &format!("/analyses/{ANALYSIS}/participants"),
+        ),
+        (
+            "GET",
+            &format!("/message-broker/analyses/{ANALYSIS}/participants/self"),
+            "message-broker",
+            &format!("/analyses/{ANALYSIS}/participants/self"),
+        ),
         ("POST", &format!("/message-broker/analyses/{ANALYSIS}/messages"), "message-broker", &format!("/analyses/{ANALYSIS}/messages")),
-        ("POST", &format!("/message-broker/analyses/{ANALYSIS}/messages/subscriptions"), "message-broker", &format!("/analyses/{ANALYSIS}/messages/subscriptions")),
+        (
+            "POST",
+            &format!("/message-broker/analyses/{ANALYSIS}/messages/subscriptions"),
+            "message-broker",
+            &format!("/analyses/{ANALYSIS}/messages/subscriptions"),
+        ),
         ("GET", "/message-broker/healthz", "message-broker", "/healthz"),
         ("POST", "/po/stream_logs", "pod-orchestrator-logs", "/po/stream_logs"),
     ];
@@ -143,7 +163,8 @@ fn config_errors_name_their_path() {
     let typo = Config::load("routes:\n- { name: a, prefix: /a, upstrem: 'http://a' }\n", &Environment::default()).unwrap_err().to_string();
     assert!(typo.starts_with("routes[0].upstrem: unknown field `upstrem`, expected one of"), "{typo}");
     let unsafe_id = Environment { analysis_id: Some("../x".into()), ..Environment::default() };
-    let errors = Config::load("routes:\n- { name: a, prefix: '/a/{analysis_id}', upstream: 'http://a' }\n", &unsafe_id).unwrap_err().to_string();
+    let errors =
+        Config::load("routes:\n- { name: a, prefix: '/a/{analysis_id}', upstream: 'http://a' }\n", &unsafe_id).unwrap_err().to_string();
     assert!(errors.contains("routes[0].prefix: TOLLGATE_ANALYSIS_ID: \"../x\" is not a safe id"), "{errors}");
 }
 

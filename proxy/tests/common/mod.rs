@@ -1,0 +1,258 @@
+#![allow(dead_code)] // each test file uses a part
+
+//! Real parts for the proxy's tests: upstreams that record exactly what they received, a token
+//! endpoint that counts its calls, the proxy binary as a process, and a raw HTTP client that sends
+//! bytes exactly as written.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    pub method: String,
+    pub target: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Bytes,
+}
+
+impl Recorded {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+}
+
+/// An upstream that records every request and answers 200 with a small body.
+pub struct Upstream {
+    pub addr: SocketAddr,
+    pub seen: Arc<Mutex<Vec<Recorded>>>,
+    /// Milliseconds to wait before answering.
+    pub delay_ms: Arc<AtomicU64>,
+}
+
+impl Upstream {
+    pub async fn start() -> Upstream {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let delay_ms = Arc::new(AtomicU64::new(0));
+        let (seen2, delay2) = (seen.clone(), delay_ms.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else { return };
+                let (seen, delay) = (seen2.clone(), delay2.clone());
+                tokio::spawn(async move {
+                    let service = service_fn(move |request: Request<hyper::body::Incoming>| {
+                        let (seen, delay) = (seen.clone(), delay.clone());
+                        async move {
+                            let method = request.method().to_string();
+                            let target = request.uri().to_string();
+                            let headers = request
+                                .headers()
+                                .iter()
+                                .map(|(n, v)| (n.to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+                                .collect();
+                            let body = request.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+                            seen.lock().unwrap().push(Recorded { method, target, headers, body });
+                            tokio::time::sleep(Duration::from_millis(delay.load(Ordering::SeqCst))).await;
+                            Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"upstream says hi"))))
+                        }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(tcp), service).await;
+                });
+            }
+        });
+        Upstream { addr, seen, delay_ms }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn requests(&self) -> Vec<Recorded> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+/// A token endpoint: counts calls, answers per its mode.
+pub struct Idp {
+    pub addr: SocketAddr,
+    pub calls: Arc<AtomicUsize>,
+    /// 200 to issue tokens, anything else to fail with that status.
+    pub status: Arc<AtomicU64>,
+    pub delay_ms: Arc<AtomicU64>,
+    pub expires_in: Arc<AtomicU64>,
+    pub forms: Arc<Mutex<Vec<String>>>,
+}
+
+impl Idp {
+    pub async fn start() -> Idp {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let idp = Idp {
+            addr,
+            calls: Arc::new(AtomicUsize::new(0)),
+            status: Arc::new(AtomicU64::new(200)),
+            delay_ms: Arc::new(AtomicU64::new(0)),
+            expires_in: Arc::new(AtomicU64::new(300)),
+            forms: Arc::new(Mutex::new(Vec::new())),
+        };
+        let (calls, status, delay, expires_in, forms) =
+            (idp.calls.clone(), idp.status.clone(), idp.delay_ms.clone(), idp.expires_in.clone(), idp.forms.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else { return };
+                let (calls, status, delay, expires_in, forms) =
+                    (calls.clone(), status.clone(), delay.clone(), expires_in.clone(), forms.clone());
+                tokio::spawn(async move {
+                    let service = service_fn(move |request: Request<hyper::body::Incoming>| {
+                        let (calls, status, delay, expires_in, forms) =
+                            (calls.clone(), status.clone(), delay.clone(), expires_in.clone(), forms.clone());
+                        async move {
+                            let n = calls.fetch_add(1, Ordering::SeqCst) + 1;
+                            let body = request.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+                            forms.lock().unwrap().push(String::from_utf8_lossy(&body).into_owned());
+                            tokio::time::sleep(Duration::from_millis(delay.load(Ordering::SeqCst))).await;
+                            let code = status.load(Ordering::SeqCst) as u16;
+                            let body = if code == 200 {
+                                serde_json::json!({"access_token": format!("token-{n}"), "token_type": "Bearer", "expires_in": expires_in.load(Ordering::SeqCst)})
+                            } else {
+                                serde_json::json!({"error": "temporarily_unavailable"})
+                            };
+                            let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
+                            *response.status_mut() = hyper::StatusCode::from_u16(code).unwrap();
+                            Ok::<_, Infallible>(response)
+                        }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(tcp), service).await;
+                });
+            }
+        });
+        idp
+    }
+
+    pub fn calls(&self) -> usize {
+        self.calls.load(Ordering::SeqCst)
+    }
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// The proxy binary, running with a config; killed on drop.
+pub struct Proxy {
+    pub child: Child,
+    pub egress: SocketAddr,
+    pub admin: SocketAddr,
+    pub dir: tempfile::TempDir,
+    pub log: PathBuf,
+}
+
+impl Proxy {
+    /// Start with `config` (YAML without the listen section) and wait until /healthz answers.
+    pub async fn start(config: &str, env: &[(&str, &str)]) -> Proxy {
+        let dir = tempfile::tempdir().unwrap();
+        let egress: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let ingress: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        // `{dir}` in the config is this proxy's own temporary directory (for credential files).
+        std::fs::write(dir.path().join("client-id"), "analysis-7\n").unwrap();
+        std::fs::write(dir.path().join("client-secret"), "s3cr3t&=%\n").unwrap();
+        std::fs::write(dir.path().join("bearer"), "static-token\n").unwrap();
+        let config = config.replace("{dir}", dir.path().to_str().unwrap());
+        let config = format!("listen: {{ egress: '{egress}', admin: '{admin}', ingress: '{ingress}' }}\n{config}");
+        let config_path = dir.path().join("config.yaml");
+        std::fs::write(&config_path, config).unwrap();
+        let log = dir.path().join("proxy.log");
+        let child = Command::new(env!("CARGO_BIN_EXE_tollgate-proxy"))
+            .arg("--config")
+            .arg(&config_path)
+            .envs(env.iter().copied())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let proxy = Proxy { child, egress, admin, dir, log };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while raw(proxy.admin, b"GET /healthz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").await.status != 200 {
+            assert!(Instant::now() < deadline, "proxy did not start:\n{}", proxy.logs());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        proxy
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub async fn get(&self, target: &str) -> RawResponse {
+        raw(self.egress, format!("GET {target} HTTP/1.1\r\nhost: 127.0.0.1\r\nconnection: close\r\n\r\n").as_bytes()).await
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[derive(Debug)]
+pub struct RawResponse {
+    pub status: u16,
+    pub head: String,
+    pub body: String,
+}
+
+impl RawResponse {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {self:?}"))
+    }
+}
+
+/// Send `request` byte for byte and read the response until the server closes (status 0 when none).
+pub async fn raw(addr: SocketAddr, request: &[u8]) -> RawResponse {
+    let Ok(mut stream) = TcpStream::connect(addr).await else { return RawResponse { status: 0, head: String::new(), body: String::new() } };
+    if stream.write_all(request).await.is_err() {
+        return RawResponse { status: 0, head: String::new(), body: String::new() };
+    }
+    let mut bytes = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(15), stream.read_to_end(&mut bytes)).await;
+    let text = String::from_utf8_lossy(&bytes).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").map(|(h, b)| (h.to_owned(), b.to_owned())).unwrap_or((text.clone(), String::new()));
+    let status = head.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    // De-chunk a chunked body well enough for JSON and short texts.
+    let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+        let mut out = String::new();
+        let mut rest = body.as_str();
+        while let Some((size, after)) = rest.split_once("\r\n") {
+            let Ok(size) = usize::from_str_radix(size.trim(), 16) else { break };
+            if size == 0 || after.len() < size {
+                break;
+            }
+            out.push_str(&after[..size]);
+            rest = after[size..].trim_start_matches("\r\n");
+        }
+        out
+    } else {
+        body
+    };
+    RawResponse { status, head, body }
+}
