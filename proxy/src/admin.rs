@@ -17,6 +17,8 @@ pub struct Admin {
     /// Set when a route needs a token: ready only once one is in hand.
     pub tokens: Option<Arc<TokenSource>>,
     pub draining: Arc<AtomicBool>,
+    /// Set when the ingress listener runs: ready only once the JWKS is loaded.
+    pub verifier: Option<Arc<crate::jwt::Verifier>>,
 }
 
 fn reply(status: u16, content_type: &str, body: impl Into<Vec<u8>>) -> Response<Vec<u8>> {
@@ -39,10 +41,9 @@ impl ServeHttp for Admin {
         match header.uri.path() {
             "/healthz" => reply(200, "text/plain", "ok\n"),
             "/readyz" if self.draining.load(Ordering::Relaxed) => reply(503, "text/plain", "draining\n"),
-            "/readyz" => match &self.tokens {
-                Some(tokens) if !tokens.ready() => reply(503, "text/plain", "waiting for a token\n"),
-                _ => reply(200, "text/plain", "ok\n"),
-            },
+            "/readyz" if self.tokens.as_ref().is_some_and(|t| !t.ready()) => reply(503, "text/plain", "waiting for a token\n"),
+            "/readyz" if self.verifier.as_ref().is_some_and(|v| !v.ready()) => reply(503, "text/plain", "waiting for the JWKS\n"),
+            "/readyz" => reply(200, "text/plain", "ok\n"),
             "/metrics" => reply(200, "application/openmetrics-text; version=1.0.0; charset=utf-8", self.metrics.encode()),
             _ => reply(404, "text/plain", "not found\n"),
         }

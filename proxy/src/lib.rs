@@ -8,6 +8,8 @@ pub mod admin;
 pub mod client;
 pub mod config;
 pub mod egress;
+pub mod ingress;
+pub mod jwt;
 pub mod metrics;
 pub mod routes;
 pub mod target;

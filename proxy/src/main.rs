@@ -14,6 +14,8 @@ use tollgate_proxy::admin::Admin;
 use tollgate_proxy::client::HttpClient;
 use tollgate_proxy::config::{Config, Environment};
 use tollgate_proxy::egress::Egress;
+use tollgate_proxy::ingress::IngressProxy;
+use tollgate_proxy::jwt::Verifier;
 use tollgate_proxy::metrics::Metrics;
 use tollgate_proxy::routes::AuthMode;
 use tollgate_proxy::tokens::TokenSource;
@@ -104,16 +106,48 @@ fn run(config: Arc<Config>) -> Result<(), String> {
     egress.add_tcp(&config.egress_listen.to_string());
     server.add_service(egress);
 
-    let admin = Admin { metrics: metrics.clone(), tokens: tokens.clone(), draining: Arc::new(AtomicBool::new(false)) };
+    let verifier = config.ingress.as_ref().map(|ingress| Arc::new(Verifier::new(ingress.clone(), client.clone())));
+    let admin =
+        Admin { metrics: metrics.clone(), tokens: tokens.clone(), draining: Arc::new(AtomicBool::new(false)), verifier: verifier.clone() };
     let mut admin_service = Service::new("admin".to_owned(), admin);
     admin_service.add_tcp(&config.admin_listen.to_string());
     server.add_service(admin_service);
 
+    if let Some(verifier) = verifier {
+        let mut service = pingora::proxy::http_proxy_service(
+            &server.configuration,
+            IngressProxy::new(verifier.clone(), metrics.clone(), config.ingress_listen),
+        );
+        service.add_tcp(&config.ingress_listen.to_string());
+        server.add_service(service);
+        server.add_service(background_service("jwks", JwksLoader(verifier)));
+    }
     if let Some(tokens) = tokens {
         server.add_service(background_service("token refresh", TokenRefresh(tokens)));
     }
     tracing::info!(egress = %config.egress_listen, admin = %config.admin_listen, routes = config.routes.len(), "starting");
     server.run_forever();
+}
+
+/// Loads the JWKS at start (retrying until it succeeds), so the first call does not wait for it.
+struct JwksLoader(Arc<Verifier>);
+
+#[async_trait::async_trait]
+impl pingora::services::background::BackgroundService for JwksLoader {
+    async fn start(&self, mut shutdown: pingora::server::ShutdownWatch) {
+        let load = async {
+            let mut backoff = std::time::Duration::from_millis(500);
+            while let Err(e) = self.0.refresh(true).await {
+                tracing::warn!(error = %e, retry_in = ?backoff, "JWKS not loaded");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(std::time::Duration::from_secs(30));
+            }
+        };
+        tokio::select! {
+            _ = load => {}
+            _ = shutdown.changed() => {}
+        }
+    }
 }
 
 struct TokenRefresh(Arc<TokenSource>);

@@ -157,6 +157,7 @@ pub struct Proxy {
     pub child: Child,
     pub egress: SocketAddr,
     pub admin: SocketAddr,
+    pub ingress: SocketAddr,
     pub dir: tempfile::TempDir,
     pub log: PathBuf,
 }
@@ -185,7 +186,7 @@ impl Proxy {
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .unwrap();
-        let proxy = Proxy { child, egress, admin, dir, log };
+        let proxy = Proxy { child, egress, admin, ingress, dir, log };
         let deadline = Instant::now() + Duration::from_secs(10);
         while raw(proxy.admin, b"GET /healthz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").await.status != 200 {
             assert!(Instant::now() < deadline, "proxy did not start:\n{}", proxy.logs());

@@ -1,0 +1,167 @@
+//! The ingress listener on pingora: calls into the analysis container, admitted only with a valid JWT.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::prelude::*;
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use serde_json::{Value, json};
+
+use crate::jwt::{AuthError, Verifier};
+use crate::metrics::{Metrics, RequestLabels};
+use crate::target::check;
+
+pub struct IngressProxy {
+    pub verifier: Arc<Verifier>,
+    pub metrics: Arc<Metrics>,
+    own_authorities: Vec<String>,
+}
+
+impl IngressProxy {
+    pub fn new(verifier: Arc<Verifier>, metrics: Arc<Metrics>, listen: std::net::SocketAddr) -> Self {
+        let port = listen.port();
+        IngressProxy {
+            verifier,
+            metrics,
+            own_authorities: vec![listen.to_string(), format!("localhost:{port}"), format!("127.0.0.1:{port}")],
+        }
+    }
+}
+
+#[derive(Default)]
+pub struct IngressCtx {
+    target: String,
+    claims: Option<Value>,
+    decision: &'static str,
+    reason: String,
+    client: String,
+    started: Option<Instant>,
+}
+
+async fn respond(
+    session: &mut Session,
+    ctx: &mut IngressCtx,
+    status: u16,
+    decision: &'static str,
+    reason: String,
+    challenge: Option<String>,
+) -> Result<bool> {
+    let body = Bytes::from(json!({"error": reason, "status": status, "decision": decision}).to_string());
+    ctx.decision = decision;
+    ctx.reason = reason;
+    let mut header = ResponseHeader::build(status, Some(4))?;
+    header.insert_header("content-type", "application/json")?;
+    header.insert_header("content-length", body.len().to_string())?;
+    if let Some(challenge) = challenge {
+        header.insert_header("www-authenticate", challenge)?;
+    }
+    session.set_keepalive(None);
+    session.write_response_header(Box::new(header), false).await?;
+    session.write_response_body(Some(body), true).await?;
+    Ok(true)
+}
+
+fn bearer(header: &RequestHeader) -> Option<&str> {
+    let value = header.headers.get("authorization")?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then_some(token.trim()).filter(|t| !t.is_empty())
+}
+
+#[async_trait]
+impl ProxyHttp for IngressProxy {
+    type CTX = IngressCtx;
+
+    fn new_ctx(&self) -> IngressCtx {
+        IngressCtx { started: Some(Instant::now()), ..IngressCtx::default() }
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut IngressCtx) -> Result<bool> {
+        let raw = String::from_utf8_lossy(session.req_header().raw_path()).into_owned();
+        let target = match check(&raw, &self.own_authorities) {
+            Ok(target) => target,
+            Err(e) => return respond(session, ctx, 400, "bad-request", e.to_string(), None).await,
+        };
+        let Some(token) = bearer(session.req_header()).map(str::to_owned) else {
+            let error = AuthError::Missing;
+            return respond(session, ctx, 401, "unauthenticated", error.to_string(), Some("Bearer realm=\"tollgate\"".into())).await;
+        };
+        match self.verifier.verify(&token).await {
+            Ok(claims) => {
+                ctx.client = claims.get("azp").or_else(|| claims.get("client_id")).and_then(Value::as_str).unwrap_or("").to_owned();
+                ctx.claims = Some(claims);
+            }
+            Err(error) => {
+                let status = if matches!(error, AuthError::Keys(_)) { 503 } else { 401 };
+                let challenge = format!("Bearer realm=\"tollgate\", error=\"{}\", error_description=\"{}\"", error.code(), error);
+                return respond(session, ctx, status, "unauthenticated", error.to_string(), Some(challenge)).await;
+            }
+        }
+        let base = &self.verifier.config().upstream.base_path;
+        ctx.target = target.with_path(&format!("{base}{}", target.path));
+        ctx.decision = "forwarded";
+        Ok(false)
+    }
+
+    async fn upstream_peer(&self, _session: &mut Session, _ctx: &mut IngressCtx) -> Result<Box<HttpPeer>> {
+        let upstream = &self.verifier.config().upstream;
+        let mut peer = HttpPeer::new(upstream.address(), upstream.tls, upstream.host.clone());
+        peer.options.connection_timeout = Some(Duration::from_secs(5));
+        peer.options.read_timeout = Some(Duration::from_secs(120));
+        Ok(Box::new(peer))
+    }
+
+    async fn upstream_request_filter(&self, _session: &mut Session, request: &mut RequestHeader, ctx: &mut IngressCtx) -> Result<()> {
+        let config = self.verifier.config();
+        request.set_uri(ctx.target.parse().map_err(|e| Error::because(ErrorType::InternalError, "building the target", e))?);
+        if !config.forward_token {
+            request.remove_header("authorization");
+        }
+        // Claim headers come from the verified token only, never from the caller.
+        for (claim, header) in &config.claim_headers {
+            request.remove_header(header.as_str());
+            if let Some(value) = ctx.claims.as_ref().and_then(|c| c.get(claim)) {
+                let text = match value {
+                    Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                };
+                if text.bytes().all(|b| (0x20..0x7f).contains(&b)) {
+                    request.insert_header(header.clone(), text)?;
+                }
+            }
+        }
+        request.insert_header("host", config.upstream.authority())?;
+        Ok(())
+    }
+
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut IngressCtx) -> FailToProxy {
+        let code = match e.etype() {
+            ErrorType::HTTPStatus(code) => *code,
+            ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout => 504,
+            _ => 502,
+        };
+        ctx.decision = "upstream-error";
+        ctx.reason = e.to_string();
+        let _ = session.respond_error(code).await;
+        FailToProxy { error_code: code, can_reuse_downstream: false }
+    }
+
+    async fn logging(&self, session: &mut Session, _error: Option<&Error>, ctx: &mut IngressCtx) {
+        let status = session.response_written().map_or(0, |r| r.status.as_u16());
+        self.metrics.request(RequestLabels { listener: "ingress", route: String::new(), status, decision: ctx.decision });
+        tracing::info!(
+            listener = "ingress",
+            method = %session.req_header().method,
+            path = %ctx.target,
+            status,
+            decision = ctx.decision,
+            reason = %ctx.reason,
+            client = %ctx.client,
+            bytes_out = session.body_bytes_sent(),
+            duration_ms = ctx.started.map_or(0.0, |s| s.elapsed().as_secs_f64() * 1000.0),
+            "request"
+        );
+    }
+}

@@ -1,0 +1,207 @@
+//! The ingress listener against a local OIDC issuer (JWKS with real RSA and EC keys) and a local app.
+
+mod common;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use base64::Engine;
+use bytes::Bytes;
+use common::{Proxy, Upstream, raw};
+use http_body_util::Full;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
+use serde_json::{Value, json};
+
+const ISSUER: &str = "http://keycloak.test/realms/flame";
+
+struct Issuer {
+    addr: SocketAddr,
+    jwks: Arc<Mutex<Value>>,
+    fetches: Arc<AtomicUsize>,
+    rsa: EncodingKey,
+    ec: EncodingKey,
+    ec_jwk: Value,
+}
+
+impl Issuer {
+    async fn start() -> Issuer {
+        let rsa_jwk: Value = serde_json::from_str(include_str!("keys/rsa-public.jwk.json")).unwrap();
+        let rsa = EncodingKey::from_rsa_pem(include_bytes!("keys/rsa-private.pem")).unwrap();
+        let ec_key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let ec = EncodingKey::from_ec_pem(ec_key.serialize_pem().as_bytes()).unwrap();
+        let point = ec_key.public_key_raw();
+        let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+        let ec_jwk = json!({"kty": "EC", "crv": "P-256", "kid": "ec-1", "use": "sig", "x": b64(&point[1..33]), "y": b64(&point[33..65])});
+        let jwks = Arc::new(Mutex::new(
+            json!({"keys": [rsa_jwk, {"kty": "oct", "kid": "hmac", "k": b64(b"a shared secret that is not a public key")}]}),
+        ));
+        let fetches = Arc::new(AtomicUsize::new(0));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (served, counter) = (jwks.clone(), fetches.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else { return };
+                let (served, counter) = (served.clone(), counter.clone());
+                tokio::spawn(async move {
+                    let service = service_fn(move |_request| {
+                        counter.fetch_add(1, Ordering::SeqCst);
+                        let body = served.lock().unwrap().to_string();
+                        async move { Ok::<_, Infallible>(hyper::Response::new(Full::new(Bytes::from(body)))) }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(tcp), service).await;
+                });
+            }
+        });
+        Issuer { addr, jwks, fetches, rsa, ec, ec_jwk }
+    }
+
+    fn config(&self, app: &Upstream) -> String {
+        format!(
+            "ingress:\n  upstream: '{}'\n  jwksUrl: 'http://{}/realms/flame/protocol/openid-connect/certs'\n  issuer: '{ISSUER}'\n  audiences: [flame-analysis]\n  algorithms: [RS256, ES256]\n  allowedClients: [message-broker, pod-orchestrator]\n  claimHeaders: {{ azp: X-Tollgate-Client }}\n  jwksRefetchInterval: 1s\n  leeway: 5s\n",
+            app.url(),
+            self.addr
+        )
+    }
+}
+
+fn now() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() as i64
+}
+
+fn claims() -> Value {
+    json!({"iss": ISSUER, "aud": "flame-analysis", "azp": "message-broker", "sub": "svc", "exp": now() + 300, "iat": now()})
+}
+
+fn sign(key: &EncodingKey, alg: Algorithm, kid: &str, claims: &Value) -> String {
+    let mut header = Header::new(alg);
+    header.kid = Some(kid.to_owned());
+    encode(&header, claims, key).unwrap()
+}
+
+async fn call(proxy: &Proxy, token: Option<&str>, extra: &str) -> common::RawResponse {
+    let auth = token.map(|t| format!("authorization: Bearer {t}\r\n")).unwrap_or_default();
+    raw(
+        proxy.ingress,
+        format!("POST /analysis/run?x=1 HTTP/1.1\r\nhost: pod\r\n{auth}{extra}content-length: 2\r\nconnection: close\r\n\r\nok").as_bytes(),
+    )
+    .await
+}
+
+async fn ready(proxy: &Proxy) {
+    for _ in 0..200 {
+        if raw(proxy.admin, b"GET /readyz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").await.status == 200 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("proxy never became ready:\n{}", proxy.logs());
+}
+
+#[tokio::test]
+async fn valid_tokens_pass_with_verified_claims_and_without_the_token() {
+    let (issuer, app) = (Issuer::start().await, Upstream::start().await);
+    issuer.jwks.lock().unwrap()["keys"].as_array_mut().unwrap().push(issuer.ec_jwk.clone());
+    let proxy = Proxy::start(&issuer.config(&app), &[]).await;
+    ready(&proxy).await;
+    let rsa_token = sign(&issuer.rsa, Algorithm::RS256, "rsa-1", &claims());
+    let response = call(&proxy, Some(&rsa_token), "x-tollgate-client: spoofed\r\n").await;
+    assert_eq!(response.status, 200, "{response:?}\n{}", proxy.logs());
+    let ec_token = sign(&issuer.ec, Algorithm::ES256, "ec-1", &claims());
+    assert_eq!(call(&proxy, Some(&ec_token), "").await.status, 200);
+    let seen = app.requests();
+    assert_eq!(seen.len(), 2);
+    assert_eq!(seen[0].target, "/analysis/run?x=1");
+    assert_eq!(seen[0].header("authorization"), None, "the token is stripped");
+    assert_eq!(seen[0].header("x-tollgate-client"), Some("message-broker"), "claim header from the token, not the caller");
+    assert_eq!(&seen[0].body[..], b"ok");
+}
+
+#[tokio::test]
+async fn bad_tokens_get_401_with_a_challenge_and_never_reach_the_app() {
+    let (issuer, app) = (Issuer::start().await, Upstream::start().await);
+    let proxy = Proxy::start(&issuer.config(&app), &[]).await;
+    ready(&proxy).await;
+    let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+    let with = |edit: &dyn Fn(&mut Value)| {
+        let mut c = claims();
+        edit(&mut c);
+        sign(&issuer.rsa, Algorithm::RS256, "rsa-1", &c)
+    };
+    // HS256 "signed" with the issuer's RSA public key: the classic algorithm confusion.
+    let confused = sign(&EncodingKey::from_secret(include_bytes!("keys/rsa-public.pem")), Algorithm::HS256, "rsa-1", &claims());
+    // HS256 with the oct key the JWKS (wrongly) publishes.
+    let oct = sign(&EncodingKey::from_secret(b"a shared secret that is not a public key"), Algorithm::HS256, "hmac", &claims());
+    let none = format!("{}.{}.", b64(br#"{"alg":"none","typ":"JWT","kid":"rsa-1"}"#), b64(claims().to_string().as_bytes()));
+    let rs_with_oct_kid = sign(&issuer.rsa, Algorithm::RS256, "hmac", &claims());
+    let other_key = sign(&issuer.ec, Algorithm::ES256, "rsa-1", &claims());
+    let cases: Vec<(&str, Option<String>, &str)> = vec![
+        ("missing", None, "no bearer token"),
+        ("garbage", Some("not.a.jwt".into()), "malformed token"),
+        ("hs256 with the public key", Some(confused), "algorithm HS256 is not accepted"),
+        ("hs256 with an oct jwk", Some(oct), "algorithm HS256 is not accepted"),
+        ("alg none", Some(none), "malformed token"),
+        ("oct key for RS256", Some(rs_with_oct_kid), "unknown key id"),
+        ("EC signature on the RSA kid", Some(other_key), "algorithm ES256 does not fit key rsa-1"),
+        ("wrong issuer", Some(with(&|c| c["iss"] = json!("http://evil/realms/flame"))), "wrong issuer"),
+        ("wrong audience", Some(with(&|c| c["aud"] = json!("someone-else"))), "wrong audience"),
+        (
+            "no audience",
+            Some(with(&|c| {
+                c.as_object_mut().unwrap().remove("aud");
+            })),
+            "missing required claim aud",
+        ),
+        (
+            "no exp",
+            Some(with(&|c| {
+                c.as_object_mut().unwrap().remove("exp");
+            })),
+            "missing required claim exp",
+        ),
+        ("expired beyond leeway", Some(with(&|c| c["exp"] = json!(now() - 60))), "token expired"),
+        ("nbf in the future", Some(with(&|c| c["nbf"] = json!(now() + 60))), "token not yet valid"),
+        ("client not allowed", Some(with(&|c| c["azp"] = json!("some-other-client"))), "client is not allowed"),
+        ("unknown kid", Some(sign(&issuer.rsa, Algorithm::RS256, "rotated-away", &claims())), "unknown key id"),
+    ];
+    for (name, token, reason) in cases {
+        let response = call(&proxy, token.as_deref(), "").await;
+        assert_eq!(response.status, 401, "{name}: {response:?}");
+        let challenge = response
+            .head
+            .lines()
+            .find(|l| l.to_ascii_lowercase().starts_with("www-authenticate:"))
+            .unwrap_or_else(|| panic!("{name}: no challenge"));
+        assert!(challenge.contains("Bearer realm=\"tollgate\""), "{name}: {challenge}");
+        assert_eq!(response.json()["error"], reason, "{name}");
+    }
+    // Within the leeway is fine.
+    let slightly_expired = with(&|c| c["exp"] = json!(now() - 2));
+    assert_eq!(call(&proxy, Some(&slightly_expired), "").await.status, 200);
+    assert_eq!(app.requests().len(), 1, "only the valid call reached the app");
+}
+
+#[tokio::test]
+async fn unknown_kids_refetch_the_jwks_at_most_once_per_interval_and_rotation_works() {
+    let (issuer, app) = (Issuer::start().await, Upstream::start().await);
+    let proxy = Proxy::start(&issuer.config(&app), &[]).await;
+    ready(&proxy).await;
+    let ec_token = sign(&issuer.ec, Algorithm::ES256, "ec-1", &claims());
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let before = issuer.fetches.load(Ordering::SeqCst);
+    for _ in 0..20 {
+        assert_eq!(call(&proxy, Some(&ec_token), "").await.status, 401);
+    }
+    let after = issuer.fetches.load(Ordering::SeqCst);
+    assert_eq!(after - before, 1, "20 unknown-kid calls within the interval: one refetch");
+
+    // The issuer rotates in the EC key; after the interval the next unknown kid picks it up.
+    issuer.jwks.lock().unwrap()["keys"].as_array_mut().unwrap().push(issuer.ec_jwk.clone());
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(call(&proxy, Some(&ec_token), "").await.status, 200, "{}", proxy.logs());
+}
