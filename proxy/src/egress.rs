@@ -19,6 +19,7 @@ use crate::metrics::{Metrics, RequestLabels};
 use crate::routes::{AuthMode, Decision, decide};
 use crate::target::check;
 use crate::tokens::TokenSource;
+use crate::tunnel::ConnectTunnel;
 
 /// Headers the app may not send upstream: credentials are the proxy's business, and forwarding
 /// headers would let the app speak for someone else.
@@ -194,7 +195,15 @@ impl ProxyHttp for Egress {
     async fn upstream_peer(&self, _session: &mut Session, ctx: &mut EgressCtx) -> Result<Box<HttpPeer>> {
         let route = &self.config.routes[ctx.route.expect("request_filter chose a route")];
         let upstream = &route.upstream;
-        let mut peer = HttpPeer::new(upstream.address(), upstream.tls, upstream.host.clone());
+        let mut peer = match &self.config.forward_proxy {
+            // The peer address is the forward proxy's (resolvable here); the tunnel names the upstream.
+            Some(proxy) => {
+                let mut peer = HttpPeer::new(proxy.address(), upstream.tls, upstream.host.clone());
+                peer.options.custom_l4 = Some(Arc::new(ConnectTunnel { proxy: proxy.address(), target: upstream.address() }));
+                peer
+            }
+            None => HttpPeer::new(upstream.address(), upstream.tls, upstream.host.clone()),
+        };
         peer.options.connection_timeout = Some(route.connect_timeout);
         peer.options.total_connection_timeout = Some(route.connect_timeout);
         peer.options.read_timeout = Some(route.read_timeout);

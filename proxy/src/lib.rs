@@ -14,4 +14,5 @@ pub mod metrics;
 pub mod routes;
 pub mod target;
 pub mod tokens;
+pub mod tunnel;
 pub mod units;

@@ -71,6 +71,12 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if let Some(extra) = &config.extra_ca_file
+        && let Err(e) = trust_extra_cas(extra)
+    {
+        tracing::error!(error = %e, "tls.extraCaFile");
+        return ExitCode::FAILURE;
+    }
     match run(config) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -80,12 +86,33 @@ fn main() -> ExitCode {
     }
 }
 
+/// Make every TLS client in the process (pingora's upstream connector and ours) trust the system roots
+/// plus the extra bundle: rustls-native-certs loads `SSL_CERT_FILE` and `SSL_CERT_DIR` instead of the
+/// platform store, so point the file at the bundle and the directories at the platform's.
+fn trust_extra_cas(extra: &std::path::Path) -> Result<(), String> {
+    let pem = std::fs::read(extra).map_err(|e| format!("{}: {e}", extra.display()))?;
+    HttpClient::new(Some(&pem)).map_err(|e| format!("{}: {e}", extra.display()))?;
+    // Whatever the roots would have been — an SSL_CERT_FILE/SSL_CERT_DIR already set, or the platform's —
+    // keep them by directory, since the file slot goes to the extra bundle.
+    let probe = openssl_probe::probe();
+    let mut dirs: Vec<PathBuf> = std::env::var_os("SSL_CERT_DIR").map(|d| std::env::split_paths(&d).collect()).unwrap_or_default();
+    let existing_file = std::env::var_os("SSL_CERT_FILE").map(PathBuf::from);
+    dirs.extend(existing_file.as_ref().and_then(|f| f.parent()).map(PathBuf::from));
+    dirs.extend(probe.cert_dir);
+    dirs.extend(probe.cert_file.as_ref().and_then(|f| f.parent()).map(PathBuf::from));
+    dirs.dedup();
+    let dirs = std::env::join_paths(dirs).map_err(|e| e.to_string())?;
+    // SAFETY: called from main before any other thread exists (pingora and tokio start later).
+    unsafe {
+        std::env::set_var("SSL_CERT_FILE", extra);
+        std::env::set_var("SSL_CERT_DIR", dirs);
+    }
+    Ok(())
+}
+
 fn run(config: Arc<Config>) -> Result<(), String> {
-    let extra_ca = match &config.extra_ca_file {
-        Some(path) => Some(std::fs::read(path).map_err(|e| format!("tls.extraCaFile {}: {e}", path.display()))?),
-        None => None,
-    };
-    let client = HttpClient::new(extra_ca.as_deref())?;
+    // The extra CAs, if any, are part of the native roots now (see trust_extra_cas).
+    let client = HttpClient::new(None)?;
     let metrics = Arc::new(Metrics::new());
     let needs_token = config.routes.iter().any(|r| r.auth == AuthMode::Token);
     let tokens = match (&config.identity, needs_token) {

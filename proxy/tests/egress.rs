@@ -257,3 +257,28 @@ async fn every_request_gets_one_audit_line_without_secrets() {
     assert_eq!(audit[1]["status"], 403);
     assert!(!logs.contains("app-secret") && !logs.contains("static-token"), "a secret was logged");
 }
+
+#[tokio::test]
+async fn sigterm_stops_accepting_and_drains_within_the_grace() {
+    let upstream = Upstream::start().await;
+    upstream.delay_ms.store(1500, Ordering::SeqCst);
+    let config = format!("routes:\n- {{ name: slow, prefix: /slow, upstream: '{}' }}\nshutdown: {{ grace: 3s }}\n", upstream.url());
+    let mut proxy = Proxy::start(&config, &[]).await;
+    let egress = proxy.egress;
+    let in_flight = tokio::spawn(async move { raw(egress, b"GET /slow/x HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let started = Instant::now();
+    assert!(std::process::Command::new("kill").args(["-TERM", &proxy.child.id().to_string()]).status().unwrap().success());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(tokio::net::TcpStream::connect(egress).await.is_err(), "still accepting after SIGTERM");
+    let response = in_flight.await.unwrap();
+    assert_eq!(response.status, 200, "the in-flight request completes: {response:?}");
+    let exit = loop {
+        if let Some(status) = proxy.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(started.elapsed() < Duration::from_secs(6), "did not exit within the grace");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(exit.success(), "{exit:?}");
+}
