@@ -4,10 +4,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-cargo build --release --locked -q -p tollgate-webhook
+cargo build --release --locked -q -p tollgate-webhook -p tollgate-proxy
 bin=target/release/tollgate-webhook
 work=$(mktemp -d)
-trap 'kill "${server:-}" 2>/dev/null || true; rm -rf "$work"' EXIT
+trap 'kill "${server:-}" "${proxy:-}" "${upstreams:-}" 2>/dev/null || true; rm -rf "$work"' EXIT
 
 echo "== 1. tollgate-webhook inject -f examples/pod.yaml  (offline, like linkerd inject)"
 "$bin" inject -f examples/pod.yaml >"$work/hardened.yaml" 2>"$work/changes.txt"
@@ -47,3 +47,34 @@ echo "-- metrics excerpt:"
 curl -sf --cacert "$work/tls.crt" https://127.0.0.1:8443/metrics | grep -E '^tollgate_webhook_reviews_total\{outcome="patched"\}' | sed 's/^/   /'
 kill -TERM "$server"; wait "$server"
 echo "== SIGTERM: drained and stopped"
+
+echo
+echo "== 4. tollgate-proxy: the analysis pod's way out (a local stand-in hub and token endpoint)"
+python3 scripts/demo-upstreams.py 18090 18091 &
+upstreams=$!
+printf 'analysis-7\n' >"$work/client-id"; printf 'demo-secret\n' >"$work/client-secret"
+cat >"$work/proxy.yaml" <<YAML
+listen: { egress: 127.0.0.1:15001, ingress: 127.0.0.1:15006, admin: 127.0.0.1:15021 }
+identity:
+  tokenUrl: http://127.0.0.1:18091/realms/flame/protocol/openid-connect/token
+  clientIdFile: $work/client-id
+  clientSecretFile: $work/client-secret
+routes:
+  - name: hub-datastore
+    prefix: /hub-adapter/kong/datastore/{project_id}
+    upstream: http://127.0.0.1:18090/kong/datastore/{project_id}
+    auth: token
+shutdown: { grace: 1s }
+YAML
+TOLLGATE_PROJECT_ID=7d1e4a2c target/release/tollgate-proxy --config "$work/proxy.yaml" 2>"$work/proxy.log" &
+proxy=$!
+for _ in $(seq 50); do curl -sf http://127.0.0.1:15021/readyz >/dev/null && break; sleep 0.1; done
+echo "-- the app asks (with a cookie and its own Authorization, which must not pass):"
+echo "   curl -H 'authorization: Bearer the-apps-own' -H 'cookie: s=1' \$TOLLGATE_EGRESS_URL/hub-adapter/kong/datastore/7d1e4a2c/fhir/Patient"
+echo "   -> $(curl -s -H 'authorization: Bearer the-apps-own' -H 'cookie: s=1' http://127.0.0.1:15001/hub-adapter/kong/datastore/7d1e4a2c/fhir/Patient)"
+echo "-- another project's data, and a traversal attempt:"
+echo "   -> $(curl -s http://127.0.0.1:15001/hub-adapter/kong/datastore/other-project/fhir/Patient)"
+echo "   -> $(curl -s --path-as-is 'http://127.0.0.1:15001/hub-adapter/kong/datastore/7d1e4a2c/../other-project/x')"
+echo "-- the audit line of the first request:"
+grep '"message":"request"' "$work/proxy.log" | head -1 | sed 's/^/   /'
+kill -TERM "$proxy"; wait "$proxy" || true

@@ -14,12 +14,15 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
 use crate::routes::Upstream;
+use crate::tunnel::ConnectTunnel;
 
 const MAX_RESPONSE: usize = 1 << 20;
 
 #[derive(Clone)]
 pub struct HttpClient {
     tls: TlsConnector,
+    /// `host:port` of an HTTP CONNECT forward proxy, if egress must go through one.
+    forward_proxy: Option<String>,
 }
 
 pub struct Response {
@@ -49,7 +52,13 @@ impl HttpClient {
             .map_err(|e| e.to_string())?
             .with_root_certificates(roots)
             .with_no_client_auth();
-        Ok(HttpClient { tls: TlsConnector::from(Arc::new(config)) })
+        Ok(HttpClient { tls: TlsConnector::from(Arc::new(config)), forward_proxy: None })
+    }
+
+    /// Send everything through this HTTP CONNECT forward proxy (`host:port`).
+    pub fn via(mut self, forward_proxy: Option<String>) -> Self {
+        self.forward_proxy = forward_proxy;
+        self
     }
 
     /// Send one request to `url` + `path_and_query`; the whole exchange is bounded by `timeout`.
@@ -60,7 +69,13 @@ impl HttpClient {
     }
 
     async fn send_unbounded(&self, url: &Upstream, mut request: Request<Full<Bytes>>) -> Result<Response, String> {
-        let tcp = TcpStream::connect(url.address()).await.map_err(|e| format!("connecting to {}: {e}", url.address()))?;
+        let tcp = match &self.forward_proxy {
+            Some(proxy) => ConnectTunnel { proxy: proxy.clone(), target: url.address() }
+                .open()
+                .await
+                .map_err(|e| format!("tunnel to {}: {e}", url.address()))?,
+            None => TcpStream::connect(url.address()).await.map_err(|e| format!("connecting to {}: {e}", url.address()))?,
+        };
         let _ = tcp.set_nodelay(true);
         request.headers_mut().insert(hyper::header::HOST, url.authority().parse().map_err(|_| "invalid host".to_string())?);
         let response = if url.tls {

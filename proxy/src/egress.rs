@@ -82,6 +82,21 @@ pub struct EgressCtx {
     bytes_in: u64,
     started: Option<Instant>,
     forwarded_at: Option<Instant>,
+    request_id: String,
+}
+
+/// The caller's `x-request-id` if it is a sane token, else a new one (time and a counter, unique per process).
+pub fn request_id(given: Option<&str>) -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    match given
+        .filter(|id| !id.is_empty() && id.len() <= 128 && id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.')))
+    {
+        Some(id) => id.to_owned(),
+        None => {
+            let nanos = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
+            format!("tg-{nanos:x}-{:x}", COUNTER.fetch_add(1, Ordering::Relaxed))
+        }
+    }
 }
 
 /// Answer locally with a JSON error; nothing is forwarded.
@@ -109,6 +124,7 @@ impl ProxyHttp for Egress {
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut EgressCtx) -> Result<bool> {
         let header = session.req_header();
+        ctx.request_id = request_id(header.headers.get("x-request-id").and_then(|v| v.to_str().ok()));
         let method = header.method.as_str().to_owned();
         let raw = String::from_utf8_lossy(header.raw_path()).into_owned();
         let target = match check(&raw, &self.own_authorities) {
@@ -223,6 +239,7 @@ impl ProxyHttp for Egress {
         if let Some(value) = &ctx.authorization {
             request.insert_header("authorization", value.as_str())?;
         }
+        request.insert_header("x-request-id", ctx.request_id.as_str())?;
         Ok(())
     }
 
@@ -277,7 +294,7 @@ impl ProxyHttp for Egress {
             self.metrics.upstream_duration(route, forwarded.elapsed().as_secs_f64());
         }
         self.metrics.request(RequestLabels { listener: "egress", route: route.to_owned(), status, decision: ctx.decision });
-        let request_id = session.req_header().headers.get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+        let request_id = ctx.request_id.as_str();
         tracing::info!(
             listener = "egress",
             route,

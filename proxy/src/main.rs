@@ -112,7 +112,7 @@ fn trust_extra_cas(extra: &std::path::Path) -> Result<(), String> {
 
 fn run(config: Arc<Config>) -> Result<(), String> {
     // The extra CAs, if any, are part of the native roots now (see trust_extra_cas).
-    let client = HttpClient::new(None)?;
+    let client = HttpClient::new(None)?.via(config.forward_proxy.as_ref().map(|p| p.address()));
     let metrics = Arc::new(Metrics::new());
     let needs_token = config.routes.iter().any(|r| r.auth == AuthMode::Token);
     let tokens = match (&config.identity, needs_token) {

@@ -23,6 +23,13 @@ const MAX_RESPONSE_HEAD: usize = 8 * 1024;
 #[async_trait]
 impl L4Connect for ConnectTunnel {
     async fn connect(&self, _resolved: &pingora::protocols::l4::socket::SocketAddr) -> Result<Stream> {
+        Ok(Stream::from(self.open().await?))
+    }
+}
+
+impl ConnectTunnel {
+    /// A TCP stream to the forward proxy, tunnelled through to the target.
+    pub async fn open(&self) -> Result<TcpStream> {
         let mut tcp = TcpStream::connect(&self.proxy).await.or_err(ErrorType::ConnectError, "connecting to the forward proxy")?;
         let _ = tcp.set_nodelay(true);
         let request = format!("CONNECT {0} HTTP/1.1\r\nHost: {0}\r\n\r\n", self.target);
@@ -42,6 +49,6 @@ impl L4Connect for ConnectTunnel {
             let line = String::from_utf8_lossy(status_line).into_owned();
             return Error::e_explain(ErrorType::ConnectProxyFailure, format!("forward proxy refused CONNECT {}: {line}", self.target));
         }
-        Ok(Stream::from(tcp))
+        Ok(tcp)
     }
 }

@@ -157,13 +157,15 @@ async fn hop_by_hop_and_connection_nominated_headers_do_not_pass() {
     let upstream = Upstream::start().await;
     let config = format!("routes:\n- {{ name: all, prefix: /, upstream: '{}' }}\n", upstream.url());
     let proxy = Proxy::start(&config, &[]).await;
-    let request = "GET /x HTTP/1.1\r\nhost: x\r\nconnection: close, x-internal-secret\r\nx-internal-secret: 1\r\nkeep-alive: timeout=5\r\nte: trailers\r\nproxy-connection: keep-alive\r\nx-kept: yes\r\n\r\n";
+    let request = "GET /x HTTP/1.1\r\nhost: x\r\nconnection: close, x-internal-secret\r\nx-internal-secret: 1\r\nkeep-alive: timeout=5\r\nte: trailers\r\nproxy-connection: keep-alive\r\nauthorization: Bearer apps-own\r\nx-kept: yes\r\n\r\n";
     assert_eq!(raw(proxy.egress, request.as_bytes()).await.status, 200);
     let r = &upstream.requests()[0];
-    for header in ["x-internal-secret", "keep-alive", "proxy-connection"] {
+    // Even on a route without auth, the app's own Authorization does not pass.
+    for header in ["x-internal-secret", "keep-alive", "proxy-connection", "authorization"] {
         assert_eq!(r.header(header), None, "{header} passed: {r:?}");
     }
     assert_eq!(r.header("x-kept"), Some("yes"));
+    assert!(r.header("x-request-id").is_some_and(|id| id.starts_with("tg-")), "a request id is generated and forwarded: {r:?}");
 }
 
 #[tokio::test]
@@ -281,4 +283,32 @@ async fn sigterm_stops_accepting_and_drains_within_the_grace() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert!(exit.success(), "{exit:?}");
+}
+
+#[tokio::test]
+async fn a_burst_during_a_background_refresh_still_causes_one_token_call() {
+    let (upstream, idp) = (Upstream::start().await, Idp::start().await);
+    // 8 s tokens are refreshed after half their life (refreshBefore 30s is longer than that).
+    idp.expires_in.store(8, Ordering::SeqCst);
+    idp.delay_ms.store(800, Ordering::SeqCst);
+    let config = format!("{}routes:\n- {{ name: hub, prefix: /hub, upstream: '{}', auth: token }}\n", identity(&idp), upstream.url());
+    let proxy = Proxy::start(&config, &[]).await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while idp.calls() < 2 {
+        assert!(Instant::now() < deadline, "no background refresh");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // The refresh call is in flight (the endpoint takes 800 ms): 200 requests now.
+    let requests: Vec<_> = (0..200)
+        .map(|i| {
+            let addr = proxy.egress;
+            tokio::spawn(async move {
+                raw(addr, format!("GET /hub/{i} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").as_bytes()).await.status
+            })
+        })
+        .collect();
+    for request in requests {
+        assert_eq!(request.await.unwrap(), 200);
+    }
+    assert_eq!(idp.calls(), 2, "the initial fetch and the one refresh; the burst added none");
 }

@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use common::{Proxy, Upstream, raw};
+use common::{Proxy, Upstream};
 use http_body_util::Full;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
@@ -29,7 +29,10 @@ async fn private_https_upstream() -> (SocketAddr, String, Arc<Mutex<Vec<String>>
         .with_safe_default_protocol_versions()
         .unwrap()
         .with_no_client_auth()
-        .with_single_cert(vec![CertificateDer::from(leaf.der().to_vec())], PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(leaf_key.serialize_der())))
+        .with_single_cert(
+            vec![CertificateDer::from(leaf.der().to_vec())],
+            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(leaf_key.serialize_der())),
+        )
         .unwrap();
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -111,7 +114,16 @@ async fn a_missing_or_empty_extra_bundle_stops_the_start_with_a_clear_error() {
     let config = dir.path().join("config.yaml");
     std::fs::write(dir.path().join("empty.pem"), "").unwrap();
     for (file, expected) in [("missing.pem", "No such file"), ("empty.pem", "no PEM certificate found")] {
-        std::fs::write(&config, format!("tls: {{ extraCaFile: '{}' }}\nlisten: {{ egress: '127.0.0.1:{}', admin: '127.0.0.1:{}' }}\n", dir.path().join(file).display(), common::free_port(), common::free_port())).unwrap();
+        std::fs::write(
+            &config,
+            format!(
+                "tls: {{ extraCaFile: '{}' }}\nlisten: {{ egress: '127.0.0.1:{}', admin: '127.0.0.1:{}' }}\n",
+                dir.path().join(file).display(),
+                common::free_port(),
+                common::free_port()
+            ),
+        )
+        .unwrap();
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_tollgate-proxy")).arg("--config").arg(&config).output().unwrap();
         assert!(!out.status.success());
         let stderr = String::from_utf8_lossy(&out.stderr);
@@ -122,14 +134,16 @@ async fn a_missing_or_empty_extra_bundle_stops_the_start_with_a_clear_error() {
 #[tokio::test]
 async fn egress_goes_through_the_connect_forward_proxy() {
     let upstream = Upstream::start().await;
+    let idp = common::Idp::start().await;
     let (https_addr, ca_pem, https_seen) = private_https_upstream().await;
     let (proxy_addr, targets) = connect_proxy().await;
     let dir = tempfile::tempdir().unwrap();
     let ca_path = dir.path().join("ca.pem");
     std::fs::write(&ca_path, &ca_pem).unwrap();
     let config = format!(
-        "forwardProxy: 'http://{proxy_addr}'\ntls: {{ extraCaFile: '{}' }}\nroutes:\n- {{ name: plain, prefix: /plain, upstream: '{}' }}\n- {{ name: secure, prefix: /secure, upstream: 'https://{https_addr}' }}\n",
+        "forwardProxy: 'http://{proxy_addr}'\ntls: {{ extraCaFile: '{}' }}\nidentity: {{ tokenUrl: 'http://{}/token', clientIdFile: '{{dir}}/client-id', clientSecretFile: '{{dir}}/client-secret' }}\nroutes:\n- {{ name: plain, prefix: /plain, upstream: '{}', auth: token }}\n- {{ name: secure, prefix: /secure, upstream: 'https://{https_addr}' }}\n",
         ca_path.display(),
+        idp.addr,
         upstream.url()
     );
     let proxy = Proxy::start(&config, &[]).await;
@@ -141,5 +155,6 @@ async fn egress_goes_through_the_connect_forward_proxy() {
     let targets = targets.lock().unwrap().clone();
     assert!(targets.contains(&format!("CONNECT {} HTTP/1.1", upstream.addr)), "{targets:?}");
     assert!(targets.contains(&format!("CONNECT {https_addr} HTTP/1.1")), "{targets:?}");
-    let _ = raw;
+    assert!(targets.contains(&format!("CONNECT {} HTTP/1.1", idp.addr)), "the token call goes through the tunnel too: {targets:?}");
+    assert_eq!(upstream.requests()[0].header("authorization"), Some("Bearer token-1"));
 }
