@@ -16,6 +16,7 @@ use serde_json::json;
 
 use crate::config::Config;
 use crate::metrics::{Metrics, RequestLabels};
+use crate::resolve::Resolver;
 use crate::routes::{AuthMode, Decision, decide};
 use crate::target::check;
 use crate::tokens::TokenSource;
@@ -34,6 +35,7 @@ pub struct Egress {
     pub sent: Arc<Vec<AtomicU64>>,
     bearer_files: Mutex<HashMap<PathBuf, BearerCacheEntry>>,
     own_authorities: Vec<String>,
+    resolver: Resolver,
 }
 
 impl Egress {
@@ -44,7 +46,7 @@ impl Egress {
         for route in &config.routes {
             metrics.register_route(&route.name);
         }
-        Egress { config, tokens, metrics, sent, bearer_files: Mutex::new(HashMap::new()), own_authorities }
+        Egress { config, tokens, metrics, sent, bearer_files: Mutex::new(HashMap::new()), own_authorities, resolver: Resolver::default() }
     }
 
     /// The bearer file's contents, re-read when its size or modification time changes.
@@ -211,14 +213,19 @@ impl ProxyHttp for Egress {
     async fn upstream_peer(&self, _session: &mut Session, ctx: &mut EgressCtx) -> Result<Box<HttpPeer>> {
         let route = &self.config.routes[ctx.route.expect("request_filter chose a route")];
         let upstream = &route.upstream;
+        let unresolvable = |e: String| Error::explain(ErrorType::ConnectNoRoute, e);
         let mut peer = match &self.config.forward_proxy {
             // The peer address is the forward proxy's (resolvable here); the tunnel names the upstream.
             Some(proxy) => {
-                let mut peer = HttpPeer::new(proxy.address(), upstream.tls, upstream.host.clone());
-                peer.options.custom_l4 = Some(Arc::new(ConnectTunnel { proxy: proxy.address(), target: upstream.address() }));
+                let proxy_addr = self.resolver.resolve(&proxy.host, proxy.port).await.map_err(unresolvable)?;
+                let mut peer = HttpPeer::new(proxy_addr, upstream.tls, upstream.host.clone());
+                peer.options.custom_l4 = Some(Arc::new(ConnectTunnel { proxy: proxy_addr.to_string(), target: upstream.address() }));
                 peer
             }
-            None => HttpPeer::new(upstream.address(), upstream.tls, upstream.host.clone()),
+            None => {
+                let addr = self.resolver.resolve(&upstream.host, upstream.port).await.map_err(unresolvable)?;
+                HttpPeer::new(addr, upstream.tls, upstream.host.clone())
+            }
         };
         peer.options.connection_timeout = Some(route.connect_timeout);
         peer.options.total_connection_timeout = Some(route.connect_timeout);

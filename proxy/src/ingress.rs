@@ -18,6 +18,7 @@ pub struct IngressProxy {
     pub verifier: Arc<Verifier>,
     pub metrics: Arc<Metrics>,
     own_authorities: Vec<String>,
+    resolver: crate::resolve::Resolver,
 }
 
 impl IngressProxy {
@@ -27,6 +28,7 @@ impl IngressProxy {
             verifier,
             metrics,
             own_authorities: vec![listen.to_string(), format!("localhost:{port}"), format!("127.0.0.1:{port}")],
+            resolver: crate::resolve::Resolver::default(),
         }
     }
 }
@@ -107,7 +109,8 @@ impl ProxyHttp for IngressProxy {
 
     async fn upstream_peer(&self, _session: &mut Session, _ctx: &mut IngressCtx) -> Result<Box<HttpPeer>> {
         let upstream = &self.verifier.config().upstream;
-        let mut peer = HttpPeer::new(upstream.address(), upstream.tls, upstream.host.clone());
+        let addr = self.resolver.resolve(&upstream.host, upstream.port).await.map_err(|e| Error::explain(ErrorType::ConnectNoRoute, e))?;
+        let mut peer = HttpPeer::new(addr, upstream.tls, upstream.host.clone());
         peer.options.connection_timeout = Some(Duration::from_secs(5));
         peer.options.read_timeout = Some(Duration::from_secs(120));
         Ok(Box::new(peer))

@@ -11,6 +11,7 @@ pub mod egress;
 pub mod ingress;
 pub mod jwt;
 pub mod metrics;
+pub mod resolve;
 pub mod routes;
 pub mod target;
 pub mod tokens;

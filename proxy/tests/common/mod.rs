@@ -66,7 +66,10 @@ impl Upstream {
                                 .collect();
                             let body = request.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
                             seen.lock().unwrap().push(Recorded { method, target, headers, body });
-                            tokio::time::sleep(Duration::from_millis(delay.load(Ordering::SeqCst))).await;
+                            let delay = delay.load(Ordering::SeqCst);
+                            if delay > 0 {
+                                tokio::time::sleep(Duration::from_millis(delay)).await;
+                            }
                             Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"upstream says hi"))))
                         }
                     });
