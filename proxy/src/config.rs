@@ -430,13 +430,22 @@ impl Config {
                     c.check(format!("ingress.algorithms[{j}]"), algorithm)
                 })
                 .collect();
-            for header in ing.claim_headers.keys() {
-                if header.is_empty() || !header.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
-                    c.error(format!("ingress.claimHeaders.{header}"), "not a header name");
+            for (claim, header) in &ing.claim_headers {
+                let lower = header.to_ascii_lowercase();
+                if claim.is_empty() {
+                    c.error("ingress.claimHeaders", "a claim name must not be empty");
+                } else if http::HeaderName::from_bytes(header.as_bytes()).is_err() || header.contains('_') {
+                    c.error(format!("ingress.claimHeaders.{claim}"), format!("{header:?} is not a header name (letters, digits and '-')"));
+                } else if crate::headers::is_reserved(&lower) {
+                    c.error(format!("ingress.claimHeaders.{claim}"), format!("{header:?} is a header the proxy owns"));
                 }
             }
             let leeway = c.check("ingress.leeway", parse_duration(ing.leeway.as_deref().unwrap_or("30s")));
-            let refetch = c.check("ingress.jwksRefetchInterval", parse_duration(ing.jwks_refetch_interval.as_deref().unwrap_or("30s")));
+            let refetch = c.check(
+                "ingress.jwksRefetchInterval",
+                parse_duration(ing.jwks_refetch_interval.as_deref().unwrap_or("30s"))
+                    .and_then(|d| if d < Duration::from_secs(1) { Err("must be at least 1s".into()) } else { Ok(d) }),
+            );
             Some(Ingress {
                 upstream: upstream?,
                 jwks_url: jwks_url?,

@@ -15,17 +15,13 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use serde_json::json;
 
 use crate::config::Config;
+use crate::headers::{head_size, strip_spoofable};
 use crate::metrics::{Metrics, RequestLabels};
 use crate::resolve::Resolver;
 use crate::routes::{AuthMode, Decision, decide};
 use crate::target::check;
 use crate::tokens::TokenSource;
 use crate::tunnel::ConnectTunnel;
-
-/// Headers the app may not send upstream: credentials are the proxy's business, and forwarding
-/// headers would let the app speak for someone else.
-const STRIPPED: [&str; 7] =
-    ["authorization", "proxy-authorization", "cookie", "forwarded", "x-forwarded-for", "x-forwarded-host", "x-forwarded-proto"];
 
 pub struct Egress {
     pub config: Arc<Config>,
@@ -155,6 +151,7 @@ impl ProxyHttp for Egress {
         if encodings.len() > 1 || encodings.first().is_some_and(|e| !e.eq_ignore_ascii_case(b"chunked")) {
             return refuse(session, ctx, 400, "bad-request", "Transfer-Encoding other than chunked".into()).await;
         }
+        let head = head_size(session.req_header(), &ctx.upstream_target);
         let declared = match lengths.first() {
             Some(value) => match std::str::from_utf8(value).ok().and_then(|v| v.trim().parse::<u64>().ok()) {
                 Some(length) => Some(length),
@@ -162,31 +159,15 @@ impl ProxyHttp for Egress {
             },
             None => None,
         };
-        if let Some(length) = declared {
-            if length > route.max_request_body {
-                return refuse(
-                    session,
-                    ctx,
-                    413,
-                    "too-large",
-                    format!("body of {length} bytes is above route {:?}'s limit of {}", route.name, route.max_request_body),
-                )
-                .await;
-            }
-            if let Some(budget) = route.byte_budget
-                && self.sent[index].load(Ordering::Relaxed) + length > budget
-            {
-                return refuse(
-                    session,
-                    ctx,
-                    413,
-                    "budget-exceeded",
-                    format!("route {:?} has used its byte budget of {budget}", route.name),
-                )
-                .await;
-            }
-        } else if let Some(budget) = route.byte_budget
-            && self.sent[index].load(Ordering::Relaxed) >= budget
+        if let Some(length) = declared
+            && length > route.max_request_body
+        {
+            let reason = format!("body of {length} bytes is above route {:?}'s limit of {}", route.name, route.max_request_body);
+            return refuse(session, ctx, 413, "too-large", reason).await;
+        }
+        // The budget covers everything sent upstream: the request head (path, query, headers) and the body.
+        if let Some(budget) = route.byte_budget
+            && self.sent[index].load(Ordering::Relaxed) + head + declared.unwrap_or(0) > budget
         {
             return refuse(session, ctx, 413, "budget-exceeded", format!("route {:?} has used its byte budget of {budget}", route.name))
                 .await;
@@ -206,6 +187,8 @@ impl ProxyHttp for Egress {
                 None => return refuse(session, ctx, 503, "no-credentials", "no identity configured".into()).await,
             },
         };
+        self.sent[index].fetch_add(head, Ordering::Relaxed);
+        self.metrics.bytes_out(&route.name, head);
         ctx.decision = "forwarded";
         Ok(false)
     }
@@ -239,9 +222,7 @@ impl ProxyHttp for Egress {
         let route = &self.config.routes[ctx.route.expect("request_filter chose a route")];
         let uri = ctx.upstream_target.parse().map_err(|e| Error::because(ErrorType::InternalError, "building the upstream target", e))?;
         request.set_uri(uri);
-        for name in STRIPPED {
-            request.remove_header(name);
-        }
+        strip_spoofable(request);
         request.insert_header("host", route.upstream.authority())?;
         if let Some(value) = &ctx.authorization {
             request.insert_header("authorization", value.as_str())?;

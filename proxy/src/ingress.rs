@@ -10,6 +10,7 @@ use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use serde_json::{Value, json};
 
+use crate::headers::strip_spoofable;
 use crate::jwt::{AuthError, Verifier};
 use crate::metrics::{Metrics, RequestLabels};
 use crate::target::check;
@@ -67,7 +68,9 @@ async fn respond(
 }
 
 fn bearer(header: &RequestHeader) -> Option<&str> {
-    let value = header.headers.get("authorization")?.to_str().ok()?;
+    // Exactly one Authorization header: a second, unverified one must not ride along.
+    let mut values = header.headers.get_all("authorization").iter();
+    let (value, None) = (values.next()?.to_str().ok()?, values.next()) else { return None };
     let (scheme, token) = value.split_once(' ')?;
     scheme.eq_ignore_ascii_case("bearer").then_some(token.trim()).filter(|t| !t.is_empty())
 }
@@ -119,8 +122,13 @@ impl ProxyHttp for IngressProxy {
     async fn upstream_request_filter(&self, _session: &mut Session, request: &mut RequestHeader, ctx: &mut IngressCtx) -> Result<()> {
         let config = self.verifier.config();
         request.set_uri(ctx.target.parse().map_err(|e| Error::because(ErrorType::InternalError, "building the target", e))?);
-        if !config.forward_token {
-            request.remove_header("authorization");
+        // Forwarding and `_` headers from the caller never reach the app; the token only when configured.
+        let verified = request.headers.get("authorization").cloned();
+        strip_spoofable(request);
+        if config.forward_token
+            && let Some(token) = verified
+        {
+            request.insert_header("authorization", token)?;
         }
         // Claim headers come from the verified token only, never from the caller.
         for (claim, header) in &config.claim_headers {

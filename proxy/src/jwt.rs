@@ -128,6 +128,10 @@ impl Verifier {
         let mut keys = HashMap::new();
         for raw in document.get("keys").and_then(Value::as_array).into_iter().flatten() {
             // Parse key by key: one odd key must not take the others down.
+            // Only signature keys: an encryption key (`use: enc`) is not a verification key.
+            if raw.get("use").is_some_and(|u| u != "sig") {
+                continue;
+            }
             let Ok(jwk) = serde_json::from_value::<Jwk>(raw.clone()) else { continue };
             let Some(kid) = jwk.common.key_id.clone() else { continue };
             let algorithm = jwk.common.key_algorithm.and_then(|a| a.to_string().parse::<Algorithm>().ok());

@@ -156,18 +156,24 @@ fn run(config: Arc<Config>) -> Result<(), String> {
     server.run_forever();
 }
 
-/// Loads the JWKS at start (retrying until it succeeds), so the first call does not wait for it.
+/// Loads the JWKS at start (retrying until it succeeds), so the first call does not wait for it, and
+/// reloads it every few minutes, so a key the issuer removed stops being trusted.
 struct JwksLoader(Arc<Verifier>);
+
+const JWKS_RELOAD: std::time::Duration = std::time::Duration::from_secs(300);
 
 #[async_trait::async_trait]
 impl pingora::services::background::BackgroundService for JwksLoader {
     async fn start(&self, mut shutdown: pingora::server::ShutdownWatch) {
         let load = async {
-            let mut backoff = std::time::Duration::from_millis(500);
-            while let Err(e) = self.0.refresh(true).await {
-                tracing::warn!(error = %e, retry_in = ?backoff, "JWKS not loaded");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(std::time::Duration::from_secs(30));
+            loop {
+                let mut backoff = std::time::Duration::from_millis(500);
+                while let Err(e) = self.0.refresh(true).await {
+                    tracing::warn!(error = %e, retry_in = ?backoff, "JWKS not loaded");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(std::time::Duration::from_secs(30));
+                }
+                tokio::time::sleep(JWKS_RELOAD).await;
             }
         };
         tokio::select! {

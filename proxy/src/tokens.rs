@@ -20,6 +20,9 @@ use crate::config::Identity;
 /// Never use a token this close to its expiry.
 const EXPIRY_MARGIN: Duration = Duration::from_secs(5);
 const MIN_BACKOFF: Duration = Duration::from_millis(500);
+/// Token lifetimes are trusted only within these bounds.
+const MIN_LIFETIME: Duration = Duration::from_secs(10);
+const MAX_LIFETIME: Duration = Duration::from_secs(24 * 3600);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
 #[derive(Debug)]
@@ -127,9 +130,7 @@ impl TokenSource {
                     due
                 }
             };
-            if !wait.is_zero() {
-                tokio::time::sleep(wait).await;
-            }
+            tokio::time::sleep(wait.max(MIN_BACKOFF)).await;
         }
     }
 
@@ -173,6 +174,10 @@ impl TokenSource {
             return Err("access token is empty or not a header-safe string".into());
         }
         let lifetime = Duration::from_secs(parsed.expires_in.unwrap_or(60));
+        if lifetime < MIN_LIFETIME {
+            return Err(format!("token lifetime of {lifetime:?} is too short to use (at least {MIN_LIFETIME:?})"));
+        }
+        let lifetime = lifetime.min(MAX_LIFETIME);
         let refresh_at = started + lifetime - self.identity.refresh_before.min(lifetime / 2);
         Ok(Token { header_value: format!("Bearer {}", parsed.access_token), expires_at: started + lifetime, refresh_at })
     }

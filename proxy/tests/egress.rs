@@ -157,11 +157,21 @@ async fn hop_by_hop_and_connection_nominated_headers_do_not_pass() {
     let upstream = Upstream::start().await;
     let config = format!("routes:\n- {{ name: all, prefix: /, upstream: '{}' }}\n", upstream.url());
     let proxy = Proxy::start(&config, &[]).await;
-    let request = "GET /x HTTP/1.1\r\nhost: x\r\nconnection: close, x-internal-secret\r\nx-internal-secret: 1\r\nkeep-alive: timeout=5\r\nte: trailers\r\nproxy-connection: keep-alive\r\nauthorization: Bearer apps-own\r\nx-kept: yes\r\n\r\n";
+    let request = "GET /x HTTP/1.1\r\nhost: x\r\nconnection: close, x-internal-secret\r\nx-internal-secret: 1\r\nkeep-alive: timeout=5\r\nte: trailers\r\nproxy-connection: keep-alive\r\nauthorization: Bearer apps-own\r\nx-forwarded-prefix: /admin\r\nx_forwarded_for: 10.0.0.1\r\nx-original-url: /admin\r\nx-http-method-override: DELETE\r\nx-real-ip: 10.0.0.2\r\nx-kept: yes\r\n\r\n";
     assert_eq!(raw(proxy.egress, request.as_bytes()).await.status, 200);
     let r = &upstream.requests()[0];
     // Even on a route without auth, the app's own Authorization does not pass.
-    for header in ["x-internal-secret", "keep-alive", "proxy-connection", "authorization"] {
+    for header in [
+        "x-internal-secret",
+        "keep-alive",
+        "proxy-connection",
+        "authorization",
+        "x-forwarded-prefix",
+        "x_forwarded_for",
+        "x-original-url",
+        "x-http-method-override",
+        "x-real-ip",
+    ] {
         assert_eq!(r.header(header), None, "{header} passed: {r:?}");
     }
     assert_eq!(r.header("x-kept"), Some("yes"));
@@ -196,7 +206,7 @@ async fn smuggling_attempts_are_refused() {
 async fn body_limits_and_byte_budgets_answer_413_before_forwarding() {
     let upstream = Upstream::start().await;
     let config = format!(
-        "routes:\n- {{ name: results, prefix: /results, upstream: '{}', methods: [POST], maxRequestBody: 10, byteBudget: 16 }}\n",
+        "routes:\n- {{ name: results, prefix: /results, upstream: '{}', methods: [POST], maxRequestBody: 10, byteBudget: 200 }}\n",
         upstream.url()
     );
     let proxy = Proxy::start(&config, &[]).await;
@@ -205,12 +215,49 @@ async fn body_limits_and_byte_budgets_answer_413_before_forwarding() {
     assert_eq!(raw(proxy.egress, post("0123456789A").as_bytes()).await.status, 413, "above maxRequestBody");
     assert_eq!(raw(proxy.egress, post("01234567").as_bytes()).await.status, 200);
     assert_eq!(raw(proxy.egress, post("01234567").as_bytes()).await.status, 200);
-    let over = raw(proxy.egress, post("x").as_bytes()).await;
-    assert_eq!(over.status, 413, "budget of 16 used up");
+    // Each of those was 74 bytes upstream (head and body); a third would pass 200.
+    let over = raw(proxy.egress, post("01234567").as_bytes()).await;
+    assert_eq!(over.status, 413, "budget of 200 used up");
     assert_eq!(over.json()["decision"], "budget-exceeded");
     assert_eq!(upstream.requests().len(), 2);
     let metrics = raw(proxy.admin, b"GET /metrics HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").await.body;
-    assert!(metrics.contains("tollgate_proxy_bytes_out_total{route=\"results\"} 16"), "{metrics}");
+    let counted: u64 =
+        metrics.lines().find_map(|l| l.strip_prefix("tollgate_proxy_bytes_out_total{route=\"results\"} ")).unwrap().parse().unwrap();
+    assert_eq!(counted, 148, "bodies and heads are counted: {metrics}");
+}
+
+#[tokio::test]
+async fn the_byte_budget_counts_paths_queries_and_headers_too() {
+    let upstream = Upstream::start().await;
+    let config = format!("routes:\n- {{ name: st, prefix: /st, upstream: '{}', byteBudget: 2000 }}\n", upstream.url());
+    let proxy = Proxy::start(&config, &[]).await;
+    let exfil = "a".repeat(800);
+    let request = format!("GET /st/x?d={exfil} HTTP/1.1\r\nhost: x\r\nx-exfil: {exfil}\r\nconnection: close\r\n\r\n");
+    assert_eq!(raw(proxy.egress, request.as_bytes()).await.status, 200);
+    let second = raw(proxy.egress, request.as_bytes()).await;
+    assert_eq!(second.status, 413, "no body at all, yet the budget is used up: {second:?}");
+    assert_eq!(upstream.requests().len(), 1);
+}
+
+#[tokio::test]
+async fn absurd_token_lifetimes_neither_loop_nor_crash() {
+    let (upstream, idp) = (Upstream::start().await, Idp::start().await);
+    idp.expires_in.store(0, Ordering::SeqCst);
+    let config = format!("{}routes:\n- {{ name: hub, prefix: /hub, upstream: '{}', auth: token }}\n", identity(&idp), upstream.url());
+    let proxy = Proxy::start(&config, &[]).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let response = proxy.get("/hub/x").await;
+    assert_eq!(response.status, 503, "{response:?}");
+    assert!(response.json()["error"].as_str().unwrap().contains("too short"), "{response:?}");
+    assert!(idp.calls() <= 6, "backoff, not a loop: {} calls", idp.calls());
+
+    idp.expires_in.store(u64::MAX, Ordering::SeqCst);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while proxy.get("/hub/x").await.status != 200 {
+        assert!(Instant::now() < deadline, "no recovery:\n{}", proxy.logs());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(proxy.child.id() > 0 && proxy.get("/hub/y").await.status == 200, "still alive with a clamped lifetime");
 }
 
 #[tokio::test]
@@ -288,12 +335,12 @@ async fn sigterm_stops_accepting_and_drains_within_the_grace() {
 #[tokio::test]
 async fn a_burst_during_a_background_refresh_still_causes_one_token_call() {
     let (upstream, idp) = (Upstream::start().await, Idp::start().await);
-    // 8 s tokens are refreshed after half their life (refreshBefore 30s is longer than that).
-    idp.expires_in.store(8, Ordering::SeqCst);
+    // 12 s tokens are refreshed after half their life (refreshBefore 30s is longer than that).
+    idp.expires_in.store(12, Ordering::SeqCst);
     idp.delay_ms.store(800, Ordering::SeqCst);
     let config = format!("{}routes:\n- {{ name: hub, prefix: /hub, upstream: '{}', auth: token }}\n", identity(&idp), upstream.url());
     let proxy = Proxy::start(&config, &[]).await;
-    let deadline = Instant::now() + Duration::from_secs(5);
+    let deadline = Instant::now() + Duration::from_secs(9);
     while idp.calls() < 2 {
         assert!(Instant::now() < deadline, "no background refresh");
         tokio::time::sleep(Duration::from_millis(10)).await;

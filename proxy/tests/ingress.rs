@@ -180,6 +180,18 @@ async fn bad_tokens_get_401_with_a_challenge_and_never_reach_the_app() {
         assert!(challenge.contains("Bearer realm=\"tollgate\""), "{name}: {challenge}");
         assert_eq!(response.json()["error"], reason, "{name}");
     }
+    // A second, unverified Authorization header is not smuggled along with a good one.
+    let good = sign(&issuer.rsa, Algorithm::RS256, "rsa-1", &claims());
+    let doubled = call(&proxy, Some(&good), "authorization: Bearer forged\r\n").await;
+    assert_eq!(doubled.status, 401, "{doubled:?}");
+    // An encryption key (use: enc) is not a signature key.
+    let mut enc = issuer.ec_jwk.clone();
+    enc["use"] = json!("enc");
+    enc["kid"] = json!("ec-enc");
+    issuer.jwks.lock().unwrap()["keys"].as_array_mut().unwrap().push(enc);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let with_enc_key = sign(&issuer.ec, Algorithm::ES256, "ec-enc", &claims());
+    assert_eq!(call(&proxy, Some(&with_enc_key), "").await.json()["error"], "unknown key id");
     // Within the leeway is fine.
     let slightly_expired = with(&|c| c["exp"] = json!(now() - 2));
     assert_eq!(call(&proxy, Some(&slightly_expired), "").await.status, 200);

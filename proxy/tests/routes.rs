@@ -160,6 +160,17 @@ fn config_errors_name_their_path() {
     ] {
         assert!(errors.lines().any(|l| l.starts_with(expected)), "missing {expected:?} in:\n{errors}");
     }
+    let claims = "ingress: { upstream: 'http://127.0.0.1:8000', jwksUrl: 'http://k/certs', issuer: i, audiences: [a], algorithms: [RS256], jwksRefetchInterval: 0s, claimHeaders: { preferred_username: X-User, azp: 'Bad Header:', sub: Host, client_id: X_Client } }\n";
+    let errors = Config::load(claims, &Environment::default()).unwrap_err().to_string();
+    for expected in [
+        "ingress.claimHeaders.azp: \"Bad Header:\" is not a header name",
+        "ingress.claimHeaders.sub: \"Host\" is a header the proxy owns",
+        "ingress.claimHeaders.client_id: \"X_Client\" is not a header name",
+        "ingress.jwksRefetchInterval: must be at least 1s",
+    ] {
+        assert!(errors.lines().any(|l| l.starts_with(expected)), "missing {expected:?} in:\n{errors}");
+    }
+    assert!(!errors.contains("preferred_username"), "claim names may contain '_': {errors}");
     let typo = Config::load("routes:\n- { name: a, prefix: /a, upstrem: 'http://a' }\n", &Environment::default()).unwrap_err().to_string();
     assert!(typo.starts_with("routes[0].upstrem: unknown field `upstrem`, expected one of"), "{typo}");
     let unsafe_id = Environment { analysis_id: Some("../x".into()), ..Environment::default() };

@@ -1,0 +1,78 @@
+//! Which request headers a caller may not pass on: credentials, and headers that let it speak for
+//! someone else or rewrite what the upstream thinks the request is.
+
+use pingora::http::RequestHeader;
+
+/// Whether `name` (lowercase) must be dropped before forwarding.
+pub fn is_spoofable(name: &str) -> bool {
+    matches!(name, "authorization" | "proxy-authorization" | "cookie" | "forwarded" | "x-real-ip" | "x-rewrite-url" | "x-client-ip")
+        || name.starts_with("x-forwarded-")
+        || name.starts_with("x-original-")
+        || (name.starts_with("x-") && name.ends_with("-method-override"))
+        // CGI/WSGI-style servers read `_` as `-`: `X_Forwarded_For` would pass for `X-Forwarded-For`.
+        || name.contains('_')
+}
+
+/// Drop every spoofable header; returns how many went.
+pub fn strip_spoofable(request: &mut RequestHeader) -> usize {
+    let doomed: Vec<String> = request.headers.keys().map(|n| n.as_str().to_owned()).filter(|n| is_spoofable(n)).collect();
+    for name in &doomed {
+        request.remove_header(name.as_str());
+    }
+    doomed.len()
+}
+
+/// Headers the proxy must own on the way to the app or an upstream, never set from a claim.
+pub fn is_reserved(name: &str) -> bool {
+    is_spoofable(name)
+        || matches!(
+            name,
+            "host"
+                | "content-length"
+                | "transfer-encoding"
+                | "connection"
+                | "keep-alive"
+                | "te"
+                | "trailer"
+                | "upgrade"
+                | "expect"
+                | "x-request-id"
+        )
+        || name.starts_with("proxy-")
+}
+
+/// Bytes a request head occupies on the wire (request line and headers), for the byte budget.
+pub fn head_size(request: &RequestHeader, target: &str) -> u64 {
+    let line = request.method.as_str().len() + 1 + target.len() + " HTTP/1.1\r\n".len();
+    let headers: usize = request.headers.iter().map(|(n, v)| n.as_str().len() + 2 + v.len() + 2).sum();
+    (line + headers + 2) as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spoofable_names() {
+        for name in [
+            "authorization",
+            "cookie",
+            "x-forwarded-for",
+            "x-forwarded-prefix",
+            "x-original-url",
+            "x-real-ip",
+            "x-http-method-override",
+            "x_forwarded_for",
+            "my_header",
+            "forwarded",
+        ] {
+            assert!(is_spoofable(name), "{name}");
+        }
+        for name in ["accept", "content-type", "x-request-id", "x-custom", "user-agent"] {
+            assert!(!is_spoofable(name), "{name}");
+        }
+        assert!(
+            is_reserved("host") && is_reserved("proxy-connection") && is_reserved("authorization") && !is_reserved("x-tollgate-client")
+        );
+    }
+}
