@@ -18,7 +18,6 @@ pub(super) fn render(policy: &Policy, ids: &PodIds) -> Value {
         json!({"name": "TOLLGATE_EGRESS_LISTEN", "value": format!("127.0.0.1:{}", proxy.egress_port)}),
         json!({"name": "TOLLGATE_INGRESS_LISTEN", "value": format!("0.0.0.0:{}", proxy.ingress_port)}),
         json!({"name": "TOLLGATE_ADMIN_LISTEN", "value": format!("0.0.0.0:{}", proxy.admin_port)}),
-        json!({"name": "TOLLGATE_CREDENTIALS_DIR", "value": CREDENTIALS_DIR}),
     ];
     if let Some(id) = &ids.analysis {
         env.push(json!({"name": "TOLLGATE_ANALYSIS_ID", "value": id}));
