@@ -1,0 +1,236 @@
+//! Certificates for tollgate-webhook. The core is pure: given what exists (if anything) and the wanted
+//! names, [`assess`] says whether to keep it, renew the serving certificate, or start over with a new CA,
+//! and [`issue`] makes what is missing. The CLI stores the result as files or as Secrets and patches
+//! the MutatingWebhookConfiguration's caBundle.
+
+use std::net::IpAddr;
+
+use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, PublicKeyData};
+use time::{Duration, OffsetDateTime};
+use x509_parser::prelude::{FromDer, GeneralName, ParsedExtension, X509Certificate};
+
+/// What the certificates are for.
+#[derive(Debug, Clone)]
+pub struct Params {
+    pub service: String,
+    pub namespace: String,
+    /// Extra DNS names and IP addresses (e.g. 127.0.0.1 for a webhook registered by URL).
+    pub extra_dns: Vec<String>,
+    pub ips: Vec<IpAddr>,
+    pub ca_validity: Duration,
+    pub leaf_validity: Duration,
+    /// Renew when less than this is left.
+    pub renew_before: Duration,
+}
+
+impl Params {
+    pub fn new(service: &str, namespace: &str) -> Self {
+        Params {
+            service: service.to_owned(),
+            namespace: namespace.to_owned(),
+            extra_dns: Vec::new(),
+            ips: Vec::new(),
+            ca_validity: Duration::days(3650),
+            leaf_validity: Duration::days(365),
+            renew_before: Duration::days(30),
+        }
+    }
+
+    /// The names kube-apiserver may use to reach the Service.
+    pub fn dns_names(&self) -> Vec<String> {
+        let (s, n) = (&self.service, &self.namespace);
+        let mut names = vec![s.clone(), format!("{s}.{n}"), format!("{s}.{n}.svc"), format!("{s}.{n}.svc.cluster.local")];
+        names.extend(self.extra_dns.iter().cloned());
+        names
+    }
+}
+
+/// PEM texts; the CA key is kept apart from what the webhook mounts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Bundle {
+    pub ca_cert: String,
+    pub ca_key: String,
+    pub cert: String,
+    pub key: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    Keep,
+    /// A new serving certificate from the existing CA (the caBundle stays valid).
+    RenewLeaf(String),
+    /// A new CA and serving certificate.
+    NewCa(String),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CertError {
+    #[error("generating certificates: {0}")]
+    Generate(#[from] rcgen::Error),
+}
+
+fn parse_pem(pem: &str) -> Option<Vec<u8>> {
+    let (_, parsed) = x509_parser::pem::parse_x509_pem(pem.as_bytes()).ok()?;
+    Some(parsed.contents)
+}
+
+fn remaining(cert: &X509Certificate<'_>, now: OffsetDateTime) -> Duration {
+    cert.validity().not_after.to_datetime() - now
+}
+
+/// Decide what to do with `existing` certificates for `params` at `now`.
+pub fn assess(existing: Option<&Bundle>, params: &Params, now: OffsetDateTime) -> Action {
+    let Some(existing) = existing else { return Action::NewCa("no certificates yet".into()) };
+    let Some(ca_der) = parse_pem(&existing.ca_cert) else { return Action::NewCa("the CA certificate does not parse".into()) };
+    let Ok((_, ca)) = X509Certificate::from_der(&ca_der) else { return Action::NewCa("the CA certificate does not parse".into()) };
+    let ca_key_matches = KeyPair::from_pem(&existing.ca_key).is_ok_and(|key| key.subject_public_key_info() == ca.public_key().raw);
+    if !ca_key_matches {
+        return Action::NewCa("the CA key does not belong to the CA certificate".into());
+    }
+    if remaining(&ca, now) < params.renew_before + params.leaf_validity.min(params.renew_before * 2) {
+        return Action::NewCa(format!("the CA expires {}", ca.validity().not_after));
+    }
+    let Some(leaf_der) = parse_pem(&existing.cert) else { return Action::RenewLeaf("the serving certificate does not parse".into()) };
+    let Ok((_, leaf)) = X509Certificate::from_der(&leaf_der) else {
+        return Action::RenewLeaf("the serving certificate does not parse".into());
+    };
+    if leaf.issuer() != ca.subject() || leaf.verify_signature(Some(ca.public_key())).is_err() {
+        return Action::RenewLeaf("the serving certificate is not from this CA".into());
+    }
+    if !KeyPair::from_pem(&existing.key).is_ok_and(|key| key.subject_public_key_info() == leaf.public_key().raw) {
+        return Action::RenewLeaf("the serving key does not belong to the serving certificate".into());
+    }
+    if remaining(&leaf, now) < params.renew_before {
+        return Action::RenewLeaf(format!("the serving certificate expires {}", leaf.validity().not_after));
+    }
+    let (mut dns, mut ips) = (Vec::new(), Vec::new());
+    for extension in leaf.extensions() {
+        if let ParsedExtension::SubjectAlternativeName(san) = extension.parsed_extension() {
+            for name in &san.general_names {
+                match name {
+                    GeneralName::DNSName(d) => dns.push(d.to_string()),
+                    GeneralName::IPAddress(bytes) => ips.push(bytes.to_vec()),
+                    _ => {}
+                }
+            }
+        }
+    }
+    if let Some(missing) = params.dns_names().into_iter().find(|d| !dns.contains(d)) {
+        return Action::RenewLeaf(format!("the serving certificate lacks {missing}"));
+    }
+    let ip_bytes = |ip: &IpAddr| match ip {
+        IpAddr::V4(v4) => v4.octets().to_vec(),
+        IpAddr::V6(v6) => v6.octets().to_vec(),
+    };
+    if let Some(missing) = params.ips.iter().find(|ip| !ips.contains(&ip_bytes(ip))) {
+        return Action::RenewLeaf(format!("the serving certificate lacks {missing}"));
+    }
+    Action::Keep
+}
+
+fn ca_params(params: &Params, now: OffsetDateTime) -> CertificateParams {
+    let mut ca = CertificateParams::default();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    ca.distinguished_name.push(DnType::CommonName, format!("tollgate webhook CA ({}/{})", params.namespace, params.service));
+    ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+    ca.not_before = now - Duration::minutes(5);
+    ca.not_after = now + params.ca_validity;
+    ca
+}
+
+/// Carry out `action`: a new CA (and leaf), or a new leaf from `existing`'s CA.
+pub fn issue(action: &Action, existing: Option<&Bundle>, params: &Params, now: OffsetDateTime) -> Result<Option<Bundle>, CertError> {
+    let (ca_cert, ca_key, ca_key_pem) = match (action, existing) {
+        (Action::Keep, _) => return Ok(None),
+        (Action::RenewLeaf(_), Some(existing)) => {
+            let key = KeyPair::from_pem(&existing.ca_key)?;
+            (existing.ca_cert.clone(), key, existing.ca_key.clone())
+        }
+        _ => {
+            let key = KeyPair::generate()?;
+            let cert = ca_params(params, now).self_signed(&key)?;
+            let pem = key.serialize_pem();
+            (cert.pem(), key, pem)
+        }
+    };
+    let issuer = Issuer::from_ca_cert_pem(&ca_cert, ca_key)?;
+    let mut leaf = CertificateParams::new(params.dns_names())?;
+    leaf.subject_alt_names.extend(params.ips.iter().map(|ip| rcgen::SanType::IpAddress(*ip)));
+    leaf.distinguished_name.push(DnType::CommonName, format!("{}.{}.svc", params.service, params.namespace));
+    leaf.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    leaf.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+    leaf.not_before = now - Duration::minutes(5);
+    leaf.not_after = now + params.leaf_validity;
+    let leaf_key = KeyPair::generate()?;
+    let cert = leaf.signed_by(&leaf_key, &issuer)?;
+    Ok(Some(Bundle { ca_cert, ca_key: ca_key_pem, cert: cert.pem(), key: leaf_key.serialize_pem() }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params() -> Params {
+        let mut p = Params::new("tollgate-webhook", "tollgate");
+        p.ips = vec!["127.0.0.1".parse().unwrap()];
+        p
+    }
+
+    #[test]
+    fn first_run_creates_everything_and_a_second_keeps_it() {
+        let now = OffsetDateTime::now_utc();
+        let action = assess(None, &params(), now);
+        assert_eq!(action, Action::NewCa("no certificates yet".into()));
+        let bundle = issue(&action, None, &params(), now).unwrap().unwrap();
+        assert_eq!(assess(Some(&bundle), &params(), now), Action::Keep);
+        assert_eq!(issue(&Action::Keep, Some(&bundle), &params(), now).unwrap(), None);
+    }
+
+    #[test]
+    fn leaves_are_renewed_near_expiry_and_for_new_names_keeping_the_ca() {
+        let now = OffsetDateTime::now_utc();
+        let bundle = issue(&Action::NewCa("test".into()), None, &params(), now).unwrap().unwrap();
+        let later = now + Duration::days(340);
+        let action = assess(Some(&bundle), &params(), later);
+        assert!(matches!(&action, Action::RenewLeaf(why) if why.contains("expires")), "{action:?}");
+        let renewed = issue(&action, Some(&bundle), &params(), later).unwrap().unwrap();
+        assert_eq!(renewed.ca_cert, bundle.ca_cert, "the caBundle stays valid");
+        assert_ne!(renewed.cert, bundle.cert);
+        assert_eq!(assess(Some(&renewed), &params(), later), Action::Keep);
+
+        let mut more = params();
+        more.ips.push("10.0.0.7".parse().unwrap());
+        assert!(matches!(assess(Some(&renewed), &more, later), Action::RenewLeaf(why) if why.contains("10.0.0.7")));
+        more.extra_dns.push("webhook.example.org".into());
+        assert!(matches!(assess(Some(&renewed), &more, later), Action::RenewLeaf(why) if why.contains("webhook.example.org")));
+    }
+
+    #[test]
+    fn a_ca_near_expiry_or_broken_pieces_start_over() {
+        let now = OffsetDateTime::now_utc();
+        let bundle = issue(&Action::NewCa("test".into()), None, &params(), now).unwrap().unwrap();
+        assert!(matches!(assess(Some(&bundle), &params(), now + Duration::days(3640)), Action::NewCa(_)));
+        let other = issue(&Action::NewCa("other".into()), None, &params(), now).unwrap().unwrap();
+        let mixed = Bundle { ca_key: other.ca_key.clone(), ..bundle.clone() };
+        assert!(matches!(assess(Some(&mixed), &params(), now), Action::NewCa(why) if why.contains("CA key")));
+        let foreign_leaf = Bundle { cert: other.cert.clone(), key: other.key.clone(), ..bundle.clone() };
+        assert!(matches!(assess(Some(&foreign_leaf), &params(), now), Action::RenewLeaf(why) if why.contains("not from this CA")));
+        let wrong_key = Bundle { key: other.key.clone(), ..bundle.clone() };
+        assert!(matches!(assess(Some(&wrong_key), &params(), now), Action::RenewLeaf(why) if why.contains("serving key")));
+        let garbage = Bundle { ca_cert: "nope".into(), ..bundle };
+        assert!(matches!(assess(Some(&garbage), &params(), now), Action::NewCa(_)));
+    }
+
+    #[test]
+    fn serving_certificates_name_the_service() {
+        assert_eq!(
+            params().dns_names(),
+            [
+                "tollgate-webhook",
+                "tollgate-webhook.tollgate",
+                "tollgate-webhook.tollgate.svc",
+                "tollgate-webhook.tollgate.svc.cluster.local"
+            ]
+        );
+    }
+}

@@ -1,0 +1,82 @@
+#!/usr/bin/env bash
+# Builds the upstream binaries the end-to-end tests need, from the Go module proxy with the machine's Go,
+# and caches them by version outside the repository, so only the first run pays:
+#   kube-apiserver and kubectl (k8s.io/kubernetes), etcd (go.etcd.io/etcd/server/v3), helm (helm.sh/helm/v3).
+# Prints the bin directory on stdout. Re-running with everything cached takes milliseconds.
+set -euo pipefail
+
+K8S_VERSION=${K8S_VERSION:-v1.36.3}
+ETCD_VERSION=${ETCD_VERSION:-v3.6.16}
+HELM_VERSION=${HELM_VERSION:-v3.22.0}
+CACHE=${TOLLGATE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/tollgate}
+BIN="$CACHE/bin"
+mkdir -p "$BIN"
+export GOTOOLCHAIN=local GOFLAGS=-mod=mod CGO_ENABLED=0
+log() { echo "provision: $*" >&2; }
+
+staging_version() { echo "v0.${K8S_VERSION#v1.}"; }   # v1.36.3 -> v0.36.3
+
+build_kubernetes() {
+  local out_apiserver="$BIN/kube-apiserver-$K8S_VERSION" out_kubectl="$BIN/kubectl-$K8S_VERSION"
+  [[ -x "$out_apiserver" && -x "$out_kubectl" ]] && return
+  log "building kube-apiserver and kubectl $K8S_VERSION (first run only; 10-20 minutes on 2 cores)"
+  local work; work=$(mktemp -d)
+  (
+    cd "$work"
+    cat > go.mod <<MOD
+module tollgate.local/kubernetes-binaries
+
+go 1.24
+
+require k8s.io/kubernetes $K8S_VERSION
+MOD
+    # Every staging module k8s.io/kubernetes replaces with ./staging/src/k8s.io/X is published as k8s.io/X v0.N.P.
+    local gomod
+    gomod=$(go mod download -json "k8s.io/kubernetes@$K8S_VERSION" | sed -n 's/^\s*"GoMod": "\(.*\)",\?$/\1/p')
+    local staging; staging=$(staging_version)
+    grep -E '^\s*k8s\.io/[a-z0-9-]+ => \./staging/' "$gomod" | awk '{print $1}' | sort -u | while read -r module; do
+      echo "replace $module => $module $staging" >> go.mod
+    done
+    local date; date=$(date -u +%Y-%m-%dT%H:%M:%SZ)
+    local minor=${K8S_VERSION#v1.}; minor=${minor%%.*}
+    local ldflags="-s -w -X k8s.io/component-base/version.gitVersion=$K8S_VERSION -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=$minor -X k8s.io/component-base/version.gitTreeState=clean -X k8s.io/component-base/version.buildDate=$date"
+    ldflags="$ldflags -X k8s.io/client-go/pkg/version.gitVersion=$K8S_VERSION -X k8s.io/client-go/pkg/version.gitMajor=1 -X k8s.io/client-go/pkg/version.gitMinor=$minor"
+    go build -trimpath -ldflags "$ldflags" -o "$out_apiserver.tmp" k8s.io/kubernetes/cmd/kube-apiserver
+    go build -trimpath -ldflags "$ldflags" -o "$out_kubectl.tmp" k8s.io/kubernetes/cmd/kubectl
+  )
+  mv "$out_apiserver.tmp" "$out_apiserver"
+  mv "$out_kubectl.tmp" "$out_kubectl"
+  rm -rf "$work"
+}
+
+build_etcd() {
+  local out="$BIN/etcd-$ETCD_VERSION"
+  [[ -x "$out" ]] && return
+  log "building etcd $ETCD_VERSION (first run only)"
+  local work; work=$(mktemp -d)
+  (
+    cd "$work"
+    printf 'module tollgate.local/etcd-binary\n\ngo 1.24\n\nrequire go.etcd.io/etcd/server/v3 %s\n' "$ETCD_VERSION" > go.mod
+    go build -trimpath -ldflags "-s -w" -o "$out.tmp" go.etcd.io/etcd/server/v3
+  )
+  mv "$out.tmp" "$out"
+  rm -rf "$work"
+}
+
+build_helm() {
+  local out="$BIN/helm-$HELM_VERSION"
+  [[ -x "$out" ]] && return
+  log "building helm $HELM_VERSION (first run only)"
+  local gobin; gobin=$(mktemp -d)
+  GOFLAGS= GOBIN="$gobin" go install -trimpath -ldflags "-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION" "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
+  mv "$gobin/helm" "$out"
+  rm -rf "$gobin"
+}
+
+build_etcd
+build_helm
+build_kubernetes
+for name in kube-apiserver kubectl; do ln -sf "$name-$K8S_VERSION" "$BIN/$name"; done
+ln -sf "etcd-$ETCD_VERSION" "$BIN/etcd"
+ln -sf "helm-$HELM_VERSION" "$BIN/helm"
+echo "$BIN"
