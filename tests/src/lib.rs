@@ -1,0 +1,234 @@
+//! A real Kubernetes control plane for tests, like controller-runtime's envtest: etcd and
+//! kube-apiserver on 127.0.0.1 with generated certificates and the usual admission plugins (PodSecurity
+//! included). No scheduler and no kubelet: pods are admitted and stored, which is what tollgate changes.
+//! Everything started is stopped (and its directory removed) when the [`ControlPlane`] is dropped.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+
+/// Where the upstream binaries are: `TOLLGATE_BIN_DIR`, or what `tests/control-plane/provision.sh` builds.
+pub fn bin_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("TOLLGATE_BIN_DIR") {
+        return PathBuf::from(dir);
+    }
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("control-plane/provision.sh");
+    let out = Command::new("bash").arg(&script).stderr(Stdio::inherit()).output().expect("running provision.sh");
+    assert!(out.status.success(), "provision.sh failed; see its output above");
+    PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
+}
+
+/// A binary of this workspace (built by `cargo build --workspace`, which scripts/test.sh runs first).
+pub fn workspace_bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let profile_dir = exe.parent().and_then(Path::parent).unwrap();
+    let path = profile_dir.join(name);
+    assert!(path.exists(), "{} is not built; run `cargo build --workspace` first (scripts/test.sh does)", path.display());
+    path
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A process that is killed when dropped.
+pub struct Process {
+    pub name: String,
+    pub child: Child,
+    pub log: PathBuf,
+}
+
+impl Process {
+    pub fn start(name: &str, command: &mut Command, log: PathBuf) -> Process {
+        let file = std::fs::File::create(&log).unwrap();
+        let child = command.stdout(file.try_clone().unwrap()).stderr(file).spawn().unwrap_or_else(|e| panic!("starting {name}: {e}"));
+        Process { name: name.to_owned(), child, log }
+    }
+
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn stop(&mut self) {
+        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// etcd + kube-apiserver, and a kubeconfig for an admin (CN=admin, O=system:masters).
+pub struct ControlPlane {
+    pub dir: tempfile::TempDir,
+    pub bin: PathBuf,
+    pub kubeconfig: PathBuf,
+    pub server: String,
+    // Dropped in this order: the API server before etcd.
+    pub apiserver: Process,
+    pub etcd: Process,
+}
+
+fn write(path: &Path, contents: &str) {
+    std::fs::write(path, contents).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+}
+
+impl ControlPlane {
+    pub fn start() -> ControlPlane {
+        let bin = bin_dir();
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+
+        // One CA for the API server's serving certificate and for client certificates.
+        let ca_key = KeyPair::generate().unwrap();
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params.distinguished_name.push(DnType::CommonName, "tollgate-e2e-ca");
+        let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+        let issuer = Issuer::new(ca_params, ca_key);
+        let serving_key = KeyPair::generate().unwrap();
+        let serving =
+            CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()]).unwrap().signed_by(&serving_key, &issuer).unwrap();
+        let admin_key = KeyPair::generate().unwrap();
+        let mut admin_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        admin_params.distinguished_name.push(DnType::CommonName, "admin");
+        admin_params.distinguished_name.push(DnType::OrganizationName, "system:masters");
+        let admin = admin_params.signed_by(&admin_key, &issuer).unwrap();
+        let sa_key = KeyPair::generate().unwrap();
+        write(&d.join("ca.crt"), &ca_cert.pem());
+        write(&d.join("apiserver.crt"), &serving.pem());
+        write(&d.join("apiserver.key"), &serving_key.serialize_pem());
+        write(&d.join("sa.key"), &sa_key.serialize_pem());
+        write(&d.join("sa.pub"), &sa_key.public_key_pem());
+
+        let (client_port, peer_port, secure_port) = (free_port(), free_port(), free_port());
+        let etcd = Process::start(
+            "etcd",
+            Command::new(bin.join("etcd")).args([
+                &format!("--data-dir={}", d.join("etcd").display()),
+                &format!("--listen-client-urls=http://127.0.0.1:{client_port}"),
+                &format!("--advertise-client-urls=http://127.0.0.1:{client_port}"),
+                &format!("--listen-peer-urls=http://127.0.0.1:{peer_port}"),
+                &format!("--initial-advertise-peer-urls=http://127.0.0.1:{peer_port}"),
+                &format!("--initial-cluster=default=http://127.0.0.1:{peer_port}"),
+                "--unsafe-no-fsync",
+                "--log-level=warn",
+            ]),
+            d.join("etcd.log"),
+        );
+        let server = format!("https://127.0.0.1:{secure_port}");
+        let apiserver = Process::start(
+            "kube-apiserver",
+            Command::new(bin.join("kube-apiserver")).args([
+                &format!("--etcd-servers=http://127.0.0.1:{client_port}"),
+                &format!("--cert-dir={}", d.join("apiserver-certs").display()),
+                &format!("--tls-cert-file={}", d.join("apiserver.crt").display()),
+                &format!("--tls-private-key-file={}", d.join("apiserver.key").display()),
+                &format!("--client-ca-file={}", d.join("ca.crt").display()),
+                &format!("--secure-port={secure_port}"),
+                "--bind-address=127.0.0.1",
+                "--advertise-address=127.0.0.1",
+                "--service-cluster-ip-range=10.0.0.0/24",
+                "--allow-privileged=true",
+                "--authorization-mode=RBAC",
+                &format!("--service-account-issuer={server}"),
+                &format!("--service-account-key-file={}", d.join("sa.pub").display()),
+                &format!("--service-account-signing-key-file={}", d.join("sa.key").display()),
+                "--v=0",
+            ]),
+            d.join("apiserver.log"),
+        );
+
+        let b64 = |s: String| base64::engine::general_purpose::STANDARD.encode(s);
+        let kubeconfig = d.join("kubeconfig");
+        write(
+            &kubeconfig,
+            &format!(
+                "apiVersion: v1\nkind: Config\nclusters:\n- name: e2e\n  cluster:\n    server: {server}\n    certificate-authority-data: {}\nusers:\n- name: admin\n  user:\n    client-certificate-data: {}\n    client-key-data: {}\ncontexts:\n- name: e2e\n  context: {{ cluster: e2e, user: admin }}\ncurrent-context: e2e\n",
+                b64(ca_cert.pem()),
+                b64(admin.pem()),
+                b64(admin_key.serialize_pem())
+            ),
+        );
+        let plane = ControlPlane { dir, bin, kubeconfig, server, apiserver, etcd };
+        plane.wait_ready();
+        plane
+    }
+
+    fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(90);
+        loop {
+            let out = self.kubectl(&["get", "--raw", "/readyz"]);
+            if out.status.success() {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "kube-apiserver not ready:\n{}\n--- etcd:\n{}",
+                tail(&self.apiserver.logs()),
+                tail(&self.etcd.logs())
+            );
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+
+    /// Run kubectl against this control plane.
+    pub fn kubectl(&self, args: &[&str]) -> std::process::Output {
+        Command::new(self.bin.join("kubectl")).arg(format!("--kubeconfig={}", self.kubeconfig.display())).args(args).output().unwrap()
+    }
+
+    /// kubectl with `stdin` as input.
+    pub fn kubectl_stdin(&self, args: &[&str], stdin: &str) -> std::process::Output {
+        use std::io::Write;
+        let mut child = Command::new(self.bin.join("kubectl"))
+            .arg(format!("--kubeconfig={}", self.kubeconfig.display()))
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+        child.wait_with_output().unwrap()
+    }
+
+    pub async fn client(&self) -> kube::Client {
+        let config = kube::Config::from_custom_kubeconfig(
+            kube::config::Kubeconfig::read_from(&self.kubeconfig).unwrap(),
+            &kube::config::KubeConfigOptions::default(),
+        )
+        .await
+        .unwrap();
+        kube::Client::try_from(config).unwrap()
+    }
+}
+
+fn tail(text: &str) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(30)..].join("\n")
+}
+
+impl Drop for ControlPlane {
+    fn drop(&mut self) {
+        self.apiserver.stop();
+        self.etcd.stop();
+    }
+}

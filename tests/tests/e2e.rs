@@ -1,0 +1,298 @@
+//! tollgate on a real kube-apiserver: the webhook runs as a local process registered by URL, and the API
+//! server's own PodSecurity admission judges whether what tollgate stores is "restricted".
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use k8s_openapi::api::core::v1::Pod;
+use kube::Api;
+use tollgate_e2e::{ControlPlane, Process, free_port, workspace_bin};
+
+/// One control plane at a time: each is a few hundred MB and two busy processes on a 2-core machine.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+struct Webhook {
+    process: Process,
+    port: u16,
+    certs: PathBuf,
+}
+
+impl Webhook {
+    fn start(plane: &ControlPlane) -> Webhook {
+        let certs = plane.dir.path().join("webhook-certs");
+        let out = Command::new(workspace_bin("tollgate-certs")).args(["files", "--ip", "127.0.0.1", "--dir"]).arg(&certs).output().unwrap();
+        assert!(out.status.success(), "tollgate-certs: {}", String::from_utf8_lossy(&out.stderr));
+        let port = free_port();
+        let process = Process::start(
+            "tollgate-webhook",
+            Command::new(workspace_bin("tollgate-webhook"))
+                .args([
+                    "serve",
+                    "--listen",
+                    &format!("127.0.0.1:{port}"),
+                    "--reload-interval",
+                    "200ms",
+                    "--drain-delay",
+                    "0s",
+                    "--tls-cert",
+                ])
+                .arg(certs.join("tls.crt"))
+                .arg("--tls-key")
+                .arg(certs.join("tls.key")),
+            plane.dir.path().join(format!("webhook-{port}.log")),
+        );
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !process.logs().contains("\"message\":\"serving\"") {
+            assert!(Instant::now() < deadline, "webhook did not start:\n{}", process.logs());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let webhook = Webhook { process, port, certs };
+        webhook.register(plane);
+        webhook
+    }
+
+    /// Register by URL, as the manifests do by Service: same rules, selector, policies.
+    fn register(&self, plane: &ControlPlane) {
+        let ca = base64::engine::general_purpose::STANDARD.encode(std::fs::read(self.certs.join("ca.crt")).unwrap());
+        let configuration = format!(
+            r#"{{"apiVersion":"admissionregistration.k8s.io/v1","kind":"MutatingWebhookConfiguration","metadata":{{"name":"tollgate"}},
+"webhooks":[{{"name":"harden.pods.tollgate.dev","admissionReviewVersions":["v1"],"sideEffects":"None","failurePolicy":"Fail","timeoutSeconds":5,
+"reinvocationPolicy":"IfNeeded","clientConfig":{{"url":"https://127.0.0.1:{}/mutate","caBundle":"{ca}"}},
+"rules":[{{"apiGroups":[""],"apiVersions":["v1"],"operations":["CREATE"],"resources":["pods"],"scope":"Namespaced"}}],
+"namespaceSelector":{{"matchLabels":{{"tollgate.dev/inject":"enabled"}},"matchExpressions":[{{"key":"kubernetes.io/metadata.name","operator":"NotIn","values":["kube-system","kube-public","kube-node-lease","tollgate"]}}]}}}}]}}"#,
+            self.port
+        );
+        let out = plane.kubectl_stdin(&["apply", "-f", "-"], &configuration);
+        assert!(out.status.success(), "registering the webhook: {}", String::from_utf8_lossy(&out.stderr));
+    }
+}
+
+/// A namespace; `analysis` ones are labeled for injection and enforce Pod Security "restricted".
+fn namespace(plane: &ControlPlane, name: &str, analysis: bool) {
+    let labels = if analysis { r#"{"tollgate.dev/inject":"enabled","pod-security.kubernetes.io/enforce":"restricted"}"# } else { "{}" };
+    let manifest = format!(
+        r#"{{"apiVersion":"v1","kind":"List","items":[{{"apiVersion":"v1","kind":"Namespace","metadata":{{"name":"{name}","labels":{labels}}}}},
+{{"apiVersion":"v1","kind":"ServiceAccount","metadata":{{"name":"default","namespace":"{name}"}}}}]}}"#
+    );
+    let out = plane.kubectl_stdin(&["apply", "-f", "-"], &manifest);
+    assert!(out.status.success(), "namespace {name}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// Create with kubectl, retrying briefly: the first creates may race the webhook's registration.
+fn create(plane: &ControlPlane, args: &[&str], stdin: Option<&str>) -> std::process::Output {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let out = match stdin {
+            Some(input) => plane.kubectl_stdin(args, input),
+            None => plane.kubectl(args),
+        };
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        if out.status.success()
+            || Instant::now() > deadline
+            || !(stderr.contains("failed calling webhook") || stderr.contains("connection refused"))
+        {
+            return out;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+async fn stored(plane: &ControlPlane, namespace: &str, name: &str) -> Pod {
+    let pods: Api<Pod> = Api::namespaced(plane.client().await, namespace);
+    pods.get(name).await.unwrap_or_else(|e| panic!("pod {namespace}/{name}: {e}"))
+}
+
+fn assert_hardened(pod: &Pod) {
+    let name = pod.metadata.name.clone().unwrap_or_default();
+    let spec = pod.spec.as_ref().unwrap();
+    let proxy = &spec.init_containers.as_ref().expect("an init container")[0];
+    assert_eq!(proxy.name, "tollgate-proxy", "{name}");
+    assert_eq!(proxy.restart_policy.as_deref(), Some("Always"), "{name}: a native sidecar");
+    assert!(proxy.startup_probe.is_some(), "{name}");
+    let psc = spec.security_context.as_ref().unwrap();
+    assert_eq!(psc.run_as_non_root, Some(true), "{name}");
+    assert_eq!(psc.seccomp_profile.as_ref().map(|p| p.type_.as_str()), Some("RuntimeDefault"), "{name}");
+    assert_eq!(spec.automount_service_account_token, Some(false), "{name}");
+    for container in &spec.containers {
+        let sc = container.security_context.as_ref().unwrap();
+        assert_eq!(sc.allow_privilege_escalation, Some(false), "{name}/{}", container.name);
+        assert_eq!(sc.read_only_root_filesystem, Some(true), "{name}/{}", container.name);
+        let limits = container.resources.as_ref().and_then(|r| r.limits.as_ref()).expect("limits");
+        assert!(limits.contains_key("cpu") && limits.contains_key("memory"), "{name}/{}", container.name);
+        let env = container.env.as_ref().unwrap();
+        assert!(env.iter().any(|e| e.name == "TOLLGATE_EGRESS_URL"), "{name}/{}", container.name);
+    }
+    let labels = pod.metadata.labels.as_ref().unwrap();
+    assert_eq!(labels.get("tollgate.dev/injected").map(String::as_str), Some("true"), "{name}");
+    assert!(pod.metadata.annotations.as_ref().unwrap().contains_key("tollgate.dev/status"), "{name}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_pods_are_hardened_and_pass_the_api_servers_own_restricted_check() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let plane = ControlPlane::start();
+    let _webhook = Webhook::start(&plane);
+    namespace(&plane, "analyses", true);
+
+    // kubectl run: no securityContext at all; the API server enforces "restricted" on what tollgate made.
+    let out = create(
+        &plane,
+        &[
+            "run",
+            "analysis",
+            "-n",
+            "analyses",
+            "--image=python:3.12-slim",
+            "--restart=Never",
+            "--annotations=tollgate.dev/analysis-id=urn:osa:localhost:dep:abc123",
+        ],
+        None,
+    );
+    assert!(out.status.success(), "kubectl run: {}", String::from_utf8_lossy(&out.stderr));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("Warning: tollgate: "), "kubectl shows tollgate's changes: {stderr}");
+    let pod = stored(&plane, "analyses", "analysis").await;
+    assert_hardened(&pod);
+    assert_eq!(pod.spec.as_ref().unwrap().active_deadline_seconds, Some(86400));
+    let label = pod.metadata.labels.as_ref().unwrap().get("tollgate.dev/analysis-id").cloned().unwrap();
+    assert!(label.starts_with("urn-osa-localhost-dep-abc123-"), "{label}");
+
+    // kubectl apply -f with a plain manifest.
+    let manifest = "apiVersion: v1\nkind: Pod\nmetadata: { name: applied, namespace: analyses }\nspec:\n  containers: [{ name: app, image: 'registry.example.org/app:1.0' }]\n";
+    let out = create(&plane, &["apply", "-f", "-"], Some(manifest));
+    assert!(out.status.success(), "kubectl apply: {}", String::from_utf8_lossy(&out.stderr));
+    assert_hardened(&stored(&plane, "analyses", "applied").await);
+
+    // The pod templates of a Job, a Deployment and a CronJob, created as their controllers would.
+    let template = |name: &str, restart: &str| {
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{ name: {name}, namespace: analyses, labels: {{ app: {name} }} }}\nspec:\n  restartPolicy: {restart}\n  containers: [{{ name: main, image: 'registry.example.org/worker:2.0', args: [run] }}]\n"
+        )
+    };
+    for (name, restart) in [("job-pod", "Never"), ("deployment-pod", "Always"), ("cronjob-pod", "OnFailure")] {
+        let out = create(&plane, &["create", "-f", "-"], Some(&template(name, restart)));
+        assert!(out.status.success(), "{name}: {}", String::from_utf8_lossy(&out.stderr));
+        assert_hardened(&stored(&plane, "analyses", name).await);
+    }
+
+    // A pod with 1,500 env vars.
+    let env: Vec<String> = (0..1500).map(|i| format!("{{\"name\":\"VAR_{i}\",\"value\":\"{i}\"}}")).collect();
+    let big = format!(
+        r#"{{"apiVersion":"v1","kind":"Pod","metadata":{{"name":"big","namespace":"analyses"}},"spec":{{"restartPolicy":"Never","containers":[{{"name":"app","image":"registry.example.org/app:1.0","env":[{}]}}]}}}}"#,
+        env.join(",")
+    );
+    let out = create(&plane, &["create", "-f", "-"], Some(&big));
+    assert!(out.status.success(), "big pod: {}", String::from_utf8_lossy(&out.stderr));
+    let pod = stored(&plane, "analyses", "big").await;
+    assert_hardened(&pod);
+    assert_eq!(pod.spec.unwrap().containers[0].env.as_ref().unwrap().len(), 1501);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn insecure_pods_are_denied_with_tollgates_message_and_other_namespaces_are_untouched() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let plane = ControlPlane::start();
+    let _webhook = Webhook::start(&plane);
+    namespace(&plane, "analyses", true);
+    namespace(&plane, "elsewhere", false);
+
+    let privileged = "apiVersion: v1\nkind: Pod\nmetadata: { name: root, namespace: analyses }\nspec:\n  hostNetwork: true\n  containers: [{ name: app, image: 'registry.example.org/app:1.0', securityContext: { privileged: true } }]\n";
+    let out = create(&plane, &["create", "-f", "-"], Some(privileged));
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("tollgate denied this pod (2 violations)"), "{stderr}");
+    assert!(stderr.contains(r#"container "app": securityContext.privileged is true [privileged]"#), "{stderr}");
+    assert!(!plane.kubectl(&["get", "pod", "root", "-n", "analyses"]).status.success(), "nothing stored");
+
+    let plain = "apiVersion: v1\nkind: Pod\nmetadata: { name: plain, namespace: elsewhere }\nspec:\n  containers: [{ name: app, image: 'registry.example.org/app:1.0' }]\n";
+    let out = create(&plane, &["create", "-f", "-"], Some(plain));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let pod = stored(&plane, "elsewhere", "plain").await;
+    assert!(pod.spec.as_ref().unwrap().init_containers.is_none(), "untouched outside analysis namespaces");
+    assert!(pod.metadata.labels.as_ref().is_none_or(|l| !l.contains_key("tollgate.dev/injected")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_webhook_down_nothing_is_stored_unhardened() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let plane = ControlPlane::start();
+    let mut webhook = Webhook::start(&plane);
+    namespace(&plane, "analyses", true);
+    webhook.process.stop();
+    let pod = "apiVersion: v1\nkind: Pod\nmetadata: { name: orphan, namespace: analyses }\nspec:\n  containers: [{ name: app, image: 'registry.example.org/app:1.0' }]\n";
+    let out = plane.kubectl_stdin(&["create", "-f", "-"], pod);
+    assert!(!out.status.success(), "failurePolicy Fail");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("failed calling webhook"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(!plane.kubectl(&["get", "pod", "orphan", "-n", "analyses"]).status.success(), "nothing stored");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotating_the_serving_certificate_during_pod_creation_fails_nothing() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let plane = ControlPlane::start();
+    let webhook = Webhook::start(&plane);
+    namespace(&plane, "analyses", true);
+    let rotate = {
+        let certs = webhook.certs.clone();
+        std::thread::spawn(move || {
+            for round in 0..3 {
+                std::thread::sleep(Duration::from_millis(700));
+                // New serving certificates from the same CA (the caBundle stays valid): a renewal.
+                let out = Command::new(workspace_bin("tollgate-certs"))
+                    .args(["files", "--ip", "127.0.0.1", "--dns", &format!("rotation-{round}.local"), "--dir"])
+                    .arg(&certs)
+                    .output()
+                    .unwrap();
+                assert!(
+                    String::from_utf8_lossy(&out.stdout).contains("renewed the serving certificate"),
+                    "{}",
+                    String::from_utf8_lossy(&out.stdout)
+                );
+            }
+        })
+    };
+    let started = Instant::now();
+    let mut created = 0;
+    while started.elapsed() < Duration::from_secs(4) {
+        let pod = format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{ name: p{created}, namespace: analyses }}\nspec:\n  containers: [{{ name: app, image: 'registry.example.org/app:1.0' }}]\n"
+        );
+        let out = plane.kubectl_stdin(&["create", "-f", "-"], &pod);
+        assert!(out.status.success(), "creation {created} failed during rotation: {}", String::from_utf8_lossy(&out.stderr));
+        created += 1;
+    }
+    rotate.join().unwrap();
+    assert!(created >= 5, "{created}");
+    assert!(
+        webhook.process.logs().matches("\"watcher\":\"tls\"").count() >= 1,
+        "the webhook reloaded its certificate:\n{}",
+        webhook.process.logs()
+    );
+}
+
+#[test]
+fn every_plain_manifest_is_accepted_by_the_api_server() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let plane = ControlPlane::start();
+    let manifests = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../manifests");
+    // A server-side dry run cannot create the namespaces the other objects live in: create those first.
+    for ns in ["00-namespace.yaml", "analysis-namespace.yaml"] {
+        let out = plane.kubectl(&["apply", "-f", manifests.join(ns).to_str().unwrap()]);
+        assert!(out.status.success(), "{ns}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let out = plane.kubectl(&["apply", "--dry-run=server", "-f", manifests.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let applied = String::from_utf8_lossy(&out.stdout);
+    for object in [
+        "mutatingwebhookconfiguration.admissionregistration.k8s.io/tollgate",
+        "deployment.apps/tollgate-webhook",
+        "poddisruptionbudget.policy/tollgate-webhook",
+        "networkpolicy.networking.k8s.io/tollgate-analysis",
+        "job.batch/tollgate-certs",
+    ] {
+        assert!(applied.contains(object), "{object} missing from:\n{applied}");
+    }
+}
