@@ -3,16 +3,16 @@
 
 use std::path::PathBuf;
 use std::process::Command;
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use base64::Engine;
 use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
+use tokio::sync::Mutex;
 use tollgate_e2e::{ControlPlane, Process, free_port, workspace_bin};
 
 /// One control plane at a time: each is a few hundred MB and two busy processes on a 2-core machine.
-static SERIAL: Mutex<()> = Mutex::new(());
+static SERIAL: Mutex<()> = Mutex::const_new(());
 
 struct Webhook {
     process: Process,
@@ -132,7 +132,7 @@ fn assert_hardened(pod: &Pod) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plain_pods_are_hardened_and_pass_the_api_servers_own_restricted_check() {
-    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let _serial = SERIAL.lock().await;
     let plane = ControlPlane::start();
     let _webhook = Webhook::start(&plane);
     namespace(&plane, "analyses", true);
@@ -193,7 +193,7 @@ async fn plain_pods_are_hardened_and_pass_the_api_servers_own_restricted_check()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn insecure_pods_are_denied_with_tollgates_message_and_other_namespaces_are_untouched() {
-    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let _serial = SERIAL.lock().await;
     let plane = ControlPlane::start();
     let _webhook = Webhook::start(&plane);
     namespace(&plane, "analyses", true);
@@ -217,7 +217,7 @@ async fn insecure_pods_are_denied_with_tollgates_message_and_other_namespaces_ar
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_the_webhook_down_nothing_is_stored_unhardened() {
-    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let _serial = SERIAL.lock().await;
     let plane = ControlPlane::start();
     let mut webhook = Webhook::start(&plane);
     namespace(&plane, "analyses", true);
@@ -231,7 +231,7 @@ async fn with_the_webhook_down_nothing_is_stored_unhardened() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rotating_the_serving_certificate_during_pod_creation_fails_nothing() {
-    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let _serial = SERIAL.lock().await;
     let plane = ControlPlane::start();
     let webhook = Webhook::start(&plane);
     namespace(&plane, "analyses", true);
@@ -275,7 +275,7 @@ async fn rotating_the_serving_certificate_during_pod_creation_fails_nothing() {
 
 #[test]
 fn every_plain_manifest_is_accepted_by_the_api_server() {
-    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let _serial = SERIAL.blocking_lock();
     let plane = ControlPlane::start();
     let manifests = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../manifests");
     // A server-side dry run cannot create the namespaces the other objects live in: create those first.
