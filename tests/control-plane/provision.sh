@@ -64,11 +64,20 @@ build_etcd() {
 }
 
 build_helm() {
-  local out="$BIN/helm-$HELM_VERSION"
+  # -r2: built with helm's own Kubernetes version ldflags (without them `helm template` assumes 1.20).
+  local out="$BIN/helm-$HELM_VERSION-r2"
   [[ -x "$out" ]] && return
   log "building helm $HELM_VERSION (first run only)"
-  local gobin; gobin=$(mktemp -d)
-  GOFLAGS= GOBIN="$gobin" go install -trimpath -ldflags "-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION" "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
+  local gomod client_go minor gobin
+  gomod=$(GOFLAGS= go mod download -json "helm.sh/helm/v3@$HELM_VERSION" | sed -n 's/^\s*"GoMod": "\(.*\)",\?$/\1/p')
+  client_go=$(awk '$1 == "k8s.io/client-go" { print $2; exit }' "$gomod")   # v0.34.2 -> Kubernetes 1.34
+  minor=$(echo "$client_go" | cut -d. -f2)
+  local ldflags="-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION"
+  for pkg in helm.sh/helm/v3/pkg/lint/rules helm.sh/helm/v3/pkg/chartutil; do
+    ldflags="$ldflags -X $pkg.k8sVersionMajor=1 -X $pkg.k8sVersionMinor=$minor"
+  done
+  gobin=$(mktemp -d)
+  GOFLAGS= GOBIN="$gobin" go install -trimpath -ldflags "$ldflags" "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
   mv "$gobin/helm" "$out"
   rm -rf "$gobin"
 }
@@ -78,5 +87,5 @@ build_helm
 build_kubernetes
 for name in kube-apiserver kubectl; do ln -sf "$name-$K8S_VERSION" "$BIN/$name"; done
 ln -sf "etcd-$ETCD_VERSION" "$BIN/etcd"
-ln -sf "helm-$HELM_VERSION" "$BIN/helm"
+ln -sf "helm-$HELM_VERSION-r2" "$BIN/helm"
 echo "$BIN"

@@ -22,6 +22,12 @@ struct Webhook {
 
 impl Webhook {
     fn start(plane: &ControlPlane) -> Webhook {
+        let webhook = Webhook::start_unregistered(plane);
+        webhook.register(plane);
+        webhook
+    }
+
+    fn start_unregistered(plane: &ControlPlane) -> Webhook {
         let certs = plane.dir.path().join("webhook-certs");
         let out = Command::new(workspace_bin("tollgate-certs")).args(["files", "--ip", "127.0.0.1", "--dir"]).arg(&certs).output().unwrap();
         assert!(out.status.success(), "tollgate-certs: {}", String::from_utf8_lossy(&out.stderr));
@@ -49,9 +55,7 @@ impl Webhook {
             assert!(Instant::now() < deadline, "webhook did not start:\n{}", process.logs());
             std::thread::sleep(Duration::from_millis(20));
         }
-        let webhook = Webhook { process, port, certs };
-        webhook.register(plane);
-        webhook
+        Webhook { process, port, certs }
     }
 
     /// Register by URL, as the manifests do by Service: same rules, selector, policies.
@@ -295,4 +299,98 @@ fn every_plain_manifest_is_accepted_by_the_api_server() {
     ] {
         assert!(applied.contains(object), "{object} missing from:\n{applied}");
     }
+}
+
+fn helm(plane: &ControlPlane, args: &[&str]) -> std::process::Output {
+    let home = plane.dir.path().join("helm");
+    Command::new(plane.bin.join("helm"))
+        .args(args)
+        .arg(format!("--kubeconfig={}", plane.kubeconfig.display()))
+        .env("HELM_CACHE_HOME", home.join("cache"))
+        .env("HELM_CONFIG_HOME", home.join("config"))
+        .env("HELM_DATA_HOME", home.join("data"))
+        .output()
+        .unwrap()
+}
+
+fn chart() -> String {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../charts/tollgate").display().to_string()
+}
+
+#[test]
+fn the_helm_chart_lints_clean_and_renders_every_certificate_mode() {
+    let helm = tollgate_e2e::bin_dir().join("helm");
+    let out = Command::new(&helm).args(["lint", "--strict", &chart()]).output().unwrap();
+    assert!(out.status.success(), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    for (mode, extra, expect) in [
+        ("selfSigned", vec![], "kind: Job"),
+        ("certManager", vec![], "kind: Certificate"),
+        ("existingSecret", vec!["--set", "certificates.existingSecret=mine", "--set", "webhook.caBundle=pem"], "secretName: mine"),
+    ] {
+        let out = Command::new(&helm).args(["template", "t", &chart(), "-n", "tollgate", "--set", &format!("certificates.mode={mode}")]).args(&extra).output().unwrap();
+        assert!(out.status.success(), "{mode}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(String::from_utf8_lossy(&out.stdout).contains(expect), "{mode} lacks {expect}");
+    }
+    // The schema refuses what would break at install time.
+    for bad in [["--set", "image.webhook=tollgate-webhook:latest"], ["--set", "certificates.mode=manual"], ["--set", "webhook.timeoutSeconds=60"]] {
+        let out = Command::new(&helm).args(["template", "t", &chart()]).args(bad).output().unwrap();
+        assert!(!out.status.success(), "{bad:?} was accepted");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn helm_install_creates_every_object_and_its_webhook_hardens_pods() {
+    let _serial = SERIAL.lock().await;
+    let plane = ControlPlane::start();
+    let webhook = Webhook::start_unregistered(&plane);
+    namespace(&plane, "analyses", true);
+    let out = plane.kubectl(&["create", "namespace", "tollgate"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let (cert, key) = (webhook.certs.join("tls.crt"), webhook.certs.join("tls.key"));
+    let out = plane.kubectl(&["create", "secret", "tls", "tollgate-webhook-tls", "-n", "tollgate", &format!("--cert={}", cert.display()), &format!("--key={}", key.display())]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = helm(
+        &plane,
+        &[
+            "install",
+            "tollgate",
+            &chart(),
+            "-n",
+            "tollgate",
+            "--set",
+            "certificates.mode=existingSecret",
+            "--set",
+            "certificates.existingSecret=tollgate-webhook-tls",
+            "--set",
+            &format!("webhook.url=https://127.0.0.1:{}/mutate", webhook.port),
+            "--set-file",
+            &format!("webhook.caBundle={}", webhook.certs.join("ca.crt").display()),
+            "--set",
+            "analysisNamespaces[0].name=analyses",
+            "--set",
+            "analysisNamespaces[0].egressNamespaces[0]=flame",
+        ],
+    );
+    assert!(out.status.success(), "helm install: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("kubectl label namespace"), "NOTES tell the admin how to enable a namespace");
+    for (kind, namespace, name) in [
+        ("deployment", "tollgate", "tollgate-webhook"),
+        ("service", "tollgate", "tollgate-webhook"),
+        ("poddisruptionbudget", "tollgate", "tollgate-webhook"),
+        ("serviceaccount", "tollgate", "tollgate-webhook"),
+        ("configmap", "tollgate", "tollgate-policy"),
+        ("configmap", "analyses", "tollgate-proxy-routes"),
+        ("networkpolicy", "analyses", "tollgate-analysis"),
+        ("mutatingwebhookconfiguration", "", "tollgate"),
+    ] {
+        let mut args = vec!["get", kind, name];
+        if !namespace.is_empty() {
+            args.extend(["-n", namespace]);
+        }
+        assert!(plane.kubectl(&args).status.success(), "{kind} {namespace}/{name} missing");
+    }
+    let pod = "apiVersion: v1\nkind: Pod\nmetadata: { name: via-chart, namespace: analyses }\nspec:\n  containers: [{ name: app, image: 'registry.example.org/app:1.0' }]\n";
+    let out = create(&plane, &["create", "-f", "-"], Some(pod));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_hardened(&stored(&plane, "analyses", "via-chart").await);
 }
