@@ -22,13 +22,15 @@ pub fn bin_dir() -> PathBuf {
     PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
 }
 
-/// A binary of this workspace (built by `cargo build --workspace`, which scripts/test.sh runs first).
+/// A binary of this workspace (built by `cargo build --workspace`, which scripts/test.sh runs first):
+/// beside this executable (a binary) or one level up (a test, which lives in deps/).
 pub fn workspace_bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().unwrap();
-    let profile_dir = exe.parent().and_then(Path::parent).unwrap();
-    let path = profile_dir.join(name);
-    assert!(path.exists(), "{} is not built; run `cargo build --workspace` first (scripts/test.sh does)", path.display());
-    path
+    let dir = exe.parent().unwrap();
+    let candidates = [dir.join(name), dir.parent().unwrap().join(name)];
+    candidates.iter().find(|p| p.exists()).cloned().unwrap_or_else(|| {
+        panic!("{name} is not built next to {}; run `cargo build --workspace` first (scripts/test.sh does)", exe.display())
+    })
 }
 
 pub fn free_port() -> u16 {
@@ -231,4 +233,76 @@ impl Drop for ControlPlane {
         self.apiserver.stop();
         self.etcd.stop();
     }
+}
+
+/// tollgate-webhook as a local process with certificates from tollgate-certs, registered by URL.
+pub struct Webhook {
+    pub process: Process,
+    pub port: u16,
+    pub certs: PathBuf,
+}
+
+impl Webhook {
+    pub fn start(plane: &ControlPlane) -> Webhook {
+        let webhook = Webhook::start_unregistered(plane);
+        webhook.register(plane);
+        webhook
+    }
+
+    pub fn start_unregistered(plane: &ControlPlane) -> Webhook {
+        let certs = plane.dir.path().join("webhook-certs");
+        let out = Command::new(workspace_bin("tollgate-certs")).args(["files", "--ip", "127.0.0.1", "--dir"]).arg(&certs).output().unwrap();
+        assert!(out.status.success(), "tollgate-certs: {}", String::from_utf8_lossy(&out.stderr));
+        let port = free_port();
+        let process = Process::start(
+            "tollgate-webhook",
+            Command::new(workspace_bin("tollgate-webhook"))
+                .args([
+                    "serve",
+                    "--listen",
+                    &format!("127.0.0.1:{port}"),
+                    "--reload-interval",
+                    "200ms",
+                    "--drain-delay",
+                    "0s",
+                    "--tls-cert",
+                ])
+                .arg(certs.join("tls.crt"))
+                .arg("--tls-key")
+                .arg(certs.join("tls.key")),
+            plane.dir.path().join(format!("webhook-{port}.log")),
+        );
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !process.logs().contains("\"message\":\"serving\"") {
+            assert!(Instant::now() < deadline, "webhook did not start:\n{}", process.logs());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Webhook { process, port, certs }
+    }
+
+    /// Register by URL, as the manifests do by Service: same rules, selector, policies.
+    pub fn register(&self, plane: &ControlPlane) {
+        let ca = base64::engine::general_purpose::STANDARD.encode(std::fs::read(self.certs.join("ca.crt")).unwrap());
+        let configuration = format!(
+            r#"{{"apiVersion":"admissionregistration.k8s.io/v1","kind":"MutatingWebhookConfiguration","metadata":{{"name":"tollgate"}},
+"webhooks":[{{"name":"harden.pods.tollgate.dev","admissionReviewVersions":["v1"],"sideEffects":"None","failurePolicy":"Fail","timeoutSeconds":5,
+"reinvocationPolicy":"IfNeeded","clientConfig":{{"url":"https://127.0.0.1:{}/mutate","caBundle":"{ca}"}},
+"rules":[{{"apiGroups":[""],"apiVersions":["v1"],"operations":["CREATE"],"resources":["pods"],"scope":"Namespaced"}}],
+"namespaceSelector":{{"matchLabels":{{"tollgate.dev/inject":"enabled"}},"matchExpressions":[{{"key":"kubernetes.io/metadata.name","operator":"NotIn","values":["kube-system","kube-public","kube-node-lease","tollgate"]}}]}}}}]}}"#,
+            self.port
+        );
+        let out = plane.kubectl_stdin(&["apply", "-f", "-"], &configuration);
+        assert!(out.status.success(), "registering the webhook: {}", String::from_utf8_lossy(&out.stderr));
+    }
+}
+
+/// A namespace; `analysis` ones are labeled for injection and enforce Pod Security "restricted".
+pub fn namespace(plane: &ControlPlane, name: &str, analysis: bool) {
+    let labels = if analysis { r#"{"tollgate.dev/inject":"enabled","pod-security.kubernetes.io/enforce":"restricted"}"# } else { "{}" };
+    let manifest = format!(
+        r#"{{"apiVersion":"v1","kind":"List","items":[{{"apiVersion":"v1","kind":"Namespace","metadata":{{"name":"{name}","labels":{labels}}}}},
+{{"apiVersion":"v1","kind":"ServiceAccount","metadata":{{"name":"default","namespace":"{name}"}}}}]}}"#
+    );
+    let out = plane.kubectl_stdin(&["apply", "-f", "-"], &manifest);
+    assert!(out.status.success(), "namespace {name}: {}", String::from_utf8_lossy(&out.stderr));
 }

@@ -5,85 +5,13 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use base64::Engine;
 use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
 use tokio::sync::Mutex;
-use tollgate_e2e::{ControlPlane, Process, free_port, workspace_bin};
+use tollgate_e2e::{ControlPlane, Webhook, namespace, workspace_bin};
 
 /// One control plane at a time: each is a few hundred MB and two busy processes on a 2-core machine.
 static SERIAL: Mutex<()> = Mutex::const_new(());
-
-struct Webhook {
-    process: Process,
-    port: u16,
-    certs: PathBuf,
-}
-
-impl Webhook {
-    fn start(plane: &ControlPlane) -> Webhook {
-        let webhook = Webhook::start_unregistered(plane);
-        webhook.register(plane);
-        webhook
-    }
-
-    fn start_unregistered(plane: &ControlPlane) -> Webhook {
-        let certs = plane.dir.path().join("webhook-certs");
-        let out = Command::new(workspace_bin("tollgate-certs")).args(["files", "--ip", "127.0.0.1", "--dir"]).arg(&certs).output().unwrap();
-        assert!(out.status.success(), "tollgate-certs: {}", String::from_utf8_lossy(&out.stderr));
-        let port = free_port();
-        let process = Process::start(
-            "tollgate-webhook",
-            Command::new(workspace_bin("tollgate-webhook"))
-                .args([
-                    "serve",
-                    "--listen",
-                    &format!("127.0.0.1:{port}"),
-                    "--reload-interval",
-                    "200ms",
-                    "--drain-delay",
-                    "0s",
-                    "--tls-cert",
-                ])
-                .arg(certs.join("tls.crt"))
-                .arg("--tls-key")
-                .arg(certs.join("tls.key")),
-            plane.dir.path().join(format!("webhook-{port}.log")),
-        );
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !process.logs().contains("\"message\":\"serving\"") {
-            assert!(Instant::now() < deadline, "webhook did not start:\n{}", process.logs());
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Webhook { process, port, certs }
-    }
-
-    /// Register by URL, as the manifests do by Service: same rules, selector, policies.
-    fn register(&self, plane: &ControlPlane) {
-        let ca = base64::engine::general_purpose::STANDARD.encode(std::fs::read(self.certs.join("ca.crt")).unwrap());
-        let configuration = format!(
-            r#"{{"apiVersion":"admissionregistration.k8s.io/v1","kind":"MutatingWebhookConfiguration","metadata":{{"name":"tollgate"}},
-"webhooks":[{{"name":"harden.pods.tollgate.dev","admissionReviewVersions":["v1"],"sideEffects":"None","failurePolicy":"Fail","timeoutSeconds":5,
-"reinvocationPolicy":"IfNeeded","clientConfig":{{"url":"https://127.0.0.1:{}/mutate","caBundle":"{ca}"}},
-"rules":[{{"apiGroups":[""],"apiVersions":["v1"],"operations":["CREATE"],"resources":["pods"],"scope":"Namespaced"}}],
-"namespaceSelector":{{"matchLabels":{{"tollgate.dev/inject":"enabled"}},"matchExpressions":[{{"key":"kubernetes.io/metadata.name","operator":"NotIn","values":["kube-system","kube-public","kube-node-lease","tollgate"]}}]}}}}]}}"#,
-            self.port
-        );
-        let out = plane.kubectl_stdin(&["apply", "-f", "-"], &configuration);
-        assert!(out.status.success(), "registering the webhook: {}", String::from_utf8_lossy(&out.stderr));
-    }
-}
-
-/// A namespace; `analysis` ones are labeled for injection and enforce Pod Security "restricted".
-fn namespace(plane: &ControlPlane, name: &str, analysis: bool) {
-    let labels = if analysis { r#"{"tollgate.dev/inject":"enabled","pod-security.kubernetes.io/enforce":"restricted"}"# } else { "{}" };
-    let manifest = format!(
-        r#"{{"apiVersion":"v1","kind":"List","items":[{{"apiVersion":"v1","kind":"Namespace","metadata":{{"name":"{name}","labels":{labels}}}}},
-{{"apiVersion":"v1","kind":"ServiceAccount","metadata":{{"name":"default","namespace":"{name}"}}}}]}}"#
-    );
-    let out = plane.kubectl_stdin(&["apply", "-f", "-"], &manifest);
-    assert!(out.status.success(), "namespace {name}: {}", String::from_utf8_lossy(&out.stderr));
-}
 
 /// Create with kubectl, retrying briefly: the first creates may race the webhook's registration.
 fn create(plane: &ControlPlane, args: &[&str], stdin: Option<&str>) -> std::process::Output {
@@ -128,6 +56,12 @@ fn assert_hardened(pod: &Pod) {
         assert!(limits.contains_key("cpu") && limits.contains_key("memory"), "{name}/{}", container.name);
         let env = container.env.as_ref().unwrap();
         assert!(env.iter().any(|e| e.name == "TOLLGATE_EGRESS_URL"), "{name}/{}", container.name);
+        let mounts = container.volume_mounts.clone().unwrap_or_default();
+        assert!(
+            mounts.iter().all(|m| !m.mount_path.starts_with("/var/run/secrets/kubernetes.io")),
+            "{name}/{}: a service account token is mounted",
+            container.name
+        );
     }
     let labels = pod.metadata.labels.as_ref().unwrap();
     assert_eq!(labels.get("tollgate.dev/injected").map(String::as_str), Some("true"), "{name}");
@@ -327,12 +261,18 @@ fn the_helm_chart_lints_clean_and_renders_every_certificate_mode() {
         ("certManager", vec![], "kind: Certificate"),
         ("existingSecret", vec!["--set", "certificates.existingSecret=mine", "--set", "webhook.caBundle=pem"], "secretName: mine"),
     ] {
-        let out = Command::new(&helm).args(["template", "t", &chart(), "-n", "tollgate", "--set", &format!("certificates.mode={mode}")]).args(&extra).output().unwrap();
+        let out = Command::new(&helm)
+            .args(["template", "t", &chart(), "-n", "tollgate", "--set", &format!("certificates.mode={mode}")])
+            .args(&extra)
+            .output()
+            .unwrap();
         assert!(out.status.success(), "{mode}: {}", String::from_utf8_lossy(&out.stderr));
         assert!(String::from_utf8_lossy(&out.stdout).contains(expect), "{mode} lacks {expect}");
     }
     // The schema refuses what would break at install time.
-    for bad in [["--set", "image.webhook=tollgate-webhook:latest"], ["--set", "certificates.mode=manual"], ["--set", "webhook.timeoutSeconds=60"]] {
+    for bad in
+        [["--set", "image.webhook=tollgate-webhook:latest"], ["--set", "certificates.mode=manual"], ["--set", "webhook.timeoutSeconds=60"]]
+    {
         let out = Command::new(&helm).args(["template", "t", &chart()]).args(bad).output().unwrap();
         assert!(!out.status.success(), "{bad:?} was accepted");
     }
@@ -347,7 +287,16 @@ async fn helm_install_creates_every_object_and_its_webhook_hardens_pods() {
     let out = plane.kubectl(&["create", "namespace", "tollgate"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let (cert, key) = (webhook.certs.join("tls.crt"), webhook.certs.join("tls.key"));
-    let out = plane.kubectl(&["create", "secret", "tls", "tollgate-webhook-tls", "-n", "tollgate", &format!("--cert={}", cert.display()), &format!("--key={}", key.display())]);
+    let out = plane.kubectl(&[
+        "create",
+        "secret",
+        "tls",
+        "tollgate-webhook-tls",
+        "-n",
+        "tollgate",
+        &format!("--cert={}", cert.display()),
+        &format!("--key={}", key.display()),
+    ]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let out = helm(
         &plane,

@@ -88,6 +88,7 @@ fixtures! {
     reinvocation => "reinvocation",
     impostor_sidecar => "impostor-sidecar",
     unknown_fields => "unknown-fields",
+    service_account_token => "service-account-token",
 }
 
 #[test]

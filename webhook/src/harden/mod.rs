@@ -288,6 +288,9 @@ pub fn harden(policy: &Policy, pod: &mut Value) -> Result<Outcome, DecodeError> 
         }
     }
     ensure_volumes(policy, &ids, &containers, &mut editor);
+    if !policy.security.allow_service_account_token {
+        remove_service_account_token(&containers, &mut editor);
+    }
     // Index-based edits are done: now stale sidecars can go (last first, so indices hold) and ours come in.
     for path in stale_sidecars.iter().rev() {
         editor.builder.remove(path);
@@ -413,6 +416,45 @@ fn ensure_volumes(policy: &Policy, ids: &PodIds, containers: &[ContainerRef], e:
                 e.change("pod", format!("added {kind} volume {name:?}"));
             }
         }
+    }
+}
+
+/// The ServiceAccount admission plugin runs before webhooks and has already added the token volume
+/// (`kube-api-access-*`) and its mounts; `automountServiceAccountToken: false` alone would not undo that.
+fn remove_service_account_token(containers: &[ContainerRef], e: &mut Editor) {
+    let volumes_path = path!["spec", "volumes"];
+    let doomed: Vec<(usize, String)> = match e.builder.get(&volumes_path) {
+        Some(Value::Array(volumes)) => volumes
+            .iter()
+            .enumerate()
+            .filter_map(|(i, v)| {
+                let name = v.get("name").and_then(Value::as_str)?;
+                let token = matches!(v.pointer("/projected/sources"), Some(Value::Array(sources)) if sources.iter().any(|s| s.get("serviceAccountToken").is_some()));
+                (token && name.starts_with("kube-api-access-")).then(|| (i, name.to_owned()))
+            })
+            .collect(),
+        _ => return,
+    };
+    if doomed.is_empty() {
+        return;
+    }
+    for c in containers {
+        let mounts_path = join(&c.path, [Seg::from("volumeMounts")]);
+        let Some(Value::Array(mounts)) = e.builder.get(&mounts_path) else { continue };
+        let indices: Vec<usize> = mounts
+            .iter()
+            .enumerate()
+            .filter(|(_, m)| doomed.iter().any(|(_, name)| m.get("name").and_then(Value::as_str) == Some(name)))
+            .map(|(i, _)| i)
+            .collect();
+        for index in indices.into_iter().rev() {
+            e.builder.remove(&join(&mounts_path, [Seg::Index(index)]));
+            e.change(&c.scope, "removed the service account token mount");
+        }
+    }
+    for (index, name) in doomed.iter().rev() {
+        e.builder.remove(&join(&volumes_path, [Seg::Index(*index)]));
+        e.change("pod", format!("removed the service account token volume {name:?}"));
     }
 }
 
