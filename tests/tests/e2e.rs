@@ -343,3 +343,55 @@ async fn helm_install_creates_every_object_and_its_webhook_hardens_pods() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_hardened(&stored(&plane, "analyses", "via-chart").await);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tollgate_certs_keeps_secrets_and_the_ca_bundle_in_step_and_is_idempotent() {
+    let _serial = SERIAL.lock().await;
+    let plane = ControlPlane::start();
+    let webhook = Webhook::start(&plane);
+    assert!(plane.kubectl(&["create", "namespace", "tollgate"]).status.success());
+    let certs = |extra: &[&str]| {
+        let out = Command::new(workspace_bin("tollgate-certs"))
+            .args(["secret", "--service=tollgate-webhook", "--namespace=tollgate", "--webhook-config=tollgate"])
+            .args(extra)
+            .env("KUBECONFIG", &plane.kubeconfig)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "tollgate-certs: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let bundle = || {
+        let out =
+            plane.kubectl(&["get", "mutatingwebhookconfiguration", "tollgate", "-o", "jsonpath={.webhooks[0].clientConfig.caBundle}"]);
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let secret = |name: &str, key: &str| {
+        let out =
+            plane.kubectl(&["get", "secret", name, "-n", "tollgate", "-o", &format!("jsonpath={{.data.{}}}", key.replace('.', "\\."))]);
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let before = bundle();
+
+    let first = certs(&[]);
+    assert!(
+        first.starts_with("created a new CA and serving certificate") && first.contains("caBundle of tollgate: set on 1 webhook(s)"),
+        "{first}"
+    );
+    let ca = secret("tollgate-webhook-tls", "ca.crt");
+    assert!(!ca.is_empty() && !secret("tollgate-webhook-tls", "tls.key").is_empty());
+    assert_eq!(bundle(), ca, "the caBundle is the CA in the serving Secret");
+    assert_ne!(bundle(), before);
+    assert_eq!(secret("tollgate-webhook-ca", "tls.crt"), ca, "the CA (and its key) live in their own Secret");
+
+    let serving = secret("tollgate-webhook-tls", "tls.crt");
+    let second = certs(&[]);
+    assert_eq!(second, "certificates are valid; kept; caBundle of tollgate: already current\n");
+    assert_eq!(secret("tollgate-webhook-tls", "tls.crt"), serving, "idempotent");
+
+    // A new name renews the serving certificate from the same CA: the caBundle stays.
+    let third = certs(&["--dns=webhook.example.org"]);
+    assert!(third.starts_with("renewed the serving certificate"), "{third}");
+    assert_ne!(secret("tollgate-webhook-tls", "tls.crt"), serving);
+    assert_eq!(bundle(), ca);
+    drop(webhook);
+}
