@@ -15,7 +15,7 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use serde_json::json;
 
 use crate::config::Config;
-use crate::headers::{head_size, strip_spoofable};
+use crate::headers::{head_size, json_error, strip_spoofable};
 use crate::metrics::{Metrics, RequestLabels};
 use crate::resolve::Resolver;
 use crate::routes::{AuthMode, Decision, decide};
@@ -99,16 +99,9 @@ pub fn request_id(given: Option<&str>) -> String {
 
 /// Answer locally with a JSON error; nothing is forwarded.
 async fn refuse(session: &mut Session, ctx: &mut EgressCtx, status: u16, decision: &'static str, reason: String) -> Result<bool> {
-    let body = Bytes::from(json!({"error": reason, "status": status, "decision": decision}).to_string());
+    json_error(session, status, decision, &reason, None).await?;
     ctx.decision = decision;
     ctx.reason = Some(reason);
-    let mut header = ResponseHeader::build(status, Some(3))?;
-    header.insert_header("content-type", "application/json")?;
-    header.insert_header("content-length", body.len().to_string())?;
-    header.insert_header("cache-control", "no-store")?;
-    session.set_keepalive(None);
-    session.write_response_header(Box::new(header), false).await?;
-    session.write_response_body(Some(body), true).await?;
     Ok(true)
 }
 

@@ -1,7 +1,25 @@
 //! Which request headers a caller may not pass on: credentials, and headers that let it speak for
 //! someone else or rewrite what the upstream thinks the request is.
 
-use pingora::http::RequestHeader;
+use bytes::Bytes;
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::prelude::Result;
+use pingora::proxy::Session;
+
+/// Answer locally with `{"error", "status", "decision"}` and close; nothing is forwarded.
+pub async fn json_error(session: &mut Session, status: u16, decision: &str, reason: &str, challenge: Option<String>) -> Result<()> {
+    let body = Bytes::from(serde_json::json!({"error": reason, "status": status, "decision": decision}).to_string());
+    let mut header = ResponseHeader::build(status, Some(4))?;
+    header.insert_header("content-type", "application/json")?;
+    header.insert_header("content-length", body.len().to_string())?;
+    header.insert_header("cache-control", "no-store")?;
+    if let Some(challenge) = challenge {
+        header.insert_header("www-authenticate", challenge)?;
+    }
+    session.set_keepalive(None);
+    session.write_response_header(Box::new(header), false).await?;
+    session.write_response_body(Some(body), true).await
+}
 
 /// Whether `name` (lowercase) must be dropped before forwarding.
 pub fn is_spoofable(name: &str) -> bool {

@@ -4,13 +4,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use bytes::Bytes;
-use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::http::RequestHeader;
 use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
-use serde_json::{Value, json};
+use serde_json::Value;
 
-use crate::headers::strip_spoofable;
+use crate::headers::{json_error, strip_spoofable};
 use crate::jwt::{AuthError, Verifier};
 use crate::metrics::{Metrics, RequestLabels};
 use crate::target::check;
@@ -52,18 +51,9 @@ async fn respond(
     reason: String,
     challenge: Option<String>,
 ) -> Result<bool> {
-    let body = Bytes::from(json!({"error": reason, "status": status, "decision": decision}).to_string());
+    json_error(session, status, decision, &reason, challenge).await?;
     ctx.decision = decision;
     ctx.reason = reason;
-    let mut header = ResponseHeader::build(status, Some(4))?;
-    header.insert_header("content-type", "application/json")?;
-    header.insert_header("content-length", body.len().to_string())?;
-    if let Some(challenge) = challenge {
-        header.insert_header("www-authenticate", challenge)?;
-    }
-    session.set_keepalive(None);
-    session.write_response_header(Box::new(header), false).await?;
-    session.write_response_body(Some(body), true).await?;
     Ok(true)
 }
 
