@@ -7,6 +7,22 @@ use std::time::{Duration, Instant};
 
 use common::{Idp, Proxy, Upstream, raw};
 
+/// `n` concurrent GETs of /hub/<i>, each on its own connection; their statuses.
+async fn burst(addr: std::net::SocketAddr, n: usize) -> Vec<u16> {
+    let requests: Vec<_> = (0..n)
+        .map(|i| {
+            tokio::spawn(async move {
+                raw(addr, format!("GET /hub/{i} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").as_bytes()).await.status
+            })
+        })
+        .collect();
+    let mut statuses = Vec::with_capacity(n);
+    for request in requests {
+        statuses.push(request.await.unwrap());
+    }
+    statuses
+}
+
 fn identity(idp: &Idp) -> String {
     format!(
         "identity: {{ tokenUrl: 'http://{}/realms/flame/protocol/openid-connect/token', clientIdFile: '{{dir}}/client-id', clientSecretFile: '{{dir}}/client-secret', refreshBefore: 30s, timeout: 2s }}\n",
@@ -52,17 +68,8 @@ async fn many_concurrent_requests_during_a_token_fetch_cause_one_token_call() {
     let config = format!("{}routes:\n- {{ name: hub, prefix: /hub, upstream: '{}', auth: token }}\n", identity(&idp), upstream.url());
     let proxy = Proxy::start(&config, &[]).await;
     let started = Instant::now();
-    let requests: Vec<_> = (0..200)
-        .map(|i| {
-            let addr = proxy.egress;
-            tokio::spawn(async move {
-                raw(addr, format!("GET /hub/{i} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").as_bytes()).await.status
-            })
-        })
-        .collect();
-    for request in requests {
-        assert_eq!(request.await.unwrap(), 200, "{}", proxy.logs());
-    }
+    let statuses = burst(proxy.egress, 200).await;
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}\n{}", proxy.logs());
     assert!(started.elapsed() < Duration::from_secs(10));
     assert_eq!(idp.calls(), 1, "one token call for all of them");
     assert_eq!(upstream.requests().len(), 200);
@@ -346,16 +353,7 @@ async fn a_burst_during_a_background_refresh_still_causes_one_token_call() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     // The refresh call is in flight (the endpoint takes 800 ms): 200 requests now.
-    let requests: Vec<_> = (0..200)
-        .map(|i| {
-            let addr = proxy.egress;
-            tokio::spawn(async move {
-                raw(addr, format!("GET /hub/{i} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").as_bytes()).await.status
-            })
-        })
-        .collect();
-    for request in requests {
-        assert_eq!(request.await.unwrap(), 200);
-    }
+    let statuses = burst(proxy.egress, 200).await;
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
     assert_eq!(idp.calls(), 2, "the initial fetch and the one refresh; the burst added none");
 }
