@@ -241,7 +241,7 @@ pub(super) fn pod_level(doc: &Value, annotations: &BTreeMap<String, String>, f: 
 
 /// Volumes of the pod that carry one of the protected Secrets (by volume name, with the Secret's name),
 /// and the reserved name of tollgate's own.
-fn credential_volumes(doc: &Value, secrets: &[String]) -> BTreeMap<String, String> {
+pub(super) fn credential_volumes(doc: &Value, secrets: &[String]) -> BTreeMap<String, String> {
     let protected = |name: Option<&str>| name.and_then(|n| secrets.iter().find(|s| s.as_str() == n)).cloned();
     let mut names = BTreeMap::from([(VOLUME_CREDENTIALS.to_owned(), secrets[0].clone())]);
     if let Some(Value::Array(volumes)) = get(doc, &path!["spec", "volumes"]) {
@@ -259,7 +259,8 @@ fn credential_volumes(doc: &Value, secrets: &[String]) -> BTreeMap<String, Strin
     names
 }
 
-pub(super) fn container(doc: &Value, c: &ContainerRef, ids: &PodIds, f: &mut Findings) {
+/// `carrying`: the pod's volumes that carry a protected Secret ([`credential_volumes`], computed once per pod).
+pub(super) fn container(doc: &Value, c: &ContainerRef, ids: &PodIds, carrying: &BTreeMap<String, String>, f: &mut Findings) {
     let scope = c.scope.as_str();
     let sc = join(&c.path, [Seg::from("securityContext")]);
     let at = |rel: &[&str]| join(&sc, rel.iter().map(|s| Seg::from(*s)));
@@ -346,7 +347,6 @@ pub(super) fn container(doc: &Value, c: &ContainerRef, ids: &PodIds, f: &mut Fin
     }
 
     // The proxy's credentials are for the proxy alone: any other container asking for them is refused.
-    let carrying = credential_volumes(doc, &ids.protected_secrets);
     if let Some(Value::Array(mounts)) = get(doc, &join(&c.path, [Seg::from("volumeMounts")])) {
         for (index, mount) in mounts.iter().enumerate() {
             let name = mount.get("name").and_then(Value::as_str).unwrap_or("");

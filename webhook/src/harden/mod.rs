@@ -254,8 +254,9 @@ pub fn harden(policy: &Policy, pod: &mut Value) -> Result<Outcome, DecodeError> 
     // Read phase: find everything wrong before changing anything.
     let containers = containers(editor.builder.doc());
     checks::pod_level(editor.builder.doc(), &annotations, &mut findings);
+    let carrying = checks::credential_volumes(editor.builder.doc(), &ids.protected_secrets);
     for container in &containers {
-        checks::container(editor.builder.doc(), container, &ids, &mut findings);
+        checks::container(editor.builder.doc(), container, &ids, &carrying, &mut findings);
     }
     let resource_defaults = resources::plan(policy, editor.builder.doc(), &containers, &mut findings);
     resources::lifetime(policy, editor.builder.doc(), &mut findings);
