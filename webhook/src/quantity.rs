@@ -5,7 +5,6 @@
 //! suffix (`n u m "" k M G T P E`) or a decimal exponent (`e3`, `E-2`). Values are held as an exact count
 //! of nano-units in an `i128`; like Kubernetes, precision finer than one nano-unit rounds up.
 
-use std::cmp::Ordering;
 use std::fmt;
 use std::str::FromStr;
 
@@ -33,10 +32,6 @@ const NANOS_PER_UNIT: i128 = 1_000_000_000;
 
 impl Quantity {
     pub const ZERO: Quantity = Quantity { nanos: 0 };
-
-    pub fn from_nanos(nanos: i128) -> Self {
-        Quantity { nanos }
-    }
 
     pub fn nanos(self) -> i128 {
         self.nanos
@@ -196,11 +191,6 @@ impl Quantity {
     }
 }
 
-/// Compare two quantity strings; `None` when either does not parse.
-pub fn compare(a: &str, b: &str) -> Option<Ordering> {
-    Some(a.parse::<Quantity>().ok()?.cmp(&b.parse::<Quantity>().ok()?))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -251,7 +241,7 @@ mod tests {
         assert_eq!(q("1024Mi"), q("1Gi"));
         assert_eq!(q("1"), q("1000m"));
         assert_eq!(q("0.1"), q("100m"));
-        assert_eq!(compare("129M", "123Mi"), Some(Ordering::Greater));
+        assert!(q("129M") > q("123Mi"));
     }
 
     #[test]
