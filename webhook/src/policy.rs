@@ -26,6 +26,8 @@ pub struct Policy {
     pub proxy: ProxyPolicy,
     pub resources: ResourcePolicy,
     pub lifetime: LifetimePolicy,
+    pub identity: IdentityPolicy,
+    pub bounds: Bounds,
     /// `sha256:` and the first hex digits of the policy's canonical JSON; recorded in the status annotation.
     #[serde(skip)]
     digest: String,
@@ -79,6 +81,10 @@ pub struct SecurityPolicy {
     pub tmp_size_limit: QuantityValue,
     pub allow_service_account_token: bool,
     pub allow_service_links: bool,
+    /// Whether pods may set `spec.hostAliases` (entries in the pod's /etc/hosts, which the proxy reads too).
+    pub allow_host_aliases: bool,
+    /// Whether pods may choose their resolver: `dnsPolicy: None` or a `dnsConfig`.
+    pub allow_dns_config: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -94,6 +100,9 @@ pub struct ProxyPolicy {
     pub run_as_group: i64,
     pub config_map: String,
     pub credentials_secret: String,
+    /// Every Secret whose name starts with this is a proxy credentials Secret: no other container may
+    /// read it, and `tollgate.dev/credentials-secret` may only name such a Secret.
+    pub credentials_secret_prefix: String,
     pub startup_failure_threshold: u32,
     pub resources: ResourceRequirements,
 }
@@ -119,6 +128,53 @@ pub struct ResourcePolicy {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct LifetimePolicy {
     pub active_deadline_seconds: i64,
+    /// What happens to pods with `restartPolicy: Always` (Deployments), which no deadline bounds.
+    pub restart_always: RestartAlways,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum RestartAlways {
+    /// Allowed, with a warning that only whoever deletes the pod (or its owner) ends it.
+    Warn,
+    Deny,
+}
+
+/// Who may say which analysis a pod belongs to (`tollgate.dev/analysis-id`, `project-id`,
+/// `credentials-secret`): those annotations choose the proxy's credentials and routes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct IdentityPolicy {
+    /// Users (the AdmissionRequest's `userInfo.username`) who may set them, e.g.
+    /// `system:serviceaccount:flame:pod-orchestrator`.
+    pub trusted_users: Vec<String>,
+    /// Groups whose members may set them.
+    pub trusted_groups: Vec<String>,
+    /// Controllers that create pods from workload templates; the templates were checked when their
+    /// workload was created or changed, by a trusted user.
+    pub controllers: Vec<String>,
+}
+
+impl IdentityPolicy {
+    pub fn trusts(&self, user: &str, groups: &[String]) -> bool {
+        self.trusted_users.iter().any(|u| u == user) || groups.iter().any(|g| self.trusted_groups.contains(g))
+    }
+
+    pub fn is_controller(&self, user: &str) -> bool {
+        self.controllers.iter().any(|c| c == user)
+    }
+}
+
+/// Upper bounds on the size of a pod, so that no review is slow by construction.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Bounds {
+    /// Containers of all kinds (init, app, ephemeral) together.
+    pub containers: usize,
+    pub volumes: usize,
+    pub volume_mounts_per_container: usize,
+    /// `env` and `envFrom` entries of one container together.
+    pub env_per_container: usize,
 }
 
 pub type ResourceList = BTreeMap<String, QuantityValue>;
@@ -298,6 +354,14 @@ impl Policy {
                 errors.push(error(field, why));
             }
         }
+        if let Err(why) = check_object_name(&p.credentials_secret_prefix) {
+            errors.push(error("proxy.credentialsSecretPrefix", why));
+        } else if !p.credentials_secret.starts_with(&p.credentials_secret_prefix) {
+            errors.push(error(
+                "proxy.credentialsSecret",
+                format!("{:?} does not start with proxy.credentialsSecretPrefix ({:?})", p.credentials_secret, p.credentials_secret_prefix),
+            ));
+        }
         if p.startup_failure_threshold == 0 {
             errors.push(error("proxy.startupFailureThreshold", "must be at least 1"));
         }
@@ -318,6 +382,27 @@ impl Policy {
         }
         if self.lifetime.active_deadline_seconds < 1 {
             errors.push(error("lifetime.activeDeadlineSeconds", "must be at least 1"));
+        }
+        for (field, list) in [
+            ("identity.trustedUsers", &self.identity.trusted_users),
+            ("identity.trustedGroups", &self.identity.trusted_groups),
+            ("identity.controllers", &self.identity.controllers),
+        ] {
+            if let Some(index) = list.iter().position(|name| name.trim().is_empty() || name.trim() != name) {
+                errors.push(error(format!("{field}[{index}]"), "must be a non-empty name without surrounding spaces"));
+            }
+        }
+        let b = &self.bounds;
+        for (field, value, floor) in [
+            ("bounds.containers", b.containers, 2),
+            ("bounds.volumes", b.volumes, 3),
+            ("bounds.volumeMountsPerContainer", b.volume_mounts_per_container, 2),
+            ("bounds.envPerContainer", b.env_per_container, 6),
+        ] {
+            // The sidecar alone needs this much: a smaller bound would deny every pod.
+            if value < floor {
+                errors.push(error(field, format!("must be at least {floor} (tollgate's own sidecar and volumes need that many)")));
+            }
         }
         if errors.is_empty() { Ok(()) } else { Err(PolicyErrors(errors)) }
     }

@@ -8,8 +8,17 @@ use kube::core::{DynamicObject, Status};
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::harden::{self, Outcome, Rule};
+use crate::harden::{self, Denial, Hardened, Outcome, Requester, Rule, update};
 use crate::policy::Policy;
+use crate::workload;
+
+/// A check that only allows or denies.
+fn denied_or_allowed(denial: Option<Denial>) -> Outcome {
+    match denial {
+        Some(denial) => Outcome::Denied(denial),
+        None => Outcome::Hardened(Hardened { patch: json_patch::Patch(Vec::new()), changes: Vec::new(), notes: Vec::new() }),
+    }
+}
 
 /// The body is not an AdmissionReview request: answered with HTTP 400.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -25,7 +34,7 @@ pub enum ReviewOutcome {
     Denied,
     /// Opted out, where the policy allows it.
     Skipped,
-    /// Not a Pod CREATE: allowed untouched.
+    /// Nothing tollgate decides (another kind, a subresource it does not guard): allowed untouched.
     Ignored,
     /// The object is not a decodable Pod.
     Invalid,
@@ -87,6 +96,7 @@ pub fn review(policy: &Policy, body: &[u8]) -> Result<(Vec<u8>, ReviewSummary), 
     // The pod stays raw JSON: fields unknown to k8s-openapi must survive, and its decode error
     // must become a denial with the uid, not a 400.
     let object = envelope.pointer_mut("/request/object").map(Value::take).unwrap_or(Value::Null);
+    let old_object = envelope.pointer_mut("/request/oldObject").map(Value::take).unwrap_or(Value::Null);
     let review: AdmissionReview<DynamicObject> =
         AdmissionReview::deserialize(envelope).map_err(|e| BadReview(format!("body is not an AdmissionReview: {e}")))?;
     if review.types.api_version != "admission.k8s.io/v1" || review.types.kind != "AdmissionReview" {
@@ -108,13 +118,34 @@ pub fn review(policy: &Policy, body: &[u8]) -> Result<(Vec<u8>, ReviewSummary), 
     };
     let mut response = AdmissionResponse::from(&request);
     let mut patch = None;
-    let is_pod_create = request.operation == Operation::Create
-        && request.kind.group.is_empty()
-        && request.kind.kind == "Pod"
-        && request.sub_resource.as_deref().unwrap_or("").is_empty();
-    if is_pod_create {
-        let mut pod = object;
-        match harden::harden(policy, &mut pod) {
+    let groups = request.user_info.groups.clone().unwrap_or_default();
+    let requester = Requester { username: request.user_info.username.as_deref().unwrap_or(""), groups: &groups };
+    let subresource = request.sub_resource.as_deref().unwrap_or("");
+    let kind = request.kind.kind.as_str();
+    let decision = match (request.operation.clone(), request.kind.group.as_str(), kind) {
+        (Operation::Create, "", "Pod") if subresource.is_empty() => {
+            let mut pod = object;
+            Some(("this pod", harden::harden_as(policy, &mut pod, Some(requester))))
+        }
+        (Operation::Update, "", "Pod") => {
+            let mut pod = object;
+            Some(("this update", update::update(policy, &old_object, &mut pod, subresource)))
+        }
+        (Operation::Connect, "", "PodExecOptions" | "PodAttachOptions") => {
+            let container = object.get("container").and_then(Value::as_str).unwrap_or("");
+            Some(("this request", Ok(denied_or_allowed(harden::check_connect(container, subresource)))))
+        }
+        (Operation::Create | Operation::Update, "" | "apps" | "batch", _)
+            if subresource.is_empty() && workload::pod_pointer(kind).is_some() =>
+        {
+            let old = (request.operation == Operation::Update).then_some(&old_object);
+            let denial = workload::check_identity(policy, kind, &object, old, requester);
+            Some(("this workload", Ok(denied_or_allowed(denial))))
+        }
+        _ => None,
+    };
+    if let Some((what, decision)) = decision {
+        match decision {
             Err(decode) => {
                 summary.outcome = ReviewOutcome::Invalid;
                 response.allowed = false;
@@ -124,7 +155,7 @@ pub fn review(policy: &Policy, body: &[u8]) -> Result<(Vec<u8>, ReviewSummary), 
                 summary.outcome = ReviewOutcome::Denied;
                 summary.denied_rules = denial.violations.iter().map(|v| v.rule).collect();
                 response.allowed = false;
-                response.result = Status::failure(&denial.message(), "Forbidden").with_code(403);
+                response.result = Status::failure(&denial.message_for(what), "Forbidden").with_code(403);
             }
             Ok(Outcome::Skipped { reason }) => {
                 summary.outcome = ReviewOutcome::Skipped;

@@ -71,11 +71,19 @@ pub struct State {
     policy: ArcSwap<Policy>,
     metrics: Metrics,
     draining: AtomicBool,
+    /// Reviews in progress at once: one per core, so a burst of large pods queues instead of thrashing.
+    reviews: Semaphore,
 }
 
 impl State {
     pub fn new(policy: Policy) -> Self {
-        State { policy: ArcSwap::from_pointee(policy), metrics: Metrics::new(), draining: AtomicBool::new(false) }
+        let cores = std::thread::available_parallelism().map_or(2, usize::from);
+        State {
+            policy: ArcSwap::from_pointee(policy),
+            metrics: Metrics::new(),
+            draining: AtomicBool::new(false),
+            reviews: Semaphore::new(cores),
+        }
     }
 
     pub fn metrics(&self) -> &Metrics {
@@ -291,9 +299,21 @@ async fn mutate(state: &State, request: Request<Incoming>) -> HttpResponse {
             return json_error(StatusCode::REQUEST_TIMEOUT, format!("body not received within {BODY_TIMEOUT:?}"));
         }
     };
+    // Reviews run off the async workers, a few at a time: a large pod never delays other connections,
+    // /healthz or /readyz.
+    let Ok(_permit) = state.reviews.acquire().await else {
+        return json_error(StatusCode::SERVICE_UNAVAILABLE, "shutting down");
+    };
     let started = Instant::now();
-    let policy = state.policy.load();
-    match review::review(&policy, &body) {
+    let policy = state.policy.load_full();
+    let result = match tokio::task::spawn_blocking(move || review::review(&policy, &body)).await {
+        Ok(result) => result,
+        Err(e) => {
+            tracing::error!(error = %e, "review task failed");
+            return json_error(StatusCode::INTERNAL_SERVER_ERROR, "the review failed; see the webhook's log");
+        }
+    };
+    match result {
         Ok((response, summary)) => {
             let elapsed = started.elapsed();
             state.metrics.observe_review(&summary, elapsed.as_secs_f64());

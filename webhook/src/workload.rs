@@ -103,3 +103,25 @@ fn inject_object(policy: &Policy, mut value: Value, index: usize, reports: &mut 
     reports.push(report);
     value
 }
+
+/// The pod template of a workload (`kind` as in [`pod_pointer`]), checked when the workload is created or
+/// changed: its identity annotations (`tollgate.dev/analysis-id`, ...) may only be set by a trusted
+/// user, so that the controller that later creates its pods (trusted by the pod webhook) carries only
+/// what a trusted user wrote. `old` is the workload before an UPDATE: unchanged identity is allowed.
+pub fn check_identity(policy: &Policy, kind: &str, new: &Value, old: Option<&Value>, requester: harden::Requester) -> Option<Denial> {
+    let pointer = pod_pointer(kind).filter(|p| !p.is_empty())?;
+    let identity = |object: Option<&Value>| -> Vec<(&'static str, Option<String>)> {
+        let annotations = object.and_then(|o| o.pointer(&format!("{pointer}/metadata/annotations")));
+        harden::IDENTITY_ANNOTATIONS
+            .iter()
+            .map(|key| (*key, annotations.and_then(|a| a.get(*key)).and_then(Value::as_str).map(str::to_owned)))
+            .collect()
+    };
+    let now = identity(Some(new));
+    if old.is_some() && identity(old) == now {
+        return None;
+    }
+    let field = format!("{}.metadata.annotations", pointer.trim_start_matches('/').replace('/', "."));
+    let annotations = now.into_iter().filter_map(|(key, value)| Some((key.to_owned(), value?))).collect();
+    harden::check_identity(policy, &annotations, requester, &field)
+}

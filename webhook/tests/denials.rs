@@ -3,7 +3,7 @@
 mod common;
 
 use serde_json::{Value, json};
-use tollgate_webhook::harden::{Outcome, Rule, SkipReason, harden};
+use tollgate_webhook::harden::{Outcome, Requester, Rule, SkipReason, harden, harden_as};
 use tollgate_webhook::policy::Policy;
 
 fn base_pod() -> Value {
@@ -164,17 +164,18 @@ fn each_rule_denies_with_a_message_naming_container_and_field() {
         (
             Rule::CredentialsExposed,
             with(|p| {
-                p["metadata"]["annotations"]["tollgate.dev/credentials-secret"] = json!("analysis-7-creds");
-                p["spec"]["volumes"] = json!([{"name": "all", "projected": {"sources": [{"secret": {"name": "analysis-7-creds"}}]}}]);
+                p["metadata"]["annotations"]["tollgate.dev/credentials-secret"] = json!("tollgate-proxy-credentials-analysis-7");
+                p["spec"]["volumes"] =
+                    json!([{"name": "all", "projected": {"sources": [{"secret": {"name": "tollgate-proxy-credentials-analysis-7"}}]}}]);
                 p["spec"]["containers"][0]["volumeMounts"] = json!([{"name": "all", "mountPath": "/all"}]);
             }),
-            r#"carries the proxy credentials Secret "analysis-7-creds" [credentials-exposed]"#,
+            r#"carries the proxy credentials Secret "tollgate-proxy-credentials-analysis-7" [credentials-exposed]"#,
         ),
         (
             Rule::CredentialsExposed,
             with(|p| {
                 // Naming another Secret for the proxy does not unprotect the policy's.
-                p["metadata"]["annotations"]["tollgate.dev/credentials-secret"] = json!("analysis-7-creds");
+                p["metadata"]["annotations"]["tollgate.dev/credentials-secret"] = json!("tollgate-proxy-credentials-analysis-7");
                 p["spec"]["containers"][0]["env"] =
                     json!([{"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": "tollgate-proxy-credentials", "key": "k"}}}]);
             }),
@@ -277,6 +278,50 @@ fn each_rule_denies_with_a_message_naming_container_and_field() {
             with(|p| p["spec"]["activeDeadlineSeconds"] = json!(999_999)),
             "pod: spec.activeDeadlineSeconds 999999 is above the maximum 86400 [lifetime-exceeds-maximum]",
         ),
+        (
+            Rule::NameResolution,
+            with(|p| p["spec"]["hostAliases"] = json!([{"ip": "127.0.0.1", "hostnames": ["keycloak.flame.svc"]}])),
+            "pod: spec.hostAliases writes the pod's /etc/hosts, where the proxy resolves its upstreams (policy security.allowHostAliases) [name-resolution]",
+        ),
+        (
+            Rule::NameResolution,
+            with(|p| p["spec"]["dnsConfig"] = json!({"searches": ["attacker.example"]})),
+            "pod: spec.dnsConfig sets nameservers, searches or options the proxy would resolve with",
+        ),
+        (
+            Rule::TollgateOwned,
+            with(|p| p["spec"]["containers"][0]["volumeMounts"] = json!([{"name": "tollgate-proxy-config", "mountPath": "/cfg"}])),
+            r#"container "app": volumeMounts[0] mounts volume "tollgate-proxy-config", which is tollgate-proxy's alone [tollgate-owned]"#,
+        ),
+        (
+            Rule::TooLarge,
+            with(|p| p["spec"]["volumes"] = Value::Array((0..257).map(|i| json!({"name": format!("v{i}"), "emptyDir": {}})).collect())),
+            "pod: spec.volumes has 257 entries; at most 256 are allowed (policy bounds.volumes) [too-large]",
+        ),
+        (
+            Rule::TooLarge,
+            with(|p| {
+                p["spec"]["containers"][0]["env"] =
+                    Value::Array((0..4097).map(|i| json!({"name": format!("V{i}"), "value": "x"})).collect())
+            }),
+            r#"container "app": env and envFrom has 4097 entries; at most 4096 are allowed (policy bounds.envPerContainer) [too-large]"#,
+        ),
+        (
+            Rule::InvalidAnnotation,
+            with(|p| p["metadata"]["annotations"]["tollgate.dev/credentials-secret"] = json!("database-admin")),
+            r#"metadata.annotations[tollgate.dev/credentials-secret] "database-admin" is not a proxy credentials Secret (its name must start with "tollgate-proxy-credentials", policy proxy.credentialsSecretPrefix)"#,
+        ),
+        (
+            Rule::CredentialsExposed,
+            // Any Secret of the class, not only the policy's and the pod's own.
+            with(|p| p["spec"]["containers"][0]["envFrom"] = json!([{"secretRef": {"name": "tollgate-proxy-credentials-other-analysis"}}])),
+            r#"container "app": envFrom[0] reads the proxy credentials Secret "tollgate-proxy-credentials-other-analysis" [credentials-exposed]"#,
+        ),
+        (
+            Rule::ResourcesExceedMaximum,
+            with(|p| p["spec"]["resources"] = json!({"limits": {"memory": "1Ti"}})),
+            "pod: spec.resources.limits.memory 1Ti is above the maximum 64Gi [resources-exceed-maximum]",
+        ),
     ];
     let policy = Policy::default();
     let mut covered = std::collections::BTreeSet::new();
@@ -287,6 +332,30 @@ fn each_rule_denies_with_a_message_naming_container_and_field() {
         assert!(message.contains(expected), "message {message:?} lacks {expected:?}");
         covered.insert(rule);
     }
+    // Rules that need a policy setting or a requester.
+    let deny_always = Policy::from_yaml("lifetime: { restartAlways: deny }\n").unwrap();
+    let (message, rules) = denial(&deny_always, &with(|p| p["spec"]["restartPolicy"] = json!("Always")));
+    assert_eq!(rules, vec![Rule::LifetimeUnbounded], "{message}");
+    assert!(
+        message.contains(
+            "pod: spec.restartPolicy is Always: no deadline would bound the pod's lifetime (policy lifetime.restartAlways: deny)"
+        ),
+        "{message}"
+    );
+    covered.insert(Rule::LifetimeUnbounded);
+    let claim = with(|p| p["metadata"]["annotations"]["tollgate.dev/analysis-id"] = json!("someone-elses-analysis"));
+    let groups = vec!["system:authenticated".to_owned()];
+    let mallory = Requester { username: "mallory", groups: &groups };
+    let mut working = claim.clone();
+    let Outcome::Denied(refusal) = harden_as(&policy, &mut working, Some(mallory)).unwrap() else { panic!("an untrusted claim is denied") };
+    assert_eq!(working, claim);
+    assert_eq!(refusal.violations.iter().map(|v| v.rule).collect::<Vec<_>>(), vec![Rule::UntrustedIdentity]);
+    assert!(
+        refusal.message().contains(r#"pod: metadata.annotations[tollgate.dev/analysis-id] may only be set by trusted users (none) or members of trusted groups (system:masters) (policy identity.trustedUsers, identity.trustedGroups); "mallory" is neither [untrusted-identity]"#),
+        "{}",
+        refusal.message()
+    );
+    covered.insert(Rule::UntrustedIdentity);
     for rule in Rule::ALL {
         assert!(covered.contains(&rule), "rule {rule} has no denial case");
     }
@@ -384,11 +453,12 @@ fn undecodable_pods_name_the_field() {
 
 #[test]
 fn per_pod_credentials_secret_annotation_is_used() {
-    let mut pod = with(|p| p["metadata"]["annotations"]["tollgate.dev/credentials-secret"] = json!("analysis-7-creds"));
+    let mut pod =
+        with(|p| p["metadata"]["annotations"]["tollgate.dev/credentials-secret"] = json!("tollgate-proxy-credentials-analysis-7"));
     assert!(matches!(harden(&Policy::default(), &mut pod).unwrap(), Outcome::Hardened(_)));
     let volumes = pod["spec"]["volumes"].as_array().unwrap();
     let creds = volumes.iter().find(|v| v["name"] == "tollgate-proxy-credentials").unwrap();
-    assert_eq!(creds["secret"]["secretName"], "analysis-7-creds");
+    assert_eq!(creds["secret"]["secretName"], "tollgate-proxy-credentials-analysis-7");
     // Mounted into the proxy only.
     for container in pod["spec"]["containers"].as_array().unwrap() {
         let mounts = container["volumeMounts"].as_array().cloned().unwrap_or_default();
@@ -397,4 +467,73 @@ fn per_pod_credentials_secret_annotation_is_used() {
     let proxy = &pod["spec"]["initContainers"][0];
     assert_eq!(proxy["name"], "tollgate-proxy");
     assert!(proxy["volumeMounts"].as_array().unwrap().iter().any(|m| m["name"] == "tollgate-proxy-credentials"));
+}
+
+#[test]
+fn identity_is_trusted_from_trusted_users_groups_and_controllers() {
+    let policy = Policy::from_yaml("identity: { trustedUsers: [system:serviceaccount:flame:pod-orchestrator] }\n").unwrap();
+    let pod = with(|p| p["metadata"]["annotations"]["tollgate.dev/analysis-id"] = json!("a1"));
+    let none: Vec<String> = Vec::new();
+    let masters = vec!["system:masters".to_owned()];
+    for (username, groups) in [
+        ("system:serviceaccount:flame:pod-orchestrator", &none),
+        ("admin", &masters),
+        ("system:serviceaccount:kube-system:job-controller", &none),
+    ] {
+        let mut working = pod.clone();
+        let outcome = harden_as(&policy, &mut working, Some(Requester { username, groups })).unwrap();
+        assert!(matches!(outcome, Outcome::Hardened(_)), "{username}: {outcome:?}");
+    }
+    // Without identity annotations anyone may create a pod.
+    let mut plain = base_pod();
+    let outcome = harden_as(&policy, &mut plain, Some(Requester { username: "mallory", groups: &none })).unwrap();
+    assert!(matches!(outcome, Outcome::Hardened(_)));
+}
+
+#[test]
+fn name_resolution_is_allowed_only_where_the_policy_says_and_rewritten_under_override() {
+    let pod = with(|p| {
+        p["spec"]["dnsPolicy"] = json!("None");
+        p["spec"]["dnsConfig"] = json!({"nameservers": ["127.0.0.1"]});
+        p["spec"]["hostAliases"] = json!([{"ip": "127.0.0.1", "hostnames": ["hub"]}]);
+    });
+    let (message, rules) = denial(&Policy::default(), &pod);
+    assert_eq!(rules, vec![Rule::NameResolution; 3], "{message}");
+    assert!(message.contains("pod: spec.dnsPolicy is None: the pod would choose the resolver the proxy uses"), "{message}");
+
+    let mut rewritten = pod.clone();
+    let Outcome::Hardened(_) = harden(&Policy::from_yaml("onViolation: override\n").unwrap(), &mut rewritten).unwrap() else { panic!() };
+    assert_eq!(rewritten["spec"]["dnsPolicy"], "ClusterFirst");
+    assert!(rewritten["spec"].get("dnsConfig").is_none() && rewritten["spec"].get("hostAliases").is_none(), "{rewritten}");
+
+    let mut allowed = pod.clone();
+    let policy = Policy::from_yaml("security: { allowHostAliases: true, allowDnsConfig: true }\n").unwrap();
+    let Outcome::Hardened(_) = harden(&policy, &mut allowed).unwrap() else { panic!("allowed by the policy") };
+    assert_eq!(allowed["spec"]["hostAliases"], pod["spec"]["hostAliases"]);
+}
+
+#[test]
+fn tollgate_labels_are_tollgates_alone() {
+    let mut pod =
+        with(|p| p["metadata"]["labels"] = json!({"tollgate.dev/analysis-id": "spoofed", "tollgate.dev/injected": "false", "mine": "yes"}));
+    let Outcome::Hardened(hardened) = harden(&Policy::default(), &mut pod).unwrap() else { panic!() };
+    assert_eq!(pod["metadata"]["labels"], json!({"tollgate.dev/injected": "true", "mine": "yes"}));
+    assert!(
+        hardened
+            .changes
+            .iter()
+            .any(|c| c.to_string() == "pod: removed label tollgate.dev/analysis-id: tollgate.dev/ labels are set by tollgate alone")
+    );
+}
+
+#[test]
+fn always_restarting_pods_get_a_warning_by_default() {
+    let mut pod = with(|p| p["spec"]["restartPolicy"] = json!("Always"));
+    let Outcome::Hardened(hardened) = harden(&Policy::default(), &mut pod).unwrap() else { panic!() };
+    assert!(pod["spec"].get("activeDeadlineSeconds").is_none());
+    assert!(
+        hardened.notes.iter().any(|n| n.contains("restartPolicy Always: no activeDeadlineSeconds bounds its lifetime")),
+        "{:?}",
+        hardened.notes
+    );
 }

@@ -193,7 +193,7 @@ fn pod(rng: &mut Rng) -> Value {
         ("tollgate.dev/analysis-id", &["a1", "urn:x:y", "../up", ""][..]),
         ("tollgate.dev/project-id", &["p", "a b"][..]),
         ("tollgate.dev/inject", &["false", "true"][..]),
-        ("tollgate.dev/credentials-secret", &["mine", "Bad_Name"][..]),
+        ("tollgate.dev/credentials-secret", &["tollgate-proxy-credentials-mine", "Bad_Name", "someone-elses-secret"][..]),
         ("tollgate.dev/status", &["forged"][..]),
         ("container.apparmor.security.beta.kubernetes.io/c0", &["unconfined", "runtime/default"][..]),
     ] {

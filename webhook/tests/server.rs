@@ -202,7 +202,12 @@ async fn other_kinds_and_operations_pass_untouched() {
     let config_map = json!({"kind": "ConfigMap", "apiVersion": "v1", "metadata": {"name": "c"}, "data": {"a": "b"}});
     let cases = [
         admission_review("cm", "CREATE", ("", "v1", "ConfigMap"), config_map),
-        admission_review("update", "UPDATE", ("", "v1", "Pod"), plain_pod()),
+        {
+            // An UPDATE that changes nothing of tollgate's is allowed as it is.
+            let mut update = admission_review("update", "UPDATE", ("", "v1", "Pod"), plain_pod());
+            update["request"]["oldObject"] = plain_pod();
+            update
+        },
         admission_review(
             "deploy",
             "CREATE",
@@ -553,4 +558,205 @@ async fn silent_clients_are_dropped_and_connections_are_capped() {
         assert_eq!(tokio::time::timeout(Duration::from_secs(5), waiting).await.expect("served once the slot is free").unwrap(), 200);
     }
     server.stop().await;
+}
+
+/// A review as kube-apiserver sends it for `operation` on `resource/subresource`, by `user`.
+fn review_by(uid: &str, operation: &str, kind: (&str, &str), subresource: &str, object: Value, old: Value, user: &str) -> Vec<u8> {
+    let mut review = admission_review(uid, operation, (kind.0, "v1", kind.1), object);
+    let request = &mut review["request"];
+    request["oldObject"] = old;
+    request["userInfo"] = json!({"username": user, "groups": ["system:authenticated"]});
+    if !subresource.is_empty() {
+        request["subResource"] = json!(subresource);
+        request["requestSubResource"] = json!(subresource);
+    }
+    serde_json::to_vec(&review).unwrap()
+}
+
+/// A pod as stored after tollgate hardened it.
+fn hardened_pod() -> Value {
+    let mut pod = plain_pod();
+    pod["metadata"]["annotations"] = json!({});
+    let outcome = tollgate_webhook::harden::harden(&tollgate_webhook::policy::Policy::default(), &mut pod).unwrap();
+    assert!(matches!(outcome, tollgate_webhook::harden::Outcome::Hardened(_)));
+    pod
+}
+
+#[tokio::test]
+async fn updates_subresources_exec_and_workloads_are_guarded_over_the_wire() {
+    let server = start(None).await;
+    let mut client = server.client(b"h2").await;
+    let old = hardened_pod();
+    let mut send = async |body: Vec<u8>| response_of(&client.send(request("POST", "/mutate", body)).await.unwrap());
+
+    // The proxy's image replaced with `kubectl set image`: denied, the field named.
+    let mut new = old.clone();
+    new["spec"]["initContainers"][0]["image"] = json!("attacker/proxy:1");
+    let response = send(review_by("image", "UPDATE", ("", "Pod"), "", new, old.clone(), "mallory")).await;
+    assert_eq!(response["allowed"], false, "{response}");
+    let message = response["status"]["message"].as_str().unwrap();
+    assert!(message.starts_with("tollgate denied this update (1 violation): "), "{message}");
+    assert!(
+        message.contains(r#"init container "tollgate-proxy": image is tollgate's and cannot be changed after admission [tollgate-owned]"#),
+        "{message}"
+    );
+
+    // A new app image is the user's business.
+    let mut new = old.clone();
+    new["spec"]["containers"][0]["image"] = json!("python:3.13-slim");
+    let response = send(review_by("app-image", "UPDATE", ("", "Pod"), "", new, old.clone(), "mallory")).await;
+    assert_eq!(response["allowed"], true, "{response}");
+    assert!(response.get("patch").is_none());
+
+    // kubectl debug: a plain ephemeral container is hardened by a patch; a privileged one is denied.
+    let mut new = old.clone();
+    new["spec"]["ephemeralContainers"] = json!([{"name": "debugger", "image": "busybox:1.36", "targetContainerName": "app"}]);
+    let response = send(review_by("debug", "UPDATE", ("", "Pod"), "ephemeralcontainers", new.clone(), old.clone(), "mallory")).await;
+    assert_eq!(response["allowed"], true, "{response}");
+    let patched = apply_patch(&new, &response);
+    let sc = &patched["spec"]["ephemeralContainers"][0]["securityContext"];
+    assert_eq!(sc["allowPrivilegeEscalation"], false);
+    assert_eq!(sc["capabilities"]["drop"], json!(["ALL"]));
+    new["spec"]["ephemeralContainers"][0]["securityContext"] = json!({"privileged": true});
+    new["spec"]["ephemeralContainers"][0]["targetContainerName"] = json!("tollgate-proxy");
+    let response = send(review_by("sysadmin", "UPDATE", ("", "Pod"), "ephemeralcontainers", new, old.clone(), "mallory")).await;
+    assert_eq!(response["allowed"], false);
+    let message = response["status"]["message"].as_str().unwrap();
+    assert!(message.contains(r#"ephemeral container "debugger": securityContext.privileged is true [privileged]"#), "{message}");
+    assert!(message.contains(r#"ephemeral container "debugger": targetContainerName is "tollgate-proxy""#), "{message}");
+
+    // A resize above the maximum.
+    let mut new = old.clone();
+    new["spec"]["containers"][0]["resources"]["limits"]["cpu"] = json!("100");
+    let response = send(review_by("resize", "UPDATE", ("", "Pod"), "resize", new, old.clone(), "mallory")).await;
+    assert_eq!(response["allowed"], false);
+    assert!(
+        response["status"]["message"].as_str().unwrap().contains(r#"container "app": resources.limits.cpu 100 is above the maximum 8"#)
+    );
+
+    // kubectl exec into the proxy: refused; into the app: not tollgate's business.
+    for (container, allowed) in [("tollgate-proxy", false), ("app", true)] {
+        let options = json!({"kind": "PodExecOptions", "apiVersion": "v1", "container": container, "command": ["cat", "/var/run/secrets/tollgate/client-secret"], "stdout": true});
+        let response = send(review_by("exec", "CONNECT", ("", "PodExecOptions"), "exec", options, Value::Null, "mallory")).await;
+        assert_eq!(response["allowed"], allowed, "{container}: {response}");
+    }
+
+    // A Job claiming an analysis: denied for an untrusted user (saying who may), allowed for a trusted one.
+    let job = json!({"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "j"}, "spec": {"template": {
+        "metadata": {"annotations": {"tollgate.dev/analysis-id": "someone-elses"}},
+        "spec": {"restartPolicy": "Never", "containers": [{"name": "app", "image": "x:1"}]}}}});
+    let response = send(review_by("job", "CREATE", ("batch", "Job"), "", job.clone(), Value::Null, "mallory")).await;
+    assert_eq!(response["allowed"], false);
+    let message = response["status"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("template: spec.template.metadata.annotations[tollgate.dev/analysis-id] may only be set by trusted users (none) or members of trusted groups (system:masters)"),
+        "{message}"
+    );
+    let mut trusted =
+        serde_json::from_slice::<Value>(&review_by("job2", "CREATE", ("batch", "Job"), "", job, Value::Null, "admin")).unwrap();
+    trusted["request"]["userInfo"]["groups"] = json!(["system:masters"]);
+    let response = send(serde_json::to_vec(&trusted).unwrap()).await;
+    assert_eq!(response["allowed"], true, "{response}");
+    server.stop().await;
+}
+
+/// The largest review kube-apiserver sends, built to make every per-container and per-volume check
+/// work hard, within the policy's bounds (and once far beyond them).
+fn slow_review(beyond_bounds: bool) -> Vec<u8> {
+    let (volumes, containers, mounts) = if beyond_bounds { (20_000, 1, 20_000) } else { (256, 63, 256) };
+    let mut pod = plain_pod();
+    pod["spec"]["volumes"] = Value::Array(
+        (0..volumes)
+            .map(|i| json!({"name": format!("kube-api-access-{i:05}"), "projected": {"sources": [{"serviceAccountToken": {"path": "token"}}]}}))
+            .collect(),
+    );
+    let mount_list: Vec<Value> =
+        (0..mounts).map(|i| json!({"name": format!("kube-api-access-{i:05}"), "mountPath": format!("/m/{i}")})).collect();
+    let container = json!({"name": "app", "image": "x:1", "volumeMounts": mount_list});
+    pod["spec"]["containers"] = Value::Array(
+        (0..containers)
+            .map(|i| {
+                let mut c = container.clone();
+                c["name"] = json!(format!("app{i}"));
+                c
+            })
+            .collect(),
+    );
+    let mut body = pod_review("slow", pod);
+    // Fill up to kube-apiserver's limit with env vars of the first container.
+    let filler = body.len();
+    let mut review: Value = serde_json::from_slice(&body).unwrap();
+    let room = (3 * 1024 * 1024usize).saturating_sub(filler + 1024);
+    let per_var = 48;
+    let count = room / per_var;
+    // Within the bounds, spread over the containers (at most 4,000 each); beyond them, all in one.
+    let per_container = if beyond_bounds { count } else { 4000 };
+    for (index, chunk) in (0..count).collect::<Vec<_>>().chunks(per_container).enumerate() {
+        let env = chunk.iter().map(|i| json!({"name": format!("V{i:07}"), "value": format!("{i:014}")})).collect();
+        review["request"]["object"]["spec"]["containers"][index]["env"] = Value::Array(env);
+    }
+    body = serde_json::to_vec(&review).unwrap();
+    assert!(body.len() <= 3 * 1024 * 1024, "{}", body.len());
+    body
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_review_built_to_be_slow_is_answered_quickly_and_never_stalls_readyz() {
+    let server = Arc::new(start(None).await);
+    let bodies = Arc::new([slow_review(false), slow_review(true)]);
+    // /readyz keeps being asked, from a runtime of its own (so the test's own work cannot delay it),
+    // while the big reviews are worked on.
+    let stop = Arc::new(AtomicBool::new(false));
+    let probe = {
+        let (stop, addr, connector) = (stop.clone(), server.addr, server.ca.connector(&[b"http/1.1"]));
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            runtime.block_on(async move {
+                let mut client = Client::connect(&connector, addr).await.expect("connects").0;
+                let mut slowest = Duration::ZERO;
+                while !stop.load(Ordering::SeqCst) {
+                    let started = Instant::now();
+                    assert_eq!(client.send(request("GET", "/readyz", "")).await.unwrap().status, 200);
+                    slowest = slowest.max(started.elapsed());
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                slowest
+            })
+        })
+    };
+    // Two at once, as many as the machine has cores: were reviews run on the async workers, both would
+    // be busy and /readyz would wait for a review to finish.
+    let mut reviewers = Vec::new();
+    for reviewer in 0..2 {
+        let (server, bodies) = (server.clone(), bodies.clone());
+        reviewers.push(tokio::spawn(async move {
+            let mut client = server.client(b"h2").await;
+            for (index, beyond_bounds, expect_allowed) in [(0, false, true), (1, true, false)] {
+                let body = &bodies[index];
+                let size = body.len();
+                for round in 0..2 {
+                    let started = Instant::now();
+                    let response = response_of(&client.send(request("POST", "/mutate", body.clone())).await.unwrap());
+                    let elapsed = started.elapsed();
+                    assert_eq!(response["allowed"], expect_allowed, "{}", response["status"]);
+                    if !expect_allowed {
+                        assert!(response["status"]["message"].as_str().unwrap().contains("[too-large]"), "{}", response["status"]);
+                    }
+                    println!("reviewer {reviewer}: {size} byte review (beyond bounds: {beyond_bounds}), round {round}: {elapsed:?}");
+                    // Measured on the 2-core development machine, debug build (what the tests run), two
+                    // at once: about 1.5 s within the bounds and 0.8 s beyond them; kube-apiserver gives
+                    // the webhook timeoutSeconds (5 s). A release build is several times faster.
+                    assert!(elapsed < Duration::from_millis(3500), "{elapsed:?}");
+                }
+            }
+        }));
+    }
+    for reviewer in reviewers {
+        reviewer.await.unwrap();
+    }
+    stop.store(true, Ordering::SeqCst);
+    let slowest = probe.join().unwrap();
+    println!("slowest /readyz while reviewing: {slowest:?}");
+    assert!(slowest < Duration::from_millis(600), "/readyz waited {slowest:?} behind a review");
+    Arc::try_unwrap(server).ok().expect("no other owner").stop().await;
 }

@@ -6,8 +6,8 @@ use serde_json::{Value, json};
 
 use super::rules::{ALLOWED_SELINUX_TYPES, ALLOWED_VOLUME_TYPES, SAFE_SYSCTLS};
 use super::{
-    ANNOTATION_ANALYSIS_ID, ANNOTATION_CREDENTIALS_SECRET, ANNOTATION_PROJECT_ID, ContainerRef, Findings, Fix, PodIds, Rule,
-    VOLUME_CREDENTIALS, join,
+    ANNOTATION_ANALYSIS_ID, ANNOTATION_CREDENTIALS_SECRET, ANNOTATION_PROJECT_ID, ContainerRef, Denial, Findings, Fix,
+    IDENTITY_ANNOTATIONS, Kind, PodIds, Requester, Rule, SIDECAR_NAME, VOLUME_CONFIG, VOLUME_CREDENTIALS, Violation, join,
 };
 use crate::patch::{Seg, get};
 use crate::path;
@@ -44,13 +44,88 @@ pub(super) fn pod_ids(policy: &Policy, annotations: &BTreeMap<String, String>, f
     let analysis = id(ANNOTATION_ANALYSIS_ID);
     let project = id(ANNOTATION_PROJECT_ID);
     let secret = annotations.get(ANNOTATION_CREDENTIALS_SECRET).map(String::as_str);
-    if let Some(Err(why)) = secret.map(check_object_name) {
-        f.refused(Rule::InvalidAnnotation, "pod", format!("metadata.annotations[{ANNOTATION_CREDENTIALS_SECRET}]"), why);
+    let prefix = &policy.proxy.credentials_secret_prefix;
+    let field = format!("metadata.annotations[{ANNOTATION_CREDENTIALS_SECRET}]");
+    match secret.map(|name| (name, check_object_name(name))) {
+        Some((_, Err(why))) => f.refused(Rule::InvalidAnnotation, "pod", field, why),
+        // Only a credentials Secret: anything else could be a Secret the pod has no business with.
+        Some((name, Ok(()))) if !name.starts_with(prefix.as_str()) => f.refused(
+            Rule::InvalidAnnotation,
+            "pod",
+            field,
+            format!(
+                "{name:?} is not a proxy credentials Secret (its name must start with {prefix:?}, policy proxy.credentialsSecretPrefix)"
+            ),
+        ),
+        _ => {}
     }
-    // The policy's Secret stays protected even when a pod names another one for its proxy.
-    let mut protected_secrets = vec![policy.proxy.credentials_secret.clone()];
-    protected_secrets.extend(secret.filter(|s| *s != policy.proxy.credentials_secret).map(str::to_owned));
-    PodIds { analysis, project, credentials_secret: policy.credentials_secret(secret).to_owned(), protected_secrets }
+    PodIds { analysis, project, credentials_secret: policy.credentials_secret(secret).to_owned(), secret_prefix: prefix.clone() }
+}
+
+/// Identity annotations (`IDENTITY_ANNOTATIONS` in `annotations`) are set only by trusted users, or by the
+/// controllers that copy them from templates a trusted user wrote. `field` is where the annotations
+/// sit (`metadata.annotations`, `spec.template.metadata.annotations`).
+pub(super) fn identity(
+    policy: &Policy,
+    annotations: &BTreeMap<String, String>,
+    requester: Option<Requester>,
+    scope: &str,
+    field: &str,
+    f: &mut Findings,
+) {
+    let Some(requester) = requester else { return };
+    let identity = &policy.identity;
+    if identity.trusts(requester.username, requester.groups) || identity.is_controller(requester.username) {
+        return;
+    }
+    for key in IDENTITY_ANNOTATIONS {
+        if annotations.contains_key(key) {
+            f.refused(Rule::UntrustedIdentity, scope, format!("{field}[{key}]"), untrusted(policy, requester));
+        }
+    }
+}
+
+/// Why `requester` may not set identity annotations, and who may.
+pub(super) fn untrusted(policy: &Policy, requester: Requester) -> String {
+    let identity = &policy.identity;
+    let list = |names: &[String]| if names.is_empty() { "none".to_owned() } else { names.join(", ") };
+    format!(
+        "may only be set by trusted users ({}) or members of trusted groups ({}) (policy identity.trustedUsers, identity.trustedGroups); {:?} is neither",
+        list(&identity.trusted_users),
+        list(&identity.trusted_groups),
+        requester.username
+    )
+}
+
+/// The pod's size against `policy.bounds`, read from the raw JSON before anything else is done with it.
+pub(super) fn bounds(policy: &Policy, doc: &Value) -> Option<Denial> {
+    let b = &policy.bounds;
+    let mut violations = Vec::new();
+    let mut too_large = |scope: String, field: String, count: usize, bound: usize, name: &str| {
+        if count > bound {
+            let problem = format!("has {count} entries; at most {bound} are allowed (policy bounds.{name})");
+            violations.push(Violation { rule: Rule::TooLarge, scope, field, problem });
+        }
+    };
+    let len = |value: Option<&Value>| value.and_then(Value::as_array).map_or(0, Vec::len);
+    let spec = doc.get("spec");
+    let total: usize = Kind::ALL.iter().map(|k| len(spec.and_then(|s| s.get(k.field())))).sum();
+    too_large("pod".into(), "spec.*containers".into(), total, b.containers, "containers");
+    too_large("pod".into(), "spec.volumes".into(), len(spec.and_then(|s| s.get("volumes"))), b.volumes, "volumes");
+    if total <= b.containers {
+        for kind in Kind::ALL {
+            let Some(Value::Array(items)) = spec.and_then(|s| s.get(kind.field())) else { continue };
+            for container in items {
+                let name = container.get("name").and_then(Value::as_str).unwrap_or("");
+                let scope = format!("{} {name:?}", kind.label());
+                let mounts = len(container.get("volumeMounts"));
+                too_large(scope.clone(), "volumeMounts".into(), mounts, b.volume_mounts_per_container, "volumeMountsPerContainer");
+                let env = len(container.get("env")) + len(container.get("envFrom"));
+                too_large(scope, "env and envFrom".into(), env, b.env_per_container, "envPerContainer");
+            }
+        }
+    }
+    (!violations.is_empty()).then_some(Denial { violations })
 }
 
 fn is_true(value: Option<&Value>) -> bool {
@@ -179,6 +254,7 @@ pub(super) fn pod_level(doc: &Value, annotations: &BTreeMap<String, String>, f: 
     {
         f.refused(Rule::ResourceNotAllowed, "pod", "spec.resourceClaims", "uses dynamic resource claims, which the policy cannot bound");
     }
+    name_resolution(doc, f);
 
     if let Some(Value::Array(sysctls)) = get(doc, &path!["spec", "securityContext", "sysctls"]) {
         let unsafe_names: Vec<&str> =
@@ -239,11 +315,51 @@ pub(super) fn pod_level(doc: &Value, annotations: &BTreeMap<String, String>, f: 
     }
 }
 
+/// What names resolve to inside the pod is the proxy's business too: it resolves its upstreams and its
+/// token endpoint there, so a pod that maps those names to its own app would receive the credentials.
+fn name_resolution(doc: &Value, f: &mut Findings) {
+    let security = &f.policy.security;
+    let (allow_aliases, allow_dns) = (security.allow_host_aliases, security.allow_dns_config);
+    if !allow_aliases && get(doc, &path!["spec", "hostAliases"]).and_then(Value::as_array).is_some_and(|a| !a.is_empty()) {
+        f.insecure(
+            Rule::NameResolution,
+            "pod",
+            "spec.hostAliases",
+            "writes the pod's /etc/hosts, where the proxy resolves its upstreams (policy security.allowHostAliases)",
+            Fix::Remove(path!["spec", "hostAliases"]),
+            "removed spec.hostAliases",
+        );
+    }
+    if allow_dns {
+        return;
+    }
+    if str_at(doc, &path!["spec", "dnsPolicy"]) == Some("None") {
+        f.insecure(
+            Rule::NameResolution,
+            "pod",
+            "spec.dnsPolicy",
+            "is None: the pod would choose the resolver the proxy uses (policy security.allowDnsConfig)",
+            Fix::Set(path!["spec", "dnsPolicy"], json!("ClusterFirst")),
+            "set spec.dnsPolicy=ClusterFirst",
+        );
+    }
+    if get(doc, &path!["spec", "dnsConfig"]).is_some_and(|c| c.as_object().is_none_or(|c| c.values().any(|v| !v.is_null()))) {
+        f.insecure(
+            Rule::NameResolution,
+            "pod",
+            "spec.dnsConfig",
+            "sets nameservers, searches or options the proxy would resolve with (policy security.allowDnsConfig)",
+            Fix::Remove(path!["spec", "dnsConfig"]),
+            "removed spec.dnsConfig",
+        );
+    }
+}
+
 /// Volumes of the pod that carry one of the protected Secrets (by volume name, with the Secret's name),
 /// and the reserved name of tollgate's own.
-pub(super) fn credential_volumes(doc: &Value, secrets: &[String]) -> BTreeMap<String, String> {
-    let protected = |name: Option<&str>| name.and_then(|n| secrets.iter().find(|s| s.as_str() == n)).cloned();
-    let mut names = BTreeMap::from([(VOLUME_CREDENTIALS.to_owned(), secrets[0].clone())]);
+pub(super) fn credential_volumes(doc: &Value, ids: &PodIds) -> BTreeMap<String, String> {
+    let protected = |name: Option<&str>| name.filter(|n| ids.is_protected(n)).map(str::to_owned);
+    let mut names = BTreeMap::from([(VOLUME_CREDENTIALS.to_owned(), ids.credentials_secret.clone())]);
     if let Some(Value::Array(volumes)) = get(doc, &path!["spec", "volumes"]) {
         for volume in volumes {
             let direct = protected(volume.pointer("/secret/secretName").and_then(Value::as_str));
@@ -353,13 +469,18 @@ pub(super) fn container(doc: &Value, c: &ContainerRef, ids: &PodIds, carrying: &
             if let Some(secret) = carrying.get(name) {
                 let problem = format!("mounts volume {name:?}, which carries the proxy credentials Secret {secret:?}");
                 f.refused(Rule::CredentialsExposed, scope, format!("volumeMounts[{index}]"), problem);
+            } else if name == VOLUME_CONFIG {
+                let problem = format!("mounts volume {name:?}, which is {SIDECAR_NAME}'s alone");
+                f.refused(Rule::TollgateOwned, scope, format!("volumeMounts[{index}]"), problem);
             }
         }
     }
-    let protected = |name: Option<&str>| name.and_then(|n| ids.protected_secrets.iter().find(|s| s.as_str() == n));
+    fn protected<'a>(ids: &PodIds, name: Option<&'a str>) -> Option<&'a str> {
+        name.filter(|n| ids.is_protected(n))
+    }
     if let Some(Value::Array(env)) = get(doc, &join(&c.path, [Seg::from("env")])) {
         for var in env {
-            if let Some(secret) = protected(var.pointer("/valueFrom/secretKeyRef/name").and_then(Value::as_str)) {
+            if let Some(secret) = protected(ids, var.pointer("/valueFrom/secretKeyRef/name").and_then(Value::as_str)) {
                 let name = var.get("name").and_then(Value::as_str).unwrap_or("");
                 f.refused(
                     Rule::CredentialsExposed,
@@ -372,7 +493,7 @@ pub(super) fn container(doc: &Value, c: &ContainerRef, ids: &PodIds, carrying: &
     }
     if let Some(Value::Array(env_from)) = get(doc, &join(&c.path, [Seg::from("envFrom")])) {
         for (index, source) in env_from.iter().enumerate() {
-            if let Some(secret) = protected(source.pointer("/secretRef/name").and_then(Value::as_str)) {
+            if let Some(secret) = protected(ids, source.pointer("/secretRef/name").and_then(Value::as_str)) {
                 f.refused(
                     Rule::CredentialsExposed,
                     scope,
@@ -414,5 +535,14 @@ pub(super) fn container(doc: &Value, c: &ContainerRef, ids: &PodIds, carrying: &
         && !claims.is_empty()
     {
         f.refused(Rule::ResourceNotAllowed, scope, "resources.claims", "uses dynamic resource claims, which the policy cannot bound");
+    }
+    // `kubectl debug --target`: sharing the proxy's process namespace reaches its files through /proc.
+    if c.kind == Kind::Ephemeral && str_at(doc, &join(&c.path, [Seg::from("targetContainerName")])) == Some(SIDECAR_NAME) {
+        f.refused(
+            Rule::TollgateOwned,
+            scope,
+            "targetContainerName",
+            format!("is {SIDECAR_NAME:?}: no container may share the proxy's processes (and through them its credentials)"),
+        );
     }
 }

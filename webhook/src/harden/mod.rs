@@ -7,6 +7,7 @@ mod checks;
 mod resources;
 pub mod rules;
 mod sidecar;
+pub mod update;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -34,6 +35,18 @@ pub const VOLUME_CONFIG: &str = "tollgate-proxy-config";
 pub const VOLUME_CREDENTIALS: &str = "tollgate-proxy-credentials";
 pub const ENV_EGRESS_URL: &str = "TOLLGATE_EGRESS_URL";
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+/// Labels and annotations under this prefix are tollgate's: set at admission, never changed after.
+pub const OWNED_PREFIX: &str = "tollgate.dev/";
+/// The annotations that say which analysis a pod belongs to: only trusted users may set them.
+pub const IDENTITY_ANNOTATIONS: [&str; 3] = [ANNOTATION_ANALYSIS_ID, ANNOTATION_PROJECT_ID, ANNOTATION_CREDENTIALS_SECRET];
+
+/// Who asks, from the AdmissionRequest's `userInfo`. Offline hardening (the CLI) has none: whoever runs
+/// it applies the result with their own rights, and the API server's webhook judges them then.
+#[derive(Clone, Copy, Debug)]
+pub struct Requester<'a> {
+    pub username: &'a str,
+    pub groups: &'a [String],
+}
 
 /// One thing tollgate changed, e.g. `container "app": set securityContext.readOnlyRootFilesystem=true`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -142,6 +155,14 @@ enum Fix {
     Remove(Path),
 }
 
+/// The typed decode that rejects objects that are not pods; the error names the field.
+fn decode(pod: &Value) -> Result<Pod, DecodeError> {
+    serde_path_to_error::deserialize(pod).map_err(|e| {
+        let path = e.path().to_string();
+        DecodeError(if path == "." { e.inner().to_string() } else { format!("{path}: {}", e.inner()) })
+    })
+}
+
 /// What the read phase found: violations (each fixable or not under this policy) and plain settings.
 struct Findings<'p> {
     policy: &'p Policy,
@@ -169,6 +190,30 @@ impl<'p> Findings<'p> {
     /// Never fixable: the request itself is wrong or hostile.
     fn refused(&mut self, rule: Rule, scope: &str, field: impl Into<String>, problem: impl Into<String>) {
         self.violation(rule, scope, field, problem, None);
+    }
+
+    /// The denial, when anything found cannot be fixed under this policy.
+    fn denial(&self) -> Option<Denial> {
+        self.violations
+            .iter()
+            .any(|(_, fix)| fix.is_none())
+            .then(|| Denial { violations: self.violations.iter().map(|(v, _)| v.clone()).collect() })
+    }
+
+    /// Apply every fix (all are fixable once [`Findings::denial`] said none).
+    fn apply(self, editor: &mut Editor) {
+        for (violation, fix) in self.violations {
+            let Some((fix, fixed)) = fix else { continue };
+            match fix {
+                Fix::Set(path, value) => {
+                    editor.builder.set(&path, value);
+                }
+                Fix::Remove(path) => {
+                    editor.builder.remove(&path);
+                }
+            }
+            editor.change(&violation.scope, format!("{fixed} (was: {} {}) [{}]", violation.field, violation.problem, violation.rule));
+        }
     }
 }
 
@@ -222,8 +267,15 @@ pub(crate) struct PodIds {
     analysis: Option<String>,
     project: Option<String>,
     credentials_secret: String,
-    /// Secrets no container but the proxy may touch: the policy's, and the pod's own if it names one.
-    protected_secrets: Vec<String>,
+    /// Secrets no container but the proxy may touch: every name with this prefix (the policy's
+    /// Secret and any the pod may name have it).
+    secret_prefix: String,
+}
+
+impl PodIds {
+    fn is_protected(&self, secret: &str) -> bool {
+        secret.starts_with(&self.secret_prefix) || secret == self.credentials_secret
+    }
 }
 
 /// Harden `pod` in place according to `policy`.
@@ -231,10 +283,16 @@ pub(crate) struct PodIds {
 /// On `Outcome::Hardened`, `pod` is the hardened pod and the patch turns the original into it. On a
 /// denial or skip, `pod` is unchanged (all checks run before the first edit).
 pub fn harden(policy: &Policy, pod: &mut Value) -> Result<Outcome, DecodeError> {
-    let typed: Pod = serde_path_to_error::deserialize(&*pod).map_err(|e| {
-        let path = e.path().to_string();
-        DecodeError(if path == "." { e.inner().to_string() } else { format!("{path}: {}", e.inner()) })
-    })?;
+    harden_as(policy, pod, None)
+}
+
+/// [`harden`] for a request made by `requester` (who may or may not set identity annotations).
+pub fn harden_as(policy: &Policy, pod: &mut Value, requester: Option<Requester>) -> Result<Outcome, DecodeError> {
+    // Size first: everything after is linear in the pod, and the bounds keep that small.
+    if let Some(denial) = checks::bounds(policy, pod) {
+        return Ok(Outcome::Denied(denial));
+    }
+    let typed = decode(pod)?;
     let annotations: BTreeMap<String, String> = typed.metadata.annotations.unwrap_or_default();
     let mut notes = Vec::new();
     if annotations.get(ANNOTATION_INJECT).map(String::as_str) == Some("false") {
@@ -246,6 +304,7 @@ pub fn harden(policy: &Policy, pod: &mut Value) -> Result<Outcome, DecodeError> 
 
     let mut findings = Findings { policy, violations: Vec::new() };
     let ids = checks::pod_ids(policy, &annotations, &mut findings);
+    checks::identity(policy, &annotations, requester, "pod", "metadata.annotations", &mut findings);
 
     let mut editor = Editor { builder: PatchBuilder::new(pod), changes: Vec::new() };
     let sidecar = sidecar::render(policy, &ids);
@@ -254,30 +313,22 @@ pub fn harden(policy: &Policy, pod: &mut Value) -> Result<Outcome, DecodeError> 
     // Read phase: find everything wrong before changing anything.
     let containers = containers(editor.builder.doc());
     checks::pod_level(editor.builder.doc(), &annotations, &mut findings);
-    let carrying = checks::credential_volumes(editor.builder.doc(), &ids.protected_secrets);
+    let carrying = checks::credential_volumes(editor.builder.doc(), &ids);
     for container in &containers {
         checks::container(editor.builder.doc(), container, &ids, &carrying, &mut findings);
     }
     let resource_defaults = resources::plan(policy, editor.builder.doc(), &containers, &mut findings);
-    resources::lifetime(policy, editor.builder.doc(), &mut findings);
+    resources::pod_level(policy, editor.builder.doc(), &mut findings);
+    if let Some(note) = resources::lifetime(policy, editor.builder.doc(), &mut findings) {
+        notes.push(note);
+    }
 
-    if findings.violations.iter().any(|(_, fix)| fix.is_none()) {
-        return Ok(Outcome::Denied(Denial { violations: findings.violations.into_iter().map(|(v, _)| v).collect() }));
+    if let Some(denial) = findings.denial() {
+        return Ok(Outcome::Denied(denial));
     }
 
     // Write phase.
-    for (violation, fix) in findings.violations {
-        let (fix, fixed) = fix.expect("unfixable violations were denied above");
-        match fix {
-            Fix::Set(path, value) => {
-                editor.builder.set(&path, value);
-            }
-            Fix::Remove(path) => {
-                editor.builder.remove(&path);
-            }
-        }
-        editor.change(&violation.scope, format!("{fixed} (was: {} {}) [{}]", violation.field, violation.problem, violation.rule));
-    }
+    findings.apply(&mut editor);
     harden_pod_level(policy, &mut editor);
     for container in &containers {
         harden_container(policy, container, &mut editor);
@@ -304,6 +355,26 @@ pub fn harden(policy: &Policy, pod: &mut Value) -> Result<Outcome, DecodeError> 
 
     let Editor { builder, changes } = editor;
     Ok(Outcome::Hardened(Hardened { patch: json_patch::Patch(builder.into_ops()), changes, notes }))
+}
+
+/// The identity annotations found at `field` of a workload's template, against who asks for them.
+pub fn check_identity(policy: &Policy, annotations: &BTreeMap<String, String>, requester: Requester, field: &str) -> Option<Denial> {
+    let mut findings = Findings { policy, violations: Vec::new() };
+    checks::identity(policy, annotations, Some(requester), "template", field, &mut findings);
+    findings.denial()
+}
+
+/// `pods/exec` or `pods/attach` into `container`: the proxy holds the analysis's credentials, so no one
+/// may run commands in it or attach to it.
+pub fn check_connect(container: &str, subresource: &str) -> Option<Denial> {
+    (container == SIDECAR_NAME).then(|| Denial {
+        violations: vec![Violation {
+            rule: Rule::TollgateOwned,
+            scope: format!("container {SIDECAR_NAME:?}"),
+            field: format!("pods/{subresource}"),
+            problem: "is refused: the proxy holds the analysis's credentials, and no one may run commands in it or attach to it".to_owned(),
+        }],
+    })
 }
 
 fn harden_pod_level(policy: &Policy, e: &mut Editor) {
@@ -439,13 +510,15 @@ fn remove_service_account_token(containers: &[ContainerRef], e: &mut Editor) {
     if doomed.is_empty() {
         return;
     }
+    // A set, so that many such volumes and mounts stay linear.
+    let names: std::collections::HashSet<&str> = doomed.iter().map(|(_, name)| name.as_str()).collect();
     for c in containers {
         let mounts_path = join(&c.path, [Seg::from("volumeMounts")]);
         let Some(Value::Array(mounts)) = e.builder.get(&mounts_path) else { continue };
         let indices: Vec<usize> = mounts
             .iter()
             .enumerate()
-            .filter(|(_, m)| doomed.iter().any(|(_, name)| m.get("name").and_then(Value::as_str) == Some(name)))
+            .filter(|(_, m)| m.get("name").and_then(Value::as_str).is_some_and(|name| names.contains(name)))
             .map(|(i, _)| i)
             .collect();
         for index in indices.into_iter().rev() {
@@ -461,6 +534,19 @@ fn remove_service_account_token(containers: &[ContainerRef], e: &mut Editor) {
 
 fn label_and_record(policy: &Policy, ids: &PodIds, containers: &[ContainerRef], e: &mut Editor) {
     let metadata = path!["metadata"];
+    // tollgate.dev/ labels say what tollgate decided (NetworkPolicies and people select on them): a pod
+    // may not bring its own.
+    let ours = |key: &str| {
+        key == LABEL_INJECTED || (key == LABEL_ANALYSIS_ID && ids.analysis.is_some()) || (key == LABEL_PROJECT_ID && ids.project.is_some())
+    };
+    let foreign: Vec<String> = match e.builder.get(&path!["metadata", "labels"]) {
+        Some(Value::Object(labels)) => labels.keys().filter(|k| k.starts_with(OWNED_PREFIX) && !ours(k)).cloned().collect(),
+        _ => Vec::new(),
+    };
+    for key in foreign {
+        e.builder.remove(&path!["metadata", "labels", key.as_str()]);
+        e.change("pod", format!("removed label {key}: {OWNED_PREFIX} labels are set by tollgate alone"));
+    }
     e.force("pod", &metadata, &["labels", LABEL_INJECTED], json!("true"));
     if let Some(id) = &ids.analysis {
         e.force("pod", &metadata, &["labels", LABEL_ANALYSIS_ID], json!(crate::labels::label_value_for(id)));

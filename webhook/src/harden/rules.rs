@@ -30,10 +30,15 @@ pub enum Rule {
     ResourcesExceedMaximum,
     RequestsExceedLimits,
     LifetimeExceedsMaximum,
+    LifetimeUnbounded,
+    NameResolution,
+    UntrustedIdentity,
+    TollgateOwned,
+    TooLarge,
 }
 
 impl Rule {
-    pub const ALL: [Rule; 25] = [
+    pub const ALL: [Rule; 30] = [
         Rule::Privileged,
         Rule::HostNamespaces,
         Rule::HostPath,
@@ -59,6 +64,11 @@ impl Rule {
         Rule::ResourcesExceedMaximum,
         Rule::RequestsExceedLimits,
         Rule::LifetimeExceedsMaximum,
+        Rule::LifetimeUnbounded,
+        Rule::NameResolution,
+        Rule::UntrustedIdentity,
+        Rule::TollgateOwned,
+        Rule::TooLarge,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -88,6 +98,11 @@ impl Rule {
             Rule::ResourcesExceedMaximum => "resources-exceed-maximum",
             Rule::RequestsExceedLimits => "requests-exceed-limits",
             Rule::LifetimeExceedsMaximum => "lifetime-exceeds-maximum",
+            Rule::LifetimeUnbounded => "lifetime-unbounded",
+            Rule::NameResolution => "name-resolution",
+            Rule::UntrustedIdentity => "untrusted-identity",
+            Rule::TollgateOwned => "tollgate-owned",
+            Rule::TooLarge => "too-large",
         }
     }
 }
@@ -125,8 +140,13 @@ pub struct Denial {
 impl Denial {
     /// The one message kubectl prints.
     pub fn message(&self) -> String {
+        self.message_for("this pod")
+    }
+
+    /// The message for a request about something else: `this update`, `this Job`, ...
+    pub fn message_for(&self, what: &str) -> String {
         let count = self.violations.len();
-        let mut message = format!("tollgate denied this pod ({count} violation{}): ", if count == 1 { "" } else { "s" });
+        let mut message = format!("tollgate denied {what} ({count} violation{}): ", if count == 1 { "" } else { "s" });
         let parts: Vec<String> = self.violations.iter().map(ToString::to_string).collect();
         message.push_str(&parts.join("; "));
         message
