@@ -81,6 +81,9 @@ impl Drop for Process {
 /// etcd + kube-apiserver, and a kubeconfig for an admin (CN=admin, O=system:masters).
 pub struct ControlPlane {
     pub dir: tempfile::TempDir,
+    /// Signs client certificates: users other than the admin ([`ControlPlane::user_kubeconfig`]).
+    ca: Issuer<'static, KeyPair>,
+    ca_pem: String,
     pub bin: PathBuf,
     pub kubeconfig: PathBuf,
     pub server: String,
@@ -170,7 +173,7 @@ impl ControlPlane {
                 b64(admin_key.serialize_pem())
             ),
         );
-        let plane = ControlPlane { dir, bin, kubeconfig, server, apiserver, etcd };
+        let plane = ControlPlane { dir, bin, kubeconfig, server, apiserver, etcd, ca: issuer, ca_pem: ca_cert.pem() };
         plane.wait_ready();
         plane
     }
@@ -192,6 +195,36 @@ impl ControlPlane {
         }
     }
 
+    /// A kubeconfig for `user` in `groups`, with a client certificate from the cluster's CA: someone with
+    /// only the rights RBAC gives them.
+    pub fn user_kubeconfig(&self, user: &str, groups: &[&str]) -> PathBuf {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.distinguished_name.push(DnType::CommonName, user);
+        for group in groups {
+            params.distinguished_name.push(DnType::OrganizationName, *group);
+        }
+        let cert = params.signed_by(&key, &self.ca).unwrap();
+        let b64 = |s: String| base64::engine::general_purpose::STANDARD.encode(s);
+        let path = self.dir.path().join(format!("kubeconfig-{user}"));
+        write(
+            &path,
+            &format!(
+                "apiVersion: v1\nkind: Config\nclusters:\n- name: e2e\n  cluster:\n    server: {}\n    certificate-authority-data: {}\nusers:\n- name: {user}\n  user:\n    client-certificate-data: {}\n    client-key-data: {}\ncontexts:\n- name: e2e\n  context: {{ cluster: e2e, user: {user} }}\ncurrent-context: e2e\n",
+                self.server,
+                b64(self.ca_pem.clone()),
+                b64(cert.pem()),
+                b64(key.serialize_pem())
+            ),
+        );
+        path
+    }
+
+    /// kubectl as someone else (a kubeconfig from [`ControlPlane::user_kubeconfig`]).
+    pub fn kubectl_as(&self, kubeconfig: &Path, args: &[&str]) -> std::process::Output {
+        Command::new(self.bin.join("kubectl")).arg(format!("--kubeconfig={}", kubeconfig.display())).args(args).output().unwrap()
+    }
+
     /// Run kubectl against this control plane.
     pub fn kubectl(&self, args: &[&str]) -> std::process::Output {
         Command::new(self.bin.join("kubectl")).arg(format!("--kubeconfig={}", self.kubeconfig.display())).args(args).output().unwrap()
@@ -199,9 +232,14 @@ impl ControlPlane {
 
     /// kubectl with `stdin` as input.
     pub fn kubectl_stdin(&self, args: &[&str], stdin: &str) -> std::process::Output {
+        self.kubectl_stdin_as(&self.kubeconfig, args, stdin)
+    }
+
+    /// kubectl with `stdin` as input, as someone else.
+    pub fn kubectl_stdin_as(&self, kubeconfig: &Path, args: &[&str], stdin: &str) -> std::process::Output {
         use std::io::Write;
         let mut child = Command::new(self.bin.join("kubectl"))
-            .arg(format!("--kubeconfig={}", self.kubeconfig.display()))
+            .arg(format!("--kubeconfig={}", kubeconfig.display()))
             .args(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -283,19 +321,23 @@ impl Webhook {
         Webhook { process, port, certs }
     }
 
-    /// Register by URL, as the manifests do by Service: same rules, selector, policies.
+    /// Register exactly what `manifests/` ships — the MutatingWebhookConfiguration (every webhook in it,
+    /// with its rules, selectors and match conditions) and the ValidatingAdmissionPolicy that guards
+    /// pods after admission — with one change: the webhooks call this local process by URL instead of
+    /// the in-cluster Service.
     pub fn register(&self, plane: &ControlPlane) {
         let ca = base64::engine::general_purpose::STANDARD.encode(std::fs::read(self.certs.join("ca.crt")).unwrap());
-        let configuration = format!(
-            r#"{{"apiVersion":"admissionregistration.k8s.io/v1","kind":"MutatingWebhookConfiguration","metadata":{{"name":"tollgate"}},
-"webhooks":[{{"name":"harden.pods.tollgate.dev","admissionReviewVersions":["v1"],"sideEffects":"None","failurePolicy":"Fail","timeoutSeconds":5,
-"reinvocationPolicy":"IfNeeded","clientConfig":{{"url":"https://127.0.0.1:{}/mutate","caBundle":"{ca}"}},
-"rules":[{{"apiGroups":[""],"apiVersions":["v1"],"operations":["CREATE"],"resources":["pods"],"scope":"Namespaced"}}],
-"namespaceSelector":{{"matchLabels":{{"tollgate.dev/inject":"enabled"}},"matchExpressions":[{{"key":"kubernetes.io/metadata.name","operator":"NotIn","values":["kube-system","kube-public","kube-node-lease","tollgate"]}}]}}}}]}}"#,
-            self.port
-        );
-        let out = plane.kubectl_stdin(&["apply", "-f", "-"], &configuration);
+        let manifests = Path::new(env!("CARGO_MANIFEST_DIR")).join("../manifests");
+        let text = std::fs::read_to_string(manifests.join("40-webhook-configuration.yaml")).unwrap();
+        let mut configuration: serde_json::Value = serde_yaml_ng::from_str(&text).unwrap();
+        for webhook in configuration["webhooks"].as_array_mut().expect("webhooks") {
+            let path = webhook["clientConfig"]["service"]["path"].as_str().unwrap_or("/mutate").to_owned();
+            webhook["clientConfig"] = serde_json::json!({"url": format!("https://127.0.0.1:{}{path}", self.port), "caBundle": ca});
+        }
+        let out = plane.kubectl_stdin(&["apply", "-f", "-"], &configuration.to_string());
         assert!(out.status.success(), "registering the webhook: {}", String::from_utf8_lossy(&out.stderr));
+        let out = plane.kubectl(&["apply", "-f", manifests.join("45-pod-guard.yaml").to_str().unwrap()]);
+        assert!(out.status.success(), "the pod guard policy: {}", String::from_utf8_lossy(&out.stderr));
     }
 }
 

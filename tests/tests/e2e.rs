@@ -247,6 +247,27 @@ fn helm(plane: &ControlPlane, args: &[&str]) -> std::process::Output {
         .unwrap()
 }
 
+/// The spec (or webhooks, without their clientConfig) of the one object of `kind` in a YAML stream.
+fn admission_object(stream: &str, kind: &str) -> serde_json::Value {
+    use serde::Deserialize;
+    let mut found = None;
+    for document in serde_yaml_ng::Deserializer::from_str(stream) {
+        let value = serde_json::Value::deserialize(document).unwrap();
+        if value["kind"] == kind {
+            assert!(found.is_none(), "two objects of kind {kind}");
+            found = Some(value);
+        }
+    }
+    let mut object = found.unwrap_or_else(|| panic!("no {kind}"));
+    if let Some(webhooks) = object["webhooks"].as_array_mut() {
+        for webhook in webhooks.iter_mut() {
+            webhook.as_object_mut().unwrap().remove("clientConfig");
+        }
+        return object["webhooks"].clone();
+    }
+    object["spec"].clone()
+}
+
 fn chart() -> String {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../charts/tollgate").display().to_string()
 }
@@ -268,6 +289,17 @@ fn the_helm_chart_lints_clean_and_renders_every_certificate_mode() {
             .unwrap();
         assert!(out.status.success(), "{mode}: {}", String::from_utf8_lossy(&out.stderr));
         assert!(String::from_utf8_lossy(&out.stdout).contains(expect), "{mode} lacks {expect}");
+    }
+    // The chart's admission objects are the plain manifests' (bar the webhooks' clientConfig and labels).
+    let out = Command::new(&helm).args(["template", "tollgate", &chart(), "-n", "tollgate"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let rendered = String::from_utf8_lossy(&out.stdout).into_owned();
+    let manifests = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../manifests");
+    let shipped =
+        ["40-webhook-configuration.yaml", "45-pod-guard.yaml"].map(|f| std::fs::read_to_string(manifests.join(f)).unwrap()).join("\n---\n");
+    for kind in ["MutatingWebhookConfiguration", "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"] {
+        let (from_chart, from_manifests) = (admission_object(&rendered, kind), admission_object(&shipped, kind));
+        assert_eq!(from_chart, from_manifests, "{kind}: the chart and manifests/ differ");
     }
     // The schema refuses what would break at install time.
     for bad in
@@ -362,8 +394,11 @@ async fn tollgate_certs_keeps_secrets_and_the_ca_bundle_in_step_and_is_idempoten
     };
     let bundle = || {
         let out =
-            plane.kubectl(&["get", "mutatingwebhookconfiguration", "tollgate", "-o", "jsonpath={.webhooks[0].clientConfig.caBundle}"]);
-        String::from_utf8_lossy(&out.stdout).into_owned()
+            plane.kubectl(&["get", "mutatingwebhookconfiguration", "tollgate", "-o", "jsonpath={.webhooks[*].clientConfig.caBundle}"]);
+        let bundles: Vec<String> = String::from_utf8_lossy(&out.stdout).split_whitespace().map(str::to_owned).collect();
+        assert_eq!(bundles.len(), 3, "{bundles:?}");
+        assert!(bundles.iter().all(|b| *b == bundles[0]), "every webhook has the same caBundle: {bundles:?}");
+        bundles[0].clone()
     };
     let secret = |name: &str, key: &str| {
         let out =
@@ -374,7 +409,8 @@ async fn tollgate_certs_keeps_secrets_and_the_ca_bundle_in_step_and_is_idempoten
 
     let first = certs(&[]);
     assert!(
-        first.starts_with("created a new CA and serving certificate") && first.contains("caBundle of tollgate: set on 1 webhook(s)"),
+        // Every webhook of the shipped configuration (pods, connect, workloads) gets the bundle.
+        first.starts_with("created a new CA and serving certificate") && first.contains("caBundle of tollgate: set on 3 webhook(s)"),
         "{first}"
     );
     let ca = secret("tollgate-webhook-tls", "ca.crt");

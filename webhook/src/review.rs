@@ -135,6 +135,11 @@ pub fn review(policy: &Policy, body: &[u8]) -> Result<(Vec<u8>, ReviewSummary), 
             let container = object.get("container").and_then(Value::as_str).unwrap_or("");
             Some(("this request", Ok(denied_or_allowed(harden::check_connect(container, subresource)))))
         }
+        (Operation::Connect, "", "PodPortForwardOptions") => {
+            let ports: Option<Vec<i64>> =
+                object.get("ports").and_then(Value::as_array).map(|p| p.iter().filter_map(Value::as_i64).collect());
+            Some(("this request", Ok(denied_or_allowed(harden::check_port_forward(policy, ports.as_deref())))))
+        }
         (Operation::Create | Operation::Update, "" | "apps" | "batch", _)
             if subresource.is_empty() && workload::pod_pointer(kind).is_some() =>
         {

@@ -641,6 +641,17 @@ async fn updates_subresources_exec_and_workloads_are_guarded_over_the_wire() {
         assert_eq!(response["allowed"], allowed, "{container}: {response}");
     }
 
+    // A port-forward to the proxy's egress listener (or one naming no ports) is refused; others pass.
+    for (ports, allowed) in [(json!([15001]), false), (json!([8080, 15001]), false), (Value::Null, false), (json!([8080]), true)] {
+        let options = json!({"kind": "PodPortForwardOptions", "apiVersion": "v1", "ports": ports});
+        let response =
+            send(review_by("pf", "CONNECT", ("", "PodPortForwardOptions"), "portforward", options, Value::Null, "mallory")).await;
+        assert_eq!(response["allowed"], allowed, "{ports}: {response}");
+        if !allowed {
+            assert!(response["status"]["message"].as_str().unwrap().contains("pod: pods/portforward "), "{response}");
+        }
+    }
+
     // A Job claiming an analysis: denied for an untrusted user (saying who may), allowed for a trusted one.
     let job = json!({"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "j"}, "spec": {"template": {
         "metadata": {"annotations": {"tollgate.dev/analysis-id": "someone-elses"}},

@@ -377,6 +377,22 @@ pub fn check_connect(container: &str, subresource: &str) -> Option<Denial> {
     })
 }
 
+/// `pods/portforward`: a forward to the proxy's egress port would let anyone outside the pod send
+/// requests with the analysis's credentials. A request that names no ports cannot be judged: refused.
+pub fn check_port_forward(policy: &Policy, ports: Option<&[i64]>) -> Option<Denial> {
+    let egress = i64::from(policy.proxy.egress_port);
+    let problem = match ports {
+        None | Some([]) => "names no ports; a forward into an analysis pod must name them (the proxy's egress port is refused)".to_owned(),
+        Some(ports) if ports.contains(&egress) => {
+            format!("includes port {egress}, the proxy's egress listener, which sends requests with the analysis's credentials")
+        }
+        Some(_) => return None,
+    };
+    Some(Denial {
+        violations: vec![Violation { rule: Rule::TollgateOwned, scope: "pod".to_owned(), field: "pods/portforward".to_owned(), problem }],
+    })
+}
+
 fn harden_pod_level(policy: &Policy, e: &mut Editor) {
     let security = &policy.security;
     let spec = path!["spec"];
