@@ -289,8 +289,23 @@ fn after_admission_nothing_of_tollgates_changes_and_no_one_claims_another_analys
     allowed(&plane, m, &["annotate", "pod", v, "-n", NS, "note=hello"]);
     allowed(&plane, m, &["set", "image", "pod/victim", "-n", NS, "victim=registry.example.org/app:2.0"]);
     allowed(&plane, m, &["debug", v, "-n", NS, "--image=busybox:1.36", "--profile=restricted", "--target=victim", "-c", "helper"]);
+    allowed(
+        &plane,
+        m,
+        &[
+            "patch",
+            "pod",
+            v,
+            "-n",
+            NS,
+            "--subresource=resize",
+            "-p",
+            r#"{"spec":{"containers":[{"name":"victim","resources":{"limits":{"cpu":"3"}}}]}}"#,
+        ],
+    );
     let pod = stored(&plane, v);
     assert_eq!(pod["spec"]["containers"][0]["image"], "registry.example.org/app:2.0");
+    assert_eq!(pod["spec"]["containers"][0]["resources"]["limits"]["cpu"], "3", "resized within the maximum");
     let debugger = &pod["spec"]["ephemeralContainers"][0];
     assert_eq!(debugger["name"], "helper");
     assert_eq!(debugger["securityContext"]["readOnlyRootFilesystem"], true, "hardened like any other container: {debugger}");
