@@ -263,6 +263,19 @@ fn check(policy: &Policy, input: &Value, case: u64) -> &'static str {
         );
     }
 
+    // tollgate.dev/ labels are tollgate's alone: exactly what its annotations say, nothing a pod brought.
+    let labels = pod["metadata"]["labels"].as_object().cloned().unwrap_or_default();
+    for (key, value) in labels.iter().filter(|(k, _)| k.starts_with("tollgate.dev/")) {
+        let annotation = input["metadata"]["annotations"][key.as_str()].as_str();
+        match key.as_str() {
+            "tollgate.dev/injected" => assert_eq!(value, "true", "case {case}"),
+            "tollgate.dev/analysis-id" | "tollgate.dev/project-id" => {
+                assert!(annotation.is_some(), "case {case}: label {key} without its annotation\n{input}")
+            }
+            other => panic!("case {case}: foreign label {other} kept\n{input}"),
+        }
+    }
+
     let mut again = pod.clone();
     match harden(policy, &mut again).unwrap() {
         Outcome::Hardened(second) => {
