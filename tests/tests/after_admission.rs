@@ -78,6 +78,14 @@ fn refused(plane: &ControlPlane, kubeconfig: &Path, pod: &str, args: &[&str], ex
     assert_eq!(before["spec"], after["spec"]);
 }
 
+/// `kubectl patch pod POD -n NS FLAGS -p BODY` (a strategic merge patch unless FLAGS say otherwise).
+fn patch<'a>(pod: &'a str, flags: &[&'a str], body: &'a str) -> Vec<&'a str> {
+    let mut args = vec!["patch", "pod", pod, "-n", NS];
+    args.extend_from_slice(flags);
+    args.extend(["-p", body]);
+    args
+}
+
 fn allowed(plane: &ControlPlane, kubeconfig: &Path, args: &[&str]) -> String {
     let out = mallory(plane, kubeconfig, args);
     assert!(out.status.success(), "{args:?}: {}", text(&out));
@@ -106,31 +114,14 @@ fn after_admission_nothing_of_tollgates_changes_and_no_one_claims_another_analys
         &plane,
         m,
         v,
-        &[
-            "patch",
-            "pod",
-            v,
-            "-n",
-            NS,
-            "--type=json",
-            "-p",
-            r#"[{"op":"replace","path":"/spec/initContainers/0/image","value":"attacker.example/proxy:1"}]"#,
-        ],
+        &patch(v, &["--type=json"], r#"[{"op":"replace","path":"/spec/initContainers/0/image","value":"attacker.example/proxy:1"}]"#),
         &[proxy_image, "attacker.example/proxy:1", "[tollgate-owned]"],
     );
     refused(
         &plane,
         m,
         v,
-        &[
-            "patch",
-            "pod",
-            v,
-            "-n",
-            NS,
-            "-p",
-            r#"{"spec":{"initContainers":[{"name":"tollgate-proxy","image":"attacker.example/proxy:2"}]}}"#,
-        ],
+        &patch(v, &[], r#"{"spec":{"initContainers":[{"name":"tollgate-proxy","image":"attacker.example/proxy:2"}]}}"#),
         &[proxy_image, "attacker.example/proxy:2"],
     );
     refused(&plane, m, v, &["set", "image", "pod/victim", "-n", NS, "tollgate-proxy=attacker.example/proxy:3"], &[proxy_image]);
@@ -185,16 +176,11 @@ fn after_admission_nothing_of_tollgates_changes_and_no_one_claims_another_analys
         &plane,
         m,
         v,
-        &[
-            "patch",
-            "pod",
+        &patch(
             v,
-            "-n",
-            NS,
-            "--subresource=ephemeralcontainers",
-            "-p",
+            &["--subresource=ephemeralcontainers"],
             r#"{"spec":{"ephemeralContainers":[{"name":"thief","image":"busybox:1.36","volumeMounts":[{"name":"tollgate-proxy-credentials","mountPath":"/c"}]}]}}"#,
-        ],
+        ),
         &[
             r#"ephemeral container "thief": volumeMounts[0] mounts volume "tollgate-proxy-credentials", which carries the proxy credentials Secret"#,
         ],
@@ -205,32 +191,22 @@ fn after_admission_nothing_of_tollgates_changes_and_no_one_claims_another_analys
         &plane,
         m,
         v,
-        &[
-            "patch",
-            "pod",
+        &patch(
             v,
-            "-n",
-            NS,
-            "--subresource=resize",
-            "-p",
-            r#"{"spec":{"containers":[{"name":"app","resources":{"requests":{"cpu":"2"},"limits":{"cpu":"100"}}}]}}"#,
-        ],
-        &[r#"container "app": resources.limits.cpu 100 is above the maximum 8 [resources-exceed-maximum]"#],
+            &["--subresource=resize"],
+            r#"{"spec":{"containers":[{"name":"victim","resources":{"requests":{"cpu":"2"},"limits":{"cpu":"100"}}}]}}"#,
+        ),
+        &[r#"container "victim": resources.limits.cpu 100 is above the maximum 8 [resources-exceed-maximum]"#],
     );
     refused(
         &plane,
         m,
         v,
-        &[
-            "patch",
-            "pod",
+        &patch(
             v,
-            "-n",
-            NS,
-            "--subresource=resize",
-            "-p",
+            &["--subresource=resize"],
             r#"{"spec":{"initContainers":[{"name":"tollgate-proxy","resources":{"limits":{"cpu":"2"}}}]}}"#,
-        ],
+        ),
         &[r#"init container "tollgate-proxy": resources is tollgate's and cannot be changed after admission"#],
     );
 
@@ -292,16 +268,7 @@ fn after_admission_nothing_of_tollgates_changes_and_no_one_claims_another_analys
     allowed(
         &plane,
         m,
-        &[
-            "patch",
-            "pod",
-            v,
-            "-n",
-            NS,
-            "--subresource=resize",
-            "-p",
-            r#"{"spec":{"containers":[{"name":"victim","resources":{"limits":{"cpu":"3"}}}]}}"#,
-        ],
+        &patch(v, &["--subresource=resize"], r#"{"spec":{"containers":[{"name":"victim","resources":{"limits":{"cpu":"3"}}}]}}"#),
     );
     let pod = stored(&plane, v);
     assert_eq!(pod["spec"]["containers"][0]["image"], "registry.example.org/app:2.0");
@@ -313,12 +280,12 @@ fn after_admission_nothing_of_tollgates_changes_and_no_one_claims_another_analys
 
     // What Kubernetes does to pods keeps working, with the webhook down too: finalizers come and go (an
     // UPDATE only the API server's own policy sees), and the pod is deleted.
-    let out = plane.kubectl(&["patch", "pod", v, "-n", NS, "--type=merge", "-p", r#"{"metadata":{"finalizers":["example.com/hold"]}}"#]);
+    let out = plane.kubectl(&patch(v, &["--type=merge"], r#"{"metadata":{"finalizers":["example.com/hold"]}}"#));
     assert!(out.status.success(), "{}", text(&out));
     webhook.process.stop();
     let out = plane.kubectl(&["delete", "pod", v, "-n", NS, "--wait=false"]);
     assert!(out.status.success(), "delete with the webhook down: {}", text(&out));
-    let out = plane.kubectl(&["patch", "pod", v, "-n", NS, "--type=json", "-p", r#"[{"op":"remove","path":"/metadata/finalizers"}]"#]);
+    let out = plane.kubectl(&patch(v, &["--type=json"], r#"[{"op":"remove","path":"/metadata/finalizers"}]"#));
     assert!(out.status.success(), "finalizer removal with the webhook down: {}", text(&out));
     let deadline = Instant::now() + Duration::from_secs(10);
     while plane.kubectl(&["get", "pod", v, "-n", NS]).status.success() {
