@@ -1,5 +1,7 @@
 //! A small HTTP client for the proxy's own calls (token endpoint, JWKS): one request per connection,
-//! http or https (system roots plus an optional extra CA bundle), bounded by a timeout.
+//! http or https (system roots plus an optional extra CA bundle), bounded by a timeout. A call that
+//! carries a credential ([`HttpClient::send_credentials`]) connects only to an address the
+//! [`LocalGuard`] accepts.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,6 +15,8 @@ use rustls::pki_types::{CertificateDer, ServerName};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
+use crate::local::LocalGuard;
+use crate::resolve::lookup;
 use crate::routes::Upstream;
 use crate::tunnel::ConnectTunnel;
 
@@ -21,8 +25,8 @@ const MAX_RESPONSE: usize = 1 << 20;
 #[derive(Clone)]
 pub struct HttpClient {
     tls: TlsConnector,
-    /// `host:port` of an HTTP CONNECT forward proxy, if egress must go through one.
-    forward_proxy: Option<String>,
+    /// An HTTP CONNECT forward proxy, if egress must go through one.
+    forward_proxy: Option<Upstream>,
 }
 
 pub struct Response {
@@ -55,26 +59,61 @@ impl HttpClient {
         Ok(HttpClient { tls: TlsConnector::from(Arc::new(config)), forward_proxy: None })
     }
 
-    /// Send everything through this HTTP CONNECT forward proxy (`host:port`).
-    pub fn via(mut self, forward_proxy: Option<String>) -> Self {
+    /// Send everything through this HTTP CONNECT forward proxy.
+    pub fn via(mut self, forward_proxy: Option<Upstream>) -> Self {
         self.forward_proxy = forward_proxy;
         self
     }
 
     /// Send one request to `url` + `path_and_query`; the whole exchange is bounded by `timeout`.
+    /// For calls that carry no credential (JWKS).
     pub async fn send(&self, url: &Upstream, request: Request<Full<Bytes>>, timeout: Duration) -> Result<Response, String> {
-        tokio::time::timeout(timeout, self.send_unbounded(url, request))
+        tokio::time::timeout(timeout, self.send_unbounded(url, request, None))
             .await
             .map_err(|_| format!("no answer from {} within {timeout:?}", url.authority()))?
     }
 
-    async fn send_unbounded(&self, url: &Upstream, mut request: Request<Full<Bytes>>) -> Result<Response, String> {
-        let tcp = match &self.forward_proxy {
-            Some(proxy) => ConnectTunnel { proxy: proxy.clone(), target: url.address() }
+    /// Like [`HttpClient::send`], for the token call, which carries the client secret: the host
+    /// connected to — the forward proxy's if there is one, else the URL's — is resolved once, and the
+    /// address is refused before any connection if `guard` says it is local and not named literally.
+    pub async fn send_credentials(
+        &self,
+        url: &Upstream,
+        request: Request<Full<Bytes>>,
+        timeout: Duration,
+        guard: &LocalGuard,
+    ) -> Result<Response, String> {
+        tokio::time::timeout(timeout, self.send_unbounded(url, request, Some(guard)))
+            .await
+            .map_err(|_| format!("no answer from {} within {timeout:?}", url.authority()))?
+    }
+
+    async fn send_unbounded(
+        &self,
+        url: &Upstream,
+        mut request: Request<Full<Bytes>>,
+        guard: Option<&LocalGuard>,
+    ) -> Result<Response, String> {
+        let tcp = match (&self.forward_proxy, guard) {
+            (Some(proxy), None) => ConnectTunnel { proxy: proxy.address(), target: url.address() }
                 .open()
                 .await
                 .map_err(|e| format!("tunnel to {}: {e}", url.address()))?,
-            None => TcpStream::connect(url.address()).await.map_err(|e| format!("connecting to {}: {e}", url.address()))?,
+            // The forward proxy resolves the target itself, outside the pod: only its own address is checked.
+            (Some(proxy), Some(guard)) => {
+                let proxy_addr = lookup(&proxy.host, proxy.port).await?;
+                guard.check("token", "forward proxy host", &proxy.host, proxy_addr.ip())?;
+                ConnectTunnel { proxy: proxy_addr.to_string(), target: url.address() }
+                    .open()
+                    .await
+                    .map_err(|e| format!("tunnel to {}: {e}", url.address()))?
+            }
+            (None, None) => TcpStream::connect(url.address()).await.map_err(|e| format!("connecting to {}: {e}", url.address()))?,
+            (None, Some(guard)) => {
+                let addr = lookup(&url.host, url.port).await?;
+                guard.check("token", "token endpoint host", &url.host, addr.ip())?;
+                TcpStream::connect(addr).await.map_err(|e| format!("connecting to {} ({addr}): {e}", url.address()))?
+            }
         };
         let _ = tcp.set_nodelay(true);
         request.headers_mut().insert(hyper::header::HOST, url.authority().parse().map_err(|_| "invalid host".to_string())?);

@@ -2,6 +2,7 @@
 //! [`crate::target::check`] and [`crate::routes::decide`]; this is the glue.
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -16,6 +17,7 @@ use serde_json::json;
 
 use crate::config::Config;
 use crate::headers::{head_size, json_error, strip_spoofable};
+use crate::local::LocalGuard;
 use crate::metrics::{Metrics, RequestLabels};
 use crate::resolve::Resolver;
 use crate::routes::{AuthMode, Decision, decide};
@@ -32,17 +34,27 @@ pub struct Egress {
     bearer_files: Mutex<HashMap<PathBuf, BearerCacheEntry>>,
     own_authorities: Vec<String>,
     resolver: Resolver,
+    guard: Arc<LocalGuard>,
 }
 
 impl Egress {
-    pub fn new(config: Arc<Config>, tokens: Option<Arc<TokenSource>>, metrics: Arc<Metrics>) -> Self {
+    pub fn new(config: Arc<Config>, tokens: Option<Arc<TokenSource>>, guard: Arc<LocalGuard>, metrics: Arc<Metrics>) -> Self {
         let port = config.egress_listen.port();
         let own_authorities = vec![config.egress_listen.to_string(), format!("localhost:{port}"), format!("127.0.0.1:{port}")];
         let sent = Arc::new(config.routes.iter().map(|_| AtomicU64::new(0)).collect());
         for route in &config.routes {
             metrics.register_route(&route.name);
         }
-        Egress { config, tokens, metrics, sent, bearer_files: Mutex::new(HashMap::new()), own_authorities, resolver: Resolver::default() }
+        Egress {
+            config,
+            tokens,
+            metrics,
+            sent,
+            bearer_files: Mutex::new(HashMap::new()),
+            own_authorities,
+            resolver: Resolver::default(),
+            guard,
+        }
     }
 
     /// The bearer file's contents, re-read when its size or modification time changes.
@@ -73,6 +85,9 @@ type BearerCacheEntry = (SystemTime, u64, Arc<String>);
 pub struct EgressCtx {
     route: Option<usize>,
     upstream_target: String,
+    /// For a request carrying a credential: the address checked before it was attached, and the only one
+    /// connected to (the forward proxy's, if there is one).
+    peer: Option<SocketAddr>,
     authorization: Option<Arc<String>>,
     decision: &'static str,
     reason: Option<String>,
@@ -166,6 +181,24 @@ impl ProxyHttp for Egress {
                 .await;
         }
 
+        // A credential never goes to the pod itself: the address connected to (the upstream's, or the
+        // forward proxy's, which resolves the upstream outside the pod) must not be local unless the config
+        // names it literally. Checked before a token is even fetched; upstream_peer uses this very address.
+        if route.auth != AuthMode::None {
+            let (what, host, port) = match &self.config.forward_proxy {
+                Some(proxy) => ("forward proxy host", proxy.host.as_str(), proxy.port),
+                None => ("upstream host", route.upstream.host.as_str(), route.upstream.port),
+            };
+            let addr = match self.resolver.resolve(host, port).await {
+                Ok(addr) => addr,
+                Err(e) => return refuse(session, ctx, 502, "upstream-error", e).await,
+            };
+            if let Err(reason) = self.guard.check("egress", what, host, addr.ip()) {
+                return refuse(session, ctx, 502, "local-destination", reason).await;
+            }
+            ctx.peer = Some(addr);
+        }
+
         ctx.authorization = match &route.auth {
             AuthMode::None => None,
             AuthMode::BearerFile(path) => match self.bearer_from_file(path) {
@@ -193,13 +226,19 @@ impl ProxyHttp for Egress {
         let mut peer = match &self.config.forward_proxy {
             // The peer address is the forward proxy's (resolvable here); the tunnel names the upstream.
             Some(proxy) => {
-                let proxy_addr = self.resolver.resolve(&proxy.host, proxy.port).await.map_err(unresolvable)?;
+                let proxy_addr = match ctx.peer {
+                    Some(checked) => checked,
+                    None => self.resolver.resolve(&proxy.host, proxy.port).await.map_err(unresolvable)?,
+                };
                 let mut peer = HttpPeer::new(proxy_addr, upstream.tls, upstream.host.clone());
                 peer.options.custom_l4 = Some(Arc::new(ConnectTunnel { proxy: proxy_addr.to_string(), target: upstream.address() }));
                 peer
             }
             None => {
-                let addr = self.resolver.resolve(&upstream.host, upstream.port).await.map_err(unresolvable)?;
+                let addr = match ctx.peer {
+                    Some(checked) => checked,
+                    None => self.resolver.resolve(&upstream.host, upstream.port).await.map_err(unresolvable)?,
+                };
                 HttpPeer::new(addr, upstream.tls, upstream.host.clone())
             }
         };

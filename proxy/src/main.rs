@@ -16,6 +16,7 @@ use tollgate_proxy::config::{Config, Environment};
 use tollgate_proxy::egress::Egress;
 use tollgate_proxy::ingress::IngressProxy;
 use tollgate_proxy::jwt::Verifier;
+use tollgate_proxy::local::LocalGuard;
 use tollgate_proxy::metrics::Metrics;
 use tollgate_proxy::routes::AuthMode;
 use tollgate_proxy::tokens::TokenSource;
@@ -112,11 +113,12 @@ fn trust_extra_cas(extra: &std::path::Path) -> Result<(), String> {
 
 fn run(config: Arc<Config>) -> Result<(), String> {
     // The extra CAs, if any, are part of the native roots now (see trust_extra_cas).
-    let client = HttpClient::new(None)?.via(config.forward_proxy.as_ref().map(|p| p.address()));
+    let client = HttpClient::new(None)?.via(config.forward_proxy.clone());
     let metrics = Arc::new(Metrics::new());
+    let guard = Arc::new(LocalGuard::new(metrics.clone()));
     let needs_token = config.routes.iter().any(|r| r.auth == AuthMode::Token);
     let tokens = match (&config.identity, needs_token) {
-        (Some(identity), true) => Some(Arc::new(TokenSource::new(identity.clone(), client.clone(), metrics.clone()))),
+        (Some(identity), true) => Some(Arc::new(TokenSource::new(identity.clone(), client.clone(), guard.clone(), metrics.clone()))),
         _ => None,
     };
 
@@ -129,7 +131,7 @@ fn run(config: Arc<Config>) -> Result<(), String> {
     server.bootstrap();
 
     let mut egress =
-        pingora::proxy::http_proxy_service(&server.configuration, Egress::new(config.clone(), tokens.clone(), metrics.clone()));
+        pingora::proxy::http_proxy_service(&server.configuration, Egress::new(config.clone(), tokens.clone(), guard, metrics.clone()));
     egress.add_tcp(&config.egress_listen.to_string());
     server.add_service(egress);
 

@@ -24,12 +24,18 @@ struct ResultLabels {
     result: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CallLabels {
+    call: &'static str,
+}
+
 pub struct Metrics {
     registry: Registry,
     requests: Family<RequestLabels, Counter>,
     upstream_duration: Family<RouteLabels, Histogram>,
     bytes_out: Family<RouteLabels, Counter>,
     token_fetches: Family<ResultLabels, Counter>,
+    local_destination_refusals: Family<CallLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -57,7 +63,16 @@ impl Metrics {
         for result in ["success", "failure"] {
             let _ = token_fetches.get_or_create(&ResultLabels { result });
         }
-        Metrics { registry, requests, upstream_duration, bytes_out, token_fetches }
+        let local_destination_refusals = Family::<CallLabels, Counter>::default();
+        registry.register(
+            "local_destination_refusals",
+            "Requests (egress) and token calls (token) refused because the address they would reach is this pod's own",
+            local_destination_refusals.clone(),
+        );
+        for call in ["egress", "token"] {
+            let _ = local_destination_refusals.get_or_create(&CallLabels { call });
+        }
+        Metrics { registry, requests, upstream_duration, bytes_out, token_fetches, local_destination_refusals }
     }
 
     pub fn request(&self, labels: RequestLabels) {
@@ -70,6 +85,10 @@ impl Metrics {
 
     pub fn bytes_out(&self, route: &str, bytes: u64) {
         self.bytes_out.get_or_create(&RouteLabels { route: route.to_owned() }).inc_by(bytes);
+    }
+
+    pub fn local_destination_refused(&self, call: &'static str) {
+        self.local_destination_refusals.get_or_create(&CallLabels { call }).inc();
     }
 
     pub fn register_route(&self, route: &str) {

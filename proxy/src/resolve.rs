@@ -26,14 +26,23 @@ impl Resolver {
         {
             return Ok(*addr);
         }
-        let addr = tokio::net::lookup_host((host, port))
-            .await
-            .map_err(|e| format!("resolving {host}: {e}"))?
-            .next()
-            .ok_or_else(|| format!("resolving {host}: no address"))?;
+        let addr = lookup(host, port).await?;
         self.cache.lock().unwrap_or_else(|p| p.into_inner()).insert(key, (Instant::now(), addr));
         Ok(addr)
     }
+}
+
+/// The address a connection to `host` would use (the first the system resolver gives), uncached; an IP
+/// address is taken as it is.
+pub async fn lookup(host: &str, port: u16) -> Result<SocketAddr, String> {
+    if let Ok(ip) = host.parse::<IpAddr>() {
+        return Ok(SocketAddr::new(ip, port));
+    }
+    tokio::net::lookup_host((host, port))
+        .await
+        .map_err(|e| format!("resolving {host}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("resolving {host}: no address"))
 }
 
 #[cfg(test)]

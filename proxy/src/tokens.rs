@@ -16,6 +16,7 @@ use tokio::sync::Mutex;
 
 use crate::client::HttpClient;
 use crate::config::Identity;
+use crate::local::LocalGuard;
 
 /// Never use a token this close to its expiry.
 const EXPIRY_MARGIN: Duration = Duration::from_secs(5);
@@ -62,14 +63,16 @@ struct FailureState {
 pub struct TokenSource {
     identity: Identity,
     client: HttpClient,
+    /// The token endpoint (or the forward proxy) must not be the pod itself, unless named literally.
+    guard: Arc<LocalGuard>,
     current: ArcSwapOption<Token>,
     fetching: Mutex<Option<FailureState>>,
     observer: Arc<dyn TokenObserver>,
 }
 
 impl TokenSource {
-    pub fn new(identity: Identity, client: HttpClient, observer: Arc<dyn TokenObserver>) -> Self {
-        TokenSource { identity, client, current: ArcSwapOption::empty(), fetching: Mutex::new(None), observer }
+    pub fn new(identity: Identity, client: HttpClient, guard: Arc<LocalGuard>, observer: Arc<dyn TokenObserver>) -> Self {
+        TokenSource { identity, client, guard, current: ArcSwapOption::empty(), fetching: Mutex::new(None), observer }
     }
 
     fn usable(&self) -> Option<Arc<Token>> {
@@ -158,7 +161,7 @@ impl TokenSource {
             .body(Full::new(Bytes::from(form)))
             .map_err(|e| e.to_string())?;
         let started = Instant::now();
-        let response = self.client.send(url, request, self.identity.timeout).await?;
+        let response = self.client.send_credentials(url, request, self.identity.timeout, &self.guard).await?;
         if response.status != 200 {
             // The body may echo the request; say only what kind of failure it was.
             let error = serde_json::from_slice::<serde_json::Value>(&response.body)

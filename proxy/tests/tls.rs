@@ -5,9 +5,10 @@ mod common;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use bytes::Bytes;
-use common::{Proxy, Upstream};
+use common::{Proxy, Upstream, localhost};
 use http_body_util::Full;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
@@ -56,9 +57,13 @@ async fn private_https_upstream() -> (SocketAddr, String, Arc<Mutex<Vec<String>>
     (addr, ca_cert.pem(), seen)
 }
 
-/// A forward proxy that accepts CONNECT, records the target, and pipes bytes both ways.
+/// A forward proxy on 127.0.0.1 that accepts CONNECT, records the target, and pipes bytes both ways.
 async fn connect_proxy() -> (SocketAddr, Arc<Mutex<Vec<String>>>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    connect_proxy_on("127.0.0.1".parse().unwrap()).await
+}
+
+async fn connect_proxy_on(ip: std::net::IpAddr) -> (SocketAddr, Arc<Mutex<Vec<String>>>) {
+    let listener = TcpListener::bind(SocketAddr::new(ip, 0)).await.unwrap();
     let addr = listener.local_addr().unwrap();
     let targets = Arc::new(Mutex::new(Vec::new()));
     let recorded = targets.clone();
@@ -157,4 +162,38 @@ async fn egress_goes_through_the_connect_forward_proxy() {
     assert!(targets.contains(&format!("CONNECT {https_addr} HTTP/1.1")), "{targets:?}");
     assert!(targets.contains(&format!("CONNECT {} HTTP/1.1", idp.addr)), "the token call goes through the tunnel too: {targets:?}");
     assert_eq!(upstream.requests()[0].header("authorization"), Some("Bearer token-1"));
+}
+
+#[tokio::test]
+async fn a_forward_proxy_named_by_a_name_resolving_locally_gets_no_credentials() {
+    // With a forward proxy, the upstream is resolved by the forward proxy (outside the pod); what the pod
+    // resolves is the forward proxy's own name, and a local answer means the app could be listening there
+    // and read plain-http requests, bearer and all. (A literal 127.0.0.1 stays allowed: see the test above.)
+    let upstream = Upstream::start().await;
+    let idp = common::Idp::start().await;
+    let (proxy_addr, targets) = connect_proxy_on(localhost().await).await;
+    let config = format!(
+        "forwardProxy: 'http://localhost:{}'\nidentity: {{ tokenUrl: 'http://{}/token', clientIdFile: '{{dir}}/client-id', clientSecretFile: '{{dir}}/client-secret' }}\nroutes:\n- {{ name: tok, prefix: /tok, upstream: '{url}', auth: token }}\n- {{ name: bearer, prefix: /bearer, upstream: '{url}', auth: bearerFile, bearerFile: '{{dir}}/bearer' }}\n- {{ name: open, prefix: /open, upstream: '{url}' }}\n",
+        proxy_addr.port(),
+        idp.addr,
+        url = upstream.url()
+    );
+    let proxy = Proxy::start(&config, &[]).await;
+    for path in ["/tok/a", "/bearer/b"] {
+        let response = proxy.get(path).await;
+        assert_eq!(response.status, 502, "{path}: {response:?} {}", proxy.logs());
+        let error = response.json();
+        assert_eq!(error["decision"], "local-destination");
+        let text = error["error"].as_str().unwrap();
+        assert!(text.starts_with("forward proxy host \"localhost\" resolved to ") && text.contains("a loopback address"), "{text}");
+    }
+    // No credential, no check: the open route goes through the tunnel.
+    assert_eq!(proxy.get("/open/c").await.status, 200, "{}", proxy.logs());
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let targets = targets.lock().unwrap().clone();
+    assert_eq!(targets, [format!("CONNECT {} HTTP/1.1", upstream.addr)], "only the open route's tunnel; no token call");
+    assert_eq!(idp.calls(), 0, "the client secret went nowhere");
+    let seen: Vec<(String, Option<String>)> =
+        upstream.requests().iter().map(|r| (r.target.clone(), r.header("authorization").map(str::to_owned))).collect();
+    assert_eq!(seen, [("/c".to_owned(), None)]);
 }

@@ -5,7 +5,7 @@
 //! bytes exactly as written.
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -34,24 +34,38 @@ impl Recorded {
     }
 }
 
+/// What `localhost` resolves to first here, as the proxy resolves it (127.0.0.1, or ::1 on some hosts).
+pub async fn localhost() -> IpAddr {
+    tokio::net::lookup_host(("localhost", 0)).await.unwrap().next().unwrap().ip()
+}
+
 /// An upstream that records every request and answers 200 with a small body.
 pub struct Upstream {
     pub addr: SocketAddr,
     pub seen: Arc<Mutex<Vec<Recorded>>>,
     /// Milliseconds to wait before answering.
     pub delay_ms: Arc<AtomicU64>,
+    /// Connections accepted, whether or not a request followed.
+    pub accepted: Arc<AtomicUsize>,
 }
 
 impl Upstream {
     pub async fn start() -> Upstream {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Upstream::start_on("127.0.0.1".parse().unwrap()).await
+    }
+
+    /// An upstream listening on `ip` (a free port).
+    pub async fn start_on(ip: IpAddr) -> Upstream {
+        let listener = TcpListener::bind(SocketAddr::new(ip, 0)).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let seen = Arc::new(Mutex::new(Vec::new()));
         let delay_ms = Arc::new(AtomicU64::new(0));
-        let (seen2, delay2) = (seen.clone(), delay_ms.clone());
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let (seen2, delay2, accepted2) = (seen.clone(), delay_ms.clone(), accepted.clone());
         tokio::spawn(async move {
             loop {
                 let Ok((tcp, _)) = listener.accept().await else { return };
+                accepted2.fetch_add(1, Ordering::SeqCst);
                 let (seen, delay) = (seen2.clone(), delay2.clone());
                 tokio::spawn(async move {
                     let service = service_fn(move |request: Request<hyper::body::Incoming>| {
@@ -77,11 +91,15 @@ impl Upstream {
                 });
             }
         });
-        Upstream { addr, seen, delay_ms }
+        Upstream { addr, seen, delay_ms, accepted }
     }
 
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    pub fn accepted(&self) -> usize {
+        self.accepted.load(Ordering::SeqCst)
     }
 
     pub fn requests(&self) -> Vec<Recorded> {
@@ -98,11 +116,18 @@ pub struct Idp {
     pub delay_ms: Arc<AtomicU64>,
     pub expires_in: Arc<AtomicU64>,
     pub forms: Arc<Mutex<Vec<String>>>,
+    /// Connections accepted, whether or not a request followed.
+    pub accepted: Arc<AtomicUsize>,
 }
 
 impl Idp {
     pub async fn start() -> Idp {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Idp::start_on("127.0.0.1".parse().unwrap()).await
+    }
+
+    /// A token endpoint listening on `ip` (a free port).
+    pub async fn start_on(ip: IpAddr) -> Idp {
+        let listener = TcpListener::bind(SocketAddr::new(ip, 0)).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let idp = Idp {
             addr,
@@ -111,12 +136,14 @@ impl Idp {
             delay_ms: Arc::new(AtomicU64::new(0)),
             expires_in: Arc::new(AtomicU64::new(300)),
             forms: Arc::new(Mutex::new(Vec::new())),
+            accepted: Arc::new(AtomicUsize::new(0)),
         };
-        let (calls, status, delay, expires_in, forms) =
-            (idp.calls.clone(), idp.status.clone(), idp.delay_ms.clone(), idp.expires_in.clone(), idp.forms.clone());
+        let (calls, status, delay, expires_in, forms, accepted) =
+            (idp.calls.clone(), idp.status.clone(), idp.delay_ms.clone(), idp.expires_in.clone(), idp.forms.clone(), idp.accepted.clone());
         tokio::spawn(async move {
             loop {
                 let Ok((tcp, _)) = listener.accept().await else { return };
+                accepted.fetch_add(1, Ordering::SeqCst);
                 let (calls, status, delay, expires_in, forms) =
                     (calls.clone(), status.clone(), delay.clone(), expires_in.clone(), forms.clone());
                 tokio::spawn(async move {
@@ -149,6 +176,10 @@ impl Idp {
     pub fn calls(&self) -> usize {
         self.calls.load(Ordering::SeqCst)
     }
+
+    pub fn accepted(&self) -> usize {
+        self.accepted.load(Ordering::SeqCst)
+    }
 }
 
 pub fn free_port() -> u16 {
@@ -169,9 +200,10 @@ impl Proxy {
     /// Start with `config` (YAML without the listen section) and wait until /healthz answers.
     pub async fn start(config: &str, env: &[(&str, &str)]) -> Proxy {
         let dir = tempfile::tempdir().unwrap();
-        let egress: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let ingress: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        // Three distinct ports: held together while chosen (one after the other, the same port can come twice).
+        let held: Vec<std::net::TcpListener> = (0..3).map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap()).collect();
+        let [egress, admin, ingress]: [SocketAddr; 3] = std::array::from_fn(|i| held[i].local_addr().unwrap());
+        drop(held);
         // `{dir}` in the config is this proxy's own temporary directory (for credential files).
         std::fs::write(dir.path().join("client-id"), "analysis-7\n").unwrap();
         std::fs::write(dir.path().join("client-secret"), "s3cr3t&=%\n").unwrap();
@@ -179,7 +211,7 @@ impl Proxy {
         let config = config.replace("{dir}", dir.path().to_str().unwrap());
         let config = format!("listen: {{ egress: '{egress}', admin: '{admin}', ingress: '{ingress}' }}\n{config}");
         let config_path = dir.path().join("config.yaml");
-        std::fs::write(&config_path, config).unwrap();
+        std::fs::write(&config_path, &config).unwrap();
         let log = dir.path().join("proxy.log");
         let child = Command::new(env!("CARGO_BIN_EXE_tollgate-proxy"))
             .arg("--config")
@@ -194,6 +226,15 @@ impl Proxy {
         while raw(proxy.admin, b"GET /healthz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").await.status != 200 {
             assert!(Instant::now() < deadline, "proxy did not start:\n{}", proxy.logs());
             tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // pingora starts its services one after the other: the admin listener can answer before the egress
+        // (and ingress) listeners are bound. A connection closed before a byte is sent is no request.
+        let has_ingress = config.lines().any(|l| l.starts_with("ingress:"));
+        for listener in std::iter::once(proxy.egress).chain(has_ingress.then_some(proxy.ingress)) {
+            while TcpStream::connect(listener).await.is_err() {
+                assert!(Instant::now() < deadline, "proxy did not listen on {listener}:\n{}", proxy.logs());
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
         }
         proxy
     }
