@@ -1,0 +1,121 @@
+#!/usr/bin/env bash
+# The node counterpart of tests/control-plane/provision.sh: builds what a one-node cluster needs beside the
+# control plane, from the Go module proxy with the machine's Go, and caches it by version in the same bin
+# directory (beside kube-apiserver), so only the first run pays:
+#   containerd, containerd-shim-runc-v2 and ctr (github.com/containerd/containerd/v2);
+#   kubelet, kube-scheduler, kube-controller-manager and kube-proxy (k8s.io/kubernetes, at the control plane's
+#   version, with the same wrapper module and version ldflags).
+# From Debian, where missing: runc, the CNI plugins (/usr/lib/cni), nft (kube-proxy's nftables mode execs it
+# through knftables), iptables (the portmap plugin and kubelet's canary chains) and ip (iproute2).
+# Everything is built with CGO_ENABLED=0: nothing these binaries import needs cgo (only net and os/user have
+# cgo variants, and their pure-Go ones are used), so they are static.
+# Prints the bin directory on stdout, logs on stderr. Starts nothing. Re-running with everything cached takes
+# milliseconds.
+set -euo pipefail
+
+K8S_VERSION=${K8S_VERSION:-v1.36.3}
+CONTAINERD_VERSION=${CONTAINERD_VERSION:-v2.2.9}   # the newest v2.2.x on the module proxy when written
+CACHE=${TOLLGATE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/tollgate}
+BIN="$CACHE/bin"
+mkdir -p "$BIN"
+export GOTOOLCHAIN=local GOFLAGS=-mod=mod CGO_ENABLED=0
+log() { echo "provision-node: $*" >&2; }
+
+WORK=
+cleanup() { [[ -z "$WORK" ]] || rm -rf "$WORK"; }
+trap cleanup EXIT
+workdir() {   # a fresh directory under one temporary root, removed on exit
+  [[ -n "$WORK" ]] || WORK=$(mktemp -d)
+  mktemp -d "$WORK/XXXXXX"
+}
+
+# Builds package $2 to $1 in the current directory's module, logging how long it took.
+go_build() {
+  local out=$1 pkg=$2; shift 2
+  local start=$SECONDS
+  go build -trimpath "$@" -o "$out.tmp" "$pkg"
+  mv "$out.tmp" "$out"
+  log "built $(basename "$out") in $((SECONDS - start)) s"
+}
+
+debian_packages() {
+  have() { command -v "$1" >/dev/null 2>&1 || [[ -x "/usr/sbin/$1" || -x "/sbin/$1" ]]; }
+  local missing=() plugin
+  have runc || missing+=(runc)
+  for plugin in bridge host-local loopback portmap; do
+    [[ -x "/usr/lib/cni/$plugin" ]] || { missing+=(containernetworking-plugins); break; }
+  done
+  have nft || missing+=(nftables)
+  have iptables || missing+=(iptables)
+  have ip || missing+=(iproute2)
+  ((${#missing[@]})) || return 0
+  local sudo=(); [[ $(id -u) -eq 0 ]] || sudo=(sudo)
+  log "installing from Debian: ${missing[*]}"
+  "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -qq >&2
+  "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
+}
+
+build_containerd() {
+  local v=$CONTAINERD_VERSION
+  local out_containerd="$BIN/containerd-$v" out_shim="$BIN/containerd-shim-runc-v2-$v" out_ctr="$BIN/ctr-$v"
+  [[ -x "$out_containerd" && -x "$out_shim" && -x "$out_ctr" ]] && return
+  log "building containerd $v (first run only; about a minute)"
+  local work; work=$(workdir)
+  (
+    cd "$work"
+    # containerd's go.mod has no replace directives: requiring it is enough.
+    printf 'module tollgate.local/containerd-binaries\n\ngo 1.25\n\nrequire github.com/containerd/containerd/v2 %s\n' "$v" > go.mod
+    local pkg=github.com/containerd/containerd/v2
+    local ldflags="-s -w -X $pkg/version.Version=$v -X $pkg/version.Package=$pkg"
+    # The tags of containerd's Makefile, without the snapshotters that need cgo and host tools.
+    [[ -x "$out_containerd" ]] || go_build "$out_containerd" "$pkg/cmd/containerd" \
+      -tags "urfave_cli_no_docs no_btrfs no_devmapper no_zfs" -ldflags "$ldflags"
+    [[ -x "$out_ctr" ]] || go_build "$out_ctr" "$pkg/cmd/ctr" \
+      -tags "urfave_cli_no_docs no_btrfs no_devmapper no_zfs" -ldflags "$ldflags"
+    # The shim as the Makefile builds it: static (SHIM_CGO_ENABLED=0), without gRPC.
+    [[ -x "$out_shim" ]] || go_build "$out_shim" "$pkg/cmd/containerd-shim-runc-v2" \
+      -tags "urfave_cli_no_docs no_grpc" -ldflags "$ldflags"
+  )
+}
+
+staging_version() { echo "v0.${K8S_VERSION#v1.}"; }   # v1.36.3 -> v0.36.3
+
+build_kubernetes_node() {
+  local names=(kubelet kube-scheduler kube-controller-manager kube-proxy) name missing=()
+  for name in "${names[@]}"; do [[ -x "$BIN/$name-$K8S_VERSION" ]] || missing+=("$name"); done
+  ((${#missing[@]})) || return 0
+  log "building ${missing[*]} $K8S_VERSION (first run only; minutes each on 2 cores, fewer once kube-apiserver's modules are cached)"
+  local work; work=$(workdir)
+  (
+    cd "$work"
+    # The wrapper module of tests/control-plane/provision.sh: every staging module k8s.io/kubernetes replaces
+    # with ./staging/src/k8s.io/X is published as k8s.io/X v0.N.P.
+    cat > go.mod <<MOD
+module tollgate.local/kubernetes-binaries
+
+go 1.24
+
+require k8s.io/kubernetes $K8S_VERSION
+MOD
+    local gomod
+    gomod=$(go mod download -json "k8s.io/kubernetes@$K8S_VERSION" | sed -n 's/^\s*"GoMod": "\(.*\)",\?$/\1/p')
+    local staging; staging=$(staging_version)
+    grep -E '^\s*k8s\.io/[a-z0-9-]+ => \./staging/' "$gomod" | awk '{print $1}' | sort -u | while read -r module; do
+      echo "replace $module => $module $staging" >> go.mod
+    done
+    local date; date=$(date -u +%Y-%m-%dT%H:%M:%SZ)
+    local minor=${K8S_VERSION#v1.}; minor=${minor%%.*}
+    local ldflags="-s -w -X k8s.io/component-base/version.gitVersion=$K8S_VERSION -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=$minor -X k8s.io/component-base/version.gitTreeState=clean -X k8s.io/component-base/version.buildDate=$date"
+    ldflags="$ldflags -X k8s.io/client-go/pkg/version.gitVersion=$K8S_VERSION -X k8s.io/client-go/pkg/version.gitMajor=1 -X k8s.io/client-go/pkg/version.gitMinor=$minor"
+    for name in "${missing[@]}"; do
+      go_build "$BIN/$name-$K8S_VERSION" "k8s.io/kubernetes/cmd/$name" -ldflags "$ldflags"
+    done
+  )
+}
+
+debian_packages
+build_containerd
+build_kubernetes_node
+for name in containerd containerd-shim-runc-v2 ctr; do ln -sfn "$name-$CONTAINERD_VERSION" "$BIN/$name"; done
+for name in kubelet kube-scheduler kube-controller-manager kube-proxy; do ln -sfn "$name-$K8S_VERSION" "$BIN/$name"; done
+echo "$BIN"
