@@ -322,8 +322,8 @@ impl Webhook {
     }
 
     /// Register exactly what `manifests/` ships — the MutatingWebhookConfiguration (every webhook in it,
-    /// with its rules, selectors and match conditions) and the ValidatingAdmissionPolicy that guards
-    /// pods after admission — with one change: the webhooks call this local process by URL instead of
+    /// with its rules, selectors and match conditions) and the ValidatingAdmissionPolicies that guard pods
+    /// after admission and require that the webhook saw every pod — with one change: the webhooks call this local process by URL instead of
     /// the in-cluster Service.
     pub fn register(&self, plane: &ControlPlane) {
         let ca = base64::engine::general_purpose::STANDARD.encode(std::fs::read(self.certs.join("ca.crt")).unwrap());
@@ -336,8 +336,10 @@ impl Webhook {
         }
         let out = plane.kubectl_stdin(&["apply", "-f", "-"], &configuration.to_string());
         assert!(out.status.success(), "registering the webhook: {}", String::from_utf8_lossy(&out.stderr));
-        let out = plane.kubectl(&["apply", "-f", manifests.join("45-pod-guard.yaml").to_str().unwrap()]);
-        assert!(out.status.success(), "the pod guard policy: {}", String::from_utf8_lossy(&out.stderr));
+        for policy in ["45-pod-guard.yaml", "46-require-hardening.yaml"] {
+            let out = plane.kubectl(&["apply", "-f", manifests.join(policy).to_str().unwrap()]);
+            assert!(out.status.success(), "{policy}: {}", String::from_utf8_lossy(&out.stderr));
+        }
     }
 }
 

@@ -247,18 +247,18 @@ fn helm(plane: &ControlPlane, args: &[&str]) -> std::process::Output {
         .unwrap()
 }
 
-/// The spec (or webhooks, without their clientConfig) of the one object of `kind` in a YAML stream.
-fn admission_object(stream: &str, kind: &str) -> serde_json::Value {
+/// The spec (or webhooks, without their clientConfig) of the one object `kind`/`name` in a YAML stream.
+fn admission_object(stream: &str, kind: &str, name: &str) -> serde_json::Value {
     use serde::Deserialize;
     let mut found = None;
     for document in serde_yaml_ng::Deserializer::from_str(stream) {
         let value = serde_json::Value::deserialize(document).unwrap();
-        if value["kind"] == kind {
-            assert!(found.is_none(), "two objects of kind {kind}");
+        if value["kind"] == kind && value["metadata"]["name"] == name {
+            assert!(found.is_none(), "two objects {kind} {name}");
             found = Some(value);
         }
     }
-    let mut object = found.unwrap_or_else(|| panic!("no {kind}"));
+    let mut object = found.unwrap_or_else(|| panic!("no {kind} {name}"));
     if let Some(webhooks) = object["webhooks"].as_array_mut() {
         for webhook in webhooks.iter_mut() {
             webhook.as_object_mut().unwrap().remove("clientConfig");
@@ -295,11 +295,18 @@ fn the_helm_chart_lints_clean_and_renders_every_certificate_mode() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let rendered = String::from_utf8_lossy(&out.stdout).into_owned();
     let manifests = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../manifests");
-    let shipped =
-        ["40-webhook-configuration.yaml", "45-pod-guard.yaml"].map(|f| std::fs::read_to_string(manifests.join(f)).unwrap()).join("\n---\n");
-    for kind in ["MutatingWebhookConfiguration", "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"] {
-        let (from_chart, from_manifests) = (admission_object(&rendered, kind), admission_object(&shipped, kind));
-        assert_eq!(from_chart, from_manifests, "{kind}: the chart and manifests/ differ");
+    let shipped = ["40-webhook-configuration.yaml", "45-pod-guard.yaml", "46-require-hardening.yaml"]
+        .map(|f| std::fs::read_to_string(manifests.join(f)).unwrap())
+        .join("\n---\n");
+    for (kind, name) in [
+        ("MutatingWebhookConfiguration", "tollgate"),
+        ("ValidatingAdmissionPolicy", "tollgate-pod-guard"),
+        ("ValidatingAdmissionPolicyBinding", "tollgate-pod-guard"),
+        ("ValidatingAdmissionPolicy", "tollgate-require-hardening"),
+        ("ValidatingAdmissionPolicyBinding", "tollgate-require-hardening"),
+    ] {
+        let (from_chart, from_manifests) = (admission_object(&rendered, kind, name), admission_object(&shipped, kind, name));
+        assert_eq!(from_chart, from_manifests, "{kind} {name}: the chart and manifests/ differ");
     }
     // The schema refuses what would break at install time.
     for bad in
@@ -430,4 +437,56 @@ async fn tollgate_certs_keeps_secrets_and_the_ca_bundle_in_step_and_is_idempoten
     assert_ne!(secret("tollgate-webhook-tls", "tls.crt"), serving);
     assert_eq!(bundle(), ca);
     drop(webhook);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_labeled_namespace_takes_only_pods_tollgate_has_seen_even_with_the_webhook_unregistered() {
+    let _serial = SERIAL.lock().await;
+    let plane = ControlPlane::start();
+    let webhook = Webhook::start(&plane);
+    // Labeled for tollgate only (Pod Security would refuse a plain pod on its own and hide the guard).
+    let manifest = r#"{"apiVersion":"v1","kind":"List","items":[{"apiVersion":"v1","kind":"Namespace","metadata":{"name":"analyses","labels":{"tollgate.dev/inject":"enabled"}}},
+{"apiVersion":"v1","kind":"ServiceAccount","metadata":{"name":"default","namespace":"analyses"}}]}"#;
+    assert!(plane.kubectl_stdin(&["apply", "-f", "-"], manifest).status.success());
+    let pod = |name: &str| {
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{ name: {name}, namespace: analyses }}\nspec:\n  containers: [{{ name: app, image: 'registry.example.org/app:1.0' }}]\n"
+        )
+    };
+    let out = create(&plane, &["create", "-f", "-"], Some(&pod("before")));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    // The webhook configuration is gone (an uninstall that forgot the namespace label): no plain pod gets in.
+    let out = plane.kubectl(&["delete", "mutatingwebhookconfiguration", "tollgate"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    drop(webhook);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let out = loop {
+        // The API server drops a deleted webhook configuration within moments; until then the dead webhook refuses.
+        let out = plane.kubectl_stdin(&["create", "-f", "-"], &pod("plain"));
+        if String::from_utf8_lossy(&out.stderr).contains("tollgate's webhook did not see it") || Instant::now() > deadline {
+            break out;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(!out.status.success(), "a plain pod was stored in a labeled namespace");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("its namespace is labeled tollgate.dev/inject=enabled, but tollgate's webhook did not see it"), "{stderr}");
+    assert!(!plane.kubectl(&["get", "pod", "plain", "-n", "analyses"]).status.success());
+
+    // Without the label the namespace is an ordinary one again.
+    let out = plane.kubectl(&["label", "namespace", "analyses", "tollgate.dev/inject-"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // (Admission sees namespace labels through an informer: allow it a moment.)
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let out = loop {
+        let out = plane.kubectl_stdin(&["create", "-f", "-"], &pod("plain"));
+        if out.status.success() || Instant::now() > deadline {
+            break out;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let plain = stored(&plane, "analyses", "plain").await;
+    assert!(plain.spec.unwrap().init_containers.is_none(), "an ordinary namespace again: the pod is not hardened");
 }

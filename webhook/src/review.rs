@@ -118,14 +118,19 @@ pub fn review(policy: &Policy, body: &[u8]) -> Result<(Vec<u8>, ReviewSummary), 
     };
     let mut response = AdmissionResponse::from(&request);
     let mut patch = None;
+    let mut skipped_patch = None;
     let groups = request.user_info.groups.clone().unwrap_or_default();
     let requester = Requester { username: request.user_info.username.as_deref().unwrap_or(""), groups: &groups };
     let subresource = request.sub_resource.as_deref().unwrap_or("");
     let kind = request.kind.kind.as_str();
     let decision = match (request.operation.clone(), request.kind.group.as_str(), kind) {
         (Operation::Create, "", "Pod") if subresource.is_empty() => {
-            let mut pod = object;
-            Some(("this pod", harden::harden_as(policy, &mut pod, Some(requester))))
+            let mut pod = object.clone();
+            let outcome = harden::harden_as(policy, &mut pod, Some(requester));
+            if let Ok(Outcome::Skipped { reason }) = &outcome {
+                skipped_patch = Some(harden::skipped_status(policy, &object, *reason));
+            }
+            Some(("this pod", outcome))
         }
         (Operation::Update, "", "Pod") => {
             let mut pod = object;
@@ -166,6 +171,14 @@ pub fn review(policy: &Policy, body: &[u8]) -> Result<(Vec<u8>, ReviewSummary), 
                 summary.outcome = ReviewOutcome::Skipped;
                 summary.skip_reason = Some(reason.as_str());
                 response.warnings = Some(vec![format!("tollgate: pod not hardened ({})", reason.as_str())]);
+                // Only the status annotation: the pod was seen, and left alone on purpose.
+                if let Some(status) = skipped_patch.filter(|p| !p.0.is_empty()) {
+                    patch = Some(serde_json::to_vec(&status).map_err(|e| BadReview(format!("patch does not serialize: {e}")))?);
+                    response = response
+                        .with_patch(json_patch::Patch(Vec::new()))
+                        .map_err(|e| BadReview(format!("patch does not serialize: {e}")))?;
+                    response.patch = None;
+                }
             }
             Ok(Outcome::Hardened(hardened)) => {
                 summary.changes = hardened.changes.len();

@@ -771,3 +771,22 @@ async fn a_review_built_to_be_slow_is_answered_quickly_and_never_stalls_readyz()
     assert!(slowest < Duration::from_millis(600), "/readyz waited {slowest:?} behind a review");
     Arc::try_unwrap(server).ok().expect("no other owner").stop().await;
 }
+
+#[tokio::test]
+async fn an_opted_out_pod_is_recorded_as_seen_and_left_alone() {
+    let server = start(Some("allowOptOut: true\n")).await;
+    let mut client = server.client(b"h2").await;
+    let mut pod = plain_pod();
+    pod["metadata"]["annotations"] = json!({"tollgate.dev/inject": "false"});
+    let response = response_of(&client.send(request("POST", "/mutate", pod_review("opt-out", pod.clone()))).await.unwrap());
+    assert_eq!(response["allowed"], true);
+    assert_eq!(response["warnings"][0], "tollgate: pod not hardened (opted-out)");
+    let patched = apply_patch(&pod, &response);
+    let status: Value = serde_json::from_str(patched["metadata"]["annotations"]["tollgate.dev/status"].as_str().unwrap()).unwrap();
+    assert_eq!(status["skipped"], "opted-out");
+    // Nothing else changed: the only difference is the annotation.
+    let mut without = patched.clone();
+    without["metadata"]["annotations"].as_object_mut().unwrap().remove("tollgate.dev/status");
+    assert_eq!(without, pod);
+    server.stop().await;
+}

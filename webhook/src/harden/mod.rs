@@ -393,6 +393,26 @@ pub fn check_port_forward(policy: &Policy, ports: Option<&[i64]>) -> Option<Deni
     })
 }
 
+/// The patch that records a skipped pod in `tollgate.dev/status`: the pod was seen by tollgate, which the
+/// API server's `tollgate-require-hardening` policy asks of every pod in an analysis namespace.
+pub fn skipped_status(policy: &Policy, pod: &Value, reason: SkipReason) -> json_patch::Patch {
+    #[derive(Serialize)]
+    struct Skipped<'a> {
+        version: &'a str,
+        policy: &'a str,
+        skipped: &'a str,
+    }
+    let status =
+        serde_json::to_string(&Skipped { version: VERSION, policy: policy.digest(), skipped: reason.as_str() }).expect("status serializes");
+    let mut copy = pod.clone();
+    let mut builder = PatchBuilder::new(&mut copy);
+    if !matches!(builder.get(&path!["metadata"]), Some(Value::Object(_))) {
+        return json_patch::Patch(Vec::new());
+    }
+    builder.set(&path!["metadata", "annotations", ANNOTATION_STATUS], json!(status));
+    json_patch::Patch(builder.into_ops())
+}
+
 fn harden_pod_level(policy: &Policy, e: &mut Editor) {
     let security = &policy.security;
     let spec = path!["spec"];
