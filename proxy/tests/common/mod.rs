@@ -182,8 +182,24 @@ impl Idp {
     }
 }
 
+/// A port for a listener a child process will bind, from below the kernel's ephemeral range (32768 and
+/// up), where every OS-assigned port of the stand-ins lives: between choosing it and the child binding it,
+/// nothing in this process can be handed the same port (a port asked of the OS and released could be).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    const FIRST: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    // Test binaries run one after another, but spread them anyway.
+    let offset = (std::process::id() % 100) * 100;
+    loop {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        assert!(n < SPAN, "no free port left in {FIRST}..{}", FIRST + SPAN);
+        let port = u16::try_from(FIRST + (offset + n) % SPAN).expect("fits");
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 /// The proxy binary, running with a config; killed on drop.
@@ -200,10 +216,7 @@ impl Proxy {
     /// Start with `config` (YAML without the listen section) and wait until /healthz answers.
     pub async fn start(config: &str, env: &[(&str, &str)]) -> Proxy {
         let dir = tempfile::tempdir().unwrap();
-        // Three distinct ports: held together while chosen (one after the other, the same port can come twice).
-        let held: Vec<std::net::TcpListener> = (0..3).map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap()).collect();
-        let [egress, admin, ingress]: [SocketAddr; 3] = std::array::from_fn(|i| held[i].local_addr().unwrap());
-        drop(held);
+        let [egress, admin, ingress]: [SocketAddr; 3] = std::array::from_fn(|_| SocketAddr::from(([127, 0, 0, 1], free_port())));
         // `{dir}` in the config is this proxy's own temporary directory (for credential files).
         std::fs::write(dir.path().join("client-id"), "analysis-7\n").unwrap();
         std::fs::write(dir.path().join("client-secret"), "s3cr3t&=%\n").unwrap();
