@@ -3,6 +3,8 @@
 //! included). No scheduler and no kubelet: pods are admitted and stored, which is what tollgate changes.
 //! Everything started is stopped (and its directory removed) when the [`ControlPlane`] is dropped.
 
+pub mod images;
+
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

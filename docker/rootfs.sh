@@ -1,0 +1,101 @@
+#!/usr/bin/env bash
+# The complete root filesystem of one tollgate image — the one list of what each image holds. Both readings
+# build from it: docker/Dockerfile (a stage runs this, each image is `FROM scratch` + a COPY of the result)
+# and the test harness (tests/src/images.rs writes the result as an OCI image-layout archive).
+#
+#   docker/rootfs.sh IMAGE RELEASE_DIR OUT_DIR
+#
+# IMAGE is webhook, proxy, certs, pause or example-analysis; RELEASE_DIR holds the built binaries
+# (target/release); OUT_DIR must be absent or empty. What it holds, and nothing else (no shell, no coreutils):
+#   /usr/local/bin/<binary>                  0755
+#   every shared library the binary needs    at the path ldd names (real files, symlinks followed);
+#                                            the dynamic loader 0755, the others 0644
+#   /etc/ssl/certs/ca-certificates.crt       the build machine's CA bundle
+#   /etc/passwd, /etc/group                  root, nonroot (65532), and for the proxy tollgate-proxy (10001):
+#                                            the webhook runs the proxy as 10001
+#   /etc/nsswitch.conf                       "hosts: files dns": without it glibc asks DNS before /etc/hosts
+# Everything is owned by root (when run as root, as in the Dockerfile) and every mtime is SOURCE_DATE_EPOCH
+# (default 0), so equal binaries give equal layers.
+set -euo pipefail
+export LC_ALL=C
+umask 022
+
+die() {
+  echo "rootfs.sh: $*" >&2
+  exit 1
+}
+
+[ $# -eq 3 ] || die "usage: rootfs.sh IMAGE RELEASE_DIR OUT_DIR (IMAGE: webhook, proxy, certs, pause, example-analysis)"
+image=$1
+release=$2
+out=$3
+
+case "$image" in
+  webhook) binary=tollgate-webhook ;;
+  proxy) binary=tollgate-proxy ;;
+  certs) binary=tollgate-certs ;;
+  pause) binary=tollgate-pause ;;
+  example-analysis) binary=tollgate-example-analysis ;;
+  *) die "unknown image '$image' (webhook, proxy, certs, pause, example-analysis)" ;;
+esac
+
+source_binary=$release/$binary
+[ -f "$source_binary" ] && [ -x "$source_binary" ] || die "$source_binary is not an executable file; build it first"
+if [ -e "$out" ]; then
+  [ -d "$out" ] || die "$out exists and is not a directory"
+  [ -z "$(ls -A "$out")" ] || die "$out is not empty"
+fi
+mkdir -p "$out"
+
+# copy SOURCE DEST MODE: the contents of the real file behind SOURCE, at DEST inside the root filesystem.
+copy() {
+  local real
+  real=$(readlink -f "$1") || die "cannot resolve $1"
+  [ -f "$real" ] || die "$1 is not a regular file"
+  mkdir -p "$out$(dirname "$2")"
+  cp "$real" "$out$2"
+  chmod "$3" "$out$2"
+}
+
+copy "$source_binary" "/usr/local/bin/$binary" 0755
+
+# Shared libraries, from ldd: "name => /path (addr)" for libraries, "/path (addr)" for the dynamic loader;
+# linux-vdso is the kernel's. A static binary needs none.
+if ldd_out=$(ldd "$source_binary" 2>&1); then
+  if grep -q 'not found' <<<"$ldd_out"; then
+    die "$source_binary needs libraries this machine lacks:"$'\n'"$ldd_out"
+  fi
+  while read -r kind path; do
+    [ -n "$path" ] || continue
+    case "$kind" in
+      loader) copy "$path" "$path" 0755 ;;
+      library) copy "$path" "$path" 0644 ;;
+    esac
+  done < <(awk '$2 == "=>" && $3 ~ /^\// { print "library", $3; next }
+                $1 ~ /^\// { print "loader", $1 }' <<<"$ldd_out" | sort -u)
+elif ! grep -q 'not a dynamic executable' <<<"$ldd_out"; then
+  die "ldd $source_binary failed:"$'\n'"$ldd_out"
+fi
+
+copy /etc/ssl/certs/ca-certificates.crt /etc/ssl/certs/ca-certificates.crt 0644
+
+passwd='root:x:0:0:root:/root:/sbin/nologin
+nonroot:x:65532:65532:nonroot:/nonexistent:/sbin/nologin'
+group='root:x:0:
+nonroot:x:65532:'
+if [ "$image" = proxy ]; then
+  passwd+='
+tollgate-proxy:x:10001:10001:tollgate-proxy:/nonexistent:/sbin/nologin'
+  group+='
+tollgate-proxy:x:10001:'
+fi
+printf '%s\n' "$passwd" >"$out/etc/passwd"
+printf '%s\n' "$group" >"$out/etc/group"
+printf '%s\n' 'passwd: files' 'group: files' 'hosts: files dns' >"$out/etc/nsswitch.conf"
+chmod 0644 "$out/etc/passwd" "$out/etc/group" "$out/etc/nsswitch.conf"
+
+find "$out" -type d -exec chmod 0755 {} +
+if [ "$(id -u)" -eq 0 ]; then
+  chown -R 0:0 "$out"
+fi
+find "$out" -exec touch -h -d "@${SOURCE_DATE_EPOCH:-0}" {} +
