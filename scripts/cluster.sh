@@ -5,6 +5,7 @@
 #   scripts/cluster.sh down          stop everything it started and leave the host as it was
 #   scripts/cluster.sh load ARCHIVE  import OCI image archives into the node (like `kind load image-archive`)
 #   scripts/cluster.sh status        say whether it runs
+#   scripts/cluster.sh check         say whether this machine can run a node (root, cgroups, namespaces)
 #
 # What runs: etcd, kube-apiserver, kube-controller-manager, kube-scheduler on the host; containerd, kubelet
 # and kube-proxy (nftables mode) in a mount namespace of their own, so that what they write — /run, /var/lib,
@@ -405,5 +406,6 @@ case ${1:-} in
   down) down ;;
   load) shift; [[ -d $STATE ]] || die "not up"; BIN=$(cat "$STATE/bin"); load "$@" ;;
   status) status ;;
-  *) sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2 ;;
+  check) preflight; log "this machine can run a node" ;;
+ *) sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2 ;;
 esac

@@ -1,11 +1,23 @@
 #!/usr/bin/env bash
-# Runs every test of the workspace: webhook (unit, fixtures, generated pods, denial rules, CLI, HTTPS
-# server), proxy (routes, egress, ingress, TLS) and the end-to-end tests against a real kube-apiserver.
-# The first run builds kube-apiserver, kubectl, etcd and helm with Go and caches them (see
-# tests/control-plane/provision.sh); later runs reuse them.
+# Runs every test of the workspace: webhook (unit, fixtures, generated pods, denial rules, after-admission
+# decisions, CLI, HTTPS server), proxy (routes, egress, ingress, TLS, local destinations), the end-to-end
+# tests against a real kube-apiserver, and the node tests on a real one-node cluster (scripts/cluster.sh).
+# The first run builds kube-apiserver, kubectl, etcd, helm, containerd, kubelet and the other node binaries
+# with Go and caches them (tests/control-plane/provision.sh, tests/node/provision.sh); later runs reuse them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 TOLLGATE_BIN_DIR=$(tests/control-plane/provision.sh)
 export TOLLGATE_BIN_DIR
 cargo build --workspace --locked
-exec cargo test --workspace --locked "$@"
+cargo test --workspace --locked "$@"
+
+# The node tests share one cluster. They need root on a Linux host or VM with cgroups.
+if [[ $(id -u) != 0 && -z ${TOLLGATE_REQUIRE_NODE:-} ]]; then
+  echo "test.sh: the node tests were NOT run: they need root (scripts/cluster.sh); everything else passed" >&2
+  exit 0
+fi
+scripts/cluster.sh check
+trap 'scripts/cluster.sh down' EXIT
+exports=$(scripts/cluster.sh up)
+eval "$exports"
+cargo test -p tollgate-e2e --locked --test node -- --ignored --test-threads=1

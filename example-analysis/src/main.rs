@@ -57,6 +57,17 @@ enum Command {
         #[arg(long, env = "LISTEN", default_value = "0.0.0.0:8000")]
         listen: SocketAddr,
     },
+    /// GET a URL (http only) and print `status=NNN` and the body: for probing from inside a pod.
+    Get {
+        url: String,
+        /// Send `Authorization: Bearer TOKEN`.
+        #[arg(long, value_name = "TOKEN")]
+        bearer: Option<String>,
+    },
+    /// Print this process's user and group, and whether the root filesystem is writable.
+    Whoami,
+    /// Print a file (to show what this container can and cannot read).
+    Read { file: PathBuf },
 }
 
 #[derive(Args)]
@@ -77,6 +88,10 @@ struct RunArgs {
     /// Message recipients (node ids).
     #[arg(long = "recipient", env = "RECIPIENTS", value_delimiter = ',')]
     recipients: Vec<String>,
+    /// Extra `Name: value` headers on every call (e.g. a credential of the app's own, which the proxy must
+    /// never pass on).
+    #[arg(long = "header", env = "EXTRA_HEADERS", value_delimiter = ';', value_name = "NAME: VALUE")]
+    headers: Vec<String>,
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -85,6 +100,11 @@ async fn main() -> ExitCode {
     let outcome = match cli.command.unwrap_or(Command::Run(cli.run)) {
         Command::Run(args) => run(args).await,
         Command::Serve { listen } => serve(listen).await,
+        Command::Get { url, bearer } => get(&url, bearer.as_deref()).await,
+        Command::Whoami => whoami(),
+        Command::Read { file } => {
+            std::fs::read_to_string(&file).map(|text| print!("{text}")).map_err(|e| format!("{}: {e}", file.display()))
+        }
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
@@ -100,7 +120,11 @@ async fn main() -> ExitCode {
 async fn run(args: RunArgs) -> Result<(), String> {
     let analysis_id = id("analysis id (--analysis-id or ANALYSIS_ID)", args.analysis_id)?;
     let project_id = id("project id (--project-id or PROJECT_ID)", args.project_id)?;
-    let egress = Egress::parse(&args.egress_url)?;
+    let mut egress = Egress::parse(&args.egress_url)?;
+    for header in &args.headers {
+        let (name, value) = header.split_once(':').ok_or_else(|| format!("--header {header:?} is not NAME: VALUE"))?;
+        egress.headers.push((name.trim().to_owned(), value.trim().to_owned()));
+    }
     let input = match &args.input {
         Some(path) => std::fs::read_to_string(path).map_err(|e| format!("reading {}: {e}", path.display()))?,
         None => SAMPLE_INPUT.to_owned(),
@@ -184,6 +208,8 @@ struct Egress {
     host: String,
     port: u16,
     authority: String,
+    /// Sent with every call.
+    headers: Vec<(String, String)>,
 }
 
 impl Egress {
@@ -194,7 +220,7 @@ impl Egress {
         }
         let authority = uri.authority().ok_or_else(|| format!("TOLLGATE_EGRESS_URL {url:?} has no host"))?;
         let host = authority.host().trim_start_matches('[').trim_end_matches(']').to_owned();
-        Ok(Egress { host, port: authority.port_u16().unwrap_or(80), authority: authority.to_string() })
+        Ok(Egress { host, port: authority.port_u16().unwrap_or(80), authority: authority.to_string(), headers: Vec::new() })
     }
 
     /// One call; prints `METHOD PATH -> STATUS`. A non-2xx status or no answer is an error.
@@ -235,6 +261,9 @@ impl Egress {
             .header(header::HOST, &self.authority)
             .header(header::USER_AGENT, format!("{NAME}/{VERSION}"))
             .header(header::ACCEPT, "application/json");
+        for (name, value) in &self.headers {
+            request = request.header(name.as_str(), value.as_str());
+        }
         let bytes = match body {
             Some(body) => {
                 request = request.header(header::CONTENT_TYPE, body.content_type);
@@ -249,6 +278,38 @@ impl Egress {
         driver.abort();
         Ok((status, answer))
     }
+}
+
+// ---- get, whoami ----
+
+async fn get(url: &str, bearer: Option<&str>) -> Result<(), String> {
+    let uri: Uri = url.parse().map_err(|e| format!("{url:?}: {e}"))?;
+    let origin = format!("http://{}", uri.authority().ok_or_else(|| format!("{url:?} has no host"))?);
+    let mut client = Egress::parse(&origin)?;
+    if let Some(token) = bearer {
+        client.headers.push(("authorization".to_owned(), format!("Bearer {token}")));
+    }
+    let path = uri.path_and_query().map_or("/", |p| p.as_str());
+    let (status, body) = tokio::time::timeout(CALL_TIMEOUT, client.send(Method::GET, path, None))
+        .await
+        .map_err(|_| format!("GET {url}: no answer within {CALL_TIMEOUT:?}"))??;
+    println!("status={}", status.as_u16());
+    println!("{}", String::from_utf8_lossy(&body));
+    Ok(())
+}
+
+fn whoami() -> Result<(), String> {
+    let status = std::fs::read_to_string("/proc/self/status").map_err(|e| format!("/proc/self/status: {e}"))?;
+    let field = |name: &str| {
+        status.lines().find_map(|l| l.strip_prefix(name)).and_then(|rest| rest.split_whitespace().next()).unwrap_or("?").to_owned()
+    };
+    let probe = std::path::Path::new("/.tollgate-write-probe");
+    let writable = std::fs::write(probe, b"x").is_ok();
+    if writable {
+        let _ = std::fs::remove_file(probe);
+    }
+    println!("uid={} gid={} root-writable={writable}", field("Uid:"), field("Gid:"));
+    Ok(())
 }
 
 // ---- serve ----

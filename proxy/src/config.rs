@@ -218,6 +218,19 @@ pub struct Config {
     pub extra_ca_file: Option<PathBuf>,
     pub forward_proxy: Option<Upstream>,
     pub shutdown_grace: Duration,
+    /// What this pod cannot use because it lacks an id a placeholder needs: routes (and allow entries)
+    /// left out, so they are refused like any path without a route, never widened.
+    pub disabled: Vec<Disabled>,
+}
+
+/// A route, or one allow entry of it, left out for a missing placeholder value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Disabled {
+    /// `routes[3]` or `routes[3].allow[0]`, with the route's name.
+    pub path: String,
+    pub route: String,
+    /// The environment variable the pod does not have (`TOLLGATE_ANALYSIS_ID`, `TOLLGATE_PROJECT_ID`).
+    pub missing: &'static str,
 }
 
 struct Checker {
@@ -244,6 +257,15 @@ pub fn check_id(id: &str) -> Result<(), String> {
 }
 
 const PLACEHOLDERS: [(&str, &str); 2] = [("{analysis_id}", "TOLLGATE_ANALYSIS_ID"), ("{project_id}", "TOLLGATE_PROJECT_ID")];
+
+/// The first placeholder of `text` whose value this pod does not have, as its environment variable.
+fn missing(text: &str, env: &Environment) -> Option<&'static str> {
+    PLACEHOLDERS
+        .iter()
+        .zip([&env.analysis_id, &env.project_id])
+        .find(|((p, _), v)| text.contains(p) && v.is_none())
+        .map(|((_, var), _)| *var)
+}
 
 fn fill(text: &str, env: &Environment) -> Result<String, String> {
     let mut out = text.to_owned();
@@ -321,7 +343,15 @@ impl Config {
         });
 
         let mut routes = Vec::new();
+        let mut disabled = Vec::new();
         let mut names = BTreeMap::new();
+        // A pod without an id cannot use what needs it, but the rest of its config is still checked in
+        // full: with a stand-in value where the id is missing.
+        let checked_env = Environment {
+            analysis_id: env.analysis_id.clone().or_else(|| Some("id".into())),
+            project_id: env.project_id.clone().or_else(|| Some("id".into())),
+            ..env.clone()
+        };
         for (i, r) in raw.routes.iter().enumerate() {
             let at = |field: &str| format!("routes[{i}].{field}");
             if r.name.is_empty() || !r.name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_')) {
@@ -330,20 +360,22 @@ impl Config {
             if let Some(first) = names.insert(r.name.clone(), i) {
                 c.error(at("name"), format!("{:?} is already the name of routes[{first}]", r.name));
             }
-            let prefix = c.check(at("prefix"), fill(&r.prefix, env).and_then(|p| Pattern::prefix(&p)));
+            let prefix = c.check(at("prefix"), fill(&r.prefix, &checked_env).and_then(|p| Pattern::prefix(&p)));
             let allow: Vec<Option<Pattern>> = r
                 .allow
                 .iter()
                 .enumerate()
-                .map(|(j, a)| c.check(at(&format!("allow[{j}]")), fill(a, env).and_then(|a| Pattern::rest(&a))))
+                .map(|(j, a)| c.check(at(&format!("allow[{j}]")), fill(a, &checked_env).and_then(|a| Pattern::rest(&a))))
                 .collect();
+            let route_missing = missing(&r.prefix, env).or_else(|| missing(&r.upstream, env));
+            let allow_missing: Vec<Option<&'static str>> = r.allow.iter().map(|a| missing(a, env)).collect();
             let methods = r.methods.clone().unwrap_or_else(|| vec!["GET".into(), "HEAD".into()]);
             for (j, method) in methods.iter().enumerate() {
                 if !METHODS.contains(&method.as_str()) {
                     c.error(at(&format!("methods[{j}]")), format!("{method:?} is not one of {}", METHODS.join(", ")));
                 }
             }
-            let upstream = c.check(at("upstream"), fill(&r.upstream, env).and_then(|u| Upstream::parse(&u)));
+            let upstream = c.check(at("upstream"), fill(&r.upstream, &checked_env).and_then(|u| Upstream::parse(&u)));
             let auth = match (r.auth, &r.bearer_file) {
                 (RawAuth::None, None) => Some(AuthMode::None),
                 (RawAuth::Token, None) => {
@@ -380,10 +412,24 @@ impl Config {
             ) = (prefix, upstream, auth, connect_timeout, read_timeout, max_request_body, byte_budget)
                 && allow.iter().all(Option::is_some)
             {
+                let usable: Vec<Pattern> =
+                    allow.into_iter().zip(&allow_missing).filter(|(_, gone)| gone.is_none()).filter_map(|(pattern, _)| pattern).collect();
+                for (j, gone) in allow_missing.iter().enumerate() {
+                    if let (Some(var), None) = (gone, route_missing) {
+                        disabled.push(Disabled { path: at(&format!("allow[{j}]")), route: r.name.clone(), missing: var });
+                    }
+                }
+                // Without its allow entries a route would allow everything under its prefix: it goes too.
+                let emptied = !r.allow.is_empty() && usable.is_empty();
+                if let Some(var) = route_missing.or_else(|| emptied.then(|| allow_missing.iter().flatten().next().copied()).flatten()) {
+                    disabled.retain(|d| d.route != r.name);
+                    disabled.push(Disabled { path: format!("routes[{i}]"), route: r.name.clone(), missing: var });
+                    continue;
+                }
                 routes.push(Route {
                     name: r.name.clone(),
                     prefix,
-                    allow: allow.into_iter().flatten().collect(),
+                    allow: usable,
                     methods,
                     upstream,
                     strip_prefix: r.strip_prefix,
@@ -487,6 +533,7 @@ impl Config {
             extra_ca_file: raw.tls.extra_ca_file,
             forward_proxy,
             shutdown_grace: shutdown_grace.expect("checked"),
+            disabled,
         })
     }
 }

@@ -51,6 +51,9 @@ fn main() -> ExitCode {
         return match load(&file) {
             Ok(config) => {
                 println!("{}: valid ({} routes)", file.display(), config.routes.len());
+                for d in &config.disabled {
+                    println!("  {} (route {:?}) is left out: it needs {}, which is not set", d.path, d.route, d.missing);
+                }
                 ExitCode::SUCCESS
             }
             Err(e) => {
@@ -153,6 +156,9 @@ fn run(config: Arc<Config>) -> Result<(), String> {
     }
     if let Some(tokens) = tokens {
         server.add_service(background_service("token refresh", TokenRefresh(tokens)));
+    }
+    for d in &config.disabled {
+        tracing::warn!(path = %d.path, route = %d.route, missing = d.missing, "left out: this pod has no value for a placeholder it needs");
     }
     tracing::info!(egress = %config.egress_listen, admin = %config.admin_listen, routes = config.routes.len(), "starting");
     server.run_forever();

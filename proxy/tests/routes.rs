@@ -142,7 +142,6 @@ fn config_errors_name_their_path() {
         "routes[0].prefix: \"kong\" must start with '/'",
         "routes[0].upstream: \"ftp://x\" must start with http:// or https://",
         "routes[1].name: \"a\" is already the name of routes[0]",
-        "routes[1].prefix: uses {analysis_id} but TOLLGATE_ANALYSIS_ID is not set",
         "routes[1].methods[0]: \"BREW\" is not one of",
         "routes[1].upstream: \"http://x:0\" has an invalid port",
         "routes[1].auth: token needs the identity section",
@@ -184,4 +183,28 @@ fn an_empty_config_is_valid_and_refuses_everything() {
     let c = Config::load("", &Environment::default()).unwrap();
     assert_eq!(c.egress_listen.to_string(), "127.0.0.1:15001");
     assert!(route(&c, "GET", "/anything").is_err());
+}
+
+#[test]
+fn a_pod_without_an_id_loses_only_what_needs_it_and_nothing_is_widened() {
+    let config = "identity: { tokenUrl: 'http://10.0.0.1/token', clientIdFile: /c, clientSecretFile: /s }\n\
+        routes:\n\
+        - { name: hub, prefix: '/hub/{project_id}', upstream: 'http://10.0.0.2', auth: token }\n\
+        - { name: broker, prefix: /broker, upstream: 'http://10.0.0.3', allow: ['/analyses/{analysis_id}/messages', /healthz], auth: token }\n\
+        - { name: only-mine, prefix: /mine, upstream: 'http://10.0.0.4', allow: ['/{analysis_id}', '/{analysis_id}/**'], auth: token }\n\
+        - { name: open, prefix: /open, upstream: 'http://10.0.0.5', auth: none }\n";
+    let config = Config::load(config, &Environment::default()).expect("missing ids are no config error");
+    let names: Vec<&str> = config.routes.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(names, ["broker", "open"]);
+    let left_out: Vec<(&str, &str)> = config.disabled.iter().map(|d| (d.path.as_str(), d.missing)).collect();
+    assert_eq!(
+        left_out,
+        [("routes[0]", "TOLLGATE_PROJECT_ID"), ("routes[1].allow[0]", "TOLLGATE_ANALYSIS_ID"), ("routes[2]", "TOLLGATE_ANALYSIS_ID")]
+    );
+    // The broker keeps /healthz only: its allow list is not emptied into "everything".
+    assert_eq!(config.routes[0].allow.len(), 1);
+    // A broken pattern is still an error where the id is missing: the rest of the config is checked in full.
+    let broken = "routes:\n- { name: x, prefix: '/x/{analysis_id}/../y', upstream: 'http://10.0.0.2' }\n";
+    let errors = Config::load(broken, &Environment::default()).expect_err("still checked").to_string();
+    assert!(errors.contains("routes[0].prefix"), "{errors}");
 }

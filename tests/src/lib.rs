@@ -35,8 +35,24 @@ pub fn workspace_bin(name: &str) -> PathBuf {
     })
 }
 
+/// A port for a listener a child process will bind, from below the kernel's ephemeral range (32768 and
+/// up), where OS-assigned ports live: between choosing it and the child binding it, nothing in this
+/// process can be handed the same port (a port asked of the OS and released could be). The same rule as
+/// the proxy's tests (a separate crate, which does not depend on this one).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    const FIRST: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    let offset = (std::process::id() % 100) * 100;
+    loop {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        assert!(n < SPAN, "no free port left in {FIRST}..{}", FIRST + SPAN);
+        let port = u16::try_from(FIRST + (offset + n) % SPAN).expect("fits");
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 /// A process that is killed when dropped.

@@ -277,17 +277,23 @@ fn hub(parts: &Parts, body: &[u8]) -> Response<Full<Bytes>> {
         .filter(|(name, _)| *name != AUTHORIZATION)
         .map(|(name, value)| (name.to_string(), Value::from(String::from_utf8_lossy(value.as_bytes()).into_owned())))
         .collect();
-    reply(
-        StatusCode::OK,
-        &json!({
-            "service": "hub",
-            "method": parts.method.as_str(),
-            "path": target(parts),
-            "authorization": parts.headers.get(AUTHORIZATION).map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned()),
-            "headers": headers,
-            "body_length": body.len(),
-        }),
-    )
+    let mut answer = json!({
+        "service": "hub",
+        "method": parts.method.as_str(),
+        "path": target(parts),
+        "authorization": parts.headers.get(AUTHORIZATION).map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned()),
+        "headers": headers,
+        "body_length": body.len(),
+    });
+    // What the FLAME hub adapter and a FHIR data source answer, as far as an analysis reads them.
+    let path = parts.uri.path();
+    if path.starts_with("/kong/datastore/") {
+        answer["data"] = json!([{"name": "standin-source"}]);
+    } else if path.contains("/fhir/") {
+        answer["resourceType"] = json!("Bundle");
+        answer["total"] = json!(42);
+    }
+    reply(StatusCode::OK, &answer)
 }
 
 const AREAS: [&str; 3] = ["final", "local", "intermediate"];

@@ -1,0 +1,409 @@
+//! tollgate on a real node: hardened pods actually run. Needs the cluster of `scripts/cluster.sh up` (its
+//! exports in the environment); `scripts/test.sh` brings it up, runs these with `--ignored
+//! --test-threads=1` (so in name order: the last ones restart and uninstall tollgate) and takes it down.
+
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+const EXAMPLE: &str = "localhost/tollgate/example-analysis:0.1.0";
+
+struct Cluster {
+    kubeconfig: String,
+    node_ip: String,
+    namespace: String,
+    dir: String,
+}
+
+fn cluster() -> Cluster {
+    let var =
+        |name: &str| std::env::var(name).unwrap_or_else(|_| panic!("{name} is not set: run `scripts/cluster.sh up` and eval its output"));
+    Cluster {
+        kubeconfig: var("KUBECONFIG"),
+        node_ip: var("TOLLGATE_NODE_IP"),
+        namespace: var("TOLLGATE_ANALYSIS_NAMESPACE"),
+        dir: var("TOLLGATE_CLUSTER_DIR"),
+    }
+}
+
+fn text(out: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+}
+
+impl Cluster {
+    fn kubectl(&self, args: &[&str]) -> Output {
+        let bin = std::fs::read_to_string(format!("{}/bin", self.dir)).unwrap();
+        Command::new(format!("{}/kubectl", bin.trim())).arg(format!("--kubeconfig={}", self.kubeconfig)).args(args).output().unwrap()
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.kubectl(args);
+        assert!(out.status.success(), "kubectl {args:?}: {}", text(&out));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn apply(&self, manifest: &str) {
+        use std::io::Write;
+        let bin = std::fs::read_to_string(format!("{}/bin", self.dir)).unwrap();
+        let mut child = Command::new(format!("{}/kubectl", bin.trim()))
+            .arg(format!("--kubeconfig={}", self.kubeconfig))
+            .args(["apply", "-f", "-"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let _ = child.stdin.take().unwrap().write_all(manifest.as_bytes());
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "kubectl apply: {}\n{manifest}", text(&out));
+    }
+
+    fn json(&self, args: &[&str]) -> Value {
+        let mut all = args.to_vec();
+        all.extend(["-o", "json"]);
+        serde_json::from_str(&self.ok(&all)).unwrap()
+    }
+
+    fn pod(&self, namespace: &str, name: &str) -> Value {
+        self.json(&["get", "pod", name, "-n", namespace])
+    }
+
+    /// Wait until `check` holds for the pod, at most `seconds`; the pod as it was then.
+    fn wait_pod(&self, namespace: &str, name: &str, seconds: u64, what: &str, check: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(seconds);
+        loop {
+            let out = self.kubectl(&["get", "pod", name, "-n", namespace, "-o", "json"]);
+            if out.status.success() {
+                let pod: Value = serde_json::from_slice(&out.stdout).unwrap();
+                if check(&pod) {
+                    return pod;
+                }
+                if Instant::now() > deadline {
+                    let events =
+                        self.kubectl(&["get", "events", "-n", namespace, "--field-selector", &format!("involvedObject.name={name}")]);
+                    panic!(
+                        "pod {namespace}/{name}: not {what} after {seconds} s:\n{}\n{}",
+                        serde_json::to_string_pretty(&pod["status"]).unwrap(),
+                        text(&events)
+                    );
+                }
+            } else if Instant::now() > deadline {
+                panic!("pod {namespace}/{name}: {}", text(&out));
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+
+    /// The one pod of a Job or Deployment, by label.
+    fn pod_of(&self, namespace: &str, selector: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let out = self.ok(&["get", "pods", "-n", namespace, "-l", selector, "-o", "jsonpath={.items[*].metadata.name}"]);
+            let names: Vec<&str> = out.split_whitespace().collect();
+            if names.len() == 1 {
+                return names[0].to_owned();
+            }
+            assert!(Instant::now() < deadline, "pods for {selector}: {names:?}");
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+
+    fn logs(&self, namespace: &str, pod: &str, container: &str) -> String {
+        self.ok(&["logs", pod, "-n", namespace, "-c", container])
+    }
+
+    /// What the host-side stand-ins received, one JSON value per request.
+    fn standin_requests(&self) -> Vec<Value> {
+        let text = std::fs::read_to_string(format!("{}/standins.jsonl", self.dir)).unwrap_or_default();
+        text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
+    }
+
+    /// A token for the proxy's ingress, minted by the stand-in issuer for `client`.
+    fn mint(&self, client: &str) -> String {
+        let out = Command::new("curl")
+            .args(["-sf", "-X", "POST", &format!("http://{}:18083/mint?client={client}&audience=flame-analysis", self.node_ip)])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "minting a token: {}", text(&out));
+        let body: Value = serde_json::from_slice(&out.stdout).unwrap();
+        body["access_token"].as_str().unwrap_or_else(|| panic!("no access_token in {body}")).to_owned()
+    }
+}
+
+fn container_status<'p>(pod: &'p Value, list: &str, name: &str) -> &'p Value {
+    pod["status"][list].as_array().and_then(|a| a.iter().find(|c| c["name"] == name)).unwrap_or(&Value::Null)
+}
+
+fn phase(pod: &Value) -> &str {
+    pod["status"]["phase"].as_str().unwrap_or("")
+}
+
+fn time(value: &Value) -> chrono_free::Stamp {
+    chrono_free::Stamp::parse(value.as_str().unwrap_or_else(|| panic!("no timestamp: {value}")))
+}
+
+/// RFC 3339 timestamps as Kubernetes writes them (`2026-11-23T08:00:01Z`), compared without a date crate.
+mod chrono_free {
+    #[derive(Debug, PartialEq, Eq, PartialOrd, Ord, Clone, Copy)]
+    pub struct Stamp(u64);
+
+    impl Stamp {
+        pub fn parse(text: &str) -> Stamp {
+            let digits: String = text.chars().filter(char::is_ascii_digit).take(14).collect();
+            Stamp(digits.parse().unwrap_or_else(|_| panic!("not a timestamp: {text}")))
+        }
+    }
+}
+
+#[test]
+#[ignore = "needs scripts/cluster.sh up"]
+fn t1_a_plain_kubectl_run_pod_runs_hardened_as_the_app_user_on_a_read_only_root() {
+    let c = cluster();
+    let ns = c.namespace.as_str();
+    c.ok(&["run", "plain", "-n", ns, &format!("--image={EXAMPLE}"), "--restart=Never", "--", "whoami"]);
+    let pod = c.wait_pod(ns, "plain", 90, "Succeeded", |p| phase(p) == "Succeeded" || phase(p) == "Failed");
+    assert_eq!(phase(&pod), "Succeeded", "{}", c.logs(ns, "plain", "plain"));
+    let out = c.logs(ns, "plain", "plain");
+    assert!(out.contains("uid=10000"), "runs as the app user: {out}");
+    assert!(out.contains("root-writable=false"), "read-only root filesystem: {out}");
+    let proxy = container_status(&pod, "initContainerStatuses", "tollgate-proxy");
+    assert_eq!(proxy["ready"], false, "the proxy stopped once the app was done: {proxy}");
+    assert!(proxy["state"]["terminated"].is_object(), "{proxy}");
+}
+
+#[test]
+#[ignore = "needs scripts/cluster.sh up"]
+fn t2_a_job_runs_after_its_proxy_is_ready_reaches_the_services_with_the_proxys_token_and_completes() {
+    let c = cluster();
+    let ns = c.namespace.as_str();
+    let before = c.standin_requests().len();
+    c.apply(&format!(
+        r#"{{"apiVersion":"batch/v1","kind":"Job","metadata":{{"name":"analysis","namespace":"{ns}"}},"spec":{{"backoffLimit":0,"template":{{
+"metadata":{{"labels":{{"job":"analysis"}},"annotations":{{"tollgate.dev/analysis-id":"a1","tollgate.dev/project-id":"p1"}}}},
+"spec":{{"restartPolicy":"Never","containers":[{{"name":"analysis","image":"{EXAMPLE}","args":["run"],
+"env":[{{"name":"ANALYSIS_ID","value":"a1"}},{{"name":"PROJECT_ID","value":"p1"}},
+  {{"name":"EXTRA_HEADERS","value":"Authorization: Bearer app-supplied-credential;Cookie: app-session=1"}}]}}]}}}}}}}}"#
+    ));
+    let out = c.kubectl(&["wait", "-n", ns, "--for=condition=Complete", "job/analysis", "--timeout=120s"]);
+    let name = c.pod_of(ns, "job=analysis");
+    assert!(out.status.success(), "the Job completes: {}\n{}", text(&out), c.logs(ns, &name, "analysis"));
+    let pod = c.pod(ns, &name);
+
+    // The order, as it happened: the proxy started, became ready, and only then did the app start.
+    let proxy = container_status(&pod, "initContainerStatuses", "tollgate-proxy");
+    let app = container_status(&pod, "containerStatuses", "analysis");
+    let proxy_started = time(&proxy["state"]["terminated"]["startedAt"]);
+    let app_started = time(&app["state"]["terminated"]["startedAt"]);
+    assert!(app_started >= proxy_started, "app {app_started:?} before proxy {proxy_started:?}");
+    let logs = c.logs(ns, &name, "analysis");
+    // The app's very first call went through the proxy and succeeded: it was ready when the app started.
+    let first = logs.lines().next().unwrap_or_default();
+    assert!(first.contains("200"), "the first call succeeded: {logs}");
+
+    // The stand-ins saw the proxy's token, never a credential of the app's.
+    let seen: Vec<Value> = c.standin_requests().into_iter().skip(before).collect();
+    let services: Vec<&str> = seen.iter().filter_map(|r| r["service"].as_str()).collect();
+    for service in ["hub", "broker", "storage"] {
+        assert!(services.contains(&service), "{service} was not called: {seen:#?}");
+    }
+    for request in seen.iter().filter(|r| r["service"] != "keycloak") {
+        let auth = request["authorization"].as_str().unwrap_or("");
+        assert!(auth.starts_with("Bearer standin-token-"), "the proxy's token, not the app's: {request}");
+        let headers = request["headers"].as_array().cloned().unwrap_or_default();
+        assert!(!headers.iter().any(|h| h == "cookie"), "none of the app's headers: {request}");
+    }
+    assert!(seen.iter().any(|r| r["service"] == "keycloak"), "the proxy fetched its token itself");
+}
+
+#[test]
+#[ignore = "needs scripts/cluster.sh up"]
+fn t3_a_forbidden_path_is_refused_and_the_app_cannot_read_the_credentials() {
+    let c = cluster();
+    let ns = c.namespace.as_str();
+    c.apply(&format!(
+        r#"{{"apiVersion":"v1","kind":"Pod","metadata":{{"name":"prober","namespace":"{ns}"}},"spec":{{"restartPolicy":"Never",
+"containers":[{{"name":"app","image":"{EXAMPLE}","args":["serve"]}}]}}}}"#
+    ));
+    c.wait_pod(ns, "prober", 90, "Running", |p| container_status(p, "containerStatuses", "app")["ready"] == true);
+    let exec = |args: &[&str]| {
+        let mut all = vec!["exec", "prober", "-n", ns, "-c", "app", "--", "tollgate-example-analysis"];
+        all.extend_from_slice(args);
+        c.kubectl(&all)
+    };
+    // Another project's data, and a path outside every route: 403 from the proxy.
+    for path in ["/hub-adapter/kong/datastore/other-project", "/storage/secrets", "/admin"] {
+        let out = exec(&["get", &format!("http://127.0.0.1:15001{path}")]);
+        assert!(text(&out).contains("status=403"), "{path}: {}", text(&out));
+    }
+    // The credentials are not in the app's filesystem at all.
+    let out = exec(&["read", "/var/run/secrets/tollgate/client-secret"]);
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("No such file or directory"), "{}", text(&out));
+    // ...and no one gets a shell in the proxy to read them there.
+    let out = c.kubectl(&["exec", "prober", "-n", ns, "-c", "tollgate-proxy", "--", "/usr/local/bin/tollgate-proxy", "--version"]);
+    assert!(text(&out).contains("pods/exec is refused"), "{}", text(&out));
+    c.ok(&["delete", "pod", "prober", "-n", ns, "--wait=false"]);
+}
+
+#[test]
+#[ignore = "needs scripts/cluster.sh up"]
+fn t4_a_deployment_shaped_analysis_serves_through_its_jwt_checked_ingress() {
+    let c = cluster();
+    let ns = c.namespace.as_str();
+    c.apply(&format!(
+        r#"{{"apiVersion":"apps/v1","kind":"Deployment","metadata":{{"name":"served","namespace":"{ns}"}},"spec":{{"replicas":1,
+"selector":{{"matchLabels":{{"app":"served"}}}},"template":{{"metadata":{{"labels":{{"app":"served"}},"annotations":{{"tollgate.dev/analysis-id":"a2","tollgate.dev/project-id":"p1"}}}},
+"spec":{{"containers":[{{"name":"analysis","image":"{EXAMPLE}","args":["serve"]}}]}}}}}}}}"#
+    ));
+    let out = c.kubectl(&["rollout", "status", "deployment/served", "-n", ns, "--timeout=120s"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let name = c.pod_of(ns, "app=served");
+    let ip = c.pod(ns, &name)["status"]["podIP"].as_str().unwrap().to_owned();
+
+    // From another pod (a namespace tollgate does not manage), with and without a token from the issuer.
+    c.apply(r#"{"apiVersion":"v1","kind":"Namespace","metadata":{"name":"callers"}}"#);
+    let token = c.mint("message-broker");
+    for (name, bearer, expected) in [("with-token", token.as_str(), "status=200"), ("without-token", "", "status=401")] {
+        let mut args = vec!["get".to_owned(), format!("http://{ip}:15006/analysis/hello")];
+        if !bearer.is_empty() {
+            args.extend(["--bearer".to_owned(), bearer.to_owned()]);
+        }
+        let args_json = serde_json::to_string(&args).unwrap();
+        c.apply(&format!(
+            r#"{{"apiVersion":"v1","kind":"Pod","metadata":{{"name":"{name}","namespace":"callers"}},"spec":{{"restartPolicy":"Never",
+"securityContext":{{"runAsNonRoot":true,"runAsUser":20000,"seccompProfile":{{"type":"RuntimeDefault"}}}},
+"containers":[{{"name":"caller","image":"{EXAMPLE}","args":{args_json},
+"securityContext":{{"allowPrivilegeEscalation":false,"capabilities":{{"drop":["ALL"]}}}}}}]}}}}"#
+        ));
+        c.wait_pod("callers", name, 60, "done", |p| phase(p) == "Succeeded" || phase(p) == "Failed");
+        let logs = c.logs("callers", name, "caller");
+        assert!(logs.contains(expected), "{name}: {logs}");
+        if expected == "status=200" {
+            assert!(logs.contains("tollgate-example-analysis"), "the analysis answered: {logs}");
+        }
+    }
+}
+
+#[test]
+#[ignore = "needs scripts/cluster.sh up"]
+fn t5_a_broken_route_config_fails_the_pod_visibly_and_the_app_never_starts() {
+    let c = cluster();
+    c.apply(
+        r#"{"apiVersion":"v1","kind":"List","items":[
+{"apiVersion":"v1","kind":"Namespace","metadata":{"name":"broken","labels":{"tollgate.dev/inject":"enabled"}}},
+{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"tollgate-proxy-routes","namespace":"broken"},"data":{"config.yaml":"routes:\n  - name: x\n    prefx: /oops\n"}},
+{"apiVersion":"v1","kind":"Secret","metadata":{"name":"tollgate-proxy-credentials","namespace":"broken"},"stringData":{"client-id":"a","client-secret":"b"}}]}"#,
+    );
+    c.ok(&["run", "doomed", "-n", "broken", &format!("--image={EXAMPLE}"), "--restart=Never", "--", "whoami"]);
+    let pod = c.wait_pod("broken", "doomed", 60, "showing the proxy's failure", |p| {
+        let proxy = container_status(p, "initContainerStatuses", "tollgate-proxy");
+        proxy["restartCount"].as_u64().unwrap_or(0) >= 1 && proxy["lastState"]["terminated"]["message"].is_string()
+    });
+    let proxy = container_status(&pod, "initContainerStatuses", "tollgate-proxy");
+    let message = proxy["lastState"]["terminated"]["message"].as_str().unwrap();
+    assert!(message.contains("prefx"), "the pod status says why: {message}");
+    let app = container_status(&pod, "containerStatuses", "doomed");
+    assert!(app["state"]["running"].is_null() && app["state"]["terminated"].is_null(), "the app never started: {app}");
+    assert_eq!(phase(&pod), "Pending");
+    c.ok(&["delete", "namespace", "broken", "--wait=false"]);
+}
+
+#[test]
+#[ignore = "needs scripts/cluster.sh up"]
+fn t6_deleting_a_pod_drains_its_proxy_within_the_grace_period() {
+    let c = cluster();
+    let ns = c.namespace.as_str();
+    c.apply(&format!(
+        r#"{{"apiVersion":"v1","kind":"Pod","metadata":{{"name":"drained","namespace":"{ns}"}},"spec":{{"terminationGracePeriodSeconds":30,
+"containers":[{{"name":"app","image":"{EXAMPLE}","args":["serve"]}}]}}}}"#
+    ));
+    c.wait_pod(ns, "drained", 90, "ready", |p| container_status(p, "containerStatuses", "app")["ready"] == true);
+    let started = Instant::now();
+    c.ok(&["delete", "pod", "drained", "-n", ns, "--wait=true", "--timeout=60s"]);
+    let took = started.elapsed();
+    println!("pod with its proxy deleted in {took:?}");
+    assert!(took < Duration::from_secs(25), "the proxy drained and exited well within its 30 s grace: {took:?}");
+}
+
+#[test]
+#[ignore = "needs scripts/cluster.sh up"]
+fn t8_rolling_the_webhook_fails_no_pod_creation() {
+    let c = cluster();
+    let ns = c.namespace.as_str();
+    c.ok(&["rollout", "restart", "deployment/tollgate-webhook", "-n", "tollgate"]);
+    let started = Instant::now();
+    let mut created = 0;
+    let mut failures = Vec::new();
+    // Pods that never schedule: admission is what is exercised, not the node.
+    while started.elapsed() < Duration::from_secs(40) {
+        let manifest = format!(
+            r#"{{"apiVersion":"v1","kind":"Pod","metadata":{{"name":"roll-{created}","namespace":"{ns}"}},"spec":{{"nodeSelector":{{"nowhere":"true"}},
+"containers":[{{"name":"app","image":"{EXAMPLE}"}}]}}}}"#
+        );
+        let out = {
+            use std::io::Write;
+            let bin = std::fs::read_to_string(format!("{}/bin", c.dir)).unwrap();
+            let mut child = Command::new(format!("{}/kubectl", bin.trim()))
+                .arg(format!("--kubeconfig={}", c.kubeconfig))
+                .args(["create", "-f", "-"])
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap();
+            let _ = child.stdin.take().unwrap().write_all(manifest.as_bytes());
+            child.wait_with_output().unwrap()
+        };
+        if !out.status.success() {
+            failures.push(text(&out));
+        }
+        created += 1;
+        let rolled = c.kubectl(&["rollout", "status", "deployment/tollgate-webhook", "-n", "tollgate", "--timeout=1s"]);
+        if rolled.status.success() && started.elapsed() > Duration::from_secs(10) {
+            break;
+        }
+    }
+    assert!(failures.is_empty(), "{} of {created} creations failed during the rollout: {failures:#?}", failures.len());
+    assert!(created >= 10, "{created}");
+    let out = c.kubectl(&["rollout", "status", "deployment/tollgate-webhook", "-n", "tollgate", "--timeout=120s"]);
+    assert!(out.status.success(), "{}", text(&out));
+    for i in 0..created {
+        let _ = c.kubectl(&["delete", "pod", &format!("roll-{i}"), "-n", ns, "--wait=false"]);
+    }
+}
+
+#[test]
+#[ignore = "needs scripts/cluster.sh up"]
+fn t9_helm_uninstall_leaves_no_webhook_and_labeled_namespaces_take_no_plain_pods() {
+    let c = cluster();
+    let ns = c.namespace.as_str();
+    let bin = std::fs::read_to_string(format!("{}/bin", c.dir)).unwrap();
+    let helm = Command::new(format!("{}/helm", bin.trim()))
+        .args(["uninstall", "tollgate", "-n", "tollgate", "--wait", "--timeout=120s"])
+        .arg(format!("--kubeconfig={}", c.kubeconfig))
+        .env("HELM_CACHE_HOME", format!("{}/helm/cache", c.dir))
+        .env("HELM_CONFIG_HOME", format!("{}/helm/config", c.dir))
+        .env("HELM_DATA_HOME", format!("{}/helm/data", c.dir))
+        .output()
+        .unwrap();
+    assert!(helm.status.success(), "{}", text(&helm));
+    let left = c.ok(&["get", "mutatingwebhookconfigurations", "-o", "name"]);
+    assert!(!left.contains("tollgate"), "{left}");
+    // The namespace is still labeled: its pods are refused until the label is gone (the documented order).
+    let out = c.kubectl(&["run", "after", "-n", ns, &format!("--image={EXAMPLE}"), "--restart=Never", "--", "whoami"]);
+    assert!(!out.status.success(), "a plain pod in a labeled namespace after uninstall");
+    assert!(text(&out).contains("tollgate's webhook did not see it"), "{}", text(&out));
+    c.ok(&["label", "namespace", ns, "tollgate.dev/inject-"]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let out = c.kubectl(&["run", "after", "-n", ns, &format!("--image={EXAMPLE}"), "--restart=Never", "--", "whoami"]);
+        if out.status.success() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{}", text(&out));
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let pod = c.pod(ns, "after");
+    assert!(pod["spec"]["initContainers"].is_null(), "unlabeled: a plain pod");
+}
