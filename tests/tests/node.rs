@@ -43,6 +43,15 @@ impl Cluster {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// Remove what an earlier run of a test left behind, so every test can run again.
+    fn fresh(&self, kind: &str, name: &str, namespace: &str) {
+        let mut args = vec!["delete", kind, name, "--ignore-not-found", "--wait=true", "--timeout=90s"];
+        if !namespace.is_empty() {
+            args.extend(["-n", namespace]);
+        }
+        self.ok(&args);
+    }
+
     fn apply(&self, manifest: &str) {
         use std::io::Write;
         let bin = std::fs::read_to_string(format!("{}/bin", self.dir)).unwrap();
@@ -121,12 +130,18 @@ impl Cluster {
 
     /// A token for the proxy's ingress, minted by the stand-in issuer for `client`.
     fn mint(&self, client: &str) -> String {
-        let out = Command::new("curl")
-            .args(["-sf", "-X", "POST", &format!("http://{}:18083/mint?client={client}&audience=flame-analysis", self.node_ip)])
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "minting a token: {}", text(&out));
-        let body: Value = serde_json::from_slice(&out.stdout).unwrap();
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect((self.node_ip.as_str(), 18083)).expect("the stand-in issuer");
+        let request = format!(
+            "POST /mint?client={client}&audience=flame-analysis HTTP/1.1\r\nhost: {}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+            self.node_ip
+        );
+        stream.write_all(request.as_bytes()).unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).unwrap();
+        let (head, body) = response.split_once("\r\n\r\n").unwrap_or_else(|| panic!("minting a token: {response}"));
+        assert!(head.starts_with("HTTP/1.1 200"), "minting a token: {response}");
+        let body: Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("minting a token: {e}: {body}"));
         body["access_token"].as_str().unwrap_or_else(|| panic!("no access_token in {body}")).to_owned()
     }
 }
@@ -161,6 +176,7 @@ mod chrono_free {
 fn t1_a_plain_kubectl_run_pod_runs_hardened_as_the_app_user_on_a_read_only_root() {
     let c = cluster();
     let ns = c.namespace.as_str();
+    c.fresh("pod", "plain", ns);
     c.ok(&["run", "plain", "-n", ns, &format!("--image={EXAMPLE}"), "--restart=Never", "--", "whoami"]);
     let pod = c.wait_pod(ns, "plain", 90, "Succeeded", |p| phase(p) == "Succeeded" || phase(p) == "Failed");
     assert_eq!(phase(&pod), "Succeeded", "{}", c.logs(ns, "plain", "plain"));
@@ -177,6 +193,7 @@ fn t1_a_plain_kubectl_run_pod_runs_hardened_as_the_app_user_on_a_read_only_root(
 fn t2_a_job_runs_after_its_proxy_is_ready_reaches_the_services_with_the_proxys_token_and_completes() {
     let c = cluster();
     let ns = c.namespace.as_str();
+    c.fresh("job", "analysis", ns);
     let before = c.standin_requests().len();
     c.apply(&format!(
         r#"{{"apiVersion":"batch/v1","kind":"Job","metadata":{{"name":"analysis","namespace":"{ns}"}},"spec":{{"backoffLimit":0,"template":{{
@@ -221,6 +238,7 @@ fn t2_a_job_runs_after_its_proxy_is_ready_reaches_the_services_with_the_proxys_t
 fn t3_a_forbidden_path_is_refused_and_the_app_cannot_read_the_credentials() {
     let c = cluster();
     let ns = c.namespace.as_str();
+    c.fresh("pod", "prober", ns);
     c.apply(&format!(
         r#"{{"apiVersion":"v1","kind":"Pod","metadata":{{"name":"prober","namespace":"{ns}"}},"spec":{{"restartPolicy":"Never",
 "containers":[{{"name":"app","image":"{EXAMPLE}","args":["serve"]}}]}}}}"#
@@ -265,6 +283,7 @@ fn t4_a_deployment_shaped_analysis_serves_through_its_jwt_checked_ingress() {
     c.apply(r#"{"apiVersion":"v1","kind":"Namespace","metadata":{"name":"callers"}}"#);
     let token = c.mint("message-broker");
     for (name, bearer, expected) in [("with-token", token.as_str(), "status=200"), ("without-token", "", "status=401")] {
+        c.fresh("pod", name, "callers");
         let mut args = vec!["get".to_owned(), format!("http://{ip}:15006/analysis/hello")];
         if !bearer.is_empty() {
             args.extend(["--bearer".to_owned(), bearer.to_owned()]);
@@ -289,6 +308,7 @@ fn t4_a_deployment_shaped_analysis_serves_through_its_jwt_checked_ingress() {
 #[ignore = "needs scripts/cluster.sh up"]
 fn t5_a_broken_route_config_fails_the_pod_visibly_and_the_app_never_starts() {
     let c = cluster();
+    c.fresh("namespace", "broken", "");
     c.apply(
         r#"{"apiVersion":"v1","kind":"List","items":[
 {"apiVersion":"v1","kind":"Namespace","metadata":{"name":"broken","labels":{"tollgate.dev/inject":"enabled"}}},
@@ -314,6 +334,7 @@ fn t5_a_broken_route_config_fails_the_pod_visibly_and_the_app_never_starts() {
 fn t6_deleting_a_pod_drains_its_proxy_within_the_grace_period() {
     let c = cluster();
     let ns = c.namespace.as_str();
+    c.fresh("pod", "drained", ns);
     c.apply(&format!(
         r#"{{"apiVersion":"v1","kind":"Pod","metadata":{{"name":"drained","namespace":"{ns}"}},"spec":{{"terminationGracePeriodSeconds":30,
 "containers":[{{"name":"app","image":"{EXAMPLE}","args":["serve"]}}]}}}}"#
