@@ -17,7 +17,16 @@ if [[ $(id -u) != 0 && -z ${TOLLGATE_REQUIRE_NODE:-} ]]; then
   exit 0
 fi
 scripts/cluster.sh check
-trap 'scripts/cluster.sh down' EXIT
+tests/node/provision.sh > /dev/null   # installs what the node needs from Debian before the host is fingerprinted
+before=$(tests/node/host-state.sh)
+down_and_compare() {
+  scripts/cluster.sh down
+  if ! diff <(echo "$before") <(tests/node/host-state.sh) >&2; then
+    echo "test.sh: cluster.sh down did not leave the host as it found it (the diff above)" >&2
+    return 1
+  fi
+}
+trap 'down_and_compare || exit 1' EXIT
 exports=$(scripts/cluster.sh up)
 eval "$exports"
 cargo test -p tollgate-e2e --locked --test node -- --ignored --test-threads=1
