@@ -67,6 +67,9 @@ pub struct RawRoute {
     pub read_timeout: Option<String>,
     pub max_request_body: Option<Size>,
     pub byte_budget: Option<Size>,
+    /// Forward percent-encoded non-ASCII characters (valid UTF-8) in paths; off by default.
+    #[serde(default)]
+    pub allow_non_ascii_path: bool,
 }
 
 /// A byte size as written: `10Mi`, or a plain number of bytes.
@@ -438,6 +441,7 @@ impl Config {
                     read_timeout,
                     max_request_body,
                     byte_budget,
+                    allow_non_ascii_path: r.allow_non_ascii_path,
                 });
             }
         }

@@ -21,7 +21,7 @@ use crate::local::LocalGuard;
 use crate::metrics::{Metrics, RequestLabels};
 use crate::resolve::Resolver;
 use crate::routes::{AuthMode, Decision, decide};
-use crate::target::check;
+use crate::target::check_allowing_non_ascii;
 use crate::tokens::TokenSource;
 use crate::tunnel::ConnectTunnel;
 
@@ -133,7 +133,8 @@ impl ProxyHttp for Egress {
         ctx.request_id = request_id(header.headers.get("x-request-id").and_then(|v| v.to_str().ok()));
         let method = header.method.as_str().to_owned();
         let raw = String::from_utf8_lossy(header.raw_path()).into_owned();
-        let target = match check(&raw, &self.own_authorities) {
+        // Percent-encoded non-ASCII passes the check only for the route to decide (allowNonAsciiPath).
+        let target = match check_allowing_non_ascii(&raw, &self.own_authorities) {
             Ok(target) => target,
             Err(e) => return refuse(session, ctx, 400, "bad-request", e.to_string()).await,
         };
@@ -141,6 +142,7 @@ impl ProxyHttp for Egress {
         let (index, upstream_target) = match decide(&self.config.routes, &method, &target) {
             Decision::Forward { route, upstream_target } => (route, upstream_target),
             Decision::Refuse { reason } => return refuse(session, ctx, 403, "denied", reason).await,
+            Decision::Invalid { reason } => return refuse(session, ctx, 400, "bad-request", reason).await,
         };
         let route = &self.config.routes[index];
         ctx.route = Some(index);

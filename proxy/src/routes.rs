@@ -3,6 +3,7 @@
 //! A route's prefix matches whole segments (`/kong` matches `/kong` and `/kong/x`, never `/kongX`);
 //! its allow patterns, if any, must match the rest of the path exactly, segment by segment (`*` one
 //! segment, `**` any number at the end). The path forwarded is exactly the path that was matched.
+//! Percent-encoded non-ASCII characters in the path pass only on a route that allows them.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -169,6 +170,8 @@ pub struct Route {
     pub read_timeout: Duration,
     pub max_request_body: u64,
     pub byte_budget: Option<u64>,
+    /// Whether paths may carry percent-encoded non-ASCII characters (valid UTF-8; never anything else).
+    pub allow_non_ascii_path: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -177,6 +180,8 @@ pub enum Decision {
     Forward { route: usize, upstream_target: String },
     /// Refuse with 403 and this reason; nothing is forwarded.
     Refuse { reason: String },
+    /// Refuse with 400 and this reason (the path is one no route may take); nothing is forwarded.
+    Invalid { reason: String },
 }
 
 /// Decide what to do with a request: the route with the longest matching prefix (the first of equals)
@@ -191,6 +196,16 @@ pub fn decide(routes: &[Route], method: &str, target: &SafeTarget) -> Decision {
             _ => Some((i, taken)),
         },
     );
+    if target.non_ascii && !best.is_some_and(|(i, _)| routes[i].allow_non_ascii_path) {
+        let reason = match best {
+            Some((i, _)) => format!(
+                "path contains percent-encoded non-ASCII characters, which route {:?} does not allow (allowNonAsciiPath)",
+                routes[i].name
+            ),
+            None => format!("path contains percent-encoded non-ASCII characters, and no route for {} allows them", target.path),
+        };
+        return Decision::Invalid { reason };
+    }
     let Some((index, taken)) = best else {
         return Decision::Refuse { reason: format!("no route for {}", target.path) };
     };

@@ -3,7 +3,9 @@
 //! pingora passes the request target through as received, so the proxy must defend against the classic
 //! path confusions itself: traversal (Envoy CVE-2019-9901), encoded slashes and backslashes
 //! (CVE-2021-29492), fragments (CVE-2021-32779), `;` path parameters, double encoding, control bytes,
-//! and absolute-form targets that name another host. Anything doubtful is refused, not repaired.
+//! percent-encoded bytes that are not UTF-8 (`%c0%ae` is an overlong `.` that lenient decoders turn into
+//! one) or not ASCII, and absolute-form targets that name another host. Anything doubtful is refused, not
+//! repaired.
 
 use std::fmt;
 
@@ -20,6 +22,10 @@ pub enum TargetError {
     EncodedSeparator(String),
     DoubleEncoding,
     BadPercentEncoding,
+    /// Percent-encoded bytes that do not decode to UTF-8 (overlong forms, stray continuation bytes, ...).
+    InvalidUtf8(String),
+    /// Percent-encoded non-ASCII characters (valid UTF-8), where they are not allowed.
+    EncodedNonAscii(String),
 }
 
 impl fmt::Display for TargetError {
@@ -35,6 +41,12 @@ impl fmt::Display for TargetError {
             TargetError::EncodedSeparator(seq) => write!(f, "path contains the encoded separator {seq}"),
             TargetError::DoubleEncoding => write!(f, "path contains a double-encoded sequence ('%25')"),
             TargetError::BadPercentEncoding => write!(f, "path contains an invalid percent-encoding"),
+            TargetError::InvalidUtf8(segment) => {
+                write!(f, "path segment {segment:?} contains percent-encoded bytes that are not valid UTF-8")
+            }
+            TargetError::EncodedNonAscii(segment) => {
+                write!(f, "path segment {segment:?} contains percent-encoded non-ASCII characters, which are not allowed here")
+            }
         }
     }
 }
@@ -49,6 +61,9 @@ pub struct SafeTarget {
     pub path: String,
     /// Without the '?'; `None` when the target had none.
     pub query: Option<String>,
+    /// Whether the path has percent-encoded non-ASCII characters (always valid UTF-8); only
+    /// [`check_allowing_non_ascii`] lets such a path through, for the route to decide.
+    pub non_ascii: bool,
 }
 
 impl SafeTarget {
@@ -80,8 +95,19 @@ fn hex_value(byte: u8) -> Option<u8> {
 }
 
 /// Check and normalize a request target as received. `own_authorities` are the host[:port] forms that
-/// address the proxy itself (an absolute-form target naming one of them is accepted).
+/// address the proxy itself (an absolute-form target naming one of them is accepted). Percent-encoded
+/// non-ASCII is refused.
 pub fn check(target: &str, own_authorities: &[String]) -> Result<SafeTarget, TargetError> {
+    check_with(target, own_authorities, false)
+}
+
+/// [`check`], but percent-encoded non-ASCII characters that decode to valid UTF-8 pass, marked in
+/// [`SafeTarget::non_ascii`], for the route to allow or refuse. Invalid UTF-8 is refused all the same.
+pub fn check_allowing_non_ascii(target: &str, own_authorities: &[String]) -> Result<SafeTarget, TargetError> {
+    check_with(target, own_authorities, true)
+}
+
+fn check_with(target: &str, own_authorities: &[String], allow_non_ascii: bool) -> Result<SafeTarget, TargetError> {
     if target.bytes().any(|b| !(0x20..0x7f).contains(&b)) {
         return Err(TargetError::ControlOrNonAscii);
     }
@@ -118,6 +144,7 @@ pub fn check(target: &str, own_authorities: &[String]) -> Result<SafeTarget, Tar
     }
 
     let mut path = String::with_capacity(raw_path.len());
+    let mut non_ascii = false;
     let segments: Vec<&str> = raw_path[1..].split('/').collect();
     let last = segments.len() - 1;
     for (index, segment) in segments.iter().enumerate() {
@@ -127,6 +154,8 @@ pub fn check(target: &str, own_authorities: &[String]) -> Result<SafeTarget, Tar
         }
         path.push('/');
         let bytes = segment.as_bytes();
+        // The segment as the upstream will decode it: every byte above 0x7f came from a percent-encoding.
+        let mut plain = Vec::with_capacity(bytes.len());
         let mut i = 0;
         while i < bytes.len() {
             match bytes[i] {
@@ -145,17 +174,29 @@ pub fn check(target: &str, own_authorities: &[String]) -> Result<SafeTarget, Tar
                         byte if is_unreserved(byte) => path.push(byte as char),
                         byte => path.push_str(&format!("%{byte:02X}")),
                     }
+                    plain.push(decoded);
                     i += 3;
                 }
                 byte if is_segment_char(byte) => {
                     path.push(byte as char);
+                    plain.push(byte);
                     i += 1;
                 }
                 byte => {
                     path.push_str(&format!("%{byte:02X}"));
+                    plain.push(byte);
                     i += 1;
                 }
             }
+        }
+        if !plain.is_ascii() {
+            if std::str::from_utf8(&plain).is_err() {
+                return Err(TargetError::InvalidUtf8((*segment).to_owned()));
+            }
+            if !allow_non_ascii {
+                return Err(TargetError::EncodedNonAscii((*segment).to_owned()));
+            }
+            non_ascii = true;
         }
         let written = &path[path.rfind('/').unwrap_or(0) + 1..];
         if written == "." || written == ".." {
@@ -165,7 +206,7 @@ pub fn check(target: &str, own_authorities: &[String]) -> Result<SafeTarget, Tar
     if path.is_empty() {
         path.push('/');
     }
-    Ok(SafeTarget { path, query })
+    Ok(SafeTarget { path, query, non_ascii })
 }
 
 #[cfg(test)]
@@ -224,5 +265,46 @@ mod tests {
         assert_eq!(err("*"), TargetError::NotOriginForm);
         assert_eq!(err("http://evil.example.org/storage/final"), TargetError::ForeignHost("evil.example.org".into()));
         assert_eq!(err("http://127.0.0.1:15002/x"), TargetError::ForeignHost("127.0.0.1:15002".into()));
+    }
+
+    #[test]
+    fn percent_encoded_non_ascii_is_refused_and_invalid_utf8_always() {
+        // Overlong forms of '.', lone lead and continuation bytes, UTF-16 surrogates, beyond U+10FFFF.
+        for (target, segment) in [
+            ("/a/%c0%ae%c0%ae/b", "%c0%ae%c0%ae"),
+            ("/%C0%AE", "%C0%AE"),
+            ("/x/%e0%80%ae", "%e0%80%ae"),
+            ("/a%ff", "a%ff"),
+            ("/a%80b", "a%80b"),
+            ("/a%c3", "a%c3"),
+            ("/%c3/%a4", "%c3"),
+            ("/%ed%a0%80", "%ed%a0%80"),
+            ("/%f4%90%80%80", "%f4%90%80%80"),
+        ] {
+            assert_eq!(err(target), TargetError::InvalidUtf8(segment.into()), "{target}");
+            let lenient = check_allowing_non_ascii(target, &[]).expect_err(target);
+            assert_eq!(lenient, TargetError::InvalidUtf8(segment.into()), "{target}: never allowed");
+        }
+        // Valid UTF-8 (ä, fullwidth full stops that NFKC turns into "..", the division slash): refused here.
+        for (target, segment) in
+            [("/M%C3%BCller", "M%C3%BCller"), ("/%EF%BC%8E%EF%BC%8E/x", "%EF%BC%8E%EF%BC%8E"), ("/a%e2%88%95b", "a%e2%88%95b")]
+        {
+            assert_eq!(err(target), TargetError::EncodedNonAscii(segment.into()), "{target}");
+        }
+        assert!(err("/%c0%ae").to_string().contains("not valid UTF-8"));
+        assert!(!ok("/a%20b").non_ascii && !ok("/%41").non_ascii);
+    }
+
+    #[test]
+    fn percent_encoded_utf8_passes_marked_when_allowed() {
+        let t = check_allowing_non_ascii("/names/M%c3%bcller/%E2%82%AC?q=%ff", &[]).unwrap();
+        assert_eq!(t.path, "/names/M%C3%BCller/%E2%82%AC", "kept encoded, uppercase");
+        assert_eq!(t.query.as_deref(), Some("q=%ff"), "the query is not the path");
+        assert!(t.non_ascii);
+        let plain = check_allowing_non_ascii("/names/x", &[]).unwrap();
+        assert!(!plain.non_ascii);
+        // Everything else is refused exactly as by `check`.
+        assert_eq!(check_allowing_non_ascii("/a/%2e%2e/b", &[]), Err(TargetError::EncodedSeparator("%2e".into())));
+        assert_eq!(check_allowing_non_ascii("/ä", &[]), Err(TargetError::ControlOrNonAscii));
     }
 }

@@ -357,3 +357,66 @@ async fn a_burst_during_a_background_refresh_still_causes_one_token_call() {
     assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
     assert_eq!(idp.calls(), 2, "the initial fetch and the one refresh; the burst added none");
 }
+
+/// Issue 10, item 3: `%c0%ae` is an overlong UTF-8 `.`; a server that decodes leniently reads
+/// `%c0%ae%c0%ae` as `..`. Percent-encoded bytes of 0x80 and above are refused like every other path trick.
+#[tokio::test]
+async fn percent_encoded_non_ascii_and_invalid_utf8_paths_are_400_audited_and_not_forwarded() {
+    let upstream = Upstream::start().await;
+    let config = format!("routes:\n- {{ name: storage, prefix: /storage, upstream: '{}' }}\n", upstream.url());
+    let proxy = Proxy::start(&config, &[]).await;
+    let refused = [
+        ("/storage/final/%c0%ae%c0%ae/admin", "UTF-8"),
+        ("/storage/%C0%AE%C0%AE", "UTF-8"),
+        ("/storage/%e0%80%ae%e0%80%ae/x", "UTF-8"),
+        ("/storage/a%ff", "UTF-8"),
+        ("/storage/a%80b", "UTF-8"),
+        ("/storage/M%C3%BCller", "non-ASCII"),
+        ("/storage/%EF%BC%8E%EF%BC%8E/x", "non-ASCII"),
+    ];
+    for (target, why) in refused {
+        let response = proxy.get(target).await;
+        assert_eq!(response.status, 400, "{target}: {response:?}");
+        let body = response.json();
+        assert_eq!(body["decision"], "bad-request", "{target}");
+        assert!(body["error"].as_str().unwrap().contains(why), "{target}: {body}");
+    }
+    assert_eq!(proxy.get("/storage/plain%20name").await.status, 200);
+    let forwarded: Vec<String> = upstream.requests().iter().map(|r| r.target.clone()).collect();
+    assert_eq!(forwarded, ["/plain%20name"], "none of the refused paths reached the upstream");
+    let audit = proxy.audit(refused.len() + 1).await;
+    assert_eq!(audit.len(), refused.len() + 1, "one audit line per request: {audit:?}");
+    for line in &audit[..refused.len()] {
+        assert_eq!((line["status"].as_u64(), line["decision"].as_str()), (Some(400), Some("bad-request")), "{line}");
+    }
+    let metrics = raw(proxy.admin, b"GET /metrics HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").await.body;
+    let counted = format!(
+        "tollgate_proxy_requests_total{{listener=\"egress\",route=\"\",status=\"400\",decision=\"bad-request\"}} {}",
+        refused.len()
+    );
+    assert!(metrics.lines().any(|l| l == counted), "{counted} in:\n{metrics}");
+}
+
+#[tokio::test]
+async fn a_route_may_allow_percent_encoded_utf8_but_never_invalid_utf8() {
+    let upstream = Upstream::start().await;
+    let config = format!(
+        "routes:\n- {{ name: names, prefix: /names, upstream: '{0}', allowNonAsciiPath: true }}\n- {{ name: storage, prefix: /storage, upstream: '{0}' }}\n",
+        upstream.url()
+    );
+    let proxy = Proxy::start(&config, &[]).await;
+    let allowed = proxy.get("/names/M%c3%bcller/%E2%82%AC").await;
+    assert_eq!(allowed.status, 200, "{allowed:?}\n{}", proxy.logs());
+    for target in ["/names/%c0%ae%c0%ae/x", "/names/a%ff", "/names/%C3"] {
+        let response = proxy.get(target).await;
+        assert_eq!(response.status, 400, "{target}: {response:?}");
+        assert!(response.json()["error"].as_str().unwrap().contains("UTF-8"), "{target}: {response:?}");
+    }
+    let elsewhere = proxy.get("/storage/M%C3%BCller").await;
+    assert_eq!(elsewhere.status, 400, "{elsewhere:?}");
+    assert!(elsewhere.json()["error"].as_str().unwrap().contains("allowNonAsciiPath"), "{elsewhere:?}");
+    let nowhere = proxy.get("/other/M%C3%BCller").await;
+    assert_eq!(nowhere.status, 400, "no route allows it: {nowhere:?}");
+    let forwarded: Vec<String> = upstream.requests().iter().map(|r| r.target.clone()).collect();
+    assert_eq!(forwarded, ["/M%C3%BCller/%E2%82%AC"], "forwarded as matched, encoding uppercase");
+}

@@ -217,3 +217,19 @@ async fn unknown_kids_refetch_the_jwks_at_most_once_per_interval_and_rotation_wo
     tokio::time::sleep(Duration::from_millis(1100)).await;
     assert_eq!(call(&proxy, Some(&ec_token), "").await.status, 200, "{}", proxy.logs());
 }
+
+/// Issue 10, item 3, on the ingress: no route can allow percent-encoded non-ASCII here.
+#[tokio::test]
+async fn percent_encoded_non_ascii_paths_never_reach_the_app() {
+    let (issuer, app) = (Issuer::start().await, Upstream::start().await);
+    let proxy = Proxy::start(&issuer.config(&app), &[]).await;
+    ready(&proxy).await;
+    let token = sign(&issuer.rsa, Algorithm::RS256, "rsa-1", &claims());
+    for target in ["/analysis/%c0%ae%c0%ae/admin", "/analysis/M%C3%BCller"] {
+        let request = format!("GET {target} HTTP/1.1\r\nhost: pod\r\nauthorization: Bearer {token}\r\nconnection: close\r\n\r\n");
+        let response = raw(proxy.ingress, request.as_bytes()).await;
+        assert_eq!(response.status, 400, "{target}: {response:?}");
+        assert_eq!(response.json()["decision"], "bad-request", "{target}");
+    }
+    assert!(app.requests().is_empty(), "{:?}", app.requests());
+}

@@ -2,7 +2,7 @@
 
 use tollgate_proxy::config::{Config, Environment};
 use tollgate_proxy::routes::{Decision, decide};
-use tollgate_proxy::target::check;
+use tollgate_proxy::target::{check, check_allowing_non_ascii};
 
 const ANALYSIS: &str = "3f2c1b9e-1d7a-4c8e-9b1a-2e4f6a8c0d1e";
 const PROJECT: &str = "7d1e4a2c-95b8-4f3e-a6d0-1b2c3d4e5f60";
@@ -22,6 +22,7 @@ fn route(config: &Config, method: &str, target: &str) -> Result<(String, String)
     match decide(&config.routes, method, &target) {
         Decision::Forward { route, upstream_target } => Ok((config.routes[route].name.clone(), upstream_target)),
         Decision::Refuse { reason } => Err(reason),
+        Decision::Invalid { reason } => Err(format!("400: {reason}")),
     }
 }
 
@@ -126,6 +127,23 @@ fn longest_prefix_wins_and_strip_prefix_can_be_off() {
     assert_eq!(route(&c, "GET", "/api/v1/x?q"), Ok(("api".into(), "/base/api/v1/x?q".into())));
     assert_eq!(route(&c, "GET", "/api/v2"), Ok(("all".into(), "/api/v2".into())));
     assert_eq!(route(&c, "GET", "/"), Ok(("all".into(), "/".into())));
+}
+
+#[test]
+fn percent_encoded_non_ascii_needs_a_route_that_allows_it() {
+    let yaml = "routes:\n- { name: names, prefix: /names, upstream: 'http://a:1', allowNonAsciiPath: true }\n- { name: other, prefix: /other, upstream: 'http://b:2' }\n";
+    let c = Config::load(yaml, &Environment::default()).unwrap();
+    assert!(c.routes[0].allow_non_ascii_path && !c.routes[1].allow_non_ascii_path, "off unless set");
+    let lenient = |target: &str| decide(&c.routes, "GET", &check_allowing_non_ascii(target, &[]).unwrap());
+    assert_eq!(lenient("/names/M%C3%BCller"), Decision::Forward { route: 0, upstream_target: "/M%C3%BCller".into() });
+    assert_eq!(lenient("/other/plain"), Decision::Forward { route: 1, upstream_target: "/plain".into() });
+    for target in ["/other/M%C3%BCller", "/nowhere/M%C3%BCller"] {
+        assert!(matches!(lenient(target), Decision::Invalid { reason } if reason.contains("non-ASCII")), "{target}");
+    }
+    let bad = Config::load("routes:\n- { name: a, prefix: /a, upstream: 'http://a', allowNonAsciiPath: 'yes' }\n", &Environment::default())
+        .unwrap_err()
+        .to_string();
+    assert!(bad.starts_with("routes[0].allowNonAsciiPath: invalid type"), "{bad}");
 }
 
 #[test]
