@@ -21,7 +21,7 @@ use crate::local::LocalGuard;
 use crate::metrics::{Metrics, RequestLabels};
 use crate::resolve::Resolver;
 use crate::routes::{AuthMode, Decision, decide};
-use crate::target::check_allowing_non_ascii;
+use crate::target::{check_allowing_non_ascii, check_host};
 use crate::tokens::TokenSource;
 use crate::tunnel::ConnectTunnel;
 
@@ -133,6 +133,10 @@ impl ProxyHttp for Egress {
         ctx.request_id = request_id(header.headers.get("x-request-id").and_then(|v| v.to_str().ok()));
         let method = header.method.as_str().to_owned();
         let raw = String::from_utf8_lossy(header.raw_path()).into_owned();
+        let hosts: Vec<&[u8]> = header.headers.get_all("host").iter().map(|v| v.as_bytes()).collect();
+        if let Err(e) = check_host(header.version == http::Version::HTTP_11, &hosts) {
+            return refuse(session, ctx, 400, "bad-request", e.to_string()).await;
+        }
         // Percent-encoded non-ASCII passes the check only for the route to decide (allowNonAsciiPath).
         let target = match check_allowing_non_ascii(&raw, &self.own_authorities) {
             Ok(target) => target,

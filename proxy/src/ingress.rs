@@ -12,7 +12,7 @@ use serde_json::Value;
 use crate::headers::{json_error, strip_spoofable};
 use crate::jwt::{AuthError, Verifier};
 use crate::metrics::{Metrics, RequestLabels};
-use crate::target::check;
+use crate::target::{check, check_host};
 
 pub struct IngressProxy {
     pub verifier: Arc<Verifier>,
@@ -74,6 +74,11 @@ impl ProxyHttp for IngressProxy {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut IngressCtx) -> Result<bool> {
+        let header = session.req_header();
+        let hosts: Vec<&[u8]> = header.headers.get_all("host").iter().map(|v| v.as_bytes()).collect();
+        if let Err(e) = check_host(header.version == http::Version::HTTP_11, &hosts) {
+            return respond(session, ctx, 400, "bad-request", e.to_string(), None).await;
+        }
         let raw = String::from_utf8_lossy(session.req_header().raw_path()).into_owned();
         let target = match check(&raw, &self.own_authorities) {
             Ok(target) => target,

@@ -26,6 +26,12 @@ pub enum TargetError {
     InvalidUtf8(String),
     /// Percent-encoded non-ASCII characters (valid UTF-8), where they are not allowed.
     EncodedNonAscii(String),
+    /// An HTTP/1.1 request without a Host header.
+    MissingHost,
+    /// A Host header that is empty or not `host[:port]` (the value, escaped).
+    InvalidHost(String),
+    /// More than one Host header.
+    SeveralHosts,
 }
 
 impl fmt::Display for TargetError {
@@ -47,6 +53,10 @@ impl fmt::Display for TargetError {
             TargetError::EncodedNonAscii(segment) => {
                 write!(f, "path segment {segment:?} contains percent-encoded non-ASCII characters, which are not allowed here")
             }
+            TargetError::MissingHost => write!(f, "HTTP/1.1 request without a Host header"),
+            TargetError::InvalidHost(host) if host.is_empty() => write!(f, "empty Host header"),
+            TargetError::InvalidHost(host) => write!(f, "Host header \"{host}\" is not host[:port]"),
+            TargetError::SeveralHosts => write!(f, "more than one Host header"),
         }
     }
 }
@@ -92,6 +102,42 @@ fn is_segment_char(byte: u8) -> bool {
 
 fn hex_value(byte: u8) -> Option<u8> {
     (byte as char).to_digit(16).map(|d| d as u8)
+}
+
+/// RFC 9112 section 3.2: an HTTP/1.1 request carries a Host header, and a Host header (in any version)
+/// is exactly one `host[:port]`: a registered name or IPv4 address (RFC 3986 reg-name characters) or an
+/// IP literal in brackets, and a port of one to five digits. `hosts` are the values as received.
+pub fn check_host(http11: bool, hosts: &[&[u8]]) -> Result<(), TargetError> {
+    let host = match hosts {
+        [] if http11 => return Err(TargetError::MissingHost),
+        [] => return Ok(()),
+        [host] => *host,
+        [..] => return Err(TargetError::SeveralHosts),
+    };
+    let invalid = || TargetError::InvalidHost(host.escape_ascii().to_string());
+    let (name_ok, port) = match host.strip_prefix(b"[") {
+        Some(literal) => {
+            let end = literal.iter().position(|&b| b == b']').ok_or_else(invalid)?;
+            let address = &literal[..end];
+            let port = match &literal[end + 1..] {
+                [] => None,
+                [b':', port @ ..] => Some(port),
+                _ => return Err(invalid()),
+            };
+            (!address.is_empty() && address.iter().all(|b| b.is_ascii_hexdigit() || matches!(b, b':' | b'.')), port)
+        }
+        None => {
+            let (name, port) = match host.iter().rposition(|&b| b == b':') {
+                Some(colon) => (&host[..colon], Some(&host[colon + 1..])),
+                None => (host, None),
+            };
+            let reg_name =
+                |b: &u8| is_unreserved(*b) || matches!(b, b'!' | b'$' | b'&' | b'\'' | b'(' | b')' | b'*' | b'+' | b',' | b';' | b'=');
+            (!name.is_empty() && name.iter().all(reg_name), port)
+        }
+    };
+    let port_ok = port.is_none_or(|p| (1..=5).contains(&p.len()) && p.iter().all(u8::is_ascii_digit));
+    if name_ok && port_ok { Ok(()) } else { Err(invalid()) }
 }
 
 /// Check and normalize a request target as received. `own_authorities` are the host[:port] forms that
@@ -306,5 +352,28 @@ mod tests {
         // Everything else is refused exactly as by `check`.
         assert_eq!(check_allowing_non_ascii("/a/%2e%2e/b", &[]), Err(TargetError::EncodedSeparator("%2e".into())));
         assert_eq!(check_allowing_non_ascii("/ä", &[]), Err(TargetError::ControlOrNonAscii));
+    }
+
+    #[test]
+    fn host_is_required_on_http11_and_must_be_host_and_port() {
+        for host in
+            ["x", "127.0.0.1", "127.0.0.1:15001", "hub.flame.svc.cluster.local:8080", "[::1]", "[::1]:15001", "my_host", "xn--mller-kva.de"]
+        {
+            assert_eq!(check_host(true, &[host.as_bytes()]), Ok(()), "{host}");
+        }
+        assert_eq!(check_host(true, &[]), Err(TargetError::MissingHost));
+        assert_eq!(check_host(false, &[]), Ok(()), "HTTP/1.0 needs no Host");
+        for host in ["", "a b", "a/b", "a?b", "a#b", "a@b", "a:", "a:80x", "a:123456", ":80", "[::1", "[::1]x", "[]", "[::g]", "a\tb", "ä"]
+        {
+            assert_eq!(
+                check_host(true, &[host.as_bytes()]),
+                Err(TargetError::InvalidHost(host.as_bytes().escape_ascii().to_string())),
+                "{host:?}"
+            );
+            assert!(check_host(false, &[host.as_bytes()]).is_err(), "{host:?} on HTTP/1.0");
+        }
+        assert_eq!(check_host(true, &[b"a", b"a"]), Err(TargetError::SeveralHosts));
+        assert_eq!(check_host(true, &[b""]).unwrap_err().to_string(), "empty Host header");
+        assert_eq!(check_host(true, &[]).unwrap_err().to_string(), "HTTP/1.1 request without a Host header");
     }
 }

@@ -420,3 +420,45 @@ async fn a_route_may_allow_percent_encoded_utf8_but_never_invalid_utf8() {
     let forwarded: Vec<String> = upstream.requests().iter().map(|r| r.target.clone()).collect();
     assert_eq!(forwarded, ["/M%C3%BCller/%E2%82%AC"], "forwarded as matched, encoding uppercase");
 }
+
+/// Issue 10, item 4: RFC 9112 section 3.2 requires 400 for an HTTP/1.1 request without Host, and for a
+/// Host that is empty or not `host[:port]`.
+#[tokio::test]
+async fn requests_without_a_valid_host_are_400_audited_and_not_forwarded() {
+    let upstream = Upstream::start().await;
+    let config = format!("routes:\n- {{ name: all, prefix: /, upstream: '{}' }}\n", upstream.url());
+    let proxy = Proxy::start(&config, &[]).await;
+    let absolute_without_host = format!("GET http://{}/a HTTP/1.1\r\nconnection: close\r\n\r\n", proxy.egress);
+    let refused = [
+        ("no Host", "GET /a HTTP/1.1\r\nconnection: close\r\n\r\n"),
+        ("absolute-form, no Host", absolute_without_host.as_str()),
+        ("empty Host", "GET /a HTTP/1.1\r\nhost:\r\nconnection: close\r\n\r\n"),
+        ("blank Host", "GET /a HTTP/1.1\r\nhost:   \r\nconnection: close\r\n\r\n"),
+        ("empty Host, HTTP/1.0", "GET /a HTTP/1.0\r\nhost: \r\n\r\n"),
+        ("Host with a space", "GET /a HTTP/1.1\r\nhost: a b\r\nconnection: close\r\n\r\n"),
+        ("Host with a path", "GET /a HTTP/1.1\r\nhost: a/b\r\nconnection: close\r\n\r\n"),
+        ("Host with a bad port", "GET /a HTTP/1.1\r\nhost: a:80x\r\nconnection: close\r\n\r\n"),
+    ];
+    for (name, request) in refused {
+        let response = raw(proxy.egress, request.as_bytes()).await;
+        assert_eq!(response.status, 400, "{name}: {response:?}");
+        let body = response.json();
+        assert_eq!(body["decision"], "bad-request", "{name}");
+        assert!(body["error"].as_str().unwrap().contains("Host"), "{name}: {body}");
+    }
+    assert!(upstream.requests().is_empty(), "{:?}", upstream.requests());
+    // HTTP/1.0 needs no Host; names, addresses and ports are fine.
+    for request in [
+        "GET /b HTTP/1.0\r\n\r\n",
+        "GET /b HTTP/1.1\r\nhost: hub.flame.svc.cluster.local:8080\r\nconnection: close\r\n\r\n",
+        "GET /b HTTP/1.1\r\nhost: [::1]:15001\r\nconnection: close\r\n\r\n",
+        "GET /b HTTP/1.1\r\nHost: 127.0.0.1\r\nconnection: close\r\n\r\n",
+    ] {
+        assert_eq!(raw(proxy.egress, request.as_bytes()).await.status, 200, "{request:?}");
+    }
+    assert_eq!(upstream.requests().len(), 4);
+    let audit = proxy.audit(refused.len() + 4).await;
+    let refusals: Vec<&serde_json::Value> = audit.iter().filter(|l| l["status"] == 400).collect();
+    assert_eq!(refusals.len(), refused.len(), "each refusal has its audit line: {audit:?}");
+    assert!(refusals.iter().all(|l| l["decision"] == "bad-request"), "{refusals:?}");
+}

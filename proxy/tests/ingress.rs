@@ -233,3 +233,22 @@ async fn percent_encoded_non_ascii_paths_never_reach_the_app() {
     }
     assert!(app.requests().is_empty(), "{:?}", app.requests());
 }
+
+/// Issue 10, item 4, on the ingress: a valid token does not make up for a missing or empty Host.
+#[tokio::test]
+async fn requests_without_a_valid_host_are_400_even_with_a_valid_token() {
+    let (issuer, app) = (Issuer::start().await, Upstream::start().await);
+    let proxy = Proxy::start(&issuer.config(&app), &[]).await;
+    ready(&proxy).await;
+    let token = sign(&issuer.rsa, Algorithm::RS256, "rsa-1", &claims());
+    for host in [None, Some(""), Some("a b")] {
+        let host = host.map(|h| format!("host: {h}\r\n")).unwrap_or_default();
+        let request = format!("GET /analysis/run HTTP/1.1\r\n{host}authorization: Bearer {token}\r\nconnection: close\r\n\r\n");
+        let response = raw(proxy.ingress, request.as_bytes()).await;
+        assert_eq!(response.status, 400, "{host:?}: {response:?}");
+        assert_eq!(response.json()["decision"], "bad-request", "{host:?}");
+    }
+    assert!(app.requests().is_empty(), "{:?}", app.requests());
+    let fine = format!("GET /analysis/run HTTP/1.1\r\nhost: 10.88.0.7:15006\r\nauthorization: Bearer {token}\r\nconnection: close\r\n\r\n");
+    assert_eq!(raw(proxy.ingress, fine.as_bytes()).await.status, 200);
+}
