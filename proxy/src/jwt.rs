@@ -4,7 +4,9 @@
 //! What jsonwebtoken does not do for us, and why: the header's `alg` must be one the config pins
 //! (never HS* or none); `oct` keys in the JWKS are ignored (an HMAC secret is not a public key); a key
 //! is used only for the algorithm family of its type; `jku`, `x5u` and embedded `jwk` are never
-//! fetched or used. An unknown `kid` refetches the JWKS at most once per configured interval.
+//! fetched or used; a `crit` header is refused (RFC 7515 section 4.1.11: extensions marked critical must
+//! be understood, and we understand none). An unknown `kid` refetches the JWKS at most once per
+//! configured interval.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -14,7 +16,7 @@ use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http_body_util::Full;
 use jsonwebtoken::jwk::{AlgorithmParameters, Jwk};
-use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey, Validation};
+use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey, Header, Validation};
 use serde_json::Value;
 use tokio::sync::Mutex;
 
@@ -34,6 +36,8 @@ pub enum AuthError {
     KeyMismatch(String, String),
     #[error("token has no key id")]
     NoKeyId,
+    #[error("critical header parameters not understood: {0}")]
+    Critical(String),
     #[error("unknown key id")]
     UnknownKey,
     #[error("signature does not verify")]
@@ -63,6 +67,20 @@ impl AuthError {
             _ => "invalid_token",
         }
     }
+}
+
+/// What jsonwebtoken leaves to us in the header: an algorithm the config pins, no `crit` (no extension is
+/// understood here, so a token that marks one as critical is refused, as RFC 7515 section 4.1.11 requires),
+/// and a key id, which is returned.
+pub fn check_header(header: &Header, algorithms: &[Algorithm]) -> Result<String, AuthError> {
+    if !algorithms.contains(&header.alg) {
+        return Err(AuthError::Algorithm(format!("{:?}", header.alg)));
+    }
+    if let Some(critical) = &header.crit {
+        let names = if critical.is_empty() { "(an empty list)".to_owned() } else { critical.join(", ") };
+        return Err(AuthError::Critical(names));
+    }
+    header.kid.clone().ok_or(AuthError::NoKeyId)
 }
 
 fn family_of(algorithm: Algorithm) -> AlgorithmFamily {
@@ -147,10 +165,7 @@ impl Verifier {
     /// Verify a bearer token; returns its claims.
     pub async fn verify(&self, token: &str) -> Result<Value, AuthError> {
         let header = jsonwebtoken::decode_header(token).map_err(|_| AuthError::Malformed)?;
-        if !self.config.algorithms.contains(&header.alg) {
-            return Err(AuthError::Algorithm(format!("{:?}", header.alg)));
-        }
-        let kid = header.kid.ok_or(AuthError::NoKeyId)?;
+        let kid = check_header(&header, &self.config.algorithms)?;
         let mut entry = self.keys.load().keys.get(&kid).cloned();
         if entry.is_none() {
             // Perhaps the issuer rotated its keys: look again, at most once per interval.
@@ -197,5 +212,47 @@ impl Verifier {
             }
         }
         Ok(data.claims)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn header(alg: Algorithm, kid: Option<&str>, crit: Option<&[&str]>) -> Header {
+        let mut header = Header::new(alg);
+        header.kid = kid.map(str::to_owned);
+        header.crit = crit.map(|names| names.iter().map(|n| (*n).to_owned()).collect());
+        header
+    }
+
+    #[test]
+    fn headers_need_a_pinned_algorithm_a_key_id_and_no_critical_extension() {
+        let pinned = [Algorithm::RS256, Algorithm::ES256];
+        assert_eq!(check_header(&header(Algorithm::RS256, Some("k1"), None), &pinned), Ok("k1".into()));
+        assert_eq!(check_header(&header(Algorithm::HS256, Some("k1"), None), &pinned), Err(AuthError::Algorithm("HS256".into())));
+        assert_eq!(check_header(&header(Algorithm::PS256, Some("k1"), None), &pinned), Err(AuthError::Algorithm("PS256".into())));
+        assert_eq!(check_header(&header(Algorithm::ES256, None, None), &pinned), Err(AuthError::NoKeyId));
+        let critical = check_header(&header(Algorithm::RS256, Some("k1"), Some(&["b64"])), &pinned).unwrap_err();
+        assert_eq!(critical, AuthError::Critical("b64".into()));
+        assert_eq!(critical.to_string(), "critical header parameters not understood: b64");
+        assert_eq!(critical.code(), "invalid_token");
+        assert_eq!(
+            check_header(&header(Algorithm::RS256, Some("k1"), Some(&["exp", "x"])), &pinned),
+            Err(AuthError::Critical("exp, x".into()))
+        );
+        assert_eq!(
+            check_header(&header(Algorithm::RS256, Some("k1"), Some(&[])), &pinned),
+            Err(AuthError::Critical("(an empty list)".into())),
+            "an empty crit is invalid too"
+        );
+    }
+
+    #[test]
+    fn a_crit_that_is_not_a_list_of_names_is_malformed() {
+        use base64::Engine;
+        let b64 = |text: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(text);
+        let token = format!("{}.{}.c2ln", b64(r#"{"alg":"RS256","kid":"k1","crit":"b64"}"#), b64("{}"));
+        assert!(jsonwebtoken::decode_header(&token).is_err(), "refused before any key is looked at (AuthError::Malformed)");
     }
 }

@@ -252,3 +252,34 @@ async fn requests_without_a_valid_host_are_400_even_with_a_valid_token() {
     let fine = format!("GET /analysis/run HTTP/1.1\r\nhost: 10.88.0.7:15006\r\nauthorization: Bearer {token}\r\nconnection: close\r\n\r\n");
     assert_eq!(raw(proxy.ingress, fine.as_bytes()).await.status, 200);
 }
+
+/// Issue 10, item 5: RFC 7515 section 4.1.11: a token whose `crit` names extensions the recipient does not
+/// understand must be rejected, and the proxy understands none (`b64: false`, RFC 7797, changes what is signed).
+#[tokio::test]
+async fn tokens_with_critical_header_parameters_are_refused() {
+    let (issuer, app) = (Issuer::start().await, Upstream::start().await);
+    let proxy = Proxy::start(&issuer.config(&app), &[]).await;
+    ready(&proxy).await;
+    let cases: [(&[&str], &str); 3] = [
+        (&["b64"], "critical header parameters not understood: b64"),
+        (&["exp", "urn:example:policy"], "critical header parameters not understood: exp, urn:example:policy"),
+        (&[], "critical header parameters not understood: (an empty list)"),
+    ];
+    for (crit, reason) in cases {
+        let mut header = Header::new(Algorithm::RS256);
+        header.kid = Some("rsa-1".into());
+        header.crit = Some(crit.iter().map(|c| (*c).to_owned()).collect());
+        if crit.contains(&"b64") {
+            header.extras.insert("b64", false);
+        }
+        let token = encode(&header, &claims(), &issuer.rsa).unwrap();
+        let response = call(&proxy, Some(&token), "").await;
+        assert_eq!(response.status, 401, "{crit:?}: {response:?}");
+        assert!(
+            response.head.to_ascii_lowercase().contains("www-authenticate: bearer realm=\"tollgate\", error=\"invalid_token\""),
+            "{response:?}"
+        );
+        assert_eq!(response.json()["error"], reason, "{crit:?}");
+    }
+    assert!(app.requests().is_empty(), "{:?}", app.requests());
+}
