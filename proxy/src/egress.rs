@@ -114,7 +114,7 @@ pub fn request_id(given: Option<&str>) -> String {
 
 /// Answer locally with a JSON error; nothing is forwarded.
 async fn refuse(session: &mut Session, ctx: &mut EgressCtx, status: u16, decision: &'static str, reason: String) -> Result<bool> {
-    json_error(session, status, decision, &reason, None).await?;
+    json_error(session, status, decision, &reason, Vec::new()).await?;
     ctx.decision = decision;
     ctx.reason = Some(reason);
     Ok(true)

@@ -6,15 +6,22 @@ use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::Result;
 use pingora::proxy::Session;
 
-/// Answer locally with `{"error", "status", "decision"}` and close; nothing is forwarded.
-pub async fn json_error(session: &mut Session, status: u16, decision: &str, reason: &str, challenge: Option<String>) -> Result<()> {
+/// Answer locally with `{"error", "status", "decision"}` and close; nothing is forwarded. `headers` go
+/// along (`WWW-Authenticate`, `Retry-After`).
+pub async fn json_error(
+    session: &mut Session,
+    status: u16,
+    decision: &str,
+    reason: &str,
+    headers: Vec<(&'static str, String)>,
+) -> Result<()> {
     let body = Bytes::from(serde_json::json!({"error": reason, "status": status, "decision": decision}).to_string());
     let mut header = ResponseHeader::build(status, Some(4))?;
     header.insert_header("content-type", "application/json")?;
     header.insert_header("content-length", body.len().to_string())?;
     header.insert_header("cache-control", "no-store")?;
-    if let Some(challenge) = challenge {
-        header.insert_header("www-authenticate", challenge)?;
+    for (name, value) in headers {
+        header.insert_header(name, value)?;
     }
     session.set_keepalive(None);
     session.write_response_header(Box::new(header), false).await?;

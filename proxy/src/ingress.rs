@@ -49,9 +49,9 @@ async fn respond(
     status: u16,
     decision: &'static str,
     reason: String,
-    challenge: Option<String>,
+    headers: Vec<(&'static str, String)>,
 ) -> Result<bool> {
-    json_error(session, status, decision, &reason, challenge).await?;
+    json_error(session, status, decision, &reason, headers).await?;
     ctx.decision = decision;
     ctx.reason = reason;
     Ok(true)
@@ -77,26 +77,31 @@ impl ProxyHttp for IngressProxy {
         let header = session.req_header();
         let hosts: Vec<&[u8]> = header.headers.get_all("host").iter().map(|v| v.as_bytes()).collect();
         if let Err(e) = check_host(header.version == http::Version::HTTP_11, &hosts) {
-            return respond(session, ctx, 400, "bad-request", e.to_string(), None).await;
+            return respond(session, ctx, 400, "bad-request", e.to_string(), Vec::new()).await;
         }
         let raw = String::from_utf8_lossy(session.req_header().raw_path()).into_owned();
         let target = match check(&raw, &self.own_authorities) {
             Ok(target) => target,
-            Err(e) => return respond(session, ctx, 400, "bad-request", e.to_string(), None).await,
+            Err(e) => return respond(session, ctx, 400, "bad-request", e.to_string(), Vec::new()).await,
         };
         let Some(token) = bearer(session.req_header()).map(str::to_owned) else {
             let error = AuthError::Missing;
-            return respond(session, ctx, 401, "unauthenticated", error.to_string(), Some("Bearer realm=\"tollgate\"".into())).await;
+            let challenge = vec![("www-authenticate", "Bearer realm=\"tollgate\"".to_owned())];
+            return respond(session, ctx, 401, "unauthenticated", error.to_string(), challenge).await;
         };
         match self.verifier.verify(&token).await {
             Ok(claims) => {
                 ctx.client = claims.get("azp").or_else(|| claims.get("client_id")).and_then(Value::as_str).unwrap_or("").to_owned();
                 ctx.claims = Some(claims);
             }
+            // The issuer's keys cannot be loaded: not the caller's fault, and worth a retry.
+            Err(error @ AuthError::Keys(_)) => {
+                let retry = self.verifier.retry_after().as_secs_f64().ceil().max(1.0) as u64;
+                return respond(session, ctx, 503, "keys-unavailable", error.to_string(), vec![("retry-after", retry.to_string())]).await;
+            }
             Err(error) => {
-                let status = if matches!(error, AuthError::Keys(_)) { 503 } else { 401 };
                 let challenge = format!("Bearer realm=\"tollgate\", error=\"{}\", error_description=\"{}\"", error.code(), error);
-                return respond(session, ctx, status, "unauthenticated", error.to_string(), Some(challenge)).await;
+                return respond(session, ctx, 401, "unauthenticated", error.to_string(), vec![("www-authenticate", challenge)]).await;
             }
         }
         let base = &self.verifier.config().upstream.base_path;

@@ -6,7 +6,8 @@
 //! is used only for the algorithm family of its type; `jku`, `x5u` and embedded `jwk` are never
 //! fetched or used; a `crit` header is refused (RFC 7515 section 4.1.11: extensions marked critical must
 //! be understood, and we understand none). An unknown `kid` refetches the JWKS at most once per
-//! configured interval.
+//! configured interval; while the JWKS cannot be loaded, a kid not in hand is [`AuthError::Keys`] (503:
+//! the issuer is down, the caller did nothing wrong), not an unknown key.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -104,12 +105,21 @@ struct KeySet {
     keys: HashMap<String, (AlgorithmFamily, Arc<DecodingKey>, Option<Algorithm>)>,
 }
 
+/// The last JWKS fetch: when it started, and why it failed if it did.
+struct LastFetch {
+    at: Instant,
+    error: Option<String>,
+}
+
+/// What a caller is told while the JWKS cannot be loaded (the details go to the log, not to callers).
+const KEYS_UNAVAILABLE: &str = "the issuer's JWKS could not be loaded";
+
 pub struct Verifier {
     config: Ingress,
     client: HttpClient,
     keys: ArcSwap<KeySet>,
-    /// When the JWKS was last fetched (successfully or not); refetches are spaced by the interval.
-    last_fetch: Mutex<Option<Instant>>,
+    /// The last JWKS fetch (successful or not); refetches are spaced by the interval.
+    last_fetch: Mutex<Option<LastFetch>>,
 }
 
 impl Verifier {
@@ -126,23 +136,39 @@ impl Verifier {
         !self.keys.load().keys.is_empty()
     }
 
-    /// Fetch the JWKS unless it was fetched within the refetch interval (`force` ignores that, for start).
+    /// How long a caller refused for [`AuthError::Keys`] should wait: until the JWKS may be fetched again.
+    pub fn retry_after(&self) -> Duration {
+        self.config.jwks_refetch_interval
+    }
+
+    /// Fetch the JWKS unless it was fetched within the refetch interval (`force` ignores that, for start);
+    /// within the interval, the outcome of the last fetch is returned.
     pub async fn refresh(&self, force: bool) -> Result<(), AuthError> {
         let mut last = self.last_fetch.lock().await;
-        if !force && last.is_some_and(|at| at.elapsed() < self.config.jwks_refetch_interval) {
-            return Ok(());
+        if !force && let Some(fetch) = last.as_ref().filter(|f| f.at.elapsed() < self.config.jwks_refetch_interval) {
+            return fetch.error.clone().map_or(Ok(()), |e| Err(AuthError::Keys(e)));
         }
-        *last = Some(Instant::now());
+        let at = Instant::now();
+        let result = self.load().await;
+        if let (Err(e), false) = (&result, force) {
+            tracing::warn!(error = %e, "JWKS refetch failed");
+        }
+        *last = Some(LastFetch { at, error: result.as_ref().err().cloned() });
+        result.map_err(AuthError::Keys)
+    }
+
+    /// Fetch the JWKS and put its usable keys in place; on failure the keys in hand stay.
+    async fn load(&self) -> Result<(), String> {
         let url = &self.config.jwks_url;
         let request = hyper::Request::get(if url.base_path.is_empty() { "/" } else { url.base_path.as_str() })
             .header("accept", "application/json")
             .body(Full::new(Bytes::new()))
-            .map_err(|e| AuthError::Keys(e.to_string()))?;
-        let response = self.client.send(url, request, Duration::from_secs(5)).await.map_err(AuthError::Keys)?;
+            .map_err(|e| e.to_string())?;
+        let response = self.client.send(url, request, Duration::from_secs(5)).await?;
         if response.status != 200 {
-            return Err(AuthError::Keys(format!("JWKS endpoint answered {}", response.status)));
+            return Err(format!("JWKS endpoint answered {}", response.status));
         }
-        let document: Value = serde_json::from_slice(&response.body).map_err(|e| AuthError::Keys(format!("JWKS is not JSON: {e}")))?;
+        let document: Value = serde_json::from_slice(&response.body).map_err(|e| format!("JWKS is not JSON: {e}"))?;
         let mut keys = HashMap::new();
         for raw in document.get("keys").and_then(Value::as_array).into_iter().flatten() {
             // Parse key by key: one odd key must not take the others down.
@@ -168,11 +194,13 @@ impl Verifier {
         let kid = check_header(&header, &self.config.algorithms)?;
         let mut entry = self.keys.load().keys.get(&kid).cloned();
         if entry.is_none() {
-            // Perhaps the issuer rotated its keys: look again, at most once per interval.
-            if let Err(e) = self.refresh(false).await {
-                tracing::warn!(error = %e, "JWKS refetch failed");
-            }
+            // Perhaps the issuer rotated its keys: look again, at most once per interval. If the JWKS
+            // cannot be loaded, the key may well exist: that is the issuer's failure, not the caller's.
+            let refreshed = self.refresh(false).await;
             entry = self.keys.load().keys.get(&kid).cloned();
+            if entry.is_none() && refreshed.is_err() {
+                return Err(AuthError::Keys(KEYS_UNAVAILABLE.into()));
+            }
         }
         let (family, key, key_algorithm) = entry.ok_or(AuthError::UnknownKey)?;
         if family != family_of(header.alg) || key_algorithm.is_some_and(|a| a != header.alg) {
@@ -245,6 +273,30 @@ mod tests {
             check_header(&header(Algorithm::RS256, Some("k1"), Some(&[])), &pinned),
             Err(AuthError::Critical("(an empty list)".into())),
             "an empty crit is invalid too"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_key_not_in_hand_while_the_jwks_cannot_be_loaded_is_unavailable_not_unknown() {
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = closed.local_addr().unwrap().port();
+        drop(closed);
+        let yaml = format!(
+            "ingress: {{ upstream: 'http://127.0.0.1:8000', jwksUrl: 'http://127.0.0.1:{port}/certs', issuer: i, audiences: [a], algorithms: [RS256] }}\n"
+        );
+        let config = crate::config::Config::load(&yaml, &Default::default()).unwrap().ingress.unwrap();
+        let verifier = Verifier::new(config, HttpClient::new(None).unwrap());
+        let key = jsonwebtoken::EncodingKey::from_rsa_pem(include_bytes!("../tests/keys/rsa-private.pem")).unwrap();
+        let mut header = Header::new(Algorithm::RS256);
+        header.kid = Some("rsa-1".into());
+        let claims = serde_json::json!({"iss": "i", "aud": "a", "exp": jsonwebtoken::get_current_timestamp() + 60});
+        let token = jsonwebtoken::encode(&header, &claims, &key).unwrap();
+        let unavailable = AuthError::Keys(KEYS_UNAVAILABLE.into());
+        assert_eq!(verifier.verify(&token).await, Err(unavailable.clone()), "the fetch failed");
+        assert_eq!(verifier.verify(&token).await, Err(unavailable), "within the interval: the last failure, without a fetch");
+        assert!(
+            matches!(verifier.refresh(false).await, Err(AuthError::Keys(detail)) if detail.contains(&port.to_string())),
+            "details for the log"
         );
     }
 

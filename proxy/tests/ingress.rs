@@ -4,7 +4,7 @@ mod common;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -23,6 +23,8 @@ struct Issuer {
     addr: SocketAddr,
     jwks: Arc<Mutex<Value>>,
     fetches: Arc<AtomicUsize>,
+    /// The JWKS endpoint's status: 200 serves the keys, anything else an error.
+    status: Arc<AtomicU16>,
     rsa: EncodingKey,
     ec: EncodingKey,
     ec_jwk: Value,
@@ -41,24 +43,28 @@ impl Issuer {
             json!({"keys": [rsa_jwk, {"kty": "oct", "kid": "hmac", "k": b64(b"a shared secret that is not a public key")}]}),
         ));
         let fetches = Arc::new(AtomicUsize::new(0));
+        let status = Arc::new(AtomicU16::new(200));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let (served, counter) = (jwks.clone(), fetches.clone());
+        let (served, counter, answer) = (jwks.clone(), fetches.clone(), status.clone());
         tokio::spawn(async move {
             loop {
                 let Ok((tcp, _)) = listener.accept().await else { return };
-                let (served, counter) = (served.clone(), counter.clone());
+                let (served, counter, answer) = (served.clone(), counter.clone(), answer.clone());
                 tokio::spawn(async move {
                     let service = service_fn(move |_request| {
                         counter.fetch_add(1, Ordering::SeqCst);
-                        let body = served.lock().unwrap().to_string();
-                        async move { Ok::<_, Infallible>(hyper::Response::new(Full::new(Bytes::from(body)))) }
+                        let code = answer.load(Ordering::SeqCst);
+                        let body = if code == 200 { served.lock().unwrap().to_string() } else { "upstream connect error".to_owned() };
+                        let mut response = hyper::Response::new(Full::new(Bytes::from(body)));
+                        *response.status_mut() = hyper::StatusCode::from_u16(code).unwrap();
+                        async move { Ok::<_, Infallible>(response) }
                     });
                     let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(tcp), service).await;
                 });
             }
         });
-        Issuer { addr, jwks, fetches, rsa, ec, ec_jwk }
+        Issuer { addr, jwks, fetches, status, rsa, ec, ec_jwk }
     }
 
     fn config(&self, app: &Upstream) -> String {
@@ -282,4 +288,44 @@ async fn tokens_with_critical_header_parameters_are_refused() {
         assert_eq!(response.json()["error"], reason, "{crit:?}");
     }
     assert!(app.requests().is_empty(), "{:?}", app.requests());
+}
+
+fn header_value<'a>(response: &'a common::RawResponse, name: &str) -> Option<&'a str> {
+    response.head.lines().find_map(|l| l.split_once(':').filter(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.trim()))
+}
+
+/// Issue 10, item 8 (a): while the issuer's JWKS cannot be loaded, a caller with a valid token did nothing
+/// wrong: 503 with Retry-After, not 401 "unknown key id"; and the proxy recovers by itself.
+#[tokio::test]
+async fn while_the_jwks_cannot_be_loaded_valid_tokens_get_503_with_retry_after() {
+    let (issuer, app) = (Issuer::start().await, Upstream::start().await);
+    issuer.status.store(503, Ordering::SeqCst);
+    let proxy = Proxy::start(&issuer.config(&app), &[]).await;
+    let token = sign(&issuer.rsa, Algorithm::RS256, "rsa-1", &claims());
+    for attempt in 0..2 {
+        let response = call(&proxy, Some(&token), "").await;
+        assert_eq!(response.status, 503, "attempt {attempt}: {response:?}");
+        let retry_after: u64 = header_value(&response, "retry-after").expect("Retry-After").parse().expect("seconds");
+        assert!((1..=30).contains(&retry_after), "{response:?}");
+        assert_eq!(header_value(&response, "www-authenticate"), None, "not the caller's fault: {response:?}");
+        let body = response.json();
+        assert_eq!(body["decision"], "keys-unavailable");
+        assert!(body["error"].as_str().unwrap().starts_with("keys unavailable"), "{body}");
+    }
+    assert!(app.requests().is_empty());
+
+    issuer.status.store(200, Ordering::SeqCst);
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while call(&proxy, Some(&token), "").await.status != 200 {
+        assert!(std::time::Instant::now() < deadline, "no recovery:\n{}", proxy.logs());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let unknown = sign(&issuer.rsa, Algorithm::RS256, "rotated-away", &claims());
+    assert_eq!(call(&proxy, Some(&unknown), "").await.json()["error"], "unknown key id", "the issuer answers: the kid is unknown");
+
+    // Down again: the keys in hand still verify; a kid not in hand cannot be told apart from a new one.
+    issuer.status.store(503, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(call(&proxy, Some(&token), "").await.status, 200);
+    assert_eq!(call(&proxy, Some(&unknown), "").await.status, 503);
 }
