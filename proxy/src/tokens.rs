@@ -45,8 +45,35 @@ struct TokenResponse {
     access_token: String,
     #[serde(default)]
     token_type: Option<String>,
+    /// A number, or a string (some identity providers): see [`lifetime`].
     #[serde(default)]
-    expires_in: Option<u64>,
+    expires_in: Option<serde_json::Value>,
+}
+
+/// A token's lifetime from `expires_in` as the endpoint sent it: a JSON number (integer or not) or a
+/// string of digits with an optional fraction (`"300"`, `"300.0"`, which some identity providers send);
+/// absent or null means 60 s. It must be finite, non-negative and at least [`MIN_LIFETIME`]; above
+/// [`MAX_LIFETIME`] it is clamped.
+fn lifetime(expires_in: Option<&serde_json::Value>) -> Result<Duration, String> {
+    use serde_json::Value;
+    let decimal = |s: &str| {
+        let (whole, fraction) = s.split_once('.').unwrap_or((s, "0"));
+        [whole, fraction].iter().all(|part| !part.is_empty() && part.bytes().all(|b| b.is_ascii_digit()))
+    };
+    let seconds = match expires_in {
+        None | Some(Value::Null) => 60.0,
+        Some(Value::Number(n)) => n.as_f64().ok_or_else(|| format!("expires_in {n} is not a number of seconds"))?,
+        Some(Value::String(s)) if decimal(s) => s.parse::<f64>().map_err(|e| format!("expires_in {s:?}: {e}"))?,
+        Some(other) => return Err(format!("expires_in {other} is not a number of seconds")),
+    };
+    if !seconds.is_finite() || seconds < 0.0 {
+        return Err(format!("expires_in {seconds} is not a non-negative number of seconds"));
+    }
+    let lifetime = Duration::from_secs_f64(seconds.min(MAX_LIFETIME.as_secs_f64()));
+    if lifetime < MIN_LIFETIME {
+        return Err(format!("token lifetime of {lifetime:?} is too short to use (at least {MIN_LIFETIME:?})"));
+    }
+    Ok(lifetime)
 }
 
 /// What happened when the endpoint was called, for metrics.
@@ -176,12 +203,45 @@ impl TokenSource {
         if parsed.access_token.is_empty() || !parsed.access_token.bytes().all(|b| b.is_ascii_graphic()) {
             return Err("access token is empty or not a header-safe string".into());
         }
-        let lifetime = Duration::from_secs(parsed.expires_in.unwrap_or(60));
-        if lifetime < MIN_LIFETIME {
-            return Err(format!("token lifetime of {lifetime:?} is too short to use (at least {MIN_LIFETIME:?})"));
-        }
-        let lifetime = lifetime.min(MAX_LIFETIME);
+        let lifetime = lifetime(parsed.expires_in.as_ref())?;
         let refresh_at = started + lifetime - self.identity.refresh_before.min(lifetime / 2);
         Ok(Token { header_value: format!("Bearer {}", parsed.access_token), expires_at: started + lifetime, refresh_at })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn lifetimes_as_numbers_strings_and_floats() {
+        let secs = |value: serde_json::Value| lifetime(Some(&value));
+        assert_eq!(lifetime(None), Ok(Duration::from_secs(60)), "absent: 60 s");
+        assert_eq!(secs(json!(null)), Ok(Duration::from_secs(60)));
+        for value in [json!(300), json!(300.0), json!("300"), json!("300.0"), json!("0300")] {
+            assert_eq!(secs(value.clone()), Ok(Duration::from_secs(300)), "{value}");
+        }
+        assert_eq!(secs(json!("299.5")), Ok(Duration::from_millis(299_500)));
+        assert_eq!(secs(json!(10)), Ok(MIN_LIFETIME), "the lower bound is allowed");
+        for value in [json!(u64::MAX), json!(1e300), json!("99999999999999999999999"), json!(86_401)] {
+            assert_eq!(secs(value.clone()), Ok(MAX_LIFETIME), "{value}: clamped");
+        }
+    }
+
+    #[test]
+    fn lifetimes_that_are_negative_not_numbers_or_too_short_are_refused() {
+        let secs = |value: serde_json::Value| lifetime(Some(&value));
+        for value in [json!(0), json!(9), json!(9.999), json!("5"), json!(-0.0)] {
+            assert!(secs(value.clone()).unwrap_err().contains("too short"), "{value}");
+        }
+        for value in [json!(-1), json!(-300.0), json!("-300"), json!("+300"), json!(" 300"), json!("300s"), json!("1e3"), json!("1e400")] {
+            assert!(secs(value.clone()).unwrap_err().starts_with("expires_in"), "{value}");
+        }
+        for value in
+            [json!("inf"), json!("NaN"), json!(""), json!("."), json!("3."), json!(".5"), json!(true), json!([300]), json!({"s": 300})]
+        {
+            assert!(secs(value.clone()).unwrap_err().starts_with("expires_in"), "{value}");
+        }
     }
 }

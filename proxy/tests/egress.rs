@@ -462,3 +462,39 @@ async fn requests_without_a_valid_host_are_400_audited_and_not_forwarded() {
     assert_eq!(refusals.len(), refused.len(), "each refusal has its audit line: {audit:?}");
     assert!(refusals.iter().all(|l| l["decision"] == "bad-request"), "{refusals:?}");
 }
+
+/// Issue 10, item 8 (b): some identity providers send `expires_in` as a string or a float.
+#[tokio::test]
+async fn token_lifetimes_sent_as_strings_or_floats_are_accepted_within_the_same_bounds() {
+    let upstream = Upstream::start().await;
+    let start = |idp: &Idp| {
+        let config = format!("{}routes:\n- {{ name: hub, prefix: /hub, upstream: '{}', auth: token }}\n", identity(idp), upstream.url());
+        async move { Proxy::start(&config, &[]).await }
+    };
+    for expires_in in [serde_json::json!("300"), serde_json::json!(300.0), serde_json::json!("299.5")] {
+        let idp = Idp::start().await;
+        *idp.expires_in_json.lock().unwrap() = Some(expires_in.clone());
+        let proxy = start(&idp).await;
+        let response = proxy.get("/hub/x").await;
+        assert_eq!(response.status, 200, "{expires_in}: {response:?}\n{}", proxy.logs());
+        assert_eq!(proxy.get("/hub/y").await.status, 200);
+        assert_eq!(idp.calls(), 1, "{expires_in}: one token, cached");
+    }
+    for (expires_in, why) in [
+        (serde_json::json!("5"), "too short"),
+        (serde_json::json!(2.5), "too short"),
+        (serde_json::json!(-300.0), "expires_in"),
+        (serde_json::json!("-300"), "expires_in"),
+        (serde_json::json!("soon"), "expires_in"),
+        (serde_json::json!("1e400"), "expires_in"),
+        (serde_json::json!(true), "expires_in"),
+    ] {
+        let idp = Idp::start().await;
+        *idp.expires_in_json.lock().unwrap() = Some(expires_in.clone());
+        let proxy = start(&idp).await;
+        let response = proxy.get("/hub/x").await;
+        assert_eq!(response.status, 503, "{expires_in}: {response:?}");
+        assert!(response.json()["error"].as_str().unwrap().contains(why), "{expires_in}: {response:?}");
+    }
+    assert_eq!(upstream.requests().len(), 6, "only the accepted tokens were used");
+}

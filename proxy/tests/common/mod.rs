@@ -115,6 +115,8 @@ pub struct Idp {
     pub status: Arc<AtomicU64>,
     pub delay_ms: Arc<AtomicU64>,
     pub expires_in: Arc<AtomicU64>,
+    /// When set, `expires_in` exactly as this JSON value (a string, a float, ...) instead of `expires_in`.
+    pub expires_in_json: Arc<Mutex<Option<serde_json::Value>>>,
     pub forms: Arc<Mutex<Vec<String>>>,
     /// Connections accepted, whether or not a request followed.
     pub accepted: Arc<AtomicUsize>,
@@ -135,11 +137,13 @@ impl Idp {
             status: Arc::new(AtomicU64::new(200)),
             delay_ms: Arc::new(AtomicU64::new(0)),
             expires_in: Arc::new(AtomicU64::new(300)),
+            expires_in_json: Arc::new(Mutex::new(None)),
             forms: Arc::new(Mutex::new(Vec::new())),
             accepted: Arc::new(AtomicUsize::new(0)),
         };
-        let (calls, status, delay, expires_in, forms, accepted) =
-            (idp.calls.clone(), idp.status.clone(), idp.delay_ms.clone(), idp.expires_in.clone(), idp.forms.clone(), idp.accepted.clone());
+        let (calls, status, delay, forms, accepted) =
+            (idp.calls.clone(), idp.status.clone(), idp.delay_ms.clone(), idp.forms.clone(), idp.accepted.clone());
+        let expires_in = (idp.expires_in.clone(), idp.expires_in_json.clone());
         tokio::spawn(async move {
             loop {
                 let Ok((tcp, _)) = listener.accept().await else { return };
@@ -148,7 +152,7 @@ impl Idp {
                     (calls.clone(), status.clone(), delay.clone(), expires_in.clone(), forms.clone());
                 tokio::spawn(async move {
                     let service = service_fn(move |request: Request<hyper::body::Incoming>| {
-                        let (calls, status, delay, expires_in, forms) =
+                        let (calls, status, delay, (expires_in, expires_in_json), forms) =
                             (calls.clone(), status.clone(), delay.clone(), expires_in.clone(), forms.clone());
                         async move {
                             let n = calls.fetch_add(1, Ordering::SeqCst) + 1;
@@ -157,7 +161,9 @@ impl Idp {
                             tokio::time::sleep(Duration::from_millis(delay.load(Ordering::SeqCst))).await;
                             let code = status.load(Ordering::SeqCst) as u16;
                             let body = if code == 200 {
-                                serde_json::json!({"access_token": format!("token-{n}"), "token_type": "Bearer", "expires_in": expires_in.load(Ordering::SeqCst)})
+                                let expires_in =
+                                    expires_in_json.lock().unwrap().clone().unwrap_or_else(|| expires_in.load(Ordering::SeqCst).into());
+                                serde_json::json!({"access_token": format!("token-{n}"), "token_type": "Bearer", "expires_in": expires_in})
                             } else {
                                 serde_json::json!({"error": "temporarily_unavailable"})
                             };
