@@ -153,6 +153,8 @@ impl ProxyHttp for Egress {
         ctx.upstream_target = upstream_target;
 
         // Framing must be unambiguous, or the upstream may read a different request than we checked.
+        // pingora has already read Content-Length with Transfer-Encoding as chunked, dropped the
+        // Content-Length and marked the connection to close; the first check stays in case it ever does not.
         let headers = &session.req_header().headers;
         let lengths: Vec<&[u8]> = headers.get_all("content-length").iter().map(|v| v.as_bytes()).collect();
         let encodings: Vec<&[u8]> = headers.get_all("transfer-encoding").iter().map(|v| v.as_bytes()).collect();

@@ -5,7 +5,8 @@
 //! (CVE-2021-29492), fragments (CVE-2021-32779), `;` path parameters, double encoding, control bytes,
 //! percent-encoded bytes that are not UTF-8 (`%c0%ae` is an overlong `.` that lenient decoders turn into
 //! one) or not ASCII, and absolute-form targets that name another host. Anything doubtful is refused, not
-//! repaired.
+//! repaired. (pingora 0.9 cuts a fragment off before the proxy sees the target, so [`TargetError::Fragment`]
+//! guards only other callers.) The Host header is checked here too ([`check_host`]).
 
 use std::fmt;
 

@@ -498,3 +498,84 @@ async fn token_lifetimes_sent_as_strings_or_floats_are_accepted_within_the_same_
     }
     assert_eq!(upstream.requests().len(), 6, "only the accepted tokens were used");
 }
+
+/// Issue 10, item 8 (c): the README said "400 for fragments"; the binary never sees one. pingora cuts the
+/// fragment off before the proxy checks the target (RFC 9112 section 3.2: it is not part of it), so what
+/// is checked, matched and forwarded is the path before `#`, and the fragment goes nowhere.
+#[tokio::test]
+async fn fragments_are_cut_off_before_the_check_and_never_forwarded() {
+    let upstream = Upstream::start().await;
+    let config = format!("routes:\n- {{ name: storage, prefix: /storage, allow: [/final/**], upstream: '{}' }}\n", upstream.url());
+    let proxy = Proxy::start(&config, &[]).await;
+    for target in ["/storage/final/a#/../../admin", "/storage/final/a?x=1#frag", "/storage/final/a#%2e%2e"] {
+        assert_eq!(proxy.get(target).await.status, 200, "{target}");
+    }
+    for target in ["/storage/other#/final/a", "#/storage/final/a"] {
+        let response = proxy.get(target).await;
+        assert_eq!(response.status, 403, "{target}: the fragment does not count for the route either: {response:?}");
+    }
+    let forwarded: Vec<String> = upstream.requests().iter().map(|r| r.target.clone()).collect();
+    assert_eq!(forwarded, ["/final/a", "/final/a?x=1", "/final/a"]);
+    let audit = proxy.audit(5).await;
+    let paths: Vec<&str> = audit.iter().filter_map(|l| l["path"].as_str()).collect();
+    assert_eq!(paths, ["/storage/final/a", "/storage/final/a", "/storage/final/a", "/storage/other", "/"]);
+}
+
+/// Issue 10, item 8 (c): the README said "400 for Content-Length with Transfer-Encoding"; pingora reads such
+/// a request as chunked (RFC 9112 section 6.3), drops the Content-Length and closes the connection after the
+/// response, so bytes after the chunked body are never read as a request. The other framing the README
+/// names is 400.
+#[tokio::test]
+async fn content_length_with_transfer_encoding_is_read_as_chunked_and_other_ambiguous_framing_is_400() {
+    let upstream = Upstream::start().await;
+    let config = format!("routes:\n- {{ name: all, prefix: /, upstream: '{}', methods: [GET, POST] }}\n", upstream.url());
+    let proxy = Proxy::start(&config, &[]).await;
+    for cl_te in [
+        "POST /a HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nhost: x\r\n\r\n",
+        "POST /a HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\ncontent-length: 3\r\n\r\n3\r\nabc\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nhost: x\r\n\r\n",
+    ] {
+        let response = raw(proxy.egress, cl_te.as_bytes()).await;
+        assert_eq!(response.status, 200, "{response:?}");
+        assert!(response.head.to_ascii_lowercase().contains("connection: close"), "{response:?}");
+    }
+    let seen = upstream.requests();
+    assert_eq!(seen.len(), 2, "nothing smuggled: {seen:?}");
+    for r in &seen {
+        assert_eq!((r.target.as_str(), &r.body[..]), ("/a", &b"abc"[..]), "the chunked body, not the Content-Length");
+        assert_eq!((r.header("transfer-encoding"), r.header("content-length")), (Some("chunked"), None), "{r:?}");
+    }
+    // 400: Content-Lengths that differ (pingora), a repeated one (the proxy), a Transfer-Encoding other than
+    // exactly chunked (the proxy; a final coding other than chunked: pingora), Transfer-Encoding on HTTP/1.0.
+    for request in [
+        "POST /a HTTP/1.1\r\nhost: x\r\ncontent-length: 3\r\ncontent-length: 4\r\n\r\nabcd",
+        "POST /a HTTP/1.1\r\nhost: x\r\ncontent-length: 3\r\ncontent-length: 3\r\n\r\nabc",
+        "POST /a HTTP/1.1\r\nhost: x\r\ntransfer-encoding: gzip, chunked\r\n\r\n0\r\n\r\n",
+        "POST /a HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n",
+        "POST /a HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked, gzip\r\n\r\n0\r\n\r\n",
+        "POST /a HTTP/1.0\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n",
+    ] {
+        assert_eq!(raw(proxy.egress, request.as_bytes()).await.status, 400, "{request:?}");
+    }
+    assert_eq!(upstream.requests().len(), 2);
+}
+
+/// Issue 10, item 8 (c): raw bytes in the target, and who refuses them, as the README says.
+#[tokio::test]
+async fn raw_control_and_non_ascii_bytes_are_400_and_some_never_get_past_pingora() {
+    let upstream = Upstream::start().await;
+    let config = format!("routes:\n- {{ name: all, prefix: /, upstream: '{}' }}\n", upstream.url());
+    let proxy = Proxy::start(&config, &[]).await;
+    let request = |target: &[u8], host: &str| {
+        [b"GET ", target, format!(" HTTP/1.1\r\nhost: {host}\r\nconnection: close\r\n\r\n").as_bytes()].concat()
+    };
+    for target in [&b"/a\0b"[..], b"/a\tb", b"/a\x7fb", "/ä".as_bytes()] {
+        let response = raw(proxy.egress, &request(target, "x")).await;
+        assert_eq!(response.status, 400, "{target:?}: {response:?}");
+        assert_eq!(response.json()["decision"], "bad-request", "{target:?}: the proxy's answer");
+    }
+    for (target, host) in [(&b"/a\xc0\xae"[..], "x"), (b"http://evil.example.org/a", "x")] {
+        let response = raw(proxy.egress, &request(target, host)).await;
+        assert_eq!((response.status, response.body.as_str()), (400, ""), "{target:?}: pingora's answer");
+    }
+    assert!(upstream.requests().is_empty());
+}

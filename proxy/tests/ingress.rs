@@ -329,3 +329,51 @@ async fn while_the_jwks_cannot_be_loaded_valid_tokens_get_503_with_retry_after()
     assert_eq!(call(&proxy, Some(&token), "").await.status, 200);
     assert_eq!(call(&proxy, Some(&unknown), "").await.status, 503);
 }
+
+/// Issue 10, item 8 (c), on the ingress: fragments and framing as the README says (pingora's rules only).
+#[tokio::test]
+async fn fragments_and_framing_on_the_ingress_are_as_documented() {
+    let (issuer, app) = (Issuer::start().await, Upstream::start().await);
+    let proxy = Proxy::start(&issuer.config(&app), &[]).await;
+    ready(&proxy).await;
+    let token = sign(&issuer.rsa, Algorithm::RS256, "rsa-1", &claims());
+    let send = |head: &str, rest: &str| format!("{head}\r\nhost: pod\r\nauthorization: Bearer {token}\r\n{rest}");
+    let fragment = send("GET /analysis/run#/../../admin HTTP/1.1", "connection: close\r\n\r\n");
+    assert_eq!(raw(proxy.ingress, fragment.as_bytes()).await.status, 200);
+    let cl_te = send(
+        "POST /analysis/run HTTP/1.1",
+        "content-length: 100\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nhost: pod\r\n\r\n",
+    );
+    let response = raw(proxy.ingress, cl_te.as_bytes()).await;
+    assert_eq!(response.status, 200, "{response:?}");
+    assert!(response.head.to_ascii_lowercase().contains("connection: close"), "{response:?}");
+    for refused in [
+        send("POST /analysis/run HTTP/1.1", "content-length: 3\r\ncontent-length: 4\r\n\r\nabcd"),
+        send("POST /analysis/run HTTP/1.1", "transfer-encoding: chunked, gzip\r\n\r\n0\r\n\r\n"),
+        send("POST /analysis/run HTTP/1.0", "transfer-encoding: chunked\r\n\r\n0\r\n\r\n"),
+    ] {
+        assert_eq!(raw(proxy.ingress, refused.as_bytes()).await.status, 400, "{refused:?}");
+    }
+    // Unlike the egress, the ingress does not refuse a repeated, identical Content-Length (forwarded once),
+    // nor a Transfer-Encoding that ends in chunked (forwarded as plain chunked).
+    let repeated = send("POST /analysis/run HTTP/1.1", "content-length: 3\r\ncontent-length: 3\r\nconnection: close\r\n\r\nabc");
+    assert_eq!(raw(proxy.ingress, repeated.as_bytes()).await.status, 200);
+    let gzip_chunked =
+        send("POST /analysis/run HTTP/1.1", "transfer-encoding: gzip, chunked\r\nconnection: close\r\n\r\n3\r\nabc\r\n0\r\n\r\n");
+    assert_eq!(raw(proxy.ingress, gzip_chunked.as_bytes()).await.status, 200);
+    let seen = app.requests();
+    let summary: Vec<(&str, &str, &[u8])> = seen.iter().map(|r| (r.method.as_str(), r.target.as_str(), &r.body[..])).collect();
+    assert_eq!(
+        summary,
+        [
+            ("GET", "/analysis/run", &b""[..]),
+            ("POST", "/analysis/run", b"abc"),
+            ("POST", "/analysis/run", b"abc"),
+            ("POST", "/analysis/run", b"abc")
+        ]
+    );
+    assert_eq!((seen[1].header("transfer-encoding"), seen[1].header("content-length")), (Some("chunked"), None));
+    let lengths: Vec<&str> = seen[2].headers.iter().filter(|(n, _)| n == "content-length").map(|(_, v)| v.as_str()).collect();
+    assert_eq!(lengths, ["3"]);
+    assert_eq!((seen[3].header("transfer-encoding"), seen[3].header("content-length")), (Some("chunked"), None));
+}
