@@ -52,19 +52,25 @@ impl Cluster {
         self.ok(&args);
     }
 
-    fn apply(&self, manifest: &str) {
+    /// `kubectl VERB -f -` with `manifest` on stdin.
+    fn with_stdin(&self, verb: &str, manifest: &str) -> Output {
         use std::io::Write;
         let bin = std::fs::read_to_string(format!("{}/bin", self.dir)).unwrap();
         let mut child = Command::new(format!("{}/kubectl", bin.trim()))
             .arg(format!("--kubeconfig={}", self.kubeconfig))
-            .args(["apply", "-f", "-"])
+            .args([verb, "-f", "-"])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
+        // kubectl may exit (on an error) before reading all of its input: a closed pipe is fine.
         let _ = child.stdin.take().unwrap().write_all(manifest.as_bytes());
-        let out = child.wait_with_output().unwrap();
+        child.wait_with_output().unwrap()
+    }
+
+    fn apply(&self, manifest: &str) {
+        let out = self.with_stdin("apply", manifest);
         assert!(out.status.success(), "kubectl apply: {}\n{manifest}", text(&out));
     }
 
@@ -362,20 +368,7 @@ fn t8_rolling_the_webhook_fails_no_pod_creation() {
             r#"{{"apiVersion":"v1","kind":"Pod","metadata":{{"name":"roll-{created}","namespace":"{ns}"}},"spec":{{"nodeSelector":{{"nowhere":"true"}},
 "containers":[{{"name":"app","image":"{EXAMPLE}"}}]}}}}"#
         );
-        let out = {
-            use std::io::Write;
-            let bin = std::fs::read_to_string(format!("{}/bin", c.dir)).unwrap();
-            let mut child = Command::new(format!("{}/kubectl", bin.trim()))
-                .arg(format!("--kubeconfig={}", c.kubeconfig))
-                .args(["create", "-f", "-"])
-                .stdin(Stdio::piped())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()
-                .unwrap();
-            let _ = child.stdin.take().unwrap().write_all(manifest.as_bytes());
-            child.wait_with_output().unwrap()
-        };
+        let out = c.with_stdin("create", &manifest);
         if !out.status.success() {
             failures.push(text(&out));
         }
