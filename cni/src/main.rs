@@ -107,10 +107,13 @@ fn main() -> ExitCode {
     }
 }
 
+/// Far above any real network configuration (with every pod annotation in it).
+const MAX_CONFIG: u64 = 1 << 20;
+
 /// The runtime's side: the answer on stdout (a result, or an error result with a non-zero exit).
 fn run_plugin() -> ExitCode {
     let mut stdin = Vec::new();
-    let read = std::io::stdin().take(1 << 20).read_to_end(&mut stdin);
+    let read = std::io::stdin().take(MAX_CONFIG + 1).read_to_end(&mut stdin);
     let version = serde_json::from_slice::<Value>(&stdin)
         .ok()
         .and_then(|v| v.get("cniVersion").and_then(Value::as_str).map(String::from))
@@ -118,6 +121,11 @@ fn run_plugin() -> ExitCode {
         .unwrap_or_else(|| "1.1.0".into());
     let outcome = match read {
         Err(e) => Err(CniError { code: plugin::CODE_IO, msg: "reading the network configuration".into(), details: e.to_string() }),
+        Ok(n) if n as u64 > MAX_CONFIG => Err(CniError {
+            code: plugin::CODE_DECODE,
+            msg: format!("the network configuration on stdin is larger than {MAX_CONFIG} bytes"),
+            details: String::new(),
+        }),
         Ok(_) => Environment::from_vars(|k| std::env::var(k).ok()).and_then(|env| plugin::run(&env, &stdin, &mut Netns)),
     };
     let (answer, code) = match outcome {

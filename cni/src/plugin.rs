@@ -328,6 +328,45 @@ mod tests {
         }
     }
 
+    /// The kernel side stood in for, to reach the decisions a real namespace makes hard to provoke.
+    struct Listed(Vec<crate::nft::Installed>);
+
+    impl Firewall for Listed {
+        fn install(&mut self, _: &Path, _: &Lock) -> Result<(), NftError> {
+            Ok(())
+        }
+        fn remove(&mut self, _: &Path) -> Result<(), NftError> {
+            Ok(())
+        }
+        fn list(&mut self, _: &Path) -> Result<Vec<crate::nft::Installed>, NftError> {
+            Ok(self.0.clone())
+        }
+    }
+
+    #[test]
+    fn check_names_what_is_missing_or_out_of_order() {
+        let lock = Lock { proxy_uid: 10001, inbound_ports: vec![15006, 15021] };
+        let full: Vec<crate::nft::Installed> = ruleset(&lock)
+            .into_iter()
+            .map(|r| crate::nft::Installed { chain: r.chain.name().into(), tag: Some(r.tag), packets: None })
+            .collect();
+        let netns = Path::new("/run/netns/x");
+        assert!(verify(&mut Listed(full.clone()), netns, &lock, "p", 102).is_ok());
+        let mut without_proxy = full.clone();
+        without_proxy.retain(|r| r.tag.as_deref() != Some("tollgate: the proxy (uid 10001)"));
+        let err = verify(&mut Listed(without_proxy), netns, &lock, "ns/p", 102).unwrap_err();
+        assert_eq!(err.msg, "the egress lock of ns/p is incomplete: chain output lacks tollgate: the proxy (uid 10001)");
+        let mut swapped = full.clone();
+        swapped.swap(0, 1);
+        let err = verify(&mut Listed(swapped), netns, &lock, "p", 102).unwrap_err();
+        assert!(err.msg.contains("chain output has rules the lock does not, or in another order"), "{}", err.msg);
+        // A lock for other ports is not this pod's lock.
+        let other = Lock { proxy_uid: 10001, inbound_ports: vec![15006] };
+        assert!(verify(&mut Listed(full), netns, &other, "p", 102).is_err());
+        let err = verify(&mut Listed(vec![]), netns, &lock, "p", 101).unwrap_err();
+        assert!(err.code == 101 && err.msg.contains("no table inet tollgate"), "{}", err.msg);
+    }
+
     #[test]
     fn cni_args_name_the_pod() {
         let vars = BTreeMap::from([
