@@ -160,7 +160,7 @@ start_control_plane() {
 # ---- the node (its own mount namespace) -------------------------------------------------------------------
 
 write_node_config() {
-  mkdir -p "$STATE/cni/net.d" "$STATE/containerd" "$STATE/kubelet" "$STATE/sysctl" "$STATE/varlib/upper" "$STATE/varlib/work"
+  mkdir -p "$STATE/cni/net.d" "$STATE/cni/bin" "$STATE/containerd" "$STATE/kubelet" "$STATE/sysctl" "$STATE/varlib/upper" "$STATE/varlib/work"
   cat > "$STATE/containerd.toml" <<EOF
 version = 3
 root = "$STATE/containerd/root"
@@ -181,7 +181,8 @@ state = "$STATE/containerd/state"
       BinaryName = "$(command -v runc)"
       SystemdCgroup = false
   [plugins.'io.containerd.cri.v1.runtime'.cni]
-    bin_dirs = ["/usr/lib/cni"]
+    # The second is where the tollgate-cni DaemonSet installs the egress lock's plugin.
+    bin_dirs = ["/usr/lib/cni", "$STATE/cni/bin"]
     conf_dir = "$STATE/cni/net.d"
 EOF
   # isGateway false, no masquerade, no forwarding: the node's address is on the bridge already, and pods
@@ -288,7 +289,13 @@ load() {
 build_images() {
   log "building release binaries and images"
   (cd "$ROOT" && cargo build --release --locked -q --workspace)
-  "$ROOT/target/release/tollgate-images" build --release-dir "$ROOT/target/release" --out "$STATE/images" > "$STATE/images.list"
+  # As docker/Dockerfile builds it: the CNI plugin runs on the node against the node's glibc, so it is static.
+  local host
+  host=$(rustc -vV | sed -n 's/^host: //p')
+  (cd "$ROOT" && RUSTFLAGS="-C target-feature=+crt-static" cargo build --release --locked -q -p tollgate-cni --target "$host")
+  mkdir -p "$STATE/release"
+  cp "$ROOT"/target/release/tollgate-{webhook,proxy,certs,pause,example-analysis} "$ROOT/target/$host/release/tollgate-cni" "$STATE/release/"
+  "$ROOT/target/release/tollgate-images" build --release-dir "$STATE/release" --out "$STATE/images" > "$STATE/images.list"
 }
 
 # ---- tollgate, installed as a user would ------------------------------------------------------------------
@@ -300,8 +307,11 @@ install_tollgate() {
   HELM_CACHE_HOME=$STATE/helm/cache HELM_CONFIG_HOME=$STATE/helm/config HELM_DATA_HOME=$STATE/helm/data \
     "$BIN/helm" --kubeconfig="$STATE/admin.kubeconfig" install tollgate "$ROOT/charts/tollgate" -n tollgate \
     --create-namespace --timeout 180s --values "$STATE/values.yaml" \
-    --set "analysisNamespaces[0].name=$ANALYSIS_NAMESPACE" ${TOLLGATE_HELM_ARGS:-} >&2
+    --set "analysisNamespaces[0].name=$ANALYSIS_NAMESPACE" \
+    --set egressLock.enabled=true --set "egressLock.binDir=$STATE/cni/bin" --set "egressLock.confDir=$STATE/cni/net.d" \
+    ${TOLLGATE_HELM_ARGS:-} >&2
   kubectl rollout status deployment/tollgate-webhook -n tollgate --timeout=180s >&2
+  kubectl rollout status daemonset/tollgate-cni -n tollgate --timeout=120s >&2
 }
 
 prepare_analysis_namespace() {

@@ -66,6 +66,16 @@ enum Command {
     },
     /// Print this process's user and group, and whether the root filesystem is writable.
     Whoami,
+    /// Open a TCP connection straight to ADDR (host:port), past the proxy, and print `connect=ok` or
+    /// `connect=failed`: under tollgate's egress lock this must fail.
+    Connect {
+        addr: SocketAddr,
+        #[arg(long, default_value = "3")]
+        timeout_seconds: u64,
+    },
+    /// Send a DNS query for NAME straight to the first nameserver of /etc/resolv.conf and print
+    /// `dns=sent` (with `answer=yes|no`) or `dns=refused`: under tollgate's egress lock the send itself fails.
+    Dns { name: String },
     /// Print a file (to show what this container can and cannot read).
     Read { file: PathBuf },
 }
@@ -102,6 +112,8 @@ async fn main() -> ExitCode {
         Command::Serve { listen } => serve(listen).await,
         Command::Get { url, bearer } => get(&url, bearer.as_deref()).await,
         Command::Whoami => whoami(),
+        Command::Connect { addr, timeout_seconds } => connect(addr, Duration::from_secs(timeout_seconds)).await,
+        Command::Dns { name } => dns(&name).await,
         Command::Read { file } => {
             std::fs::read_to_string(&file).map(|text| print!("{text}")).map_err(|e| format!("{}: {e}", file.display()))
         }
@@ -295,6 +307,51 @@ async fn get(url: &str, bearer: Option<&str>) -> Result<(), String> {
         .map_err(|_| format!("GET {url}: no answer within {CALL_TIMEOUT:?}"))??;
     println!("status={}", status.as_u16());
     println!("{}", String::from_utf8_lossy(&body));
+    Ok(())
+}
+
+async fn connect(addr: SocketAddr, timeout: Duration) -> Result<(), String> {
+    match tokio::time::timeout(timeout, tokio::net::TcpStream::connect(addr)).await {
+        Ok(Ok(_)) => {
+            println!("connect=ok addr={addr}");
+            Ok(())
+        }
+        Ok(Err(e)) => {
+            println!("connect=failed addr={addr} error={e}");
+            Err(format!("connecting to {addr}: {e}"))
+        }
+        Err(_) => {
+            println!("connect=failed addr={addr} error=timed out after {timeout:?}");
+            Err(format!("connecting to {addr}: timed out"))
+        }
+    }
+}
+
+async fn dns(name: &str) -> Result<(), String> {
+    let resolv = std::fs::read_to_string("/etc/resolv.conf").map_err(|e| format!("/etc/resolv.conf: {e}"))?;
+    let server: std::net::IpAddr = resolv
+        .lines()
+        .find_map(|l| l.strip_prefix("nameserver"))
+        .and_then(|rest| rest.trim().parse().ok())
+        .ok_or("/etc/resolv.conf names no nameserver")?;
+    // A standard query (id 0x7467, recursion desired) for NAME's A record.
+    let mut query = vec![0x74, 0x67, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
+    for label in name.trim_end_matches('.').split('.') {
+        let len = u8::try_from(label.len()).ok().filter(|l| (1..64).contains(l)).ok_or_else(|| format!("{name:?} is not a DNS name"))?;
+        query.push(len);
+        query.extend_from_slice(label.as_bytes());
+    }
+    query.extend_from_slice(&[0, 0, 1, 0, 1]);
+    let bind: SocketAddr = if server.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }.parse().expect("an address");
+    let socket = tokio::net::UdpSocket::bind(bind).await.map_err(|e| format!("a UDP socket: {e}"))?;
+    let to = SocketAddr::new(server, 53);
+    if let Err(e) = socket.send_to(&query, to).await {
+        println!("dns=refused server={to} error={e}");
+        return Err(format!("sending a DNS query to {to}: {e}"));
+    }
+    let mut buf = [0u8; 512];
+    let answered = matches!(tokio::time::timeout(Duration::from_secs(2), socket.recv_from(&mut buf)).await, Ok(Ok(_)));
+    println!("dns=sent server={to} answer={}", if answered { "yes" } else { "no" });
     Ok(())
 }
 

@@ -38,7 +38,7 @@ pub struct Image {
 /// of registry.k8s.io/pause.
 pub const PAUSE_REFERENCE: &str = concat!("localhost/tollgate/pause:", env!("CARGO_PKG_VERSION"));
 
-pub const IMAGES: [Image; 5] = [
+pub const IMAGES: [Image; 6] = [
     Image {
         name: "webhook",
         binary: "tollgate-webhook",
@@ -46,6 +46,7 @@ pub const IMAGES: [Image; 5] = [
     },
     Image { name: "proxy", binary: "tollgate-proxy", reference: concat!("ghcr.io/privateaim/tollgate-proxy:", env!("CARGO_PKG_VERSION")) },
     Image { name: "certs", binary: "tollgate-certs", reference: concat!("ghcr.io/privateaim/tollgate-certs:", env!("CARGO_PKG_VERSION")) },
+    Image { name: "cni", binary: "tollgate-cni", reference: concat!("ghcr.io/privateaim/tollgate-cni:", env!("CARGO_PKG_VERSION")) },
     Image { name: "pause", binary: "tollgate-pause", reference: PAUSE_REFERENCE },
     Image {
         name: "example-analysis",

@@ -112,15 +112,18 @@ struct Expected {
     name: &'static str,
     cmd: Option<&'static [&'static str]>,
     ports: &'static [&'static str],
+    user: u32,
 }
 
 /// What the Dockerfile says today, written out independently of its parser.
-const EXPECTED: [Expected; 5] = [
-    Expected { name: "webhook", cmd: Some(&["serve"]), ports: &["8443/tcp"] },
-    Expected { name: "proxy", cmd: None, ports: &["15001/tcp", "15006/tcp", "15021/tcp"] },
-    Expected { name: "certs", cmd: None, ports: &[] },
-    Expected { name: "pause", cmd: None, ports: &[] },
-    Expected { name: "example-analysis", cmd: Some(&["run"]), ports: &["8000/tcp"] },
+const EXPECTED: [Expected; 6] = [
+    Expected { name: "webhook", cmd: Some(&["serve"]), ports: &["8443/tcp"], user: 65532 },
+    Expected { name: "proxy", cmd: None, ports: &["15001/tcp", "15006/tcp", "15021/tcp"], user: 65532 },
+    Expected { name: "certs", cmd: None, ports: &[], user: 65532 },
+    // The DaemonSet writes the node's root-owned CNI directories: root, without capabilities.
+    Expected { name: "cni", cmd: Some(&["install"]), ports: &[], user: 0 },
+    Expected { name: "pause", cmd: None, ports: &[], user: 65532 },
+    Expected { name: "example-analysis", cmd: Some(&["run"]), ports: &["8000/tcp"], user: 65532 },
 ];
 
 fn check_image(name: &str) {
@@ -189,7 +192,7 @@ fn check_image(name: &str) {
     assert_eq!(
         stage,
         StageConfig {
-            user: Some("65532:65532".into()),
+            user: Some(format!("{0}:{0}", expected.user)),
             entrypoint: Some(vec![entrypoint.clone()]),
             cmd: expected.cmd.map(|c| c.iter().map(|s| s.to_string()).collect()),
             exposed_ports: expected.ports.iter().map(|s| s.to_string()).collect(),
@@ -197,7 +200,7 @@ fn check_image(name: &str) {
         }
     );
     let c = &config["config"];
-    assert_eq!(c["User"], "65532:65532");
+    assert_eq!(c["User"], format!("{0}:{0}", expected.user));
     assert_eq!(c["Entrypoint"], json!([entrypoint]));
     assert_eq!(c["Cmd"], expected.cmd.map_or(Value::Null, |cmd| json!(cmd)));
     let ports: Vec<&str> = c["ExposedPorts"].as_object().map(|p| p.keys().map(String::as_str).collect()).unwrap_or_default();
@@ -262,7 +265,7 @@ fn check_image(name: &str) {
     let mut untar = Command::new("tar").args(["-x", "-p", "--same-owner", "-C"]).arg(&rootfs).stdin(Stdio::piped()).spawn().unwrap();
     untar.stdin.take().unwrap().write_all(layer).unwrap();
     assert!(untar.wait().unwrap().success());
-    let mut users_to_run = vec![65532];
+    let mut users_to_run = vec![expected.user];
     if name == "proxy" {
         users_to_run.push(10001); // how the webhook runs it
     }
@@ -314,6 +317,11 @@ fn image_certs() {
 }
 
 #[test]
+fn image_cni() {
+    check_image("cni");
+}
+
+#[test]
 fn image_pause() {
     check_image("pause");
 }
@@ -332,6 +340,7 @@ fn images_are_named_as_the_manifests_and_the_sandbox_expect() {
             "ghcr.io/privateaim/tollgate-webhook:0.1.0",
             "ghcr.io/privateaim/tollgate-proxy:0.1.0",
             "ghcr.io/privateaim/tollgate-certs:0.1.0",
+            "ghcr.io/privateaim/tollgate-cni:0.1.0",
             "localhost/tollgate/pause:0.1.0",
             "localhost/tollgate/example-analysis:0.1.0",
         ]
@@ -339,10 +348,14 @@ fn images_are_named_as_the_manifests_and_the_sandbox_expect() {
     assert_eq!(PAUSE_REFERENCE, "localhost/tollgate/pause:0.1.0");
     let manifests = images::repo_root().join("manifests");
     let mut shipped = String::new();
-    for entry in std::fs::read_dir(&manifests).unwrap() {
-        shipped += &std::fs::read_to_string(entry.unwrap().path()).unwrap();
+    let optional = manifests.join("optional");
+    for entry in std::fs::read_dir(&manifests).unwrap().chain(std::fs::read_dir(&optional).unwrap()) {
+        let path = entry.unwrap().path();
+        if path.is_file() {
+            shipped += &std::fs::read_to_string(path).unwrap();
+        }
     }
-    for image in &IMAGES[..3] {
+    for image in &IMAGES[..4] {
         assert!(shipped.contains(&format!("image: {}", image.reference)), "manifests/ should use {}", image.reference);
     }
 }

@@ -355,6 +355,94 @@ fn t6_deleting_a_pod_drains_its_proxy_within_the_grace_period() {
 
 #[test]
 #[ignore = "needs scripts/cluster.sh up"]
+fn t7_the_egress_lock_lets_only_the_proxy_out_of_a_hardened_pod() {
+    let c = cluster();
+    let ns = c.namespace.as_str();
+    let storage = format!("{}:18081", c.node_ip);
+    c.fresh("pod", "locked", ns);
+    // A namespace tollgate does not manage: its pods are untouched by the plugin.
+    c.fresh("namespace", "unmanaged", "");
+    c.ok(&["create", "namespace", "unmanaged"]);
+    let serving = |name: &str, namespace: &str, annotations: &str| {
+        format!(
+            r#"{{"apiVersion":"v1","kind":"Pod","metadata":{{"name":"{name}","namespace":"{namespace}","annotations":{{{annotations}}}}},
+"spec":{{"restartPolicy":"Never","containers":[{{"name":"app","image":"{EXAMPLE}","args":["serve","--listen","0.0.0.0:8007"]}}]}}}}"#
+        )
+    };
+    c.apply(&serving("locked", ns, r#""tollgate.dev/analysis-id":"a7","tollgate.dev/project-id":"p1""#));
+    c.apply(&serving("open", "unmanaged", ""));
+    let pod = c.wait_pod(ns, "locked", 90, "Running", |p| container_status(p, "containerStatuses", "app")["ready"] == true);
+    c.wait_pod("unmanaged", "open", 90, "Running", |p| container_status(p, "containerStatuses", "app")["ready"] == true);
+
+    // The webhook asked for the lock; the lock check ran first, as another UID than the proxy's, and passed;
+    // the proxy's probes (the kubelet, from outside the pod) reached its admin port.
+    let lock = pod["metadata"]["annotations"]["tollgate.dev/egress-lock"].as_str().unwrap_or_default();
+    assert_eq!(lock, r#"{"proxyUid":10001,"inboundPorts":[15006,15021]}"#);
+    let check = container_status(&pod, "initContainerStatuses", "tollgate-lock-check");
+    assert_eq!(check["state"]["terminated"]["exitCode"], 0, "{check}");
+    assert_eq!(container_status(&pod, "initContainerStatuses", "tollgate-proxy")["ready"], true);
+
+    let exec = |namespace: &str, name: &str, args: &[&str]| {
+        let mut all = vec!["exec", name, "-n", namespace, "-c", "app", "--", "tollgate-example-analysis"];
+        all.extend_from_slice(args);
+        text(&c.kubectl(&all))
+    };
+    // Straight to the storage stand-in, and a DNS query to the pod's nameserver: refused by the kernel.
+    let direct = exec(ns, "locked", &["connect", &storage, "--timeout-seconds", "2"]);
+    assert!(direct.contains("connect=failed"), "the app reached storage past the proxy: {direct}");
+    let dns = exec(ns, "locked", &["dns", "storage.flame.svc.cluster.local"]);
+    assert!(dns.contains("dns=refused") && dns.contains("Operation not permitted"), "the app sent DNS: {dns}");
+    // The same service through the proxy works (the proxy's own token call and upstream connection included).
+    let via_proxy = exec(ns, "locked", &["get", "http://127.0.0.1:15001/hub-adapter/kong/datastore/p1"]);
+    assert!(via_proxy.contains("status=200"), "through the proxy: {via_proxy}");
+    // The kernel counted what it dropped: the plugin the DaemonSet installed, read on the node.
+    let pid = std::process::Command::new("pgrep").args(["-f", "tollgate-example-analysis serve --listen 0.0.0.0:8007"]).output().unwrap();
+    let pids: Vec<String> = String::from_utf8_lossy(&pid.stdout).split_whitespace().map(String::from).collect();
+    let plugin = format!("{}/cni/bin/tollgate-cni", c.dir);
+    let statuses: Vec<Value> = pids
+        .iter()
+        .filter_map(|pid| {
+            let out = std::process::Command::new(&plugin).args(["status", "--netns", &format!("/proc/{pid}/ns/net")]).output().ok()?;
+            serde_json::from_slice(&out.stdout).ok()
+        })
+        .collect();
+    let locked: Vec<&Value> = statuses.iter().filter(|s| s["locked"] == true).collect();
+    assert_eq!(locked.len(), 1, "exactly the hardened pod is locked: {statuses:?}");
+    assert!(locked[0]["droppedPackets"]["output"].as_u64().unwrap_or(0) >= 2, "{}", locked[0]);
+
+    // A pod tollgate does not manage: untouched.
+    let open = exec("unmanaged", "open", &["connect", &storage, "--timeout-seconds", "2"]);
+    assert!(open.contains("connect=ok"), "{open}");
+    assert!(exec("unmanaged", "open", &["dns", "storage"]).contains("dns=sent"));
+
+    // Labels and annotations do not carry the lock (and tollgate's cannot be removed anyway).
+    for args in [["label", "pod", "locked", "tollgate.dev/injected-"], ["annotate", "pod", "locked", "tollgate.dev/egress-lock-"]] {
+        let mut all = args.to_vec();
+        all.extend(["-n", ns]);
+        let out = c.kubectl(&all);
+        assert!(!out.status.success() && text(&out).contains("tollgate-owned"), "{}", text(&out));
+    }
+    let again = exec(ns, "locked", &["connect", &storage, "--timeout-seconds", "2"]);
+    assert!(again.contains("connect=failed"), "{again}");
+
+    // A pod whose lock cannot be installed does not start: the plugin fails the sandbox with the reason.
+    c.apply(&serving("unenforceable", "unmanaged", r#""tollgate.dev/egress-lock":"{\"proxyUid\":0,\"inboundPorts\":[15006]}""#));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let events = c.ok(&["get", "events", "-n", "unmanaged", "--field-selector", "involvedObject.name=unenforceable"]);
+        if events.contains("FailedCreatePodSandBox") && events.contains("cannot be enforced") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no sandbox failure for an unenforceable lock: {events}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    assert_eq!(phase(&c.pod("unmanaged", "unenforceable")), "Pending");
+    c.ok(&["delete", "namespace", "unmanaged", "--wait=false"]);
+    c.ok(&["delete", "pod", "locked", "-n", ns, "--wait=false"]);
+}
+
+#[test]
+#[ignore = "needs scripts/cluster.sh up"]
 fn t8_rolling_the_webhook_fails_no_pod_creation() {
     let c = cluster();
     let ns = c.namespace.as_str();

@@ -9,3 +9,15 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 app.kubernetes.io/instance: {{ .Release.Name }}
 helm.sh/chart: {{ .Chart.Name }}-{{ .Chart.Version }}
 {{- end -}}
+
+{{- /* The webhook's policy: .Values.policy, and with egressLock.enabled the lock required of hardened pods
+       (unless policy.proxy.egressLock says otherwise). */ -}}
+{{- define "tollgate.policy" -}}
+{{- $policy := deepCopy (default dict .Values.policy) -}}
+{{- if .Values.egressLock.enabled -}}
+{{- $proxy := default dict $policy.proxy -}}
+{{- if not (hasKey $proxy "egressLock") -}}{{- $_ := set $proxy "egressLock" "required" -}}{{- end -}}
+{{- $_ := set $policy "proxy" $proxy -}}
+{{- end -}}
+{{- toYaml $policy -}}
+{{- end -}}
