@@ -308,10 +308,37 @@ fn the_helm_chart_lints_clean_and_renders_every_certificate_mode() {
         let (from_chart, from_manifests) = (admission_object(&rendered, kind, name), admission_object(&shipped, kind, name));
         assert_eq!(from_chart, from_manifests, "{kind} {name}: the chart and manifests/ differ");
     }
+    // The egress lock: off by default; on, a DaemonSet with no token on the given node directories, and the
+    // policy requires the lock unless it says otherwise. The DaemonSet is the one manifests/optional ships.
+    assert!(!rendered.contains("tollgate-cni") && !rendered.contains("egressLock"), "the egress lock is off by default");
+    let render = |sets: &[&str]| {
+        let mut args = vec!["template", "tollgate", &chart(), "-n", "tollgate"].into_iter().map(String::from).collect::<Vec<_>>();
+        for set in sets {
+            args.extend(["--set".into(), set.to_string()]);
+        }
+        let out = Command::new(&helm).args(&args).output().unwrap();
+        assert!(out.status.success(), "{sets:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let locked = render(&["egressLock.enabled=true", "egressLock.binDir=/var/lib/cni/bin"]);
+    assert!(locked.contains("egressLock: required"), "{locked}");
+    let daemonset = admission_object(&locked, "DaemonSet", "tollgate-cni");
+    let pod = &daemonset["template"]["spec"];
+    assert_eq!(pod["automountServiceAccountToken"], false, "the installer needs no API access");
+    assert_eq!(pod["containers"][0]["securityContext"]["capabilities"]["drop"][0], "ALL");
+    assert_eq!(pod["volumes"][0]["hostPath"]["path"], "/var/lib/cni/bin");
+    let optional = std::fs::read_to_string(manifests.join("optional/cni.yaml")).unwrap();
+    let shipped_pod = admission_object(&optional, "DaemonSet", "tollgate-cni")["template"]["spec"].clone();
+    assert_eq!(shipped_pod, admission_object(&render(&["egressLock.enabled=true"]), "DaemonSet", "tollgate-cni")["template"]["spec"]);
+    let off = render(&["egressLock.enabled=true", "policy.proxy.egressLock=off"]);
+    assert!(off.contains("egressLock: \"off\"") && off.contains("kind: DaemonSet"), "{off}");
     // The schema refuses what would break at install time.
-    for bad in
-        [["--set", "image.webhook=tollgate-webhook:latest"], ["--set", "certificates.mode=manual"], ["--set", "webhook.timeoutSeconds=60"]]
-    {
+    for bad in [
+        ["--set", "image.webhook=tollgate-webhook:latest"],
+        ["--set", "certificates.mode=manual"],
+        ["--set", "webhook.timeoutSeconds=60"],
+        ["--set", "egressLock.binDir=opt/cni/bin"],
+    ] {
         let out = Command::new(&helm).args(["template", "t", &chart()]).args(bad).output().unwrap();
         assert!(!out.status.success(), "{bad:?} was accepted");
     }
