@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test of the workspace: webhook (unit, fixtures, generated pods, denial rules, after-admission
-# decisions, CLI, HTTPS server), proxy (routes, egress, ingress, TLS, local destinations), the end-to-end
+# decisions, CLI, HTTPS server), proxy (routes, egress, ingress, TLS, local destinations), the egress lock
+# (tollgate-cni, in network namespaces it creates: needs root, or TOLLGATE_SKIP_PRIVILEGED=1), the end-to-end
 # tests against a real kube-apiserver, and the node tests on a real one-node cluster (scripts/cluster.sh).
 # The first run builds kube-apiserver, kubectl, etcd, helm, containerd, kubelet and the other node binaries
 # with Go and caches them (tests/control-plane/provision.sh, tests/node/provision.sh); later runs reuse them.
