@@ -54,6 +54,15 @@ pub enum ProxyMode {
     Classic,
 }
 
+/// Whether hardened pods must run with their network namespace locked by the tollgate-cni plugin, so that
+/// only the proxy's user can open connections that leave the pod.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum EgressLock {
+    Off,
+    Required,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum PullPolicy {
     Always,
@@ -105,6 +114,8 @@ pub struct ProxyPolicy {
     pub credentials_secret_prefix: String,
     pub startup_failure_threshold: u32,
     pub resources: ResourceRequirements,
+    /// `required`: every hardened pod carries `tollgate.dev/egress-lock` and the lock-check init container.
+    pub egress_lock: EgressLock,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -503,6 +514,7 @@ mod tests {
         assert!(!policy.allow_opt_out);
         assert_eq!(policy.security.run_as_user, 10000);
         assert_eq!(policy.proxy.mode, ProxyMode::Native);
+        assert_eq!(policy.proxy.egress_lock, EgressLock::Off);
         assert_eq!(policy.resources.maximum["nvidia.com/gpu"].text, "2");
         assert!(policy.digest().starts_with("sha256:") && policy.digest().len() == 19);
     }
@@ -535,6 +547,10 @@ mod tests {
         );
         assert!(errors_of("proxy:\n  egressPort: nope\n")[0].starts_with("proxy.egressPort: invalid type"));
         assert!(errors_of("onViolation: ignore\n")[0].starts_with("onViolation: unknown variant `ignore`"));
+        assert!(
+            errors_of("proxy: { egressLock: on }\n")[0].starts_with("proxy.egressLock: unknown variant `on`, expected `off` or `required`")
+        );
+        assert_eq!(Policy::from_yaml("proxy: { egressLock: required }\n").unwrap().proxy.egress_lock, EgressLock::Required);
         assert!(
             errors_of("resources:\n  maximum: { memory: 4GB }\n")[0]
                 .starts_with("resources.maximum.memory: quantity \"4GB\" has an unknown suffix")

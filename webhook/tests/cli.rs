@@ -134,6 +134,32 @@ fn check_policy_names_every_bad_field() {
 }
 
 #[test]
+fn inject_with_the_egress_lock_prints_the_lock_check_and_the_annotation() {
+    let dir = common::fixtures_dir().join("egress-lock");
+    let out = run(&["inject", "-f", dir.join("input.yaml").to_str().unwrap(), "--policy", dir.join("policy.yaml").to_str().unwrap()], None);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let printed: Value = serde_yaml_ng::from_str(&text(&out.stdout)).unwrap();
+    assert_eq!(printed, common::yaml(&std::fs::read_to_string(dir.join("expected.yaml")).unwrap()));
+    assert!(
+        text(&out.stderr)
+            .contains(r#"pod/locked: pod: recorded annotation tollgate.dev/egress-lock={"proxyUid":10001,"inboundPorts":[15006,15021]}"#),
+        "{}",
+        text(&out.stderr)
+    );
+
+    let policies = tempfile::tempdir().unwrap();
+    let bad = policies.path().join("bad.yaml");
+    std::fs::write(&bad, "proxy:\n  egressLock: enforced\n").unwrap();
+    let out = run(&["check-policy", bad.to_str().unwrap()], None);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("proxy.egressLock: unknown variant `enforced`, expected `off` or `required`"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
 fn default_policy_is_printed_in_full_and_is_the_default() {
     let out = run(&["default-policy"], None);
     assert!(out.status.success());

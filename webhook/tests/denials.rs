@@ -3,7 +3,7 @@
 mod common;
 
 use serde_json::{Value, json};
-use tollgate_webhook::harden::{Outcome, Requester, Rule, SkipReason, harden, harden_as};
+use tollgate_webhook::harden::{Outcome, Requester, Rule, SkipReason, harden, harden_as, skipped_status};
 use tollgate_webhook::policy::Policy;
 
 fn base_pod() -> Value {
@@ -343,6 +343,14 @@ fn each_rule_denies_with_a_message_naming_container_and_field() {
         "{message}"
     );
     covered.insert(Rule::LifetimeUnbounded);
+    let locked = Policy::from_yaml("proxy: { egressLock: required }\n").unwrap();
+    let (message, rules) = denial(&locked, &with(|p| p["spec"]["containers"][0]["readinessProbe"] = json!({"httpGet": {"port": 8080}})));
+    assert_eq!(rules, vec![Rule::LockBlocksProbe], "{message}");
+    assert!(
+        message.contains(r#"container "app": readinessProbe.httpGet.port is 8080: the kubelet cannot reach it under the egress lock (only the proxy's ports 15006 and 15021 admit inbound connections; policy proxy.egressLock); use an exec probe [lock-blocks-probe]"#),
+        "{message}"
+    );
+    covered.insert(Rule::LockBlocksProbe);
     let claim = with(|p| p["metadata"]["annotations"]["tollgate.dev/analysis-id"] = json!("someone-elses-analysis"));
     let groups = vec!["system:authenticated".to_owned()];
     let mallory = Requester { username: "mallory", groups: &groups };
@@ -536,4 +544,262 @@ fn always_restarting_pods_get_a_warning_by_default() {
         "{:?}",
         hardened.notes
     );
+}
+
+const LOCK: &str = "tollgate.dev/egress-lock";
+const LOCK_VALUE: &str = r#"{"proxyUid":10001,"inboundPorts":[15006,15021]}"#;
+
+fn locked() -> Policy {
+    Policy::from_yaml("proxy: { egressLock: required }\n").unwrap()
+}
+
+#[test]
+fn under_the_egress_lock_probes_and_hooks_the_kubelet_cannot_reach_are_denied_even_under_override() {
+    let blocked = |port: &str| {
+        format!(
+            "is {port}: the kubelet cannot reach it under the egress lock (only the proxy's ports 15006 and 15021 admit inbound connections; policy proxy.egressLock); use"
+        )
+    };
+    let cases: Vec<(&str, &str, Value, String)> = vec![
+        (
+            "containers",
+            "livenessProbe",
+            json!({"httpGet": {"path": "/", "port": 8080}}),
+            format!("livenessProbe.httpGet.port {} an exec probe", blocked("8080")),
+        ),
+        (
+            "containers",
+            "readinessProbe",
+            json!({"tcpSocket": {"port": 5432}}),
+            format!("readinessProbe.tcpSocket.port {} an exec probe", blocked("5432")),
+        ),
+        (
+            "containers",
+            "startupProbe",
+            json!({"grpc": {"port": 9090}}),
+            format!("startupProbe.grpc.port {} an exec probe", blocked("9090")),
+        ),
+        (
+            "containers",
+            "livenessProbe",
+            json!({"httpGet": {"port": 15001}}),
+            format!("livenessProbe.httpGet.port {} an exec probe", blocked("15001")),
+        ),
+        (
+            "containers",
+            "readinessProbe",
+            json!({"httpGet": {"port": "http"}}),
+            format!("readinessProbe.httpGet.port {} an exec probe", blocked(r#""http" (port 8080)"#)),
+        ),
+        (
+            "containers",
+            "startupProbe",
+            json!({"tcpSocket": {"port": "metrics"}}),
+            format!("startupProbe.tcpSocket.port {} an exec probe", blocked(r#""metrics", which names no port of this container"#)),
+        ),
+        (
+            "initContainers",
+            "startupProbe",
+            json!({"tcpSocket": {"port": 80}}),
+            format!("startupProbe.tcpSocket.port {} an exec probe", blocked("80")),
+        ),
+        (
+            "ephemeralContainers",
+            "readinessProbe",
+            json!({"grpc": {"port": 50051}}),
+            format!("readinessProbe.grpc.port {} an exec probe", blocked("50051")),
+        ),
+    ];
+    let hooks: Vec<(&str, Value, String)> = vec![
+        ("postStart", json!({"httpGet": {"port": 8080}}), format!("lifecycle.postStart.httpGet.port {} an exec hook", blocked("8080"))),
+        (
+            "preStop",
+            json!({"tcpSocket": {"port": "http"}}),
+            format!("lifecycle.preStop.tcpSocket.port {} an exec hook", blocked(r#""http" (port 8080)"#)),
+        ),
+    ];
+    let container = |list: &str| {
+        let name = match list {
+            "containers" => "app",
+            "initContainers" => "setup",
+            _ => "debugger",
+        };
+        json!({"name": name, "image": "registry.example.org/app:1.0", "ports": [{"name": "http", "containerPort": 8080}]})
+    };
+    let scope = |list: &str| match list {
+        "containers" => r#"container "app": "#,
+        "initContainers" => r#"init container "setup": "#,
+        _ => r#"ephemeral container "debugger": "#,
+    };
+    let mut pods = Vec::new();
+    for (list, probe, handler, expected) in cases {
+        let mut c = container(list);
+        c[probe] = handler;
+        pods.push((with(|p| p["spec"][list] = json!([c])), format!("{}{expected} [lock-blocks-probe]", scope(list))));
+    }
+    for (hook, handler, expected) in hooks {
+        let mut c = container("containers");
+        c["lifecycle"] = json!({hook: handler});
+        pods.push((with(|p| p["spec"]["containers"] = json!([c])), format!("{}{expected} [lock-blocks-probe]", scope("containers"))));
+    }
+    let override_policy = Policy::from_yaml("onViolation: override\nproxy: { egressLock: required }\n").unwrap();
+    for (pod, expected) in &pods {
+        for policy in [locked(), override_policy.clone()] {
+            let (message, rules) = denial(&policy, pod);
+            assert_eq!(rules, vec![Rule::LockBlocksProbe], "{message}");
+            assert!(message.contains(expected.as_str()), "{message:?} lacks {expected:?}");
+        }
+        // Without the lock the kubelet reaches every port: nothing to deny.
+        let mut working = pod.clone();
+        assert!(matches!(harden(&Policy::default(), &mut working).unwrap(), Outcome::Hardened(_)), "{pod}");
+    }
+    // One message names every probe.
+    let every = with(|p| {
+        p["spec"]["containers"][0]["livenessProbe"] = json!({"httpGet": {"port": 8080}});
+        p["spec"]["containers"][0]["readinessProbe"] = json!({"tcpSocket": {"port": 8081}});
+    });
+    let (message, rules) = denial(&locked(), &every);
+    assert_eq!(rules, vec![Rule::LockBlocksProbe; 2], "{message}");
+}
+
+#[test]
+fn under_the_egress_lock_exec_and_the_proxys_ports_are_fine() {
+    let pod = with(|p| {
+        let c = &mut p["spec"]["containers"][0];
+        c["livenessProbe"] = json!({"httpGet": {"path": "/healthz", "port": 15021}});
+        c["readinessProbe"] = json!({"exec": {"command": ["test", "-f", "/tmp/ready"]}});
+        c["startupProbe"] = json!({"tcpSocket": {"port": 15006}});
+        c["lifecycle"] = json!({"postStart": {"exec": {"command": ["true"]}}, "preStop": {"httpGet": {"port": 15021}}});
+        p["spec"]["initContainers"] = json!([{"name": "setup", "image": "x:1", "startupProbe": {"grpc": {"port": 15006}}}]);
+    });
+    let mut working = pod.clone();
+    let Outcome::Hardened(_) = harden(&locked(), &mut working).unwrap() else { panic!("allowed") };
+    assert_eq!(working["spec"]["containers"][0]["livenessProbe"], pod["spec"]["containers"][0]["livenessProbe"]);
+}
+
+#[test]
+fn the_egress_lock_annotation_is_tollgates_alone() {
+    // Required: exactly the contract, whatever the creator wrote.
+    for creator in [None, Some(r#"{"proxyUid":10000,"inboundPorts":[8080]}"#), Some(LOCK_VALUE)] {
+        let mut pod = with(|p| {
+            if let Some(value) = creator {
+                p["metadata"]["annotations"][LOCK] = json!(value);
+            }
+        });
+        let Outcome::Hardened(hardened) = harden(&locked(), &mut pod).unwrap() else { panic!() };
+        assert_eq!(pod["metadata"]["annotations"][LOCK], LOCK_VALUE);
+        let recorded = hardened.changes.iter().any(|c| c.to_string() == format!("pod: recorded annotation {LOCK}={LOCK_VALUE}"));
+        assert_eq!(recorded, creator != Some(LOCK_VALUE), "{:?}", hardened.changes);
+    }
+    // Follows the policy's proxy user and ports.
+    let custom = Policy::from_yaml("proxy: { egressLock: required, runAsUser: 4242, ingressPort: 9006, adminPort: 9021 }\n").unwrap();
+    let mut pod = base_pod();
+    let Outcome::Hardened(_) = harden(&custom, &mut pod).unwrap() else { panic!() };
+    assert_eq!(pod["metadata"]["annotations"][LOCK], r#"{"proxyUid":4242,"inboundPorts":[9006,9021]}"#);
+
+    // Off: a creator's annotation is removed, and the user is told; a pod without one gets none.
+    let mut pod = with(|p| p["metadata"]["annotations"][LOCK] = json!(LOCK_VALUE));
+    let Outcome::Hardened(hardened) = harden(&Policy::default(), &mut pod).unwrap() else { panic!() };
+    assert!(pod["metadata"]["annotations"].get(LOCK).is_none(), "{pod}");
+    assert!(
+        hardened.changes.iter().any(|c| c.to_string()
+            == "pod: removed annotation tollgate.dev/egress-lock: the policy does not ask for the egress lock (proxy.egressLock: off)"),
+        "{:?}",
+        hardened.changes
+    );
+    let mut plain = base_pod();
+    harden(&Policy::default(), &mut plain).unwrap();
+    assert!(plain["metadata"]["annotations"].get(LOCK).is_none());
+
+    // Opted out: never locked on the creator's say.
+    let permissive = Policy::from_yaml("allowOptOut: true\nproxy: { egressLock: required }\n").unwrap();
+    let opted_out = with(|p| {
+        p["metadata"]["annotations"]["tollgate.dev/inject"] = json!("false");
+        p["metadata"]["annotations"][LOCK] = json!(LOCK_VALUE);
+    });
+    let mut pod = opted_out.clone();
+    assert_eq!(harden(&permissive, &mut pod).unwrap(), Outcome::Skipped { reason: SkipReason::OptedOut });
+    let mut recorded = opted_out.clone();
+    json_patch::patch(&mut recorded, &skipped_status(&permissive, &opted_out, SkipReason::OptedOut)).unwrap();
+    assert!(recorded["metadata"]["annotations"].get(LOCK).is_none(), "{recorded}");
+    assert!(recorded["metadata"]["annotations"].get("tollgate.dev/status").is_some());
+}
+
+#[test]
+fn the_lock_check_leads_the_init_containers_and_its_name_is_tollgates() {
+    let own_init = json!([{"name": "setup", "image": "x:1"}]);
+    let names = |pod: &Value, list: &str| -> Vec<String> {
+        pod["spec"][list].as_array().into_iter().flatten().map(|c| c["name"].as_str().unwrap().to_owned()).collect()
+    };
+    // Native: lock check, proxy, the pod's own; classic: lock check, the pod's own; proxy first container.
+    let mut native = with(|p| p["spec"]["initContainers"] = own_init.clone());
+    harden(&locked(), &mut native).unwrap();
+    assert_eq!(names(&native, "initContainers"), ["tollgate-lock-check", "tollgate-proxy", "setup"]);
+    let classic = Policy::from_yaml("proxy: { mode: classic, egressLock: required }\n").unwrap();
+    let mut pod = with(|p| p["spec"]["initContainers"] = own_init.clone());
+    harden(&classic, &mut pod).unwrap();
+    assert_eq!(names(&pod, "initContainers"), ["tollgate-lock-check", "setup"]);
+    assert_eq!(names(&pod, "containers"), ["tollgate-proxy", "app"]);
+
+    // The rendering: the proxy's image, pull policy and resources, as the app's user, nothing else.
+    let check = &native["spec"]["initContainers"][0];
+    let proxy = &native["spec"]["initContainers"][1];
+    for key in ["image", "imagePullPolicy", "resources"] {
+        assert_eq!(check[key], proxy[key], "{key}");
+    }
+    assert_eq!(check["args"], json!(["lock-check"]));
+    assert_eq!(
+        (check["securityContext"]["runAsUser"].clone(), check["securityContext"]["runAsGroup"].clone()),
+        (json!(10000), json!(10000))
+    );
+    for absent in ["command", "env", "envFrom", "ports", "volumeMounts", "livenessProbe", "readinessProbe", "startupProbe", "restartPolicy"]
+    {
+        assert!(check.get(absent).is_none(), "{absent}: {check}");
+    }
+
+    // A container of the pod's own named like the lock check is replaced, wherever it is; the lock on.
+    let impostors = with(|p| {
+        p["spec"]["containers"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!({"name": "tollgate-lock-check", "image": "evil.example.org/ok:1", "command": ["/bin/true"]}));
+        p["spec"]["initContainers"] = json!([{"name": "tollgate-lock-check", "image": "evil.example.org/ok:1"}]);
+    });
+    let mut pod = impostors.clone();
+    let Outcome::Hardened(hardened) = harden(&locked(), &mut pod).unwrap() else { panic!() };
+    assert_eq!(names(&pod, "initContainers"), ["tollgate-lock-check", "tollgate-proxy"]);
+    assert_eq!(names(&pod, "containers"), ["app"]);
+    assert_eq!(pod["spec"]["initContainers"][0], native["spec"]["initContainers"][0]);
+    let removed = hardened
+        .changes
+        .iter()
+        .filter(|c| c.action == "removed a container \"tollgate-lock-check\" that was not tollgate's current lock check");
+    assert_eq!(removed.count(), 2, "{:?}", hardened.changes);
+    // The lock off: removed all the same, and never run.
+    let mut pod = impostors.clone();
+    let Outcome::Hardened(hardened) = harden(&Policy::default(), &mut pod).unwrap() else { panic!() };
+    assert_eq!(names(&pod, "initContainers"), ["tollgate-proxy"]);
+    assert_eq!(names(&pod, "containers"), ["app"]);
+    assert!(
+        hardened
+            .changes
+            .iter()
+            .any(|c| c.action == "removed a container \"tollgate-lock-check\" that the policy does not ask for (proxy.egressLock: off)"),
+        "{:?}",
+        hardened.changes
+    );
+
+    // A locked pod hardened again, and the same pod after the lock is switched off, or on.
+    let mut again = native.clone();
+    let Outcome::Hardened(second) = harden(&locked(), &mut again).unwrap() else { panic!() };
+    assert!(second.patch.0.is_empty(), "{:?}", second.patch);
+    let mut unlocked = native.clone();
+    harden(&Policy::default(), &mut unlocked).unwrap();
+    assert_eq!(names(&unlocked, "initContainers"), ["tollgate-proxy", "setup"]);
+    assert!(unlocked["metadata"]["annotations"].get(LOCK).is_none());
+    let mut relocked = unlocked.clone();
+    let Outcome::Hardened(hardened) = harden(&locked(), &mut relocked).unwrap() else { panic!() };
+    assert_eq!(relocked, native, "{:?}", hardened.changes);
+    // The proxy already leads: only the lock check goes in before it.
+    assert!(!hardened.changes.iter().any(|c| c.action.contains("removed a container")), "{:?}", hardened.changes);
 }

@@ -89,6 +89,8 @@ fixtures! {
     impostor_sidecar => "impostor-sidecar",
     unknown_fields => "unknown-fields",
     service_account_token => "service-account-token",
+    egress_lock => "egress-lock",
+    egress_lock_classic => "egress-lock-classic",
 }
 
 #[test]

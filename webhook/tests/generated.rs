@@ -1,14 +1,15 @@
 //! Generated pods (a fixed-seed generator, thousands of cases): whatever the pod, hardening never panics,
 //! and either denies (leaving the pod untouched) or yields a patch that reproduces its output, a pod that
-//! passes the independent "restricted" checker, exactly one sidecar, credentials in the proxy only, and a
-//! fixed point (hardening again changes nothing).
+//! passes the independent "restricted" checker, exactly one sidecar (and one lock check, first, exactly
+//! when the policy asks for the egress lock), credentials in the proxy only, and a fixed point (hardening
+//! again changes nothing).
 
 mod common;
 
 use k8s_openapi::api::core::v1::Pod;
 use serde_json::{Map, Value, json};
-use tollgate_webhook::harden::{Outcome, harden};
-use tollgate_webhook::policy::Policy;
+use tollgate_webhook::harden::{Outcome, egress_lock_annotation, harden};
+use tollgate_webhook::policy::{EgressLock, Policy};
 
 /// xorshift64*: small, deterministic, good enough to pick from lists.
 struct Rng(u64);
@@ -138,7 +139,15 @@ fn container(rng: &mut Rng, name: String, ephemeral: bool) -> Value {
 
 fn pod(rng: &mut Rng) -> Value {
     let mut names = (0..).map(|i| format!("c{i}"));
-    let mut name = |rng: &mut Rng| if rng.chance(8) { "tollgate-proxy".to_owned() } else { names.next().unwrap() };
+    let mut name = |rng: &mut Rng| {
+        if rng.chance(8) {
+            "tollgate-proxy".to_owned()
+        } else if rng.chance(5) {
+            "tollgate-lock-check".to_owned()
+        } else {
+            names.next().unwrap()
+        }
+    };
     let containers: Vec<Value> = (0..1 + rng.below(3))
         .map(|_| {
             let n = name(rng);
@@ -195,6 +204,10 @@ fn pod(rng: &mut Rng) -> Value {
         ("tollgate.dev/inject", &["false", "true"][..]),
         ("tollgate.dev/credentials-secret", &["tollgate-proxy-credentials-mine", "Bad_Name", "someone-elses-secret"][..]),
         ("tollgate.dev/status", &["forged"][..]),
+        (
+            "tollgate.dev/egress-lock",
+            &[r#"{"proxyUid":10000,"inboundPorts":[8080]}"#, r#"{"proxyUid":10001,"inboundPorts":[15006,15021]}"#][..],
+        ),
         ("container.apparmor.security.beta.kubernetes.io/c0", &["unconfined", "runtime/default"][..]),
     ] {
         if rng.chance(15) {
@@ -240,6 +253,17 @@ fn check(policy: &Policy, input: &Value, case: u64) -> &'static str {
     let spec = &pod["spec"];
     let all = ["initContainers", "containers"].iter().flat_map(|k| spec[*k].as_array().cloned().unwrap_or_default()).collect::<Vec<_>>();
     assert_eq!(all.iter().filter(|c| c["name"] == "tollgate-proxy").count(), 1, "case {case}: not exactly one sidecar\n{input}");
+    // The lock check and the annotation exactly when the policy asks for the lock; the check runs first.
+    let locked = policy.proxy.egress_lock == EgressLock::Required;
+    let checks = all.iter().filter(|c| c["name"] == "tollgate-lock-check").count();
+    assert_eq!(checks, usize::from(locked), "case {case}: {checks} lock checks\n{input}");
+    let lock = pod["metadata"]["annotations"].get("tollgate.dev/egress-lock");
+    if locked {
+        assert_eq!(spec["initContainers"][0]["name"], "tollgate-lock-check", "case {case}\n{input}");
+        assert_eq!(lock, Some(&json!(egress_lock_annotation(policy))), "case {case}\n{input}");
+    } else {
+        assert_eq!(lock, None, "case {case}\n{input}");
+    }
     let secret = input["metadata"]["annotations"]["tollgate.dev/credentials-secret"].as_str().unwrap_or("tollgate-proxy-credentials");
     let carrying: Vec<&str> = spec["volumes"]
         .as_array()
@@ -295,16 +319,17 @@ fn generated_pods_are_hardened_or_denied_never_half_done() {
             "onViolation: override\nallowOptOut: true\nproxy: { mode: classic }\nsecurity: { readOnlyRootFilesystem: false }\n",
         )
         .unwrap(),
+        Policy::from_yaml("onViolation: override\nresources: { onExceed: clamp }\nproxy: { egressLock: required }\n").unwrap(),
     ];
     let mut tally = std::collections::BTreeMap::new();
     let mut rng = Rng(0x7011_6a7e);
-    for case in 0..3000u64 {
+    for case in 0..4000u64 {
         let input = pod(&mut rng);
-        let policy = &policies[(case % 3) as usize];
-        *tally.entry((case % 3, check(policy, &input, case))).or_insert(0) += 1;
+        let policy = &policies[(case % 4) as usize];
+        *tally.entry((case % 4, check(policy, &input, case))).or_insert(0) += 1;
     }
     // The generator must exercise every path under the permissive policies, or it proves little.
-    for policy in 1..3 {
+    for policy in 1..4 {
         assert!(tally.get(&(policy, "hardened")).copied().unwrap_or(0) > 100, "{tally:?}");
         assert!(tally.get(&(policy, "denied")).copied().unwrap_or(0) > 50, "{tally:?}");
     }

@@ -254,3 +254,130 @@ fn an_update_too_large_or_not_a_pod_is_refused_clearly() {
     let mut broken = changed(|p| p["spec"]["containers"] = json!("nope"));
     assert!(update(&policy, &admitted(), &mut broken, "").is_err());
 }
+
+fn locked() -> Policy {
+    Policy::from_yaml("proxy: { egressLock: required }\n").unwrap()
+}
+
+/// The pod as stored after tollgate hardened it under the egress lock.
+fn admitted_locked() -> Value {
+    let mut pod = json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "analysis"},
+        "spec": {"restartPolicy": "Never", "containers": [{"name": "app", "image": "registry.example.org/app:1.0"}]}
+    });
+    let Outcome::Hardened(_) = harden(&locked(), &mut pod).unwrap() else { panic!("hardened") };
+    assert_eq!(pod["spec"]["initContainers"][0]["name"], "tollgate-lock-check");
+    pod
+}
+
+fn denied_over(policy: &Policy, old: &Value, new: &Value, subresource: &str) -> (String, Vec<Rule>) {
+    let mut working = new.clone();
+    match update(policy, old, &mut working, subresource).unwrap() {
+        Outcome::Denied(denial) => {
+            assert_eq!(&working, new, "a denial leaves the pod untouched");
+            (denial.message_for("this update"), denial.violations.iter().map(|v| v.rule).collect())
+        }
+        other => panic!("expected a denial, got {other:?}"),
+    }
+}
+
+#[test]
+fn the_lock_check_is_frozen_like_the_proxy() {
+    let old = admitted_locked();
+    let edit = |edit: &dyn Fn(&mut Value)| {
+        let mut pod = old.clone();
+        edit(&mut pod);
+        pod
+    };
+    let check = "/spec/initContainers/0";
+    let cases: Vec<(Value, &str)> = vec![
+        (
+            edit(&|p| p.pointer_mut(check).unwrap()["image"] = json!("evil.example.org/always-ok:1")),
+            r#"init container "tollgate-lock-check": image is tollgate's and cannot be changed after admission [tollgate-owned]"#,
+        ),
+        (
+            edit(&|p| p.pointer_mut(check).unwrap()["args"] = json!(["--version"])),
+            r#"init container "tollgate-lock-check": args is tollgate's"#,
+        ),
+        (
+            edit(&|p| p.pointer_mut(check).unwrap()["securityContext"]["runAsUser"] = json!(10001)),
+            r#"init container "tollgate-lock-check": securityContext is tollgate's"#,
+        ),
+        (
+            edit(&|p| p.pointer_mut(check).unwrap()["resources"]["limits"]["cpu"] = json!("2")),
+            r#"init container "tollgate-lock-check": resources is tollgate's"#,
+        ),
+        (
+            edit(&|p| {
+                p["spec"]["initContainers"].as_array_mut().unwrap().remove(0);
+            }),
+            r#"pod: spec.initContainers["tollgate-lock-check"] is tollgate's and cannot be added or removed after admission"#,
+        ),
+        (
+            edit(&|p| {
+                p["metadata"]["annotations"]["tollgate.dev/egress-lock"] = json!(r#"{"proxyUid":10000,"inboundPorts":[15006,15021]}"#)
+            }),
+            r#"pod: metadata.annotations[tollgate.dev/egress-lock] is tollgate's and cannot be added, changed or removed after admission"#,
+        ),
+        (
+            edit(&|p| {
+                p["metadata"]["annotations"].as_object_mut().unwrap().remove("tollgate.dev/egress-lock");
+            }),
+            r#"metadata.annotations[tollgate.dev/egress-lock] is tollgate's"#,
+        ),
+    ];
+    for subresource in ["", EPHEMERAL_CONTAINERS, RESIZE, "status"] {
+        for (new, expected) in &cases {
+            let (message, rules) = denied_over(&locked(), &old, new, subresource);
+            assert!(rules.iter().all(|r| *r == Rule::TollgateOwned), "{message}");
+            assert!(message.contains(expected), "{subresource:?}: {message:?} lacks {expected:?}");
+        }
+    }
+    // Nor can one be added to a pod admitted without it (whatever the policy says now).
+    let unlocked = admitted();
+    let mut added = unlocked.clone();
+    let check = old["spec"]["initContainers"][0].clone();
+    added["spec"]["initContainers"].as_array_mut().unwrap().insert(0, check);
+    let (message, _) = denied_over(&locked(), &unlocked, &added, "");
+    assert!(
+        message.contains(r#"pod: spec.initContainers["tollgate-lock-check"] is tollgate's and cannot be added or removed after admission"#),
+        "{message}"
+    );
+    // What the user may change still changes.
+    let mut working = edit(&|p| p["spec"]["containers"][0]["image"] = json!("registry.example.org/app:2.0"));
+    let Outcome::Hardened(h) = update(&locked(), &old, &mut working, "").unwrap() else { panic!("allowed") };
+    assert!(h.patch.0.is_empty());
+}
+
+#[test]
+fn under_the_egress_lock_debug_containers_get_the_probe_rule_and_not_tollgates_names() {
+    let old = admitted_locked();
+    let debug = |container: Value| {
+        let mut pod = old.clone();
+        pod["spec"]["ephemeralContainers"] = json!([container]);
+        pod
+    };
+    let probing = debug(json!({"name": "debugger", "image": "busybox:1.36", "readinessProbe": {"httpGet": {"port": 8080}}}));
+    let (message, rules) = denied_over(&locked(), &old, &probing, EPHEMERAL_CONTAINERS);
+    assert_eq!(rules, vec![Rule::LockBlocksProbe], "{message}");
+    assert!(message.contains(r#"ephemeral container "debugger": readinessProbe.httpGet.port is 8080: the kubelet cannot reach it under the egress lock (only the proxy's ports 15006 and 15021 admit inbound connections; policy proxy.egressLock); use an exec probe [lock-blocks-probe]"#), "{message}");
+    let override_locked = Policy::from_yaml("onViolation: override\nproxy: { egressLock: required }\n").unwrap();
+    denied_over(&override_locked, &old, &probing, EPHEMERAL_CONTAINERS);
+
+    for (policy, base) in [(locked(), old.clone()), (Policy::default(), admitted())] {
+        let mut named = base.clone();
+        named["spec"]["ephemeralContainers"] = json!([{"name": "tollgate-lock-check", "image": "busybox:1.36"}]);
+        let (message, rules) = denied_over(&policy, &base, &named, EPHEMERAL_CONTAINERS);
+        assert_eq!(rules, vec![Rule::TollgateOwned], "{message}");
+        assert!(
+            message.contains(r#"ephemeral container "tollgate-lock-check": name is "tollgate-lock-check", the name of a container tollgate renders [tollgate-owned]"#),
+            "{message}"
+        );
+    }
+
+    // kubectl debug --profile=restricted still works.
+    let mut working = debug(json!({"name": "debugger", "image": "busybox:1.36", "targetContainerName": "app"}));
+    let Outcome::Hardened(_) = update(&locked(), &old, &mut working, EPHEMERAL_CONTAINERS).unwrap() else { panic!("allowed") };
+}

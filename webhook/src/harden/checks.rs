@@ -11,7 +11,7 @@ use super::{
 };
 use crate::patch::{Seg, get};
 use crate::path;
-use crate::policy::{Policy, check_object_name};
+use crate::policy::{EgressLock, Policy, check_object_name};
 
 const APPARMOR_ANNOTATION_PREFIX: &str = "container.apparmor.security.beta.kubernetes.io/";
 
@@ -517,6 +517,10 @@ pub(super) fn container(doc: &Value, c: &ContainerRef, ids: &PodIds, carrying: &
         }
     }
 
+    if f.policy.proxy.egress_lock == EgressLock::Required {
+        lock_blocked_probes(doc, c, f);
+    }
+
     // Only the proxy runs as the proxy's user: another process as that user could read its files
     // (through /proc when processes are shared).
     let proxy_uid = f.policy.proxy.run_as_user;
@@ -544,5 +548,48 @@ pub(super) fn container(doc: &Value, c: &ContainerRef, ids: &PodIds, carrying: &
             "targetContainerName",
             format!("is {SIDECAR_NAME:?}: no container may share the proxy's processes (and through them its credentials)"),
         );
+    }
+}
+
+/// Under the egress lock only the proxy's ingress and admin ports admit connections from outside the pod,
+/// and the kubelet's probes and hooks come from outside (the node): any other port would never answer.
+fn lock_blocked_probes(doc: &Value, c: &ContainerRef, f: &mut Findings) {
+    let proxy = &f.policy.proxy;
+    let open = [i64::from(proxy.ingress_port), i64::from(proxy.admin_port)];
+    let ports = get(doc, &join(&c.path, [Seg::from("ports")])).and_then(Value::as_array);
+    let named = |name: &str| {
+        ports.into_iter().flatten().find(|p| p.get("name").and_then(Value::as_str) == Some(name))?.get("containerPort")?.as_i64()
+    };
+    let probe = ["httpGet", "tcpSocket", "grpc"].as_slice();
+    let hook = ["httpGet", "tcpSocket"].as_slice();
+    for (field, handlers, instead) in [
+        ("livenessProbe", probe, "an exec probe"),
+        ("readinessProbe", probe, "an exec probe"),
+        ("startupProbe", probe, "an exec probe"),
+        ("lifecycle.postStart", hook, "an exec hook"),
+        ("lifecycle.preStop", hook, "an exec hook"),
+    ] {
+        for handler in handlers {
+            let mut rel: Vec<&str> = field.split('.').collect();
+            rel.push(handler);
+            let Some(Value::Object(action)) = get(doc, &join(&c.path, rel.iter().map(|s| Seg::from(*s)))) else { continue };
+            let (shown, port) = match action.get("port") {
+                Some(Value::Number(n)) => (n.to_string(), n.as_i64()),
+                Some(Value::String(name)) => match named(name) {
+                    Some(port) => (format!("{name:?} (port {port})"), Some(port)),
+                    None => (format!("{name:?}, which names no port of this container"), None),
+                },
+                Some(other) => (other.to_string(), None),
+                None => ("absent".to_owned(), None),
+            };
+            if port.is_some_and(|p| open.contains(&p)) {
+                continue;
+            }
+            let problem = format!(
+                "is {shown}: the kubelet cannot reach it under the egress lock (only the proxy's ports {} and {} admit inbound connections; policy proxy.egressLock); use {instead}",
+                open[0], open[1]
+            );
+            f.refused(Rule::LockBlocksProbe, &c.scope, format!("{field}.{handler}.port"), problem);
+        }
     }
 }

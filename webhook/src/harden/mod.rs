@@ -18,7 +18,7 @@ use serde_json::{Value, json};
 
 use crate::patch::{PatchBuilder, Path, Seg, join};
 use crate::path;
-use crate::policy::{OnExceed, OnViolation, Policy};
+use crate::policy::{EgressLock, OnExceed, OnViolation, Policy};
 pub use rules::{Denial, Rule, Violation};
 
 pub const ANNOTATION_INJECT: &str = "tollgate.dev/inject";
@@ -26,10 +26,17 @@ pub const ANNOTATION_ANALYSIS_ID: &str = "tollgate.dev/analysis-id";
 pub const ANNOTATION_PROJECT_ID: &str = "tollgate.dev/project-id";
 pub const ANNOTATION_CREDENTIALS_SECRET: &str = "tollgate.dev/credentials-secret";
 pub const ANNOTATION_STATUS: &str = "tollgate.dev/status";
+/// The contract with the tollgate-cni plugin: `{"proxyUid":10001,"inboundPorts":[15006,15021]}` on every
+/// hardened pod when the policy says `proxy.egressLock: required`, and on no other pod.
+pub const ANNOTATION_EGRESS_LOCK: &str = "tollgate.dev/egress-lock";
 pub const LABEL_INJECTED: &str = "tollgate.dev/injected";
 pub const LABEL_ANALYSIS_ID: &str = "tollgate.dev/analysis-id";
 pub const LABEL_PROJECT_ID: &str = "tollgate.dev/project-id";
 pub const SIDECAR_NAME: &str = "tollgate-proxy";
+/// The init container that checks, as a user other than the proxy's, that the egress lock is in place.
+pub const LOCK_CHECK_NAME: &str = "tollgate-lock-check";
+/// The containers tollgate renders; no app or init container may carry these names.
+pub const TOLLGATE_CONTAINERS: [&str; 2] = [SIDECAR_NAME, LOCK_CHECK_NAME];
 pub const VOLUME_TMP: &str = "tollgate-tmp";
 pub const VOLUME_CONFIG: &str = "tollgate-proxy-config";
 pub const VOLUME_CREDENTIALS: &str = "tollgate-proxy-credentials";
@@ -125,7 +132,7 @@ impl Kind {
     }
 }
 
-/// A container of the pod other than tollgate's own sidecar.
+/// A container of the pod other than tollgate's own (the sidecar and the lock check).
 #[derive(Clone, Debug)]
 pub(crate) struct ContainerRef {
     kind: Kind,
@@ -140,7 +147,7 @@ fn containers(doc: &Value) -> Vec<ContainerRef> {
         let Some(Value::Array(items)) = crate::patch::get(doc, &path!["spec", kind.field()]) else { continue };
         for (index, container) in items.iter().enumerate() {
             let name = container.get("name").and_then(Value::as_str).unwrap_or("").to_owned();
-            if kind != Kind::Ephemeral && name == SIDECAR_NAME {
+            if kind != Kind::Ephemeral && TOLLGATE_CONTAINERS.contains(&name.as_str()) {
                 continue;
             }
             let scope = format!("{} {name:?}", kind.label());
@@ -308,7 +315,8 @@ pub fn harden_as(policy: &Policy, pod: &mut Value, requester: Option<Requester>)
 
     let mut editor = Editor { builder: PatchBuilder::new(pod), changes: Vec::new() };
     let sidecar = sidecar::render(policy, &ids);
-    let (sidecar_in_place, stale_sidecars) = sidecar::find_existing(policy, editor.builder.doc(), &sidecar);
+    let lock_check = (policy.proxy.egress_lock == EgressLock::Required).then(|| sidecar::render_lock_check(policy));
+    let placement = sidecar::place(policy, editor.builder.doc(), sidecar, lock_check);
 
     // Read phase: find everything wrong before changing anything.
     let containers = containers(editor.builder.doc());
@@ -343,18 +351,20 @@ pub fn harden_as(policy: &Policy, pod: &mut Value, requester: Option<Requester>)
     if !policy.security.allow_service_account_token {
         remove_service_account_token(&containers, &mut editor);
     }
-    // Index-based edits are done: now stale sidecars can go (last first, so indices hold) and ours come in.
-    for path in stale_sidecars.iter().rev() {
-        editor.builder.remove(path);
-        editor.change("pod", format!("removed a container {SIDECAR_NAME:?} that was not tollgate's current sidecar"));
-    }
-    if !sidecar_in_place {
-        sidecar::insert(policy, sidecar, &mut editor);
-    }
+    // Index-based edits are done: now stale containers of tollgate's can go and ours come in.
+    sidecar::remove_stale(policy, &placement.stale, &mut editor);
+    sidecar::insert(policy, placement.missing, &mut editor);
     label_and_record(policy, &ids, &containers, &mut editor);
 
     let Editor { builder, changes } = editor;
     Ok(Outcome::Hardened(Hardened { patch: json_patch::Patch(builder.into_ops()), changes, notes }))
+}
+
+/// The value of `tollgate.dev/egress-lock` under `policy`, exactly: `{"proxyUid":10001,"inboundPorts":[15006,15021]}`
+/// (the proxy's user, then its ingress and admin ports). The tollgate-cni plugin reads it.
+pub fn egress_lock_annotation(policy: &Policy) -> String {
+    let proxy = &policy.proxy;
+    format!(r#"{{"proxyUid":{},"inboundPorts":[{},{}]}}"#, proxy.run_as_user, proxy.ingress_port, proxy.admin_port)
 }
 
 /// The identity annotations found at `field` of a workload's template, against who asks for them.
@@ -410,6 +420,11 @@ pub fn skipped_status(policy: &Policy, pod: &Value, reason: SkipReason) -> json_
         return json_patch::Patch(Vec::new());
     }
     builder.set(&path!["metadata", "annotations", ANNOTATION_STATUS], json!(status));
+    // A pod tollgate did not harden is never locked on anyone's say but tollgate's.
+    let lock = path!["metadata", "annotations", ANNOTATION_EGRESS_LOCK];
+    if builder.get(&lock).is_some() {
+        builder.remove(&lock);
+    }
     json_patch::Patch(builder.into_ops())
 }
 
@@ -589,6 +604,27 @@ fn label_and_record(policy: &Policy, ids: &PodIds, containers: &[ContainerRef], 
     }
     if let Some(id) = &ids.project {
         e.force("pod", &metadata, &["labels", LABEL_PROJECT_ID], json!(crate::labels::label_value_for(id)));
+    }
+    // The egress lock's annotation is the tollgate-cni plugin's only instruction: tollgate's alone to write.
+    let lock = path!["metadata", "annotations", ANNOTATION_EGRESS_LOCK];
+    match policy.proxy.egress_lock {
+        EgressLock::Required => {
+            let value = egress_lock_annotation(policy);
+            if e.builder.set(&lock, json!(value)) {
+                e.change("pod", format!("recorded annotation {ANNOTATION_EGRESS_LOCK}={value}"));
+            }
+        }
+        EgressLock::Off => {
+            if e.builder.get(&lock).is_some() {
+                e.builder.remove(&lock);
+                e.change(
+                    "pod",
+                    format!(
+                        "removed annotation {ANNOTATION_EGRESS_LOCK}: the policy does not ask for the egress lock (proxy.egressLock: off)"
+                    ),
+                );
+            }
+        }
     }
     let status = Status {
         version: VERSION,

@@ -23,6 +23,7 @@ pub enum Rule {
     SharedProcessNamespace,
     ProxyIdentity,
     ProbeHost,
+    LockBlocksProbe,
     PortConflict,
     InvalidAnnotation,
     InvalidQuantity,
@@ -38,7 +39,7 @@ pub enum Rule {
 }
 
 impl Rule {
-    pub const ALL: [Rule; 30] = [
+    pub const ALL: [Rule; 31] = [
         Rule::Privileged,
         Rule::HostNamespaces,
         Rule::HostPath,
@@ -57,6 +58,7 @@ impl Rule {
         Rule::SharedProcessNamespace,
         Rule::ProxyIdentity,
         Rule::ProbeHost,
+        Rule::LockBlocksProbe,
         Rule::PortConflict,
         Rule::InvalidAnnotation,
         Rule::InvalidQuantity,
@@ -91,6 +93,7 @@ impl Rule {
             Rule::SharedProcessNamespace => "shared-process-namespace",
             Rule::ProxyIdentity => "proxy-identity",
             Rule::ProbeHost => "probe-host",
+            Rule::LockBlocksProbe => "lock-blocks-probe",
             Rule::PortConflict => "port-conflict",
             Rule::InvalidAnnotation => "invalid-annotation",
             Rule::InvalidQuantity => "invalid-quantity",

@@ -1,11 +1,12 @@
-//! The tollgate-proxy sidecar: rendered from the policy, placed first, never twice.
+//! tollgate's containers: the tollgate-proxy sidecar and, under the egress lock, the tollgate-lock-check
+//! init container; rendered from the policy, placed first, never twice.
 
 use serde_json::{Value, json};
 
-use super::{Editor, Kind, PodIds, SIDECAR_NAME, VOLUME_CONFIG, VOLUME_CREDENTIALS};
+use super::{Editor, Kind, LOCK_CHECK_NAME, PodIds, SIDECAR_NAME, TOLLGATE_CONTAINERS, VOLUME_CONFIG, VOLUME_CREDENTIALS};
 use crate::patch::{Path, get};
 use crate::path;
-use crate::policy::{Policy, ProxyMode};
+use crate::policy::{EgressLock, Policy, ProxyMode};
 
 pub const CONFIG_DIR: &str = "/etc/tollgate/proxy";
 pub const CREDENTIALS_DIR: &str = "/var/run/secrets/tollgate";
@@ -71,41 +72,113 @@ pub(super) fn render(policy: &Policy, ids: &PodIds) -> Value {
     container
 }
 
-fn home(mode: ProxyMode) -> Kind {
+/// The lock-check init container (`proxy.egressLock: required`): `tollgate-proxy lock-check` from the
+/// proxy's image, run as the app's user (never the proxy's: the lock lets only the proxy's user out), with
+/// no volumes, env, ports or probes. Defaults spelled out as for the sidecar.
+pub(super) fn render_lock_check(policy: &Policy) -> Value {
+    let proxy = &policy.proxy;
+    json!({
+        "name": LOCK_CHECK_NAME,
+        "image": proxy.image,
+        "imagePullPolicy": proxy.image_pull_policy.as_str(),
+        "args": ["lock-check"],
+        "resources": proxy.resources,
+        "securityContext": {
+            "runAsNonRoot": true,
+            "runAsUser": policy.security.run_as_user,
+            "runAsGroup": policy.security.run_as_group,
+            "allowPrivilegeEscalation": false,
+            "readOnlyRootFilesystem": true,
+            "capabilities": {"drop": ["ALL"]},
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "terminationMessagePath": "/dev/termination-log",
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    })
+}
+
+/// What leads each list, in order: native: `[lock check, sidecar]` in the init containers; classic: the
+/// lock check first in the init containers, the sidecar first in the containers.
+fn layout(mode: ProxyMode, sidecar: Value, lock_check: Option<Value>) -> [(Kind, Vec<Value>); 2] {
+    let mut init: Vec<Value> = lock_check.into_iter().collect();
     match mode {
-        ProxyMode::Native => Kind::Init,
-        ProxyMode::Classic => Kind::App,
+        ProxyMode::Native => {
+            init.push(sidecar);
+            [(Kind::Init, init), (Kind::App, Vec::new())]
+        }
+        ProxyMode::Classic => [(Kind::Init, init), (Kind::App, vec![sidecar])],
     }
 }
 
-/// Whether `desired` already sits first where the mode puts it, and the paths of every other container
-/// named like the sidecar (a stale rendering, a misplaced one, or an impostor), in document order.
-pub(super) fn find_existing(policy: &Policy, doc: &Value, desired: &Value) -> (bool, Vec<Path>) {
-    let home = home(policy.proxy.mode);
-    let mut in_place = false;
-    let mut stale = Vec::new();
-    for kind in [Kind::Init, Kind::App] {
-        let Some(Value::Array(items)) = get(doc, &path!["spec", kind.field()]) else { continue };
-        for (index, container) in items.iter().enumerate() {
-            if container.get("name").and_then(Value::as_str) != Some(SIDECAR_NAME) {
-                continue;
+/// Where tollgate's containers stand in a pod, and what to do about it.
+pub(super) struct Placement {
+    /// Every container named like one of tollgate's that is not its current rendering in its place (a
+    /// stale rendering, a misplaced one, an impostor, or a lock check the policy no longer asks for), with
+    /// its name, in document order.
+    pub stale: Vec<(Path, &'static str)>,
+    /// The renderings to insert once the stale ones are gone, in this order: (list, index, container).
+    pub missing: Vec<(Kind, usize, Value)>,
+}
+
+/// A rendering is in place when it leads its list (only tollgate's containers before it) in layout order;
+/// everything else named like one of tollgate's containers goes.
+pub(super) fn place(policy: &Policy, doc: &Value, sidecar: Value, lock_check: Option<Value>) -> Placement {
+    let mut placement = Placement { stale: Vec::new(), missing: Vec::new() };
+    for (kind, wanted) in layout(policy.proxy.mode, sidecar, lock_check) {
+        let mut kept = vec![false; wanted.len()];
+        if let Some(Value::Array(items)) = get(doc, &path!["spec", kind.field()]) {
+            // The next rendering that may still be found in place, and whether only tollgate's came so far.
+            let (mut next, mut leading) = (0, true);
+            for (index, container) in items.iter().enumerate() {
+                let name = container.get("name").and_then(Value::as_str).unwrap_or("");
+                let Some(name) = TOLLGATE_CONTAINERS.into_iter().find(|n| *n == name) else {
+                    leading = false;
+                    continue;
+                };
+                let at = (next..wanted.len()).find(|m| wanted[*m]["name"] == name).filter(|_| leading);
+                match at {
+                    Some(m) if *container == wanted[m] => {
+                        kept[m] = true;
+                        next = m + 1;
+                    }
+                    _ => placement.stale.push((path!["spec", kind.field(), index], name)),
+                }
             }
-            if kind == home && index == 0 && container == desired {
-                in_place = true;
-            } else {
-                stale.push(path!["spec", kind.field(), index]);
+        }
+        // The kept ones now lead the list in layout order: each missing one goes in at its own index.
+        for (index, container) in wanted.into_iter().enumerate() {
+            if !kept[index] {
+                placement.missing.push((kind, index, container));
             }
         }
     }
-    (in_place, stale)
+    placement
 }
 
-pub(super) fn insert(policy: &Policy, sidecar: Value, e: &mut Editor) {
-    let kind = home(policy.proxy.mode);
-    e.builder.insert(&path!["spec", kind.field()], 0, sidecar);
-    let mode = match policy.proxy.mode {
-        ProxyMode::Native => "native sidecar, first init container",
-        ProxyMode::Classic => "first container",
-    };
-    e.change("pod", format!("injected {SIDECAR_NAME} {} ({mode})", policy.proxy.image));
+pub(super) fn remove_stale(policy: &Policy, stale: &[(Path, &str)], e: &mut Editor) {
+    // Last first, so that the indices of the others hold.
+    for (path, name) in stale.iter().rev() {
+        e.builder.remove(path);
+        let why = match *name {
+            SIDECAR_NAME => "that was not tollgate's current sidecar",
+            _ if policy.proxy.egress_lock == EgressLock::Off => "that the policy does not ask for (proxy.egressLock: off)",
+            _ => "that was not tollgate's current lock check",
+        };
+        e.change("pod", format!("removed a container {name:?} {why}"));
+    }
+}
+
+pub(super) fn insert(policy: &Policy, missing: Vec<(Kind, usize, Value)>, e: &mut Editor) {
+    let locked = policy.proxy.egress_lock == EgressLock::Required;
+    for (kind, index, container) in missing {
+        let name = container.get("name").and_then(Value::as_str).unwrap_or_default().to_owned();
+        e.builder.insert(&path!["spec", kind.field()], index, container);
+        let place = match (name == SIDECAR_NAME, policy.proxy.mode) {
+            (false, _) => "first init container: the pod starts only if the egress lock is in place",
+            (true, ProxyMode::Native) if locked => "native sidecar, init container after tollgate-lock-check",
+            (true, ProxyMode::Native) => "native sidecar, first init container",
+            (true, ProxyMode::Classic) => "first container",
+        };
+        e.change("pod", format!("injected {name} {} ({place})", policy.proxy.image));
+    }
 }

@@ -1,6 +1,6 @@
 //! After admission: an UPDATE of a pod, through the main resource or a subresource.
 //!
-//! What tollgate rendered (the proxy container, its volumes, the `tollgate.dev/` labels and annotations)
+//! What tollgate rendered (the proxy container, the lock-check container, their volumes, the `tollgate.dev/` labels and annotations)
 //! never changes; ephemeral containers (`kubectl debug`) are hardened and checked like any other
 //! container; a resize stays within the policy's maximum. The same guard over tollgate's own fields also
 //! ships as a ValidatingAdmissionPolicy, which holds while the webhook is down (see the README).
@@ -10,8 +10,8 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 use serde_json::{Map, Value};
 
 use super::{
-    Editor, Findings, Hardened, Kind, OWNED_PREFIX, Outcome, Rule, SIDECAR_NAME, VOLUME_CONFIG, VOLUME_CREDENTIALS, VOLUME_TMP, checks,
-    containers, decode, harden_container, resources,
+    Editor, Findings, Hardened, Kind, OWNED_PREFIX, Outcome, Rule, TOLLGATE_CONTAINERS, VOLUME_CONFIG, VOLUME_CREDENTIALS, VOLUME_TMP,
+    checks, containers, decode, harden_container, resources,
 };
 use crate::patch::PatchBuilder;
 use crate::policy::Policy;
@@ -45,6 +45,10 @@ pub fn update(policy: &Policy, old: &Value, new: &mut Value, subresource: &str) 
             let ids = checks::pod_ids(policy, &annotations, &mut Findings { policy, violations: Vec::new() });
             let carrying = checks::credential_volumes(editor.builder.doc(), &ids);
             for container in &added {
+                if TOLLGATE_CONTAINERS.contains(&container.name.as_str()) {
+                    let problem = format!("is {:?}, the name of a container tollgate renders", container.name);
+                    findings.refused(Rule::TollgateOwned, &container.scope, "name", problem);
+                }
                 checks::container(editor.builder.doc(), container, &ids, &carrying, &mut findings);
             }
         }
@@ -81,23 +85,25 @@ fn shown(value: Option<&Value>) -> String {
 
 /// Everything tollgate rendered is compared with what was admitted; each difference is named.
 fn owned_fields(old: &Value, new: &Value, f: &mut Findings) {
-    for kind in [Kind::Init, Kind::App] {
-        let list = format!("/spec/{}", kind.field());
-        match (named(old, &list, SIDECAR_NAME), named(new, &list, SIDECAR_NAME)) {
-            (Some(before), Some(after)) if before != after => {
-                let empty = Map::new();
-                let (b, a) = (before.as_object().unwrap_or(&empty), after.as_object().unwrap_or(&empty));
-                let keys: BTreeSet<&String> = b.keys().chain(a.keys()).collect();
-                let scope = format!("{} {SIDECAR_NAME:?}", kind.label());
-                for key in keys.into_iter().filter(|k| b.get(*k) != a.get(*k)) {
-                    f.refused(Rule::TollgateOwned, &scope, key.as_str(), "is tollgate's and cannot be changed after admission");
+    for name in TOLLGATE_CONTAINERS {
+        for kind in [Kind::Init, Kind::App] {
+            let list = format!("/spec/{}", kind.field());
+            match (named(old, &list, name), named(new, &list, name)) {
+                (Some(before), Some(after)) if before != after => {
+                    let empty = Map::new();
+                    let (b, a) = (before.as_object().unwrap_or(&empty), after.as_object().unwrap_or(&empty));
+                    let keys: BTreeSet<&String> = b.keys().chain(a.keys()).collect();
+                    let scope = format!("{} {name:?}", kind.label());
+                    for key in keys.into_iter().filter(|k| b.get(*k) != a.get(*k)) {
+                        f.refused(Rule::TollgateOwned, &scope, key.as_str(), "is tollgate's and cannot be changed after admission");
+                    }
                 }
+                (Some(_), None) | (None, Some(_)) => {
+                    let field = format!("spec.{}[{name:?}]", kind.field());
+                    f.refused(Rule::TollgateOwned, "pod", field, "is tollgate's and cannot be added or removed after admission");
+                }
+                _ => {}
             }
-            (Some(_), None) | (None, Some(_)) => {
-                let field = format!("spec.{}[{SIDECAR_NAME:?}]", kind.field());
-                f.refused(Rule::TollgateOwned, "pod", field, "is tollgate's and cannot be added or removed after admission");
-            }
-            _ => {}
         }
     }
     for volume in [VOLUME_CONFIG, VOLUME_CREDENTIALS, VOLUME_TMP] {
