@@ -1,5 +1,8 @@
-//! `tollgate-proxy`: run the sidecar, or check a config file.
+//! `tollgate-proxy`: run the sidecar, check a config file, or check the pod's egress lock.
 
+mod lockcheck;
+
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -38,6 +41,23 @@ enum Command {
         #[arg(value_name = "FILE")]
         file: PathBuf,
     },
+    /// Check, from inside the pod and as a user other than the proxy's, that the egress lock is in place:
+    /// that the kernel refuses to send this process's packets out of the pod (UDP and TCP to each target).
+    /// The webhook runs it as the init container tollgate-lock-check when its policy requires the lock, so
+    /// the pod starts only where the tollgate-cni plugin locked its network namespace. Exits 0 when nothing
+    /// can leave, 1 (naming what left) otherwise; never takes much more than a second.
+    LockCheck {
+        /// Where to try to send (repeatable); default 192.0.2.1:9 and [2001:db8::1]:9, documentation
+        /// addresses nothing answers.
+        #[arg(long = "target", value_name = "ADDR:PORT")]
+        targets: Vec<SocketAddr>,
+    },
+}
+
+/// JSON lines on stderr, filtered by `TOLLGATE_LOG` (default `info`).
+fn init_logs() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("TOLLGATE_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).json().flatten_event(true).init();
 }
 
 fn load(path: &PathBuf) -> Result<Config, String> {
@@ -47,6 +67,12 @@ fn load(path: &PathBuf) -> Result<Config, String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(Command::LockCheck { targets }) = &cli.command {
+        init_logs();
+        let defaults = || lockcheck::DEFAULT_TARGETS.iter().map(|t| t.parse().expect("literal address")).collect();
+        let targets = if targets.is_empty() { defaults() } else { targets.clone() };
+        return lockcheck::run(&targets);
+    }
     if let Some(Command::CheckConfig { file }) = cli.command {
         return match load(&file) {
             Ok(config) => {
@@ -62,8 +88,7 @@ fn main() -> ExitCode {
             }
         };
     }
-    let filter = tracing_subscriber::EnvFilter::try_from_env("TOLLGATE_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).json().flatten_event(true).init();
+    init_logs();
     let Some(path) = cli.config else {
         eprintln!("error: --config FILE is required (or use a subcommand; see --help)");
         return ExitCode::from(2);
