@@ -220,6 +220,24 @@ fn probe_as(netns: &Path, uid: u32, spec: &str) -> String {
     })
 }
 
+/// `tollgate-proxy lock-check` inside the pod as `uid`, aimed at the outside namespace (the pod has no route
+/// to its default documentation addresses): whether it passed, and its log.
+fn lock_check(netns: &Path, uid: u32, pair: &Pair) -> (bool, String) {
+    let proxy = std::env::current_exe().unwrap().parent().and_then(Path::parent).unwrap().join("tollgate-proxy");
+    assert!(proxy.exists(), "{} is not built; run `cargo build --workspace` first (scripts/test.sh does)", proxy.display());
+    let targets = [format!("{}:9", pair.outside_v4), format!("[{}]:9", pair.outside_v6)];
+    in_netns(netns, move || {
+        let out = Command::new(&proxy)
+            .arg("lock-check")
+            .args(targets.iter().flat_map(|t| ["--target", t.as_str()]))
+            .uid(uid)
+            .gid(uid)
+            .output()
+            .expect("tollgate-proxy lock-check");
+        (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+    })
+}
+
 /// A connection from the outside namespace to the pod.
 fn connect_from_outside(pair: &Pair, addr: SocketAddr) -> String {
     in_netns(&Pair::path(&pair.outside), move || probe(&format!("tcp {addr}")))
@@ -317,8 +335,16 @@ fn locks_a_hardened_pod(pair: &Pair) {
         assert_eq!(probe_as(&pod, APP_UID, target), "ok", "before ADD, app → {target}");
     }
 
+    // The pod's own check (the tollgate-lock-check init container) fails while the namespace is open...
+    let (locked, log) = lock_check(&pod, APP_UID, pair);
+    assert!(!locked && log.contains("the egress lock is missing"), "lock-check before ADD: {log}");
+
     let (ok, stdout, stderr) = plugin("ADD", Some(&pod), &hardened());
     assert!(ok, "ADD failed: {stdout} {stderr}");
+    // ...and passes once it is locked, as the app's user (never as the proxy's, which may send).
+    let (locked, log) = lock_check(&pod, APP_UID, pair);
+    assert!(locked && log.contains("egress lock verified"), "lock-check after ADD: {log}");
+    assert!(!lock_check(&pod, PROXY_UID, pair).0, "the proxy's UID is let out, so the check must fail for it");
     let result: Value = serde_json::from_str(&stdout).expect("ADD prints a result");
     assert_eq!(result, prev_result(), "a chained plugin passes the previous result on unchanged");
 
