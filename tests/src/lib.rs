@@ -308,7 +308,18 @@ impl Webhook {
         webhook
     }
 
+    /// Registered, with `policy` (YAML, merged over the embedded default) instead of the default.
+    pub fn start_with_policy(plane: &ControlPlane, policy: &str) -> Webhook {
+        let webhook = Webhook::launch(plane, Some(policy));
+        webhook.register(plane);
+        webhook
+    }
+
     pub fn start_unregistered(plane: &ControlPlane) -> Webhook {
+        Webhook::launch(plane, None)
+    }
+
+    fn launch(plane: &ControlPlane, policy: Option<&str>) -> Webhook {
         let certs = plane.dir.path().join("webhook-certs");
         let out = Command::new(workspace_bin("tollgate-certs")).args(["files", "--ip", "127.0.0.1", "--dir"]).arg(&certs).output().unwrap();
         assert!(out.status.success(), "tollgate-certs: {}", String::from_utf8_lossy(&out.stderr));
@@ -328,7 +339,12 @@ impl Webhook {
                 ])
                 .arg(certs.join("tls.crt"))
                 .arg("--tls-key")
-                .arg(certs.join("tls.key")),
+                .arg(certs.join("tls.key"))
+                .args(policy.map(|yaml| {
+                    let path = plane.dir.path().join(format!("policy-{port}.yaml"));
+                    std::fs::write(&path, yaml).unwrap();
+                    format!("--policy={}", path.display())
+                })),
             plane.dir.path().join(format!("webhook-{port}.log")),
         );
         let deadline = Instant::now() + Duration::from_secs(10);

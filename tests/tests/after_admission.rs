@@ -301,3 +301,46 @@ fn after_admission_nothing_of_tollgates_changes_and_no_one_claims_another_analys
         &["metadata.labels[tollgate.dev/injected] are tollgate's"],
     );
 }
+
+/// With the egress lock required, the lock check the webhook adds is tollgate's like the proxy: mallory can
+/// neither swap its image nor drop the annotation the CNI plugin reads (which would unlock the pod's next
+/// sandbox).
+#[test]
+fn after_admission_the_egress_locks_check_and_annotation_are_frozen() {
+    let plane = ControlPlane::start();
+    let _webhook = Webhook::start_with_policy(&plane, "proxy:\n  egressLock: required\n");
+    let me = prepare(&plane);
+    let m = me.as_path();
+    allowed(&plane, m, &["run", "locked", "-n", NS, "--image=registry.example.org/app:1.0", "--restart=Never"]);
+    let pod = stored(&plane, "locked");
+    let names: Vec<&str> = pod["spec"]["initContainers"].as_array().unwrap().iter().filter_map(|c| c["name"].as_str()).collect();
+    assert_eq!(names, ["tollgate-lock-check", "tollgate-proxy"]);
+    assert_eq!(pod["metadata"]["annotations"]["tollgate.dev/egress-lock"], r#"{"proxyUid":10001,"inboundPorts":[15006,15021]}"#);
+    let frozen = r#"container "tollgate-lock-check" is tollgate's and cannot be changed after admission"#;
+    refused(
+        &plane,
+        m,
+        "locked",
+        &patch(
+            "locked",
+            &["--type=json"],
+            r#"[{"op":"replace","path":"/spec/initContainers/0/image","value":"attacker.example/check:1"}]"#,
+        ),
+        &[frozen, "[tollgate-owned]"],
+    );
+    refused(&plane, m, "locked", &["set", "image", "pod/locked", "-n", NS, "tollgate-lock-check=attacker.example/check:2"], &[frozen]);
+    refused(
+        &plane,
+        m,
+        "locked",
+        &["annotate", "pod", "locked", "-n", NS, "tollgate.dev/egress-lock-"],
+        &["metadata.annotations[tollgate.dev/egress-lock] are tollgate's"],
+    );
+    refused(
+        &plane,
+        m,
+        "locked",
+        &["annotate", "pod", "locked", "-n", NS, "--overwrite", r#"tollgate.dev/egress-lock={"proxyUid":10000,"inboundPorts":[8080]}"#],
+        &["metadata.annotations[tollgate.dev/egress-lock] are tollgate's"],
+    );
+}
