@@ -10,13 +10,12 @@ use std::time::{Instant, SystemTime};
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::http::RequestHeader;
 use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
-use serde_json::json;
 
 use crate::config::Config;
-use crate::headers::{head_size, json_error, strip_spoofable};
+use crate::headers::{answer_failure, head_size, json_error, strip_spoofable};
 use crate::local::LocalGuard;
 use crate::metrics::{Metrics, RequestLabels};
 use crate::resolve::Resolver;
@@ -301,16 +300,8 @@ impl ProxyHttp for Egress {
             ctx.decision = "upstream-error";
         }
         ctx.reason = Some(e.to_string());
-        let body = Bytes::from(json!({"error": e.etype().as_str(), "status": code, "decision": ctx.decision}).to_string());
-        let written = async {
-            let mut header = ResponseHeader::build(code, Some(2))?;
-            header.insert_header("content-type", "application/json")?;
-            header.insert_header("content-length", body.len().to_string())?;
-            session.write_response_header(Box::new(header), false).await?;
-            session.write_response_body(Some(body), true).await
-        };
-        if let Err(write_error) = written.await {
-            tracing::debug!(error = %write_error, "could not send the error response");
+        if answer_failure(session, code, ctx.decision, e.etype().as_str()).await {
+            ctx.decision = "upstream-aborted";
         }
         FailToProxy { error_code: code, can_reuse_downstream: false }
     }

@@ -28,6 +28,23 @@ pub async fn json_error(
     session.write_response_body(Some(body), true).await
 }
 
+/// The one answer to a proxied request that failed, for both listeners (`fail_to_proxy`): the JSON error
+/// while nothing has been sent to the client; once the response has started, nothing more. The caller then
+/// closes the connection (`can_reuse_downstream: false`) without a final chunk, so the client sees a body cut
+/// short — a chunked stream without its last chunk, fewer bytes than Content-Length — and never a
+/// complete-looking response with the proxy's error inside it. Returns whether the response had started.
+pub async fn answer_failure(session: &mut Session, status: u16, decision: &str, error: &str) -> bool {
+    // A 101 is final too (the connection already belongs to another protocol); other 1xx are not.
+    if session.response_written().is_some_and(|r| !r.status.is_informational() || r.status == 101) {
+        session.set_keepalive(None);
+        return true;
+    }
+    if let Err(e) = json_error(session, status, decision, error, Vec::new()).await {
+        tracing::debug!(error = %e, "could not send the error response");
+    }
+    false
+}
+
 /// Whether `name` (lowercase) must be dropped before forwarding.
 pub fn is_spoofable(name: &str) -> bool {
     matches!(name, "authorization" | "proxy-authorization" | "cookie" | "forwarded" | "x-real-ip" | "x-rewrite-url" | "x-client-ip")

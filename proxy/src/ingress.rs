@@ -9,7 +9,7 @@ use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use serde_json::Value;
 
-use crate::headers::{json_error, strip_spoofable};
+use crate::headers::{answer_failure, json_error, strip_spoofable};
 use crate::jwt::{AuthError, Verifier};
 use crate::metrics::{Metrics, RequestLabels};
 use crate::target::{check, check_host};
@@ -153,9 +153,9 @@ impl ProxyHttp for IngressProxy {
             ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout => 504,
             _ => 502,
         };
-        ctx.decision = "upstream-error";
+        ctx.decision =
+            if answer_failure(session, code, "upstream-error", e.etype().as_str()).await { "upstream-aborted" } else { "upstream-error" };
         ctx.reason = e.to_string();
-        let _ = session.respond_error(code).await;
         FailToProxy { error_code: code, can_reuse_downstream: false }
     }
 

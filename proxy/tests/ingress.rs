@@ -68,10 +68,13 @@ impl Issuer {
     }
 
     fn config(&self, app: &Upstream) -> String {
+        self.config_for(&app.url())
+    }
+
+    fn config_for(&self, app_url: &str) -> String {
         format!(
             "ingress:\n  upstream: '{}'\n  jwksUrl: 'http://{}/realms/flame/protocol/openid-connect/certs'\n  issuer: '{ISSUER}'\n  audiences: [flame-analysis]\n  algorithms: [RS256, ES256]\n  allowedClients: [message-broker, pod-orchestrator]\n  claimHeaders: {{ azp: X-Tollgate-Client }}\n  jwksRefetchInterval: 1s\n  leeway: 5s\n",
-            app.url(),
-            self.addr
+            app_url, self.addr
         )
     }
 }
@@ -376,4 +379,20 @@ async fn fragments_and_framing_on_the_ingress_are_as_documented() {
     let lengths: Vec<&str> = seen[2].headers.iter().filter(|(n, _)| n == "content-length").map(|(_, v)| v.as_str()).collect();
     assert_eq!(lengths, ["3"]);
     assert_eq!((seen[3].header("transfer-encoding"), seen[3].header("content-length")), (Some("chunked"), None));
+}
+
+#[tokio::test]
+async fn an_app_failing_mid_body_reaches_the_caller_truncated_never_complete_looking() {
+    let issuer = Issuer::start().await;
+    for fault in [common::Fault::ChunkedThenClose, common::Fault::ShortThenClose] {
+        let app = common::faulty_upstream(fault).await;
+        let proxy = Proxy::start(&issuer.config_for(&format!("http://{app}")), &[]).await;
+        ready(&proxy).await;
+        let token = sign(&issuer.rsa, Algorithm::RS256, "rsa-1", &claims());
+        let request = format!("GET /analysis/result HTTP/1.1\r\nhost: pod\r\nauthorization: Bearer {token}\r\n\r\n");
+        let (bytes, _) = common::exchange(proxy.ingress, &request).await;
+        common::assert_truncated(&bytes, "ingress");
+        let audit = proxy.audit(1).await;
+        assert_eq!(audit[0]["decision"], "upstream-aborted", "{audit:?}");
+    }
 }

@@ -338,3 +338,97 @@ pub async fn raw(addr: SocketAddr, request: &[u8]) -> RawResponse {
     };
     RawResponse { status, head, body }
 }
+
+// ---- upstreams that fail mid-response (tests/faults.rs, tests/ingress.rs) ----
+
+/// How the fake upstream misbehaves once it has read the request head.
+#[derive(Clone, Copy)]
+pub enum Fault {
+    /// Chunked: one chunk, then the connection closes.
+    ChunkedThenClose,
+    /// Content-Length 100, five bytes, then the connection closes.
+    ShortThenClose,
+    /// Chunked: one chunk, then silence (the proxy's read timeout fires).
+    ChunkedThenStall,
+    /// Content-Length 100, five bytes, then a reset (SO_LINGER 0).
+    ShortThenReset,
+}
+
+/// An upstream that answers every connection with `fault`.
+pub async fn faulty_upstream(fault: Fault) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match conn.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let response: &[u8] = match fault {
+                    Fault::ChunkedThenClose | Fault::ChunkedThenStall => {
+                        b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n"
+                    }
+                    Fault::ShortThenClose | Fault::ShortThenReset => {
+                        b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: 100\r\n\r\nhello"
+                    }
+                };
+                let _ = conn.write_all(response).await;
+                let _ = conn.flush().await;
+                match fault {
+                    Fault::ChunkedThenStall => tokio::time::sleep(Duration::from_secs(30)).await,
+                    Fault::ShortThenReset => {
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        let _ = conn.set_zero_linger();
+                    }
+                    _ => tokio::time::sleep(Duration::from_millis(100)).await,
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// Every byte the client gets, until the proxy closes the connection.
+pub async fn exchange(addr: SocketAddr, request: &str) -> (Vec<u8>, Duration) {
+    let started = Instant::now();
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut bytes = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), async {
+        let mut buf = [0u8; 4096];
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => bytes.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    assert!(read.is_ok(), "the proxy kept the connection open after the upstream failed: {}", String::from_utf8_lossy(&bytes));
+    (bytes, started.elapsed())
+}
+
+/// The client can tell the response is incomplete, and nothing of the proxy's was mixed into it.
+pub fn assert_truncated(bytes: &[u8], what: &str) {
+    let text = String::from_utf8_lossy(bytes);
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or_else(|| panic!("{what}: no response head: {text:?}"));
+    assert!(head.starts_with("HTTP/1.1 200"), "{what}: the upstream's head was relayed: {head}");
+    assert!(body.contains("hello"), "{what}: the bytes that came were relayed: {body:?}");
+    assert!(!body.contains("error") && !body.contains("decision") && !body.contains('{'), "{what}: something was appended: {body:?}");
+    let lower = head.to_ascii_lowercase();
+    if lower.contains("transfer-encoding: chunked") {
+        assert!(!body.ends_with("0\r\n\r\n"), "{what}: a final chunk made the body look complete: {body:?}");
+    } else {
+        let length: usize = lower
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length:"))
+            .map(|v| v.trim().parse().unwrap())
+            .unwrap_or_else(|| panic!("{what}: neither chunked nor a length: {head}"));
+        assert!(body.len() < length, "{what}: {} bytes of a declared {length} look complete", body.len());
+    }
+}
