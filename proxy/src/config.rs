@@ -70,6 +70,10 @@ pub struct RawRoute {
     /// Forward percent-encoded non-ASCII characters (valid UTF-8) in paths; off by default.
     #[serde(default)]
     pub allow_non_ascii_path: bool,
+    /// Forward protocol upgrades (WebSocket, …); off by default. After the 101 the connection is an opaque
+    /// tunnel: nothing in it is checked.
+    #[serde(default)]
+    pub allow_upgrade: bool,
 }
 
 /// A byte size as written: `10Mi`, or a plain number of bytes.
@@ -442,6 +446,7 @@ impl Config {
                     max_request_body,
                     byte_budget,
                     allow_non_ascii_path: r.allow_non_ascii_path,
+                    allow_upgrade: r.allow_upgrade,
                 });
             }
         }

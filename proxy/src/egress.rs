@@ -10,12 +10,12 @@ use std::time::{Instant, SystemTime};
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use pingora::http::RequestHeader;
+use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 
 use crate::config::Config;
-use crate::headers::{answer_failure, head_size, json_error, strip_spoofable};
+use crate::headers::{answer_failure, asks_for_upgrade, check_switching, head_size, json_error, strip_spoofable};
 use crate::local::LocalGuard;
 use crate::metrics::{Metrics, RequestLabels};
 use crate::resolve::Resolver;
@@ -95,6 +95,8 @@ pub struct EgressCtx {
     started: Option<Instant>,
     forwarded_at: Option<Instant>,
     request_id: String,
+    /// The request asked for an upgrade and its route allows it: only then may a 101 be relayed.
+    upgrade: bool,
 }
 
 /// The caller's `x-request-id` if it is a sane token, else a new one (time and a counter, unique per process).
@@ -150,6 +152,13 @@ impl ProxyHttp for Egress {
         let route = &self.config.routes[index];
         ctx.route = Some(index);
         ctx.upstream_target = upstream_target;
+        if asks_for_upgrade(session.req_header()) {
+            if !route.allow_upgrade {
+                let reason = format!("route {:?} does not allow protocol upgrades (allowUpgrade)", route.name);
+                return refuse(session, ctx, 403, "upgrade-refused", reason).await;
+            }
+            ctx.upgrade = true;
+        }
 
         // Framing must be unambiguous, or the upstream may read a different request than we checked.
         // pingora has already read Content-Length with Transfer-Encoding as chunked, dropped the
@@ -268,6 +277,10 @@ impl ProxyHttp for Egress {
         }
         request.insert_header("x-request-id", ctx.request_id.as_str())?;
         Ok(())
+    }
+
+    async fn upstream_response_filter(&self, _session: &mut Session, response: &mut ResponseHeader, ctx: &mut EgressCtx) -> Result<()> {
+        check_switching(response.status.as_u16(), ctx.upgrade).map_err(|reason| Error::explain(ErrorType::HTTPStatus(502), reason))
     }
 
     async fn request_body_filter(&self, _session: &mut Session, body: &mut Option<Bytes>, _end: bool, ctx: &mut EgressCtx) -> Result<()> {

@@ -45,6 +45,27 @@ pub async fn answer_failure(session: &mut Session, status: u16, decision: &str, 
     false
 }
 
+/// Whether a request asks to switch protocols (RFC 9110 §7.8): an `Upgrade` header, or `upgrade` among the
+/// `Connection` options (h2c, WebSocket, anything). After a 101 the connection is a tunnel in which nothing is
+/// checked, so both listeners refuse this unless a route allows it.
+pub fn asks_for_upgrade(request: &RequestHeader) -> bool {
+    request.headers.contains_key("upgrade")
+        || request
+            .headers
+            .get_all("connection")
+            .iter()
+            .any(|v| v.as_bytes().split(|b| *b == b',').any(|option| option.trim_ascii().eq_ignore_ascii_case(b"upgrade")))
+}
+
+/// The response head an upstream sent, checked against what was asked: a 101 only answers a request that
+/// asked for an upgrade (and was allowed to); relayed otherwise it would turn the connection into a tunnel.
+pub fn check_switching(status: u16, upgrade_asked: bool) -> Result<(), String> {
+    if status == 101 && !upgrade_asked {
+        return Err("the upstream answered 101 Switching Protocols to a request that did not ask for an upgrade".into());
+    }
+    Ok(())
+}
+
 /// Whether `name` (lowercase) must be dropped before forwarding.
 pub fn is_spoofable(name: &str) -> bool {
     matches!(name, "authorization" | "proxy-authorization" | "cookie" | "forwarded" | "x-real-ip" | "x-rewrite-url" | "x-client-ip")
@@ -93,6 +114,24 @@ pub fn head_size(request: &RequestHeader, target: &str) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn upgrade_requests_are_recognised_in_every_spelling() {
+        let request = |headers: &[(&str, &str)]| {
+            let mut r = RequestHeader::build("GET", b"/", None).unwrap();
+            for (n, v) in headers {
+                r.append_header(n.to_string(), *v).unwrap();
+            }
+            r
+        };
+        assert!(asks_for_upgrade(&request(&[("upgrade", "websocket")])));
+        assert!(asks_for_upgrade(&request(&[("connection", "keep-alive, UpGrade ")])));
+        assert!(asks_for_upgrade(&request(&[("connection", "close"), ("connection", "upgrade")])));
+        assert!(!asks_for_upgrade(&request(&[("connection", "keep-alive, upgrades")])));
+        assert!(!asks_for_upgrade(&request(&[("accept", "upgrade")])));
+        assert!(check_switching(101, false).is_err());
+        assert!(check_switching(101, true).is_ok() && check_switching(200, false).is_ok());
+    }
 
     #[test]
     fn spoofable_names() {

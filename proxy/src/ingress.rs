@@ -4,12 +4,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use pingora::http::RequestHeader;
+use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use serde_json::Value;
 
-use crate::headers::{answer_failure, json_error, strip_spoofable};
+use crate::headers::{answer_failure, asks_for_upgrade, check_switching, json_error, strip_spoofable};
 use crate::jwt::{AuthError, Verifier};
 use crate::metrics::{Metrics, RequestLabels};
 use crate::target::{check, check_host};
@@ -84,6 +84,11 @@ impl ProxyHttp for IngressProxy {
             Ok(target) => target,
             Err(e) => return respond(session, ctx, 400, "bad-request", e.to_string(), Vec::new()).await,
         };
+        // After a 101 nothing on the connection would be checked: the ingress never switches protocols.
+        if asks_for_upgrade(session.req_header()) {
+            let reason = "the ingress does not allow protocol upgrades".to_owned();
+            return respond(session, ctx, 403, "upgrade-refused", reason, Vec::new()).await;
+        }
         let Some(token) = bearer(session.req_header()).map(str::to_owned) else {
             let error = AuthError::Missing;
             let challenge = vec![("www-authenticate", "Bearer realm=\"tollgate\"".to_owned())];
@@ -145,6 +150,10 @@ impl ProxyHttp for IngressProxy {
         }
         request.insert_header("host", config.upstream.authority())?;
         Ok(())
+    }
+
+    async fn upstream_response_filter(&self, _session: &mut Session, response: &mut ResponseHeader, _ctx: &mut IngressCtx) -> Result<()> {
+        check_switching(response.status.as_u16(), false).map_err(|reason| Error::explain(ErrorType::HTTPStatus(502), reason))
     }
 
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut IngressCtx) -> FailToProxy {

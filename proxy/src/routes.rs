@@ -172,6 +172,8 @@ pub struct Route {
     pub byte_budget: Option<u64>,
     /// Whether paths may carry percent-encoded non-ASCII characters (valid UTF-8; never anything else).
     pub allow_non_ascii_path: bool,
+    /// Whether requests may ask to switch protocols; the tunnel after a 101 is opaque.
+    pub allow_upgrade: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

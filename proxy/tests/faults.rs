@@ -44,3 +44,80 @@ async fn an_upstream_failing_mid_body_leaves_the_app_a_truncated_response_never_
         );
     }
 }
+
+/// An upstream that switches protocols on every request, asked or not, then echoes raw bytes: what an
+/// upgraded tunnel would carry.
+async fn switching_upstream() -> (std::net::SocketAddr, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let requests = std::sync::Arc::new(AtomicUsize::new(0));
+    let seen = requests.clone();
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match conn.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                seen.fetch_add(1, Ordering::SeqCst);
+                let _ = conn.write_all(b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: upgrade\r\n\r\n").await;
+                while let Ok(n) = conn.read(&mut buf).await {
+                    if n == 0 || conn.write_all(&buf[..n]).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, requests)
+}
+
+#[tokio::test]
+async fn upgrades_are_refused_unless_a_route_allows_them_and_an_unasked_101_is_never_relayed() {
+    use std::sync::atomic::Ordering;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (closed_addr, closed_seen) = switching_upstream().await;
+    let (open_addr, _) = switching_upstream().await;
+    let config = format!(
+        "routes:\n- {{ name: broker, prefix: /broker, upstream: 'http://{closed_addr}' }}\n- {{ name: ws, prefix: /ws, upstream: 'http://{open_addr}', allowUpgrade: true }}\n"
+    );
+    let proxy = Proxy::start(&config, &[]).await;
+    // Asked for on a route that does not allow it: 403, nothing forwarded.
+    for extra in
+        ["upgrade: websocket\r\nconnection: upgrade\r\n", "connection: keep-alive, Upgrade\r\nupgrade: h2c\r\n", "upgrade: tcp\r\n"]
+    {
+        let response = raw(proxy.egress, format!("GET /broker/events HTTP/1.1\r\nhost: 127.0.0.1\r\n{extra}\r\n").as_bytes()).await;
+        assert_eq!(response.status, 403, "{extra:?}: {response:?}");
+        assert_eq!(response.json()["decision"], "upgrade-refused");
+    }
+    // Not asked for, but the upstream switches anyway: the app gets a 502, never the 101 and its tunnel.
+    let response = raw(proxy.egress, b"GET /broker/events HTTP/1.1\r\nhost: 127.0.0.1\r\nconnection: close\r\n\r\n").await;
+    assert_eq!(response.status, 502, "{response:?}");
+    assert_eq!(response.json()["decision"], "upstream-error");
+    assert_eq!(closed_seen.load(Ordering::SeqCst), 1, "only the request that did not ask for an upgrade was forwarded");
+    let audit = proxy.audit(4).await;
+    assert_eq!(audit.iter().filter(|l| l["decision"] == "upgrade-refused").count(), 3, "{audit:?}");
+    assert!(audit.iter().any(|l| l["reason"].as_str().unwrap_or("").contains("101")), "{audit:?}");
+
+    // A route that allows it: the 101 is relayed and the tunnel is opaque from then on.
+    let mut stream = tokio::net::TcpStream::connect(proxy.egress).await.unwrap();
+    stream.write_all(b"GET /ws/socket HTTP/1.1\r\nhost: 127.0.0.1\r\nupgrade: websocket\r\nconnection: upgrade\r\n\r\n").await.unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_eq!(stream.read(&mut byte).await.unwrap(), 1, "{}", String::from_utf8_lossy(&head));
+        head.push(byte[0]);
+    }
+    assert!(head.starts_with(b"HTTP/1.1 101"), "{}", String::from_utf8_lossy(&head));
+    stream.write_all(b"anything at all").await.unwrap();
+    let mut echoed = [0u8; 15];
+    tokio::time::timeout(Duration::from_secs(5), stream.read_exact(&mut echoed)).await.unwrap().unwrap();
+    assert_eq!(&echoed, b"anything at all");
+}

@@ -396,3 +396,43 @@ async fn an_app_failing_mid_body_reaches_the_caller_truncated_never_complete_loo
         assert_eq!(audit[0]["decision"], "upstream-aborted", "{audit:?}");
     }
 }
+
+#[tokio::test]
+async fn the_ingress_refuses_upgrades_and_never_relays_an_unasked_101() {
+    let issuer = Issuer::start().await;
+    // The app switches protocols whatever it is asked.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let app = listener.local_addr().unwrap();
+    let forwarded = Arc::new(AtomicUsize::new(0));
+    let count = forwarded.clone();
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        while let Ok((mut conn, _)) = listener.accept().await {
+            count.fetch_add(1, Ordering::SeqCst);
+            let mut buf = [0u8; 4096];
+            let _ = conn.read(&mut buf).await;
+            let _ = conn.write_all(b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: upgrade\r\n\r\n").await;
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        }
+    });
+    let proxy = Proxy::start(&issuer.config_for(&format!("http://{app}")), &[]).await;
+    ready(&proxy).await;
+    let token = sign(&issuer.rsa, Algorithm::RS256, "rsa-1", &claims());
+    let asked = raw(
+        proxy.ingress,
+        format!(
+            "GET /analysis/ws HTTP/1.1\r\nhost: pod\r\nauthorization: Bearer {token}\r\nupgrade: websocket\r\nconnection: upgrade\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .await;
+    assert_eq!(asked.status, 403, "{asked:?}");
+    assert_eq!(asked.json()["decision"], "upgrade-refused");
+    assert_eq!(forwarded.load(Ordering::SeqCst), 0, "nothing was forwarded");
+    let unasked = raw(
+        proxy.ingress,
+        format!("GET /analysis/x HTTP/1.1\r\nhost: pod\r\nauthorization: Bearer {token}\r\nconnection: close\r\n\r\n").as_bytes(),
+    )
+    .await;
+    assert_eq!(unasked.status, 502, "{unasked:?}");
+}

@@ -134,6 +134,7 @@ fn percent_encoded_non_ascii_needs_a_route_that_allows_it() {
     let yaml = "routes:\n- { name: names, prefix: /names, upstream: 'http://a:1', allowNonAsciiPath: true }\n- { name: other, prefix: /other, upstream: 'http://b:2' }\n";
     let c = Config::load(yaml, &Environment::default()).unwrap();
     assert!(c.routes[0].allow_non_ascii_path && !c.routes[1].allow_non_ascii_path, "off unless set");
+    assert!(c.routes.iter().all(|r| !r.allow_upgrade), "upgrades are off unless a route sets allowUpgrade");
     let lenient = |target: &str| decide(&c.routes, "GET", &check_allowing_non_ascii(target, &[]).unwrap());
     assert_eq!(lenient("/names/M%C3%BCller"), Decision::Forward { route: 0, upstream_target: "/M%C3%BCller".into() });
     assert_eq!(lenient("/other/plain"), Decision::Forward { route: 1, upstream_target: "/plain".into() });
