@@ -132,6 +132,9 @@ impl ProxyHttp for Egress {
     async fn request_filter(&self, session: &mut Session, ctx: &mut EgressCtx) -> Result<bool> {
         let header = session.req_header();
         ctx.request_id = request_id(header.headers.get("x-request-id").and_then(|v| v.to_str().ok()));
+        if header.method == http::Method::CONNECT {
+            return refuse(session, ctx, 405, "connect-refused", "CONNECT is never tunnelled".into()).await;
+        }
         let method = header.method.as_str().to_owned();
         let raw = String::from_utf8_lossy(header.raw_path()).into_owned();
         let hosts: Vec<&[u8]> = header.headers.get_all("host").iter().map(|v| v.as_bytes()).collect();

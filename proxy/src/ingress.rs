@@ -41,6 +41,7 @@ pub struct IngressCtx {
     reason: String,
     client: String,
     started: Option<Instant>,
+    request_id: String,
 }
 
 async fn respond(
@@ -75,6 +76,10 @@ impl ProxyHttp for IngressProxy {
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut IngressCtx) -> Result<bool> {
         let header = session.req_header();
+        ctx.request_id = crate::egress::request_id(header.headers.get("x-request-id").and_then(|v| v.to_str().ok()));
+        if header.method == http::Method::CONNECT {
+            return respond(session, ctx, 405, "connect-refused", "CONNECT is never tunnelled".into(), Vec::new()).await;
+        }
         let hosts: Vec<&[u8]> = header.headers.get_all("host").iter().map(|v| v.as_bytes()).collect();
         if let Err(e) = check_host(header.version == http::Version::HTTP_11, &hosts) {
             return respond(session, ctx, 400, "bad-request", e.to_string(), Vec::new()).await;
@@ -149,6 +154,7 @@ impl ProxyHttp for IngressProxy {
             }
         }
         request.insert_header("host", config.upstream.authority())?;
+        request.insert_header("x-request-id", ctx.request_id.as_str())?;
         Ok(())
     }
 
@@ -179,6 +185,7 @@ impl ProxyHttp for IngressProxy {
             decision = ctx.decision,
             reason = %ctx.reason,
             client = %ctx.client,
+            request_id = %ctx.request_id,
             bytes_out = session.body_bytes_sent(),
             duration_ms = ctx.started.map_or(0.0, |s| s.elapsed().as_secs_f64() * 1000.0),
             "request"

@@ -13,6 +13,7 @@ pub mod ingress;
 pub mod jwt;
 pub mod local;
 pub mod metrics;
+pub mod refusals;
 pub mod resolve;
 pub mod routes;
 pub mod target;

@@ -21,6 +21,7 @@ use tollgate_proxy::ingress::IngressProxy;
 use tollgate_proxy::jwt::Verifier;
 use tollgate_proxy::local::LocalGuard;
 use tollgate_proxy::metrics::Metrics;
+use tollgate_proxy::refusals::ParserRefusals;
 use tollgate_proxy::routes::AuthMode;
 use tollgate_proxy::tokens::TokenSource;
 
@@ -54,10 +55,17 @@ enum Command {
     },
 }
 
-/// JSON lines on stderr, filtered by `TOLLGATE_LOG` (default `info`).
+/// JSON lines on stderr, filtered by `TOLLGATE_LOG` (default `info`); and the audit lines of the requests
+/// pingora refuses by itself (see [`ParserRefusals`]).
 fn init_logs() {
+    use tracing_subscriber::Layer;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     let filter = tracing_subscriber::EnvFilter::try_from_env("TOLLGATE_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).json().flatten_event(true).init();
+    tracing_subscriber::registry()
+        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr).json().flatten_event(true).with_filter(filter))
+        .with(ParserRefusals.with_filter(ParserRefusals::filter()))
+        .init();
 }
 
 fn load(path: &PathBuf) -> Result<Config, String> {
@@ -143,6 +151,7 @@ fn run(config: Arc<Config>) -> Result<(), String> {
     // The extra CAs, if any, are part of the native roots now (see trust_extra_cas).
     let client = HttpClient::new(None)?.via(config.forward_proxy.clone());
     let metrics = Arc::new(Metrics::new());
+    let _ = tollgate_proxy::refusals::METRICS.set(metrics.clone());
     let guard = Arc::new(LocalGuard::new(metrics.clone()));
     let needs_token = config.routes.iter().any(|r| r.auth == AuthMode::Token);
     let tokens = match (&config.identity, needs_token) {
@@ -158,8 +167,14 @@ fn run(config: Arc<Config>) -> Result<(), String> {
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
 
-    let mut egress =
-        pingora::proxy::http_proxy_service(&server.configuration, Egress::new(config.clone(), tokens.clone(), guard, metrics.clone()));
+    // Named after the listener: pingora names the service's threads so, which is how requests its parser
+    // refuses are attributed (refusals.rs).
+    let mut egress = pingora::proxy::http_proxy_service_with_name(
+        &server.configuration,
+        Egress::new(config.clone(), tokens.clone(), guard, metrics.clone()),
+        "egress",
+    );
+    allow_connect_to_reach_the_filters(&mut egress);
     egress.add_tcp(&config.egress_listen.to_string());
     server.add_service(egress);
 
@@ -171,10 +186,12 @@ fn run(config: Arc<Config>) -> Result<(), String> {
     server.add_service(admin_service);
 
     if let Some(verifier) = verifier {
-        let mut service = pingora::proxy::http_proxy_service(
+        let mut service = pingora::proxy::http_proxy_service_with_name(
             &server.configuration,
             IngressProxy::new(verifier.clone(), metrics.clone(), config.ingress_listen),
+            "ingress",
         );
+        allow_connect_to_reach_the_filters(&mut service);
         service.add_tcp(&config.ingress_listen.to_string());
         server.add_service(service);
         server.add_service(background_service("jwks", JwksLoader(verifier)));
@@ -187,6 +204,16 @@ fn run(config: Arc<Config>) -> Result<(), String> {
     }
     tracing::info!(egress = %config.egress_listen, admin = %config.admin_listen, routes = config.routes.len(), "starting");
     server.run_forever();
+}
+
+/// pingora answers CONNECT with its own 405, unseen by tollgate; let it through to the request filters,
+/// which refuse it themselves (405, audited and counted). Nothing is ever tunnelled.
+fn allow_connect_to_reach_the_filters<A>(service: &mut Service<pingora::proxy::HttpProxy<A, ()>>) {
+    if let Some(proxy) = service.app_logic_mut() {
+        let mut options = pingora::apps::HttpServerOptions::default();
+        options.allow_connect_method_proxying = true;
+        proxy.server_options = Some(options);
+    }
 }
 
 /// Loads the JWKS at start (retrying until it succeeds), so the first call does not wait for it, and

@@ -121,3 +121,34 @@ async fn upgrades_are_refused_unless_a_route_allows_them_and_an_unasked_101_is_n
     tokio::time::timeout(Duration::from_secs(5), stream.read_exact(&mut echoed)).await.unwrap().unwrap();
     assert_eq!(&echoed, b"anything at all");
 }
+
+#[tokio::test]
+async fn every_request_the_proxy_answers_is_audited_and_counted_even_those_its_parser_refuses() {
+    let upstream = common::Upstream::start().await;
+    let config = format!("routes:\n- {{ name: all, prefix: /, upstream: '{}', methods: [GET, POST] }}\n", upstream.url());
+    let proxy = Proxy::start(&config, &[]).await;
+    let requests: [(&str, &[u8], u16); 6] = [
+        ("CONNECT", b"CONNECT example.org:443 HTTP/1.1\r\nhost: example.org:443\r\n\r\n", 405),
+        ("obs-fold", b"GET /a HTTP/1.1\r\nhost: x\r\nx-folded: one\r\n two\r\n\r\n", 400),
+        ("bad header name", b"GET /a HTTP/1.1\r\nhost: x\r\nbad header: 1\r\n\r\n", 400),
+        ("two Hosts", b"GET /a HTTP/1.1\r\nhost: x\r\nhost: y\r\n\r\n", 400),
+        ("two Content-Lengths", b"POST /a HTTP/1.1\r\nhost: x\r\ncontent-length: 1\r\ncontent-length: 2\r\n\r\nab", 400),
+        ("not HTTP", b"\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03\r\n\r\n", 400),
+    ];
+    for (i, (what, request, status)) in requests.iter().enumerate() {
+        let response = raw(proxy.egress, request).await;
+        assert_eq!(response.status, *status, "{what}: {response:?}");
+        let audit = proxy.audit(i + 1).await;
+        assert_eq!(audit.len(), i + 1, "{what}: no audit line\n{}", proxy.logs());
+        assert_eq!(audit[i]["status"], *status, "{what}: {}", audit[i]);
+        assert_eq!(audit[i]["listener"], "egress", "{what}: {}", audit[i]);
+    }
+    assert!(upstream.requests().is_empty(), "nothing was forwarded");
+    let metrics = raw(proxy.admin, b"GET /metrics HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").await.body;
+    let counted: u64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("tollgate_proxy_requests_total{") && l.contains("listener=\"egress\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum();
+    assert_eq!(counted, requests.len() as u64, "{metrics}");
+}

@@ -436,3 +436,25 @@ async fn the_ingress_refuses_upgrades_and_never_relays_an_unasked_101() {
     .await;
     assert_eq!(unasked.status, 502, "{unasked:?}");
 }
+
+#[tokio::test]
+async fn ingress_audit_lines_carry_the_request_id_the_app_sees_and_connect_is_refused_on_the_record() {
+    let (issuer, app) = (Issuer::start().await, Upstream::start().await);
+    let proxy = Proxy::start(&issuer.config(&app), &[]).await;
+    ready(&proxy).await;
+    let token = sign(&issuer.rsa, Algorithm::RS256, "rsa-1", &claims());
+    assert_eq!(call(&proxy, Some(&token), "x-request-id: req-7\r\n").await.status, 200);
+    assert_eq!(call(&proxy, Some(&token), "").await.status, 200);
+    let connect = raw(proxy.ingress, b"CONNECT example.org:443 HTTP/1.1\r\nhost: example.org:443\r\n\r\n").await;
+    assert_eq!(connect.status, 405, "{connect:?}");
+    let audit = proxy.audit(3).await;
+    assert_eq!(audit.len(), 3, "{audit:?}");
+    assert_eq!(audit[0]["request_id"], "req-7");
+    let generated = audit[1]["request_id"].as_str().unwrap_or_default().to_owned();
+    assert!(generated.starts_with("tg-"), "{}", audit[1]);
+    let seen = app.requests();
+    assert_eq!(seen[0].header("x-request-id"), Some("req-7"));
+    assert_eq!(seen[1].header("x-request-id"), Some(generated.as_str()), "the app sees the id the audit line has");
+    assert_eq!((audit[2]["status"].as_u64(), audit[2]["decision"].as_str()), (Some(405), Some("connect-refused")));
+    assert_eq!(seen.len(), 2, "CONNECT reached nothing");
+}
