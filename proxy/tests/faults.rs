@@ -5,7 +5,7 @@
 
 mod common;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::{Fault, Proxy, assert_truncated, exchange, faulty_upstream, raw};
 
@@ -151,4 +151,123 @@ async fn every_request_the_proxy_answers_is_audited_and_counted_even_those_its_p
         .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
         .sum();
     assert_eq!(counted, requests.len() as u64, "{metrics}");
+}
+
+#[tokio::test]
+async fn a_slow_flapping_token_endpoint_under_200_concurrent_requests_lets_nothing_out_without_a_token() {
+    use std::sync::atomic::Ordering;
+    let (upstream, idp) = (common::Upstream::start().await, common::Idp::start().await);
+    let config = format!(
+        "identity: {{ tokenUrl: 'http://{}/token', clientIdFile: '{{dir}}/client-id', clientSecretFile: '{{dir}}/client-secret', refreshBefore: 30s, timeout: 2s }}\nroutes:\n- {{ name: hub, prefix: /hub, upstream: '{}', auth: token }}\n",
+        idp.addr,
+        upstream.url()
+    );
+    // Slow, down for the first second, then failing half the time, and handing out the shortest tokens the
+    // proxy accepts (10 s, refreshed after 5), while 200 requests arrive over six seconds.
+    idp.delay_ms.store(300, Ordering::SeqCst);
+    idp.expires_in.store(10, Ordering::SeqCst);
+    idp.status.store(500, Ordering::SeqCst);
+    let proxy = Proxy::start(&config, &[]).await;
+    let flapping = {
+        let status = idp.status.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            for i in 0..50 {
+                status.store(if i % 2 == 0 { 200 } else { 500 }, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(150)).await;
+            }
+        })
+    };
+    let addr = proxy.egress;
+    let requests: Vec<_> = (0..200)
+        .map(|i| {
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis((i % 30) * 200)).await;
+                raw(addr, format!("GET /hub/{i} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").as_bytes()).await
+            })
+        })
+        .collect();
+    let mut statuses = std::collections::BTreeMap::new();
+    for request in requests {
+        let response = request.await.unwrap();
+        assert!(response.status == 200 || response.status == 503, "only success or a clear 503: {response:?}");
+        if response.status == 503 {
+            assert_eq!(response.json()["decision"], "no-credentials", "{response:?}");
+        }
+        *statuses.entry(response.status).or_insert(0) += 1;
+    }
+    flapping.await.unwrap();
+    assert!(statuses.contains_key(&503) && statuses.contains_key(&200), "both outcomes were exercised: {statuses:?}");
+    let forwarded = upstream.requests();
+    assert_eq!(forwarded.len(), statuses.get(&200).copied().unwrap_or(0), "every 200 and nothing else reached the upstream");
+    for request in &forwarded {
+        let auth = request.header("authorization").unwrap_or_default();
+        assert!(auth.starts_with("Bearer token-"), "forwarded without the proxy's token: {auth:?}");
+    }
+    assert!(idp.calls() < 200, "token calls are shared, not one per request: {}", idp.calls());
+
+    // The endpoint recovers: so does the proxy, without a restart.
+    idp.status.store(200, Ordering::SeqCst);
+    idp.delay_ms.store(0, Ordering::SeqCst);
+    idp.expires_in.store(300, Ordering::SeqCst);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while proxy.get("/hub/after").await.status != 200 {
+        assert!(Instant::now() < deadline, "the proxy did not recover:\n{}", proxy.logs());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    for i in 0..20 {
+        assert_eq!(proxy.get(&format!("/hub/steady/{i}")).await.status, 200);
+    }
+}
+
+#[tokio::test]
+async fn an_upstream_resetting_mid_request_body_gets_the_app_a_clear_502_and_the_next_request_works() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // Reads the head and a little of the body, then resets.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let resetting = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 256];
+                let _ = conn.read(&mut buf).await;
+                let _ = conn.set_zero_linger();
+            });
+        }
+    });
+    let healthy = common::Upstream::start().await;
+    let config = format!(
+        "routes:\n- {{ name: results, prefix: /results, upstream: 'http://{resetting}', methods: [PUT] }}\n- {{ name: hub, prefix: /hub, upstream: '{}' }}\n",
+        healthy.url()
+    );
+    let proxy = Proxy::start(&config, &[]).await;
+    for framing in ["content-length: 200000\r\n", "transfer-encoding: chunked\r\n"] {
+        let mut stream = tokio::net::TcpStream::connect(proxy.egress).await.unwrap();
+        stream.write_all(format!("PUT /results/final HTTP/1.1\r\nhost: x\r\n{framing}\r\n").as_bytes()).await.unwrap();
+        // The body, in pieces, until the proxy answers or stops reading.
+        let chunk = vec![b'x'; 4096];
+        for _ in 0..48 {
+            let piece = if framing.contains("chunked") {
+                [format!("{:x}\r\n", chunk.len()).into_bytes(), chunk.clone(), b"\r\n".to_vec()].concat()
+            } else {
+                chunk.clone()
+            };
+            if stream.write_all(&piece).await.is_err() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let mut response = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut response)).await;
+        let text = String::from_utf8_lossy(&response);
+        // A clear failure: a 502 from the proxy, or (if the proxy's own write of the request failed first) a
+        // closed connection without any response — never a 2xx.
+        assert!(text.is_empty() || text.starts_with("HTTP/1.1 502"), "{framing}: {text}");
+    }
+    // Nothing stuck: the next requests on other routes go through.
+    for i in 0..5 {
+        assert_eq!(proxy.get(&format!("/hub/{i}")).await.status, 200);
+    }
+    let audit = proxy.audit(7).await;
+    assert!(audit.iter().filter(|l| l["route"] == "results").all(|l| l["decision"] == "upstream-error"), "{audit:?}");
 }

@@ -458,3 +458,53 @@ async fn ingress_audit_lines_carry_the_request_id_the_app_sees_and_connect_is_re
     assert_eq!((audit[2]["status"].as_u64(), audit[2]["decision"].as_str()), (Some(405), Some("connect-refused")));
     assert_eq!(seen.len(), 2, "CONNECT reached nothing");
 }
+
+#[tokio::test]
+async fn a_key_rotation_under_traffic_admits_the_new_key_drops_the_old_and_answers_every_call_clearly() {
+    let (issuer, app) = (Issuer::start().await, Upstream::start().await);
+    let proxy = Arc::new(Proxy::start(&issuer.config(&app), &[]).await);
+    ready(&proxy).await;
+    let old = sign(&issuer.rsa, Algorithm::RS256, "rsa-1", &claims());
+    let new = sign(&issuer.ec, Algorithm::ES256, "ec-1", &claims());
+    assert_eq!(call(&proxy, Some(&old), "").await.status, 200);
+
+    // Traffic with both tokens throughout, 8 callers at a time.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let callers: Vec<_> = (0..8)
+        .map(|i| {
+            let (proxy, stop) = (proxy.clone(), stop.clone());
+            let token = if i % 2 == 0 { old.clone() } else { new.clone() };
+            tokio::spawn(async move {
+                let mut statuses = Vec::new();
+                while !stop.load(Ordering::SeqCst) {
+                    statuses.push(call(&proxy, Some(&token), "").await.status);
+                }
+                statuses
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The issuer rotates: the EC key appears, the RSA key is gone.
+    *issuer.jwks.lock().unwrap() = json!({"keys": [issuer.ec_jwk.clone()]});
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while call(&proxy, Some(&new), "").await.status != 200 {
+        assert!(std::time::Instant::now() < deadline, "the new key was never admitted:\n{}", proxy.logs());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, Ordering::SeqCst);
+    let mut all = Vec::new();
+    for caller in callers {
+        all.extend(caller.await.unwrap());
+    }
+    assert!(all.iter().all(|s| *s == 200 || *s == 401), "only admitted or a clear 401: {all:?}");
+    // Once the new set is in, the old key no longer opens anything.
+    let refused = call(&proxy, Some(&old), "").await;
+    assert_eq!(refused.status, 401, "{refused:?}");
+    // Exactly the admitted calls reached the app: the callers' 200s, the first call with the old key and the
+    // call that found the new key admitted.
+    let admitted = all.iter().filter(|s| **s == 200).count() + 2;
+    let seen = app.requests();
+    assert_eq!(seen.len(), admitted, "only admitted calls reach the app");
+    assert!(seen.iter().all(|r| r.header("authorization").is_none()), "the token never reaches the app");
+}
