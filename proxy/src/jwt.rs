@@ -105,6 +105,25 @@ struct KeySet {
     keys: HashMap<String, (AlgorithmFamily, Arc<DecodingKey>, Option<Algorithm>)>,
 }
 
+/// The usable keys of a JWKS document.
+fn key_set(document: &Value) -> KeySet {
+    let mut keys = HashMap::new();
+    for raw in document.get("keys").and_then(Value::as_array).into_iter().flatten() {
+        // Parse key by key: one odd key must not take the others down.
+        // Only signature keys: an encryption key (`use: enc`) is not a verification key.
+        if raw.get("use").is_some_and(|u| u != "sig") {
+            continue;
+        }
+        let Ok(jwk) = serde_json::from_value::<Jwk>(raw.clone()) else { continue };
+        let Some(kid) = jwk.common.key_id.clone() else { continue };
+        let algorithm = jwk.common.key_algorithm.and_then(|a| a.to_string().parse::<Algorithm>().ok());
+        if let Some((family, key)) = key_from_jwk(&jwk) {
+            keys.insert(kid, (family, Arc::new(key), algorithm));
+        }
+    }
+    KeySet { keys }
+}
+
 /// The last JWKS fetch: when it started, and why it failed if it did.
 struct LastFetch {
     at: Instant,
@@ -125,6 +144,14 @@ pub struct Verifier {
 impl Verifier {
     pub fn new(config: Ingress, client: HttpClient) -> Self {
         Verifier { config, client, keys: ArcSwap::from_pointee(KeySet { keys: HashMap::new() }), last_fetch: Mutex::new(None) }
+    }
+
+    /// A verifier holding the usable keys of `jwks` (a JWKS document) as if it had just fetched them: no
+    /// fetch happens within the refetch interval. For verifying against fixed keys without a network (the
+    /// `jwt` fuzz target, fuzz/fuzz_targets/jwt.rs).
+    pub fn with_jwks(config: Ingress, client: HttpClient, jwks: &Value) -> Self {
+        let last_fetch = Mutex::new(Some(LastFetch { at: Instant::now(), error: None }));
+        Verifier { config, client, keys: ArcSwap::from_pointee(key_set(jwks)), last_fetch }
     }
 
     pub fn config(&self) -> &Ingress {
@@ -169,22 +196,9 @@ impl Verifier {
             return Err(format!("JWKS endpoint answered {}", response.status));
         }
         let document: Value = serde_json::from_slice(&response.body).map_err(|e| format!("JWKS is not JSON: {e}"))?;
-        let mut keys = HashMap::new();
-        for raw in document.get("keys").and_then(Value::as_array).into_iter().flatten() {
-            // Parse key by key: one odd key must not take the others down.
-            // Only signature keys: an encryption key (`use: enc`) is not a verification key.
-            if raw.get("use").is_some_and(|u| u != "sig") {
-                continue;
-            }
-            let Ok(jwk) = serde_json::from_value::<Jwk>(raw.clone()) else { continue };
-            let Some(kid) = jwk.common.key_id.clone() else { continue };
-            let algorithm = jwk.common.key_algorithm.and_then(|a| a.to_string().parse::<Algorithm>().ok());
-            if let Some((family, key)) = key_from_jwk(&jwk) {
-                keys.insert(kid, (family, Arc::new(key), algorithm));
-            }
-        }
-        tracing::info!(keys = keys.len(), "JWKS loaded");
-        self.keys.store(Arc::new(KeySet { keys }));
+        let keys = key_set(&document);
+        tracing::info!(keys = keys.keys.len(), "JWKS loaded");
+        self.keys.store(Arc::new(keys));
         Ok(())
     }
 
