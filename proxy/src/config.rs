@@ -308,7 +308,8 @@ impl Config {
             serde_path_to_error::deserialize(&value).map_err(|e| {
                 let path = e.path().to_string();
                 ConfigErrors(vec![ConfigError {
-                    path: if path == "." { "<file>".into() } else { path },
+                    // An unknown top-level key that is empty (`? >` in YAML) has an empty path: the file's.
+                    path: if path == "." || path.is_empty() { "<file>".into() } else { path },
                     message: e.into_inner().to_string(),
                 }])
             })?

@@ -247,6 +247,11 @@ impl Verifier {
                 _ => AuthError::Malformed,
             }
         })?;
+        // jsonwebtoken also takes an array of issuers that contains ours; RFC 7519 section 4.1.1 makes `iss`
+        // one string (found by the `jwt` fuzz target).
+        if data.claims.get("iss").and_then(Value::as_str) != Some(self.config.issuer.as_str()) {
+            return Err(AuthError::Issuer);
+        }
         if !self.config.allowed_clients.is_empty() {
             let client = data.claims.get("azp").or_else(|| data.claims.get("client_id")).and_then(Value::as_str);
             if !client.is_some_and(|c| self.config.allowed_clients.iter().any(|allowed| allowed == c)) {
