@@ -155,7 +155,8 @@ impl Format {
         let suffix = text.trim_start_matches(|c: char| c.is_ascii_digit() || matches!(c, '.' | '+' | '-'));
         if suffix.ends_with('i') {
             Format::BinarySI
-        } else if suffix.starts_with(['e', 'E']) {
+        } else if suffix.len() > 1 && suffix.starts_with(['e', 'E']) {
+            // An exponent (`e3`, `E-2`); `E` alone is the exa suffix, DecimalSI.
             Format::DecimalExponent
         } else {
             Format::DecimalSI
@@ -302,6 +303,8 @@ mod tests {
             ("0.1u", "100n"),
             ("0Gi", "0"),
             ("8Ei", "8Ei"),
+            ("1E", "1E"),
+            ("1.5E", "1500P"),
         ] {
             let value: Quantity = written.parse().unwrap();
             assert_eq!(value.canonical(Format::of(written)), canonical, "{written}");
