@@ -58,16 +58,12 @@ async fn switching_upstream() -> (std::net::SocketAddr, std::sync::Arc<std::sync
         while let Ok((mut conn, _)) = listener.accept().await {
             let seen = seen.clone();
             tokio::spawn(async move {
-                let mut head = Vec::new();
-                let mut buf = [0u8; 1024];
-                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match conn.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => head.extend_from_slice(&buf[..n]),
-                    }
+                if !common::read_head(&mut conn).await {
+                    return;
                 }
                 seen.fetch_add(1, Ordering::SeqCst);
                 let _ = conn.write_all(b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: upgrade\r\n\r\n").await;
+                let mut buf = [0u8; 1024];
                 while let Ok(n) = conn.read(&mut buf).await {
                     if n == 0 || conn.write_all(&buf[..n]).await.is_err() {
                         return;

@@ -354,6 +354,19 @@ pub enum Fault {
     ShortThenReset,
 }
 
+/// Reads a request head off `conn`; false if the connection ended first.
+pub async fn read_head(conn: &mut TcpStream) -> bool {
+    let mut head = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        match conn.read(&mut buf).await {
+            Ok(0) | Err(_) => return false,
+            Ok(n) => head.extend_from_slice(&buf[..n]),
+        }
+    }
+    true
+}
+
 /// An upstream that answers every connection with `fault`.
 pub async fn faulty_upstream(fault: Fault) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -361,13 +374,8 @@ pub async fn faulty_upstream(fault: Fault) -> SocketAddr {
     tokio::spawn(async move {
         while let Ok((mut conn, _)) = listener.accept().await {
             tokio::spawn(async move {
-                let mut head = Vec::new();
-                let mut buf = [0u8; 1024];
-                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match conn.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => head.extend_from_slice(&buf[..n]),
-                    }
+                if !read_head(&mut conn).await {
+                    return;
                 }
                 let response: &[u8] = match fault {
                     Fault::ChunkedThenClose | Fault::ChunkedThenStall => {
