@@ -15,6 +15,8 @@
 # Environment: TOLLGATE_FUZZ_PROFILE=release (default: optimized, for long runs; a cold build takes
 # 15-20 minutes on 2 cores) or dev (unoptimized: builds 3-4 times faster, runs 5-20 times slower; CI uses
 # it), both with debug assertions and overflow checks; TOLLGATE_FUZZ_SANITIZER=none (default; safe Rust needs none) or address;
+# TOLLGATE_FUZZ_TARGET_DIR=DIR builds there instead of fuzz/target (CI keeps its build in
+# ~/.cache/tollgate/fuzz-target, so that only its first run pays for it);
 # TOLLGATE_FUZZ_FRESH=1 starts from the checked-in seeds alone (what earlier runs learned is replayed
 # first otherwise, which takes longer the more there is; CI uses this).
 set -euo pipefail
@@ -54,6 +56,10 @@ case $profile in
   dev) build_flags=(--sanitizer "$sanitizer" --dev) ;;
   *) echo "fuzz.sh: TOLLGATE_FUZZ_PROFILE must be release or dev" >&2; exit 2 ;;
 esac
+if [ -n "${TOLLGATE_FUZZ_TARGET_DIR:-}" ]; then
+  mkdir -p "$TOLLGATE_FUZZ_TARGET_DIR"
+  build_flags+=(--target-dir "$TOLLGATE_FUZZ_TARGET_DIR")
+fi
 
 # fuzz/ is its own workspace with its own Cargo.lock; cargo-fuzz cannot pass --locked, so check first
 # that the lock file needs no change.

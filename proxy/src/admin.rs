@@ -34,6 +34,8 @@ fn reply(status: u16, content_type: &str, body: impl Into<Vec<u8>>) -> Response<
 #[async_trait]
 impl ServeHttp for Admin {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        // Nothing here reads a body: once the head is in, the next byte starts the next request.
+        crate::connections::request_done(session);
         let header = session.req_header();
         if header.method != http::Method::GET {
             return reply(405, "text/plain", "method not allowed\n");

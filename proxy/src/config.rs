@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::connections::Limits;
 use crate::routes::{AuthMode, Pattern, Route, Upstream};
 use crate::units::{parse_bytes, parse_duration};
 
@@ -28,6 +29,8 @@ pub struct RawConfig {
     pub forward_proxy: Option<String>,
     #[serde(default)]
     pub shutdown: RawShutdown,
+    #[serde(default)]
+    pub connections: RawConnections,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -140,6 +143,15 @@ pub struct RawShutdown {
     pub grace: Option<String>,
 }
 
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RawConnections {
+    pub head_timeout: Option<String>,
+    pub max_head_size: Option<Size>,
+    pub max_per_listener: Option<u64>,
+    pub max_per_peer: Option<u64>,
+}
+
 /// One problem, with the path of its field.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError {
@@ -225,6 +237,9 @@ pub struct Config {
     pub extra_ca_file: Option<PathBuf>,
     pub forward_proxy: Option<Upstream>,
     pub shutdown_grace: Duration,
+    /// The bounds on every listener's connections (connections.rs); `max_per_peer` is for the listeners
+    /// outside callers reach, ingress and admin.
+    pub connections: Limits,
     /// What this pod cannot use because it lacks an id a placeholder needs: routes (and allow entries)
     /// left out, so they are refused like any path without a route, never widened.
     pub disabled: Vec<Disabled>,
@@ -292,6 +307,37 @@ fn fill(text: &str, env: &Environment) -> Result<String, String> {
 fn listen(raw: Option<&String>, env: Option<&String>, default: &str) -> Result<SocketAddr, String> {
     let text = env.or(raw).map_or(default, String::as_str);
     text.parse().map_err(|_| format!("{text:?} is not an address like 127.0.0.1:15001"))
+}
+
+/// `connections`, each field within bounds that keep a listener both usable and cheap to hold.
+fn connection_limits(c: &mut Checker, raw: &RawConnections) -> Option<Limits> {
+    let within = |value: u64, min: u64, max: u64, unit: &str| {
+        if (min..=max).contains(&value) { Ok(value) } else { Err(format!("must be between {min} and {max}{unit} (is {value}{unit})")) }
+    };
+    let head_timeout = c.check(
+        "connections.headTimeout",
+        parse_duration(raw.head_timeout.as_deref().unwrap_or("10s")).and_then(|d| {
+            if (Duration::from_secs(1)..=Duration::from_secs(60)).contains(&d) { Ok(d) } else { Err("must be between 1s and 60s".into()) }
+        }),
+    );
+    // pingora refuses heads over 1 MiB itself; below 4 KiB a token-carrying request no longer fits.
+    let max_head_size = c.check(
+        "connections.maxHeadSize",
+        raw.max_head_size.as_ref().map_or(Ok(32 << 10), Size::parse).and_then(|n| within(n, 4 << 10, 1 << 20, " bytes")),
+    );
+    let max_per_listener = c.check("connections.maxPerListener", within(raw.max_per_listener.unwrap_or(1024), 1, 1 << 20, ""));
+    let max_per_peer = c.check("connections.maxPerPeer", within(raw.max_per_peer.unwrap_or(128), 1, 1 << 20, ""));
+    if let (Some(listener), Some(peer)) = (max_per_listener, max_per_peer)
+        && peer > listener
+    {
+        c.error("connections.maxPerPeer", format!("{peer} is more than connections.maxPerListener ({listener})"));
+    }
+    Some(Limits {
+        head_timeout: head_timeout?,
+        max_head_size: usize::try_from(max_head_size?).ok()?,
+        max_per_listener: usize::try_from(max_per_listener?).ok()?,
+        max_per_peer: Some(usize::try_from(max_per_peer?).ok()?),
+    })
 }
 
 const METHODS: [&str; 7] = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"];
@@ -530,6 +576,8 @@ impl Config {
             c.error("shutdown.grace", "must stay below Kubernetes' 30 s termination grace period (at most 25s)");
         }
 
+        let connections = connection_limits(&mut c, &raw.connections);
+
         if !c.errors.is_empty() {
             return Err(ConfigErrors(c.errors));
         }
@@ -543,6 +591,7 @@ impl Config {
             extra_ca_file: raw.tls.extra_ca_file,
             forward_proxy,
             shutdown_grace: shutdown_grace.expect("checked"),
+            connections: connections.expect("checked"),
             disabled,
         })
     }

@@ -129,6 +129,11 @@ impl ProxyHttp for Egress {
         EgressCtx { started: Some(Instant::now()), ..EgressCtx::default() }
     }
 
+    async fn early_request_filter(&self, session: &mut Session, _ctx: &mut EgressCtx) -> Result<()> {
+        crate::connections::head_received(session);
+        Ok(())
+    }
+
     async fn request_filter(&self, session: &mut Session, ctx: &mut EgressCtx) -> Result<bool> {
         let header = session.req_header();
         ctx.request_id = request_id(header.headers.get("x-request-id").and_then(|v| v.to_str().ok()));
@@ -323,6 +328,7 @@ impl ProxyHttp for Egress {
     }
 
     async fn logging(&self, session: &mut Session, error: Option<&Error>, ctx: &mut EgressCtx) {
+        crate::connections::request_done(session);
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
         let route = ctx.route.map(|i| self.config.routes[i].name.as_str()).unwrap_or("");
         if let (Some(forwarded), Some(_)) = (ctx.forwarded_at, ctx.route) {

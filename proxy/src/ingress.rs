@@ -74,6 +74,11 @@ impl ProxyHttp for IngressProxy {
         IngressCtx { started: Some(Instant::now()), ..IngressCtx::default() }
     }
 
+    async fn early_request_filter(&self, session: &mut Session, _ctx: &mut IngressCtx) -> Result<()> {
+        crate::connections::head_received(session);
+        Ok(())
+    }
+
     async fn request_filter(&self, session: &mut Session, ctx: &mut IngressCtx) -> Result<bool> {
         let header = session.req_header();
         ctx.request_id = crate::egress::request_id(header.headers.get("x-request-id").and_then(|v| v.to_str().ok()));
@@ -175,6 +180,7 @@ impl ProxyHttp for IngressProxy {
     }
 
     async fn logging(&self, session: &mut Session, _error: Option<&Error>, ctx: &mut IngressCtx) {
+        crate::connections::request_done(session);
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
         self.metrics.request(RequestLabels { listener: "ingress", route: String::new(), status, decision: ctx.decision });
         tracing::info!(

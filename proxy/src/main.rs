@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
 use clap::{Parser, Subcommand};
+use pingora::proxy::{HttpProxy, ProxyHttp};
 use pingora::server::Server;
 use pingora::server::configuration::ServerConf;
 use pingora::services::background::background_service;
@@ -16,12 +17,13 @@ use pingora::services::listening::Service;
 use tollgate_proxy::admin::Admin;
 use tollgate_proxy::client::HttpClient;
 use tollgate_proxy::config::{Config, Environment};
+use tollgate_proxy::connections::{Guard, Limits, Listener};
 use tollgate_proxy::egress::Egress;
 use tollgate_proxy::ingress::IngressProxy;
 use tollgate_proxy::jwt::Verifier;
 use tollgate_proxy::local::LocalGuard;
 use tollgate_proxy::metrics::Metrics;
-use tollgate_proxy::refusals::ParserRefusals;
+use tollgate_proxy::refusals::{ParserRefusals, QuietLimitErrors};
 use tollgate_proxy::routes::AuthMode;
 use tollgate_proxy::tokens::TokenSource;
 
@@ -63,6 +65,7 @@ fn init_logs() {
     use tracing_subscriber::util::SubscriberInitExt;
     let filter = tracing_subscriber::EnvFilter::try_from_env("TOLLGATE_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     tracing_subscriber::registry()
+        .with(QuietLimitErrors)
         .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr).json().flatten_event(true).with_filter(filter))
         .with(ParserRefusals.with_filter(ParserRefusals::filter()))
         .init();
@@ -168,32 +171,24 @@ fn run(config: Arc<Config>) -> Result<(), String> {
     server.bootstrap();
 
     // Named after the listener: pingora names the service's threads so, which is how requests its parser
-    // refuses are attributed (refusals.rs).
-    let mut egress = pingora::proxy::http_proxy_service_with_name(
-        &server.configuration,
-        Egress::new(config.clone(), tokens.clone(), guard, metrics.clone()),
-        "egress",
-    );
-    allow_connect_to_reach_the_filters(&mut egress);
-    egress.add_tcp(&config.egress_listen.to_string());
-    server.add_service(egress);
+    // refuses are attributed (refusals.rs). Each listener's connections are bounded (connections.rs); on
+    // egress every peer is the pod's own app, so only the listener's cap applies there.
+    let limits = config.connections;
+    let egress_limits = Limits { max_per_peer: None, ..limits };
+    let egress =
+        proxy_service(&server, Egress::new(config.clone(), tokens.clone(), guard, metrics.clone()), "egress", egress_limits, &metrics);
+    server.add_service(listening(egress, config.egress_listen));
 
     let verifier = config.ingress.as_ref().map(|ingress| Arc::new(Verifier::new(ingress.clone(), client.clone())));
     let admin =
         Admin { metrics: metrics.clone(), tokens: tokens.clone(), draining: Arc::new(AtomicBool::new(false)), verifier: verifier.clone() };
-    let mut admin_service = Service::new("admin".to_owned(), admin);
-    admin_service.add_tcp(&config.admin_listen.to_string());
-    server.add_service(admin_service);
+    let admin = Service::new("admin".to_owned(), Guard::new(admin, Listener::new("admin", limits, metrics.clone())));
+    server.add_service(listening(admin, config.admin_listen));
 
     if let Some(verifier) = verifier {
-        let mut service = pingora::proxy::http_proxy_service_with_name(
-            &server.configuration,
-            IngressProxy::new(verifier.clone(), metrics.clone(), config.ingress_listen),
-            "ingress",
-        );
-        allow_connect_to_reach_the_filters(&mut service);
-        service.add_tcp(&config.ingress_listen.to_string());
-        server.add_service(service);
+        let ingress = IngressProxy::new(verifier.clone(), metrics.clone(), config.ingress_listen);
+        let ingress = proxy_service(&server, ingress, "ingress", limits, &metrics);
+        server.add_service(listening(ingress, config.ingress_listen));
         server.add_service(background_service("jwks", JwksLoader(verifier)));
     }
     if let Some(tokens) = tokens {
@@ -206,14 +201,24 @@ fn run(config: Arc<Config>) -> Result<(), String> {
     server.run_forever();
 }
 
-/// pingora answers CONNECT with its own 405, unseen by tollgate; let it through to the request filters,
-/// which refuse it themselves (405, audited and counted). Nothing is ever tunnelled.
-fn allow_connect_to_reach_the_filters<A>(service: &mut Service<pingora::proxy::HttpProxy<A, ()>>) {
-    if let Some(proxy) = service.app_logic_mut() {
-        let mut options = pingora::apps::HttpServerOptions::default();
-        options.allow_connect_method_proxying = true;
-        proxy.server_options = Some(options);
-    }
+/// One proxy listener's service, named `name`, behind its connection limits. pingora would answer CONNECT
+/// with its own 405, unseen by tollgate; it is let through to the request filters instead, which refuse it
+/// themselves (405, audited and counted). Nothing is ever tunnelled.
+fn proxy_service<P>(server: &Server, app: P, name: &'static str, limits: Limits, metrics: &Arc<Metrics>) -> Service<Guard<HttpProxy<P>>>
+where
+    P: ProxyHttp + Send + Sync + 'static,
+    P::CTX: Send + Sync,
+{
+    let mut proxy = pingora::proxy::http_proxy(&server.configuration, app);
+    let mut options = pingora::apps::HttpServerOptions::default();
+    options.allow_connect_method_proxying = true;
+    proxy.server_options = Some(options);
+    Service::new(name.to_owned(), Guard::new(proxy, Listener::new(name, limits, metrics.clone())))
+}
+
+fn listening<A>(mut service: Service<A>, address: SocketAddr) -> Service<A> {
+    service.add_tcp(&address.to_string());
+    service
 }
 
 /// Loads the JWKS at start (retrying until it succeeds), so the first call does not wait for it, and

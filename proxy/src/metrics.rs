@@ -3,6 +3,7 @@
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
@@ -25,6 +26,11 @@ struct ResultLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ListenerLabels {
+    listener: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct CallLabels {
     call: &'static str,
 }
@@ -36,6 +42,7 @@ pub struct Metrics {
     bytes_out: Family<RouteLabels, Counter>,
     token_fetches: Family<ResultLabels, Counter>,
     local_destination_refusals: Family<CallLabels, Counter>,
+    connections: Family<ListenerLabels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -72,7 +79,9 @@ impl Metrics {
         for call in ["egress", "token"] {
             let _ = local_destination_refusals.get_or_create(&CallLabels { call });
         }
-        Metrics { registry, requests, upstream_duration, bytes_out, token_fetches, local_destination_refusals }
+        let connections = Family::<ListenerLabels, Gauge>::default();
+        registry.register("connections", "Open downstream connections, by listener", connections.clone());
+        Metrics { registry, requests, upstream_duration, bytes_out, token_fetches, local_destination_refusals, connections }
     }
 
     pub fn request(&self, labels: RequestLabels) {
@@ -89,6 +98,10 @@ impl Metrics {
 
     pub fn local_destination_refused(&self, call: &'static str) {
         self.local_destination_refusals.get_or_create(&CallLabels { call }).inc();
+    }
+
+    pub fn connections_open(&self, listener: &'static str, open: usize) {
+        self.connections.get_or_create(&ListenerLabels { listener }).set(i64::try_from(open).unwrap_or(i64::MAX));
     }
 
     pub fn register_route(&self, route: &str) {

@@ -81,21 +81,33 @@ impl<S: Subscriber> Layer<S> for ParserRefusals {
         }
         let thread = std::thread::current();
         let listener = LISTENERS.into_iter().find(|l| thread.name().is_some_and(|n| n.starts_with(l))).unwrap_or("unknown");
-        if let Some(metrics) = METRICS.get() {
-            metrics.request(RequestLabels { listener, route: String::new(), status: 400, decision: "bad-request" });
+        record(listener, 400, "bad-request", &cause(&message.0));
+    }
+}
+
+/// The audit line and the count of an answer given without a request tollgate's phases saw: one pingora's
+/// parser refused, or one refused below it (connections.rs).
+pub fn record(listener: &'static str, status: u16, decision: &'static str, reason: &str) {
+    if let Some(metrics) = METRICS.get() {
+        metrics.request(RequestLabels { listener, route: String::new(), status, decision });
+    }
+    let request_id = crate::egress::request_id(None);
+    tracing::info!(listener, route = "", method = "", path = "", status, decision, reason, request_id, "request");
+}
+
+/// Leaves out pingora's own error line about a read that connections.rs failed on purpose: that refusal
+/// has its audit line already, and an attacker holding connections should not also fill the log.
+pub struct QuietLimitErrors;
+
+impl<S: Subscriber> Layer<S> for QuietLimitErrors {
+    fn event_enabled(&self, event: &Event<'_>, _ctx: Context<'_, S>) -> bool {
+        // pingora logs through `log`; its events arrive with the target "log" (the real one is a field).
+        if event.metadata().target() != "log" {
+            return true;
         }
-        let request_id = crate::egress::request_id(None);
-        tracing::info!(
-            listener,
-            route = "",
-            method = "",
-            path = "",
-            status = 400u16,
-            decision = "bad-request",
-            reason = %cause(&message.0),
-            request_id,
-            "request"
-        );
+        let mut message = Message::default();
+        event.record(&mut message);
+        !message.0.contains(crate::connections::REFUSED)
     }
 }
 

@@ -508,3 +508,249 @@ async fn a_key_rotation_under_traffic_admits_the_new_key_drops_the_old_and_answe
     assert_eq!(seen.len(), admitted, "only admitted calls reach the app");
     assert!(seen.iter().all(|r| r.header("authorization").is_none()), "the token never reaches the app");
 }
+
+// ---- Issue 10, item 6: connections and request heads are bounded ----
+
+/// The proxy's resident memory, in KiB.
+fn rss_kib(proxy: &Proxy) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", proxy.child.id())).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// The value of one sample of the proxy's metrics (0 when absent).
+async fn sample(proxy: &Proxy, name_and_labels: &[&str]) -> f64 {
+    let metrics = raw(proxy.admin, b"GET /metrics HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").await.body;
+    metrics
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .find(|l| name_and_labels.iter().all(|part| l.contains(part)))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+async fn wait_for_sample(proxy: &Proxy, name_and_labels: &[&str], value: f64) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while sample(proxy, name_and_labels).await != value {
+        assert!(std::time::Instant::now() < deadline, "{name_and_labels:?} never reached {value}:\n{}", proxy.logs());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Reads one response with a Content-Length body off a kept-alive connection: (status, body).
+async fn read_response(conn: &mut tokio::net::TcpStream) -> (u16, String) {
+    use tokio::io::AsyncReadExt;
+    let mut bytes = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        if let Some(end) = bytes.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&bytes[..end]).to_ascii_lowercase();
+            let length: usize = head.lines().find_map(|l| l.strip_prefix("content-length:")).map_or(0, |v| v.trim().parse().unwrap());
+            if bytes.len() >= end + 4 + length {
+                let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+                return (status, String::from_utf8_lossy(&bytes[end + 4..end + 4 + length]).into_owned());
+            }
+        }
+        let n = tokio::time::timeout(Duration::from_secs(10), conn.read(&mut buf)).await.expect("a response in time").unwrap();
+        assert!(n > 0, "closed mid-response: {:?}", String::from_utf8_lossy(&bytes));
+        bytes.extend_from_slice(&buf[..n]);
+    }
+}
+
+/// A ready proxy with an ingress to `app`, a route `/storage` and the `connections` limits given (YAML flow
+/// mapping content), and a valid token for its ingress.
+struct Limited {
+    _issuer: Issuer,
+    app: Upstream,
+    _storage: Upstream,
+    proxy: Proxy,
+    token: String,
+}
+
+impl Limited {
+    async fn start(connections: &str) -> Limited {
+        let (issuer, app, storage) = (Issuer::start().await, Upstream::start().await, Upstream::start().await);
+        let routes = format!("routes:\n- {{ name: storage, prefix: /storage, upstream: '{}' }}\n", storage.url());
+        let config = format!("{}{routes}connections: {{ {connections} }}\n", issuer.config(&app));
+        let proxy = Proxy::start(&config, &[]).await;
+        ready(&proxy).await;
+        let token = sign(&issuer.rsa, Algorithm::RS256, "rsa-1", &claims());
+        Limited { _issuer: issuer, app, _storage: storage, proxy, token }
+    }
+}
+
+/// Sends `line` every `every` until the proxy answers and closes (or 15 s pass): what it answered.
+async fn drip(conn: &mut tokio::net::TcpStream, line: &[u8], every: Duration) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut answer = Vec::new();
+    let mut ticks = tokio::time::interval(every);
+    let _ = tokio::time::timeout(Duration::from_secs(15), async {
+        loop {
+            tokio::select! {
+                read = conn.read_buf(&mut answer) => if !matches!(read, Ok(n) if n > 0) { break },
+                _ = ticks.tick() => if answer.is_empty() { let _ = conn.write_all(line).await; },
+            }
+        }
+    })
+    .await;
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+/// 200 connections from four addresses send request heads that never end: half a header line every
+/// 250 ms, half 4 KiB of headers every 100 ms. pingora alone keeps such connections for as long as a line
+/// comes each minute, and lets each head grow to 1 MiB. Each is cut off — 408 once the head deadline has
+/// passed, 431 once the head is over its cap — while the app's egress, the kubelet's probes and a caller
+/// with a valid token are served all along, and the proxy's memory stays small.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_and_endless_request_heads_are_cut_off_while_everyone_else_is_served() {
+    use tokio::io::AsyncWriteExt;
+    let Limited { app, proxy, token, .. } = Limited::start("headTimeout: 3s").await;
+    let rss_before = rss_kib(&proxy);
+    let ingress = proxy.ingress;
+    let started = std::time::Instant::now();
+    let attackers: Vec<_> = (0..200u8)
+        .map(|i| {
+            tokio::spawn(async move {
+                let source = std::net::IpAddr::from([127, 0, 0, 2 + i % 4]);
+                let mut conn = common::connect_from(Some(source), ingress).await.unwrap();
+                conn.write_all(b"GET /analysis/run HTTP/1.1\r\nhost: pod\r\n").await.unwrap();
+                let (line, every) = if i % 2 == 0 {
+                    (b"x-drip: a\r\n".to_vec(), Duration::from_millis(250))
+                } else {
+                    (format!("x-bulk: {}\r\n", "b".repeat(4096)).into_bytes(), Duration::from_millis(100))
+                };
+                let answer = drip(&mut conn, &line, every).await;
+                (i, answer, started.elapsed())
+            })
+        })
+        .collect();
+
+    // While they are at it: the app's egress, the kubelet's probe and a caller with a token.
+    let mut peak_rss = 0;
+    for _ in 0..5 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let t = std::time::Instant::now();
+        assert_eq!(proxy.get("/storage/result").await.status, 200, "egress under load:\n{}", proxy.logs());
+        assert_eq!(raw(proxy.admin, b"GET /readyz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").await.status, 200);
+        assert_eq!(call(&proxy, Some(&token), "").await.status, 200, "ingress under load");
+        assert!(t.elapsed() < Duration::from_secs(2), "the three calls took {:?}", t.elapsed());
+        peak_rss = peak_rss.max(rss_kib(&proxy));
+    }
+
+    for attacker in attackers {
+        let (i, answer, took) = attacker.await.unwrap();
+        if i % 2 == 0 {
+            assert!(answer.starts_with("HTTP/1.1 408 "), "dripper {i}: {answer:?} after {took:?}");
+            assert!(answer.contains("\"decision\":\"head-timeout\""), "{answer}");
+            assert!((Duration::from_secs(3)..Duration::from_secs(6)).contains(&took), "dripper {i} cut off after {took:?}");
+        } else {
+            assert!(answer.starts_with("HTTP/1.1 431 "), "bulk sender {i}: {answer:?} after {took:?}");
+            assert!(answer.contains("\"decision\":\"head-too-large\""), "{answer}");
+            assert!(took < Duration::from_secs(3), "bulk sender {i} cut off after {took:?}");
+        }
+    }
+    // Each refusal is audited and counted; the connections are gone; the app saw only the token holder.
+    let audit = proxy.audit(0).await;
+    let refused = |decision: &str| audit.iter().filter(|l| l["listener"] == "ingress" && l["decision"] == decision).count();
+    assert_eq!((refused("head-timeout"), refused("head-too-large")), (100, 100));
+    assert_eq!(sample(&proxy, &["tollgate_proxy_requests_total", "ingress", "head-timeout", "408"]).await, 100.0);
+    assert_eq!(sample(&proxy, &["tollgate_proxy_requests_total", "ingress", "head-too-large", "431"]).await, 100.0);
+    wait_for_sample(&proxy, &["tollgate_proxy_connections{", "listener=\"ingress\""], 0.0).await;
+    assert_eq!(app.requests().len(), 5, "{:?}", app.requests());
+    // pingora's own error line for each cut-off read is left out: the audit line says it.
+    assert!(!proxy.logs().contains("Fail to proxy"), "{}", proxy.logs());
+    // 200 heads of at most 32 KiB: a few MiB at most (pingora alone: up to 1 MiB each, held for minutes).
+    assert!(peak_rss < rss_before + 32 * 1024, "resident memory went from {rss_before} KiB to {peak_rss} KiB");
+}
+
+/// A listener takes at most `maxPerListener` connections, and ingress and admin at most `maxPerPeer` from
+/// one address; the rest get 503 (audited, counted) before a byte is read, other addresses and listeners
+/// are unaffected, and a connection that never sends a byte is closed silently at the head deadline,
+/// which frees its slot.
+#[tokio::test]
+async fn connections_over_a_listener_or_address_cap_get_503_and_idle_ones_make_room() {
+    use tokio::io::AsyncReadExt;
+    let Limited { proxy, token, .. } = Limited::start("headTimeout: 4s, maxPerListener: 6, maxPerPeer: 4").await;
+    let request = format!("GET /analysis/x HTTP/1.1\r\nhost: pod\r\nauthorization: Bearer {token}\r\nconnection: close\r\n\r\n");
+    let from = |last: u8| Some(std::net::IpAddr::from([127, 0, 0, last]));
+    let connections = ["tollgate_proxy_connections{", "listener=\"ingress\""];
+
+    let opened = std::time::Instant::now();
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        held.push(common::connect_from(from(2), proxy.ingress).await.unwrap());
+    }
+    wait_for_sample(&proxy, &connections, 4.0).await;
+    let refused = common::raw_from(from(2), proxy.ingress, request.as_bytes()).await;
+    assert_eq!(refused.status, 503, "{refused:?}");
+    assert_eq!(refused.json()["decision"], "too-many-connections");
+    assert!(refused.json()["error"].as_str().unwrap().contains("127.0.0.2 has 4 open connections"), "{refused:?}");
+    assert!(refused.head.to_ascii_lowercase().contains("retry-after: 1"), "{}", refused.head);
+    assert_eq!(common::raw_from(from(3), proxy.ingress, request.as_bytes()).await.status, 200, "another address is served");
+
+    for _ in 0..2 {
+        held.push(common::connect_from(from(3), proxy.ingress).await.unwrap());
+    }
+    wait_for_sample(&proxy, &connections, 6.0).await;
+    let refused = common::raw_from(from(4), proxy.ingress, request.as_bytes()).await;
+    assert_eq!(refused.status, 503, "{refused:?}");
+    assert!(refused.json()["error"].as_str().unwrap().contains("the ingress listener has 6 open connections"), "{refused:?}");
+    // Other listeners have their own counts; egress has no cap per address (every peer there is the pod).
+    assert_eq!(raw(proxy.admin, b"GET /readyz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").await.status, 200);
+    let mut egress_held = Vec::new();
+    for _ in 0..5 {
+        egress_held.push(tokio::net::TcpStream::connect(proxy.egress).await.unwrap());
+    }
+    assert_eq!(proxy.get("/storage/x").await.status, 200);
+    assert!(opened.elapsed() < Duration::from_secs(3), "the checks above must end before the head deadline");
+
+    // A connection that never sent a byte is closed at the head deadline without an answer.
+    let mut idle = held.pop().unwrap();
+    let mut rest = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), idle.read_to_end(&mut rest)).await.expect("closed in time");
+    assert!(matches!(read, Ok(0)) && rest.is_empty(), "{read:?} {rest:?}");
+    assert!(opened.elapsed() >= Duration::from_secs(4), "closed early, after {:?}", opened.elapsed());
+    wait_for_sample(&proxy, &connections, 0.0).await;
+    assert_eq!(common::raw_from(from(4), proxy.ingress, request.as_bytes()).await.status, 200, "room again");
+
+    let audit = proxy.audit(0).await;
+    let refusals: Vec<_> = audit.iter().filter(|l| l["decision"] == "too-many-connections").collect();
+    assert_eq!(refusals.len(), 2, "{refusals:?}");
+    assert!(refusals.iter().all(|l| l["listener"] == "ingress" && l["status"] == 503));
+    assert_eq!(sample(&proxy, &["tollgate_proxy_requests_total", "ingress", "too-many-connections", "503"]).await, 2.0);
+    assert!(audit.iter().all(|l| l["decision"] != "head-timeout"), "a connection without a byte is no request");
+}
+
+/// The head deadline is for heads only: a kept-alive connection may sit idle past it between requests
+/// (pingora's keep-alive timeout governs that), a body may take longer than it (the route's readTimeout
+/// does), and the next head on the same connection gets a deadline of its own.
+#[tokio::test]
+async fn the_head_deadline_spares_idle_keep_alive_connections_and_slow_bodies() {
+    use tokio::io::AsyncWriteExt;
+    let storage = Upstream::start().await;
+    let config = format!(
+        "routes:\n- {{ name: storage, prefix: /storage, methods: [GET, POST], upstream: '{}' }}\nconnections: {{ headTimeout: 1s }}\n",
+        storage.url()
+    );
+    let proxy = Proxy::start(&config, &[]).await;
+    let mut conn = tokio::net::TcpStream::connect(proxy.egress).await.unwrap();
+    conn.write_all(b"GET /storage/a HTTP/1.1\r\nhost: 127.0.0.1\r\n\r\n").await.unwrap();
+    assert_eq!(read_response(&mut conn).await, (200, "upstream says hi".to_owned()));
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    conn.write_all(b"POST /storage/upload HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-length: 8\r\n\r\n").await.unwrap();
+    for byte in b"12345678" {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        conn.write_all(&[*byte]).await.unwrap();
+    }
+    assert_eq!(read_response(&mut conn).await, (200, "upstream says hi".to_owned()));
+    let seen = storage.requests();
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    assert_eq!(&seen[1].body[..], b"12345678");
+    // The third head on the connection drips: its own deadline, counted from its first byte, ends it.
+    let started = std::time::Instant::now();
+    conn.write_all(b"GET /storage/b HTTP/1.1\r\n").await.unwrap();
+    let answer = drip(&mut conn, b"x-drip: a\r\n", Duration::from_millis(200)).await;
+    assert!(answer.starts_with("HTTP/1.1 408 "), "{answer:?}");
+    assert!((Duration::from_secs(1)..Duration::from_secs(3)).contains(&started.elapsed()), "{:?}", started.elapsed());
+    assert_eq!(storage.requests().len(), 2);
+}

@@ -311,7 +311,23 @@ impl RawResponse {
 
 /// Send `request` byte for byte and read the response until the server closes (status 0 when none).
 pub async fn raw(addr: SocketAddr, request: &[u8]) -> RawResponse {
-    let Ok(mut stream) = TcpStream::connect(addr).await else { return RawResponse { status: 0, head: String::new(), body: String::new() } };
+    raw_from(None, addr, request).await
+}
+
+/// A connection to `addr` from `source` (any loopback address: 127.0.0.0/8 is all this host's), or from
+/// wherever the OS picks.
+pub async fn connect_from(source: Option<IpAddr>, addr: SocketAddr) -> std::io::Result<TcpStream> {
+    let Some(source) = source else { return TcpStream::connect(addr).await };
+    let socket = if source.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+    socket.bind(SocketAddr::new(source, 0))?;
+    socket.connect(addr).await
+}
+
+/// [`raw`], from `source`.
+pub async fn raw_from(source: Option<IpAddr>, addr: SocketAddr, request: &[u8]) -> RawResponse {
+    let Ok(mut stream) = connect_from(source, addr).await else {
+        return RawResponse { status: 0, head: String::new(), body: String::new() };
+    };
     if stream.write_all(request).await.is_err() {
         return RawResponse { status: 0, head: String::new(), body: String::new() };
     }
