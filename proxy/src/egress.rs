@@ -82,6 +82,8 @@ type BearerCacheEntry = (SystemTime, u64, Arc<String>);
 
 #[derive(Default)]
 pub struct EgressCtx {
+    /// Counted until the request is done with (drain.rs).
+    _in_flight: Option<crate::drain::InFlight>,
     route: Option<usize>,
     upstream_target: String,
     /// For a request carrying a credential: the address checked before it was attached, and the only one
@@ -126,7 +128,7 @@ impl ProxyHttp for Egress {
     type CTX = EgressCtx;
 
     fn new_ctx(&self) -> EgressCtx {
-        EgressCtx { started: Some(Instant::now()), ..EgressCtx::default() }
+        EgressCtx { started: Some(Instant::now()), _in_flight: Some(crate::drain::InFlight::begin()), ..EgressCtx::default() }
     }
 
     async fn early_request_filter(&self, session: &mut Session, _ctx: &mut EgressCtx) -> Result<()> {

@@ -35,6 +35,8 @@ impl IngressProxy {
 
 #[derive(Default)]
 pub struct IngressCtx {
+    /// Counted until the request is done with (drain.rs).
+    _in_flight: Option<crate::drain::InFlight>,
     target: String,
     claims: Option<Value>,
     decision: &'static str,
@@ -71,7 +73,7 @@ impl ProxyHttp for IngressProxy {
     type CTX = IngressCtx;
 
     fn new_ctx(&self) -> IngressCtx {
-        IngressCtx { started: Some(Instant::now()), ..IngressCtx::default() }
+        IngressCtx { started: Some(Instant::now()), _in_flight: Some(crate::drain::InFlight::begin()), ..IngressCtx::default() }
     }
 
     async fn early_request_filter(&self, session: &mut Session, _ctx: &mut IngressCtx) -> Result<()> {

@@ -8,6 +8,7 @@ pub mod admin;
 pub mod client;
 pub mod config;
 pub mod connections;
+pub mod drain;
 pub mod egress;
 pub mod headers;
 pub mod ingress;

@@ -10,14 +10,15 @@ use std::sync::atomic::AtomicBool;
 
 use clap::{Parser, Subcommand};
 use pingora::proxy::{HttpProxy, ProxyHttp};
-use pingora::server::Server;
 use pingora::server::configuration::ServerConf;
+use pingora::server::{RunArgs, Server};
 use pingora::services::background::background_service;
 use pingora::services::listening::Service;
 use tollgate_proxy::admin::Admin;
 use tollgate_proxy::client::HttpClient;
 use tollgate_proxy::config::{Config, Environment};
 use tollgate_proxy::connections::{Guard, Limits, Listener};
+use tollgate_proxy::drain::Terminate;
 use tollgate_proxy::egress::Egress;
 use tollgate_proxy::ingress::IngressProxy;
 use tollgate_proxy::jwt::Verifier;
@@ -162,8 +163,9 @@ fn run(config: Arc<Config>) -> Result<(), String> {
         _ => None,
     };
 
-    // pingora sleeps grace_period_seconds after SIGTERM (listeners closed, in-flight requests running);
-    // keep it to the configured grace, well below Kubernetes' 30 s.
+    // After SIGTERM pingora closes the listeners and sleeps grace_period_seconds while requests in flight
+    // run on; drain.rs ends the process as soon as none is left, so the grace is only the upper bound. Keep
+    // it to the configured grace, well below Kubernetes' 30 s.
     let grace = config.shutdown_grace.as_secs_f64().ceil() as u64;
     let conf =
         ServerConf { grace_period_seconds: Some(grace), graceful_shutdown_timeout_seconds: Some(1), threads: 1, ..ServerConf::default() };
@@ -180,8 +182,8 @@ fn run(config: Arc<Config>) -> Result<(), String> {
     server.add_service(listening(egress, config.egress_listen));
 
     let verifier = config.ingress.as_ref().map(|ingress| Arc::new(Verifier::new(ingress.clone(), client.clone())));
-    let admin =
-        Admin { metrics: metrics.clone(), tokens: tokens.clone(), draining: Arc::new(AtomicBool::new(false)), verifier: verifier.clone() };
+    let draining = Arc::new(AtomicBool::new(false));
+    let admin = Admin { metrics: metrics.clone(), tokens: tokens.clone(), draining: draining.clone(), verifier: verifier.clone() };
     let admin = Service::new("admin".to_owned(), Guard::new(admin, Listener::new("admin", limits, metrics.clone())));
     server.add_service(listening(admin, config.admin_listen));
 
@@ -198,7 +200,8 @@ fn run(config: Arc<Config>) -> Result<(), String> {
         tracing::warn!(path = %d.path, route = %d.route, missing = d.missing, "left out: this pod has no value for a placeholder it needs");
     }
     tracing::info!(egress = %config.egress_listen, admin = %config.admin_listen, routes = config.routes.len(), "starting");
-    server.run_forever();
+    server.run(RunArgs { shutdown_signal: Box::new(Terminate { draining }) });
+    std::process::exit(0)
 }
 
 /// One proxy listener's service, named `name`, behind its connection limits. pingora would answer CONNECT

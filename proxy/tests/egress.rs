@@ -329,14 +329,44 @@ async fn sigterm_stops_accepting_and_drains_within_the_grace() {
     assert!(tokio::net::TcpStream::connect(egress).await.is_err(), "still accepting after SIGTERM");
     let response = in_flight.await.unwrap();
     assert_eq!(response.status, 200, "the in-flight request completes: {response:?}");
-    let exit = loop {
-        if let Some(status) = proxy.child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(started.elapsed() < Duration::from_secs(6), "did not exit within the grace");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let answered = started.elapsed();
+    let (exit, exited) = wait_for_exit(&mut proxy.child, started).await;
     assert!(exit.success(), "{exit:?}");
+    // Not the whole 3 s grace: once the last request is done, the proxy is.
+    assert!(exited < answered + Duration::from_millis(600), "answered after {answered:?}, exited after {exited:?}");
+}
+
+async fn wait_for_exit(child: &mut std::process::Child, since: Instant) -> (std::process::ExitStatus, Duration) {
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return (status, since.elapsed());
+        }
+        assert!(since.elapsed() < Duration::from_secs(10), "did not exit");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Issue 11: a native sidecar gets SIGTERM after the app has exited, so an idle proxy holding up the pod's
+/// end for its grace period is pure delay. Idle — kept-alive connections included — it exits at once.
+#[tokio::test]
+async fn an_idle_proxy_exits_within_half_a_second_of_sigterm() {
+    use tokio::io::AsyncWriteExt;
+    let upstream = Upstream::start().await;
+    let config = format!("routes:\n- {{ name: up, prefix: /up, upstream: '{}' }}\nshutdown: {{ grace: 5s }}\n", upstream.url());
+    let mut proxy = Proxy::start(&config, &[]).await;
+    // A connection kept alive after its request, and one that never sent a byte: neither is a request.
+    let mut kept = tokio::net::TcpStream::connect(proxy.egress).await.unwrap();
+    kept.write_all(b"GET /up/x HTTP/1.1\r\nhost: x\r\n\r\n").await.unwrap();
+    let mut buf = [0u8; 1024];
+    let n = tokio::io::AsyncReadExt::read(&mut kept, &mut buf).await.unwrap();
+    assert!(buf[..n].starts_with(b"HTTP/1.1 200"), "{:?}", String::from_utf8_lossy(&buf[..n]));
+    let _silent = tokio::net::TcpStream::connect(proxy.egress).await.unwrap();
+    let started = Instant::now();
+    assert!(std::process::Command::new("kill").args(["-TERM", &proxy.child.id().to_string()]).status().unwrap().success());
+    let (exit, exited) = wait_for_exit(&mut proxy.child, started).await;
+    assert!(exit.success(), "{exit:?}");
+    assert!(exited < Duration::from_millis(500), "exited {exited:?} after SIGTERM:\n{}", proxy.logs());
+    assert!(proxy.logs().contains("no request in flight; exiting"), "{}", proxy.logs());
 }
 
 #[tokio::test]
