@@ -1,6 +1,7 @@
 //! `tollgate-proxy`: run the sidecar, check a config file, or check the pod's egress lock.
 
 mod lockcheck;
+mod waitready;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -56,6 +57,17 @@ enum Command {
         #[arg(long = "target", value_name = "ADDR:PORT")]
         targets: Vec<SocketAddr>,
     },
+    /// Wait until this pod's proxy is ready (its admin listener's /readyz answers 200, asked on loopback
+    /// every 20 ms). The webhook runs it as the sidecar's postStart hook, so the app starts as soon as the
+    /// proxy is ready. Exits 0 once ready, 1 after --timeout.
+    WaitReady {
+        /// The proxy's admin listener (its port is asked on loopback).
+        #[arg(long, env = "TOLLGATE_ADMIN_LISTEN", default_value = "0.0.0.0:15021", value_name = "ADDR:PORT")]
+        admin: SocketAddr,
+        /// How long to wait, in seconds.
+        #[arg(long, default_value_t = 60, value_name = "SECONDS")]
+        timeout: u64,
+    },
 }
 
 /// JSON lines on stderr, filtered by `TOLLGATE_LOG` (default `info`); and the audit lines of the requests
@@ -84,6 +96,9 @@ fn main() -> ExitCode {
         let defaults = || lockcheck::DEFAULT_TARGETS.iter().map(|t| t.parse().expect("literal address")).collect();
         let targets = if targets.is_empty() { defaults() } else { targets.clone() };
         return lockcheck::run(&targets);
+    }
+    if let Some(Command::WaitReady { admin, timeout }) = &cli.command {
+        return waitready::run(*admin, std::time::Duration::from_secs(*timeout));
     }
     if let Some(Command::CheckConfig { file }) = cli.command {
         return match load(&file) {

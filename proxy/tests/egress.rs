@@ -609,3 +609,39 @@ async fn raw_control_and_non_ascii_bytes_are_400_and_some_never_get_past_pingora
     }
     assert!(upstream.requests().is_empty());
 }
+
+/// Issue 11: `wait-ready`, the sidecar's postStart hook, returns once /readyz answers 200 — here once the
+/// token endpoint recovers — and fails after its timeout while the proxy is not ready.
+#[tokio::test]
+async fn wait_ready_returns_as_soon_as_the_proxy_is_ready_and_fails_after_its_timeout() {
+    let (upstream, idp) = (Upstream::start().await, Idp::start().await);
+    idp.status.store(503, Ordering::SeqCst);
+    let config = format!("{}routes:\n- {{ name: hub, prefix: /hub, upstream: '{}', auth: token }}\n", identity(&idp), upstream.url());
+    let proxy = Proxy::start(&config, &[]).await;
+    let admin = format!("0.0.0.0:{}", proxy.admin.port());
+    let wait = move |timeout: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_tollgate-proxy"))
+            .args(["wait-ready", "--timeout", timeout])
+            .env("TOLLGATE_ADMIN_LISTEN", &admin)
+            .output()
+            .unwrap()
+    };
+    let started = Instant::now();
+    let again = wait.clone();
+    let not_ready = tokio::task::spawn_blocking(move || wait("1")).await.unwrap();
+    assert_eq!(not_ready.status.code(), Some(1), "{not_ready:?}");
+    assert!((Duration::from_secs(1)..Duration::from_secs(3)).contains(&started.elapsed()), "{:?}", started.elapsed());
+    assert!(String::from_utf8_lossy(&not_ready.stderr).contains("/readyz did not answer 200 within 1s"), "{not_ready:?}");
+
+    let waiting = tokio::task::spawn_blocking(move || (again("30"), Instant::now()));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    idp.status.store(200, Ordering::SeqCst);
+    while raw(proxy.admin, b"GET /readyz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").await.status != 200 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let ready_at = Instant::now();
+    let (ready, returned_at) = waiting.await.unwrap();
+    assert!(ready.status.success(), "{ready:?}");
+    // Polled every 20 ms: back well within a tenth of a second of the proxy's readiness.
+    assert!(returned_at.saturating_duration_since(ready_at) < Duration::from_millis(100), "{:?}", returned_at - ready_at);
+}

@@ -43,7 +43,10 @@ fn assert_hardened(pod: &Pod) {
     let proxy = &spec.init_containers.as_ref().expect("an init container")[0];
     assert_eq!(proxy.name, "tollgate-proxy", "{name}");
     assert_eq!(proxy.restart_policy.as_deref(), Some("Always"), "{name}: a native sidecar");
-    assert!(proxy.startup_probe.is_some(), "{name}");
+    // The app starts once the proxy is ready: its postStart hook waits for /readyz.
+    let hook = proxy.lifecycle.as_ref().and_then(|l| l.post_start.as_ref()).and_then(|h| h.exec.as_ref());
+    let command = hook.and_then(|e| e.command.as_deref()).unwrap_or_default();
+    assert_eq!(command.get(..2), Some(&["/usr/local/bin/tollgate-proxy".to_owned(), "wait-ready".to_owned()][..]), "{name}");
     let psc = spec.security_context.as_ref().unwrap();
     assert_eq!(psc.run_as_non_root, Some(true), "{name}");
     assert_eq!(psc.seccomp_profile.as_ref().map(|p| p.type_.as_str()), Some("RuntimeDefault"), "{name}");

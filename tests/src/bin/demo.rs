@@ -74,7 +74,7 @@ fn main() {
             "activeDeadlineSeconds": pod["spec"]["activeDeadlineSeconds"],
             "automountServiceAccountToken": pod["spec"]["automountServiceAccountToken"],
             "securityContext": pod["spec"]["securityContext"],
-            "initContainers": [{"name": proxy["name"], "image": proxy["image"], "restartPolicy": proxy["restartPolicy"], "startupProbe": proxy["startupProbe"]["httpGet"], "volumeMounts": proxy["volumeMounts"]}],
+            "initContainers": [{"name": proxy["name"], "image": proxy["image"], "restartPolicy": proxy["restartPolicy"], "lifecycle": proxy["lifecycle"], "volumeMounts": proxy["volumeMounts"]}],
             "containers": [{"name": app["name"], "env": app["env"], "resources": app["resources"], "securityContext": app["securityContext"], "volumeMounts": app["volumeMounts"]}],
         }
     });

@@ -10,6 +10,8 @@ use crate::policy::{EgressLock, Policy, ProxyMode};
 
 pub const CONFIG_DIR: &str = "/etc/tollgate/proxy";
 pub const CREDENTIALS_DIR: &str = "/var/run/secrets/tollgate";
+/// Where the proxy image has its binary (docker/rootfs.sh).
+pub const PROXY_BINARY: &str = "/usr/local/bin/tollgate-proxy";
 
 /// The sidecar container. Fields the API server would default are spelled out, so that on
 /// reinvocation the stored sidecar compares equal to a fresh rendering and is left alone.
@@ -45,7 +47,12 @@ pub(super) fn render(policy: &Policy, ids: &PodIds) -> Value {
             {"name": "tg-ingress", "containerPort": proxy.ingress_port, "protocol": "TCP"},
             {"name": "tg-admin", "containerPort": proxy.admin_port, "protocol": "TCP"},
         ],
-        "startupProbe": probe("/readyz", 1, proxy.startup_failure_threshold),
+        // The kubelet starts the next container once this hook has returned: the app starts as soon as the
+        // proxy is ready, where a startupProbe's first success waits for its next tick (at least a second).
+        // In classic mode, too, the kubelet starts containers in order, each after its postStart hook.
+        "lifecycle": {"postStart": {"exec": {"command": [
+            PROXY_BINARY, "wait-ready", "--timeout", proxy.startup_failure_threshold.to_string(),
+        ]}}},
         "readinessProbe": probe("/readyz", 5, 3),
         "livenessProbe": probe("/healthz", 10, 3),
         "resources": proxy.resources,

@@ -1,0 +1,2 @@
+//! Bare pingora (bench/proxy.sh): to be written.
+fn main() {}
