@@ -144,7 +144,7 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Guard<A> {
 
 /// 503 on a connection over a limit, without reading from it; then closed.
 async fn refuse_connection(mut stream: Stream, listener: &Listener, reason: &str) {
-    crate::refusals::record(listener.name, 503, "too-many-connections", reason);
+    crate::audit::refusal(listener.name, 503, "too-many-connections", reason);
     let answer = answer(503, "too-many-connections", reason, "retry-after: 1\r\n");
     // Bounded, so that a peer that does not read cannot hold this either.
     let _ = tokio::time::timeout(Duration::from_secs(1), async {
@@ -203,7 +203,7 @@ impl GuardedStream {
     /// read error anyway.
     fn refuse(&mut self, cx: &mut Context<'_>, status: u16, decision: &'static str, reason: String) -> Poll<io::Result<()>> {
         self.phase.store(CLOSED, Ordering::Relaxed);
-        crate::refusals::record(self.listener.name, status, decision, &reason);
+        crate::audit::refusal(self.listener.name, status, decision, &reason);
         let answer = answer(status, decision, &reason, "");
         if let Poll::Ready(Ok(_)) = Pin::new(&mut self.inner).poll_write(cx, &answer) {
             let _ = Pin::new(&mut self.inner).poll_flush(cx);
@@ -221,6 +221,18 @@ impl GuardedStream {
         let timeout = self.listener.limits.head_timeout;
         let reason = format!("the request head was not complete within {timeout:?} ({} bytes came)", self.head_bytes);
         self.refuse(cx, 408, "head-timeout", reason)
+    }
+}
+
+impl GuardedStream {
+    /// pingora answers a head that never reached tollgate's phases: its parser refused it (obs-fold, a bad
+    /// header name, two Hosts, conflicting Content-Lengths, bytes that are not HTTP). Audited and counted
+    /// here, where pingora's own code has no callback; the connection ends after such an answer.
+    fn answered_unseen(&mut self, answer: &[u8]) {
+        self.phase.store(CLOSED, Ordering::Relaxed);
+        let status = answer.get(9..12).and_then(|s| std::str::from_utf8(s).ok()?.parse().ok()).unwrap_or(0);
+        let reason = "pingora's HTTP parser refused the request head (malformed, ambiguous or not HTTP/1)";
+        crate::audit::refusal(self.listener.name, status, "bad-request", reason);
     }
 }
 
@@ -325,7 +337,11 @@ impl fmt::Debug for GuardedStream {
 
 impl AsyncWrite for GuardedStream {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+        let this = self.get_mut();
+        if matches!(this.phase.load(Ordering::Relaxed), FRESH | HEAD) {
+            this.answered_unseen(buf);
+        }
+        Pin::new(&mut this.inner).poll_write(cx, buf)
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

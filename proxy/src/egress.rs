@@ -31,6 +31,9 @@ pub struct Egress {
     /// Bytes sent upstream per route (index as in the config).
     pub sent: Arc<Vec<AtomicU64>>,
     bearer_files: Mutex<HashMap<PathBuf, BearerCacheEntry>>,
+    /// The routes' names as metric labels and in audit lines, without a copy per request. Leaked once: the
+    /// config lives as long as the process.
+    route_names: Vec<&'static str>,
     own_authorities: Vec<String>,
     resolver: Resolver,
     guard: Arc<LocalGuard>,
@@ -41,11 +44,13 @@ impl Egress {
         let port = config.egress_listen.port();
         let own_authorities = vec![config.egress_listen.to_string(), format!("localhost:{port}"), format!("127.0.0.1:{port}")];
         let sent = Arc::new(config.routes.iter().map(|_| AtomicU64::new(0)).collect());
-        for route in &config.routes {
-            metrics.register_route(&route.name);
+        let route_names: Vec<&'static str> = config.routes.iter().map(|r| &*Box::leak(r.name.clone().into_boxed_str())).collect();
+        for route in &route_names {
+            metrics.register_route(route);
         }
         Egress {
             config,
+            route_names,
             tokens,
             metrics,
             sent,
@@ -240,7 +245,7 @@ impl ProxyHttp for Egress {
             },
         };
         self.sent[index].fetch_add(head, Ordering::Relaxed);
-        self.metrics.bytes_out(&route.name, head);
+        self.metrics.bytes_out(self.route_names[index], head);
         ctx.decision = "forwarded";
         Ok(false)
     }
@@ -303,7 +308,7 @@ impl ProxyHttp for Egress {
             return Error::e_explain(ErrorType::HTTPStatus(413), "request body above the route's limit");
         }
         let total = self.sent[index].fetch_add(len, Ordering::Relaxed) + len;
-        self.metrics.bytes_out(&route.name, len);
+        self.metrics.bytes_out(self.route_names[index], len);
         if route.byte_budget.is_some_and(|budget| total > budget) {
             ctx.decision = "budget-exceeded";
             return Error::e_explain(ErrorType::HTTPStatus(413), "route byte budget exceeded");
@@ -332,26 +337,26 @@ impl ProxyHttp for Egress {
     async fn logging(&self, session: &mut Session, error: Option<&Error>, ctx: &mut EgressCtx) {
         crate::connections::request_done(session);
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
-        let route = ctx.route.map(|i| self.config.routes[i].name.as_str()).unwrap_or("");
+        let route = ctx.route.map_or("", |i| self.route_names[i]);
         if let (Some(forwarded), Some(_)) = (ctx.forwarded_at, ctx.route) {
             self.metrics.upstream_duration(route, forwarded.elapsed().as_secs_f64());
         }
-        self.metrics.request(RequestLabels { listener: "egress", route: route.to_owned(), status, decision: ctx.decision });
-        let request_id = ctx.request_id.as_str();
-        tracing::info!(
-            listener = "egress",
+        self.metrics.request(RequestLabels { listener: "egress", route, status, decision: ctx.decision });
+        let error = error.map(|e| e.to_string()).unwrap_or_default();
+        crate::audit::write(&crate::audit::Line {
+            listener: "egress",
             route,
-            method = %session.req_header().method,
-            path = %ctx.normalized_path,
+            method: session.req_header().method.as_str(),
+            path: &ctx.normalized_path,
             status,
-            decision = ctx.decision,
-            reason = ctx.reason.as_deref().unwrap_or(""),
-            bytes_in = ctx.bytes_in,
-            bytes_out = session.body_bytes_sent(),
-            duration_ms = ctx.started.map_or(0.0, |s| s.elapsed().as_secs_f64() * 1000.0),
-            request_id,
-            error = error.map(|e| e.to_string()).unwrap_or_default(),
-            "request"
-        );
+            decision: ctx.decision,
+            reason: ctx.reason.as_deref().unwrap_or(""),
+            client: None,
+            bytes_in: Some(ctx.bytes_in),
+            bytes_out: session.body_bytes_sent(),
+            duration_ms: ctx.started.map_or(0.0, |s| s.elapsed().as_secs_f64() * 1000.0),
+            request_id: &ctx.request_id,
+            error: &error,
+        });
     }
 }

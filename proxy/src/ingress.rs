@@ -184,19 +184,21 @@ impl ProxyHttp for IngressProxy {
     async fn logging(&self, session: &mut Session, _error: Option<&Error>, ctx: &mut IngressCtx) {
         crate::connections::request_done(session);
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
-        self.metrics.request(RequestLabels { listener: "ingress", route: String::new(), status, decision: ctx.decision });
-        tracing::info!(
-            listener = "ingress",
-            method = %session.req_header().method,
-            path = %ctx.target,
+        self.metrics.request(RequestLabels { listener: "ingress", route: "", status, decision: ctx.decision });
+        crate::audit::write(&crate::audit::Line {
+            listener: "ingress",
+            route: "",
+            method: session.req_header().method.as_str(),
+            path: &ctx.target,
             status,
-            decision = ctx.decision,
-            reason = %ctx.reason,
-            client = %ctx.client,
-            request_id = %ctx.request_id,
-            bytes_out = session.body_bytes_sent(),
-            duration_ms = ctx.started.map_or(0.0, |s| s.elapsed().as_secs_f64() * 1000.0),
-            "request"
-        );
+            decision: ctx.decision,
+            reason: &ctx.reason,
+            client: Some(&ctx.client),
+            bytes_in: None,
+            bytes_out: session.body_bytes_sent(),
+            duration_ms: ctx.started.map_or(0.0, |s| s.elapsed().as_secs_f64() * 1000.0),
+            request_id: &ctx.request_id,
+            error: "",
+        });
     }
 }

@@ -5,6 +5,7 @@
 //! credentials away from addresses that are the pod's own. The pingora services are thin shells over them.
 
 pub mod admin;
+pub mod audit;
 pub mod client;
 pub mod config;
 pub mod connections;
@@ -15,7 +16,6 @@ pub mod ingress;
 pub mod jwt;
 pub mod local;
 pub mod metrics;
-pub mod refusals;
 pub mod resolve;
 pub mod routes;
 pub mod target;

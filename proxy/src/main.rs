@@ -16,6 +16,7 @@ use pingora::server::{RunArgs, Server};
 use pingora::services::background::background_service;
 use pingora::services::listening::Service;
 use tollgate_proxy::admin::Admin;
+use tollgate_proxy::audit::QuietLimitErrors;
 use tollgate_proxy::client::HttpClient;
 use tollgate_proxy::config::{Config, Environment};
 use tollgate_proxy::connections::{Guard, Limits, Listener};
@@ -25,7 +26,6 @@ use tollgate_proxy::ingress::IngressProxy;
 use tollgate_proxy::jwt::Verifier;
 use tollgate_proxy::local::LocalGuard;
 use tollgate_proxy::metrics::Metrics;
-use tollgate_proxy::refusals::{ParserRefusals, QuietLimitErrors};
 use tollgate_proxy::routes::AuthMode;
 use tollgate_proxy::tokens::TokenSource;
 
@@ -70,18 +70,18 @@ enum Command {
     },
 }
 
-/// JSON lines on stderr, filtered by `TOLLGATE_LOG` (default `info`); and the audit lines of the requests
-/// pingora refuses by itself (see [`ParserRefusals`]).
+/// JSON lines on stderr, filtered by `TOLLGATE_LOG` (default `info`); the audit lines follow the same filter
+/// (target `tollgate_proxy::audit`, see [`tollgate_proxy::audit`]).
 fn init_logs() {
     use tracing_subscriber::Layer;
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
     let filter = tracing_subscriber::EnvFilter::try_from_env("TOLLGATE_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     tracing_subscriber::registry()
-        .with(QuietLimitErrors)
+        .with(QuietLimitErrors.with_filter(QuietLimitErrors::filter()))
         .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr).json().flatten_event(true).with_filter(filter))
-        .with(ParserRefusals.with_filter(ParserRefusals::filter()))
         .init();
+    tollgate_proxy::audit::init();
 }
 
 fn load(path: &PathBuf) -> Result<Config, String> {
@@ -170,7 +170,7 @@ fn run(config: Arc<Config>) -> Result<(), String> {
     // The extra CAs, if any, are part of the native roots now (see trust_extra_cas).
     let client = HttpClient::new(None)?.via(config.forward_proxy.clone());
     let metrics = Arc::new(Metrics::new());
-    let _ = tollgate_proxy::refusals::METRICS.set(metrics.clone());
+    let _ = tollgate_proxy::audit::METRICS.set(metrics.clone());
     let guard = Arc::new(LocalGuard::new(metrics.clone()));
     let needs_token = config.routes.iter().any(|r| r.auth == AuthMode::Token);
     let tokens = match (&config.identity, needs_token) {

@@ -10,14 +10,14 @@ use prometheus_client::registry::Registry;
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
     pub listener: &'static str,
-    pub route: String,
+    pub route: &'static str,
     pub status: u16,
     pub decision: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RouteLabels {
-    route: String,
+    route: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -88,12 +88,12 @@ impl Metrics {
         self.requests.get_or_create(&labels).inc();
     }
 
-    pub fn upstream_duration(&self, route: &str, seconds: f64) {
-        self.upstream_duration.get_or_create(&RouteLabels { route: route.to_owned() }).observe(seconds);
+    pub fn upstream_duration(&self, route: &'static str, seconds: f64) {
+        self.upstream_duration.get_or_create(&RouteLabels { route }).observe(seconds);
     }
 
-    pub fn bytes_out(&self, route: &str, bytes: u64) {
-        self.bytes_out.get_or_create(&RouteLabels { route: route.to_owned() }).inc_by(bytes);
+    pub fn bytes_out(&self, route: &'static str, bytes: u64) {
+        self.bytes_out.get_or_create(&RouteLabels { route }).inc_by(bytes);
     }
 
     pub fn local_destination_refused(&self, call: &'static str) {
@@ -104,8 +104,8 @@ impl Metrics {
         self.connections.get_or_create(&ListenerLabels { listener }).set(i64::try_from(open).unwrap_or(i64::MAX));
     }
 
-    pub fn register_route(&self, route: &str) {
-        let _ = self.bytes_out.get_or_create(&RouteLabels { route: route.to_owned() });
+    pub fn register_route(&self, route: &'static str) {
+        let _ = self.bytes_out.get_or_create(&RouteLabels { route });
     }
 
     pub fn encode(&self) -> String {
