@@ -34,6 +34,8 @@ pub struct Egress {
     /// The routes' names as metric labels and in audit lines, without a copy per request. Leaked once: the
     /// config lives as long as the process.
     route_names: Vec<&'static str>,
+    /// Each route's upstream `Host`, made once.
+    hosts: Vec<http::HeaderValue>,
     own_authorities: Vec<String>,
     resolver: Resolver,
     guard: Arc<LocalGuard>,
@@ -48,9 +50,12 @@ impl Egress {
         for route in &route_names {
             metrics.register_route(route);
         }
+        let hosts =
+            config.routes.iter().map(|r| http::HeaderValue::try_from(r.upstream.authority()).expect("a checked authority")).collect();
         Egress {
             config,
             route_names,
+            hosts,
             tokens,
             metrics,
             sent,
@@ -106,16 +111,25 @@ pub struct EgressCtx {
     upgrade: bool,
 }
 
-/// The caller's `x-request-id` if it is a sane token, else a new one (time and a counter, unique per process).
+/// The caller's `x-request-id` if it is a sane token, else a new one: `tg-<process>-<counter>`, the process
+/// part (start time and pid, in hex) fixed at the first call, so that ids stay unique across restarts.
 pub fn request_id(given: Option<&str>) -> String {
+    use std::fmt::Write;
     static COUNTER: AtomicU64 = AtomicU64::new(0);
+    static PROCESS: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     match given
         .filter(|id| !id.is_empty() && id.len() <= 128 && id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.')))
     {
         Some(id) => id.to_owned(),
         None => {
-            let nanos = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
-            format!("tg-{nanos:x}-{:x}", COUNTER.fetch_add(1, Ordering::Relaxed))
+            let process = PROCESS.get_or_init(|| {
+                let nanos = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
+                format!("tg-{nanos:x}{:x}-", std::process::id())
+            });
+            let mut id = String::with_capacity(process.len() + 16);
+            id.push_str(process);
+            let _ = write!(id, "{:x}", COUNTER.fetch_add(1, Ordering::Relaxed));
+            id
         }
     }
 }
@@ -282,11 +296,11 @@ impl ProxyHttp for Egress {
     }
 
     async fn upstream_request_filter(&self, _session: &mut Session, request: &mut RequestHeader, ctx: &mut EgressCtx) -> Result<()> {
-        let route = &self.config.routes[ctx.route.expect("request_filter chose a route")];
+        let index = ctx.route.expect("request_filter chose a route");
         let uri = ctx.upstream_target.parse().map_err(|e| Error::because(ErrorType::InternalError, "building the upstream target", e))?;
         request.set_uri(uri);
         strip_spoofable(request);
-        request.insert_header("host", route.upstream.authority())?;
+        request.insert_header("host", self.hosts[index].clone())?;
         if let Some(value) = &ctx.authorization {
             request.insert_header("authorization", value.as_str())?;
         }
