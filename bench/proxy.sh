@@ -22,11 +22,13 @@ if ((${#need[@]})); then
   # No service starts: these are run by hand below.
   $sudo env DEBIAN_FRONTEND=noninteractive RUNLEVEL=1 apt-get install -y -qq "${need[@]}" >&2
 fi
-cargo build --release --locked -q -p tollgate-proxy -p tollgate-bench >&2
-bin=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')/release
-
 work=$(mktemp -d)
 chmod 755 "$work"
+bin=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')/release
+# Bare pingora twice: on glibc's allocator, as tollgate-proxy runs, and on mimalloc, to see the allocator's share.
+cargo build --release --locked -q -p tollgate-bench --features mimalloc >&2
+cp "$bin/bare-pingora" "$work/bare-pingora-mimalloc"
+cargo build --release --locked -q -p tollgate-proxy -p tollgate-bench >&2
 pids=()
 cleanup() {
   for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
@@ -35,7 +37,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-UP=16080 NGINX=16001 HAPROXY=16002 BARE=16003 TG=16004 TG_TOKEN=16005 IDP=16090 HUB=16091
+UP=16080 NGINX=16001 HAPROXY=16002 BARE=16003 TG=16004 TG_TOKEN=16005 BARE_MI=16008 IDP=16090 HUB=16091
 TOKEN=bench-token-0123456789abcdef
 
 wait_port() {
@@ -121,6 +123,7 @@ EOF
 start haproxy haproxy -db -f "$work/haproxy.cfg"
 
 start bare "$bin/bare-pingora" "127.0.0.1:$BARE" "127.0.0.1:$UP" /storage "$TOKEN"
+start bare-mimalloc "$work/bare-pingora-mimalloc" "127.0.0.1:$BARE_MI" "127.0.0.1:$UP" /storage "$TOKEN"
 
 # tollgate-proxy: the same route with a bearer file, and (a second proxy) with a token it fetches itself.
 echo "$TOKEN" >"$work/bearer"
@@ -142,8 +145,8 @@ start tollgate "$bin/tollgate-proxy" --config "$work/tollgate.yaml"
 tollgate_pid=${pids[-1]}
 start tollgate-token "$bin/tollgate-proxy" --config "$work/tollgate-token.yaml"
 
-for port in $UP $NGINX $HAPROXY $BARE $TG $TG_TOKEN; do wait_port "$port"; done
-for port in $NGINX $HAPROXY $BARE $TG $TG_TOKEN; do
+for port in $UP $NGINX $HAPROXY $BARE $BARE_MI $TG $TG_TOKEN; do wait_port "$port"; done
+for port in $NGINX $HAPROXY $BARE $BARE_MI $TG $TG_TOKEN; do
   for _ in $(seq 100); do
     status=$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$port/storage/result") || true
     [ "$status" = 200 ] && break
@@ -167,8 +170,11 @@ load() { # port
        END { printf "%.0f %.2f\n", rps, ms }' <<<"$out"
 }
 declare -A rps p99
-for name in nginx haproxy bare tollgate tollgate-token; do
-  case $name in nginx) port=$NGINX ;; haproxy) port=$HAPROXY ;; bare) port=$BARE ;; tollgate) port=$TG ;; tollgate-token) port=$TG_TOKEN ;; esac
+for name in nginx haproxy bare bare-mimalloc tollgate tollgate-token; do
+  case $name in
+    nginx) port=$NGINX ;; haproxy) port=$HAPROXY ;; bare) port=$BARE ;; bare-mimalloc) port=$BARE_MI ;;
+    tollgate) port=$TG ;; tollgate-token) port=$TG_TOKEN ;;
+  esac
   echo "-- $name" >&2
   read -r rps[$name] p99[$name] < <(load "$port")
 done
@@ -203,6 +209,8 @@ row "rps, one thread, prefix route + bearer header (wrk, 32 connections)" "${rps
 row "p99 at saturation" "${p99[tollgate]} ms" "nginx ${p99[nginx]} ms" "$(ratio "${p99[tollgate]}" "${p99[nginx]}")" "≤ 1.0× nginx"
 row "bare pingora, same route (rps)" "—" "${rps[bare]}/s (nginx ${rps[nginx]}/s)" \
   "tollgate = $(ratio "${rps[tollgate]}" "${rps[bare]}") bare; bare = $(ratio "${rps[bare]}" "${rps[nginx]}") nginx" "tollgate ≥ 0.9× bare"
+row "bare pingora on mimalloc instead of glibc (rps)" "—" "${rps[bare-mimalloc]}/s (glibc ${rps[bare]}/s)" \
+  "$(ratio "${rps[bare-mimalloc]}" "${rps[bare]}")" "the allocator's share"
 row "\`auth: token\` vs \`bearerFile\` (rps)" "${rps[tollgate-token]}/s" "bearerFile ${rps[tollgate]}/s" \
   "$(ratio "${rps[tollgate-token]}" "${rps[tollgate]}")" "≈ 1.0×"
 row "RSS idle / after load" "$(mib "$tollgate_idle") / $(mib "$tollgate_loaded")" \

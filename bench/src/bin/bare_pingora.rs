@@ -12,6 +12,10 @@ use pingora::http::ResponseHeader;
 use pingora::prelude::*;
 use pingora::server::configuration::ServerConf;
 
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 struct Bare {
     upstream: SocketAddr,
     prefix: String,
