@@ -43,7 +43,8 @@ const POLL: Duration = Duration::from_millis(10);
 /// pingora's signals (SIGTERM graceful, SIGINT fast, SIGQUIT upgrade), with SIGTERM ending the process
 /// once nothing is in flight instead of after the whole grace period.
 pub struct Terminate {
-    /// Set on SIGTERM (`/readyz` answers 503 from then on).
+    /// Set on SIGTERM: `/readyz` answers 503 on whatever admin connection is still open (pingora closes the
+    /// admin listener with the others).
     pub draining: Arc<AtomicBool>,
 }
 
