@@ -11,6 +11,11 @@ use tollgate_webhook::policy::{DEFAULT_POLICY_YAML, Policy};
 use tollgate_webhook::server::{ServeConfig, Server};
 use tollgate_webhook::workload::{self, ObjectReport};
 
+/// A review is mostly small JSON allocations and frees; mimalloc does them in a fraction of glibc's
+/// instructions (README.md, Speed).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(name = "tollgate-webhook", version, about = "Kubernetes mutating admission webhook that hardens analysis pods", long_about = None)]
 struct Cli {
@@ -98,7 +103,14 @@ fn init_logging(format: LogFormat) {
     }
 }
 
+/// mimalloc's `mi_option_purge_delay` (mimalloc.h): memory freed is given back to the OS at once rather than
+/// after a delay that an idle thread never reaches (the resident set stays near the floor's after a burst of
+/// large reviews).
+const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+
 fn main() -> ExitCode {
+    // SAFETY: sets a plain option, before any thread is started.
+    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 0) };
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(args) => serve(args),

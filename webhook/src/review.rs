@@ -125,10 +125,11 @@ pub fn review(policy: &Policy, body: &[u8]) -> Result<(Vec<u8>, ReviewSummary), 
     let kind = request.kind.kind.as_str();
     let decision = match (request.operation.clone(), request.kind.group.as_str(), kind) {
         (Operation::Create, "", "Pod") if subresource.is_empty() => {
-            let mut pod = object.clone();
+            // Hardened in place: on a skip (or a denial) harden leaves the pod as it came.
+            let mut pod = object;
             let outcome = harden::harden_as(policy, &mut pod, Some(requester));
             if let Ok(Outcome::Skipped { reason }) = &outcome {
-                skipped_patch = Some(harden::skipped_status(policy, &object, *reason));
+                skipped_patch = Some(harden::skipped_status(policy, &pod, *reason));
             }
             Some(("this pod", outcome))
         }

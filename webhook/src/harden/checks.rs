@@ -480,7 +480,9 @@ pub(super) fn container(doc: &Value, c: &ContainerRef, ids: &PodIds, carrying: &
     }
     if let Some(Value::Array(env)) = get(doc, &join(&c.path, [Seg::from("env")])) {
         for var in env {
-            if let Some(secret) = protected(ids, var.pointer("/valueFrom/secretKeyRef/name").and_then(Value::as_str)) {
+            // Field by field: Value::pointer allocates for every segment, and a pod may have thousands of these.
+            let secret = var.get("valueFrom").and_then(|v| v.get("secretKeyRef")).and_then(|v| v.get("name")).and_then(Value::as_str);
+            if let Some(secret) = protected(ids, secret) {
                 let name = var.get("name").and_then(Value::as_str).unwrap_or("");
                 f.refused(
                     Rule::CredentialsExposed,
@@ -493,7 +495,7 @@ pub(super) fn container(doc: &Value, c: &ContainerRef, ids: &PodIds, carrying: &
     }
     if let Some(Value::Array(env_from)) = get(doc, &join(&c.path, [Seg::from("envFrom")])) {
         for (index, source) in env_from.iter().enumerate() {
-            if let Some(secret) = protected(ids, source.pointer("/secretRef/name").and_then(Value::as_str)) {
+            if let Some(secret) = protected(ids, source.get("secretRef").and_then(|v| v.get("name")).and_then(Value::as_str)) {
                 f.refused(
                     Rule::CredentialsExposed,
                     scope,

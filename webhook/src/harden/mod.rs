@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use k8s_openapi::api::core::v1::Pod;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use crate::patch::{PatchBuilder, Path, Seg, join};
@@ -164,6 +164,10 @@ enum Fix {
 
 /// The typed decode that rejects objects that are not pods; the error names the field.
 fn decode(pod: &Value) -> Result<Pod, DecodeError> {
+    // Tracking the path costs on every field; only a failing decode needs it, so that one runs again with it.
+    if let Ok(typed) = Pod::deserialize(pod) {
+        return Ok(typed);
+    }
     serde_path_to_error::deserialize(pod).map_err(|e| {
         let path = e.path().to_string();
         DecodeError(if path == "." { e.inner().to_string() } else { format!("{path}: {}", e.inner()) })
