@@ -99,18 +99,34 @@ impl<'d> PatchBuilder<'d> {
     /// Set `path` to `value`, creating missing (or null) parent objects in one operation.
     /// Returns false when the value was already there.
     pub fn set(&mut self, path: &[Seg], value: Value) -> bool {
-        if self.get(path) == Some(&value) {
-            return false;
-        }
-        // The deepest prefix that exists as a container we can add into.
+        assert!(!path.is_empty(), "set needs a non-empty path");
+        // One walk down the path: `existing` is the deepest segment that can take the edit (the first that
+        // is missing, null or not a container, or the last), `present` whether that segment is there.
+        let mut node: &Value = self.doc;
         let mut existing = 0;
-        while existing < path.len() {
-            match get(self.doc, &path[..=existing]) {
-                Some(Value::Object(_)) | Some(Value::Array(_)) if existing + 1 < path.len() => existing += 1,
-                _ => break,
+        let mut present = false;
+        for (depth, seg) in path.iter().enumerate() {
+            existing = depth;
+            let next = match (seg, node) {
+                (Seg::Key(key), Value::Object(map)) => map.get(key),
+                (Seg::Index(index), Value::Array(items)) => items.get(*index),
+                _ => None,
+            };
+            let Some(next) = next else { break };
+            present = true;
+            if depth + 1 == path.len() {
+                if !next.is_null() && *next == value {
+                    return false;
+                }
+                break;
             }
+            if !matches!(next, Value::Object(_) | Value::Array(_)) {
+                break;
+            }
+            present = false;
+            node = next;
         }
-        // Wrap the value in the objects that are missing below that prefix.
+        // Wrap the value in the objects that are missing below that segment.
         let mut wrapped = value;
         for seg in path[existing + 1..].iter().rev() {
             let Seg::Key(key) = seg else {
@@ -121,7 +137,6 @@ impl<'d> PatchBuilder<'d> {
             wrapped = Value::Object(map);
         }
         let target = &path[..=existing];
-        let present = matches!(target.split_last(), Some((Seg::Key(key), parent)) if get_mut(self.doc, parent).and_then(|p| p.as_object()).is_some_and(|p| p.contains_key(key)));
         let (last, parent_path) = target.split_last().expect("set needs a non-empty path");
         let parent = get_mut(self.doc, parent_path).expect("parent exists");
         match (last, parent) {

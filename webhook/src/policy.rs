@@ -31,6 +31,27 @@ pub struct Policy {
     /// `sha256:` and the first hex digits of the policy's canonical JSON; recorded in the status annotation.
     #[serde(skip)]
     digest: String,
+    /// tollgate's containers as this policy renders them, made once (they depend on the policy alone but for
+    /// the pod's ids); not part of the policy's value.
+    #[serde(skip)]
+    pub(crate) rendered: Rendered,
+}
+
+/// A value made from the policy on first use and kept with it. Equal to any other: it is not part of the
+/// policy's value, only derived from it.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Rendered(std::sync::OnceLock<crate::harden::RenderedContainers>);
+
+impl Rendered {
+    pub(crate) fn get_or_init(&self, init: impl FnOnce() -> crate::harden::RenderedContainers) -> &crate::harden::RenderedContainers {
+        self.0.get_or_init(init)
+    }
+}
+
+impl PartialEq for Rendered {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -283,7 +283,24 @@ pub(crate) struct PodIds {
     secret_prefix: String,
 }
 
+/// tollgate's containers as a policy renders them for a pod without ids (kept with the policy).
+#[derive(Debug, Clone)]
+pub struct RenderedContainers {
+    sidecar: Value,
+    lock_check: Value,
+}
+
 impl PodIds {
+    /// A pod that names no analysis, project or Secret of its own.
+    fn none(policy: &Policy) -> Self {
+        PodIds {
+            analysis: None,
+            project: None,
+            credentials_secret: policy.proxy.credentials_secret.clone(),
+            secret_prefix: policy.proxy.credentials_secret_prefix.clone(),
+        }
+    }
+
     fn is_protected(&self, secret: &str) -> bool {
         secret.starts_with(&self.secret_prefix) || secret == self.credentials_secret
     }
@@ -318,8 +335,12 @@ pub fn harden_as(policy: &Policy, pod: &mut Value, requester: Option<Requester>)
     checks::identity(policy, &annotations, requester, "pod", "metadata.annotations", &mut findings);
 
     let mut editor = Editor { builder: PatchBuilder::new(pod), changes: Vec::new() };
-    let sidecar = sidecar::render(policy, &ids);
-    let lock_check = (policy.proxy.egress_lock == EgressLock::Required).then(|| sidecar::render_lock_check(policy));
+    let rendered = policy.rendered.get_or_init(|| RenderedContainers {
+        sidecar: sidecar::render(policy, &PodIds::none(policy)),
+        lock_check: sidecar::render_lock_check(policy),
+    });
+    let sidecar = sidecar::with_ids(rendered.sidecar.clone(), &ids);
+    let lock_check = (policy.proxy.egress_lock == EgressLock::Required).then(|| rendered.lock_check.clone());
     let placement = sidecar::place(policy, editor.builder.doc(), sidecar, lock_check);
 
     // Read phase: find everything wrong before changing anything.

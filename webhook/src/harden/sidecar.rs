@@ -79,6 +79,20 @@ pub(super) fn render(policy: &Policy, ids: &PodIds) -> Value {
     container
 }
 
+/// The sidecar rendered for a pod without ids (`render`), given the pod's: the same as rendering it for
+/// them, at the cost of a copy.
+pub(super) fn with_ids(mut container: Value, ids: &PodIds) -> Value {
+    if let Some(Value::Array(env)) = container.get_mut("env") {
+        if let Some(id) = &ids.analysis {
+            env.push(json!({"name": "TOLLGATE_ANALYSIS_ID", "value": id}));
+        }
+        if let Some(id) = &ids.project {
+            env.push(json!({"name": "TOLLGATE_PROJECT_ID", "value": id}));
+        }
+    }
+    container
+}
+
 /// The lock-check init container (`proxy.egressLock: required`): `tollgate-proxy lock-check` from the
 /// proxy's image, run as the app's user (never the proxy's: the lock lets only the proxy's user out), with
 /// no volumes, env, ports or probes. Defaults spelled out as for the sidecar.
