@@ -206,10 +206,23 @@ pub fn review(policy: &Policy, body: &[u8]) -> Result<(Vec<u8>, ReviewSummary), 
         ]);
     }
     let mut review = serde_json::to_value(response.into_review()).map_err(|e| BadReview(format!("response does not serialize: {e}")))?;
-    if let (Some(patch), Some(Value::Object(response))) = (patch, review.get_mut("response")) {
-        // kube-core would encode the bytes as a JSON array of numbers; the API's []byte is base64.
-        response.insert("patch".to_owned(), Value::String(base64::engine::general_purpose::STANDARD.encode(patch)));
+    // The response last, so that its object closes the body: `…}}`.
+    let response = review.as_object_mut().and_then(|r| r.shift_remove("response"));
+    if let (Some(response), Some(review)) = (response, review.as_object_mut()) {
+        review.insert("response".to_owned(), response);
     }
-    let body = serde_json::to_vec(&review).map_err(|e| BadReview(format!("response does not serialize: {e}")))?;
+    let mut body = serde_json::to_vec(&review).map_err(|e| BadReview(format!("response does not serialize: {e}")))?;
+    if let Some(patch) = patch {
+        // kube-core would encode the bytes as a JSON array of numbers; the API's []byte is base64. Base64
+        // needs no escaping, so it is written into the body as it is, the response's last member.
+        assert!(body.ends_with(b"}}"), "the response closes the body");
+        let closing = body.split_off(body.len() - 2);
+        body.extend_from_slice(b",\"patch\":\"");
+        let start = body.len();
+        body.resize(start + base64::encoded_len(patch.len(), true).expect("the patch is small"), 0);
+        base64::engine::general_purpose::STANDARD.encode_slice(&patch, &mut body[start..]).expect("sized for the encoding");
+        body.extend_from_slice(b"\"");
+        body.extend_from_slice(&closing);
+    }
     Ok((body, summary))
 }

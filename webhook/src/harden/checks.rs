@@ -132,6 +132,11 @@ fn is_true(value: Option<&Value>) -> bool {
     value == Some(&Value::Bool(true))
 }
 
+/// `rel` below `node`; `null` counts as absent (as [`get`]).
+fn lookup<'v>(node: Option<&'v Value>, rel: &[&str]) -> Option<&'v Value> {
+    rel.iter().try_fold(node?, |node, key| node.get(*key)).filter(|v| !v.is_null())
+}
+
 fn str_at<'v>(doc: &'v Value, path: &[Seg]) -> Option<&'v str> {
     get(doc, path).and_then(Value::as_str)
 }
@@ -139,8 +144,11 @@ fn str_at<'v>(doc: &'v Value, path: &[Seg]) -> Option<&'v str> {
 /// Checks shared by the pod's and a container's securityContext.
 fn security_context(doc: &Value, scope: &str, sc_path: &crate::patch::Path, prefix: &str, uid: i64, f: &mut Findings) {
     let at = |rel: &[&str]| join(sc_path, rel.iter().map(|s| Seg::from(*s)));
+    // Looked up from the securityContext, found once; paths are built only for fixes.
+    let sc = get(doc, sc_path);
+    let look = |rel: &[&str]| lookup(sc, rel);
     let field = |rel: &str| format!("{prefix}securityContext.{rel}");
-    if get(doc, &at(&["runAsUser"])).and_then(Value::as_i64) == Some(0) {
+    if look(&["runAsUser"]).and_then(Value::as_i64) == Some(0) {
         f.insecure(
             Rule::RunAsRoot,
             scope,
@@ -150,7 +158,7 @@ fn security_context(doc: &Value, scope: &str, sc_path: &crate::patch::Path, pref
             format!("set {}={uid}", field("runAsUser")),
         );
     }
-    if get(doc, &at(&["runAsNonRoot"])) == Some(&Value::Bool(false)) {
+    if look(&["runAsNonRoot"]) == Some(&Value::Bool(false)) {
         f.insecure(
             Rule::RunAsRoot,
             scope,
@@ -160,7 +168,7 @@ fn security_context(doc: &Value, scope: &str, sc_path: &crate::patch::Path, pref
             format!("set {}=true", field("runAsNonRoot")),
         );
     }
-    if str_at(doc, &at(&["seccompProfile", "type"])) == Some("Unconfined") {
+    if look(&["seccompProfile", "type"]).and_then(Value::as_str) == Some("Unconfined") {
         let fix = Fix::Set(at(&["seccompProfile"]), json!({"type": "RuntimeDefault"}));
         f.insecure(
             Rule::Seccomp,
@@ -171,7 +179,7 @@ fn security_context(doc: &Value, scope: &str, sc_path: &crate::patch::Path, pref
             format!("set {}=RuntimeDefault", field("seccompProfile.type")),
         );
     }
-    if str_at(doc, &at(&["appArmorProfile", "type"])) == Some("Unconfined") {
+    if look(&["appArmorProfile", "type"]).and_then(Value::as_str) == Some("Unconfined") {
         let fix = Fix::Set(at(&["appArmorProfile"]), json!({"type": "RuntimeDefault"}));
         f.insecure(
             Rule::AppArmor,
@@ -182,7 +190,7 @@ fn security_context(doc: &Value, scope: &str, sc_path: &crate::patch::Path, pref
             format!("set {}=RuntimeDefault", field("appArmorProfile.type")),
         );
     }
-    if let Some(selinux) = get(doc, &at(&["seLinuxOptions"])) {
+    if let Some(selinux) = look(&["seLinuxOptions"]) {
         let selinux_type = selinux.get("type").and_then(Value::as_str).unwrap_or("");
         let sets_user_or_role = ["user", "role"].iter().any(|k| selinux.get(*k).and_then(Value::as_str).is_some_and(|v| !v.is_empty()));
         if (!selinux_type.is_empty() && !ALLOWED_SELINUX_TYPES.contains(&selinux_type)) || sets_user_or_role {
@@ -197,7 +205,7 @@ fn security_context(doc: &Value, scope: &str, sc_path: &crate::patch::Path, pref
             );
         }
     }
-    if is_true(get(doc, &at(&["windowsOptions", "hostProcess"]))) {
+    if is_true(look(&["windowsOptions", "hostProcess"])) {
         let fix = Fix::Set(at(&["windowsOptions", "hostProcess"]), json!(false));
         f.insecure(
             Rule::HostProcess,
@@ -380,9 +388,13 @@ pub(super) fn container(doc: &Value, c: &ContainerRef, ids: &PodIds, carrying: &
     let scope = c.scope.as_str();
     let sc = join(&c.path, [Seg::from("securityContext")]);
     let at = |rel: &[&str]| join(&sc, rel.iter().map(|s| Seg::from(*s)));
+    // Looked up from the container, found once; paths are built only for fixes.
+    let container = get(doc, &c.path);
+    let sc_value = lookup(container, &["securityContext"]);
+    let look = |rel: &[&str]| lookup(sc_value, rel);
     let uid = f.policy.security.run_as_user;
 
-    if is_true(get(doc, &at(&["privileged"]))) {
+    if is_true(look(&["privileged"])) {
         f.insecure(
             Rule::Privileged,
             scope,
@@ -392,7 +404,7 @@ pub(super) fn container(doc: &Value, c: &ContainerRef, ids: &PodIds, carrying: &
             "set securityContext.privileged=false",
         );
     }
-    if is_true(get(doc, &at(&["allowPrivilegeEscalation"]))) {
+    if is_true(look(&["allowPrivilegeEscalation"])) {
         let fix = Fix::Set(at(&["allowPrivilegeEscalation"]), json!(false));
         f.insecure(
             Rule::PrivilegeEscalation,
@@ -403,7 +415,7 @@ pub(super) fn container(doc: &Value, c: &ContainerRef, ids: &PodIds, carrying: &
             "set securityContext.allowPrivilegeEscalation=false",
         );
     }
-    if let Some(Value::Array(added)) = get(doc, &at(&["capabilities", "add"])) {
+    if let Some(Value::Array(added)) = look(&["capabilities", "add"]) {
         let extra: Vec<&str> = added.iter().filter_map(Value::as_str).filter(|cap| *cap != "NET_BIND_SERVICE").collect();
         if !extra.is_empty() || added.iter().any(|cap| !cap.is_string()) {
             let kept: Vec<Value> = added.iter().filter(|cap| cap.as_str() == Some("NET_BIND_SERVICE")).cloned().collect();
@@ -422,7 +434,7 @@ pub(super) fn container(doc: &Value, c: &ContainerRef, ids: &PodIds, carrying: &
             );
         }
     }
-    if str_at(doc, &at(&["procMount"])) == Some("Unmasked") {
+    if look(&["procMount"]).and_then(Value::as_str) == Some("Unmasked") {
         f.insecure(
             Rule::ProcMount,
             scope,
@@ -463,7 +475,7 @@ pub(super) fn container(doc: &Value, c: &ContainerRef, ids: &PodIds, carrying: &
     }
 
     // The proxy's credentials are for the proxy alone: any other container asking for them is refused.
-    if let Some(Value::Array(mounts)) = get(doc, &join(&c.path, [Seg::from("volumeMounts")])) {
+    if let Some(Value::Array(mounts)) = lookup(container, &["volumeMounts"]) {
         for (index, mount) in mounts.iter().enumerate() {
             let name = mount.get("name").and_then(Value::as_str).unwrap_or("");
             if let Some(secret) = carrying.get(name) {
@@ -478,7 +490,7 @@ pub(super) fn container(doc: &Value, c: &ContainerRef, ids: &PodIds, carrying: &
     fn protected<'a>(ids: &PodIds, name: Option<&'a str>) -> Option<&'a str> {
         name.filter(|n| ids.is_protected(n))
     }
-    if let Some(Value::Array(env)) = get(doc, &join(&c.path, [Seg::from("env")])) {
+    if let Some(Value::Array(env)) = lookup(container, &["env"]) {
         for var in env {
             // Field by field: Value::pointer allocates for every segment, and a pod may have thousands of these.
             let secret = var.get("valueFrom").and_then(|v| v.get("secretKeyRef")).and_then(|v| v.get("name")).and_then(Value::as_str);
@@ -493,7 +505,7 @@ pub(super) fn container(doc: &Value, c: &ContainerRef, ids: &PodIds, carrying: &
             }
         }
     }
-    if let Some(Value::Array(env_from)) = get(doc, &join(&c.path, [Seg::from("envFrom")])) {
+    if let Some(Value::Array(env_from)) = lookup(container, &["envFrom"]) {
         for (index, source) in env_from.iter().enumerate() {
             if let Some(secret) = protected(ids, source.get("secretRef").and_then(|v| v.get("name")).and_then(Value::as_str)) {
                 f.refused(
@@ -511,8 +523,8 @@ pub(super) fn container(doc: &Value, c: &ContainerRef, ids: &PodIds, carrying: &
         for handler in ["httpGet", "tcpSocket"] {
             let mut rel: Vec<&str> = probe.split('.').collect();
             rel.extend([handler, "host"]);
-            let path = join(&c.path, rel.iter().map(|s| Seg::from(*s)));
-            if let Some(host) = get(doc, &path).and_then(Value::as_str).filter(|h| !h.is_empty()) {
+            if let Some(host) = lookup(container, &rel).and_then(Value::as_str).filter(|h| !h.is_empty()) {
+                let path = join(&c.path, rel.iter().map(|s| Seg::from(*s)));
                 let field = format!("{probe}.{handler}.host");
                 f.insecure(Rule::ProbeHost, scope, &field, format!("is {host:?}"), Fix::Remove(path), format!("removed {field}"));
             }
@@ -526,7 +538,7 @@ pub(super) fn container(doc: &Value, c: &ContainerRef, ids: &PodIds, carrying: &
     // Only the proxy runs as the proxy's user: another process as that user could read its files
     // (through /proc when processes are shared).
     let proxy_uid = f.policy.proxy.run_as_user;
-    if get(doc, &at(&["runAsUser"])).and_then(Value::as_i64) == Some(proxy_uid) {
+    if look(&["runAsUser"]).and_then(Value::as_i64) == Some(proxy_uid) {
         let fix = Fix::Set(at(&["runAsUser"]), json!(uid));
         f.insecure(
             Rule::ProxyIdentity,
@@ -537,13 +549,13 @@ pub(super) fn container(doc: &Value, c: &ContainerRef, ids: &PodIds, carrying: &
             format!("set securityContext.runAsUser={uid}"),
         );
     }
-    if let Some(Value::Array(claims)) = get(doc, &join(&c.path, path!["resources", "claims"]))
+    if let Some(Value::Array(claims)) = lookup(container, &["resources", "claims"])
         && !claims.is_empty()
     {
         f.refused(Rule::ResourceNotAllowed, scope, "resources.claims", "uses dynamic resource claims, which the policy cannot bound");
     }
     // `kubectl debug --target`: sharing the proxy's process namespace reaches its files through /proc.
-    if c.kind == Kind::Ephemeral && str_at(doc, &join(&c.path, [Seg::from("targetContainerName")])) == Some(SIDECAR_NAME) {
+    if c.kind == Kind::Ephemeral && lookup(container, &["targetContainerName"]).and_then(Value::as_str) == Some(SIDECAR_NAME) {
         f.refused(
             Rule::TollgateOwned,
             scope,
