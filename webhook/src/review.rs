@@ -77,7 +77,7 @@ fn pod_name(object: &Value, request_name: &str) -> String {
 }
 
 /// `tollgate: <change>` lines, at most `max` of them (the last one summarising the rest).
-pub fn warnings(lines: impl ExactSizeIterator<Item = String>, max: usize) -> Vec<String> {
+pub fn warnings<L: std::fmt::Display>(lines: impl ExactSizeIterator<Item = L>, max: usize) -> Vec<String> {
     let total = lines.len();
     let shown = if total > max { max.saturating_sub(1) } else { total };
     let mut warnings: Vec<String> = lines.take(shown).map(|line| format!("tollgate: {line}")).collect();
@@ -183,7 +183,9 @@ pub fn review(policy: &Policy, body: &[u8]) -> Result<(Vec<u8>, ReviewSummary), 
             }
             Ok(Outcome::Hardened(hardened)) => {
                 summary.changes = hardened.changes.len();
-                let lines = hardened.notes.iter().cloned().chain(hardened.changes.iter().map(ToString::to_string)).collect::<Vec<_>>();
+                // Each line formatted once, straight into its warning.
+                let notes = hardened.notes.iter().map(|note| note as &dyn std::fmt::Display);
+                let lines = notes.chain(hardened.changes.iter().map(|change| change as &dyn std::fmt::Display)).collect::<Vec<_>>();
                 if !lines.is_empty() {
                     response.warnings = Some(warnings(lines.into_iter(), policy.max_warnings));
                 }
