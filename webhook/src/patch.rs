@@ -2,6 +2,8 @@
 //! operation that makes the same edit, so the patch is exactly as long as the list of edits (linear in
 //! the pod, never a whole-document diff).
 
+use std::borrow::Cow;
+
 use json_patch::jsonptr::PointerBuf;
 use json_patch::{AddOperation, PatchOperation, RemoveOperation, ReplaceOperation};
 use serde_json::{Map, Value};
@@ -11,19 +13,20 @@ pub type Path = Vec<Seg>;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Seg {
-    Key(String),
+    /// Most keys are literals: borrowed, so building a path allocates only its vector.
+    Key(Cow<'static, str>),
     Index(usize),
 }
 
-impl From<&str> for Seg {
-    fn from(key: &str) -> Self {
-        Seg::Key(key.to_owned())
+impl From<&'static str> for Seg {
+    fn from(key: &'static str) -> Self {
+        Seg::Key(Cow::Borrowed(key))
     }
 }
 
 impl From<String> for Seg {
     fn from(key: String) -> Self {
-        Seg::Key(key)
+        Seg::Key(Cow::Owned(key))
     }
 }
 
@@ -48,7 +51,7 @@ pub fn join(base: &Path, rest: impl IntoIterator<Item = Seg>) -> Path {
 
 fn pointer(path: &[Seg]) -> PointerBuf {
     PointerBuf::from_tokens(path.iter().map(|seg| match seg {
-        Seg::Key(key) => key.clone(),
+        Seg::Key(key) => key.to_string(),
         Seg::Index(index) => index.to_string(),
     }))
 }
@@ -58,7 +61,7 @@ pub fn get<'v>(doc: &'v Value, path: &[Seg]) -> Option<&'v Value> {
     let mut node = doc;
     for seg in path {
         node = match (seg, node) {
-            (Seg::Key(key), Value::Object(map)) => map.get(key)?,
+            (Seg::Key(key), Value::Object(map)) => map.get(key.as_ref())?,
             (Seg::Index(index), Value::Array(items)) => items.get(*index)?,
             _ => return None,
         };
@@ -70,7 +73,7 @@ fn get_mut<'v>(doc: &'v mut Value, path: &[Seg]) -> Option<&'v mut Value> {
     let mut node = doc;
     for seg in path {
         node = match (seg, node) {
-            (Seg::Key(key), Value::Object(map)) => map.get_mut(key)?,
+            (Seg::Key(key), Value::Object(map)) => map.get_mut(key.as_ref())?,
             (Seg::Index(index), Value::Array(items)) => items.get_mut(*index)?,
             _ => return None,
         };
@@ -108,7 +111,7 @@ impl<'d> PatchBuilder<'d> {
         for (depth, seg) in path.iter().enumerate() {
             existing = depth;
             let next = match (seg, node) {
-                (Seg::Key(key), Value::Object(map)) => map.get(key),
+                (Seg::Key(key), Value::Object(map)) => map.get(key.as_ref()),
                 (Seg::Index(index), Value::Array(items)) => items.get(*index),
                 _ => None,
             };
@@ -133,7 +136,7 @@ impl<'d> PatchBuilder<'d> {
                 unreachable!("an index into a missing array cannot be created");
             };
             let mut map = Map::new();
-            map.insert(key.clone(), wrapped);
+            map.insert(key.to_string(), wrapped);
             wrapped = Value::Object(map);
         }
         let target = &path[..=existing];
@@ -141,7 +144,7 @@ impl<'d> PatchBuilder<'d> {
         let parent = get_mut(self.doc, parent_path).expect("parent exists");
         match (last, parent) {
             (Seg::Key(key), Value::Object(map)) => {
-                map.insert(key.clone(), wrapped.clone());
+                map.insert(key.to_string(), wrapped.clone());
             }
             (Seg::Index(index), Value::Array(items)) if *index < items.len() => items[*index] = wrapped.clone(),
             _ => unreachable!("set into a non-container: {target:?}"),
@@ -189,7 +192,7 @@ impl<'d> PatchBuilder<'d> {
     pub fn remove(&mut self, path: &[Seg]) -> bool {
         let Some((last, parent_path)) = path.split_last() else { return false };
         let removed = match (last, get_mut(self.doc, parent_path)) {
-            (Seg::Key(key), Some(Value::Object(map))) => map.remove(key).is_some(),
+            (Seg::Key(key), Some(Value::Object(map))) => map.remove(key.as_ref()).is_some(),
             (Seg::Index(index), Some(Value::Array(items))) if *index < items.len() => {
                 items.remove(*index);
                 true

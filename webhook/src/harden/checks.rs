@@ -143,7 +143,7 @@ fn str_at<'v>(doc: &'v Value, path: &[Seg]) -> Option<&'v str> {
 
 /// Checks shared by the pod's and a container's securityContext.
 fn security_context(doc: &Value, scope: &str, sc_path: &crate::patch::Path, prefix: &str, uid: i64, f: &mut Findings) {
-    let at = |rel: &[&str]| join(sc_path, rel.iter().map(|s| Seg::from(*s)));
+    let at = |rel: &[&'static str]| join(sc_path, rel.iter().map(|s| Seg::from(*s)));
     // Looked up from the securityContext, found once; paths are built only for fixes.
     let sc = get(doc, sc_path);
     let look = |rel: &[&str]| lookup(sc, rel);
@@ -310,7 +310,7 @@ pub(super) fn pod_level(doc: &Value, annotations: &BTreeMap<String, String>, f: 
         if let Some(container) = key.strip_prefix(APPARMOR_ANNOTATION_PREFIX)
             && value == "unconfined"
         {
-            let fix = Fix::Set(path!["metadata", "annotations", key.as_str()], json!("runtime/default"));
+            let fix = Fix::Set(path!["metadata", "annotations", key.clone()], json!("runtime/default"));
             f.insecure(
                 Rule::AppArmor,
                 &format!("container {container:?}"),
@@ -387,7 +387,7 @@ pub(super) fn credential_volumes(doc: &Value, ids: &PodIds) -> BTreeMap<String, 
 pub(super) fn container(doc: &Value, c: &ContainerRef, ids: &PodIds, carrying: &BTreeMap<String, String>, f: &mut Findings) {
     let scope = c.scope.as_str();
     let sc = join(&c.path, [Seg::from("securityContext")]);
-    let at = |rel: &[&str]| join(&sc, rel.iter().map(|s| Seg::from(*s)));
+    let at = |rel: &[&'static str]| join(&sc, rel.iter().map(|s| Seg::from(*s)));
     // Looked up from the container, found once; paths are built only for fixes.
     let container = get(doc, &c.path);
     let sc_value = lookup(container, &["securityContext"]);

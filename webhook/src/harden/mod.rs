@@ -240,7 +240,7 @@ impl Editor<'_> {
     }
 
     /// Set `rel` under `base` (a field path for the message) when missing.
-    fn default(&mut self, scope: &str, base: &Path, rel: &[&str], value: Value) {
+    fn default(&mut self, scope: &str, base: &Path, rel: &[&'static str], value: Value) {
         let path = join(base, rel.iter().map(|s| Seg::from(*s)));
         if self.builder.get(&path).is_none() {
             self.force(scope, base, rel, value);
@@ -248,7 +248,7 @@ impl Editor<'_> {
     }
 
     /// Set `rel` under `base` to `value`, whatever was there.
-    fn force(&mut self, scope: &str, base: &Path, rel: &[&str], value: Value) {
+    fn force(&mut self, scope: &str, base: &Path, rel: &[&'static str], value: Value) {
         let path = join(base, rel.iter().map(|s| Seg::from(*s)));
         let shown = compact(&value);
         if self.builder.set(&path, value) {
@@ -620,7 +620,7 @@ fn label_and_record(policy: &Policy, ids: &PodIds, containers: &[ContainerRef], 
         _ => Vec::new(),
     };
     for key in foreign {
-        e.builder.remove(&path!["metadata", "labels", key.as_str()]);
+        e.builder.remove(&path!["metadata", "labels", key.clone()]);
         e.change("pod", format!("removed label {key}: {OWNED_PREFIX} labels are set by tollgate alone"));
     }
     e.force("pod", &metadata, &["labels", LABEL_INJECTED], json!("true"));

@@ -63,12 +63,7 @@ fn plan_container(policy: &Policy, doc: &Value, c: &ContainerRef, f: &mut Findin
             Some((text, request)) if *request > default.value => (text.clone(), *request),
             _ => (default.text.clone(), default.value),
         };
-        settings.push((
-            c.scope.clone(),
-            join(&limits_path, [Seg::from(name.as_str())]),
-            format!("resources.limits.{name}"),
-            json!(limit.0),
-        ));
+        settings.push((c.scope.clone(), join(&limits_path, [Seg::from(name.clone())]), format!("resources.limits.{name}"), json!(limit.0)));
         limits.insert(name.clone(), limit);
     }
     for (name, default) in &defaults.requests {
@@ -81,7 +76,7 @@ fn plan_container(policy: &Policy, doc: &Value, c: &ContainerRef, f: &mut Findin
         };
         settings.push((
             c.scope.clone(),
-            join(&requests_path, [Seg::from(name.as_str())]),
+            join(&requests_path, [Seg::from(name.clone())]),
             format!("resources.requests.{name}"),
             json!(request),
         ));
@@ -146,7 +141,7 @@ fn check_maximum(policy: &Policy, doc: &Value, base: &Path, field: &str, scope: 
                     f.refused(Rule::ResourceNotAllowed, scope, field, "is not permitted by the policy (no entry in resources.maximum)");
                 }
                 Some(max) if *value > max.value => {
-                    let fix = Fix::Set(join(list_path, [Seg::from(name.as_str())]), json!(max.text));
+                    let fix = Fix::Set(join(list_path, [Seg::from(name.clone())]), json!(max.text));
                     f.excessive(
                         Rule::ResourcesExceedMaximum,
                         scope,
