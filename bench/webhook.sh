@@ -1,22 +1,23 @@
 #!/usr/bin/env bash
 # tollgate-webhook (default policy) side by side with its floor, bench/src/bin/floor_webhook.rs: rustls +
 # hyper set up as the webhook's server, decoding the AdmissionReview and allowing it with the uid — what any
-# webhook on this stack does at least. Both serve HTTPS (h1 and h2 by ALPN) on 127.0.0.1:18443 in turn,
-# with a P-256 certificate made here (as tollgate-certs makes them), and are loaded by oha
-# (`cargo install oha --locked` where missing) with two AdmissionReviews of a pod as kube-apiserver sends
-# it (defaults, the ServiceAccount token volume, a Job controller's labels and owner):
+# webhook on this stack does at least. Both serve HTTPS (h1 and h2 by ALPN) on 127.0.0.1 (ports 18443 and
+# 18444, WEBHOOK_BENCH_PORT moves them) with a P-256 certificate made here (the kind tollgate-certs makes),
+# and are loaded in turn by oha (`cargo install oha --locked` where missing) with two AdmissionReviews of a
+# pod as kube-apiserver sends it (defaults, the ServiceAccount token volume, a Job controller's labels):
 #   - typical: one analysis container, 2.7 KB;
 #   - huge: 12 containers with 300 env vars each, 191 KB.
-# Measured: saturation (h2, 8 connections x 8 streams; huge: 4 x 2), p99 at a fixed rate with
-# oha's latency correction (1,000 reviews/s typical over h1, 16 connections; 50 reviews/s huge over h2),
-# and resident memory (VmRSS) after all of it.
-# Prints bench/run.sh table rows on stdout, progress on stderr. Takes about 3 minutes after the release
-# build (2 x 4 measurements of 10-15 s, plus warm-ups). Run it on an otherwise idle machine:
+# Measured: saturation (h2, 8 connections x 8 streams; huge 4 x 2; two rounds, averaged), p99 at a fixed
+# rate with oha's latency correction (1,000 reviews/s typical over h1, 16 connections; 50 reviews/s huge
+# over h2), and resident memory (VmRSS) after all of it.
+# Prints bench/run.sh table rows on stdout, progress on stderr. Takes about 2.5 minutes after the release
+# build (8 saturation runs of 6 s, 4 fixed-rate runs of 12 s, warm-ups). Run it on an otherwise idle
+# machine, alone:
 #   flock /tmp/tg/bench.lock bench/webhook.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-SAT_SECONDS=${SAT_SECONDS:-10}
+SAT_SECONDS=${SAT_SECONDS:-6}
 RATE_SECONDS=${RATE_SECONDS:-12}
 PORT=${WEBHOOK_BENCH_PORT:-18443}
 URL="https://127.0.0.1:$PORT/mutate"
@@ -34,9 +35,10 @@ cargo build --release --locked -q -p tollgate-webhook -p tollgate-bench --bin to
 bin=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')/release
 
 work=$(mktemp -d)
-server=""
+servers=()
 cleanup() {
-  if [ -n "$server" ]; then kill "$server" 2>/dev/null || true; wait "$server" 2>/dev/null || true; fi
+  for p in "${servers[@]}"; do kill "$p" 2>/dev/null || true; done
+  for p in "${servers[@]}"; do wait "$p" 2>/dev/null || true; done
   rm -rf "$work"
 }
 trap cleanup EXIT
@@ -95,21 +97,23 @@ for name, body in [("typical", typical), ("huge", huge)]:
 EOF
 echo "review bodies: typical $(wc -c <"$work/typical.json") bytes, huge $(wc -c <"$work/huge.json") bytes" >&2
 
-wait_ready() {
+wait_ready() { # port pid
   for _ in $(seq 200); do
-    (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null && return 0
-    kill -0 "$server" 2>/dev/null || { echo "bench/webhook.sh: the server exited:" >&2; cat "$work/server.log" >&2; exit 1; }
+    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+    kill -0 "$2" 2>/dev/null || { echo "bench/webhook.sh: the server on $1 exited:" >&2; cat "$work"/*.log >&2; exit 1; }
     sleep 0.05
   done
-  echo "bench/webhook.sh: nothing listens on $PORT" >&2
+  echo "bench/webhook.sh: nothing listens on $1" >&2
   exit 1
 }
 
-# oha NAME BODY ARGS...: one load run, its JSON report in $work/NAME.json; fails unless every answer was a 200.
+# load WHO NAME BODY ARGS...: one oha run against WHO, its JSON report in $work/WHO-NAME.json; fails unless
+# every answer was a 200.
 load() {
-  local name=$1 body=$2; shift 2
-  oha --no-tui --output-format json --insecure -w -m POST -T application/json -D "$work/$body.json" "$@" "$URL" >"$work/$name.json"
-  python3 - "$work/$name.json" "$name" <<'EOF'
+  local who=$1 name=$2 body=$3; shift 3
+  oha --no-tui --output-format json --insecure -w -m POST -T application/json -D "$work/$body.json" "$@" \
+    "https://127.0.0.1:${port[$who]}/mutate" >"$work/$who-$name.json"
+  python3 - "$work/$who-$name.json" "$who $name" <<'EOF'
 import json, sys
 report = json.load(open(sys.argv[1]))
 codes = report.get("statusCodeDistribution", {})
@@ -124,36 +128,36 @@ print(f"  {sys.argv[2]}: {total} reviews, {s['requestsPerSec']:.0f}/s, p50 {p['p
 EOF
 }
 
-# measure WHO: start the server WHO (tollgate or floor) and measure it.
-measure() {
-  local who=$1
-  case $who in
-    tollgate) "$bin/tollgate-webhook" serve --listen "127.0.0.1:$PORT" --tls-cert "$work/tls.crt" --tls-key "$work/tls.key" \
-                --drain-delay 0s >"$work/server.log" 2>&1 & ;;
-    floor) "$bin/floor-webhook" --listen "127.0.0.1:$PORT" --tls-cert "$work/tls.crt" --tls-key "$work/tls.key" >"$work/server.log" 2>&1 & ;;
-  esac
-  server=$!
-  wait_ready
-  echo "$who (pid $server); load $(cut -d' ' -f1-3 /proc/loadavg)" >&2
-  # Warm-up, then the measurements.
-  oha --no-tui --output-format quiet --insecure -m POST -T application/json -D "$work/typical.json" --http2 -c 4 -p 4 -z 2s "$URL" >/dev/null
-  load "$who-sat-typical" typical --http2 -c 8 -p 8 -z "${SAT_SECONDS}s"
-  load "$who-sat-huge" huge --http2 -c 4 -p 2 -z "${SAT_SECONDS}s"
-  load "$who-rate-typical" typical -c 16 -q 1000 --latency-correction -z "${RATE_SECONDS}s"
-  load "$who-rate-huge" huge --http2 -c 4 -p 1 -q 50 --latency-correction -z "${RATE_SECONDS}s"
-  sleep 1
-  awk '/^VmRSS:/ {print $2}' "/proc/$server/status" >"$work/$who-rss"
-  echo "  RSS after load: $(cat "$work/$who-rss") KiB" >&2
-  kill "$server"
-  wait "$server" 2>/dev/null || true
-  server=""
-  if [ "$who" = tollgate ]; then grep -c '"message":"review"' "$work/server.log" | sed 's/^/  review log lines: /' >&2; fi
-  # The port must be free for the next server.
-  for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null || break; sleep 0.05; done
-}
-
-measure tollgate
-measure floor
+# Both servers run side by side, each on its own port, and are loaded in turn, measurement by measurement
+# (tollgate, floor, tollgate, floor for saturation), so that a change in the machine's speed during the run
+# affects both alike; the one not being loaded is idle.
+declare -A port=([tollgate]=$PORT [floor]=$((PORT + 1)))
+declare -A pid
+"$bin/tollgate-webhook" serve --listen "127.0.0.1:${port[tollgate]}" --tls-cert "$work/tls.crt" --tls-key "$work/tls.key" \
+  --drain-delay 0s >"$work/tollgate.log" 2>&1 &
+pid[tollgate]=$!
+servers+=("${pid[tollgate]}")
+"$bin/floor-webhook" --listen "127.0.0.1:${port[floor]}" --tls-cert "$work/tls.crt" --tls-key "$work/tls.key" >"$work/floor.log" 2>&1 &
+pid[floor]=$!
+servers+=("${pid[floor]}")
+for who in tollgate floor; do
+  wait_ready "${port[$who]}" "${pid[$who]}"
+  oha --no-tui --output-format quiet --insecure -m POST -T application/json -D "$work/typical.json" --http2 -c 4 -p 4 -z 2s \
+    "https://127.0.0.1:${port[$who]}/mutate" >/dev/null
+done
+echo "tollgate (pid ${pid[tollgate]}) and floor (pid ${pid[floor]}); load $(cut -d' ' -f1-3 /proc/loadavg)" >&2
+for round in 1 2; do
+  for who in tollgate floor; do load "$who" "sat-typical-$round" typical --http2 -c 8 -p 8 -z "${SAT_SECONDS}s"; done
+  for who in tollgate floor; do load "$who" "sat-huge-$round" huge --http2 -c 4 -p 2 -z "${SAT_SECONDS}s"; done
+done
+for who in tollgate floor; do load "$who" rate-typical typical -c 16 -q 1000 --latency-correction -z "${RATE_SECONDS}s"; done
+for who in tollgate floor; do load "$who" rate-huge huge --http2 -c 4 -p 1 -q 50 --latency-correction -z "${RATE_SECONDS}s"; done
+sleep 1
+for who in tollgate floor; do
+  awk '/^VmRSS:/ {print $2}' "/proc/${pid[$who]}/status" >"$work/$who-rss"
+  echo "  $who RSS after load: $(cat "$work/$who-rss") KiB" >&2
+done
+echo "reviews logged by tollgate: $(grep -c '"message":"review"' "$work/tollgate.log"); load at the end $(cut -d' ' -f1-3 /proc/loadavg)" >&2
 
 python3 - "$work" <<'EOF'
 import json, sys
@@ -161,7 +165,7 @@ work = sys.argv[1]
 def report(who, name):
     return json.load(open(f"{work}/{who}-{name}.json"))
 def rps(who, name):
-    return report(who, name)["summary"]["requestsPerSec"]
+    return sum(report(who, f"{name}-{r}")["summary"]["requestsPerSec"] for r in (1, 2)) / 2
 def p99(who, name):
     return report(who, name)["latencyPercentiles"]["p99"] * 1000
 def rss(who):

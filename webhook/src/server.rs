@@ -31,9 +31,9 @@ use crate::tls::{CertStore, load_certified_key, server_config};
 pub const MAX_BODY_BYTES: usize = 3 * 1024 * 1024;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const BODY_TIMEOUT: Duration = Duration::from_secs(10);
-/// Reviews up to this size are answered on the connection's task; larger ones on the blocking pool.
-/// The bounds keep even the slowest pod of this size to about a millisecond (README.md, Size).
-pub const INLINE_REVIEW_BYTES: usize = 32 * 1024;
+/// Reviews up to this size are answered on the connection's task; larger ones on the blocking pool. A
+/// review of this size built to be slow takes about a millisecond in a release build (README.md, Size).
+pub const INLINE_REVIEW_BYTES: usize = 16 * 1024;
 
 #[derive(Clone, Debug)]
 pub struct ServeConfig {
