@@ -50,6 +50,21 @@ preflight() {
   local probe=/sys/fs/cgroup/pids/tollgate-probe
   [[ -d /sys/fs/cgroup/pids ]] || probe=/sys/fs/cgroup/tollgate-probe
   mkdir "$probe" 2>/dev/null && rmdir "$probe" || die "cannot create cgroups under /sys/fs/cgroup (a container?): a node needs a real (virtual) machine"
+  local free_mib
+  free_mib=$(df --output=avail -m "$(dirname "$STATE")" | tail -1)
+  ((free_mib >= 2048)) || die "only ${free_mib} MiB free under $(dirname "$STATE"); the node needs 2 GiB for images and pods"
+}
+
+# What a failed install leaves to read: why the node would not run a pod, and what each pod said.
+explain_failure() {
+  log "what the cluster shows:"
+  kubectl get nodes -o wide >&2 || true
+  kubectl get node "$NODE_NAME" -o jsonpath='{range .status.conditions[*]}{.type}={.status} {.message}{"\n"}{end}' >&2 || true
+  kubectl get jobs,pods -n tollgate -o wide >&2 || true
+  kubectl get events -n tollgate --sort-by=.lastTimestamp >&2 || true
+  kubectl logs -n tollgate job/tollgate-certs --all-containers --tail=40 >&2 || true
+  df -h "$(dirname "$STATE")" >&2 || true
+  tail -20 "$STATE/logs/kubelet.log" >&2 || true
 }
 
 pid_of() { cat "$STATE/pids/$1" 2>/dev/null || true; }
@@ -218,7 +233,9 @@ podLogsDir: $STATE/pod-logs
 clusterDomain: cluster.local
 imageGCHighThresholdPercent: 100
 imageGCLowThresholdPercent: 99
-evictionHard: { memory.available: "100Mi", nodefs.available: "1%", imagefs.available: "1%" }
+# Absolute and small: this machine's disk is shared and its free space swings by tens of GiB, and a node
+# under DiskPressure admits no pod at all (a CI run once lost its certs Job that way, silently).
+evictionHard: { memory.available: "100Mi", nodefs.available: "256Mi", imagefs.available: "256Mi" }
 serializeImagePulls: false
 shutdownGracePeriod: 0s
 EOF
@@ -309,9 +326,9 @@ install_tollgate() {
     --create-namespace --timeout 180s --values "$STATE/values.yaml" \
     --set "analysisNamespaces[0].name=$ANALYSIS_NAMESPACE" \
     --set egressLock.enabled=true --set "egressLock.binDir=$STATE/cni/bin" --set "egressLock.confDir=$STATE/cni/net.d" \
-    ${TOLLGATE_HELM_ARGS:-} >&2
-  kubectl rollout status deployment/tollgate-webhook -n tollgate --timeout=180s >&2
-  kubectl rollout status daemonset/tollgate-cni -n tollgate --timeout=120s >&2
+    ${TOLLGATE_HELM_ARGS:-} >&2 || { explain_failure; return 1; }
+  kubectl rollout status deployment/tollgate-webhook -n tollgate --timeout=180s >&2 || { explain_failure; return 1; }
+  kubectl rollout status daemonset/tollgate-cni -n tollgate --timeout=120s >&2 || { explain_failure; return 1; }
 }
 
 prepare_analysis_namespace() {
