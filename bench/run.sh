@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Every comparison of tollgate's speed, side by side in one run on this machine, as one table with ratios:
 #
-#   bench/run.sh                 webhook, proxy and admission (through kube-apiserver)
+#   bench/run.sh                 webhook, proxy, admission (through kube-apiserver) and node (a real one)
 #   bench/run.sh proxy webhook   just those parts, in that order
 #
 # Each part is bench/<part>.sh: it installs what it needs where missing (Debian packages, cargo tools,
@@ -12,7 +12,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 parts=("$@")
-((${#parts[@]})) || parts=(webhook proxy admission)
+((${#parts[@]})) || parts=(webhook proxy admission node)
 for part in "${parts[@]}"; do
   [ -x "bench/$part.sh" ] || { echo "bench/run.sh: no part $part (bench/*.sh)" >&2; exit 2; }
 done

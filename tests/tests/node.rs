@@ -164,33 +164,6 @@ fn time(value: &Value) -> chrono_free::Stamp {
     chrono_free::Stamp::parse(value.as_str().unwrap_or_else(|| panic!("no timestamp: {value}")))
 }
 
-/// RFC 3339 timestamps with a fraction (`2026-11-23T08:00:01.123456789Z`, as `kubectl logs --timestamps`
-/// prints them) as seconds since the epoch.
-mod precise {
-    pub fn seconds(text: &str) -> f64 {
-        let bad = || -> ! { panic!("not a timestamp: {text}") };
-        let (date, time) = text.trim_end_matches('Z').split_once('T').unwrap_or_else(|| bad());
-        let d: Vec<i64> = date.split('-').map(|p| p.parse().unwrap_or_else(|_| bad())).collect();
-        let (hms, fraction) = time.split_once('.').unwrap_or((time, "0"));
-        let t: Vec<i64> = hms.split(':').map(|p| p.parse().unwrap_or_else(|_| bad())).collect();
-        let fraction: f64 = format!("0.{fraction}").parse().unwrap_or_else(|_| bad());
-        // Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's days_from_civil).
-        let (y, m) = if d[1] <= 2 { (d[0] - 1, d[1] + 9) } else { (d[0], d[1] - 3) };
-        let era = y.div_euclid(400);
-        let yoe = y - era * 400;
-        let doy = (153 * m + 2) / 5 + d[2] - 1;
-        let days = era * 146_097 + yoe * 365 + yoe / 4 - yoe / 100 + doy - 719_468;
-        (days * 86_400 + t[0] * 3600 + t[1] * 60 + t[2]) as f64 + fraction
-    }
-
-    #[test]
-    fn timestamps_read_as_seconds() {
-        assert_eq!(seconds("1970-01-01T00:00:01.5Z"), 1.5);
-        assert_eq!(seconds("2026-11-23T15:20:01Z"), 1_795_447_201.0);
-        assert!((seconds("2026-03-01T00:00:00.25Z") - seconds("2026-02-28T23:59:59.75Z") - 0.5).abs() < 1e-6);
-    }
-}
-
 /// RFC 3339 timestamps as Kubernetes writes them (`2026-11-23T08:00:01Z`), compared without a date crate.
 mod chrono_free {
     #[derive(Debug, PartialEq, Eq, PartialOrd, Ord, Clone, Copy)]
@@ -252,7 +225,7 @@ fn t2_a_job_runs_after_its_proxy_is_ready_reaches_the_services_with_the_proxys_t
     // pace (it learns that the proxy runs at its next 1 s relist).
     let first_stamp = |container: &str| {
         let out = c.ok(&["logs", &name, "-n", ns, "-c", container, "--timestamps"]);
-        precise::seconds(out.split_whitespace().next().unwrap_or_else(|| panic!("no log line of {container}")))
+        tollgate_e2e::precise::seconds(out.split_whitespace().next().unwrap_or_else(|| panic!("no log line of {container}")))
     };
     let waited = first_stamp("analysis") - first_stamp("tollgate-proxy");
     println!("t2: the app's first call was answered {:.0} ms after its proxy started", waited * 1000.0);
