@@ -375,7 +375,7 @@ EOF
 # Every process of the node's pods: the shims (started by containerd, re-parented to init) and what runs in
 # the pods' cgroups.
 kill_pods() {
-  pkill -9 -f "containerd-shim-runc-v2 .*-address $STATE/containerd.sock" 2>/dev/null || true
+  pkill -9 -f "containerd-shim-runc-v2[^ ]* .*-address $STATE/containerd.sock" 2>/dev/null || true
   local cgroup
   for cgroup in $(find /sys/fs/cgroup -type d -name 'kubepods*' -prune 2>/dev/null); do
     find "$cgroup" -name cgroup.procs -exec cat {} + 2>/dev/null | xargs -r kill -9 2>/dev/null || true
