@@ -234,7 +234,7 @@ clusterDomain: cluster.local
 imageGCHighThresholdPercent: 100
 imageGCLowThresholdPercent: 99
 # Absolute and small: this machine's disk is shared and its free space swings by tens of GiB, and a node
-# under DiskPressure admits no pod at all (a CI run once lost its certs Job that way, silently).
+# under DiskPressure admits no pod at all (a CI run lost its certs Job to a timeout with the disk nearly full).
 evictionHard: { memory.available: "100Mi", nodefs.available: "256Mi", imagefs.available: "256Mi" }
 serializeImagePulls: false
 shutdownGracePeriod: 0s

@@ -414,3 +414,8 @@ pub mod precise {
         assert!((seconds("2026-03-01T00:00:00.25Z") - seconds("2026-02-28T23:59:59.75Z") - 0.5).abs() < 1e-6);
     }
 }
+
+/// The `p` quantile (0..=1) of sorted samples, nearest rank.
+pub fn percentile<T: Copy>(sorted: &[T], p: f64) -> T {
+    sorted[((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1]
+}

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, PostParams};
-use tollgate_e2e::{ControlPlane, Webhook};
+use tollgate_e2e::{ControlPlane, Webhook, percentile};
 
 fn plain_pod(name: &str) -> Pod {
     serde_json::from_value(serde_json::json!({
@@ -19,10 +19,6 @@ fn plain_pod(name: &str) -> Pod {
         "spec": {"restartPolicy": "Never", "containers": [{"name": "analysis", "image": "registry.example.org/analysis:1.0", "args": ["run"]}]},
     }))
     .expect("a valid pod")
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    sorted[((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1]
 }
 
 fn ms(d: Duration) -> String {

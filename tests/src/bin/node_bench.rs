@@ -11,7 +11,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use kube::api::{Api, DeleteParams, ListParams, LogParams, PostParams};
 use serde_json::json;
-use tollgate_e2e::precise;
+use tollgate_e2e::{percentile, precise};
 
 const EXAMPLE: &str = "localhost/tollgate/example-analysis:0.1.0";
 const UNTOUCHED: &str = "bench-untouched";
@@ -26,10 +26,6 @@ fn pod(name: &str, node: Option<&str>) -> Pod {
             "containers": [{"name": "app", "image": EXAMPLE, "args": ["whoami"]}]},
     }))
     .expect("a valid pod")
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    sorted[((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1]
 }
 
 fn median(mut values: Vec<f64>) -> f64 {
