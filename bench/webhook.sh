@@ -13,7 +13,7 @@
 # Prints bench/run.sh table rows on stdout, progress on stderr. Takes about 2.5 minutes after the release
 # build (8 saturation runs of 6 s, 4 fixed-rate runs of 12 s, warm-ups). Run it on an otherwise idle
 # machine, alone:
-#   flock /tmp/tg/bench.lock bench/webhook.sh
+#   bench/webhook.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
