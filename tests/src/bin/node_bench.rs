@@ -41,11 +41,11 @@ fn ms(seconds: f64) -> String {
     format!("{:.0} ms", seconds * 1000.0)
 }
 
-/// The container's log lines' runtime stamps (nanoseconds, the node's clock) as seconds.
-async fn stamps(pods: &Api<Pod>, name: &str, container: &str) -> Vec<f64> {
+/// The container's log lines, each with its runtime stamp (nanoseconds, the node's clock) as seconds.
+async fn lines(pods: &Api<Pod>, name: &str, container: &str) -> Vec<(f64, String)> {
     let params = LogParams { container: Some(container.to_owned()), timestamps: true, ..LogParams::default() };
     let text = pods.logs(name, &params).await.unwrap_or_else(|e| panic!("logs of {name}/{container}: {e}"));
-    text.lines().filter_map(|line| line.split_whitespace().next()).map(precise::seconds).collect()
+    text.lines().filter_map(|line| line.split_once(' ')).map(|(stamp, rest)| (precise::seconds(stamp), rest.to_owned())).collect()
 }
 
 struct Life {
@@ -72,19 +72,17 @@ async fn live(pods: &Api<Pod>, name: &str, hardened: bool) -> Life {
             _ => tokio::time::sleep(Duration::from_millis(20)).await,
         }
     };
-    let app = stamps(pods, name, "app").await;
-    let (first, last) = (*app.first().expect("the app printed"), *app.last().expect("the app printed"));
+    let app = lines(pods, name, "app").await;
+    let (first, last) = (app.first().expect("the app printed").0, app.last().expect("the app printed").0);
     let (proxy_to_app, proxy_exit) = if hardened {
-        let proxy = stamps(pods, name, "tollgate-proxy").await;
-        let params = LogParams { container: Some("tollgate-proxy".to_owned()), ..LogParams::default() };
-        let log = pods.logs(name, &params).await.unwrap_or_else(|e| panic!("logs of {name}: {e}"));
-        let exit = log
-            .lines()
-            .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        let proxy = lines(pods, name, "tollgate-proxy").await;
+        let exit = proxy
+            .iter()
+            .filter_map(|(_, line)| serde_json::from_str::<serde_json::Value>(line).ok())
             .find(|line| line["message"] == "no request in flight; exiting")
             .and_then(|line| line["after_ms"].as_f64())
-            .unwrap_or_else(|| panic!("the proxy of {name} did not log its exit: {log}"));
-        (Some(first - proxy.first().expect("the proxy logged")), Some(exit / 1000.0))
+            .unwrap_or_else(|| panic!("the proxy of {name} did not log its exit: {proxy:?}"));
+        (Some(first - proxy.first().expect("the proxy logged").0), Some(exit / 1000.0))
     } else {
         (None, None)
     };
