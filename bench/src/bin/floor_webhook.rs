@@ -5,8 +5,12 @@
 //! body (bounded, as the webhook does), decodes the AdmissionReview with kube's types, and answers
 //! `allowed: true` with the request's uid. No policy, no hardening, no patch, no log line.
 //!
+//! With `--patch FILE` (a JSONPatch), every answer carries that patch: what the API server spends applying
+//! a mutation of that size, with none of the work of computing it (bench/admission.sh gives it tollgate's
+//! patch for its pod).
+//!
 //! ```text
-//! floor-webhook --listen 127.0.0.1:18443 --tls-cert tls.crt --tls-key tls.key
+//! floor-webhook --listen 127.0.0.1:18443 --tls-cert tls.crt --tls-key tls.key [--patch FILE]
 //! ```
 
 use std::convert::Infallible;
@@ -37,11 +41,15 @@ struct Args {
     listen: SocketAddr,
     cert: String,
     key: String,
+    patch: Option<String>,
 }
+
+/// `--patch`: the JSONPatch every answer carries, if any.
+static PATCH: std::sync::OnceLock<Option<json_patch::Patch>> = std::sync::OnceLock::new();
 
 fn args() -> Result<Args, String> {
     let mut listen = SocketAddr::from(([127, 0, 0, 1], 18443));
-    let (mut cert, mut key) = (None, None);
+    let (mut cert, mut key, mut patch) = (None, None, None);
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
         let mut value = || args.next().ok_or_else(|| format!("{flag} needs a value"));
@@ -49,10 +57,11 @@ fn args() -> Result<Args, String> {
             "--listen" => listen = value()?.parse().map_err(|e| format!("--listen: {e}"))?,
             "--tls-cert" => cert = Some(value()?),
             "--tls-key" => key = Some(value()?),
+            "--patch" => patch = Some(value()?),
             other => return Err(format!("unknown argument {other:?}")),
         }
     }
-    Ok(Args { listen, cert: cert.ok_or("--tls-cert FILE is required")?, key: key.ok_or("--tls-key FILE is required")? })
+    Ok(Args { listen, cert: cert.ok_or("--tls-cert FILE is required")?, key: key.ok_or("--tls-key FILE is required")?, patch })
 }
 
 /// tollgate-webhook's TLS setup (webhook/src/tls.rs): ring, the safe default versions, h2 then http/1.1.
@@ -83,7 +92,11 @@ fn respond(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> 
 fn allow(body: &[u8]) -> Result<Vec<u8>, String> {
     let review: AdmissionReview<DynamicObject> = serde_json::from_slice(body).map_err(|e| e.to_string())?;
     let request: AdmissionRequest<DynamicObject> = review.try_into().map_err(|_| "no request".to_owned())?;
-    serde_json::to_vec(&AdmissionResponse::from(&request).into_review()).map_err(|e| e.to_string())
+    let mut response = AdmissionResponse::from(&request);
+    if let Some(patch) = PATCH.get().and_then(Option::as_ref) {
+        response = response.with_patch(patch.clone()).map_err(|e| e.to_string())?;
+    }
+    serde_json::to_vec(&response.into_review()).map_err(|e| e.to_string())
 }
 
 async fn handle(request: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
@@ -109,6 +122,17 @@ fn main() {
         eprintln!("floor-webhook: {e}");
         std::process::exit(1);
     });
+    let patch = args.patch.as_ref().map(|file| {
+        let text = std::fs::read(file).unwrap_or_else(|e| {
+            eprintln!("floor-webhook: --patch {file}: {e}");
+            std::process::exit(1);
+        });
+        serde_json::from_slice::<json_patch::Patch>(&text).unwrap_or_else(|e| {
+            eprintln!("floor-webhook: --patch {file}: not a JSONPatch: {e}");
+            std::process::exit(1);
+        })
+    });
+    PATCH.set(patch).expect("set once");
     // As `tollgate-webhook serve`: a multi-threaded runtime, one worker per core.
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("the runtime starts");
     runtime.block_on(async move {
