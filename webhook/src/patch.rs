@@ -49,11 +49,27 @@ pub fn join(base: &Path, rest: impl IntoIterator<Item = Seg>) -> Path {
     path
 }
 
+/// The JSON pointer to `path`, written straight into one string (RFC 6901: `~` as `~0`, `/` as `~1`):
+/// a pointer per patch operation, so no token is allocated on the way.
 fn pointer(path: &[Seg]) -> PointerBuf {
-    PointerBuf::from_tokens(path.iter().map(|seg| match seg {
-        Seg::Key(key) => key.to_string(),
-        Seg::Index(index) => index.to_string(),
-    }))
+    let mut text = String::with_capacity(path.len() * 16);
+    for seg in path {
+        text.push('/');
+        match seg {
+            Seg::Key(key) if key.contains(['~', '/']) => {
+                for c in key.chars() {
+                    match c {
+                        '~' => text.push_str("~0"),
+                        '/' => text.push_str("~1"),
+                        c => text.push(c),
+                    }
+                }
+            }
+            Seg::Key(key) => text.push_str(key),
+            Seg::Index(index) => text.push_str(itoa::Buffer::new().format(*index)),
+        }
+    }
+    PointerBuf::parse(text).expect("an escaped pointer is valid")
 }
 
 /// Read-only lookup; `null` counts as absent.
