@@ -133,6 +133,13 @@ EOF
 # affects both alike; the one not being loaded is idle.
 declare -A port=([tollgate]=$PORT [floor]=$((PORT + 1)))
 declare -A pid
+# A port already taken would have the bench load whatever listens there instead of the server it started.
+for p in "${port[@]}"; do
+  if (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
+    echo "bench/webhook.sh: port $p is already in use; stop what listens there or set WEBHOOK_BENCH_PORT" >&2
+    exit 1
+  fi
+done
 "$bin/tollgate-webhook" serve --listen "127.0.0.1:${port[tollgate]}" --tls-cert "$work/tls.crt" --tls-key "$work/tls.key" \
   --drain-delay 0s >"$work/tollgate.log" 2>&1 &
 pid[tollgate]=$!

@@ -1,6 +1,9 @@
 //! Building a JSONPatch while applying it: every edit changes the working document and records the
 //! operation that makes the same edit, so the patch is exactly as long as the list of edits (linear in
 //! the pod, never a whole-document diff).
+//!
+//! tollgate's own containers are rendered once per policy, as values and as JSON text: their operations
+//! carry the text, so that a review neither copies nor serialises them again.
 
 use std::borrow::Cow;
 
@@ -97,9 +100,64 @@ fn get_mut<'v>(doc: &'v mut Value, path: &[Seg]) -> Option<&'v mut Value> {
     Some(node)
 }
 
+/// One operation of a [`Patch`].
+#[derive(Clone, Debug, PartialEq)]
+pub enum Op {
+    Json(PatchOperation),
+    /// An `add` (or a `replace`) whose value is JSON text already.
+    Text {
+        replace: bool,
+        path: PointerBuf,
+        json: String,
+    },
+}
+
+/// A JSONPatch as tollgate builds it.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Patch(pub Vec<Op>);
+
+impl Patch {
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// The patch as JSON, as the API server receives it.
+    pub fn to_json(&self) -> Vec<u8> {
+        let text: usize = self.0.iter().map(|op| if let Op::Text { json, .. } = op { json.len() } else { 0 }).sum();
+        let mut out = Vec::with_capacity(text + 96 * self.0.len() + 2);
+        out.push(b'[');
+        for (index, op) in self.0.iter().enumerate() {
+            if index > 0 {
+                out.push(b',');
+            }
+            match op {
+                Op::Json(op) => serde_json::to_writer(&mut out, op).expect("a patch operation serialises"),
+                Op::Text { replace, path, json } => {
+                    out.extend_from_slice(if *replace { br#"{"op":"replace","path":"# } else { br#"{"op":"add","path":"# });
+                    serde_json::to_writer(&mut out, path.as_str()).expect("a string serialises");
+                    out.extend_from_slice(br#","value":"#);
+                    out.extend_from_slice(json.as_bytes());
+                    out.push(b'}');
+                }
+            }
+        }
+        out.push(b']');
+        out
+    }
+
+    /// The same patch as json-patch's type (text values parsed), to apply it.
+    pub fn to_json_patch(&self) -> json_patch::Patch {
+        serde_json::from_slice(&self.to_json()).expect("tollgate's patch is valid JSON")
+    }
+}
+
 pub struct PatchBuilder<'d> {
     doc: &'d mut Value,
-    ops: Vec<PatchOperation>,
+    ops: Vec<Op>,
 }
 
 impl<'d> PatchBuilder<'d> {
@@ -118,6 +176,16 @@ impl<'d> PatchBuilder<'d> {
     /// Set `path` to `value`, creating missing (or null) parent objects in one operation.
     /// Returns false when the value was already there.
     pub fn set(&mut self, path: &[Seg], value: Value) -> bool {
+        self.edit(path, value, false)
+    }
+
+    /// [`PatchBuilder::set`] only when `path` is missing or null, in the same walk down the path.
+    /// Returns false when something was there.
+    pub fn set_if_absent(&mut self, path: &[Seg], value: Value) -> bool {
+        self.edit(path, value, true)
+    }
+
+    fn edit(&mut self, path: &[Seg], value: Value, only_if_absent: bool) -> bool {
         assert!(!path.is_empty(), "set needs a non-empty path");
         // One walk down the path: `existing` is the deepest segment that can take the edit (the first that
         // is missing, null or not a container, or the last), `present` whether that segment is there.
@@ -134,7 +202,7 @@ impl<'d> PatchBuilder<'d> {
             let Some(next) = next else { break };
             present = true;
             if depth + 1 == path.len() {
-                if !next.is_null() && *next == value {
+                if !next.is_null() && (only_if_absent || *next == value) {
                     return false;
                 }
                 break;
@@ -166,11 +234,11 @@ impl<'d> PatchBuilder<'d> {
             _ => unreachable!("set into a non-container: {target:?}"),
         }
         let path = pointer(target);
-        self.ops.push(if present || matches!(last, Seg::Index(_)) {
+        self.ops.push(Op::Json(if present || matches!(last, Seg::Index(_)) {
             PatchOperation::Replace(ReplaceOperation { path, value: wrapped })
         } else {
             PatchOperation::Add(AddOperation { path, value: wrapped })
-        });
+        }));
         true
     }
 
@@ -181,12 +249,34 @@ impl<'d> PatchBuilder<'d> {
                 items.push(value.clone());
                 let mut target = pointer(path);
                 target.push_back("-");
-                self.ops.push(PatchOperation::Add(AddOperation { path: target, value }));
+                self.ops.push(Op::Json(PatchOperation::Add(AddOperation { path: target, value })));
             }
             _ => {
                 self.set(path, Value::Array(vec![value]));
             }
         }
+    }
+
+    /// [`PatchBuilder::insert`] of `value`, whose JSON text is `json`: the operation carries the text.
+    pub fn insert_json(&mut self, path: &[Seg], index: usize, value: Value, json: &str) {
+        if let Some(Value::Array(items)) = get_mut(self.doc, path)
+            && index <= items.len()
+        {
+            items.insert(index, value);
+            let mut target = pointer(path);
+            target.push_back(index.to_string());
+            self.ops.push(Op::Text { replace: false, path: target, json: json.to_owned() });
+            return;
+        }
+        // No array there yet: under an object, it goes in whole, holding the value.
+        if let Some((Seg::Key(key), parent)) = path.split_last()
+            && let Some(Value::Object(map)) = get_mut(self.doc, parent)
+        {
+            let replace = map.insert(key.to_string(), Value::Array(vec![value])).is_some();
+            self.ops.push(Op::Text { replace, path: pointer(path), json: format!("[{json}]") });
+            return;
+        }
+        self.set(path, Value::Array(vec![value]));
     }
 
     /// Insert into the array at `path` before `index`, creating the array when missing.
@@ -196,7 +286,7 @@ impl<'d> PatchBuilder<'d> {
                 items.insert(index, value.clone());
                 let mut target = pointer(path);
                 target.push_back(index.to_string());
-                self.ops.push(PatchOperation::Add(AddOperation { path: target, value }));
+                self.ops.push(Op::Json(PatchOperation::Add(AddOperation { path: target, value })));
             }
             _ => {
                 self.set(path, Value::Array(vec![value]));
@@ -216,13 +306,13 @@ impl<'d> PatchBuilder<'d> {
             _ => false,
         };
         if removed {
-            self.ops.push(PatchOperation::Remove(RemoveOperation { path: pointer(path) }));
+            self.ops.push(Op::Json(PatchOperation::Remove(RemoveOperation { path: pointer(path) })));
         }
         removed
     }
 
-    pub fn into_ops(self) -> Vec<PatchOperation> {
-        self.ops
+    pub fn into_patch(self) -> Patch {
+        Patch(self.ops)
     }
 }
 
@@ -235,11 +325,11 @@ mod tests {
         let original = doc.clone();
         let mut builder = PatchBuilder::new(&mut doc);
         edit(&mut builder);
-        let ops = builder.into_ops();
+        let ops = builder.into_patch();
         assert_eq!(doc, expected);
         assert_eq!(ops.len(), expected_ops, "{ops:?}");
         let mut replayed = original;
-        json_patch::patch(&mut replayed, &ops).expect("patch applies");
+        json_patch::patch(&mut replayed, &ops.to_json_patch()).expect("patch applies");
         assert_eq!(replayed, expected, "the patch reproduces the edit");
     }
 
@@ -294,6 +384,43 @@ mod tests {
             },
             json!({"l": [0, 2], "m": ["new"], "n": ["first"]}),
             5,
+        );
+    }
+
+    #[test]
+    fn insert_json_carries_the_text_and_edits_like_insert() {
+        let value = json!({"name": "x", "n": 1});
+        let text = r#"{"name":"x","n":1}"#;
+        check(
+            json!({"spec": {"l": [1], "null": null}, "a/b": {}}),
+            |b| {
+                b.insert_json(&path!["spec", "l"], 0, value.clone(), text);
+                b.insert_json(&path!["spec", "m"], 0, value.clone(), text);
+                b.insert_json(&path!["spec", "null"], 0, value.clone(), text);
+                b.insert_json(&path!["a/b", "l"], 0, value.clone(), text);
+                b.insert_json(&path!["new", "l"], 0, value.clone(), text);
+            },
+            json!({"spec": {"l": [value, 1], "m": [value], "null": [value]}, "a/b": {"l": [value]}, "new": {"l": [value]}}),
+            5,
+        );
+        let mut doc = json!({"spec": {}});
+        let mut builder = PatchBuilder::new(&mut doc);
+        builder.insert_json(&path!["spec", "l"], 0, value, text);
+        let json = String::from_utf8(builder.into_patch().to_json()).unwrap();
+        assert_eq!(json, r#"[{"op":"add","path":"/spec/l","value":[{"name":"x","n":1}]}]"#);
+    }
+
+    #[test]
+    fn set_if_absent_leaves_what_is_there() {
+        check(
+            json!({"a": {"b": 1, "n": null}}),
+            |b| {
+                assert!(!b.set_if_absent(&path!["a", "b"], json!(2)));
+                assert!(b.set_if_absent(&path!["a", "n"], json!(3)));
+                assert!(b.set_if_absent(&path!["a", "c", "d"], json!(4)));
+            },
+            json!({"a": {"b": 1, "n": 3, "c": {"d": 4}}}),
+            2,
         );
     }
 }

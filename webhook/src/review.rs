@@ -9,6 +9,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::harden::{self, Denial, Hardened, Outcome, Requester, Rule, update};
+use crate::patch::Patch;
 use crate::policy::Policy;
 use crate::workload;
 
@@ -16,7 +17,7 @@ use crate::workload;
 fn denied_or_allowed(denial: Option<Denial>) -> Outcome {
     match denial {
         Some(denial) => Outcome::Denied(denial),
-        None => Outcome::Hardened(Hardened { patch: json_patch::Patch(Vec::new()), changes: Vec::new(), notes: Vec::new() }),
+        None => Outcome::Hardened(Hardened { patch: Patch::default(), changes: Vec::new(), notes: Vec::new() }),
     }
 }
 
@@ -173,8 +174,8 @@ pub fn review(policy: &Policy, body: &[u8]) -> Result<(Vec<u8>, ReviewSummary), 
                 summary.skip_reason = Some(reason.as_str());
                 response.warnings = Some(vec![format!("tollgate: pod not hardened ({})", reason.as_str())]);
                 // Only the status annotation: the pod was seen, and left alone on purpose.
-                if let Some(status) = skipped_patch.filter(|p| !p.0.is_empty()) {
-                    patch = Some(serde_json::to_vec(&status).map_err(|e| BadReview(format!("patch does not serialize: {e}")))?);
+                if let Some(status) = skipped_patch.filter(|p| !p.is_empty()) {
+                    patch = Some(status.to_json());
                     response = response
                         .with_patch(json_patch::Patch(Vec::new()))
                         .map_err(|e| BadReview(format!("patch does not serialize: {e}")))?;
@@ -189,11 +190,11 @@ pub fn review(policy: &Policy, body: &[u8]) -> Result<(Vec<u8>, ReviewSummary), 
                 if !lines.is_empty() {
                     response.warnings = Some(warnings(lines.into_iter(), policy.max_warnings));
                 }
-                if hardened.patch.0.is_empty() {
+                if hardened.patch.is_empty() {
                     summary.outcome = ReviewOutcome::Unchanged;
                 } else {
                     summary.outcome = ReviewOutcome::Patched;
-                    patch = Some(serde_json::to_vec(&hardened.patch).map_err(|e| BadReview(format!("patch does not serialize: {e}")))?);
+                    patch = Some(hardened.patch.to_json());
                     // Sets patchType; the patch itself is added below as base64.
                     response = response
                         .with_patch(json_patch::Patch(Vec::new()))

@@ -424,7 +424,7 @@ fn opt_out_only_where_the_policy_allows_it() {
     let mut pod = opted_out.clone();
     let Outcome::Hardened(hardened) = harden(&Policy::default(), &mut pod).unwrap() else { panic!("must be hardened by default") };
     assert!(hardened.notes.iter().any(|n| n.contains("ignored: the policy does not allow opting out")), "{:?}", hardened.notes);
-    assert!(!hardened.patch.0.is_empty());
+    assert!(!hardened.patch.is_empty());
 
     let permissive = Policy::from_yaml("allowOptOut: true\n").unwrap();
     let mut pod = opted_out.clone();
@@ -720,7 +720,7 @@ fn the_egress_lock_annotation_is_tollgates_alone() {
     let mut pod = opted_out.clone();
     assert_eq!(harden(&permissive, &mut pod).unwrap(), Outcome::Skipped { reason: SkipReason::OptedOut });
     let mut recorded = opted_out.clone();
-    json_patch::patch(&mut recorded, &skipped_status(&permissive, &opted_out, SkipReason::OptedOut)).unwrap();
+    json_patch::patch(&mut recorded, &skipped_status(&permissive, &opted_out, SkipReason::OptedOut).to_json_patch()).unwrap();
     assert!(recorded["metadata"]["annotations"].get(LOCK).is_none(), "{recorded}");
     assert!(recorded["metadata"]["annotations"].get("tollgate.dev/status").is_some());
 }
@@ -792,7 +792,7 @@ fn the_lock_check_leads_the_init_containers_and_its_name_is_tollgates() {
     // A locked pod hardened again, and the same pod after the lock is switched off, or on.
     let mut again = native.clone();
     let Outcome::Hardened(second) = harden(&locked(), &mut again).unwrap() else { panic!() };
-    assert!(second.patch.0.is_empty(), "{:?}", second.patch);
+    assert!(second.patch.is_empty(), "{:?}", second.patch);
     let mut unlocked = native.clone();
     harden(&Policy::default(), &mut unlocked).unwrap();
     assert_eq!(names(&unlocked, "initContainers"), ["tollgate-proxy", "setup"]);

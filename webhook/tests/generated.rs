@@ -243,7 +243,8 @@ fn check(policy: &Policy, input: &Value, case: u64) -> &'static str {
         Outcome::Hardened(hardened) => hardened,
     };
     let mut replayed = input.clone();
-    json_patch::patch(&mut replayed, &hardened.patch).unwrap_or_else(|e| panic!("case {case}: patch does not apply: {e}\n{input}"));
+    json_patch::patch(&mut replayed, &hardened.patch.to_json_patch())
+        .unwrap_or_else(|e| panic!("case {case}: patch does not apply: {e}\n{input}"));
     assert_eq!(replayed, pod, "case {case}: patch and output differ\n{input}");
 
     let typed: Pod = serde_json::from_value(pod.clone()).unwrap_or_else(|e| panic!("case {case}: output is no Pod: {e}"));
@@ -303,7 +304,7 @@ fn check(policy: &Policy, input: &Value, case: u64) -> &'static str {
     let mut again = pod.clone();
     match harden(policy, &mut again).unwrap() {
         Outcome::Hardened(second) => {
-            assert!(second.patch.0.is_empty(), "case {case}: not a fixed point: {:?}\ninput: {input}", second.patch);
+            assert!(second.patch.is_empty(), "case {case}: not a fixed point: {:?}\ninput: {input}", second.patch);
         }
         other => panic!("case {case}: second pass gave {other:?}\ninput: {input}"),
     }

@@ -16,7 +16,7 @@ use k8s_openapi::api::core::v1::Pod;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use crate::patch::{PatchBuilder, Path, Seg, join};
+use crate::patch::{Patch, PatchBuilder, Path, Seg, join};
 use crate::path;
 use crate::policy::{EgressLock, OnExceed, OnViolation, Policy};
 pub use rules::{Denial, Rule, Violation};
@@ -81,7 +81,7 @@ pub enum Outcome {
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Hardened {
-    pub patch: json_patch::Patch,
+    pub patch: Patch,
     pub changes: Vec<Change>,
     /// Remarks that are not changes (e.g. an opt-out that the policy does not honour).
     pub notes: Vec<String>,
@@ -242,8 +242,9 @@ impl Editor<'_> {
     /// Set `rel` under `base` (a field path for the message) when missing.
     fn default(&mut self, scope: &str, base: &Path, rel: &[&'static str], value: Value) {
         let path = join(base, rel.iter().map(|s| Seg::from(*s)));
-        if self.builder.get(&path).is_none() {
-            self.force(scope, base, rel, value);
+        let shown = compact(&value);
+        if self.builder.set_if_absent(&path, value) {
+            self.change(scope, format!("set {}={shown}", rel.join(".")));
         }
     }
 
@@ -286,8 +287,8 @@ pub(crate) struct PodIds {
 /// tollgate's containers as a policy renders them for a pod without ids (kept with the policy).
 #[derive(Debug, Clone)]
 pub struct RenderedContainers {
-    sidecar: Value,
-    lock_check: Value,
+    sidecar: sidecar::Template,
+    lock_check: sidecar::Template,
 }
 
 impl PodIds {
@@ -336,11 +337,11 @@ pub fn harden_as(policy: &Policy, pod: &mut Value, requester: Option<Requester>)
 
     let mut editor = Editor { builder: PatchBuilder::new(pod), changes: Vec::new() };
     let rendered = policy.rendered.get_or_init(|| RenderedContainers {
-        sidecar: sidecar::render(policy, &PodIds::none(policy)),
-        lock_check: sidecar::render_lock_check(policy),
+        sidecar: sidecar::Template::new(sidecar::render(policy, &PodIds::none(policy))),
+        lock_check: sidecar::Template::new(sidecar::render_lock_check(policy)),
     });
-    let sidecar = sidecar::with_ids(rendered.sidecar.clone(), &ids);
-    let lock_check = (policy.proxy.egress_lock == EgressLock::Required).then(|| rendered.lock_check.clone());
+    let sidecar = rendered.sidecar.rendering(Some(&ids));
+    let lock_check = (policy.proxy.egress_lock == EgressLock::Required).then(|| rendered.lock_check.rendering(None));
     let placement = sidecar::place(policy, editor.builder.doc(), sidecar, lock_check);
 
     // Read phase: find everything wrong before changing anything.
@@ -382,7 +383,7 @@ pub fn harden_as(policy: &Policy, pod: &mut Value, requester: Option<Requester>)
     label_and_record(policy, &ids, &containers, &mut editor);
 
     let Editor { builder, changes } = editor;
-    Ok(Outcome::Hardened(Hardened { patch: json_patch::Patch(builder.into_ops()), changes, notes }))
+    Ok(Outcome::Hardened(Hardened { patch: builder.into_patch(), changes, notes }))
 }
 
 /// The value of `tollgate.dev/egress-lock` under `policy`, exactly: `{"proxyUid":10001,"inboundPorts":[15006,15021]}`
@@ -430,7 +431,7 @@ pub fn check_port_forward(policy: &Policy, ports: Option<&[i64]>) -> Option<Deni
 
 /// The patch that records a skipped pod in `tollgate.dev/status`: the pod was seen by tollgate, which the
 /// API server's `tollgate-require-hardening` policy asks of every pod in an analysis namespace.
-pub fn skipped_status(policy: &Policy, pod: &Value, reason: SkipReason) -> json_patch::Patch {
+pub fn skipped_status(policy: &Policy, pod: &Value, reason: SkipReason) -> Patch {
     #[derive(Serialize)]
     struct Skipped<'a> {
         version: &'a str,
@@ -442,7 +443,7 @@ pub fn skipped_status(policy: &Policy, pod: &Value, reason: SkipReason) -> json_
     let mut copy = pod.clone();
     let mut builder = PatchBuilder::new(&mut copy);
     if !matches!(builder.get(&path!["metadata"]), Some(Value::Object(_))) {
-        return json_patch::Patch(Vec::new());
+        return Patch::default();
     }
     builder.set(&path!["metadata", "annotations", ANNOTATION_STATUS], json!(status));
     // A pod tollgate did not harden is never locked on anyone's say but tollgate's.
@@ -450,7 +451,7 @@ pub fn skipped_status(policy: &Policy, pod: &Value, reason: SkipReason) -> json_
     if builder.get(&lock).is_some() {
         builder.remove(&lock);
     }
-    json_patch::Patch(builder.into_ops())
+    builder.into_patch()
 }
 
 fn harden_pod_level(policy: &Policy, e: &mut Editor) {

@@ -79,18 +79,56 @@ pub(super) fn render(policy: &Policy, ids: &PodIds) -> Value {
     container
 }
 
-/// The sidecar rendered for a pod without ids (`render`), given the pod's: the same as rendering it for
-/// them, at the cost of a copy.
-pub(super) fn with_ids(mut container: Value, ids: &PodIds) -> Value {
-    if let Some(Value::Array(env)) = container.get_mut("env") {
-        if let Some(id) = &ids.analysis {
-            env.push(json!({"name": "TOLLGATE_ANALYSIS_ID", "value": id}));
-        }
-        if let Some(id) = &ids.project {
-            env.push(json!({"name": "TOLLGATE_PROJECT_ID", "value": id}));
-        }
+/// One of tollgate's containers for a pod: the value that goes into the pod, and the same as JSON text,
+/// which goes into the patch.
+pub(super) struct Rendering {
+    pub value: Value,
+    pub json: String,
+}
+
+/// One of tollgate's containers as the policy renders it for a pod without ids, kept with the policy: the
+/// value, and its JSON text cut where a pod's id entries go (the end of its env list), so that a review
+/// neither serialises it nor builds it again.
+#[derive(Debug, Clone)]
+pub struct Template {
+    value: Value,
+    head: String,
+    tail: String,
+}
+
+impl Template {
+    pub(super) fn new(value: Value) -> Self {
+        let text = serde_json::to_string(&value).expect("a container serialises");
+        // The env list's text is found as it is in the container's (serialisation is deterministic), its
+        // closing bracket is the cut.
+        let cut = value
+            .get("env")
+            .map(|env| serde_json::to_string(env).expect("a list serialises"))
+            .and_then(|env| text.find(&env).map(|at| at + env.len() - 1))
+            .unwrap_or(text.len());
+        Template { head: text[..cut].to_owned(), tail: text[cut..].to_owned(), value }
     }
-    container
+
+    /// For a pod: with its ids appended to the env list when given, the same as rendering it for them.
+    pub(super) fn rendering(&self, ids: Option<&PodIds>) -> Rendering {
+        let mut value = self.value.clone();
+        let mut json = String::with_capacity(self.head.len() + self.tail.len() + 128);
+        json.push_str(&self.head);
+        if let (Some(ids), Some(Value::Array(env))) = (ids, value.get_mut("env")) {
+            for (name, id) in [("TOLLGATE_ANALYSIS_ID", &ids.analysis), ("TOLLGATE_PROJECT_ID", &ids.project)] {
+                let Some(id) = id else { continue };
+                let entry = json!({"name": name, "value": id});
+                if !env.is_empty() {
+                    json.push(',');
+                }
+                json.push_str(&entry.to_string());
+                env.push(entry);
+            }
+        }
+        json.push_str(&self.tail);
+        debug_assert_eq!(serde_json::from_str::<Value>(&json).ok().as_ref(), Some(&value), "the text is the value");
+        Rendering { value, json }
+    }
 }
 
 /// The lock-check init container (`proxy.egressLock: required`): `tollgate-proxy lock-check` from the
@@ -120,8 +158,8 @@ pub(super) fn render_lock_check(policy: &Policy) -> Value {
 
 /// What leads each list, in order: native: `[lock check, sidecar]` in the init containers; classic: the
 /// lock check first in the init containers, the sidecar first in the containers.
-fn layout(mode: ProxyMode, sidecar: Value, lock_check: Option<Value>) -> [(Kind, Vec<Value>); 2] {
-    let mut init: Vec<Value> = lock_check.into_iter().collect();
+fn layout(mode: ProxyMode, sidecar: Rendering, lock_check: Option<Rendering>) -> [(Kind, Vec<Rendering>); 2] {
+    let mut init: Vec<Rendering> = lock_check.into_iter().collect();
     match mode {
         ProxyMode::Native => {
             init.push(sidecar);
@@ -138,12 +176,12 @@ pub(super) struct Placement {
     /// its name, in document order.
     pub stale: Vec<(Path, &'static str)>,
     /// The renderings to insert once the stale ones are gone, in this order: (list, index, container).
-    pub missing: Vec<(Kind, usize, Value)>,
+    pub missing: Vec<(Kind, usize, Rendering)>,
 }
 
 /// A rendering is in place when it leads its list (only tollgate's containers before it) in layout order;
 /// everything else named like one of tollgate's containers goes.
-pub(super) fn place(policy: &Policy, doc: &Value, sidecar: Value, lock_check: Option<Value>) -> Placement {
+pub(super) fn place(policy: &Policy, doc: &Value, sidecar: Rendering, lock_check: Option<Rendering>) -> Placement {
     let mut placement = Placement { stale: Vec::new(), missing: Vec::new() };
     for (kind, wanted) in layout(policy.proxy.mode, sidecar, lock_check) {
         let mut kept = vec![false; wanted.len()];
@@ -156,9 +194,9 @@ pub(super) fn place(policy: &Policy, doc: &Value, sidecar: Value, lock_check: Op
                     leading = false;
                     continue;
                 };
-                let at = (next..wanted.len()).find(|m| wanted[*m]["name"] == name).filter(|_| leading);
+                let at = (next..wanted.len()).find(|m| wanted[*m].value["name"] == name).filter(|_| leading);
                 match at {
-                    Some(m) if *container == wanted[m] => {
+                    Some(m) if *container == wanted[m].value => {
                         kept[m] = true;
                         next = m + 1;
                     }
@@ -189,11 +227,11 @@ pub(super) fn remove_stale(policy: &Policy, stale: &[(Path, &str)], e: &mut Edit
     }
 }
 
-pub(super) fn insert(policy: &Policy, missing: Vec<(Kind, usize, Value)>, e: &mut Editor) {
+pub(super) fn insert(policy: &Policy, missing: Vec<(Kind, usize, Rendering)>, e: &mut Editor) {
     let locked = policy.proxy.egress_lock == EgressLock::Required;
-    for (kind, index, container) in missing {
-        let name = container.get("name").and_then(Value::as_str).unwrap_or_default().to_owned();
-        e.builder.insert(&path!["spec", kind.field()], index, container);
+    for (kind, index, Rendering { value, json }) in missing {
+        let name = value.get("name").and_then(Value::as_str).unwrap_or_default().to_owned();
+        e.builder.insert_json(&path!["spec", kind.field()], index, value, &json);
         let place = match (name == SIDECAR_NAME, policy.proxy.mode) {
             (false, _) => "first init container: the pod starts only if the egress lock is in place",
             (true, ProxyMode::Native) if locked => "native sidecar, init container after tollgate-lock-check",

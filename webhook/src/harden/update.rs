@@ -63,7 +63,7 @@ pub fn update(policy: &Policy, old: &Value, new: &mut Value, subresource: &str) 
         harden_container(policy, container, &mut editor);
     }
     let Editor { builder, changes } = editor;
-    Ok(Outcome::Hardened(Hardened { patch: json_patch::Patch(builder.into_ops()), changes, notes: Vec::new() }))
+    Ok(Outcome::Hardened(Hardened { patch: builder.into_patch(), changes, notes: Vec::new() }))
 }
 
 fn names(doc: &Value, kind: Kind) -> HashSet<&str> {
