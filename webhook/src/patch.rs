@@ -257,7 +257,8 @@ impl<'d> PatchBuilder<'d> {
         }
     }
 
-    /// [`PatchBuilder::insert`] of `value`, whose JSON text is `json`: the operation carries the text.
+    /// Insert `value`, whose JSON text is `json`, into the array at `path` before `index`, creating the array
+    /// when missing: the operation carries the text.
     pub fn insert_json(&mut self, path: &[Seg], index: usize, value: Value, json: &str) {
         if let Some(Value::Array(items)) = get_mut(self.doc, path)
             && index <= items.len()
@@ -277,21 +278,6 @@ impl<'d> PatchBuilder<'d> {
             return;
         }
         self.set(path, Value::Array(vec![value]));
-    }
-
-    /// Insert into the array at `path` before `index`, creating the array when missing.
-    pub fn insert(&mut self, path: &[Seg], index: usize, value: Value) {
-        match get_mut(self.doc, path) {
-            Some(Value::Array(items)) if index <= items.len() => {
-                items.insert(index, value.clone());
-                let mut target = pointer(path);
-                target.push_back(index.to_string());
-                self.ops.push(Op::Json(PatchOperation::Add(AddOperation { path: target, value })));
-            }
-            _ => {
-                self.set(path, Value::Array(vec![value]));
-            }
-        }
     }
 
     /// Remove the member or element at `path`, if present.
@@ -375,9 +361,9 @@ mod tests {
             json!({"l": [1]}),
             |b| {
                 b.append(&path!["l"], json!(2));
-                b.insert(&path!["l"], 0, json!(0));
+                b.insert_json(&path!["l"], 0, json!(0), "0");
                 b.append(&path!["m"], json!("new"));
-                b.insert(&path!["n"], 0, json!("first"));
+                b.insert_json(&path!["n"], 0, json!("first"), r#""first""#);
                 assert!(b.remove(&path!["l", 1]));
                 assert!(!b.remove(&path!["l", 9]));
                 assert!(!b.remove(&path!["absent"]));
@@ -388,7 +374,7 @@ mod tests {
     }
 
     #[test]
-    fn insert_json_carries_the_text_and_edits_like_insert() {
+    fn insert_json_edits_and_carries_the_text() {
         let value = json!({"name": "x", "n": 1});
         let text = r#"{"name":"x","n":1}"#;
         check(
