@@ -6,8 +6,11 @@
 #   - bare pingora (bench/src/bin/bare_pingora.rs): the same route with none of tollgate's checks;
 #   - tollgate-proxy with `auth: bearerFile` and with `auth: token` (a local token endpoint).
 # All in front of one upstream (nginx answering 200 with a short body), each loaded in turn by wrk (one
-# thread, 32 connections, 10 s). Then resident memory: idle, after the load, and with 256 connections open.
-# Prints bench/run.sh table rows on stdout; takes about 2 minutes after the release build.
+# thread, 32 connections), in rounds: PROXY_BENCH_ROUNDS (3) rounds of PROXY_BENCH_SECONDS (5 s) each, every
+# server once per round, so that a change in the machine's speed during the run falls on all of them alike
+# (requests per second: the mean of the rounds; p99: their median). Then resident memory: idle, after the
+# load, and with 256 connections open. Prints bench/run.sh table rows on stdout; takes about 2 minutes after
+# the release build.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -161,7 +164,7 @@ nginx_idle=$(rss_kib $(nginx_pids sidecar))
 # wrk's Requests/sec and its 99th percentile latency in ms.
 load() { # port
   local out
-  out=$(wrk -t1 -c32 -d10s --latency "http://127.0.0.1:$1/storage/result")
+  out=$(wrk -t1 -c32 -d"${PROXY_BENCH_SECONDS:-5}s" --latency "http://127.0.0.1:$1/storage/result")
   echo "$out" >&2
   if grep -q "Non-2xx" <<<"$out"; then echo "bench/proxy.sh: non-2xx answers from :$1" >&2; exit 1; fi
   awk '/Requests\/sec/ {rps = $2}
@@ -169,14 +172,24 @@ load() { # port
                      ms = (unit == "us") ? v / 1000 : (unit == "s") ? v * 1000 : v }
        END { printf "%.0f %.2f\n", rps, ms }' <<<"$out"
 }
-declare -A rps p99
-for name in nginx haproxy bare bare-mimalloc tollgate tollgate-token; do
-  case $name in
-    nginx) port=$NGINX ;; haproxy) port=$HAPROXY ;; bare) port=$BARE ;; bare-mimalloc) port=$BARE_MI ;;
-    tollgate) port=$TG ;; tollgate-token) port=$TG_TOKEN ;;
-  esac
-  echo "-- $name" >&2
-  read -r rps[$name] p99[$name] < <(load "$port")
+names=(nginx haproxy bare bare-mimalloc tollgate tollgate-token)
+declare -A port_of=([nginx]=$NGINX [haproxy]=$HAPROXY [bare]=$BARE [bare-mimalloc]=$BARE_MI [tollgate]=$TG [tollgate-token]=$TG_TOKEN)
+declare -A rounds_rps rounds_p99 rps p99
+for round in $(seq "${PROXY_BENCH_ROUNDS:-3}"); do
+  for name in "${names[@]}"; do
+    echo "-- $name, round $round" >&2
+    read -r r p < <(load "${port_of[$name]}")
+    rounds_rps[$name]+="$r "
+    rounds_p99[$name]+="$p "
+  done
+done
+for name in "${names[@]}"; do
+  # shellcheck disable=SC2086 # the rounds' values, one word each
+  read -r rps[$name] p99[$name] < <(python3 -c 'import statistics, sys
+n = len(sys.argv) // 2
+r, p = [float(v) for v in sys.argv[1:n + 1]], [float(v) for v in sys.argv[n + 1:]]
+print(f"{statistics.mean(r):.0f} {statistics.median(p):.2f}")' ${rounds_rps[$name]} ${rounds_p99[$name]})
+  echo "$name: rounds ${rounds_rps[$name]}/s -> ${rps[$name]}/s; p99 ${rounds_p99[$name]}ms -> ${p99[$name]} ms" >&2
 done
 tollgate_loaded=$(rss_kib "$tollgate_pid")
 nginx_loaded=$(rss_kib $(nginx_pids sidecar))
