@@ -219,43 +219,45 @@ async fn main() {
         ms(p(without, 0.5)),
         ms(p(without, 0.99))
     );
-    let added = |a: Duration, b: Duration| ms(a.saturating_sub(b));
-    println!(
-        "ROW\tadmission\tpod creation through kube-apiserver, p50 ({pods} pods each, in turn)\t{}\tno webhook {}\tadded {}\tadded p50 ≤ 2 ms",
-        ms(p(with, 0.5)),
-        ms(p(without, 0.5)),
-        added(p(with, 0.5), p(without, 0.5))
+    // One row per comparison: `what`, the arm at quantile `q`, the arm it is compared with, and the difference.
+    let compare = |what: &str, arm: &[Duration], base_name: &str, base: &[Duration], q: f64, goal: &str| {
+        let (a, b) = (p(arm, q), p(base, q));
+        println!("ROW\tadmission\t{what}\t{}\t{base_name} {}\tadded {}\t{goal}", ms(a), ms(b), ms(a.saturating_sub(b)));
+    };
+    compare(
+        &format!("pod creation through kube-apiserver, p50 ({pods} pods each, in turn)"),
+        with,
+        "no webhook",
+        without,
+        0.5,
+        "added p50 ≤ 2 ms",
     );
-    println!(
-        "ROW\tadmission\tpod creation, p50: the webhook floor registered the same way (the least any webhook adds)\t{}\tno webhook {}\tadded {}\t",
-        ms(p(floor, 0.5)),
-        ms(p(without, 0.5)),
-        added(p(floor, 0.5), p(without, 0.5))
+    compare(
+        "pod creation, p50: the webhook floor registered the same way (the least any webhook adds)",
+        floor,
+        "no webhook",
+        without,
+        0.5,
+        "",
     );
-    println!(
-        "ROW\tadmission\tpod creation, p50: the floor adding one label (the least any mutation adds)\t{}\tno webhook {}\tadded {}\t",
-        ms(p(floor_label, 0.5)),
-        ms(p(without, 0.5)),
-        added(p(floor_label, 0.5), p(without, 0.5))
+    compare("pod creation, p50: the floor adding one label (the least any mutation adds)", floor_label, "no webhook", without, 0.5, "");
+    compare(
+        "pod creation, p50: the floor answering with tollgate's patch (any webhook making tollgate's change)",
+        floor_patch,
+        "no webhook",
+        without,
+        0.5,
+        "",
     );
-    println!(
-        "ROW\tadmission\tpod creation, p50: the floor answering with tollgate's patch (any webhook making tollgate's change)\t{}\tno webhook {}\tadded {}\t",
-        ms(p(floor_patch, 0.5)),
-        ms(p(without, 0.5)),
-        added(p(floor_patch, 0.5), p(without, 0.5))
+    compare(
+        "pod creation, p50: tollgate over the floor with its patch (its review, its policies)",
+        with,
+        "floor with patch",
+        floor_patch,
+        0.5,
+        "",
     );
-    println!(
-        "ROW\tadmission\tpod creation, p50: tollgate over the floor with its patch (its review, its policies)\t{}\tfloor with patch {}\tadded {}\t",
-        ms(p(with, 0.5)),
-        ms(p(floor_patch, 0.5)),
-        added(p(with, 0.5), p(floor_patch, 0.5))
-    );
-    println!(
-        "ROW\tadmission\tpod creation through kube-apiserver, p99\t{}\tno webhook {}\tadded {}\t",
-        ms(p(with, 0.99)),
-        ms(p(without, 0.99)),
-        added(p(with, 0.99), p(without, 0.99))
-    );
+    compare("pod creation through kube-apiserver, p99", with, "no webhook", without, 0.99, "");
     // Means per pod, from the histograms' sums (the floor's call is the floor namespace's alone).
     let webhook_call = spent("webhook_admission_duration_seconds_sum{name=\"harden.pods.tollgate.dev\"");
     let floor_call = spent("webhook_admission_duration_seconds_sum{name=\"plain.floor.bench.tollgate.dev\"");
