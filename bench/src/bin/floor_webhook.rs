@@ -44,8 +44,8 @@ struct Args {
     patch: Option<String>,
 }
 
-/// `--patch`: the JSONPatch every answer carries, if any.
-static PATCH: std::sync::OnceLock<Option<json_patch::Patch>> = std::sync::OnceLock::new();
+/// `--patch`: the JSONPatch every answer carries, if any, serialised once.
+static PATCH: std::sync::OnceLock<Option<Vec<u8>>> = std::sync::OnceLock::new();
 
 fn args() -> Result<Args, String> {
     let mut listen = SocketAddr::from(([127, 0, 0, 1], 18443));
@@ -94,7 +94,9 @@ fn allow(body: &[u8]) -> Result<Vec<u8>, String> {
     let request: AdmissionRequest<DynamicObject> = review.try_into().map_err(|_| "no request".to_owned())?;
     let mut response = AdmissionResponse::from(&request);
     if let Some(patch) = PATCH.get().and_then(Option::as_ref) {
-        response = response.with_patch(patch.clone()).map_err(|e| e.to_string())?;
+        // An empty patch sets the patch type; the bytes are the ones serialised at start.
+        response = response.with_patch(json_patch::Patch(Vec::new())).map_err(|e| e.to_string())?;
+        response.patch = Some(patch.clone());
     }
     serde_json::to_vec(&response.into_review()).map_err(|e| e.to_string())
 }
@@ -127,10 +129,11 @@ fn main() {
             eprintln!("floor-webhook: --patch {file}: {e}");
             std::process::exit(1);
         });
-        serde_json::from_slice::<json_patch::Patch>(&text).unwrap_or_else(|e| {
+        let patch = serde_json::from_slice::<json_patch::Patch>(&text).unwrap_or_else(|e| {
             eprintln!("floor-webhook: --patch {file}: not a JSONPatch: {e}");
             std::process::exit(1);
-        })
+        });
+        serde_json::to_vec(&patch).expect("a JSONPatch serialises")
     });
     PATCH.set(patch).expect("set once");
     // As `tollgate-webhook serve`: a multi-threaded runtime, one worker per core.

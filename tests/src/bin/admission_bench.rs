@@ -1,5 +1,5 @@
 //! What tollgate adds to pod creation through a real kube-apiserver (bench/admission.sh): the same plain
-//! pod created again and again in three namespaces, in turn, so that all see the same API server, etcd and
+//! pod created again and again in five namespaces, in turn, so that all see the same API server, etcd and
 //! machine:
 //! - one tollgate hardens (the webhook registered as `manifests/` ships it, with the
 //!   ValidatingAdmissionPolicies);
@@ -143,27 +143,30 @@ async fn main() {
     let pods: usize = std::env::args().nth(1).map_or(200, |n| n.parse().expect("PODS is a number"));
     let plane = ControlPlane::start();
     let webhook = Webhook::start(&plane);
-    // No namespace enforces Pod Security, so that the differences are the webhooks' alone.
-    let namespaces = format!(
-        r#"{{"apiVersion":"v1","kind":"List","items":[
-{{"apiVersion":"v1","kind":"Namespace","metadata":{{"name":"hardened","labels":{{"tollgate.dev/inject":"enabled"}}}}}},
-{{"apiVersion":"v1","kind":"Namespace","metadata":{{"name":"floor-patch","labels":{{"{FLOOR_LABEL}":"patch"}}}}}},
-{{"apiVersion":"v1","kind":"Namespace","metadata":{{"name":"floor-label","labels":{{"{FLOOR_LABEL}":"label"}}}}}},
-{{"apiVersion":"v1","kind":"Namespace","metadata":{{"name":"floor","labels":{{"{FLOOR_LABEL}":"plain"}}}}}},
-{{"apiVersion":"v1","kind":"Namespace","metadata":{{"name":"untouched"}}}},
-{{"apiVersion":"v1","kind":"ServiceAccount","metadata":{{"name":"default","namespace":"hardened"}}}},
-{{"apiVersion":"v1","kind":"ServiceAccount","metadata":{{"name":"default","namespace":"floor-patch"}}}},
-{{"apiVersion":"v1","kind":"ServiceAccount","metadata":{{"name":"default","namespace":"floor-label"}}}},
-{{"apiVersion":"v1","kind":"ServiceAccount","metadata":{{"name":"default","namespace":"floor"}}}},
-{{"apiVersion":"v1","kind":"ServiceAccount","metadata":{{"name":"default","namespace":"untouched"}}}}]}}"#
-    );
-    let out = plane.kubectl_stdin(&["apply", "-f", "-"], &namespaces);
+    // Each arm's namespace, with the label that picks its webhook, and its default ServiceAccount. None
+    // enforces Pod Security, so that the differences are the webhooks' alone.
+    let arms = [
+        ("hardened", Some(("tollgate.dev/inject", "enabled"))),
+        ("floor-patch", Some((FLOOR_LABEL, "patch"))),
+        ("floor-label", Some((FLOOR_LABEL, "label"))),
+        ("floor", Some((FLOOR_LABEL, "plain"))),
+        ("untouched", None),
+    ];
+    let items: Vec<serde_json::Value> = arms
+        .iter()
+        .flat_map(|(name, label)| {
+            let labels: serde_json::Map<String, serde_json::Value> = label.iter().map(|(k, v)| (k.to_string(), (*v).into())).collect();
+            [
+                serde_json::json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name, "labels": labels}}),
+                serde_json::json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "default", "namespace": name}}),
+            ]
+        })
+        .collect();
+    let list = serde_json::json!({"apiVersion": "v1", "kind": "List", "items": items});
+    let out = plane.kubectl_stdin(&["apply", "-f", "-"], &list.to_string());
     assert!(out.status.success(), "namespaces: {}", String::from_utf8_lossy(&out.stderr));
     let client = plane.client().await;
-    let arms: Vec<(&str, Api<Pod>)> = ["hardened", "floor-patch", "floor-label", "floor", "untouched"]
-        .into_iter()
-        .map(|ns| (ns, Api::namespaced(client.clone(), ns)))
-        .collect();
+    let arms: Vec<(&str, Api<Pod>)> = arms.iter().map(|(ns, _)| (*ns, Api::namespaced(client.clone(), ns))).collect();
     let patch = plane.dir.path().join("tollgate-patch.json");
     std::fs::write(&patch, tollgate_patch(&webhook, &arms[4].1).await).unwrap();
     let label = plane.dir.path().join("label-patch.json");
