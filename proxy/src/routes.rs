@@ -219,9 +219,19 @@ pub fn decide(routes: &[Route], method: &str, target: &SafeTarget) -> Decision {
     if !route.methods.iter().any(|m| m == method) {
         return Decision::Refuse { reason: format!("route {:?} does not allow method {method}", route.name) };
     }
-    let forwarded =
-        if route.strip_prefix { if rest.is_empty() { String::new() } else { format!("/{}", rest.join("/")) } } else { target.path.clone() };
-    let mut path = format!("{}{forwarded}", route.upstream.base_path);
+    // The upstream's base path, then the rest of the path (or all of it): built in one string, as this
+    // runs for every request.
+    let base = &route.upstream.base_path;
+    let mut path = String::with_capacity(base.len() + target.path.len() + 1);
+    path.push_str(base);
+    if route.strip_prefix {
+        for segment in rest {
+            path.push('/');
+            path.push_str(segment);
+        }
+    } else {
+        path.push_str(&target.path);
+    }
     if path.is_empty() {
         path.push('/');
     }

@@ -9,6 +9,7 @@ pub mod labels;
 pub mod metrics;
 pub mod patch;
 pub mod policy;
+pub mod pool;
 pub mod quantity;
 pub mod reload;
 pub mod review;

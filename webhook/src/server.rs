@@ -23,6 +23,7 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::metrics::Metrics;
 use crate::policy::Policy;
+use crate::pool::ReviewPool;
 use crate::reload::spawn_watcher;
 use crate::review;
 use crate::tls::{CertStore, load_certified_key, server_config};
@@ -31,9 +32,11 @@ use crate::tls::{CertStore, load_certified_key, server_config};
 pub const MAX_BODY_BYTES: usize = 3 * 1024 * 1024;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const BODY_TIMEOUT: Duration = Duration::from_secs(10);
-/// Reviews up to this size are answered on the connection's task; larger ones on the blocking pool. A
+/// Reviews up to this size are answered on the connection's task; larger ones on the review threads (pool.rs). A
 /// review of this size built to be slow takes about a millisecond in a release build (README.md, Size).
 pub const INLINE_REVIEW_BYTES: usize = 16 * 1024;
+/// A large-review thread this long without work after a burst hands its memory back.
+const LARGE_REVIEW_IDLE: Duration = Duration::from_millis(250);
 
 #[derive(Clone, Debug)]
 pub struct ServeConfig {
@@ -51,6 +54,9 @@ pub struct ServeConfig {
     pub max_connections: usize,
     /// A connection that has not started a request this long after its TLS handshake is closed.
     pub first_request_timeout: Duration,
+    /// Called on a large-review thread once a burst of large reviews is over, to hand the memory they used
+    /// back to the system (the binary's allocator keeps it otherwise). A no-op by default.
+    pub release_memory: fn(),
 }
 
 impl ServeConfig {
@@ -66,6 +72,7 @@ impl ServeConfig {
             shutdown_timeout: Duration::from_secs(15),
             max_connections: 1024,
             first_request_timeout: HANDSHAKE_TIMEOUT,
+            release_memory: || {},
         }
     }
 }
@@ -74,19 +81,20 @@ pub struct State {
     policy: ArcSwap<Policy>,
     metrics: Metrics,
     draining: AtomicBool,
-    /// Reviews in progress at once: one per core, so a burst of large pods queues instead of thrashing.
-    reviews: Semaphore,
+    /// Where large reviews are answered.
+    large_reviews: ReviewPool,
 }
 
 impl State {
-    pub fn new(policy: Policy) -> Self {
+    /// `release_memory` is called by a large-review thread when a burst is over (see [`ServeConfig`]).
+    pub fn new(policy: Policy, release_memory: fn()) -> std::io::Result<Self> {
         let cores = std::thread::available_parallelism().map_or(2, usize::from);
-        State {
+        Ok(State {
             policy: ArcSwap::from_pointee(policy),
             metrics: Metrics::new(),
             draining: AtomicBool::new(false),
-            reviews: Semaphore::new(cores),
-        }
+            large_reviews: ReviewPool::new(cores, LARGE_REVIEW_IDLE, release_memory)?,
+        })
     }
 
     pub fn metrics(&self) -> &Metrics {
@@ -123,7 +131,7 @@ impl Server {
         let store = Arc::new(CertStore::new(load_certified_key(&cert, &key)?));
         let tls = TlsAcceptor::from(Arc::new(server_config(store.clone()).map_err(|e| format!("TLS: {e}"))?));
         let (policy, policy_bytes) = load_policy(config.policy.as_ref())?;
-        let state = Arc::new(State::new(policy));
+        let state = Arc::new(State::new(policy, config.release_memory).map_err(|e| format!("starting the review threads: {e}"))?);
         let listener = TcpListener::bind(config.listen).await.map_err(|e| format!("--listen {}: {e}", config.listen))?;
 
         let (stop_watchers, stopped) = watch::channel(false);
@@ -302,26 +310,21 @@ async fn mutate(state: &State, request: Request<Incoming>) -> HttpResponse {
             return json_error(StatusCode::REQUEST_TIMEOUT, format!("body not received within {BODY_TIMEOUT:?}"));
         }
     };
+    // `started` is when the review itself began (a queued large review waits first).
     let (result, started) = if body.len() <= INLINE_REVIEW_BYTES {
         // A small review takes tens of microseconds: answered right here, as handing it to another
         // thread would cost about as much again.
         let started = Instant::now();
         (review::review(&state.policy.load(), &body), started)
     } else {
-        // Large reviews run off the async workers, a few at a time: a large pod never delays other
-        // connections, /healthz or /readyz.
-        let Ok(_permit) = state.reviews.acquire().await else {
-            return json_error(StatusCode::SERVICE_UNAVAILABLE, "shutting down");
-        };
-        let started = Instant::now();
+        // Large reviews run on their own threads, one per core (pool.rs).
         let policy = state.policy.load_full();
-        match tokio::task::spawn_blocking(move || review::review(&policy, &body)).await {
-            Ok(result) => (result, started),
-            Err(e) => {
-                tracing::error!(error = %e, "review task failed");
-                return json_error(StatusCode::INTERNAL_SERVER_ERROR, "the review failed; see the webhook's log");
-            }
-        }
+        let reviewed = state.large_reviews.run(move || (Instant::now(), review::review(&policy, &body))).await;
+        let Some((started, result)) = reviewed else {
+            tracing::error!("a large review failed; it panicked");
+            return json_error(StatusCode::INTERNAL_SERVER_ERROR, "the review failed; see the webhook's log");
+        };
+        (result, started)
     };
     match result {
         Ok((response, summary)) => {
