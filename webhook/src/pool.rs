@@ -40,12 +40,14 @@ impl Queue {
 impl ReviewPool {
     /// `threads` threads; each calls `release` once it has had nothing to do for `idle` after doing work.
     pub fn new(threads: usize, idle: Duration, release: fn()) -> std::io::Result<Self> {
-        let queue = Arc::new(Queue::default());
+        // The pool exists before its threads: if one cannot be started, dropping it closes the queue and
+        // the threads already started end instead of waiting forever.
+        let pool = ReviewPool { queue: Arc::new(Queue::default()) };
         for index in 0..threads.max(1) {
-            let queue = queue.clone();
+            let queue = pool.queue.clone();
             std::thread::Builder::new().name(format!("review-{index}")).spawn(move || serve(&queue, idle, release))?;
         }
-        Ok(ReviewPool { queue })
+        Ok(pool)
     }
 
     /// `f` run on one of the pool's threads; `None` if it panicked (the thread lives on).
