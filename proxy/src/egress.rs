@@ -17,7 +17,7 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use crate::config::Config;
 use crate::headers::{answer_failure, asks_for_upgrade, check_switching, head_size, json_error, strip_spoofable};
 use crate::local::LocalGuard;
-use crate::metrics::{Metrics, RequestLabels};
+use crate::metrics::{Metrics, RequestLabels, RouteMetrics};
 use crate::resolve::Resolver;
 use crate::routes::{AuthMode, Decision, decide};
 use crate::target::{check_allowing_non_ascii, check_host};
@@ -34,6 +34,7 @@ pub struct Egress {
     /// The routes' names as metric labels and in audit lines, without a copy per request. Leaked once: the
     /// config lives as long as the process.
     route_names: Vec<&'static str>,
+    route_metrics: Vec<RouteMetrics>,
     /// Each route's upstream `Host`, made once.
     hosts: Vec<http::HeaderValue>,
     own_authorities: Vec<String>,
@@ -47,14 +48,13 @@ impl Egress {
         let own_authorities = vec![config.egress_listen.to_string(), format!("localhost:{port}"), format!("127.0.0.1:{port}")];
         let sent = Arc::new(config.routes.iter().map(|_| AtomicU64::new(0)).collect());
         let route_names: Vec<&'static str> = config.routes.iter().map(|r| &*Box::leak(r.name.clone().into_boxed_str())).collect();
-        for route in &route_names {
-            metrics.register_route(route);
-        }
+        let route_metrics = route_names.iter().map(|route| metrics.route(route)).collect();
         let hosts =
             config.routes.iter().map(|r| http::HeaderValue::try_from(r.upstream.authority()).expect("a checked authority")).collect();
         Egress {
             config,
             route_names,
+            route_metrics,
             hosts,
             tokens,
             metrics,
@@ -67,7 +67,7 @@ impl Egress {
     }
 
     /// The bearer file's contents, re-read when its size or modification time changes.
-    fn bearer_from_file(&self, path: &Path) -> Result<Arc<String>, String> {
+    fn bearer_from_file(&self, path: &Path) -> Result<http::HeaderValue, String> {
         let meta = std::fs::metadata(path).map_err(|e| format!("bearer file {}: {e}", path.display()))?;
         let stamp = (meta.modified().unwrap_or(SystemTime::UNIX_EPOCH), meta.len());
         let mut cache = self.bearer_files.lock().unwrap_or_else(|p| p.into_inner());
@@ -81,14 +81,14 @@ impl Egress {
         if token.is_empty() || !token.bytes().all(|b| b.is_ascii_graphic()) {
             return Err(format!("bearer file {} is empty or not a header-safe token", path.display()));
         }
-        let value = Arc::new(format!("Bearer {token}"));
+        let value = crate::tokens::bearer_header(token).map_err(|e| format!("bearer file {}: {e}", path.display()))?;
         cache.insert(path.to_owned(), (stamp.0, stamp.1, value.clone()));
         Ok(value)
     }
 }
 
 /// A bearer file's modification time and size when read, and its header value.
-type BearerCacheEntry = (SystemTime, u64, Arc<String>);
+type BearerCacheEntry = (SystemTime, u64, http::HeaderValue);
 
 #[derive(Default)]
 pub struct EgressCtx {
@@ -99,7 +99,7 @@ pub struct EgressCtx {
     /// For a request carrying a credential: the address checked before it was attached, and the only one
     /// connected to (the forward proxy's, if there is one).
     peer: Option<SocketAddr>,
-    authorization: Option<Arc<String>>,
+    authorization: Option<http::HeaderValue>,
     decision: &'static str,
     reason: Option<String>,
     normalized_path: String,
@@ -161,19 +161,24 @@ impl ProxyHttp for Egress {
         if header.method == http::Method::CONNECT {
             return refuse(session, ctx, 405, "connect-refused", "CONNECT is never tunnelled".into()).await;
         }
-        let method = header.method.as_str().to_owned();
-        let raw = String::from_utf8_lossy(header.raw_path()).into_owned();
-        let hosts: Vec<&[u8]> = header.headers.get_all("host").iter().map(|v| v.as_bytes()).collect();
-        if let Err(e) = check_host(header.version == http::Version::HTTP_11, &hosts) {
-            return refuse(session, ctx, 400, "bad-request", e.to_string()).await;
-        }
-        // Percent-encoded non-ASCII passes the check only for the route to decide (allowNonAsciiPath).
-        let target = match check_allowing_non_ascii(&raw, &self.own_authorities) {
+        // Checked and decided while the head is borrowed: nothing of it is copied but the normalized path.
+        let mut hosts = header.headers.get_all("host").iter().map(|v| v.as_bytes());
+        let hosts: ([&[u8]; 2], usize) = match (hosts.next(), hosts.next()) {
+            (None, _) => ([b"", b""], 0),
+            (Some(one), None) => ([one, b""], 1),
+            (Some(one), Some(two)) => ([one, two], 2),
+        };
+        let checked = check_host(header.version == http::Version::HTTP_11, &hosts.0[..hosts.1]).and_then(|()| {
+            // Percent-encoded non-ASCII passes the check only for the route to decide (allowNonAsciiPath).
+            check_allowing_non_ascii(&String::from_utf8_lossy(header.raw_path()), &self.own_authorities)
+        });
+        let target = match checked {
             Ok(target) => target,
             Err(e) => return refuse(session, ctx, 400, "bad-request", e.to_string()).await,
         };
-        ctx.normalized_path = target.path.clone();
-        let (index, upstream_target) = match decide(&self.config.routes, &method, &target) {
+        let decision = decide(&self.config.routes, header.method.as_str(), &target);
+        ctx.normalized_path = target.path;
+        let (index, upstream_target) = match decision {
             Decision::Forward { route, upstream_target } => (route, upstream_target),
             Decision::Refuse { reason } => return refuse(session, ctx, 403, "denied", reason).await,
             Decision::Invalid { reason } => return refuse(session, ctx, 400, "bad-request", reason).await,
@@ -193,20 +198,22 @@ impl ProxyHttp for Egress {
         // pingora has already read Content-Length with Transfer-Encoding as chunked, dropped the
         // Content-Length and marked the connection to close; the first check stays in case it ever does not.
         let headers = &session.req_header().headers;
-        let lengths: Vec<&[u8]> = headers.get_all("content-length").iter().map(|v| v.as_bytes()).collect();
-        let encodings: Vec<&[u8]> = headers.get_all("transfer-encoding").iter().map(|v| v.as_bytes()).collect();
-        if !encodings.is_empty() && !lengths.is_empty() {
+        let mut lengths = headers.get_all("content-length").iter();
+        let (length, more_lengths) = (lengths.next(), lengths.next().is_some());
+        let mut encodings = headers.get_all("transfer-encoding").iter();
+        let (encoding, more_encodings) = (encodings.next(), encodings.next().is_some());
+        if encoding.is_some() && length.is_some() {
             return refuse(session, ctx, 400, "bad-request", "both Content-Length and Transfer-Encoding".into()).await;
         }
-        if lengths.len() > 1 {
+        if more_lengths {
             return refuse(session, ctx, 400, "bad-request", "more than one Content-Length".into()).await;
         }
-        if encodings.len() > 1 || encodings.first().is_some_and(|e| !e.eq_ignore_ascii_case(b"chunked")) {
+        if more_encodings || encoding.is_some_and(|e| !e.as_bytes().eq_ignore_ascii_case(b"chunked")) {
             return refuse(session, ctx, 400, "bad-request", "Transfer-Encoding other than chunked".into()).await;
         }
         let head = head_size(session.req_header(), &ctx.upstream_target);
-        let declared = match lengths.first() {
-            Some(value) => match std::str::from_utf8(value).ok().and_then(|v| v.trim().parse::<u64>().ok()) {
+        let declared = match length {
+            Some(value) => match std::str::from_utf8(value.as_bytes()).ok().and_then(|v| v.trim().parse::<u64>().ok()) {
                 Some(length) => Some(length),
                 None => return refuse(session, ctx, 400, "bad-request", "invalid Content-Length".into()).await,
             },
@@ -252,14 +259,14 @@ impl ProxyHttp for Egress {
             },
             AuthMode::Token => match self.tokens.as_ref().map(|t| t.clone()) {
                 Some(tokens) => match tokens.token().await {
-                    Ok(token) => Some(Arc::new(token.header_value.clone())),
+                    Ok(token) => Some(token.header_value.clone()),
                     Err(e) => return refuse(session, ctx, 503, "no-credentials", e.to_string()).await,
                 },
                 None => return refuse(session, ctx, 503, "no-credentials", "no identity configured".into()).await,
             },
         };
         self.sent[index].fetch_add(head, Ordering::Relaxed);
-        self.metrics.bytes_out(self.route_names[index], head);
+        self.route_metrics[index].bytes_out.inc_by(head);
         ctx.decision = "forwarded";
         Ok(false)
     }
@@ -302,7 +309,7 @@ impl ProxyHttp for Egress {
         strip_spoofable(request);
         request.insert_header("host", self.hosts[index].clone())?;
         if let Some(value) = &ctx.authorization {
-            request.insert_header("authorization", value.as_str())?;
+            request.insert_header("authorization", value.clone())?;
         }
         request.insert_header("x-request-id", ctx.request_id.as_str())?;
         Ok(())
@@ -322,7 +329,7 @@ impl ProxyHttp for Egress {
             return Error::e_explain(ErrorType::HTTPStatus(413), "request body above the route's limit");
         }
         let total = self.sent[index].fetch_add(len, Ordering::Relaxed) + len;
-        self.metrics.bytes_out(self.route_names[index], len);
+        self.route_metrics[index].bytes_out.inc_by(len);
         if route.byte_budget.is_some_and(|budget| total > budget) {
             ctx.decision = "budget-exceeded";
             return Error::e_explain(ErrorType::HTTPStatus(413), "route byte budget exceeded");
@@ -352,8 +359,8 @@ impl ProxyHttp for Egress {
         crate::connections::request_done(session);
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
         let route = ctx.route.map_or("", |i| self.route_names[i]);
-        if let (Some(forwarded), Some(_)) = (ctx.forwarded_at, ctx.route) {
-            self.metrics.upstream_duration(route, forwarded.elapsed().as_secs_f64());
+        if let (Some(forwarded), Some(index)) = (ctx.forwarded_at, ctx.route) {
+            self.route_metrics[index].upstream_duration.observe(forwarded.elapsed().as_secs_f64());
         }
         self.metrics.request(RequestLabels { listener: "egress", route, status, decision: ctx.decision });
         let error = error.map(|e| e.to_string()).unwrap_or_default();

@@ -29,6 +29,10 @@ use tollgate_proxy::metrics::Metrics;
 use tollgate_proxy::routes::AuthMode;
 use tollgate_proxy::tokens::TokenSource;
 
+/// pingora's request path makes many small allocations (tollgate_memory says why this allocator).
+#[global_allocator]
+static ALLOCATOR: tollgate_memory::Allocator = tollgate_memory::Allocator {};
+
 #[derive(Parser)]
 #[command(name = "tollgate-proxy", version, about = "The analysis pod's only authenticated way out", long_about = None)]
 struct Cli {
@@ -167,6 +171,9 @@ fn trust_extra_cas(extra: &std::path::Path) -> Result<(), String> {
 }
 
 fn run(config: Arc<Config>) -> Result<(), String> {
+    if let Err(e) = tollgate_memory::disable_huge_pages() {
+        tracing::debug!(error = %e, "cannot disable transparent huge pages");
+    }
     // The extra CAs, if any, are part of the native roots now (see trust_extra_cas).
     let client = HttpClient::new(None)?.via(config.forward_proxy.clone());
     let metrics = Arc::new(Metrics::new());

@@ -35,6 +35,12 @@ struct CallLabels {
     call: &'static str,
 }
 
+/// One route's series (clones share the values registered in [`Metrics`]).
+pub struct RouteMetrics {
+    pub bytes_out: Counter,
+    pub upstream_duration: Histogram,
+}
+
 pub struct Metrics {
     registry: Registry,
     requests: Family<RequestLabels, Counter>,
@@ -88,12 +94,12 @@ impl Metrics {
         self.requests.get_or_create(&labels).inc();
     }
 
-    pub fn upstream_duration(&self, route: &'static str, seconds: f64) {
-        self.upstream_duration.get_or_create(&RouteLabels { route }).observe(seconds);
-    }
-
-    pub fn bytes_out(&self, route: &'static str, bytes: u64) {
-        self.bytes_out.get_or_create(&RouteLabels { route }).inc_by(bytes);
+    /// A route's own series, made once: the per-request path then touches no label map.
+    pub fn route(&self, route: &'static str) -> RouteMetrics {
+        RouteMetrics {
+            bytes_out: self.bytes_out.get_or_create(&RouteLabels { route }).clone(),
+            upstream_duration: self.upstream_duration.get_or_create(&RouteLabels { route }).clone(),
+        }
     }
 
     pub fn local_destination_refused(&self, call: &'static str) {
@@ -102,10 +108,6 @@ impl Metrics {
 
     pub fn connections_open(&self, listener: &'static str, open: usize) {
         self.connections.get_or_create(&ListenerLabels { listener }).set(i64::try_from(open).unwrap_or(i64::MAX));
-    }
-
-    pub fn register_route(&self, route: &'static str) {
-        let _ = self.bytes_out.get_or_create(&RouteLabels { route });
     }
 
     pub fn encode(&self) -> String {

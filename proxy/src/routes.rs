@@ -222,7 +222,8 @@ pub fn decide(routes: &[Route], method: &str, target: &SafeTarget) -> Decision {
     // The upstream's base path, then the rest of the path (or all of it): built in one string, as this
     // runs for every request.
     let base = &route.upstream.base_path;
-    let mut path = String::with_capacity(base.len() + target.path.len() + 1);
+    let query = target.query.as_deref();
+    let mut path = String::with_capacity(base.len() + target.path.len() + 2 + query.map_or(0, str::len));
     path.push_str(base);
     if route.strip_prefix {
         for segment in rest {
@@ -235,5 +236,9 @@ pub fn decide(routes: &[Route], method: &str, target: &SafeTarget) -> Decision {
     if path.is_empty() {
         path.push('/');
     }
-    Decision::Forward { route: index, upstream_target: target.with_path(&path) }
+    if let Some(query) = query {
+        path.push('?');
+        path.push_str(query);
+    }
+    Decision::Forward { route: index, upstream_target: path }
 }

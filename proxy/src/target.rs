@@ -101,6 +101,14 @@ fn is_segment_char(byte: u8) -> bool {
     is_unreserved(byte) || matches!(byte, b'!' | b'$' | b'&' | b'\'' | b'(' | b')' | b'*' | b'+' | b',' | b'=' | b':' | b'@')
 }
 
+/// `%XX`, uppercase, as a normalized path writes a byte that must stay encoded.
+fn push_encoded(path: &mut String, byte: u8) {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    path.push('%');
+    path.push(HEX[usize::from(byte >> 4)] as char);
+    path.push(HEX[usize::from(byte & 0xf)] as char);
+}
+
 fn hex_value(byte: u8) -> Option<u8> {
     (byte as char).to_digit(16).map(|d| d as u8)
 }
@@ -192,17 +200,19 @@ fn check_with(target: &str, own_authorities: &[String], allow_non_ascii: bool) -
 
     let mut path = String::with_capacity(raw_path.len());
     let mut non_ascii = false;
-    let segments: Vec<&str> = raw_path[1..].split('/').collect();
-    let last = segments.len() - 1;
-    for (index, segment) in segments.iter().enumerate() {
+    // The bytes of a segment as the upstream will decode them, kept only for a segment with a
+    // percent-encoding: literal bytes are ASCII (checked above), so only those can make it non-ASCII.
+    let mut plain = Vec::new();
+    let mut segments = raw_path[1..].split('/').peekable();
+    while let Some(segment) = segments.next() {
         // Empty segments collapse ('//' → '/'); a trailing slash is kept.
-        if segment.is_empty() && index != last {
+        if segment.is_empty() && segments.peek().is_some() {
             continue;
         }
         path.push('/');
         let bytes = segment.as_bytes();
-        // The segment as the upstream will decode it: every byte above 0x7f came from a percent-encoding.
-        let mut plain = Vec::with_capacity(bytes.len());
+        let encoded = bytes.contains(&b'%');
+        plain.clear();
         let mut i = 0;
         while i < bytes.len() {
             match bytes[i] {
@@ -219,29 +229,30 @@ fn check_with(target: &str, own_authorities: &[String], allow_non_ascii: bool) -
                         0..=0x1f | 0x7f => return Err(TargetError::ControlOrNonAscii),
                         b';' => return Err(TargetError::PathParameter),
                         byte if is_unreserved(byte) => path.push(byte as char),
-                        byte => path.push_str(&format!("%{byte:02X}")),
+                        byte => push_encoded(&mut path, byte),
                     }
                     plain.push(decoded);
                     i += 3;
                 }
-                byte if is_segment_char(byte) => {
-                    path.push(byte as char);
-                    plain.push(byte);
-                    i += 1;
-                }
                 byte => {
-                    path.push_str(&format!("%{byte:02X}"));
-                    plain.push(byte);
+                    if is_segment_char(byte) {
+                        path.push(byte as char);
+                    } else {
+                        push_encoded(&mut path, byte);
+                    }
+                    if encoded {
+                        plain.push(byte);
+                    }
                     i += 1;
                 }
             }
         }
         if !plain.is_ascii() {
             if std::str::from_utf8(&plain).is_err() {
-                return Err(TargetError::InvalidUtf8((*segment).to_owned()));
+                return Err(TargetError::InvalidUtf8(segment.to_owned()));
             }
             if !allow_non_ascii {
-                return Err(TargetError::EncodedNonAscii((*segment).to_owned()));
+                return Err(TargetError::EncodedNonAscii(segment.to_owned()));
             }
             non_ascii = true;
         }

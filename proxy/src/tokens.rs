@@ -28,12 +28,20 @@ const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
 #[derive(Debug)]
 pub struct Token {
-    /// `Bearer <access token>`, ready for the Authorization header.
-    pub header_value: String,
+    /// `Bearer <access token>`, ready for the Authorization header (a clone is a reference count).
+    pub header_value: http::HeaderValue,
     pub expires_at: Instant,
     /// When to fetch the next one: `refreshBefore` ahead of expiry, but never in the first half of the
     /// token's life (short-lived tokens would otherwise be refetched in a loop).
     pub refresh_at: Instant,
+}
+
+/// `Bearer <token>` as a header value, marked sensitive (never logged, never indexed by HPACK).
+pub fn bearer_header(token: &str) -> Result<http::HeaderValue, String> {
+    let mut value =
+        http::HeaderValue::try_from(format!("Bearer {token}")).map_err(|_| "the token is not a header-safe string".to_owned())?;
+    value.set_sensitive(true);
+    Ok(value)
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -205,7 +213,7 @@ impl TokenSource {
         }
         let lifetime = lifetime(parsed.expires_in.as_ref())?;
         let refresh_at = started + lifetime - self.identity.refresh_before.min(lifetime / 2);
-        Ok(Token { header_value: format!("Bearer {}", parsed.access_token), expires_at: started + lifetime, refresh_at })
+        Ok(Token { header_value: bearer_header(&parsed.access_token)?, expires_at: started + lifetime, refresh_at })
     }
 }
 

@@ -6,7 +6,7 @@ use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview
 use tollgate_webhook::policy::Policy;
 
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: tollgate_memory::Allocator = tollgate_memory::Allocator {};
 
 fn main() {
     let mut args = std::env::args().skip(1);

@@ -11,11 +11,10 @@ use tollgate_webhook::policy::{DEFAULT_POLICY_YAML, Policy};
 use tollgate_webhook::server::{ServeConfig, Server};
 use tollgate_webhook::workload::{self, ObjectReport};
 
-/// A review is mostly small JSON allocations and frees; mimalloc does them in a fraction of glibc's
-/// instructions (README.md, Speed). What a burst of large pods made it hold is handed back once the burst is
-/// over ([`release_memory`]).
+/// A review is mostly small JSON allocations and frees (tollgate_memory says why this allocator). What a
+/// burst of large pods made it hold is handed back once the burst is over (`tollgate_memory::release`).
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: tollgate_memory::Allocator = tollgate_memory::Allocator {};
 
 #[derive(Parser)]
 #[command(name = "tollgate-webhook", version, about = "Kubernetes mutating admission webhook that hardens analysis pods", long_about = None)]
@@ -192,28 +191,11 @@ fn inject(file: &str, policy: Option<&PathBuf>) -> ExitCode {
     }
 }
 
-/// The calling thread's free memory, and the allocator's, given back to the system now.
-fn release_memory() {
-    // SAFETY: mi_collect only frees memory that no allocation holds; it is safe on any thread at any time.
-    unsafe { libmimalloc_sys::mi_collect(true) }
-}
-
-/// No transparent huge pages for this process: with them (`always` on many hosts) every region the
-/// allocator touches is backed by 2 MiB pages, and the resident set at rest was twice as large (16.6 vs
-/// 9.0 MiB; 74 vs 52 MiB after large pods) for no measurable gain in speed.
-fn disable_huge_pages() {
-    // SAFETY: PR_SET_THP_DISABLE takes plain integers and changes only this process's memory policy.
-    let result = unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) };
-    if result != 0 {
-        tracing::debug!(error = %std::io::Error::last_os_error(), "cannot disable transparent huge pages");
-    }
-}
-
 fn serve(args: ServeArgs) -> ExitCode {
     init_logging(args.log_format);
-    disable_huge_pages();
-    // What was touched before (as huge pages) goes back, to come again as small ones.
-    release_memory();
+    if let Err(e) = tollgate_memory::disable_huge_pages() {
+        tracing::debug!(error = %e, "cannot disable transparent huge pages");
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => {
@@ -228,7 +210,7 @@ fn serve(args: ServeArgs) -> ExitCode {
         drain_delay: args.drain_delay,
         shutdown_timeout: args.shutdown_timeout,
         max_connections: args.max_connections,
-        release_memory,
+        release_memory: tollgate_memory::release,
         ..ServeConfig::new(args.tls_cert, args.tls_key)
     };
     runtime.block_on(async {
