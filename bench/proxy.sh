@@ -57,11 +57,16 @@ start() { # name command...: run in the background, output to $work/name.log
   "$@" >"$work/$name.log" 2>&1 &
   pids+=($!)
 }
-rss_kib() { # pids...: their resident memory together
-  local total=0 pid
-  for pid in "$@"; do total=$((total + $(awk '/^VmRSS:/ {print $2}' "/proc/$pid/status"))); done
+status_kib() { # field pids...: that /proc/PID/status field (in KiB) of the processes together
+  local field=$1 total=0 pid
+  shift
+  for pid in "$@"; do total=$((total + $(awk -v f="$field:" '$1 == f {print $2}' "/proc/$pid/status"))); done
   echo "$total"
 }
+rss_kib() { status_kib VmRSS "$@"; }
+# The anonymous part of the resident set: the processes' own memory. The rest is pages of their binary and
+# libraries, which the page cache shares between every process (every sidecar on a node) that maps them.
+anon_kib() { status_kib RssAnon "$@"; }
 nginx_pids() { # name: the master and its workers
   local master
   master=$(cat "$work/$1.pid")
@@ -128,6 +133,7 @@ start haproxy haproxy -db -f "$work/haproxy.cfg"
 
 start bare "$bin/bare-pingora" "127.0.0.1:$BARE" "127.0.0.1:$UP" /storage "$TOKEN"
 start bare-mimalloc "$work/bare-pingora-mimalloc" "127.0.0.1:$BARE_MI" "127.0.0.1:$UP" /storage "$TOKEN"
+bare_mi_pid=${pids[-1]}
 
 # tollgate-proxy: the same route with a bearer file, and (a second proxy) with a token it fetches itself.
 echo "$TOKEN" >"$work/bearer"
@@ -160,7 +166,9 @@ for port in $NGINX $HAPROXY $BARE $BARE_MI $TG $TG_TOKEN; do
 done
 sleep 0.5
 tollgate_idle=$(rss_kib "$tollgate_pid")
+tollgate_idle_anon=$(anon_kib "$tollgate_pid")
 nginx_idle=$(rss_kib $(nginx_pids sidecar))
+nginx_idle_anon=$(anon_kib $(nginx_pids sidecar))
 
 # wrk's Requests/sec and its 99th percentile latency in ms.
 load() { # port
@@ -193,10 +201,11 @@ print(f"{statistics.mean(r):.0f} {statistics.median(p):.2f}")' ${rounds_rps[$nam
   echo "$name: rounds ${rounds_rps[$name]}/s -> ${rps[$name]}/s; p99 ${rounds_p99[$name]}ms -> ${p99[$name]} ms" >&2
 done
 tollgate_loaded=$(rss_kib "$tollgate_pid")
+tollgate_loaded_anon=$(anon_kib "$tollgate_pid")
 nginx_loaded=$(rss_kib $(nginx_pids sidecar))
 
 # 256 connections open at once, each having made one request and kept alive.
-python3 - "$TG" "$NGINX" >"$work/held.log" 2>&1 <<'EOF' &
+python3 - "$TG" "$NGINX" "$BARE_MI" >"$work/held.log" 2>&1 <<'EOF' &
 import socket, sys, time
 held = []
 for port in sys.argv[1:]:
@@ -212,7 +221,11 @@ holder=$!
 pids+=("$holder")
 for _ in $(seq 200); do grep -q held "$work/held.log" && break; sleep 0.05; done
 tollgate_256=$(rss_kib "$tollgate_pid")
+tollgate_256_anon=$(anon_kib "$tollgate_pid")
 nginx_256=$(rss_kib $(nginx_pids sidecar))
+nginx_256_anon=$(anon_kib $(nginx_pids sidecar))
+bare_256=$(rss_kib "$bare_mi_pid")
+bare_256_anon=$(anon_kib "$bare_mi_pid")
 kill "$holder"
 
 ratio() { python3 -c "import sys; print(f'{float(sys.argv[1]) / float(sys.argv[2]):.2f}×')" "$1" "$2"; }
@@ -227,6 +240,6 @@ row "bare pingora as shipped (glibc's allocator) (rps)" "—" "${rps[bare]}/s (n
   "bare = $(ratio "${rps[bare]}" "${rps[nginx]}") nginx; on mimalloc $(ratio "${rps[bare-mimalloc]}" "${rps[bare]}")" "the allocator's share"
 row "\`auth: token\` vs \`bearerFile\` (rps)" "${rps[tollgate-token]}/s" "bearerFile ${rps[tollgate]}/s" \
   "$(ratio "${rps[tollgate-token]}" "${rps[tollgate]}")" "≈ 1.0×"
-row "RSS idle / after load" "$(mib "$tollgate_idle") / $(mib "$tollgate_loaded")" \
-  "nginx $(mib "$nginx_idle") / $(mib "$nginx_loaded") (master + worker)" "" "≤ 10 MiB idle"
-row "RSS with 256 open connections" "$(mib "$tollgate_256")" "nginx $(mib "$nginx_256")" "" "≤ 32 MiB"
+row "RSS idle / after load (of it anonymous)" "$(mib "$tollgate_idle") / $(mib "$tollgate_loaded") ($(mib "$tollgate_idle_anon") / $(mib "$tollgate_loaded_anon"))" \
+  "nginx $(mib "$nginx_idle") / $(mib "$nginx_loaded") (master + worker; $(mib "$nginx_idle_anon") anonymous idle)" "" "≤ 10 MiB idle"
+row "RSS with 256 open connections (of it anonymous)" "$(mib "$tollgate_256") ($(mib "$tollgate_256_anon"))" "nginx $(mib "$nginx_256") ($(mib "$nginx_256_anon")); bare pingora $(mib "$bare_256") ($(mib "$bare_256_anon"))" "" "≤ 32 MiB"
