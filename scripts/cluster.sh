@@ -62,6 +62,7 @@ explain_failure() {
   kubectl get node "$NODE_NAME" -o jsonpath='{range .status.conditions[*]}{.type}={.status} {.message}{"\n"}{end}' >&2 || true
   kubectl get jobs,pods -n tollgate -o wide >&2 || true
   kubectl get events -n tollgate --sort-by=.lastTimestamp >&2 || true
+  kubectl logs -n tollgate job/tollgate-certs-secrets --all-containers --tail=40 >&2 || true
   kubectl logs -n tollgate job/tollgate-certs --all-containers --tail=40 >&2 || true
   df -h "$(dirname "$STATE")" >&2 || true
   tail -20 "$STATE/logs/kubelet.log" >&2 || true
@@ -320,15 +321,14 @@ build_images() {
 install_tollgate() {
   log "installing tollgate with the Helm chart (selfSigned certificates)"
   { echo "proxyConfig:"; sed 's/^/  /' "$STATE/proxy-config.yaml"; } > "$STATE/values.yaml"
-  # No --wait: the webhook's pods need the Secret that the post-install hook Job (tollgate-certs) creates.
+  # --wait, as GitOps controllers wait: the certificates' Secrets come from a pre-install hook, so the
+  # webhook's pods can start, and helm returns once they and the egress lock's DaemonSet are ready.
   HELM_CACHE_HOME=$STATE/helm/cache HELM_CONFIG_HOME=$STATE/helm/config HELM_DATA_HOME=$STATE/helm/data \
     "$BIN/helm" --kubeconfig="$STATE/admin.kubeconfig" install tollgate "$ROOT/charts/tollgate" -n tollgate \
-    --create-namespace --timeout 180s --values "$STATE/values.yaml" \
+    --create-namespace --wait --timeout 180s --values "$STATE/values.yaml" \
     --set "analysisNamespaces[0].name=$ANALYSIS_NAMESPACE" \
     --set egressLock.enabled=true --set "egressLock.binDir=$STATE/cni/bin" --set "egressLock.confDir=$STATE/cni/net.d" \
     ${TOLLGATE_HELM_ARGS:-} >&2 || { explain_failure; return 1; }
-  kubectl rollout status deployment/tollgate-webhook -n tollgate --timeout=180s >&2 || { explain_failure; return 1; }
-  kubectl rollout status daemonset/tollgate-cni -n tollgate --timeout=120s >&2 || { explain_failure; return 1; }
 }
 
 prepare_analysis_namespace() {

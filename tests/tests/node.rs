@@ -80,6 +80,19 @@ impl Cluster {
         serde_json::from_str(&self.ok(&all)).unwrap()
     }
 
+    /// The cluster's helm, with the Helm state `scripts/cluster.sh` installed tollgate with.
+    fn helm(&self, args: &[&str]) -> Output {
+        let bin = std::fs::read_to_string(format!("{}/bin", self.dir)).unwrap();
+        Command::new(format!("{}/helm", bin.trim()))
+            .args(args)
+            .arg(format!("--kubeconfig={}", self.kubeconfig))
+            .env("HELM_CACHE_HOME", format!("{}/helm/cache", self.dir))
+            .env("HELM_CONFIG_HOME", format!("{}/helm/config", self.dir))
+            .env("HELM_DATA_HOME", format!("{}/helm/data", self.dir))
+            .output()
+            .unwrap()
+    }
+
     fn pod(&self, namespace: &str, name: &str) -> Value {
         self.json(&["get", "pod", name, "-n", namespace])
     }
@@ -174,6 +187,43 @@ mod chrono_free {
             let digits: String = text.chars().filter(char::is_ascii_digit).take(14).collect();
             Stamp(digits.parse().unwrap_or_else(|_| panic!("not a timestamp: {text}")))
         }
+    }
+}
+
+#[test]
+#[ignore = "needs scripts/cluster.sh up"]
+fn t0_helm_install_with_wait_made_the_certificates_first_and_left_no_hook_behind() {
+    let c = cluster();
+    // scripts/cluster.sh installed with --wait: helm returned only once the webhook and the lock were ready.
+    let status = c.helm(&["status", "tollgate", "-n", "tollgate", "-o", "json"]);
+    assert!(status.status.success(), "{}", text(&status));
+    let status: Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(status["info"]["status"], "deployed", "{status}");
+    // The Secrets came first (a pre-install hook), so no webhook pod ever waited for them.
+    let tls = c.json(&["get", "secret", "tollgate-webhook-tls", "-n", "tollgate"]);
+    let made = tls["metadata"]["creationTimestamp"].as_str().unwrap().to_owned();
+    let pods = c.json(&["get", "pods", "-n", "tollgate", "-l", "app.kubernetes.io/name=tollgate-webhook"]);
+    let pods = pods["items"].as_array().unwrap();
+    assert!(!pods.is_empty());
+    for pod in pods {
+        let started = pod["metadata"]["creationTimestamp"].as_str().unwrap();
+        assert!(made.as_str() <= started, "Secret made {made}, after webhook pod {} ({started})", pod["metadata"]["name"]);
+    }
+    // The post-install hook put the CA into the webhook configuration.
+    let config = c.json(&["get", "mutatingwebhookconfiguration", "tollgate"]);
+    for webhook in config["webhooks"].as_array().unwrap() {
+        assert_eq!(webhook["clientConfig"]["caBundle"], tls["data"]["ca.crt"], "caBundle of {}", webhook["name"]);
+    }
+    // The hooks' Jobs and the pre-install hook's own account and rights are gone once they succeeded.
+    for (kind, name) in [
+        ("job", "tollgate-certs-secrets"),
+        ("job", "tollgate-certs"),
+        ("serviceaccount", "tollgate-certs-secrets"),
+        ("role", "tollgate-certs-secrets"),
+        ("rolebinding", "tollgate-certs-secrets"),
+    ] {
+        let left = c.ok(&["get", kind, name, "-n", "tollgate", "--ignore-not-found", "-o", "name"]);
+        assert!(left.trim().is_empty(), "{kind} {name} left behind: {left}");
     }
 }
 
@@ -491,15 +541,7 @@ fn t8_rolling_the_webhook_fails_no_pod_creation() {
 fn t9_helm_uninstall_leaves_no_webhook_and_labeled_namespaces_take_no_plain_pods() {
     let c = cluster();
     let ns = c.namespace.as_str();
-    let bin = std::fs::read_to_string(format!("{}/bin", c.dir)).unwrap();
-    let helm = Command::new(format!("{}/helm", bin.trim()))
-        .args(["uninstall", "tollgate", "-n", "tollgate", "--wait", "--timeout=120s"])
-        .arg(format!("--kubeconfig={}", c.kubeconfig))
-        .env("HELM_CACHE_HOME", format!("{}/helm/cache", c.dir))
-        .env("HELM_CONFIG_HOME", format!("{}/helm/config", c.dir))
-        .env("HELM_DATA_HOME", format!("{}/helm/data", c.dir))
-        .output()
-        .unwrap();
+    let helm = c.helm(&["uninstall", "tollgate", "-n", "tollgate", "--wait", "--timeout=120s"]);
     assert!(helm.status.success(), "{}", text(&helm));
     let left = c.ok(&["get", "mutatingwebhookconfigurations", "-o", "name"]);
     assert!(!left.contains("tollgate"), "{left}");

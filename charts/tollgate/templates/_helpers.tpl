@@ -21,3 +21,15 @@ helm.sh/chart: {{ .Chart.Name }}-{{ .Chart.Version }}
 {{- end -}}
 {{- toYaml $policy -}}
 {{- end -}}
+
+{{- /* What tollgate-certs may do with Secrets: create them (RBAC cannot restrict create to names), and read
+       and replace only its two. */ -}}
+{{- define "tollgate.certsSecretRules" -}}
+- apiGroups: [""]
+  resources: [secrets]
+  verbs: [create]
+- apiGroups: [""]
+  resources: [secrets]
+  resourceNames: [tollgate-webhook-tls, tollgate-webhook-ca]
+  verbs: [get, update]
+{{- end -}}
