@@ -78,10 +78,8 @@ impl Egress {
         }
         let token = std::fs::read_to_string(path).map_err(|e| format!("bearer file {}: {e}", path.display()))?;
         let token = token.trim();
-        if token.is_empty() || !token.bytes().all(|b| b.is_ascii_graphic()) {
-            return Err(format!("bearer file {} is empty or not a header-safe token", path.display()));
-        }
-        let value = crate::tokens::bearer_header(token).map_err(|e| format!("bearer file {}: {e}", path.display()))?;
+        let value = crate::tokens::bearer_header(token)
+            .ok_or_else(|| format!("bearer file {} is empty or not a header-safe token", path.display()))?;
         cache.insert(path.to_owned(), (stamp.0, stamp.1, value.clone()));
         Ok(value)
     }

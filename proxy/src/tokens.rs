@@ -36,12 +36,15 @@ pub struct Token {
     pub refresh_at: Instant,
 }
 
-/// `Bearer <token>` as a header value, marked sensitive (never logged, never indexed by HPACK).
-pub fn bearer_header(token: &str) -> Result<http::HeaderValue, String> {
-    let mut value =
-        http::HeaderValue::try_from(format!("Bearer {token}")).map_err(|_| "the token is not a header-safe string".to_owned())?;
+/// `Bearer <token>` as a header value, marked sensitive (never logged, never indexed by HPACK); `None` when
+/// the token is empty or not printable ASCII without spaces.
+pub fn bearer_header(token: &str) -> Option<http::HeaderValue> {
+    if token.is_empty() || !token.bytes().all(|b| b.is_ascii_graphic()) {
+        return None;
+    }
+    let mut value = http::HeaderValue::try_from(format!("Bearer {token}")).ok()?;
     value.set_sensitive(true);
-    Ok(value)
+    Some(value)
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -208,12 +211,10 @@ impl TokenSource {
         if parsed.token_type.as_deref().is_some_and(|t| !t.eq_ignore_ascii_case("bearer")) {
             return Err(format!("token type {:?} is not Bearer", parsed.token_type.unwrap_or_default()));
         }
-        if parsed.access_token.is_empty() || !parsed.access_token.bytes().all(|b| b.is_ascii_graphic()) {
-            return Err("access token is empty or not a header-safe string".into());
-        }
+        let header_value = bearer_header(&parsed.access_token).ok_or("access token is empty or not a header-safe string")?;
         let lifetime = lifetime(parsed.expires_in.as_ref())?;
         let refresh_at = started + lifetime - self.identity.refresh_before.min(lifetime / 2);
-        Ok(Token { header_value: bearer_header(&parsed.access_token)?, expires_at: started + lifetime, refresh_at })
+        Ok(Token { header_value, expires_at: started + lifetime, refresh_at })
     }
 }
 
