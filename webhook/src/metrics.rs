@@ -3,6 +3,7 @@
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
@@ -38,6 +39,7 @@ pub struct Metrics {
     skips: Family<ReasonLabels, Counter>,
     bad_requests: Family<ReasonLabels, Counter>,
     reloads: Family<ReloadLabels, Counter>,
+    certificate_expiry: Gauge,
 }
 
 impl Default for Metrics {
@@ -56,6 +58,7 @@ impl Metrics {
         let skips = Family::<ReasonLabels, Counter>::default();
         let bad_requests = Family::<ReasonLabels, Counter>::default();
         let reloads = Family::<ReloadLabels, Counter>::default();
+        let certificate_expiry = Gauge::default();
         registry.register("reviews", "AdmissionReviews answered, by outcome", reviews.clone());
         registry.register(
             "review_duration_seconds",
@@ -66,6 +69,13 @@ impl Metrics {
         registry.register("skips", "Pods deliberately not hardened, by reason", skips.clone());
         registry.register("bad_requests", "Requests answered with an HTTP error, by reason", bad_requests.clone());
         registry.register("reloads", "Reloads of watched files, by file and result", reloads.clone());
+        // A timestamp, as cert-manager's certmanager_certificate_expiration_timestamp_seconds: an alert
+        // compares it with time(), and a renewal shows as a step up.
+        registry.register(
+            "certificate_expiry_seconds",
+            "When the serving certificate expires, in seconds since the Unix epoch (0: unreadable)",
+            certificate_expiry.clone(),
+        );
         // Export every series from the start, so rates and alerts work before the first event.
         for outcome in [
             ReviewOutcome::Patched,
@@ -80,7 +90,7 @@ impl Metrics {
         for rule in Rule::ALL {
             let _ = denials.get_or_create(&RuleLabels { rule: rule.as_str() });
         }
-        Metrics { registry, reviews, duration, denials, skips, bad_requests, reloads }
+        Metrics { registry, reviews, duration, denials, skips, bad_requests, reloads, certificate_expiry }
     }
 
     pub fn observe_review(&self, summary: &ReviewSummary, seconds: f64) {
@@ -100,6 +110,11 @@ impl Metrics {
 
     pub fn observe_reload(&self, file: &'static str, ok: bool) {
         self.reloads.get_or_create(&ReloadLabels { file, result: if ok { "success" } else { "failure" } }).inc();
+    }
+
+    /// The serving certificate now in use expires at `unix_seconds` (`None`: its expiry could not be read).
+    pub fn observe_certificate(&self, unix_seconds: Option<i64>) {
+        self.certificate_expiry.set(unix_seconds.unwrap_or(0));
     }
 
     pub fn encode(&self) -> String {

@@ -26,7 +26,7 @@ use crate::policy::Policy;
 use crate::pool::ReviewPool;
 use crate::reload::spawn_watcher;
 use crate::review;
-use crate::tls::{CertStore, load_certified_key, server_config};
+use crate::tls::{CertStore, load_certified_key, not_after, server_config};
 
 /// kube-apiserver's own limit for request bodies.
 pub const MAX_BODY_BYTES: usize = 3 * 1024 * 1024;
@@ -128,10 +128,13 @@ impl Server {
     pub async fn bind(config: ServeConfig) -> Result<Server, String> {
         let cert = std::fs::read(&config.tls_cert).map_err(|e| format!("--tls-cert {}: {e}", config.tls_cert.display()))?;
         let key = std::fs::read(&config.tls_key).map_err(|e| format!("--tls-key {}: {e}", config.tls_key.display()))?;
-        let store = Arc::new(CertStore::new(load_certified_key(&cert, &key)?));
+        let certified = load_certified_key(&cert, &key)?;
+        let expiry = not_after(&certified);
+        let store = Arc::new(CertStore::new(certified));
         let tls = TlsAcceptor::from(Arc::new(server_config(store.clone()).map_err(|e| format!("TLS: {e}"))?));
         let (policy, policy_bytes) = load_policy(config.policy.as_ref())?;
         let state = Arc::new(State::new(policy, config.release_memory).map_err(|e| format!("starting the review threads: {e}"))?);
+        state.metrics.observe_certificate(expiry);
         let listener = TcpListener::bind(config.listen).await.map_err(|e| format!("--listen {}: {e}", config.listen))?;
 
         let (stop_watchers, stopped) = watch::channel(false);
@@ -143,7 +146,10 @@ impl Server {
             vec![cert, key],
             stopped.clone(),
             move |files| {
-                let result = load_certified_key(&files[0], &files[1]).map(|key| store.swap(key));
+                let result = load_certified_key(&files[0], &files[1]).map(|key| {
+                    metrics_state.metrics.observe_certificate(not_after(&key));
+                    store.swap(key)
+                });
                 metrics_state.metrics.observe_reload("tls", result.is_ok());
                 result
             },

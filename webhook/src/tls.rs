@@ -51,6 +51,14 @@ pub fn load_certified_key(cert_pem: &[u8], key_pem: &[u8]) -> Result<CertifiedKe
     CertifiedKey::from_der(chain, key, &provider).map_err(|e| format!("certificate and key: {e}"))
 }
 
+/// When the serving certificate (the chain's first) stops being valid, in seconds since the Unix epoch; for the
+/// expiry metric. `None` for a certificate x509-parser cannot read (rustls accepted it, so it is served anyway).
+pub fn not_after(key: &CertifiedKey) -> Option<i64> {
+    use x509_parser::prelude::{FromDer, X509Certificate};
+    let (_, cert) = X509Certificate::from_der(key.end_entity_cert().ok()?).ok()?;
+    Some(cert.validity().not_after.timestamp())
+}
+
 /// A rustls server config offering h2 and http/1.1 (kube-apiserver negotiates h2).
 pub fn server_config(store: Arc<CertStore>) -> Result<ServerConfig, rustls::Error> {
     let mut config = ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))

@@ -192,6 +192,8 @@ async fn denies_insecure_pods_with_one_message_and_the_uid() {
     assert!(metrics.contains(r#"tollgate_webhook_denials_total{rule="privileged"} 1"#), "{metrics}");
     assert!(metrics.contains(r#"tollgate_webhook_denials_total{rule="host-namespaces"} 1"#), "{metrics}");
     assert!(metrics.contains(r#"tollgate_webhook_reviews_total{outcome="denied"} 1"#), "{metrics}");
+    // The serving certificate (rcgen's default validity) expires 4096-01-01T00:00:00Z.
+    assert!(metrics.contains("tollgate_webhook_certificate_expiry_seconds 67090118400\n"), "{metrics}");
     server.stop().await;
 }
 
@@ -383,7 +385,7 @@ async fn certificate_rotation_under_continuous_traffic_fails_no_request() {
     let mut leaves = Vec::new();
     for round in 2..=5 {
         tokio::time::sleep(Duration::from_millis(300)).await;
-        let leaf = server.ca.leaf(&format!("serving-{round}"));
+        let leaf = server.ca.leaf_until(&format!("serving-{round}"), 2030, round);
         if round % 2 == 0 {
             // Certificate first, key a moment later: for a while the pair does not match.
             write_in_place(&cert_path, &leaf.cert_pem);
@@ -419,6 +421,8 @@ async fn certificate_rotation_under_continuous_traffic_fails_no_request() {
     }
     let metrics = String::from_utf8(server.client(b"h2").await.send(request("GET", "/metrics", "")).await.unwrap().body.to_vec()).unwrap();
     assert!(metrics.contains(r#"tollgate_webhook_reloads_total{file="tls",result="success"} 4"#), "{metrics}");
+    // The last leaf expires 2030-01-05T00:00:00Z, which is 1893801600 seconds after the epoch.
+    assert!(metrics.contains("tollgate_webhook_certificate_expiry_seconds 1893801600\n"), "{metrics}");
     assert!(
         metrics.contains(r#"tollgate_webhook_reloads_total{file="tls",result="failure"}"#),
         "the mismatched pair was seen and rejected: {metrics}"

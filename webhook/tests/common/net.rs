@@ -39,9 +39,16 @@ impl TestCa {
     /// A serving certificate for 127.0.0.1 and localhost; `name` ends up in the CN so tests can tell
     /// certificates apart.
     pub fn leaf(&self, name: &str) -> Leaf {
+        self.leaf_until(name, 4096, 1)
+    }
+
+    /// A serving certificate like [`TestCa::leaf`] that expires at midnight UTC starting the given day of
+    /// January of `year`.
+    pub fn leaf_until(&self, name: &str, year: i32, january_day: u8) -> Leaf {
         let key = KeyPair::generate().unwrap();
         let mut params = CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()]).unwrap();
         params.distinguished_name.push(DnType::CommonName, name);
+        params.not_after = rcgen::date_time_ymd(year, 1, january_day);
         let cert = params.signed_by(&key, &self.issuer).unwrap();
         Leaf { cert_pem: cert.pem(), key_pem: key.serialize_pem(), der: cert.der().clone() }
     }
