@@ -69,6 +69,67 @@ pub enum CertError {
     Generate(#[from] rcgen::Error),
 }
 
+/// A renewal asked for, whatever the certificates' state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Renew {
+    /// A new serving certificate from the existing CA.
+    Leaf,
+    /// A new CA and serving certificate; the old CA stays trusted for the hand-over (see [`trust_bundle`]).
+    Ca,
+}
+
+/// `action` with a forced renewal applied: never less than what [`assess`] found necessary.
+pub fn force(action: Action, renew: Option<Renew>) -> Action {
+    match (renew, action) {
+        (Some(Renew::Ca), Action::Keep | Action::RenewLeaf(_)) => Action::NewCa("renewal forced (--renew=ca)".into()),
+        (Some(Renew::Leaf), Action::Keep) => Action::RenewLeaf("renewal forced (--renew=leaf)".into()),
+        (_, action) => action,
+    }
+}
+
+/// How long a replaced CA stays in the caBundle: the webhook serves its old certificate until kubelet has
+/// refreshed the Secret volume (about a minute) and the webhook has reloaded it (seconds).
+pub const HANDOVER: Duration = Duration::hours(1);
+
+/// The CA certificates the API server should trust, as one PEM text: `ca_cert` first, then each of
+/// `earlier` (the previous bundle's certificates and a replaced CA) that is still valid, if `ca_cert` was
+/// issued less than [`HANDOVER`] ago. So a new CA is trusted before anything is signed with it, the old one
+/// until every webhook serves the new certificate, and nothing longer: a run after the hand-over drops it.
+pub fn trust_bundle(ca_cert: &str, earlier: &str, now: OffsetDateTime) -> String {
+    let mut bundle = ca_cert.trim_end().to_owned();
+    bundle.push('\n');
+    let Some(current) = parse_pem(ca_cert) else { return bundle };
+    let issued = X509Certificate::from_der(&current).map(|(_, ca)| ca.validity().not_before.to_datetime());
+    // `issue` backdates notBefore by five minutes against clock skew.
+    if !issued.is_ok_and(|issued| now - issued < HANDOVER + Duration::minutes(5)) {
+        return bundle;
+    }
+    let mut kept = vec![current];
+    for pem in pem_blocks(earlier) {
+        let Some(der) = parse_pem(pem) else { continue };
+        let valid = X509Certificate::from_der(&der).is_ok_and(|(_, cert)| remaining(&cert, now) > Duration::ZERO);
+        if valid && !kept.contains(&der) {
+            bundle.push_str(pem.trim_end());
+            bundle.push('\n');
+            kept.push(der);
+        }
+    }
+    bundle
+}
+
+/// Each `-----BEGIN CERTIFICATE-----` … `-----END CERTIFICATE-----` block of a PEM text.
+fn pem_blocks(text: &str) -> impl Iterator<Item = &str> {
+    const END: &str = "-----END CERTIFICATE-----";
+    let mut rest = text;
+    std::iter::from_fn(move || {
+        let start = rest.find("-----BEGIN CERTIFICATE-----")?;
+        let end = start + rest[start..].find(END)? + END.len();
+        let block = &rest[start..end];
+        rest = &rest[end..];
+        Some(block)
+    })
+}
+
 fn parse_pem(pem: &str) -> Option<Vec<u8>> {
     let (_, parsed) = x509_parser::pem::parse_x509_pem(pem.as_bytes()).ok()?;
     Some(parsed.contents)
@@ -219,6 +280,41 @@ mod tests {
         assert!(matches!(assess(Some(&wrong_key), &params(), now), Action::RenewLeaf(why) if why.contains("serving key")));
         let garbage = Bundle { ca_cert: "nope".into(), ..bundle };
         assert!(matches!(assess(Some(&garbage), &params(), now), Action::NewCa(_)));
+    }
+
+    #[test]
+    fn forcing_renews_at_least_what_is_asked() {
+        let due = Action::RenewLeaf("due".into());
+        assert_eq!(force(Action::Keep, None), Action::Keep);
+        assert!(matches!(force(Action::Keep, Some(Renew::Leaf)), Action::RenewLeaf(why) if why.contains("forced")));
+        assert_eq!(force(due.clone(), Some(Renew::Leaf)), due);
+        assert!(matches!(force(due, Some(Renew::Ca)), Action::NewCa(why) if why.contains("forced")));
+        let new = Action::NewCa("no certificates yet".into());
+        assert_eq!(force(new.clone(), Some(Renew::Leaf)), new);
+    }
+
+    #[test]
+    fn a_replaced_ca_stays_trusted_for_the_handover_only() {
+        let now = OffsetDateTime::now_utc();
+        let old = issue(&Action::NewCa("old".into()), None, &params(), now - Duration::days(400)).unwrap().unwrap();
+        let new = issue(&Action::NewCa("new".into()), None, &params(), now).unwrap().unwrap();
+        let pems = |bundle: &str| pem_blocks(bundle).map(str::to_owned).collect::<Vec<_>>();
+
+        let handover = trust_bundle(&new.ca_cert, &old.ca_cert, now);
+        assert_eq!(pems(&handover), [new.ca_cert.trim_end(), old.ca_cert.trim_end()], "new first, then the old one");
+        // Every run within the hand-over keeps the old CA (it reads the bundle it wrote), without repeats.
+        let again = trust_bundle(&new.ca_cert, &format!("{handover}{}", new.ca_cert), now + Duration::minutes(30));
+        assert_eq!(again, handover);
+        // After it, only the current CA is trusted.
+        let after = trust_bundle(&new.ca_cert, &handover, now + HANDOVER + Duration::minutes(6));
+        assert_eq!(pems(&after), [new.ca_cert.trim_end()]);
+        // An expired CA is never carried, and garbage is ignored.
+        let expired =
+            issue(&Action::NewCa("expired".into()), None, &Params { ca_validity: Duration::days(1), ..params() }, now - Duration::days(2))
+                .unwrap()
+                .unwrap();
+        let mixed = format!("{}junk\n-----BEGIN CERTIFICATE-----\nnot base64\n-----END CERTIFICATE-----\n", expired.ca_cert);
+        assert_eq!(pems(&trust_bundle(&new.ca_cert, &mixed, now)), [new.ca_cert.trim_end()]);
     }
 
     #[test]

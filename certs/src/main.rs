@@ -7,13 +7,13 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, ObjectMeta, PostParams};
 use time::{Duration, OffsetDateTime};
-use tollgate_certs::{Action, Bundle, Params, assess, issue};
+use tollgate_certs::{Action, Bundle, Params, Renew, assess, force, issue, trust_bundle};
 
 #[derive(Parser)]
 #[command(name = "tollgate-certs", version, about = "Certificates for tollgate-webhook and the caBundle that trusts them", long_about = None)]
@@ -41,9 +41,16 @@ enum Command {
         /// The Secret holding the CA and its key, mounted by nobody. Default: <service>-ca.
         #[arg(long)]
         ca_secret: Option<String>,
-        /// MutatingWebhookConfiguration whose webhooks get the CA as caBundle.
+        /// MutatingWebhookConfiguration whose webhooks get the CA bundle as caBundle.
         #[arg(long)]
         webhook_config: Option<String>,
+        /// Carry on if the --webhook-config does not exist yet (a Helm pre-install hook runs before it does).
+        #[arg(long, requires = "webhook_config")]
+        allow_missing_webhook_config: bool,
+        /// Renew now, whatever is left: `leaf` (a new serving certificate) or `ca` (a new CA too; the old CA
+        /// stays trusted for an hour, while the webhook loads the new certificate).
+        #[arg(long, value_enum)]
+        renew: Option<RenewArg>,
     },
     /// Set the caBundle of every webhook in a MutatingWebhookConfiguration from a PEM file.
     PatchCaBundle {
@@ -52,6 +59,12 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         ca_file: PathBuf,
     },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum RenewArg {
+    Leaf,
+    Ca,
 }
 
 #[derive(Args)]
@@ -157,22 +170,27 @@ async fn store(api: &Api<Secret>, existing: Option<Secret>, wanted: Secret) -> R
     result.map_err(|e| format!("Secret {name}: {e}"))
 }
 
-async fn patch_ca_bundle(client: kube::Client, config: &str, ca_pem: &str) -> Result<usize, String> {
+/// Set every webhook's caBundle of `config` to `ca_pem`. `None`: the configuration does not exist and
+/// `missing_ok` said that is fine (a pre-install hook runs before the chart creates it).
+async fn patch_ca_bundle(client: kube::Client, config: &str, ca_pem: &str, missing_ok: bool) -> Result<Option<usize>, String> {
     let api: Api<MutatingWebhookConfiguration> = Api::all(client);
     // Read, change, replace with the resourceVersion: a concurrent writer makes us retry, never lose data.
     for _ in 0..5 {
-        let mut current = api.get(config).await.map_err(|e| format!("MutatingWebhookConfiguration {config}: {e}"))?;
+        let current = api.get_opt(config).await.map_err(|e| format!("MutatingWebhookConfiguration {config}: {e}"))?;
+        let Some(mut current) = current else {
+            return if missing_ok { Ok(None) } else { Err(format!("MutatingWebhookConfiguration {config} does not exist")) };
+        };
         let bundle = ByteString(ca_pem.as_bytes().to_vec());
         let webhooks = current.webhooks.get_or_insert_with(Vec::new);
         if webhooks.iter().all(|w| w.client_config.ca_bundle.as_ref() == Some(&bundle)) {
-            return Ok(0);
+            return Ok(Some(0));
         }
         for webhook in webhooks.iter_mut() {
             webhook.client_config.ca_bundle = Some(bundle.clone());
         }
         let count = webhooks.len();
         match api.replace(config, &PostParams::default(), &current).await {
-            Ok(_) => return Ok(count),
+            Ok(_) => return Ok(Some(count)),
             Err(kube::Error::Api(status)) if status.code == 409 => continue,
             Err(e) => return Err(format!("MutatingWebhookConfiguration {config}: {e}")),
         }
@@ -180,7 +198,27 @@ async fn patch_ca_bundle(client: kube::Client, config: &str, ca_pem: &str) -> Re
     Err(format!("MutatingWebhookConfiguration {config}: kept conflicting with other writers"))
 }
 
-async fn secrets(names: &Names, secret_name: &str, ca_secret_name: &str, webhook_config: Option<&str>) -> Result<String, String> {
+fn describe_patch(config: &str, patched: Option<usize>) -> String {
+    match patched {
+        None => format!("caBundle of {config}: not there yet"),
+        Some(0) => format!("caBundle of {config}: already current"),
+        Some(n) => format!("caBundle of {config}: set on {n} webhook(s)"),
+    }
+}
+
+/// Which MutatingWebhookConfiguration trusts the CA, and whether it may be missing.
+struct WebhookConfig<'a> {
+    name: &'a str,
+    missing_ok: bool,
+}
+
+async fn secrets(
+    names: &Names,
+    secret_name: &str,
+    ca_secret_name: &str,
+    webhook_config: Option<WebhookConfig<'_>>,
+    renew: Option<Renew>,
+) -> Result<String, String> {
     let client = kube::Client::try_default().await.map_err(|e| format!("connecting to the API server: {e}"))?;
     let api: Api<Secret> = Api::namespaced(client.clone(), &names.namespace);
     let serving = api.get_opt(secret_name).await.map_err(|e| format!("Secret {secret_name}: {e}"))?;
@@ -193,42 +231,45 @@ async fn secrets(names: &Names, secret_name: &str, ca_secret_name: &str, webhook
         (Some((ca_cert, ca_key)), None) => Some(Bundle { ca_cert, ca_key, cert: String::new(), key: String::new() }),
         _ => None,
     };
+    // What the API server trusts now: the serving Secret's ca.crt is the bundle the last run wrote.
+    let trusted = serving.as_ref().and_then(|s| text(s, "ca.crt")).unwrap_or_default();
     let params = names.params();
     let now = OffsetDateTime::now_utc();
-    let action = assess(existing.as_ref(), &params, now);
-    let bundle = match issue(&action, existing.as_ref(), &params, now).map_err(|e| e.to_string())? {
-        Some(bundle) => {
-            if matches!(action, Action::NewCa(_)) {
-                store(
-                    &api,
-                    ca,
-                    secret(
-                        ca_secret_name,
-                        &names.namespace,
-                        "kubernetes.io/tls",
-                        &[("tls.crt", &bundle.ca_cert), ("tls.key", &bundle.ca_key)],
-                    ),
-                )
-                .await?;
-            }
-            let serving_secret = secret(
-                secret_name,
-                &names.namespace,
-                "kubernetes.io/tls",
-                &[("tls.crt", &bundle.cert), ("tls.key", &bundle.key), ("ca.crt", &bundle.ca_cert)],
-            );
-            store(&api, serving, serving_secret).await?;
-            bundle
-        }
-        None => existing.expect("kept certificates exist"),
+    let action = force(assess(existing.as_ref(), &params, now), renew);
+    let issued = issue(&action, existing.as_ref(), &params, now).map_err(|e| e.to_string())?;
+    let new_ca = matches!(action, Action::NewCa(_));
+    let bundle = issued.as_ref().or(existing.as_ref()).ok_or("kept certificates exist")?;
+    let earlier = match (&existing, new_ca) {
+        (Some(replaced), true) => format!("{}\n{trusted}", replaced.ca_cert),
+        _ => trusted.clone(),
     };
+    let trust = trust_bundle(&bundle.ca_cert, &earlier, now);
     let mut outcome = describe(&action);
-    if let Some(config) = webhook_config {
-        let patched = patch_ca_bundle(client, config, &bundle.ca_cert).await?;
-        outcome.push_str(&format!(
-            "; caBundle of {config}: {}",
-            if patched == 0 { "already current".to_owned() } else { format!("set on {patched} webhook(s)") }
-        ));
+    // A new CA is trusted before anything signed by it is served; the old one stays in the bundle until the
+    // webhook has loaded the new certificate (tollgate_certs::HANDOVER).
+    if new_ca && let Some(config) = &webhook_config {
+        let patched = patch_ca_bundle(client.clone(), config.name, &trust, config.missing_ok).await?;
+        outcome.push_str(&format!("; {}", describe_patch(config.name, patched)));
+    }
+    if let Some(issued) = &issued
+        && new_ca
+    {
+        let ca_secret =
+            secret(ca_secret_name, &names.namespace, "kubernetes.io/tls", &[("tls.crt", &issued.ca_cert), ("tls.key", &issued.ca_key)]);
+        store(&api, ca, ca_secret).await?;
+    }
+    if issued.is_some() || trusted != trust {
+        let serving_secret = secret(
+            secret_name,
+            &names.namespace,
+            "kubernetes.io/tls",
+            &[("tls.crt", &bundle.cert), ("tls.key", &bundle.key), ("ca.crt", &trust)],
+        );
+        store(&api, serving, serving_secret).await?;
+    }
+    if !new_ca && let Some(config) = &webhook_config {
+        let patched = patch_ca_bundle(client, config.name, &trust, config.missing_ok).await?;
+        outcome.push_str(&format!("; {}", describe_patch(config.name, patched)));
     }
     Ok(outcome)
 }
@@ -238,10 +279,15 @@ fn main() -> ExitCode {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a current-thread runtime starts");
     let result = match &cli.command {
         Command::Files { dir, names } => files(dir, &names.params()),
-        Command::Secret { names, secret, ca_secret, webhook_config } => {
+        Command::Secret { names, secret, ca_secret, webhook_config, allow_missing_webhook_config, renew } => {
             let secret = secret.clone().unwrap_or_else(|| format!("{}-tls", names.service));
             let ca_secret = ca_secret.clone().unwrap_or_else(|| format!("{}-ca", names.service));
-            runtime.block_on(secrets(names, &secret, &ca_secret, webhook_config.as_deref()))
+            let config = webhook_config.as_deref().map(|name| WebhookConfig { name, missing_ok: *allow_missing_webhook_config });
+            let renew = renew.map(|r| match r {
+                RenewArg::Leaf => Renew::Leaf,
+                RenewArg::Ca => Renew::Ca,
+            });
+            runtime.block_on(secrets(names, &secret, &ca_secret, config, renew))
         }
         Command::PatchCaBundle { webhook_config, ca_file } => runtime.block_on(async {
             let pem = std::fs::read_to_string(ca_file).map_err(|e| format!("{}: {e}", ca_file.display()))?;
@@ -249,11 +295,8 @@ fn main() -> ExitCode {
                 return Err(format!("{}: no PEM certificate", ca_file.display()));
             }
             let client = kube::Client::try_default().await.map_err(|e| format!("connecting to the API server: {e}"))?;
-            let patched = patch_ca_bundle(client, webhook_config, &pem).await?;
-            Ok(format!(
-                "caBundle of {webhook_config}: {}",
-                if patched == 0 { "already current".to_owned() } else { format!("set on {patched} webhook(s)") }
-            ))
+            let patched = patch_ca_bundle(client, webhook_config, &pem, false).await?;
+            Ok(describe_patch(webhook_config, patched))
         }),
     };
     match result {

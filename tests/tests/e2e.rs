@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use base64::Engine as _;
 use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
 use tokio::sync::Mutex;
@@ -466,6 +467,39 @@ async fn tollgate_certs_keeps_secrets_and_the_ca_bundle_in_step_and_is_idempoten
     assert!(third.starts_with("renewed the serving certificate"), "{third}");
     assert_ne!(secret("tollgate-webhook-tls", "tls.crt"), serving);
     assert_eq!(bundle(), ca);
+
+    // A forced new CA: the caBundle trusts the new CA and, for the hand-over, the old one.
+    let fourth = certs(&["--renew=ca"]);
+    assert!(
+        fourth.starts_with(
+            "created a new CA and serving certificate (renewal forced (--renew=ca)); caBundle of tollgate: set on 3 webhook(s)"
+        ),
+        "{fourth}"
+    );
+    let pem = |b64: &str| String::from_utf8(base64::engine::general_purpose::STANDARD.decode(b64).unwrap()).unwrap();
+    let new_ca = pem(&secret("tollgate-webhook-ca", "tls.crt"));
+    assert_ne!(new_ca, pem(&ca));
+    let trusted = pem(&bundle());
+    assert_eq!(trusted, format!("{new_ca}{}", pem(&ca)), "the new CA, then the old one");
+    assert_eq!(secret("tollgate-webhook-tls", "ca.crt"), bundle(), "the serving Secret's ca.crt is the bundle");
+    let fifth = certs(&[]);
+    assert_eq!(fifth, "certificates are valid; kept; caBundle of tollgate: already current\n", "within the hand-over nothing changes");
+
+    // A pre-install hook runs before the configuration exists: allowed to find none, and only then.
+    let run = |extra: &[&str]| {
+        Command::new(workspace_bin("tollgate-certs"))
+            .args(["secret", "--service=tollgate-webhook", "--namespace=tollgate", "--webhook-config=not-yet"])
+            .args(extra)
+            .env("KUBECONFIG", &plane.kubeconfig)
+            .output()
+            .unwrap()
+    };
+    let out = run(&["--allow-missing-webhook-config"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "certificates are valid; kept; caBundle of not-yet: not there yet\n");
+    let out = run(&[]);
+    assert!(!out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "error: MutatingWebhookConfiguration not-yet does not exist\n");
     drop(webhook);
 }
 
