@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # Builds the upstream binaries the end-to-end tests need, from the Go module proxy with the machine's Go,
 # and caches them by version outside the repository, so only the first run pays:
-#   kube-apiserver and kubectl (k8s.io/kubernetes), etcd (go.etcd.io/etcd/server/v3), helm (helm.sh/helm/v3).
+#   kube-apiserver and kubectl (k8s.io/kubernetes), etcd (go.etcd.io/etcd/server/v3), helm (helm.sh/helm/v3),
+#   promtool (github.com/prometheus/prometheus, to run the chart's alert rules).
 # Prints the bin directory on stdout. Re-running with everything cached takes milliseconds.
 set -euo pipefail
 
 K8S_VERSION=${K8S_VERSION:-v1.36.3}
 ETCD_VERSION=${ETCD_VERSION:-v3.6.16}
 HELM_VERSION=${HELM_VERSION:-v3.22.0}
+PROMETHEUS_VERSION=${PROMETHEUS_VERSION:-v0.307.3}   # the Go module version of Prometheus 3.7.3
 CACHE=${TOLLGATE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/tollgate}
 BIN="$CACHE/bin"
 mkdir -p "$BIN"
@@ -82,10 +84,23 @@ build_helm() {
   rm -rf "$gobin"
 }
 
+build_promtool() {
+  local out="$BIN/promtool-$PROMETHEUS_VERSION"
+  [[ -x "$out" ]] && return
+  log "building promtool $PROMETHEUS_VERSION (first run only)"
+  local dir
+  dir=$(GOFLAGS= go mod download -json "github.com/prometheus/prometheus@$PROMETHEUS_VERSION" | sed -n 's/^\s*"Dir": "\(.*\)",\?$/\1/p')
+  # `go install pkg@version` refuses Prometheus (its go.mod has exclude directives): build inside the module.
+  (cd "$dir" && GOFLAGS= go build -trimpath -ldflags "-s -w" -o "$out.tmp" ./cmd/promtool)
+  mv "$out.tmp" "$out"
+}
+
 build_etcd
 build_helm
+build_promtool
 build_kubernetes
 for name in kube-apiserver kubectl; do ln -sf "$name-$K8S_VERSION" "$BIN/$name"; done
 ln -sf "etcd-$ETCD_VERSION" "$BIN/etcd"
 ln -sf "helm-$HELM_VERSION-r2" "$BIN/helm"
+ln -sf "promtool-$PROMETHEUS_VERSION" "$BIN/promtool"
 echo "$BIN"

@@ -253,6 +253,18 @@ fn helm(plane: &ControlPlane, args: &[&str]) -> std::process::Output {
 
 /// The spec (or webhooks, without their clientConfig) of the one object `kind`/`name` in a YAML stream.
 fn admission_object(stream: &str, kind: &str, name: &str) -> serde_json::Value {
+    let mut object = object_in(stream, kind, name);
+    if let Some(webhooks) = object["webhooks"].as_array_mut() {
+        for webhook in webhooks.iter_mut() {
+            webhook.as_object_mut().unwrap().remove("clientConfig");
+        }
+        return object["webhooks"].clone();
+    }
+    object["spec"].clone()
+}
+
+/// The one object of `kind` named `name` in a YAML stream, whole.
+fn object_in(stream: &str, kind: &str, name: &str) -> serde_json::Value {
     use serde::Deserialize;
     let mut found = None;
     for document in serde_yaml_ng::Deserializer::from_str(stream) {
@@ -262,14 +274,7 @@ fn admission_object(stream: &str, kind: &str, name: &str) -> serde_json::Value {
             found = Some(value);
         }
     }
-    let mut object = found.unwrap_or_else(|| panic!("no {kind} {name}"));
-    if let Some(webhooks) = object["webhooks"].as_array_mut() {
-        for webhook in webhooks.iter_mut() {
-            webhook.as_object_mut().unwrap().remove("clientConfig");
-        }
-        return object["webhooks"].clone();
-    }
-    object["spec"].clone()
+    found.unwrap_or_else(|| panic!("no {kind} {name}"))
 }
 
 fn chart() -> String {
@@ -336,17 +341,136 @@ fn the_helm_chart_lints_clean_and_renders_every_certificate_mode() {
     assert_eq!(shipped_pod, admission_object(&render(&["egressLock.enabled=true"]), "DaemonSet", "tollgate-cni")["template"]["spec"]);
     let off = render(&["egressLock.enabled=true", "policy.proxy.egressLock=off"]);
     assert!(off.contains("egressLock: \"off\"") && off.contains("kind: DaemonSet"), "{off}");
+    // Renewal: a daily CronJob running what the hooks run; certManager signs from a CA of the release's own.
+    let renew = admission_object(&rendered, "CronJob", "tollgate-certs-renew");
+    let hook = admission_object(&rendered, "Job", "tollgate-certs");
+    assert_eq!(renew["jobTemplate"]["spec"]["template"], hook["template"], "the CronJob runs what the post-install hook runs");
+    assert_eq!(renew["schedule"], "17 3 * * *");
+    let cert_manager = render(&["certificates.mode=certManager"]);
+    assert_eq!(admission_object(&cert_manager, "Certificate", "tollgate-webhook")["issuerRef"]["name"], "tollgate-ca");
+    assert_eq!(admission_object(&cert_manager, "Certificate", "tollgate-webhook-ca")["isCA"], true);
+    // Monitoring, each part behind its value: the webhook scraped over HTTPS verified with the release's CA,
+    // the proxies on their admin port in the analysis namespaces, the dashboard valid JSON.
+    assert!(!rendered.contains("monitoring.coreos.com"), "no monitoring CRDs are needed by default");
+    let monitored = render(&[
+        "monitoring.serviceMonitor.enabled=true",
+        "monitoring.podMonitor.enabled=true",
+        "monitoring.dashboard.enabled=true",
+        "analysisNamespaces[0].name=a1",
+        "monitoring.namespaces[0]=monitoring",
+    ]);
+    let endpoint = &admission_object(&monitored, "ServiceMonitor", "tollgate-webhook")["endpoints"][0];
+    assert_eq!(endpoint["tlsConfig"]["ca"]["secret"], serde_json::json!({"name": "tollgate-webhook-tls", "key": "ca.crt"}));
+    assert_eq!(endpoint["tlsConfig"]["serverName"], "tollgate-webhook.tollgate.svc");
+    let pods = admission_object(&monitored, "PodMonitor", "tollgate-proxy");
+    assert_eq!(pods["podMetricsEndpoints"][0]["port"], "tg-admin");
+    assert_eq!(pods["namespaceSelector"]["matchNames"], serde_json::json!(["a1"]));
+    let admin = &admission_object(&monitored, "NetworkPolicy", "tollgate-analysis")["ingress"][1];
+    assert_eq!(admin["from"][0]["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"], "monitoring");
+    let dashboard = object_in(&monitored, "ConfigMap", "tollgate-dashboard");
+    let dashboard: serde_json::Value = serde_json::from_str(dashboard["data"]["tollgate.json"].as_str().unwrap()).unwrap();
+    assert!(dashboard["panels"].as_array().unwrap().len() >= 8, "{dashboard}");
     // The schema refuses what would break at install time.
     for bad in [
         ["--set", "image.webhook=tollgate-webhook:latest"],
         ["--set", "certificates.mode=manual"],
         ["--set", "webhook.timeoutSeconds=60"],
         ["--set", "egressLock.binDir=opt/cni/bin"],
+        ["--set", "certificates.selfSigned.renewBeforeDays=400"],
+        ["--set", "certificates.selfSigned.renewSchedule=daily"],
+        ["--set", "monitoring.prometheusRule.proxyErrorRatio=2"],
     ] {
         let out = Command::new(&helm).args(["template", "t", &chart()]).args(bad).output().unwrap();
         assert!(!out.status.success(), "{bad:?} was accepted");
     }
 }
+
+/// The chart's alerts, run by Prometheus' own rule engine (promtool) over made-up series: each fires when it
+/// should, with the labels and texts an admin sees, and not before.
+#[test]
+fn the_charts_alerts_fire_when_they_should_and_not_before() {
+    let helm = tollgate_e2e::bin_dir().join("helm");
+    let out = Command::new(&helm)
+        .args(["template", "tollgate", &chart(), "-n", "tollgate", "--set", "monitoring.prometheusRule.enabled=true"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let rules = admission_object(&String::from_utf8_lossy(&out.stdout), "PrometheusRule", "tollgate");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("rules.json"), rules.to_string()).unwrap();
+    std::fs::write(dir.path().join("tests.yaml"), ALERT_TESTS).unwrap();
+    let promtool = tollgate_e2e::bin_dir().join("promtool");
+    let check = Command::new(&promtool).args(["check", "rules", "rules.json"]).current_dir(dir.path()).output().unwrap();
+    assert!(check.status.success(), "{}{}", String::from_utf8_lossy(&check.stdout), String::from_utf8_lossy(&check.stderr));
+    let test = Command::new(&promtool).args(["test", "rules", "tests.yaml"]).current_dir(dir.path()).output().unwrap();
+    assert!(test.status.success(), "{}{}", String::from_utf8_lossy(&test.stdout), String::from_utf8_lossy(&test.stderr));
+}
+
+/// promtool's time starts at the Unix epoch: a certificate "expiring at 864000" has ten days left at 0.
+const ALERT_TESTS: &str = r#"
+rule_files: [rules.json]
+evaluation_interval: 1m
+tests:
+  - interval: 1m
+    input_series:
+      - series: 'tollgate_webhook_certificate_expiry_seconds{namespace="tollgate",pod="soon"}'
+        values: '864000x200'
+      - series: 'tollgate_webhook_certificate_expiry_seconds{namespace="tollgate",pod="fine"}'
+        values: '8640000x200'
+      - series: 'up{job="tollgate-webhook",namespace="tollgate"}'
+        values: '1x30 0x30'
+      - series: 'tollgate_webhook_reviews_total{namespace="tollgate",outcome="denied"}'
+        values: '0x20 0+5x40'
+      - series: 'tollgate_proxy_token_fetches_total{namespace="a1",pod="p1",result="failure"}'
+        values: '0x10 0+1x60'
+      - series: 'tollgate_proxy_token_fetches_total{namespace="a1",pod="p2",result="success"}'
+        values: '0+1x60'
+      - series: 'tollgate_proxy_requests_total{namespace="a1",listener="egress",route="hub",status="502",decision="upstream-error"}'
+        values: '0x10 0+60x60'
+      - series: 'tollgate_proxy_requests_total{namespace="a1",listener="egress",route="hub",status="200",decision="allowed"}'
+        values: '0+60x70'
+    alert_rule_test:
+      - { eval_time: 50m, alertname: TollgateWebhookCertificateExpiring, exp_alerts: [] }
+      - eval_time: 70m
+        alertname: TollgateWebhookCertificateExpiring
+        exp_alerts:
+          - exp_labels: { severity: warning, namespace: tollgate, pod: soon }
+            exp_annotations:
+              summary: tollgate-webhook soon serves a certificate that expires in 9d 22h 50m 0s
+              description: The CronJob tollgate-certs-renew (selfSigned) or cert-manager (certManager) should have renewed it; see their logs. An expired certificate blocks every pod creation in analysis namespaces.
+      - { eval_time: 34m, alertname: TollgateWebhookDown, exp_alerts: [] }
+      - eval_time: 37m
+        alertname: TollgateWebhookDown
+        exp_alerts:
+          - exp_labels: { severity: critical }
+            exp_annotations:
+              summary: No tollgate-webhook instance is up in tollgate
+              description: Pods in analysis namespaces cannot be created while the webhook is down (failurePolicy Fail).
+      - { eval_time: 22m, alertname: TollgateDenialsSpiking, exp_alerts: [] }
+      - eval_time: 40m
+        alertname: TollgateDenialsSpiking
+        exp_alerts:
+          - exp_labels: { severity: warning, namespace: tollgate }
+            exp_annotations:
+              summary: tollgate denied 75 pods in 15 minutes
+              description: tollgate_webhook_denials_total says which rules; the webhook's log names each pod and field. A controller retrying a denied pod, or an attack, looks like this.
+      - { eval_time: 20m, alertname: TollgateProxyTokenFailures, exp_alerts: [] }
+      - eval_time: 40m
+        alertname: TollgateProxyTokenFailures
+        exp_alerts:
+          - exp_labels: { severity: warning, namespace: a1, pod: p1 }
+            exp_annotations:
+              summary: The proxy of a1/p1 keeps failing to get a token
+              description: Its requests to token routes fail with 503 until a token is obtained; check the credentials Secret and the token endpoint (the proxy's log names the cause).
+      - { eval_time: 15m, alertname: TollgateProxyErrors, exp_alerts: [] }
+      - eval_time: 40m
+        alertname: TollgateProxyErrors
+        exp_alerts:
+          - exp_labels: { severity: warning, namespace: a1 }
+            exp_annotations:
+              summary: 50% of the proxies' requests in a1 end in 5xx
+              description: Upstreams unreachable or failing, or token failures; tollgate_proxy_requests_total by route and decision says which.
+"#;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn helm_install_creates_every_object_and_its_webhook_hardens_pods() {

@@ -221,6 +221,8 @@ fn t0_helm_install_with_wait_made_the_certificates_first_and_left_no_hook_behind
         ("serviceaccount", "tollgate-certs-secrets"),
         ("role", "tollgate-certs-secrets"),
         ("rolebinding", "tollgate-certs-secrets"),
+        ("clusterrole", "tollgate-certs-secrets"),
+        ("clusterrolebinding", "tollgate-certs-secrets"),
     ] {
         let left = c.ok(&["get", kind, name, "-n", "tollgate", "--ignore-not-found", "-o", "name"]);
         assert!(left.trim().is_empty(), "{kind} {name} left behind: {left}");
@@ -533,6 +535,136 @@ fn t8_rolling_the_webhook_fails_no_pod_creation() {
     assert!(out.status.success(), "{}", text(&out));
     for i in 0..created {
         let _ = c.kubectl(&["delete", "pod", &format!("roll-{i}"), "-n", ns, "--wait=false"]);
+    }
+}
+
+/// Create pods (server-side dry runs: admission without scheduling) until `stop` is set; every failure's text.
+fn create_pods_until(c: &Cluster, stop: &std::sync::atomic::AtomicBool) -> (usize, Vec<String>) {
+    let ns = c.namespace.as_str();
+    let (mut created, mut failures) = (0, Vec::new());
+    while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+        let manifest = format!(
+            r#"{{"apiVersion":"v1","kind":"Pod","metadata":{{"name":"renewal-{created}","namespace":"{ns}"}},"spec":{{"containers":[{{"name":"app","image":"{EXAMPLE}"}}]}}}}"#
+        );
+        let bin = std::fs::read_to_string(format!("{}/bin", c.dir)).unwrap();
+        let out = {
+            use std::io::Write;
+            let mut child = Command::new(format!("{}/kubectl", bin.trim()))
+                .arg(format!("--kubeconfig={}", c.kubeconfig))
+                .args(["create", "--dry-run=server", "-o", "jsonpath={.spec.containers[*].name}", "-f", "-"])
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap();
+            let _ = child.stdin.take().unwrap().write_all(manifest.as_bytes());
+            child.wait_with_output().unwrap()
+        };
+        // Created and hardened: the proxy is there.
+        if !out.status.success() || !String::from_utf8_lossy(&out.stdout).contains("tollgate-proxy") {
+            failures.push(text(&out));
+        }
+        created += 1;
+    }
+    (created, failures)
+}
+
+/// The certificate a webhook pod serves, as PEM.
+fn served_certificate(pod_ip: &str) -> String {
+    let out = Command::new("openssl")
+        .args(["s_client", "-connect", &format!("{pod_ip}:8443"), "-servername", "tollgate-webhook.tollgate.svc"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let all = String::from_utf8_lossy(&out.stdout);
+    let (start, end) = ("-----BEGIN CERTIFICATE-----", "-----END CERTIFICATE-----");
+    match (all.find(start), all.find(end)) {
+        (Some(a), Some(b)) => format!("{}\n", &all[a..b + end.len()]),
+        _ => String::new(),
+    }
+}
+
+fn decoded(secret: &Value, key: &str) -> String {
+    use base64::Engine as _;
+    let b64 = secret["data"][key].as_str().unwrap_or_else(|| panic!("no {key} in {}", secret["metadata"]["name"]));
+    String::from_utf8(base64::engine::general_purpose::STANDARD.decode(b64).unwrap()).unwrap()
+}
+
+#[test]
+#[ignore = "needs scripts/cluster.sh up"]
+fn t8b_renewing_the_certificates_and_upgrading_the_release_fail_no_pod_creation() {
+    let c = cluster();
+    for job in ["renew-check", "renew-ca"] {
+        c.fresh("job", job, "tollgate");
+    }
+    let before = c.json(&["get", "secret", "tollgate-webhook-tls", "-n", "tollgate"]);
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let (created, failures) = std::thread::scope(|scope| {
+        let creating = scope.spawn(|| create_pods_until(&c, &stop));
+        let run_job = |name: &str, job: &str| {
+            c.apply(job);
+            let done = c.kubectl(&["wait", "--for=condition=complete", &format!("job/{name}"), "-n", "tollgate", "--timeout=120s"]);
+            let logs = c.kubectl(&["logs", &format!("job/{name}"), "-n", "tollgate"]);
+            assert!(done.status.success(), "job {name}: {}\n{}", text(&done), text(&logs));
+            String::from_utf8_lossy(&logs.stdout).into_owned()
+        };
+        // The daily renewal, as its CronJob runs it: valid certificates are kept.
+        let cronjob = c.json(&["get", "cronjob", "tollgate-certs-renew", "-n", "tollgate"]);
+        let job = |name: &str, extra: &[&str]| {
+            let mut spec = cronjob["spec"]["jobTemplate"]["spec"].clone();
+            let args = spec["template"]["spec"]["containers"][0]["args"].as_array_mut().unwrap();
+            args.extend(extra.iter().map(|a| Value::from(*a)));
+            serde_json::json!({"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": name, "namespace": "tollgate"}, "spec": spec})
+                .to_string()
+        };
+        let kept = run_job("renew-check", &job("renew-check", &[]));
+        assert_eq!(kept.trim(), "certificates are valid; kept; caBundle of tollgate: already current");
+        // A new CA, forced: trusted beside the old one before the webhook serves a certificate signed by it.
+        let renewed = run_job("renew-ca", &job("renew-ca", &["--renew=ca"]));
+        assert!(
+            renewed.starts_with(
+                "created a new CA and serving certificate (renewal forced (--renew=ca)); caBundle of tollgate: set on 3 webhook(s)"
+            ),
+            "{renewed}"
+        );
+        let after = c.json(&["get", "secret", "tollgate-webhook-tls", "-n", "tollgate"]);
+        let (new_cert, old_ca) = (decoded(&after, "tls.crt"), decoded(&before, "ca.crt"));
+        assert_ne!(new_cert, decoded(&before, "tls.crt"));
+        let new_ca = decoded(&c.json(&["get", "secret", "tollgate-webhook-ca", "-n", "tollgate"]), "tls.crt");
+        assert_eq!(decoded(&after, "ca.crt"), format!("{new_ca}{old_ca}"), "the new CA, then the old one");
+        // kubelet refreshes the mounted Secret, and every webhook pod picks the new certificate up by itself.
+        let deadline = Instant::now() + Duration::from_secs(180);
+        loop {
+            let pods = c.json(&["get", "pods", "-n", "tollgate", "-l", "app.kubernetes.io/name=tollgate-webhook"]);
+            let ips: Vec<String> =
+                pods["items"].as_array().unwrap().iter().filter_map(|p| p["status"]["podIP"].as_str().map(str::to_owned)).collect();
+            assert!(!ips.is_empty());
+            let stale: Vec<&String> = ips.iter().filter(|ip| served_certificate(ip) != new_cert).collect();
+            if stale.is_empty() {
+                break;
+            }
+            assert!(Instant::now() < deadline, "webhook pods {stale:?} still serve the old certificate");
+            std::thread::sleep(Duration::from_secs(2));
+        }
+        // An upgrade (its pre-upgrade hook renews nothing now, the post-upgrade one patches nothing).
+        let chart = format!("{}/../charts/tollgate", env!("CARGO_MANIFEST_DIR"));
+        let upgrade = c.helm(&["upgrade", "tollgate", &chart, "-n", "tollgate", "--reuse-values", "--wait", "--timeout=180s"]);
+        assert!(upgrade.status.success(), "{}", text(&upgrade));
+        std::thread::sleep(Duration::from_secs(2));
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        creating.join().unwrap()
+    });
+    assert!(failures.is_empty(), "{} of {created} pod creations failed: {failures:#?}", failures.len());
+    assert!(created >= 20, "too few creations to show anything: {created}");
+    // The upgrade kept the certificates and the caBundle, and its hook's rights are gone.
+    let after = c.json(&["get", "secret", "tollgate-webhook-tls", "-n", "tollgate"]);
+    let config = c.json(&["get", "mutatingwebhookconfiguration", "tollgate"]);
+    for webhook in config["webhooks"].as_array().unwrap() {
+        assert_eq!(webhook["clientConfig"]["caBundle"], after["data"]["ca.crt"], "caBundle of {}", webhook["name"]);
+    }
+    for kind in ["clusterrole", "clusterrolebinding", "role", "rolebinding", "serviceaccount"] {
+        let left = c.ok(&["get", kind, "tollgate-certs-secrets", "-n", "tollgate", "--ignore-not-found", "-o", "name"]);
+        assert!(left.trim().is_empty(), "{kind} tollgate-certs-secrets left behind: {left}");
     }
 }
 

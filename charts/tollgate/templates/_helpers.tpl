@@ -33,3 +33,11 @@ helm.sh/chart: {{ .Chart.Name }}-{{ .Chart.Version }}
   resourceNames: [tollgate-webhook-tls, tollgate-webhook-ca]
   verbs: [get, update]
 {{- end -}}
+
+{{- /* What tollgate-certs may do with webhook configurations: read and replace the release's own. */ -}}
+{{- define "tollgate.certsWebhookRules" -}}
+- apiGroups: [admissionregistration.k8s.io]
+  resources: [mutatingwebhookconfigurations]
+  resourceNames: [{{ include "tollgate.name" . }}]
+  verbs: [get, update]
+{{- end -}}
