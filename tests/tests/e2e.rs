@@ -370,6 +370,53 @@ fn the_helm_chart_lints_clean_and_renders_every_certificate_mode() {
     let dashboard = object_in(&monitored, "ConfigMap", "tollgate-dashboard");
     let dashboard: serde_json::Value = serde_json::from_str(dashboard["data"]["tollgate.json"].as_str().unwrap()).unwrap();
     assert!(dashboard["panels"].as_array().unwrap().len() >= 8, "{dashboard}");
+    // The usual knobs reach every pod of tollgate's own, and a mirror replaces every image's registry, the
+    // injected proxy's included.
+    let knobs = render(&[
+        "image.registry=mirror.example.org/tg",
+        "imagePullSecrets[0].name=pull",
+        "nodeSelector.disk=ssd",
+        "tolerations[0].operator=Exists",
+        "priorityClassName=tollgate-high",
+        "podAnnotations.team=platform",
+        "topologySpreadConstraints[0].maxSkew=1",
+        "topologySpreadConstraints[0].topologyKey=zone",
+        "topologySpreadConstraints[0].whenUnsatisfiable=DoNotSchedule",
+        "egressLock.enabled=true",
+    ]);
+    let webhook = object_in(&knobs, "Deployment", "tollgate-webhook");
+    let certs = object_in(&knobs, "CronJob", "tollgate-certs-renew");
+    for (what, template) in [("webhook", &webhook["spec"]["template"]), ("certs", &certs["spec"]["jobTemplate"]["spec"]["template"])] {
+        let spec = &template["spec"];
+        assert_eq!(spec["imagePullSecrets"], serde_json::json!([{"name": "pull"}]), "{what}");
+        assert_eq!(spec["nodeSelector"], serde_json::json!({"disk": "ssd"}), "{what}");
+        assert_eq!(spec["tolerations"], serde_json::json!([{"operator": "Exists"}]), "{what}");
+        assert_eq!(spec["priorityClassName"], "tollgate-high", "{what}");
+        assert_eq!(template["metadata"]["annotations"]["team"], "platform", "{what}");
+        assert!(spec["containers"][0]["image"].as_str().unwrap().starts_with("mirror.example.org/tg/privateaim/tollgate-"), "{what}");
+        assert_eq!(template["metadata"]["labels"]["app.kubernetes.io/version"], "0.1.0", "{what}");
+    }
+    assert_eq!(webhook["spec"]["template"]["spec"]["topologySpreadConstraints"][0]["topologyKey"], "zone");
+    let cni = object_in(&knobs, "DaemonSet", "tollgate-cni");
+    assert_eq!(cni["spec"]["template"]["spec"]["containers"][0]["image"], "mirror.example.org/tg/privateaim/tollgate-cni:0.1.0");
+    assert_eq!(cni["spec"]["template"]["spec"]["imagePullSecrets"], serde_json::json!([{"name": "pull"}]));
+    let policy = object_in(&knobs, "ConfigMap", "tollgate-policy");
+    assert!(
+        policy["data"]["policy.yaml"].as_str().unwrap().contains("image: mirror.example.org/tg/privateaim/tollgate-proxy:0.1.0"),
+        "{policy}"
+    );
+    // Every object carries the recommended labels.
+    for document in serde_yaml_ng::Deserializer::from_str(&knobs) {
+        use serde::Deserialize;
+        let object = serde_json::Value::deserialize(document).unwrap();
+        if object.is_null() {
+            continue;
+        }
+        let labels = &object["metadata"]["labels"];
+        for key in ["app.kubernetes.io/name", "app.kubernetes.io/instance", "app.kubernetes.io/version", "app.kubernetes.io/part-of"] {
+            assert!(labels[key].is_string(), "{} {} lacks {key}", object["kind"], object["metadata"]["name"]);
+        }
+    }
     // The schema refuses what would break at install time.
     for bad in [
         ["--set", "image.webhook=tollgate-webhook:latest"],

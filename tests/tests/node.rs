@@ -551,7 +551,7 @@ fn create_pods_until(c: &Cluster, stop: &std::sync::atomic::AtomicBool) -> (usiz
             use std::io::Write;
             let mut child = Command::new(format!("{}/kubectl", bin.trim()))
                 .arg(format!("--kubeconfig={}", c.kubeconfig))
-                .args(["create", "--dry-run=server", "-o", "jsonpath={.spec.containers[*].name}", "-f", "-"])
+                .args(["create", "--dry-run=server", "-o", "jsonpath={.spec.initContainers[*].name}", "-f", "-"])
                 .stdin(Stdio::piped())
                 .stdout(Stdio::piped())
                 .stderr(Stdio::piped())
@@ -560,7 +560,7 @@ fn create_pods_until(c: &Cluster, stop: &std::sync::atomic::AtomicBool) -> (usiz
             let _ = child.stdin.take().unwrap().write_all(manifest.as_bytes());
             child.wait_with_output().unwrap()
         };
-        // Created and hardened: the proxy is there.
+        // Created and hardened: the proxy (a native sidecar) is there.
         if !out.status.success() || !String::from_utf8_lossy(&out.stdout).contains("tollgate-proxy") {
             failures.push(text(&out));
         }
