@@ -8,13 +8,14 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use schemars::JsonSchema;
 use serde::Deserialize;
 
 use crate::connections::Limits;
 use crate::routes::{AuthMode, Pattern, Route, Upstream};
 use crate::units::{parse_bytes, parse_duration};
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RawConfig {
     #[serde(default)]
@@ -33,7 +34,7 @@ pub struct RawConfig {
     pub connections: RawConnections,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RawListen {
     pub egress: Option<String>,
@@ -41,7 +42,7 @@ pub struct RawListen {
     pub admin: Option<String>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RawIdentity {
     pub token_url: String,
@@ -52,7 +53,7 @@ pub struct RawIdentity {
     pub timeout: Option<String>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RawRoute {
     pub name: String,
@@ -79,8 +80,23 @@ pub struct RawRoute {
     pub allow_upgrade: bool,
 }
 
+/// The JSON Schema of a config file (and of the Helm chart's `proxyConfig` value). What a schema cannot say
+/// (route names unique, URLs well-formed, durations in range) [`Config::load`] checks, naming the path.
+pub fn schema() -> serde_json::Value {
+    let schema = schemars::generate::SchemaSettings::draft07()
+        .with(|s| s.inline_subschemas = true)
+        .into_generator()
+        .into_root_schema_for::<RawConfig>();
+    let mut schema = schema.to_value();
+    if let serde_json::Value::Object(map) = &mut schema {
+        map.remove("$schema");
+        map.remove("title");
+    }
+    schema
+}
+
 /// A byte size as written: `10Mi`, or a plain number of bytes.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(untagged)]
 pub enum Size {
     Bytes(u64),
@@ -100,7 +116,7 @@ fn yes() -> bool {
     true
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub enum RawAuth {
     #[default]
@@ -109,7 +125,7 @@ pub enum RawAuth {
     BearerFile,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RawIngress {
     pub upstream: String,
@@ -130,20 +146,20 @@ pub struct RawIngress {
     pub jwks_refetch_interval: Option<String>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RawTls {
     /// PEM bundle of extra CAs trusted for https upstreams, besides the system roots.
     pub extra_ca_file: Option<PathBuf>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RawShutdown {
     pub grace: Option<String>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RawConnections {
     pub head_timeout: Option<String>,

@@ -50,6 +50,8 @@ enum Command {
         #[arg(value_name = "FILE")]
         file: PathBuf,
     },
+    /// Print the JSON Schema of a config file (for editors; the Helm chart's proxyConfig is checked against it).
+    ConfigSchema,
     /// Check, from inside the pod and as a user other than the proxy's, that the egress lock is in place:
     /// that the kernel refuses to send this process's packets out of the pod (UDP and TCP to each target).
     /// The webhook runs it as the init container tollgate-lock-check when its policy requires the lock, so
@@ -103,6 +105,18 @@ fn main() -> ExitCode {
     }
     if let Some(Command::WaitReady { admin, timeout }) = &cli.command {
         return waitready::run(*admin, std::time::Duration::from_secs(*timeout));
+    }
+    if let Some(Command::ConfigSchema) = &cli.command {
+        use std::io::Write;
+        // A closed pipe (`| head`) is not worth a panic.
+        return match writeln!(std::io::stdout().lock(), "{:#}", tollgate_proxy::config::schema()) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: writing to stdout: {e}");
+                ExitCode::FAILURE
+            }
+        };
     }
     if let Some(Command::CheckConfig { file }) = cli.command {
         return match load(&file) {

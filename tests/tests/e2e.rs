@@ -432,6 +432,43 @@ fn the_helm_chart_lints_clean_and_renders_every_certificate_mode() {
     }
 }
 
+/// The chart's schema takes the policy and the proxy config from their Rust types, so the chart refuses at
+/// install what the webhook or the proxy would refuse at start, naming the field.
+#[test]
+fn the_chart_schema_is_generated_from_the_policy_and_config_types_and_names_the_bad_field() {
+    let path = tollgate_e2e::chart_schema::path();
+    let current = std::fs::read_to_string(&path).unwrap();
+    assert!(
+        tollgate_e2e::chart_schema::generate(&current).unwrap() == current,
+        "{} is out of date: run `cargo run -p tollgate-e2e --bin tollgate-chart-schema -- --write`",
+        path.display()
+    );
+    let helm = tollgate_e2e::bin_dir().join("helm");
+    for (set, said) in [
+        ("policy.onViolation=maybe", "at '/policy/onViolation': value must be one of"),
+        ("policy.proxy.egressPort=70000", "at '/policy/proxy/egressPort': maximum"),
+        ("policy.security.runAsUsr=1000", "at '/policy/security': additional properties 'runAsUsr' not allowed"),
+        ("policy.resources.maximum.memory=lots", "at '/policy/resources/maximum/memory': 'lots' does not match pattern"),
+        ("proxyConfig.routes[0].name=hub", "at '/proxyConfig/routes/0': missing properties 'prefix', 'upstream'"),
+        ("proxyConfig.routes[0].auth=basic", "at '/proxyConfig/routes/0/auth'"),
+    ] {
+        let out = Command::new(&helm).args(["template", "t", &chart(), "--set", set]).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && stderr.contains(said), "--set {set}: {stderr}");
+    }
+    // What the webhook and the proxy accept, the chart accepts: the shipped example configuration and a policy
+    // with every section.
+    let example = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../proxy/examples/flame.yaml");
+    let values = format!(
+        "proxyConfig:\n{}\npolicy:\n  onViolation: override\n  resources: {{ maximum: {{ cpu: '4', memory: 8Gi }} }}\n  proxy: {{ egressLock: required }}\n",
+        std::fs::read_to_string(example).unwrap().lines().map(|l| format!("  {l}")).collect::<Vec<_>>().join("\n")
+    );
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("values.yaml"), values).unwrap();
+    let out = Command::new(&helm).args(["template", "t", &chart(), "-f"]).arg(dir.path().join("values.yaml")).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
 /// The chart's alerts, run by Prometheus' own rule engine (promtool) over made-up series: each fires when it
 /// should, with the labels and texts an admin sees, and not before.
 #[test]

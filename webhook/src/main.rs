@@ -43,6 +43,8 @@ enum Command {
     },
     /// Print the embedded default policy, with its documentation.
     DefaultPolicy,
+    /// Print the JSON Schema of a policy file (for editors; the Helm chart's policy is checked against it).
+    PolicySchema,
 }
 
 #[derive(clap::Args)]
@@ -109,9 +111,21 @@ fn main() -> ExitCode {
         Command::Serve(args) => serve(args),
         Command::Inject { file, policy } => inject(&file, policy.as_ref()),
         Command::CheckPolicy { file } => check_policy(&file),
-        Command::DefaultPolicy => {
-            print!("{DEFAULT_POLICY_YAML}");
-            ExitCode::SUCCESS
+        Command::DefaultPolicy => write_stdout(DEFAULT_POLICY_YAML),
+        Command::PolicySchema => write_stdout(&format!("{:#}\n", tollgate_webhook::policy::overlay_schema())),
+    }
+}
+
+/// Print `text` on stdout; a closed pipe (`| head`) or a full disk is an error message, not a panic.
+fn write_stdout(text: &str) -> ExitCode {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: writing to stdout: {e}");
+            ExitCode::FAILURE
         }
     }
 }
@@ -180,10 +194,7 @@ fn inject(file: &str, policy: Option<&PathBuf>) -> ExitCode {
         return ExitCode::FAILURE;
     }
     match result.to_yaml() {
-        Ok(yaml) => {
-            print!("{yaml}");
-            ExitCode::SUCCESS
-        }
+        Ok(yaml) => write_stdout(&yaml),
         Err(e) => {
             eprintln!("error: {e}");
             ExitCode::from(2)

@@ -7,6 +7,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -16,7 +17,7 @@ use crate::quantity::Quantity;
 /// The embedded default policy, with its documentation.
 pub const DEFAULT_POLICY_YAML: &str = include_str!("../default-policy.yaml");
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Policy {
     pub on_violation: OnViolation,
@@ -54,21 +55,21 @@ impl PartialEq for Rendered {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub enum OnViolation {
     Deny,
     Override,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub enum OnExceed {
     Deny,
     Clamp,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub enum ProxyMode {
     Native,
@@ -77,14 +78,14 @@ pub enum ProxyMode {
 
 /// Whether hardened pods must run with their network namespace locked by the tollgate-cni plugin, so that
 /// only the proxy's user can open connections that leave the pod.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub enum EgressLock {
     Off,
     Required,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub enum PullPolicy {
     Always,
     IfNotPresent,
@@ -101,7 +102,7 @@ impl PullPolicy {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct SecurityPolicy {
     pub run_as_user: i64,
@@ -117,7 +118,7 @@ pub struct SecurityPolicy {
     pub allow_dns_config: bool,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ProxyPolicy {
     pub mode: ProxyMode,
@@ -139,7 +140,7 @@ pub struct ProxyPolicy {
     pub egress_lock: EgressLock,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ResourceRequirements {
     #[serde(default, skip_serializing_if = "ResourceList::is_empty")]
@@ -148,7 +149,7 @@ pub struct ResourceRequirements {
     pub limits: ResourceList,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ResourcePolicy {
     pub defaults: ResourceRequirements,
@@ -156,7 +157,7 @@ pub struct ResourcePolicy {
     pub on_exceed: OnExceed,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct LifetimePolicy {
     pub active_deadline_seconds: i64,
@@ -164,7 +165,7 @@ pub struct LifetimePolicy {
     pub restart_always: RestartAlways,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub enum RestartAlways {
     /// Allowed, with a warning that only whoever deletes the pod (or its owner) ends it.
@@ -174,7 +175,7 @@ pub enum RestartAlways {
 
 /// Who may say which analysis a pod belongs to (`tollgate.dev/analysis-id`, `project-id`,
 /// `credentials-secret`): those annotations choose the proxy's credentials and routes.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct IdentityPolicy {
     /// Users (the AdmissionRequest's `userInfo.username`) who may set them, e.g.
@@ -198,7 +199,7 @@ impl IdentityPolicy {
 }
 
 /// Upper bounds on the size of a pod, so that no review is slow by construction.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Bounds {
     /// Containers of all kinds (init, app, ephemeral) together.
@@ -243,6 +244,47 @@ impl<'de> Deserialize<'de> for QuantityValue {
         // Written the way kube-apiserver stores it, so a reinvoked webhook sees its own values again.
         Ok(QuantityValue { text: value.canonical(crate::quantity::Format::of(&text)), value })
     }
+}
+
+impl JsonSchema for QuantityValue {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Quantity".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "description": "A Kubernetes quantity, e.g. 500m, 2, 512Mi or 1Gi",
+            "type": ["string", "number"],
+            "pattern": r"^[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+|[numkMGTPE]|[KMGTPE]i)?$"
+        })
+    }
+}
+
+/// The JSON Schema of a policy file (and of the Helm chart's `policy` value): a policy file is merged over the
+/// embedded default, so every field may be left out, and none but the policy's may be given. What a schema
+/// cannot say (e.g. a maximum below a default) [`Policy::from_yaml`] checks, naming the field.
+pub fn overlay_schema() -> Value {
+    let schema = schemars::generate::SchemaSettings::draft07()
+        .with(|s| s.inline_subschemas = true)
+        .into_generator()
+        .into_root_schema_for::<Policy>();
+    let mut schema = schema.to_value();
+    fn optional(value: &mut Value) {
+        match value {
+            Value::Object(map) => {
+                map.remove("required");
+                map.values_mut().for_each(optional);
+            }
+            Value::Array(items) => items.iter_mut().for_each(optional),
+            _ => {}
+        }
+    }
+    optional(&mut schema);
+    if let Value::Object(map) = &mut schema {
+        map.remove("$schema");
+        map.remove("title");
+    }
+    schema
 }
 
 /// One problem in a policy, with the dotted path of its field.
