@@ -52,6 +52,12 @@ enum Command {
         #[arg(long, value_enum)]
         renew: Option<RenewArg>,
     },
+    /// Delete a MutatingWebhookConfiguration, so that no API request waits on a webhook being removed (the
+    /// chart's pre-delete hook runs it before the webhook's pods go).
+    Unregister {
+        #[arg(long)]
+        webhook_config: String,
+    },
     /// Set the caBundle of every webhook in a MutatingWebhookConfiguration from a PEM file.
     PatchCaBundle {
         #[arg(long)]
@@ -274,6 +280,16 @@ async fn secrets(
     Ok(outcome)
 }
 
+async fn unregister(config: &str) -> Result<String, String> {
+    let client = kube::Client::try_default().await.map_err(|e| format!("connecting to the API server: {e}"))?;
+    let api: Api<MutatingWebhookConfiguration> = Api::all(client);
+    match api.delete(config, &kube::api::DeleteParams::default()).await {
+        Ok(_) => Ok(format!("MutatingWebhookConfiguration {config}: deleted")),
+        Err(kube::Error::Api(status)) if status.code == 404 => Ok(format!("MutatingWebhookConfiguration {config}: already gone")),
+        Err(e) => Err(format!("MutatingWebhookConfiguration {config}: {e}")),
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a current-thread runtime starts");
@@ -289,6 +305,7 @@ fn main() -> ExitCode {
             });
             runtime.block_on(secrets(names, &secret, &ca_secret, config, renew))
         }
+        Command::Unregister { webhook_config } => runtime.block_on(unregister(webhook_config)),
         Command::PatchCaBundle { webhook_config, ca_file } => runtime.block_on(async {
             let pem = std::fs::read_to_string(ca_file).map_err(|e| format!("{}: {e}", ca_file.display()))?;
             if !pem.contains("-----BEGIN CERTIFICATE-----") {

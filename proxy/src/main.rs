@@ -49,6 +49,10 @@ enum Command {
     CheckConfig {
         #[arg(value_name = "FILE")]
         file: PathBuf,
+        /// Check the file as the route table shared by a namespace's pods: a placeholder whose id is not in
+        /// the environment gets a sample one, so every route is checked as a pod with both ids sees it.
+        #[arg(long)]
+        template: bool,
     },
     /// Print the JSON Schema of a config file (for editors; the Helm chart's proxyConfig is checked against it).
     ConfigSchema,
@@ -90,9 +94,9 @@ fn init_logs() {
     tollgate_proxy::audit::init();
 }
 
-fn load(path: &PathBuf) -> Result<Config, String> {
+fn load(path: &PathBuf, env: &Environment) -> Result<Config, String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    Config::load(&text, &Environment::from_process()).map_err(|e| format!("{}:\n{e}", path.display()))
+    Config::load(&text, env).map_err(|e| format!("{}:\n{e}", path.display()))
 }
 
 fn main() -> ExitCode {
@@ -118,10 +122,16 @@ fn main() -> ExitCode {
             }
         };
     }
-    if let Some(Command::CheckConfig { file }) = cli.command {
-        return match load(&file) {
+    if let Some(Command::CheckConfig { file, template }) = cli.command {
+        let mut env = Environment::from_process();
+        if template {
+            env.analysis_id.get_or_insert_with(|| "sample-analysis".to_owned());
+            env.project_id.get_or_insert_with(|| "sample-project".to_owned());
+        }
+        return match load(&file, &env) {
             Ok(config) => {
-                println!("{}: valid ({} routes)", file.display(), config.routes.len());
+                let how = if template { " as a template, ids filled in" } else { "" };
+                println!("{}: valid{how} ({} routes)", file.display(), config.routes.len());
                 for d in &config.disabled {
                     println!("  {} (route {:?}) is left out: it needs {}, which is not set", d.path, d.route, d.missing);
                 }
@@ -138,7 +148,7 @@ fn main() -> ExitCode {
         eprintln!("error: --config FILE is required (or use a subcommand; see --help)");
         return ExitCode::from(2);
     };
-    let config = match load(&path) {
+    let config = match load(&path, &Environment::from_process()) {
         Ok(config) => Arc::new(config),
         Err(e) => {
             tracing::error!(error = %e, "invalid config");

@@ -432,6 +432,116 @@ fn the_helm_chart_lints_clean_and_renders_every_certificate_mode() {
     }
 }
 
+/// `tollgate check` on a real API server with tollgate's webhook registered: a healthy setup is healthy, and
+/// each broken piece is found, named, with a hint, and fails the exit code where it breaks pod creation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tollgate_check_reports_a_healthy_setup_as_healthy_and_each_broken_piece() {
+    let _serial = SERIAL.lock().await;
+    let plane = ControlPlane::start();
+    let webhook = Webhook::start(&plane);
+    namespace(&plane, "tollgate", false);
+    namespace(&plane, "analyses", true);
+    let routes = std::fs::read_to_string(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../proxy/examples/flame.yaml")).unwrap();
+    let serving_secret = |dir: &std::path::Path| {
+        let out = plane.kubectl(&[
+            "create",
+            "secret",
+            "tls",
+            "tollgate-webhook-tls",
+            "-n",
+            "tollgate",
+            &format!("--cert={}", dir.join("tls.crt").display()),
+            &format!("--key={}", dir.join("tls.key").display()),
+        ]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    };
+    serving_secret(&webhook.certs);
+    let routes = format!("--from-literal=config.yaml={routes}");
+    let setup = [
+        vec!["create", "configmap", "tollgate-proxy-routes", "-n", "analyses", &routes],
+        vec!["create", "secret", "generic", "tollgate-proxy-credentials", "-n", "analyses", "--from-literal=client-id=a", "--from-literal=client-secret=b"],
+    ];
+    for args in &setup {
+        let out = plane.kubectl(args);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    let closed = r#"{"apiVersion":"networking.k8s.io/v1","kind":"NetworkPolicy","metadata":{"name":"tollgate-analysis","namespace":"analyses"},"spec":{"podSelector":{},"policyTypes":["Ingress","Egress"]}}"#;
+    assert!(plane.kubectl_stdin(&["create", "-f", "-"], closed).status.success());
+    let check = || {
+        let out = Command::new(workspace_bin("tollgate")).args(["check", "-o", "json"]).env("KUBECONFIG", &plane.kubeconfig).output().unwrap();
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("{e}: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)));
+        let problems: Vec<(String, String, String)> = report["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|f| f["severity"] != "ok")
+            .map(|f| (f["check"].as_str().unwrap().to_owned(), f["severity"].as_str().unwrap().to_owned(), f["message"].as_str().unwrap().to_owned()))
+            .collect();
+        (out.status.code(), problems, report)
+    };
+    let (code, problems, report) = check();
+    assert_eq!((code, problems.as_slice()), (Some(0), &[][..]), "{report:#}");
+    let checks: Vec<&str> = report["findings"].as_array().unwrap().iter().map(|f| f["check"].as_str().unwrap()).collect();
+    assert!(checks.contains(&"admission") && checks.contains(&"ca-bundle") && checks.contains(&"routes"), "{checks:?}");
+
+    // A serving certificate about to expire (from the same CA): a warning, and pods are still created.
+    let soon = plane.dir.path().join("soon");
+    std::fs::create_dir_all(&soon).unwrap();
+    for file in ["ca.crt", "ca.key", "tls.crt", "tls.key"] {
+        std::fs::copy(webhook.certs.join(file), soon.join(file)).unwrap();
+    }
+    let out = Command::new(workspace_bin("tollgate-certs"))
+        .args(["files", "--ip", "127.0.0.1", "--leaf-days", "5", "--renew-days", "400", "--dir"])
+        .arg(&soon)
+        .output()
+        .unwrap();
+    assert!(out.status.success() && String::from_utf8_lossy(&out.stdout).starts_with("renewed the serving certificate"));
+    assert!(plane.kubectl(&["delete", "secret", "tollgate-webhook-tls", "-n", "tollgate"]).status.success());
+    serving_secret(&soon);
+    let (code, problems, _) = check();
+    assert_eq!(code, Some(0), "{problems:?}");
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert_eq!((problems[0].0.as_str(), problems[0].1.as_str()), ("serving-certificate", "warning"));
+    assert!(problems[0].2.ends_with("expires in 5 days"), "{problems:?}");
+
+    // The serving Secret gone: an error.
+    assert!(plane.kubectl(&["delete", "secret", "tollgate-webhook-tls", "-n", "tollgate"]).status.success());
+    let (code, problems, _) = check();
+    assert_eq!((code, problems.len()), (Some(1), 1), "{problems:?}");
+    assert_eq!(problems[0], ("serving-certificate".into(), "error".into(), "does not exist: the webhook's pods cannot start".into()));
+    serving_secret(&webhook.certs);
+
+    // The route ConfigMap gone: an error naming it.
+    assert!(plane.kubectl(&["delete", "configmap", "tollgate-proxy-routes", "-n", "analyses"]).status.success());
+    let (code, problems, _) = check();
+    assert_eq!(code, Some(1));
+    assert_eq!(
+        problems,
+        [("routes".into(), "error".into(), "no ConfigMap tollgate-proxy-routes: hardened pods cannot start their proxy".into())]
+    );
+    assert!(plane.kubectl(&setup[0]).status.success());
+
+    // A caBundle from another CA: the configuration does not trust the webhook, and pod creation fails.
+    let other = plane.dir.path().join("other");
+    let out = Command::new(workspace_bin("tollgate-certs")).args(["files", "--ip", "127.0.0.1", "--dir"]).arg(&other).output().unwrap();
+    assert!(out.status.success());
+    let out = Command::new(workspace_bin("tollgate-certs"))
+        .args(["patch-ca-bundle", "--webhook-config=tollgate", "--ca-file"])
+        .arg(other.join("ca.crt"))
+        .env("KUBECONFIG", &plane.kubeconfig)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let (code, problems, _) = check();
+    assert_eq!(code, Some(1));
+    let found: Vec<(&str, &str)> = problems.iter().map(|(c, s, _)| (c.as_str(), s.as_str())).collect();
+    assert_eq!(found, [("ca-bundle", "error"), ("admission", "error")], "{problems:?}");
+    assert!(problems[0].2.starts_with("does not trust the serving certificate"), "{problems:?}");
+    assert!(problems[1].2.starts_with("a plain pod is refused: "), "{problems:?}");
+    drop(webhook);
+}
+
 /// The chart's schema takes the policy and the proxy config from their Rust types, so the chart refuses at
 /// install what the webhook or the proxy would refuse at start, naming the field.
 #[test]
@@ -596,6 +706,9 @@ async fn helm_install_creates_every_object_and_its_webhook_hardens_pods() {
             "analysisNamespaces[0].name=analyses",
             "--set",
             "analysisNamespaces[0].egressNamespaces[0]=flame",
+            // No node here runs the validation hook's Job (the node suite does).
+            "--set",
+            "validation.enabled=false",
         ],
     );
     assert!(out.status.success(), "helm install: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
@@ -708,6 +821,20 @@ async fn tollgate_certs_keeps_secrets_and_the_ca_bundle_in_step_and_is_idempoten
     let out = run(&[]);
     assert!(!out.status.success());
     assert_eq!(String::from_utf8_lossy(&out.stderr), "error: MutatingWebhookConfiguration not-yet does not exist\n");
+
+    // Before an uninstall removes the webhook, its configuration goes, so no API request waits on it.
+    let unregister = || {
+        let out = Command::new(workspace_bin("tollgate-certs"))
+            .args(["unregister", "--webhook-config=tollgate"])
+            .env("KUBECONFIG", &plane.kubeconfig)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert_eq!(unregister(), "MutatingWebhookConfiguration tollgate: deleted\n");
+    assert!(!plane.kubectl(&["get", "mutatingwebhookconfiguration", "tollgate"]).status.success());
+    assert_eq!(unregister(), "MutatingWebhookConfiguration tollgate: already gone\n");
     drop(webhook);
 }
 

@@ -223,6 +223,8 @@ fn t0_helm_install_with_wait_made_the_certificates_first_and_left_no_hook_behind
         ("rolebinding", "tollgate-certs-secrets"),
         ("clusterrole", "tollgate-certs-secrets"),
         ("clusterrolebinding", "tollgate-certs-secrets"),
+        ("job", "tollgate-validate"),
+        ("configmap", "tollgate-validate"),
     ] {
         let left = c.ok(&["get", kind, name, "-n", "tollgate", "--ignore-not-found", "-o", "name"]);
         assert!(left.trim().is_empty(), "{kind} {name} left behind: {left}");
@@ -538,11 +540,12 @@ fn t8_rolling_the_webhook_fails_no_pod_creation() {
     }
 }
 
-/// Create pods (server-side dry runs: admission without scheduling) until `stop` is set; every failure's text.
+/// Create pods (server-side dry runs: admission without scheduling), at least one and until `stop` is set;
+/// how many, and every failure's text.
 fn create_pods_until(c: &Cluster, stop: &std::sync::atomic::AtomicBool) -> (usize, Vec<String>) {
     let ns = c.namespace.as_str();
     let (mut created, mut failures) = (0, Vec::new());
-    while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+    while created == 0 || !stop.load(std::sync::atomic::Ordering::SeqCst) {
         let manifest = format!(
             r#"{{"apiVersion":"v1","kind":"Pod","metadata":{{"name":"renewal-{created}","namespace":"{ns}"}},"spec":{{"containers":[{{"name":"app","image":"{EXAMPLE}"}}]}}}}"#
         );
@@ -648,7 +651,7 @@ fn t8b_renewing_the_certificates_and_upgrading_the_release_fail_no_pod_creation(
         }
         // An upgrade (its pre-upgrade hook renews nothing now, the post-upgrade one patches nothing).
         let chart = format!("{}/../charts/tollgate", env!("CARGO_MANIFEST_DIR"));
-        let upgrade = c.helm(&["upgrade", "tollgate", &chart, "-n", "tollgate", "--reuse-values", "--wait", "--timeout=180s"]);
+        let upgrade = c.helm(&["upgrade", "tollgate", &chart, "-n", "tollgate", "--reset-then-reuse-values", "--wait", "--timeout=180s"]);
         assert!(upgrade.status.success(), "{}", text(&upgrade));
         std::thread::sleep(Duration::from_secs(2));
         stop.store(true, std::sync::atomic::Ordering::SeqCst);
@@ -665,6 +668,50 @@ fn t8b_renewing_the_certificates_and_upgrading_the_release_fail_no_pod_creation(
     for kind in ["clusterrole", "clusterrolebinding", "role", "rolebinding", "serviceaccount"] {
         let left = c.ok(&["get", kind, "tollgate-certs-secrets", "-n", "tollgate", "--ignore-not-found", "-o", "name"]);
         assert!(left.trim().is_empty(), "{kind} tollgate-certs-secrets left behind: {left}");
+    }
+}
+
+#[test]
+#[ignore = "needs scripts/cluster.sh up"]
+fn t8c_a_bad_policy_or_route_table_fails_the_upgrade_naming_the_field_and_changes_nothing() {
+    let c = cluster();
+    let chart = format!("{}/../charts/tollgate", env!("CARGO_MANIFEST_DIR"));
+    let policy_before = c.json(&["get", "configmap", "tollgate-policy", "-n", "tollgate"]);
+    let dir = tempfile::tempdir().unwrap();
+    // Values the chart's schema accepts (an integer id, a string URL) and the binaries refuse.
+    for (values, said) in [
+        ("policy:\n  security:\n    runAsUser: 0\n", "security.runAsUser: 0 is not a non-root id"),
+        ("proxyConfig:\n  routes:\n    - { name: hub, prefix: /hub/, upstream: 'ftp://hub.example.org/' }\n", "routes[0].upstream"),
+    ] {
+        let file = dir.path().join("bad.yaml");
+        std::fs::write(&file, values).unwrap();
+        let upgrade = c.helm(&[
+            "upgrade",
+            "tollgate",
+            &chart,
+            "-n",
+            "tollgate",
+            "--reset-then-reuse-values",
+            "-f",
+            file.to_str().unwrap(),
+            "--wait",
+            "--timeout=120s",
+        ]);
+        assert!(!upgrade.status.success(), "{values} was installed");
+        assert!(text(&upgrade).contains("tollgate-validate"), "{}", text(&upgrade));
+        let logs = c.ok(&["logs", "job/tollgate-validate", "-n", "tollgate", "--all-containers"]);
+        assert!(logs.contains(said), "{values}: {logs}");
+    }
+    // Nothing changed: the same policy, and pods are still created hardened.
+    assert_eq!(c.json(&["get", "configmap", "tollgate-policy", "-n", "tollgate"])["data"], policy_before["data"]);
+    let (created, failures) = create_pods_until(&c, &std::sync::atomic::AtomicBool::new(true));
+    assert!(created == 1 && failures.is_empty(), "{failures:?}");
+    // A good upgrade goes through and takes the failed check's Job with it.
+    let upgrade = c.helm(&["upgrade", "tollgate", &chart, "-n", "tollgate", "--reset-then-reuse-values", "--wait", "--timeout=180s"]);
+    assert!(upgrade.status.success(), "{}", text(&upgrade));
+    for kind in ["job", "configmap"] {
+        let left = c.ok(&["get", kind, "tollgate-validate", "-n", "tollgate", "--ignore-not-found", "-o", "name"]);
+        assert!(left.trim().is_empty(), "{kind} tollgate-validate left behind: {left}");
     }
 }
 

@@ -236,3 +236,21 @@ async fn serve_logs_one_json_line_per_review_and_stops_on_sigterm() {
     let exit = tokio::time::timeout(Duration::from_secs(10), child.wait()).await.expect("exits after SIGTERM").unwrap();
     assert!(exit.success(), "{exit:?}");
 }
+
+#[test]
+fn policy_schema_describes_a_policy_file_where_every_field_may_be_left_out() {
+    let out = run(&["policy-schema"], None);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let schema: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(schema["additionalProperties"], false);
+    fn requires_something(value: &serde_json::Value) -> bool {
+        match value {
+            serde_json::Value::Object(map) => map.contains_key("required") || map.values().any(requires_something),
+            serde_json::Value::Array(items) => items.iter().any(requires_something),
+            _ => false,
+        }
+    }
+    assert!(!requires_something(&schema), "a policy file is merged over the default: nothing is required");
+    assert_eq!(schema["properties"]["onViolation"]["enum"], serde_json::json!(["deny", "override"]));
+    assert_eq!(schema["properties"]["proxy"]["properties"]["adminPort"]["maximum"], 65535);
+}

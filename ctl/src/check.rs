@@ -1,0 +1,448 @@
+//! What is wrong with a cluster's tollgate, from a snapshot of it: no I/O here, so every finding is tested on
+//! made-up snapshots, and the shell ([`crate::gather`]) only reads.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+use x509_parser::prelude::{FromDer, X509Certificate};
+
+/// The webhooks a tollgate configuration has, by name.
+pub const WEBHOOKS: [&str; 3] = ["harden.pods.tollgate.dev", "connect.pods.tollgate.dev", "identity.workloads.tollgate.dev"];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    Ok,
+    Warning,
+    Error,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Finding {
+    /// What was checked, as a stable id (`ca-bundle`, `routes`, ...).
+    pub check: &'static str,
+    /// What it was checked on: the configuration, a pod, a namespace.
+    pub subject: String,
+    pub severity: Severity,
+    pub message: String,
+    /// What to do about it; none for what is fine.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hint: Option<String>,
+}
+
+/// Something read from the cluster, or why it could not be (`Err`: forbidden, unreachable, ...).
+pub type Read<T> = Result<T, String>;
+
+#[derive(Debug, Clone, Default)]
+pub struct WebhookView {
+    pub name: String,
+    pub ca_bundle: Option<String>,
+    /// `namespace/name` of the Service, or the URL.
+    pub target: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct NamespaceView {
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    /// The proxy's route table (`config.yaml` of the policy's ConfigMap); `Ok(None)`: no such ConfigMap.
+    pub routes: Read<Option<String>>,
+    /// The keys of the credentials Secret; `Ok(None)`: no such Secret.
+    pub credentials: Read<Option<Vec<String>>>,
+    /// NetworkPolicies that select every pod of the namespace and limit its egress.
+    pub closing_network_policies: Read<Vec<String>>,
+    /// A server-side dry run of a plain pod: `Ok(true)` if it came back with tollgate's proxy.
+    pub dry_run: Read<bool>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    /// Seconds since the Unix epoch.
+    pub now: i64,
+    /// Warn about certificates that expire within this many seconds.
+    pub expiry_warning: i64,
+    pub release_namespace: String,
+    /// `major.minor` of the API server.
+    pub server_version: Read<(u32, u32)>,
+    pub config_name: String,
+    pub webhooks: Read<Option<Vec<WebhookView>>>,
+    /// The policy as the webhook reads it (the ConfigMap); `Ok(None)`: none, the embedded default applies.
+    pub policy: Read<Option<String>>,
+    /// The serving Secret's `tls.crt`; `Ok(None)`: no such Secret.
+    pub serving_certificate: Read<Option<String>>,
+    /// Each webhook pod's served certificate's expiry, from its `/metrics`.
+    pub served: Read<Vec<(String, Read<i64>)>>,
+    /// The namespaces the configuration sends pods from.
+    pub namespaces: Read<Vec<NamespaceView>>,
+}
+
+struct Report {
+    findings: Vec<Finding>,
+}
+
+impl Report {
+    fn add(
+        &mut self,
+        check: &'static str,
+        subject: impl Into<String>,
+        severity: Severity,
+        message: impl Into<String>,
+        hint: Option<String>,
+    ) {
+        self.findings.push(Finding { check, subject: subject.into(), severity, message: message.into(), hint });
+    }
+
+    fn ok(&mut self, check: &'static str, subject: impl Into<String>, message: impl Into<String>) {
+        self.add(check, subject, Severity::Ok, message, None);
+    }
+
+    fn warn(&mut self, check: &'static str, subject: impl Into<String>, message: impl Into<String>, hint: impl Into<String>) {
+        self.add(check, subject, Severity::Warning, message, Some(hint.into()));
+    }
+
+    fn error(&mut self, check: &'static str, subject: impl Into<String>, message: impl Into<String>, hint: impl Into<String>) {
+        self.add(check, subject, Severity::Error, message, Some(hint.into()));
+    }
+
+    /// A read that failed: a warning (the check could not be made), with the reason.
+    fn unread(&mut self, check: &'static str, subject: impl Into<String>, what: &str, why: &str) {
+        self.warn(check, subject, format!("not checked: reading {what} failed: {why}"), "run tollgate check as a cluster admin");
+    }
+}
+
+/// A certificate's expiry and whether `issuer` signed it.
+struct Cert {
+    not_after: i64,
+    subject: String,
+}
+
+fn pem_certificates(text: &str) -> Vec<Vec<u8>> {
+    x509_parser::pem::Pem::iter_from_buffer(text.as_bytes())
+        .filter_map(Result::ok)
+        .filter(|p| p.label == "CERTIFICATE")
+        .map(|p| p.contents)
+        .collect()
+}
+
+fn parse(der: &[u8]) -> Option<Cert> {
+    let (_, cert) = X509Certificate::from_der(der).ok()?;
+    Some(Cert { not_after: cert.validity().not_after.timestamp(), subject: cert.subject().to_string() })
+}
+
+fn signed_by_any(leaf: &[u8], bundle: &[Vec<u8>]) -> bool {
+    let Ok((_, leaf)) = X509Certificate::from_der(leaf) else { return false };
+    bundle.iter().any(|ca| {
+        X509Certificate::from_der(ca)
+            .is_ok_and(|(_, ca)| leaf.issuer() == ca.subject() && leaf.verify_signature(Some(ca.public_key())).is_ok())
+    })
+}
+
+fn days(seconds: i64) -> String {
+    format!("{:.0} days", seconds as f64 / 86_400.0)
+}
+
+/// Everything found, worst first within each check's order of appearance.
+pub fn evaluate(s: &Snapshot) -> Vec<Finding> {
+    let mut r = Report { findings: Vec::new() };
+    let config = format!("MutatingWebhookConfiguration {}", s.config_name);
+    let policy_subject = format!("policy ConfigMap in {}", s.release_namespace);
+    let secret_subject = format!("serving Secret in {}", s.release_namespace);
+
+    match &s.server_version {
+        Ok((1, minor)) if *minor >= 29 => r.ok("kubernetes-version", "API server", format!("v1.{minor}")),
+        Ok((major, minor)) => r.error(
+            "kubernetes-version",
+            "API server",
+            format!("v{major}.{minor}: tollgate needs 1.29 or later (native sidecars, ValidatingAdmissionPolicy)"),
+            "upgrade the cluster",
+        ),
+        Err(why) => r.unread("kubernetes-version", "API server", "its version", why),
+    }
+
+    match &s.policy {
+        Ok(None) => r.ok("policy", policy_subject.clone(), "none: the webhook runs its embedded default"),
+        Ok(Some(text)) => match tollgate_webhook::policy::Policy::from_yaml(text) {
+            Ok(policy) => r.ok("policy", policy_subject.clone(), format!("valid ({})", policy.digest())),
+            Err(e) => r.error(
+                "policy",
+                policy_subject.clone(),
+                format!("the webhook refuses it: {e}"),
+                "fix the policy (tollgate-webhook check-policy FILE names each field); the webhook keeps the last valid one",
+            ),
+        },
+        Err(why) => r.unread("policy", policy_subject.clone(), "it", why),
+    }
+
+    let webhooks = match &s.webhooks {
+        Ok(Some(webhooks)) => {
+            let missing: Vec<&str> = WEBHOOKS.iter().copied().filter(|w| !webhooks.iter().any(|v| v.name == *w)).collect();
+            if missing.is_empty() {
+                r.ok("webhook-registered", config.clone(), format!("{} webhooks, calling {}", webhooks.len(), webhooks[0].target));
+            } else {
+                r.error(
+                    "webhook-registered",
+                    config.clone(),
+                    format!("lacks {}", missing.join(", ")),
+                    "re-apply it: helm upgrade, or kubectl apply -f manifests/40-webhook-configuration.yaml",
+                );
+            }
+            webhooks.as_slice()
+        }
+        Ok(None) => {
+            r.error(
+                "webhook-registered",
+                config.clone(),
+                "does not exist: no pod is hardened",
+                "install tollgate (helm install, or kubectl apply -f manifests/)",
+            );
+            &[]
+        }
+        Err(why) => {
+            r.unread("webhook-registered", config.clone(), "it", why);
+            &[]
+        }
+    };
+
+    // The caBundle must trust the certificate the webhook serves; the serving Secret says which that is.
+    let bundle = webhooks.first().and_then(|w| w.ca_bundle.clone());
+    let bundle_certs = bundle.as_deref().map(pem_certificates).unwrap_or_default();
+    if !webhooks.is_empty() {
+        if bundle_certs.is_empty() {
+            r.error(
+                "ca-bundle",
+                config.clone(),
+                "has no caBundle: the API server cannot trust the webhook",
+                "selfSigned: kubectl create job -n <namespace> --from=cronjob/tollgate-certs-renew renew-now; certManager: check cert-manager's cainjector",
+            );
+        } else if webhooks.iter().any(|w| w.ca_bundle != bundle) {
+            r.error(
+                "ca-bundle",
+                config.clone(),
+                "its webhooks have different caBundles",
+                "run tollgate-certs secret --webhook-config=... (the renewal Job) to set them all",
+            );
+        }
+    }
+    let serving = match &s.serving_certificate {
+        Ok(Some(pem)) => pem_certificates(pem).into_iter().next(),
+        Ok(None) => {
+            r.error(
+                "serving-certificate",
+                secret_subject.clone(),
+                "does not exist: the webhook's pods cannot start",
+                "selfSigned: helm upgrade recreates it (or the renewal CronJob); existingSecret: create the Secret you named",
+            );
+            None
+        }
+        Err(why) => {
+            r.unread("serving-certificate", secret_subject.clone(), "it", why);
+            None
+        }
+    };
+    if let Some(der) = &serving {
+        match parse(der) {
+            None => r.error(
+                "serving-certificate",
+                secret_subject.clone(),
+                "tls.crt does not parse",
+                "renew it (tollgate-certs secret --renew=leaf)",
+            ),
+            Some(cert) => {
+                let left = cert.not_after - s.now;
+                if left <= 0 {
+                    r.error(
+                        "serving-certificate",
+                        secret_subject.clone(),
+                        format!("{} has expired: every pod creation in an analysis namespace fails", cert.subject),
+                        "renew now: kubectl create job -n <namespace> --from=cronjob/tollgate-certs-renew renew-now",
+                    );
+                } else if left < s.expiry_warning {
+                    r.warn(
+                        "serving-certificate",
+                        secret_subject.clone(),
+                        format!("{} expires in {}", cert.subject, days(left)),
+                        "the renewal should have run: kubectl get cronjob,jobs -n <namespace>, and their logs",
+                    );
+                } else {
+                    r.ok("serving-certificate", secret_subject.clone(), format!("{} valid for {}", cert.subject, days(left)));
+                }
+                if !bundle_certs.is_empty() {
+                    if signed_by_any(der, &bundle_certs) {
+                        r.ok(
+                            "ca-bundle",
+                            config.clone(),
+                            format!("trusts the serving certificate ({} CA certificate(s))", bundle_certs.len()),
+                        );
+                    } else {
+                        r.error(
+                            "ca-bundle",
+                            config.clone(),
+                            "does not trust the serving certificate: the API server refuses the webhook, and every pod creation in an analysis namespace fails",
+                            "set it from the Secret's ca.crt: tollgate-certs secret --webhook-config=... (selfSigned), or fix webhook.caBundle (existingSecret)",
+                        );
+                    }
+                }
+                // Each pod serves what it loaded; kubelet refreshes the mounted Secret within a minute or two.
+                let by_url = webhooks.iter().find(|w| !w.target.starts_with("Service "));
+                match &s.served {
+                    _ if by_url.is_some() => r.ok(
+                        "webhook-serving",
+                        config.clone(),
+                        format!(
+                            "called at {}, not in a pod here: the admission dry runs show whether it is reached and trusted",
+                            by_url.map_or("", |w| &w.target)
+                        ),
+                    ),
+                    Ok(pods) if pods.is_empty() => r.error(
+                        "webhook-serving",
+                        s.release_namespace.clone(),
+                        "no webhook pod is running",
+                        "kubectl get pods,events -n <namespace>",
+                    ),
+                    Ok(pods) => {
+                        for (pod, expiry) in pods {
+                            match expiry {
+                                Ok(at) if *at <= s.now => r.error(
+                                    "webhook-serving",
+                                    pod.clone(),
+                                    "serves an expired certificate",
+                                    "renew the Secret's certificate; if the Secret's is valid, the pod's log says why it did not reload it",
+                                ),
+                                Ok(at) if *at == cert.not_after => r.ok("webhook-serving", pod.clone(), "serves the Secret's certificate"),
+                                Ok(_) => r.warn(
+                                    "webhook-serving",
+                                    pod.clone(),
+                                    "serves another certificate than the Secret's (not reloaded yet: kubelet refreshes the volume within minutes)",
+                                    "if it stays so, its log says why it did not reload",
+                                ),
+                                Err(why) => r.error("webhook-serving", pod.clone(), format!("its /metrics could not be read: {why}"), "kubectl describe pod and its log"),
+                            }
+                        }
+                    }
+                    Err(why) => r.unread("webhook-serving", s.release_namespace.clone(), "the webhook's pods", why),
+                }
+            }
+        }
+    }
+
+    let policy = s
+        .policy
+        .as_ref()
+        .ok()
+        .and_then(|p| p.as_deref())
+        .and_then(|t| tollgate_webhook::policy::Policy::from_yaml(t).ok())
+        .unwrap_or_default();
+    match &s.namespaces {
+        Ok(namespaces) if namespaces.is_empty() => r.warn(
+            "namespaces",
+            config.clone(),
+            "no namespace is labeled for tollgate: nothing is hardened",
+            "kubectl label namespace <analysis-namespace> tollgate.dev/inject=enabled pod-security.kubernetes.io/enforce=restricted",
+        ),
+        Ok(namespaces) => {
+            for ns in namespaces {
+                namespace(&mut r, ns, &policy);
+            }
+        }
+        Err(why) => r.unread("namespaces", config.clone(), "the namespaces", why),
+    }
+    r.findings
+}
+
+fn namespace(r: &mut Report, ns: &NamespaceView, policy: &tollgate_webhook::policy::Policy) {
+    let name = format!("namespace {}", ns.name);
+    let config_map = &policy.proxy.config_map;
+    let mut needs_credentials = false;
+    match &ns.routes {
+        Ok(Some(text)) => {
+            let env = tollgate_proxy::config::Environment {
+                analysis_id: Some("sample-analysis".into()),
+                project_id: Some("sample-project".into()),
+                ..Default::default()
+            };
+            match tollgate_proxy::config::Config::load(text, &env) {
+                Ok(config) => {
+                    needs_credentials = config.identity.is_some();
+                    r.ok("routes", name.clone(), format!("ConfigMap {config_map}: {} routes", config.routes.len()));
+                }
+                Err(e) => r.error(
+                    "routes",
+                    name.clone(),
+                    format!("ConfigMap {config_map}: every proxy refuses it:\n{e}"),
+                    "fix it (tollgate-proxy check-config --template FILE names each field); hardened pods fail to start until then",
+                ),
+            }
+        }
+        Ok(None) => r.error(
+            "routes",
+            name.clone(),
+            format!("no ConfigMap {config_map}: hardened pods cannot start their proxy"),
+            "list the namespace in the chart's analysisNamespaces, or apply manifests/analysis-namespace.yaml's ConfigMap",
+        ),
+        Err(why) => r.unread("routes", name.clone(), &format!("ConfigMap {config_map}"), why),
+    }
+    let secret = &policy.proxy.credentials_secret;
+    match &ns.credentials {
+        Ok(Some(keys)) => {
+            let missing: Vec<&str> = ["client-id", "client-secret"].into_iter().filter(|k| !keys.iter().any(|key| key == k)).collect();
+            if missing.is_empty() || !needs_credentials {
+                r.ok("credentials", name.clone(), format!("Secret {secret} has {}", keys.join(", ")));
+            } else {
+                r.error(
+                    "credentials",
+                    name.clone(),
+                    format!("Secret {secret} lacks {}: the proxy cannot obtain tokens", missing.join(", ")),
+                    format!(
+                        "kubectl create secret generic {secret} -n {} --from-literal=client-id=... --from-literal=client-secret=...",
+                        ns.name
+                    ),
+                );
+            }
+        }
+        Ok(None) if needs_credentials => r.error(
+            "credentials",
+            name.clone(),
+            format!("no Secret {secret}: the routes obtain tokens, and hardened pods cannot start their proxy without it"),
+            format!("kubectl create secret generic {secret} -n {} --from-literal=client-id=... --from-literal=client-secret=...", ns.name),
+        ),
+        Ok(None) => r.ok("credentials", name.clone(), "no token routes: no credentials needed"),
+        Err(why) => r.unread("credentials", name.clone(), &format!("Secret {secret}"), why),
+    }
+    match ns.labels.get("pod-security.kubernetes.io/enforce").map(String::as_str) {
+        Some("restricted") => r.ok("pod-security", name.clone(), "enforces restricted"),
+        other => r.warn(
+            "pod-security",
+            name.clone(),
+            format!("enforces {}: the API server does not hold hardened pods to restricted", other.unwrap_or("nothing")),
+            format!("kubectl label namespace {} pod-security.kubernetes.io/enforce=restricted", ns.name),
+        ),
+    }
+    match &ns.closing_network_policies {
+        Ok(names) if !names.is_empty() => r.ok("network-policy", name.clone(), format!("closed by {}", names.join(", "))),
+        Ok(_) => r.warn(
+            "network-policy",
+            name.clone(),
+            "no NetworkPolicy selects every pod and limits egress: a pod's containers can open connections past the proxy",
+            "list the namespace in the chart's analysisNamespaces (tollgate-analysis), and see egressLock for a lock the kernel enforces",
+        ),
+        Err(why) => r.unread("network-policy", name.clone(), "its NetworkPolicies", why),
+    }
+    match &ns.dry_run {
+        Ok(true) => r.ok("admission", name.clone(), "a plain pod comes back hardened (server-side dry run)"),
+        Ok(false) => r.error(
+            "admission",
+            name.clone(),
+            "a plain pod comes back without tollgate's proxy: the webhook does not see this namespace's pods",
+            "check the namespace's label against the configuration's namespaceSelector",
+        ),
+        Err(why) => r.error(
+            "admission",
+            name,
+            format!("a plain pod is refused: {why}"),
+            "the message says which part fails (webhook unreachable, caBundle, policy)",
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,192 @@
+use super::*;
+
+use time::{Duration, OffsetDateTime};
+use tollgate_certs::{Action, Bundle, Params, issue};
+
+const FLAME_ROUTES: &str = include_str!("../../../proxy/examples/flame.yaml");
+
+fn bundle(now: OffsetDateTime, leaf_days: i64) -> Bundle {
+    let params = Params { leaf_validity: Duration::days(leaf_days), ..Params::new("tollgate-webhook", "tollgate") };
+    issue(&Action::NewCa("test".into()), None, &params, now).unwrap().unwrap()
+}
+
+fn expiry(bundle: &Bundle) -> i64 {
+    parse(&pem_certificates(&bundle.cert)[0]).unwrap().not_after
+}
+
+fn healthy(now: OffsetDateTime, certs: &Bundle) -> Snapshot {
+    let webhooks = WEBHOOKS
+        .iter()
+        .map(|name| WebhookView {
+            name: (*name).into(),
+            ca_bundle: Some(certs.ca_cert.clone()),
+            target: "Service tollgate/tollgate-webhook".into(),
+        })
+        .collect();
+    Snapshot {
+        now: now.unix_timestamp(),
+        expiry_warning: 14 * 86_400,
+        release_namespace: "tollgate".into(),
+        server_version: Ok((1, 36)),
+        config_name: "tollgate".into(),
+        webhooks: Ok(Some(webhooks)),
+        policy: Ok(Some("onViolation: deny\n".into())),
+        serving_certificate: Ok(Some(certs.cert.clone())),
+        served: Ok(vec![("pod a".into(), Ok(expiry(certs))), ("pod b".into(), Ok(expiry(certs)))]),
+        namespaces: Ok(vec![NamespaceView {
+            name: "analyses".into(),
+            labels: BTreeMap::from([("pod-security.kubernetes.io/enforce".into(), "restricted".into())]),
+            routes: Ok(Some(FLAME_ROUTES.into())),
+            credentials: Ok(Some(vec!["client-id".into(), "client-secret".into()])),
+            closing_network_policies: Ok(vec!["tollgate-analysis".into()]),
+            dry_run: Ok(true),
+        }]),
+    }
+}
+
+fn problems(findings: &[Finding]) -> Vec<(&'static str, Severity, &str)> {
+    findings.iter().filter(|f| f.severity != Severity::Ok).map(|f| (f.check, f.severity, f.message.as_str())).collect()
+}
+
+#[test]
+fn a_healthy_install_is_reported_healthy_check_by_check() {
+    let now = OffsetDateTime::now_utc();
+    let findings = evaluate(&healthy(now, &bundle(now, 365)));
+    assert_eq!(problems(&findings), []);
+    let checks: Vec<&str> = findings.iter().map(|f| f.check).collect();
+    for check in [
+        "kubernetes-version",
+        "policy",
+        "webhook-registered",
+        "serving-certificate",
+        "ca-bundle",
+        "webhook-serving",
+        "routes",
+        "credentials",
+        "pod-security",
+        "network-policy",
+        "admission",
+    ] {
+        assert!(checks.contains(&check), "{check} was not reported: {checks:?}");
+    }
+}
+
+#[test]
+fn a_wrong_ca_bundle_is_an_error_with_a_hint() {
+    let now = OffsetDateTime::now_utc();
+    let mut s = healthy(now, &bundle(now, 365));
+    let other = bundle(now, 365);
+    for w in s.webhooks.as_mut().unwrap().as_mut().unwrap() {
+        w.ca_bundle = Some(other.ca_cert.clone());
+    }
+    let findings = evaluate(&s);
+    assert_eq!(
+        problems(&findings),
+        [("ca-bundle", Severity::Error, findings.iter().find(|f| f.severity == Severity::Error).unwrap().message.as_str())]
+    );
+    let finding = findings.iter().find(|f| f.severity == Severity::Error).unwrap();
+    assert!(finding.message.starts_with("does not trust the serving certificate"), "{finding:?}");
+    assert!(finding.hint.as_deref().unwrap().contains("tollgate-certs secret"), "{finding:?}");
+    // No caBundle at all, and webhooks that disagree.
+    s.webhooks.as_mut().unwrap().as_mut().unwrap()[1].ca_bundle = None;
+    assert!(problems(&evaluate(&s)).contains(&("ca-bundle", Severity::Error, "its webhooks have different caBundles")));
+}
+
+#[test]
+fn missing_pieces_are_errors_naming_them() {
+    let now = OffsetDateTime::now_utc();
+    let certs = bundle(now, 365);
+    let mut s = healthy(now, &certs);
+    s.serving_certificate = Ok(None);
+    assert_eq!(problems(&evaluate(&s)), [("serving-certificate", Severity::Error, "does not exist: the webhook's pods cannot start")]);
+
+    let mut s = healthy(now, &certs);
+    let ns = &mut s.namespaces.as_mut().unwrap()[0];
+    ns.routes = Ok(None);
+    ns.credentials = Ok(None);
+    // Without a route table nothing says credentials are needed: only the route table is missing.
+    assert_eq!(
+        problems(&evaluate(&s)),
+        [("routes", Severity::Error, "no ConfigMap tollgate-proxy-routes: hardened pods cannot start their proxy")]
+    );
+
+    // With token routes, the credentials Secret is needed, and its keys.
+    let mut s = healthy(now, &certs);
+    s.namespaces.as_mut().unwrap()[0].credentials = Ok(Some(vec!["client-id".into()]));
+    assert_eq!(
+        problems(&evaluate(&s)),
+        [("credentials", Severity::Error, "Secret tollgate-proxy-credentials lacks client-secret: the proxy cannot obtain tokens")]
+    );
+    s.namespaces.as_mut().unwrap()[0].credentials = Ok(None);
+    assert_eq!(problems(&evaluate(&s))[0].0, "credentials");
+
+    let mut s = healthy(now, &certs);
+    s.webhooks = Ok(None);
+    assert_eq!(problems(&evaluate(&s)), [("webhook-registered", Severity::Error, "does not exist: no pod is hardened")]);
+}
+
+#[test]
+fn certificates_near_or_past_expiry_and_pods_that_did_not_reload() {
+    let now = OffsetDateTime::now_utc();
+    let soon = bundle(now, 5);
+    let found = evaluate(&healthy(now, &soon));
+    let warning = found.iter().find(|f| f.severity == Severity::Warning).unwrap();
+    assert_eq!((warning.check, warning.message.ends_with("expires in 5 days")), ("serving-certificate", true), "{warning:?}");
+
+    let expired = bundle(now - Duration::days(10), 5);
+    let found = evaluate(&healthy(now, &expired));
+    assert!(problems(&found).iter().any(|(check, severity, message)| *check == "serving-certificate"
+        && *severity == Severity::Error
+        && message.ends_with("has expired: every pod creation in an analysis namespace fails")));
+    assert!(problems(&found).contains(&("webhook-serving", Severity::Error, "serves an expired certificate")));
+
+    let certs = bundle(now, 365);
+    let mut s = healthy(now, &certs);
+    s.served = Ok(vec![("pod a".into(), Ok(expiry(&certs))), ("pod b".into(), Ok(expiry(&certs) - 86_400))]);
+    let findings = evaluate(&s);
+    let found = problems(&findings);
+    assert_eq!(found.len(), 1);
+    assert_eq!((found[0].0, found[0].1), ("webhook-serving", Severity::Warning));
+    s.served = Ok(Vec::new());
+    assert_eq!(problems(&evaluate(&s)), [("webhook-serving", Severity::Error, "no webhook pod is running")]);
+}
+
+#[test]
+fn namespaces_cluster_and_reads_that_failed() {
+    let now = OffsetDateTime::now_utc();
+    let certs = bundle(now, 365);
+    let mut s = healthy(now, &certs);
+    s.server_version = Ok((1, 28));
+    let ns = &mut s.namespaces.as_mut().unwrap()[0];
+    ns.labels.clear();
+    ns.closing_network_policies = Ok(Vec::new());
+    ns.dry_run = Err("Internal error occurred: failed calling webhook \"harden.pods.tollgate.dev\": x509".into());
+    ns.credentials = Err("secrets is forbidden (403)".into());
+    let findings = evaluate(&s);
+    let found = problems(&findings);
+    let checks: Vec<(&str, Severity)> = found.iter().map(|(c, s, _)| (*c, *s)).collect();
+    assert_eq!(
+        checks,
+        [
+            ("kubernetes-version", Severity::Error),
+            ("credentials", Severity::Warning),
+            ("pod-security", Severity::Warning),
+            ("network-policy", Severity::Warning),
+            ("admission", Severity::Error),
+        ]
+    );
+    assert!(found[1].2.starts_with("not checked: reading Secret tollgate-proxy-credentials failed: secrets is forbidden"), "{found:?}");
+    assert!(found[4].2.contains("failed calling webhook"), "{found:?}");
+
+    let mut s = healthy(now, &certs);
+    s.namespaces = Ok(Vec::new());
+    assert_eq!(problems(&evaluate(&s)), [("namespaces", Severity::Warning, "no namespace is labeled for tollgate: nothing is hardened")]);
+    s.namespaces
+        .as_mut()
+        .unwrap()
+        .push(NamespaceView { routes: Ok(Some("routes: [{ name: x }]\n".into())), ..healthy(now, &certs).namespaces.unwrap().remove(0) });
+    let findings = evaluate(&s);
+    let found = problems(&findings);
+    assert_eq!(found[0].0, "routes");
+    assert!(found[0].2.starts_with("ConfigMap tollgate-proxy-routes: every proxy refuses it:"), "{found:?}");
+}

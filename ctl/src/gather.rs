@@ -1,0 +1,180 @@
+//! Reading a [`Snapshot`] through the API server. Nothing here decides anything; a read that fails (forbidden,
+//! not found where that matters, unreachable) is recorded for [`crate::check::evaluate`] to report.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Secret};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use kube::api::{Api, ListParams, PostParams};
+
+use crate::check::{NamespaceView, Read, Snapshot, WebhookView};
+
+/// Where tollgate is installed, and what to call its parts.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub namespace: String,
+    pub webhook_config: String,
+    pub policy_config_map: String,
+    pub serving_secret: String,
+    pub webhook_pod_selector: String,
+    pub expiry_warning_days: i64,
+}
+
+fn describe(e: kube::Error) -> String {
+    match e {
+        kube::Error::Api(status) => format!("{} ({})", status.message, status.code),
+        other => other.to_string(),
+    }
+}
+
+async fn get<K>(api: &Api<K>, name: &str) -> Read<Option<K>>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    api.get_opt(name).await.map_err(describe)
+}
+
+pub async fn snapshot(client: kube::Client, target: &Target) -> Snapshot {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
+    let server_version = client.apiserver_version().await.map_err(describe).and_then(|info| {
+        let number = |text: &str| text.trim_end_matches('+').parse::<u32>().map_err(|_| format!("version {}.{}", info.major, info.minor));
+        Ok((number(&info.major)?, number(&info.minor)?))
+    });
+    let configs: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
+    let config = get(&configs, &target.webhook_config).await;
+    let webhooks = config.as_ref().map_err(Clone::clone).map(|config| {
+        config.as_ref().map(|config| {
+            config
+                .webhooks
+                .iter()
+                .flatten()
+                .map(|w| WebhookView {
+                    name: w.name.clone(),
+                    ca_bundle: w.client_config.ca_bundle.as_ref().map(|b| String::from_utf8_lossy(&b.0).into_owned()),
+                    target: match (&w.client_config.service, &w.client_config.url) {
+                        (Some(service), _) => format!("Service {}/{}", service.namespace, service.name),
+                        (None, Some(url)) => url.clone(),
+                        (None, None) => "nothing".into(),
+                    },
+                })
+                .collect()
+        })
+    });
+    let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), &target.namespace);
+    let policy = get(&config_maps, &target.policy_config_map)
+        .await
+        .map(|cm| cm.map(|cm| cm.data.unwrap_or_default().get("policy.yaml").cloned().unwrap_or_default()));
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &target.namespace);
+    let serving_certificate = get(&secrets, &target.serving_secret).await.map(|secret| {
+        secret.map(|s| s.data.unwrap_or_default().get("tls.crt").map(|b| String::from_utf8_lossy(&b.0).into_owned()).unwrap_or_default())
+    });
+    let served = served(&client, target).await;
+    let selector = config.ok().flatten().and_then(|config| {
+        let webhook = config.webhooks?.into_iter().next()?;
+        let labels = webhook.namespace_selector?.match_labels?;
+        Some(labels.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(","))
+    });
+    let namespaces = match selector {
+        Some(selector) => namespaces(&client, &selector, target, policy.as_ref().ok().cloned().flatten()).await,
+        None => Ok(Vec::new()),
+    };
+    Snapshot {
+        now,
+        expiry_warning: target.expiry_warning_days * 86_400,
+        release_namespace: target.namespace.clone(),
+        server_version,
+        config_name: target.webhook_config.clone(),
+        webhooks,
+        policy,
+        serving_certificate,
+        served,
+        namespaces,
+    }
+}
+
+/// Each running webhook pod's served certificate's expiry, from its `/metrics` through the API server's pod
+/// proxy (so this works from outside the cluster too).
+async fn served(client: &kube::Client, target: &Target) -> Read<Vec<(String, Read<i64>)>> {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &target.namespace);
+    let list = pods.list(&ListParams::default().labels(&target.webhook_pod_selector)).await.map_err(describe)?;
+    let mut served = Vec::new();
+    for pod in list.items {
+        let name = pod.metadata.name.clone().unwrap_or_default();
+        if pod.status.as_ref().and_then(|s| s.phase.as_deref()) != Some("Running") {
+            continue;
+        }
+        let path = format!("/api/v1/namespaces/{}/pods/https:{name}:8443/proxy/metrics", target.namespace);
+        let request = http::Request::get(path).body(Vec::new()).map_err(|e| e.to_string())?;
+        let expiry = client.request_text(request).await.map_err(describe).and_then(|text| {
+            text.lines()
+                .find_map(|line| line.strip_prefix("tollgate_webhook_certificate_expiry_seconds "))
+                .and_then(|value| value.trim().parse::<i64>().ok())
+                .ok_or_else(|| "no tollgate_webhook_certificate_expiry_seconds".to_owned())
+        });
+        served.push((format!("pod {name}"), expiry));
+    }
+    Ok(served)
+}
+
+async fn namespaces(client: &kube::Client, selector: &str, target: &Target, policy: Option<String>) -> Read<Vec<NamespaceView>> {
+    let policy = policy.and_then(|text| tollgate_webhook::policy::Policy::from_yaml(&text).ok()).unwrap_or_default();
+    let api: Api<Namespace> = Api::all(client.clone());
+    let list = api.list(&ListParams::default().labels(selector)).await.map_err(describe)?;
+    let mut views = Vec::new();
+    for ns in list.items {
+        let name = ns.metadata.name.clone().unwrap_or_default();
+        if name == target.namespace {
+            continue;
+        }
+        let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), &name);
+        let routes = get(&config_maps, &policy.proxy.config_map)
+            .await
+            .map(|cm| cm.map(|cm| cm.data.unwrap_or_default().get("config.yaml").cloned().unwrap_or_default()));
+        let secrets: Api<Secret> = Api::namespaced(client.clone(), &name);
+        let credentials = get(&secrets, &policy.proxy.credentials_secret)
+            .await
+            .map(|s| s.map(|s| s.data.unwrap_or_default().into_keys().collect::<Vec<_>>()));
+        let policies: Api<NetworkPolicy> = Api::namespaced(client.clone(), &name);
+        let closing_network_policies = policies.list(&ListParams::default()).await.map_err(describe).map(|list| {
+            list.items
+                .into_iter()
+                .filter(|p| {
+                    let spec = p.spec.clone().unwrap_or_default();
+                    let everyone = spec.pod_selector.as_ref().is_none_or(|s| {
+                        s.match_labels.as_ref().is_none_or(BTreeMap::is_empty) && s.match_expressions.as_ref().is_none_or(Vec::is_empty)
+                    });
+                    everyone && spec.policy_types.as_ref().is_some_and(|types| types.iter().any(|t| t == "Egress"))
+                })
+                .filter_map(|p| p.metadata.name)
+                .collect()
+        });
+        let dry_run = dry_run(client, &name, &policy).await;
+        views.push(NamespaceView {
+            name,
+            labels: ns.metadata.labels.unwrap_or_default(),
+            routes,
+            credentials,
+            closing_network_policies,
+            dry_run,
+        });
+    }
+    Ok(views)
+}
+
+/// Create a plain pod with `dryRun: All`: the API server runs admission (tollgate's webhook included) and
+/// stores nothing.
+async fn dry_run(client: &kube::Client, namespace: &str, policy: &tollgate_webhook::policy::Policy) -> Read<bool> {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
+    let pod: Pod = serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": { "generateName": "tollgate-check-" },
+        "spec": { "containers": [{ "name": "app", "image": policy.proxy.image }] }
+    }))
+    .map_err(|e| e.to_string())?;
+    let created = pods.create(&PostParams { dry_run: true, ..PostParams::default() }, &pod).await.map_err(describe)?;
+    let spec = created.spec.unwrap_or_default();
+    let names = spec.init_containers.iter().flatten().chain(spec.containers.iter()).map(|c| c.name.as_str()).collect::<Vec<_>>();
+    Ok(names.contains(&tollgate_webhook::harden::SIDECAR_NAME))
+}

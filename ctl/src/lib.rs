@@ -1,0 +1,6 @@
+//! `tollgate`, the admin's command. `check` looks at a live cluster the way `linkerd check` does: [`check`] is
+//! the pure core (what is wrong in a [`check::Snapshot`] of the cluster, with a hint for each finding), and
+//! [`gather`] the thin shell that takes the snapshot through the API server.
+
+pub mod check;
+pub mod gather;

@@ -1,0 +1,113 @@
+//! `tollgate`: the admin's command (`tollgate check`).
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use tollgate_ctl::check::{Finding, Severity, evaluate};
+use tollgate_ctl::gather::{Target, snapshot};
+
+#[derive(Parser)]
+#[command(name = "tollgate", version, about = "tollgate, the admin's command", long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Check that the cluster is set up for tollgate: API server version; the webhook registered, its caBundle
+    /// trusting the certificate it serves and how long that is valid; every pod serving it; per analysis
+    /// namespace the route ConfigMap, the credentials Secret, Pod Security, a closing NetworkPolicy, and a
+    /// plain pod coming back hardened (a server-side dry run). Every finding has a hint. Exit code: 0 when
+    /// nothing is wrong (warnings allowed), 1 on any error, 2 when the cluster cannot be asked.
+    Check {
+        /// Where tollgate is installed.
+        #[arg(long, short = 'n', default_value = "tollgate")]
+        namespace: String,
+        /// The MutatingWebhookConfiguration.
+        #[arg(long, default_value = "tollgate")]
+        webhook_config: String,
+        /// The webhook's serving Secret (tls.crt).
+        #[arg(long, default_value = "tollgate-webhook-tls")]
+        secret: String,
+        /// Warn about a serving certificate that expires within this many days.
+        #[arg(long, default_value_t = 14)]
+        expiry_warning_days: i64,
+        #[arg(long, short = 'o', value_enum, default_value = "text")]
+        output: Output,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Output {
+    Text,
+    Json,
+}
+
+fn text(findings: &[Finding]) -> String {
+    let mut out = String::new();
+    for f in findings {
+        let mark = match f.severity {
+            Severity::Ok => "ok  ",
+            Severity::Warning => "WARN",
+            Severity::Error => "FAIL",
+        };
+        out.push_str(&format!("[{mark}] {:<20} {}: {}\n", f.check, f.subject, f.message.replace('\n', "\n         ")));
+        if let Some(hint) = &f.hint {
+            out.push_str(&format!("       hint: {hint}\n"));
+        }
+    }
+    let count = |s| findings.iter().filter(|f| f.severity == s).count();
+    out.push_str(&format!("{} errors, {} warnings, {} ok\n", count(Severity::Error), count(Severity::Warning), count(Severity::Ok)));
+    out
+}
+
+fn main() -> ExitCode {
+    let Command::Check { namespace, webhook_config, secret, expiry_warning_days, output } = Cli::parse().command;
+    let target = Target {
+        namespace,
+        webhook_config,
+        policy_config_map: "tollgate-policy".into(),
+        serving_secret: secret,
+        webhook_pod_selector: "app.kubernetes.io/name=tollgate-webhook".into(),
+        expiry_warning_days,
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: starting the runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let findings = match runtime.block_on(async {
+        let client = kube::Client::try_default().await.map_err(|e| format!("connecting to the API server: {e}"))?;
+        Ok::<_, String>(evaluate(&snapshot(client, &target).await))
+    }) {
+        Ok(findings) => findings,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let rendered = match output {
+        Output::Text => text(&findings),
+        Output::Json => {
+            let count = |s| findings.iter().filter(|f| f.severity == s).count();
+            let report = serde_json::json!({
+                "errors": count(Severity::Error),
+                "warnings": count(Severity::Warning),
+                "findings": findings,
+            });
+            format!("{report:#}\n")
+        }
+    };
+    let mut stdout = std::io::stdout().lock();
+    if let Err(e) = stdout.write_all(rendered.as_bytes()).and_then(|()| stdout.flush())
+        && e.kind() != std::io::ErrorKind::BrokenPipe
+    {
+        eprintln!("error: writing to stdout: {e}");
+        return ExitCode::from(2);
+    }
+    if findings.iter().any(|f| f.severity == Severity::Error) { ExitCode::FAILURE } else { ExitCode::SUCCESS }
+}
