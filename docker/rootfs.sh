@@ -5,7 +5,7 @@
 #
 #   docker/rootfs.sh IMAGE RELEASE_DIR OUT_DIR
 #
-# IMAGE is webhook, proxy, certs, cni, pause or example-analysis; RELEASE_DIR holds the built binaries
+# IMAGE is webhook, proxy, certs, cni, pause, example-analysis or ctl; RELEASE_DIR holds the built binaries
 # (target/release); OUT_DIR must be absent or empty. What it holds, and nothing else (no shell, no coreutils):
 #   /usr/local/bin/<binary>                  0755
 #   every shared library the binary needs    at the path ldd names (real files, symlinks followed);
@@ -25,7 +25,7 @@ die() {
   exit 1
 }
 
-[ $# -eq 3 ] || die "usage: rootfs.sh IMAGE RELEASE_DIR OUT_DIR (IMAGE: webhook, proxy, certs, cni, pause, example-analysis)"
+[ $# -eq 3 ] || die "usage: rootfs.sh IMAGE RELEASE_DIR OUT_DIR (IMAGE: webhook, proxy, certs, cni, pause, example-analysis, ctl)"
 image=$1
 release=$2
 out=$3
@@ -37,7 +37,8 @@ case "$image" in
   cni) binary=tollgate-cni ;;
   pause) binary=tollgate-pause ;;
   example-analysis) binary=tollgate-example-analysis ;;
-  *) die "unknown image '$image' (webhook, proxy, certs, cni, pause, example-analysis)" ;;
+  ctl) binary=tollgate ;;
+  *) die "unknown image '$image' (webhook, proxy, certs, cni, pause, example-analysis, ctl)" ;;
 esac
 
 source_binary=$release/$binary

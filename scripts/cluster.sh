@@ -312,7 +312,7 @@ build_images() {
   host=$(rustc -vV | sed -n 's/^host: //p')
   (cd "$ROOT" && RUSTFLAGS="-C target-feature=+crt-static" cargo build --release --locked -q -p tollgate-cni --target "$host")
   mkdir -p "$STATE/release"
-  cp "$ROOT"/target/release/tollgate-{webhook,proxy,certs,pause,example-analysis} "$ROOT/target/$host/release/tollgate-cni" "$STATE/release/"
+  cp "$ROOT"/target/release/tollgate{-webhook,-proxy,-certs,-pause,-example-analysis,} "$ROOT/target/$host/release/tollgate-cni" "$STATE/release/"
   "$ROOT/target/release/tollgate-images" build --release-dir "$STATE/release" --out "$STATE/images" > "$STATE/images.list"
 }
 

@@ -41,6 +41,19 @@ pub struct WebhookView {
     pub target: String,
 }
 
+/// What became of a plain pod created with `dryRun: All`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DryRun {
+    /// It came back with tollgate's proxy.
+    Hardened,
+    /// It came back as it was sent.
+    Plain,
+    /// Admission refused it (the API server's message).
+    Refused(String),
+    /// Not tried: whoever runs the check may not create pods there.
+    NotAllowed(String),
+}
+
 #[derive(Debug, Clone)]
 pub struct NamespaceView {
     pub name: String,
@@ -51,8 +64,8 @@ pub struct NamespaceView {
     pub credentials: Read<Option<Vec<String>>>,
     /// NetworkPolicies that select every pod of the namespace and limit its egress.
     pub closing_network_policies: Read<Vec<String>>,
-    /// A server-side dry run of a plain pod: `Ok(true)` if it came back with tollgate's proxy.
-    pub dry_run: Read<bool>,
+    /// A server-side dry run of a plain pod.
+    pub dry_run: DryRun,
 }
 
 #[derive(Debug, Clone)]
@@ -149,11 +162,13 @@ pub fn evaluate(s: &Snapshot) -> Vec<Finding> {
     let secret_subject = format!("serving Secret in {}", s.release_namespace);
 
     match &s.server_version {
-        Ok((1, minor)) if *minor >= 29 => r.ok("kubernetes-version", "API server", format!("v1.{minor}")),
+        Ok((1, minor)) if *minor >= 30 => r.ok("kubernetes-version", "API server", format!("v1.{minor}")),
         Ok((major, minor)) => r.error(
             "kubernetes-version",
             "API server",
-            format!("v{major}.{minor}: tollgate needs 1.29 or later (native sidecars, ValidatingAdmissionPolicy)"),
+            format!(
+                "v{major}.{minor}: tollgate needs 1.30 or later (ValidatingAdmissionPolicy v1, webhook matchConditions, native sidecars)"
+            ),
             "upgrade the cluster",
         ),
         Err(why) => r.unread("kubernetes-version", "API server", "its version", why),
@@ -239,6 +254,7 @@ pub fn evaluate(s: &Snapshot) -> Vec<Finding> {
             None
         }
     };
+    let mut secret_expiry = None;
     if let Some(der) = &serving {
         match parse(der) {
             None => r.error(
@@ -248,6 +264,7 @@ pub fn evaluate(s: &Snapshot) -> Vec<Finding> {
                 "renew it (tollgate-certs secret --renew=leaf)",
             ),
             Some(cert) => {
+                secret_expiry = Some(cert.not_after);
                 let left = cert.not_after - s.now;
                 if left <= 0 {
                     r.error(
@@ -282,48 +299,10 @@ pub fn evaluate(s: &Snapshot) -> Vec<Finding> {
                         );
                     }
                 }
-                // Each pod serves what it loaded; kubelet refreshes the mounted Secret within a minute or two.
-                let by_url = webhooks.iter().find(|w| !w.target.starts_with("Service "));
-                match &s.served {
-                    _ if by_url.is_some() => r.ok(
-                        "webhook-serving",
-                        config.clone(),
-                        format!(
-                            "called at {}, not in a pod here: the admission dry runs show whether it is reached and trusted",
-                            by_url.map_or("", |w| &w.target)
-                        ),
-                    ),
-                    Ok(pods) if pods.is_empty() => r.error(
-                        "webhook-serving",
-                        s.release_namespace.clone(),
-                        "no webhook pod is running",
-                        "kubectl get pods,events -n <namespace>",
-                    ),
-                    Ok(pods) => {
-                        for (pod, expiry) in pods {
-                            match expiry {
-                                Ok(at) if *at <= s.now => r.error(
-                                    "webhook-serving",
-                                    pod.clone(),
-                                    "serves an expired certificate",
-                                    "renew the Secret's certificate; if the Secret's is valid, the pod's log says why it did not reload it",
-                                ),
-                                Ok(at) if *at == cert.not_after => r.ok("webhook-serving", pod.clone(), "serves the Secret's certificate"),
-                                Ok(_) => r.warn(
-                                    "webhook-serving",
-                                    pod.clone(),
-                                    "serves another certificate than the Secret's (not reloaded yet: kubelet refreshes the volume within minutes)",
-                                    "if it stays so, its log says why it did not reload",
-                                ),
-                                Err(why) => r.error("webhook-serving", pod.clone(), format!("its /metrics could not be read: {why}"), "kubectl describe pod and its log"),
-                            }
-                        }
-                    }
-                    Err(why) => r.unread("webhook-serving", s.release_namespace.clone(), "the webhook's pods", why),
-                }
             }
         }
     }
+    served(&mut r, s, webhooks, &config, secret_expiry);
 
     let policy = s
         .policy
@@ -347,6 +326,66 @@ pub fn evaluate(s: &Snapshot) -> Vec<Finding> {
         Err(why) => r.unread("namespaces", config.clone(), "the namespaces", why),
     }
     r.findings
+}
+
+/// What each webhook pod serves: it loaded the Secret at some point, and kubelet refreshes the mounted Secret
+/// within a minute or two. `secret_expiry`: the Secret's certificate's, if it could be read.
+fn served(r: &mut Report, s: &Snapshot, webhooks: &[WebhookView], config: &str, secret_expiry: Option<i64>) {
+    if let Some(by_url) = webhooks.iter().find(|w| !w.target.starts_with("Service ")) {
+        let message =
+            format!("called at {}, not in a pod here: the admission dry runs show whether it is reached and trusted", by_url.target);
+        r.ok("webhook-serving", config, message);
+        return;
+    }
+    let pods = match &s.served {
+        Ok(pods) if pods.is_empty() => {
+            return r.error(
+                "webhook-serving",
+                s.release_namespace.clone(),
+                "no webhook pod is running",
+                "kubectl get pods,events -n <namespace>",
+            );
+        }
+        Ok(pods) => pods,
+        Err(why) => return r.unread("webhook-serving", s.release_namespace.clone(), "the webhook's pods", why),
+    };
+    for (pod, expiry) in pods {
+        let at = match expiry {
+            Ok(at) => *at,
+            Err(why) => {
+                r.error(
+                    "webhook-serving",
+                    pod.clone(),
+                    format!("its /metrics could not be read: {why}"),
+                    "kubectl describe pod and its log",
+                );
+                continue;
+            }
+        };
+        let left = at - s.now;
+        match secret_expiry {
+            _ if left <= 0 => r.error(
+                "webhook-serving",
+                pod.clone(),
+                "serves an expired certificate",
+                "renew the Secret's certificate; if the Secret's is valid, the pod's log says why it did not reload it",
+            ),
+            Some(expected) if expected != at => r.warn(
+                "webhook-serving",
+                pod.clone(),
+                "serves another certificate than the Secret's (not reloaded yet: kubelet refreshes the volume within minutes)",
+                "if it stays so, its log says why it did not reload",
+            ),
+            _ if left < s.expiry_warning => r.warn(
+                "webhook-serving",
+                pod.clone(),
+                format!("serves a certificate that expires in {}", days(left)),
+                "the renewal should have run: kubectl get cronjob,jobs -n <namespace>, and their logs",
+            ),
+            Some(_) => r.ok("webhook-serving", pod.clone(), "serves the Secret's certificate"),
+            None => r.ok("webhook-serving", pod.clone(), format!("serves a certificate valid for {}", days(left))),
+        }
+    }
 }
 
 fn namespace(r: &mut Report, ns: &NamespaceView, policy: &tollgate_webhook::policy::Policy) {
@@ -377,7 +416,7 @@ fn namespace(r: &mut Report, ns: &NamespaceView, policy: &tollgate_webhook::poli
             "routes",
             name.clone(),
             format!("no ConfigMap {config_map}: hardened pods cannot start their proxy"),
-            "list the namespace in the chart's analysisNamespaces, or apply manifests/analysis-namespace.yaml's ConfigMap",
+            "list the namespace in the chart's analysisNamespaces, or apply one like manifests/examples/analysis-namespace.yaml's",
         ),
         Err(why) => r.unread("routes", name.clone(), &format!("ConfigMap {config_map}"), why),
     }
@@ -428,19 +467,20 @@ fn namespace(r: &mut Report, ns: &NamespaceView, policy: &tollgate_webhook::poli
         Err(why) => r.unread("network-policy", name.clone(), "its NetworkPolicies", why),
     }
     match &ns.dry_run {
-        Ok(true) => r.ok("admission", name.clone(), "a plain pod comes back hardened (server-side dry run)"),
-        Ok(false) => r.error(
+        DryRun::Hardened => r.ok("admission", name.clone(), "a plain pod comes back hardened (server-side dry run)"),
+        DryRun::Plain => r.error(
             "admission",
             name.clone(),
             "a plain pod comes back without tollgate's proxy: the webhook does not see this namespace's pods",
             "check the namespace's label against the configuration's namespaceSelector",
         ),
-        Err(why) => r.error(
+        DryRun::Refused(why) => r.error(
             "admission",
             name,
             format!("a plain pod is refused: {why}"),
             "the message says which part fails (webhook unreachable, caBundle, policy)",
         ),
+        DryRun::NotAllowed(why) => r.unread("admission", name, "a dry run of a pod", why),
     }
 }
 

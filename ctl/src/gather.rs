@@ -8,7 +8,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Secret};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::api::{Api, ListParams, PostParams};
 
-use crate::check::{NamespaceView, Read, Snapshot, WebhookView};
+use crate::check::{DryRun, NamespaceView, Read, Snapshot, WebhookView};
 
 /// Where tollgate is installed, and what to call its parts.
 #[derive(Debug, Clone)]
@@ -164,7 +164,7 @@ async fn namespaces(client: &kube::Client, selector: &str, target: &Target, poli
 
 /// Create a plain pod with `dryRun: All`: the API server runs admission (tollgate's webhook included) and
 /// stores nothing.
-async fn dry_run(client: &kube::Client, namespace: &str, policy: &tollgate_webhook::policy::Policy) -> Read<bool> {
+async fn dry_run(client: &kube::Client, namespace: &str, policy: &tollgate_webhook::policy::Policy) -> DryRun {
     let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
     let pod: Pod = serde_json::from_value(serde_json::json!({
         "apiVersion": "v1",
@@ -172,9 +172,16 @@ async fn dry_run(client: &kube::Client, namespace: &str, policy: &tollgate_webho
         "metadata": { "generateName": "tollgate-check-" },
         "spec": { "containers": [{ "name": "app", "image": policy.proxy.image }] }
     }))
-    .map_err(|e| e.to_string())?;
-    let created = pods.create(&PostParams { dry_run: true, ..PostParams::default() }, &pod).await.map_err(describe)?;
+    .expect("a literal pod");
+    let created = match pods.create(&PostParams { dry_run: true, ..PostParams::default() }, &pod).await {
+        Ok(created) => created,
+        // Forbidden by RBAC (admission answers 400/500 with the webhook's or policy's message instead).
+        Err(kube::Error::Api(status)) if status.code == 403 && status.reason == "Forbidden" && !status.message.contains("admission") => {
+            return DryRun::NotAllowed(status.message);
+        }
+        Err(e) => return DryRun::Refused(describe(e)),
+    };
     let spec = created.spec.unwrap_or_default();
     let names = spec.init_containers.iter().flatten().chain(spec.containers.iter()).map(|c| c.name.as_str()).collect::<Vec<_>>();
-    Ok(names.contains(&tollgate_webhook::harden::SIDECAR_NAME))
+    if names.contains(&tollgate_webhook::harden::SIDECAR_NAME) { DryRun::Hardened } else { DryRun::Plain }
 }

@@ -2,7 +2,8 @@
 # Builds the upstream binaries the end-to-end tests need, from the Go module proxy with the machine's Go,
 # and caches them by version outside the repository, so only the first run pays:
 #   kube-apiserver and kubectl (k8s.io/kubernetes), etcd (go.etcd.io/etcd/server/v3), helm (helm.sh/helm/v3),
-#   promtool (github.com/prometheus/prometheus, to run the chart's alert rules).
+#   promtool (github.com/prometheus/prometheus, to run the chart's alert rules), helm-docs (the chart's
+#   README from its values).
 # Prints the bin directory on stdout. Re-running with everything cached takes milliseconds.
 set -euo pipefail
 
@@ -10,6 +11,7 @@ K8S_VERSION=${K8S_VERSION:-v1.36.3}
 ETCD_VERSION=${ETCD_VERSION:-v3.6.16}
 HELM_VERSION=${HELM_VERSION:-v3.22.0}
 PROMETHEUS_VERSION=${PROMETHEUS_VERSION:-v0.307.3}   # the Go module version of Prometheus 3.7.3
+HELM_DOCS_VERSION=${HELM_DOCS_VERSION:-v1.14.2}
 CACHE=${TOLLGATE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/tollgate}
 BIN="$CACHE/bin"
 mkdir -p "$BIN"
@@ -95,12 +97,25 @@ build_promtool() {
   mv "$out.tmp" "$out"
 }
 
+build_helm_docs() {
+  local out="$BIN/helm-docs-$HELM_DOCS_VERSION"
+  [[ -x "$out" ]] && return
+  log "building helm-docs $HELM_DOCS_VERSION (first run only)"
+  local gobin
+  gobin=$(mktemp -d)
+  GOFLAGS= GOBIN="$gobin" go install -trimpath -ldflags "-s -w" "github.com/norwoodj/helm-docs/cmd/helm-docs@$HELM_DOCS_VERSION"
+  mv "$gobin/helm-docs" "$out"
+  rm -rf "$gobin"
+}
+
 build_etcd
 build_helm
 build_promtool
+build_helm_docs
 build_kubernetes
 for name in kube-apiserver kubectl; do ln -sf "$name-$K8S_VERSION" "$BIN/$name"; done
 ln -sf "etcd-$ETCD_VERSION" "$BIN/etcd"
 ln -sf "helm-$HELM_VERSION-r2" "$BIN/helm"
 ln -sf "promtool-$PROMETHEUS_VERSION" "$BIN/promtool"
+ln -sf "helm-docs-$HELM_DOCS_VERSION" "$BIN/helm-docs"
 echo "$BIN"

@@ -38,7 +38,7 @@ pub struct Image {
 /// of registry.k8s.io/pause.
 pub const PAUSE_REFERENCE: &str = concat!("localhost/tollgate/pause:", env!("CARGO_PKG_VERSION"));
 
-pub const IMAGES: [Image; 6] = [
+pub const IMAGES: [Image; 7] = [
     Image {
         name: "webhook",
         binary: "tollgate-webhook",
@@ -53,6 +53,7 @@ pub const IMAGES: [Image; 6] = [
         binary: "tollgate-example-analysis",
         reference: concat!("localhost/tollgate/example-analysis:", env!("CARGO_PKG_VERSION")),
     },
+    Image { name: "ctl", binary: "tollgate", reference: concat!("ghcr.io/privateaim/tollgate:", env!("CARGO_PKG_VERSION")) },
 ];
 
 pub const MEDIA_INDEX: &str = "application/vnd.oci.image.index.v1+json";

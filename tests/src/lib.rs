@@ -3,7 +3,7 @@
 //! included). No scheduler and no kubelet: pods are admitted and stored, which is what tollgate changes.
 //! Everything started is stopped (and its directory removed) when the [`ControlPlane`] is dropped.
 
-pub mod chart_schema;
+pub mod chart_files;
 pub mod images;
 
 use std::net::TcpListener;

@@ -221,19 +221,23 @@ fn every_plain_manifest_is_accepted_by_the_api_server() {
     let plane = ControlPlane::start();
     let manifests = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../manifests");
     // A server-side dry run cannot create the namespaces the other objects live in: create those first.
-    for ns in ["00-namespace.yaml", "analysis-namespace.yaml"] {
+    for ns in ["00-namespace.yaml", "examples/analysis-namespace.yaml"] {
         let out = plane.kubectl(&["apply", "-f", manifests.join(ns).to_str().unwrap()]);
         assert!(out.status.success(), "{ns}: {}", String::from_utf8_lossy(&out.stderr));
     }
     let out = plane.kubectl(&["apply", "--dry-run=server", "-f", manifests.to_str().unwrap()]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let applied = String::from_utf8_lossy(&out.stdout);
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("analyses"), "the example namespace is not part of an install");
+    let example = plane.kubectl(&["apply", "--dry-run=server", "-f", manifests.join("examples").to_str().unwrap()]);
+    assert!(example.status.success(), "{}", String::from_utf8_lossy(&example.stderr));
+    let applied = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&example.stdout));
     for object in [
         "mutatingwebhookconfiguration.admissionregistration.k8s.io/tollgate",
         "deployment.apps/tollgate-webhook",
         "poddisruptionbudget.policy/tollgate-webhook",
         "networkpolicy.networking.k8s.io/tollgate-analysis",
         "job.batch/tollgate-certs",
+        "cronjob.batch/tollgate-certs-renew",
     ] {
         assert!(applied.contains(object), "{object} missing from:\n{applied}");
     }
@@ -459,7 +463,16 @@ async fn tollgate_check_reports_a_healthy_setup_as_healthy_and_each_broken_piece
     let routes = format!("--from-literal=config.yaml={routes}");
     let setup = [
         vec!["create", "configmap", "tollgate-proxy-routes", "-n", "analyses", &routes],
-        vec!["create", "secret", "generic", "tollgate-proxy-credentials", "-n", "analyses", "--from-literal=client-id=a", "--from-literal=client-secret=b"],
+        vec![
+            "create",
+            "secret",
+            "generic",
+            "tollgate-proxy-credentials",
+            "-n",
+            "analyses",
+            "--from-literal=client-id=a",
+            "--from-literal=client-secret=b",
+        ],
     ];
     for args in &setup {
         let out = plane.kubectl(args);
@@ -468,7 +481,8 @@ async fn tollgate_check_reports_a_healthy_setup_as_healthy_and_each_broken_piece
     let closed = r#"{"apiVersion":"networking.k8s.io/v1","kind":"NetworkPolicy","metadata":{"name":"tollgate-analysis","namespace":"analyses"},"spec":{"podSelector":{},"policyTypes":["Ingress","Egress"]}}"#;
     assert!(plane.kubectl_stdin(&["create", "-f", "-"], closed).status.success());
     let check = || {
-        let out = Command::new(workspace_bin("tollgate")).args(["check", "-o", "json"]).env("KUBECONFIG", &plane.kubeconfig).output().unwrap();
+        let out =
+            Command::new(workspace_bin("tollgate")).args(["check", "-o", "json"]).env("KUBECONFIG", &plane.kubeconfig).output().unwrap();
         let report: serde_json::Value = serde_json::from_slice(&out.stdout)
             .unwrap_or_else(|e| panic!("{e}: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)));
         let problems: Vec<(String, String, String)> = report["findings"]
@@ -476,7 +490,13 @@ async fn tollgate_check_reports_a_healthy_setup_as_healthy_and_each_broken_piece
             .unwrap()
             .iter()
             .filter(|f| f["severity"] != "ok")
-            .map(|f| (f["check"].as_str().unwrap().to_owned(), f["severity"].as_str().unwrap().to_owned(), f["message"].as_str().unwrap().to_owned()))
+            .map(|f| {
+                (
+                    f["check"].as_str().unwrap().to_owned(),
+                    f["severity"].as_str().unwrap().to_owned(),
+                    f["message"].as_str().unwrap().to_owned(),
+                )
+            })
             .collect();
         (out.status.code(), problems, report)
     };
@@ -543,16 +563,26 @@ async fn tollgate_check_reports_a_healthy_setup_as_healthy_and_each_broken_piece
 }
 
 /// The chart's schema takes the policy and the proxy config from their Rust types, so the chart refuses at
-/// install what the webhook or the proxy would refuse at start, naming the field.
+/// install what the webhook or the proxy would refuse at start, naming the field; its README documents every
+/// value from values.yaml.
 #[test]
-fn the_chart_schema_is_generated_from_the_policy_and_config_types_and_names_the_bad_field() {
-    let path = tollgate_e2e::chart_schema::path();
-    let current = std::fs::read_to_string(&path).unwrap();
-    assert!(
-        tollgate_e2e::chart_schema::generate(&current).unwrap() == current,
-        "{} is out of date: run `cargo run -p tollgate-e2e --bin tollgate-chart-schema -- --write`",
-        path.display()
-    );
+fn the_chart_schema_and_readme_are_generated_and_the_schema_names_the_bad_field() {
+    for file in tollgate_e2e::chart_files::files() {
+        let current = std::fs::read_to_string(&file.path).unwrap_or_default();
+        assert!(
+            (file.generate)(&current).unwrap() == current,
+            "{} is out of date: run `cargo run -p tollgate-e2e --bin tollgate-chart-files -- --write`",
+            file.path.display()
+        );
+    }
+    // Every value has a description (helm-docs leaves the column empty for a value without a `# --` comment).
+    let readme = std::fs::read_to_string(tollgate_e2e::chart_files::chart_dir().join("README.md")).unwrap();
+    let rows: Vec<&str> = readme.lines().filter(|l| l.starts_with("| ") && !l.starts_with("| Key ")).collect();
+    assert!(rows.len() > 50, "{rows:?}");
+    for row in rows {
+        let description = row.trim_end_matches('|').rsplit(" | ").next().unwrap().trim();
+        assert!(!description.is_empty(), "undocumented: {row}");
+    }
     let helm = tollgate_e2e::bin_dir().join("helm");
     for (set, said) in [
         ("policy.onViolation=maybe", "at '/policy/onViolation': value must be one of"),

@@ -116,7 +116,7 @@ struct Expected {
 }
 
 /// What the Dockerfile says today, written out independently of its parser.
-const EXPECTED: [Expected; 6] = [
+const EXPECTED: [Expected; 7] = [
     Expected { name: "webhook", cmd: Some(&["serve"]), ports: &["8443/tcp"], user: 65532 },
     Expected { name: "proxy", cmd: None, ports: &["15001/tcp", "15006/tcp", "15021/tcp"], user: 65532 },
     Expected { name: "certs", cmd: None, ports: &[], user: 65532 },
@@ -124,6 +124,8 @@ const EXPECTED: [Expected; 6] = [
     Expected { name: "cni", cmd: Some(&["install"]), ports: &[], user: 0 },
     Expected { name: "pause", cmd: None, ports: &[], user: 65532 },
     Expected { name: "example-analysis", cmd: Some(&["run"]), ports: &["8000/tcp"], user: 65532 },
+    // The admin's command, for `helm test` (tollgate check).
+    Expected { name: "ctl", cmd: Some(&["check"]), ports: &[], user: 65532 },
 ];
 
 fn check_image(name: &str) {
@@ -332,6 +334,11 @@ fn image_example_analysis() {
 }
 
 #[test]
+fn image_ctl() {
+    check_image("ctl");
+}
+
+#[test]
 fn images_are_named_as_the_manifests_and_the_sandbox_expect() {
     let references: Vec<&str> = IMAGES.iter().map(|i| i.reference).collect();
     assert_eq!(
@@ -343,6 +350,7 @@ fn images_are_named_as_the_manifests_and_the_sandbox_expect() {
             "ghcr.io/privateaim/tollgate-cni:0.1.0",
             "localhost/tollgate/pause:0.1.0",
             "localhost/tollgate/example-analysis:0.1.0",
+            "ghcr.io/privateaim/tollgate:0.1.0",
         ]
     );
     assert_eq!(PAUSE_REFERENCE, "localhost/tollgate/pause:0.1.0");

@@ -669,6 +669,9 @@ fn t8b_renewing_the_certificates_and_upgrading_the_release_fail_no_pod_creation(
         let left = c.ok(&["get", kind, "tollgate-certs-secrets", "-n", "tollgate", "--ignore-not-found", "-o", "name"]);
         assert!(left.trim().is_empty(), "{kind} tollgate-certs-secrets left behind: {left}");
     }
+    for job in ["renew-check", "renew-ca"] {
+        c.fresh("job", job, "tollgate");
+    }
 }
 
 #[test]
@@ -717,6 +720,36 @@ fn t8c_a_bad_policy_or_route_table_fails_the_upgrade_naming_the_field_and_change
 
 #[test]
 #[ignore = "needs scripts/cluster.sh up"]
+fn t8d_helm_test_runs_tollgate_check_in_the_cluster_and_leaves_no_rights_behind() {
+    let c = cluster();
+    let test = c.helm(&["test", "tollgate", "-n", "tollgate", "--logs", "--timeout=120s"]);
+    let out = text(&test);
+    assert!(test.status.success(), "{out}");
+    // It checked what a healthy install has, and found no error.
+    for seen in
+        ["[ok  ] webhook-registered", "[ok  ] ca-bundle", "[ok  ] webhook-serving", "[ok  ] admission", "namespace analyses", "0 errors"]
+    {
+        assert!(out.contains(seen), "{seen:?} not in:\n{out}");
+    }
+    for (kind, namespace) in [
+        ("serviceaccount", "tollgate"),
+        ("role", "tollgate"),
+        ("role", c.namespace.as_str()),
+        ("clusterrole", ""),
+        ("clusterrolebinding", ""),
+        ("pod", "tollgate"),
+    ] {
+        let mut args = vec!["get", kind, "tollgate-test", "--ignore-not-found", "-o", "name"];
+        if !namespace.is_empty() {
+            args.extend(["-n", namespace]);
+        }
+        let left = c.ok(&args);
+        assert!(left.trim().is_empty(), "{kind} tollgate-test left behind: {left}");
+    }
+}
+
+#[test]
+#[ignore = "needs scripts/cluster.sh up"]
 fn t9_helm_uninstall_leaves_no_webhook_and_labeled_namespaces_take_no_plain_pods() {
     let c = cluster();
     let ns = c.namespace.as_str();
@@ -724,6 +757,13 @@ fn t9_helm_uninstall_leaves_no_webhook_and_labeled_namespaces_take_no_plain_pods
     assert!(helm.status.success(), "{}", text(&helm));
     let left = c.ok(&["get", "mutatingwebhookconfigurations", "-o", "name"]);
     assert!(!left.contains("tollgate"), "{left}");
+    // The pre-delete hook that removed the configuration first left nothing either.
+    for kind in ["job", "serviceaccount"] {
+        let left = c.ok(&["get", kind, "tollgate-unregister", "-n", "tollgate", "--ignore-not-found", "-o", "name"]);
+        assert!(left.trim().is_empty(), "{kind} tollgate-unregister left behind: {left}");
+    }
+    let left = c.ok(&["get", "clusterroles,clusterrolebindings", "-o", "name"]);
+    assert!(!left.contains("tollgate"), "cluster-wide rights left behind: {left}");
     // The namespace is still labeled: its pods are refused until the label is gone (the documented order).
     let out = c.kubectl(&["run", "after", "-n", ns, &format!("--image={EXAMPLE}"), "--restart=Never", "--", "whoami"]);
     assert!(!out.status.success(), "a plain pod in a labeled namespace after uninstall");

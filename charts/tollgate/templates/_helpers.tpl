@@ -78,3 +78,10 @@ tolerations: {{- toYaml . | nindent 2 }}
   resourceNames: [{{ include "tollgate.name" . }}]
   verbs: [get, update]
 {{- end -}}
+
+{{- /* The analysis namespaces as a YAML map of name to "analysis", for `helm test`'s Roles. */ -}}
+{{- define "tollgate.testNamespaces" -}}
+{{- range .Values.analysisNamespaces }}
+{{ .name }}: analysis
+{{- end }}
+{{- end -}}

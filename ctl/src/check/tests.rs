@@ -39,7 +39,7 @@ fn healthy(now: OffsetDateTime, certs: &Bundle) -> Snapshot {
             routes: Ok(Some(FLAME_ROUTES.into())),
             credentials: Ok(Some(vec!["client-id".into(), "client-secret".into()])),
             closing_network_policies: Ok(vec!["tollgate-analysis".into()]),
-            dry_run: Ok(true),
+            dry_run: DryRun::Hardened,
         }]),
     }
 }
@@ -160,7 +160,7 @@ fn namespaces_cluster_and_reads_that_failed() {
     let ns = &mut s.namespaces.as_mut().unwrap()[0];
     ns.labels.clear();
     ns.closing_network_policies = Ok(Vec::new());
-    ns.dry_run = Err("Internal error occurred: failed calling webhook \"harden.pods.tollgate.dev\": x509".into());
+    ns.dry_run = DryRun::Refused("Internal error occurred: failed calling webhook \"harden.pods.tollgate.dev\": x509".into());
     ns.credentials = Err("secrets is forbidden (403)".into());
     let findings = evaluate(&s);
     let found = problems(&findings);
@@ -189,4 +189,24 @@ fn namespaces_cluster_and_reads_that_failed() {
     let found = problems(&findings);
     assert_eq!(found[0].0, "routes");
     assert!(found[0].2.starts_with("ConfigMap tollgate-proxy-routes: every proxy refuses it:"), "{found:?}");
+}
+
+#[test]
+fn with_less_rights_it_checks_what_it_can_and_says_what_it_could_not() {
+    // As `helm test` runs it: no Secrets, and pods may be created only in the namespaces the chart lists.
+    let now = OffsetDateTime::now_utc();
+    let certs = bundle(now, 365);
+    let mut s = healthy(now, &certs);
+    s.serving_certificate = Err("secrets \"tollgate-webhook-tls\" is forbidden (403)".into());
+    let ns = &mut s.namespaces.as_mut().unwrap()[0];
+    ns.credentials = Err("secrets \"tollgate-proxy-credentials\" is forbidden (403)".into());
+    ns.dry_run = DryRun::NotAllowed("pods is forbidden".into());
+    let findings = evaluate(&s);
+    let found: Vec<(&str, Severity)> = problems(&findings).iter().map(|(c, s, _)| (*c, *s)).collect();
+    assert_eq!(found, [("serving-certificate", Severity::Warning), ("credentials", Severity::Warning), ("admission", Severity::Warning)]);
+    // What each pod serves is still checked, from its own metrics.
+    let served: Vec<&str> = findings.iter().filter(|f| f.check == "webhook-serving").map(|f| f.message.as_str()).collect();
+    assert_eq!(served, ["serves a certificate valid for 365 days"; 2]);
+    s.served = Ok(vec![("pod a".into(), Ok(now.unix_timestamp() + 3 * 86_400))]);
+    assert!(problems(&evaluate(&s)).contains(&("webhook-serving", Severity::Warning, "serves a certificate that expires in 3 days")));
 }

@@ -14,7 +14,7 @@ use tollgate_e2e::images::{self, IMAGES, Image};
 
 const USAGE: &str = "usage: tollgate-images build --release-dir DIR --out DIR [IMAGE...]
        tollgate-images list
-IMAGE: webhook, proxy, certs, pause, example-analysis (default: all)";
+IMAGE: webhook, proxy, certs, cni, pause, example-analysis, ctl (default: all)";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
