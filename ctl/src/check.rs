@@ -7,7 +7,8 @@ use serde::Serialize;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
 /// The webhooks a tollgate configuration has, by name.
-pub const WEBHOOKS: [&str; 3] = ["harden.pods.tollgate.dev", "connect.pods.tollgate.dev", "identity.workloads.tollgate.dev"];
+pub const WEBHOOKS: [&str; 4] =
+    ["harden.pods.tollgate.dev", "warn.pods.tollgate.dev", "connect.pods.tollgate.dev", "identity.workloads.tollgate.dev"];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -446,6 +447,14 @@ fn namespace(r: &mut Report, ns: &NamespaceView, policy: &tollgate_webhook::poli
         ),
         Ok(None) => r.ok("credentials", name.clone(), "no token routes: no credentials needed"),
         Err(why) => r.unread("credentials", name.clone(), &format!("Secret {secret}"), why),
+    }
+    if ns.labels.get("tollgate.dev/mode").map(String::as_str) == Some("warn") {
+        r.warn(
+            "mode",
+            name.clone(),
+            "on trial (tollgate.dev/mode=warn): a pod whose violations concern it alone is let through unhardened, with warnings",
+            format!("once tollgate_webhook_reviews_total{{outcome=\"warned\"}} stays flat, enforce: kubectl label namespace {} tollgate.dev/mode-", ns.name),
+        );
     }
     match ns.labels.get("pod-security.kubernetes.io/enforce").map(String::as_str) {
         Some("restricted") => r.ok("pod-security", name.clone(), "enforces restricted"),

@@ -452,6 +452,11 @@ fn check(policy: &Policy, allows_skip: bool, input: &Value, requester: Option<Re
             assert_eq!(&pod, input, "a skip changed the pod");
             return;
         }
+        Ok(Outcome::Warned(denial)) => {
+            assert!(denial.violations.iter().all(|v| v.rule.warnable()), "warned for a rule warn never lets through\n{input}");
+            assert_eq!(&pod, input, "a warned pod changed");
+            return;
+        }
         Ok(Outcome::Hardened(hardened)) => hardened,
     };
     let mut replayed = input.clone();

@@ -436,6 +436,37 @@ fn the_helm_chart_lints_clean_and_renders_every_certificate_mode() {
     }
 }
 
+/// A namespace on trial (tollgate.dev/mode=warn): the API server sends its pods to /mutate/warn; a pod whose
+/// violations concern it alone is created as it came, with warnings, and the require-hardening policy accepts
+/// it; a plain pod is hardened; a privileged pod is still refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_namespace_on_trial_lets_through_what_concerns_the_pod_alone_with_warnings() {
+    let _serial = SERIAL.lock().await;
+    let plane = ControlPlane::start();
+    let _webhook = Webhook::start(&plane);
+    // No controller-manager here makes the default ServiceAccount: created with the namespace.
+    let trial = r#"{"apiVersion":"v1","kind":"List","items":[{"apiVersion":"v1","kind":"Namespace","metadata":{"name":"trial","labels":{"tollgate.dev/inject":"enabled","tollgate.dev/mode":"warn"}}},
+{"apiVersion":"v1","kind":"ServiceAccount","metadata":{"name":"default","namespace":"trial"}}]}"#;
+    assert!(plane.kubectl_stdin(&["create", "-f", "-"], trial).status.success());
+    let root = "apiVersion: v1\nkind: Pod\nmetadata: { name: as-root, namespace: trial }\nspec:\n  automountServiceAccountToken: false\n  containers: [{ name: app, image: 'registry.example.org/app:1.0', securityContext: { runAsUser: 0 } }]\n";
+    let out = create(&plane, &["create", "-f", "-"], Some(root));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("tollgate: pod not hardened: the namespace only warns"), "{stderr}");
+    assert!(stderr.contains("tollgate: would deny: container \"app\": securityContext.runAsUser is 0"), "{stderr}");
+    let stored_pod = stored(&plane, "trial", "as-root").await;
+    assert!(stored_pod.spec.as_ref().unwrap().init_containers.is_none(), "not hardened: no proxy");
+    let status = stored_pod.metadata.annotations.as_ref().and_then(|a| a.get("tollgate.dev/status")).expect("seen by tollgate");
+    assert!(status.contains(r#""skipped":"warned""#), "{status}");
+    let plain = "apiVersion: v1\nkind: Pod\nmetadata: { name: plain, namespace: trial }\nspec:\n  containers: [{ name: app, image: 'registry.example.org/app:1.0' }]\n";
+    assert!(create(&plane, &["create", "-f", "-"], Some(plain)).status.success());
+    assert_hardened(&stored(&plane, "trial", "plain").await);
+    let privileged = "apiVersion: v1\nkind: Pod\nmetadata: { name: privileged, namespace: trial }\nspec:\n  containers: [{ name: app, image: 'registry.example.org/app:1.0', securityContext: { privileged: true } }]\n";
+    let out = plane.kubectl_stdin(&["create", "-f", "-"], privileged);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("tollgate denied this pod"), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
 /// `tollgate check` on a real API server with tollgate's webhook registered: a healthy setup is healthy, and
 /// each broken piece is found, named, with a hint, and fails the exit code where it breaks pod creation.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -785,7 +816,7 @@ async fn tollgate_certs_keeps_secrets_and_the_ca_bundle_in_step_and_is_idempoten
         let out =
             plane.kubectl(&["get", "mutatingwebhookconfiguration", "tollgate", "-o", "jsonpath={.webhooks[*].clientConfig.caBundle}"]);
         let bundles: Vec<String> = String::from_utf8_lossy(&out.stdout).split_whitespace().map(str::to_owned).collect();
-        assert_eq!(bundles.len(), 3, "{bundles:?}");
+        assert_eq!(bundles.len(), 4, "{bundles:?}");
         assert!(bundles.iter().all(|b| *b == bundles[0]), "every webhook has the same caBundle: {bundles:?}");
         bundles[0].clone()
     };
@@ -798,8 +829,8 @@ async fn tollgate_certs_keeps_secrets_and_the_ca_bundle_in_step_and_is_idempoten
 
     let first = certs(&[]);
     assert!(
-        // Every webhook of the shipped configuration (pods, connect, workloads) gets the bundle.
-        first.starts_with("created a new CA and serving certificate") && first.contains("caBundle of tollgate: set on 3 webhook(s)"),
+        // Every webhook of the shipped configuration (pods, pods on trial, connect, workloads) gets the bundle.
+        first.starts_with("created a new CA and serving certificate") && first.contains("caBundle of tollgate: set on 4 webhook(s)"),
         "{first}"
     );
     let ca = secret("tollgate-webhook-tls", "ca.crt");
@@ -823,7 +854,7 @@ async fn tollgate_certs_keeps_secrets_and_the_ca_bundle_in_step_and_is_idempoten
     let fourth = certs(&["--renew=ca"]);
     assert!(
         fourth.starts_with(
-            "created a new CA and serving certificate (renewal forced (--renew=ca)); caBundle of tollgate: set on 3 webhook(s)"
+            "created a new CA and serving certificate (renewal forced (--renew=ca)); caBundle of tollgate: set on 4 webhook(s)"
         ),
         "{fourth}"
     );

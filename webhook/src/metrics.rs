@@ -36,6 +36,7 @@ pub struct Metrics {
     reviews: Family<OutcomeLabels, Counter>,
     duration: Histogram,
     denials: Family<RuleLabels, Counter>,
+    warned: Family<RuleLabels, Counter>,
     skips: Family<ReasonLabels, Counter>,
     bad_requests: Family<ReasonLabels, Counter>,
     reloads: Family<ReloadLabels, Counter>,
@@ -55,6 +56,7 @@ impl Metrics {
         // 50 µs .. ~0.8 s
         let duration = Histogram::new(exponential_buckets(0.00005, 2.0, 15));
         let denials = Family::<RuleLabels, Counter>::default();
+        let warned = Family::<RuleLabels, Counter>::default();
         let skips = Family::<ReasonLabels, Counter>::default();
         let bad_requests = Family::<ReasonLabels, Counter>::default();
         let reloads = Family::<ReloadLabels, Counter>::default();
@@ -66,6 +68,7 @@ impl Metrics {
             duration.clone(),
         );
         registry.register("denials", "Violations in denied pods, by rule", denials.clone());
+        registry.register("warned_violations", "Violations let through by onViolation: warn (not hardened), by rule", warned.clone());
         registry.register("skips", "Pods deliberately not hardened, by reason", skips.clone());
         registry.register("bad_requests", "Requests answered with an HTTP error, by reason", bad_requests.clone());
         registry.register("reloads", "Reloads of watched files, by file and result", reloads.clone());
@@ -81,6 +84,7 @@ impl Metrics {
             ReviewOutcome::Patched,
             ReviewOutcome::Unchanged,
             ReviewOutcome::Denied,
+            ReviewOutcome::Warned,
             ReviewOutcome::Skipped,
             ReviewOutcome::Ignored,
             ReviewOutcome::Invalid,
@@ -89,15 +93,17 @@ impl Metrics {
         }
         for rule in Rule::ALL {
             let _ = denials.get_or_create(&RuleLabels { rule: rule.as_str() });
+            let _ = warned.get_or_create(&RuleLabels { rule: rule.as_str() });
         }
-        Metrics { registry, reviews, duration, denials, skips, bad_requests, reloads, certificate_expiry }
+        Metrics { registry, reviews, duration, denials, warned, skips, bad_requests, reloads, certificate_expiry }
     }
 
     pub fn observe_review(&self, summary: &ReviewSummary, seconds: f64) {
         self.reviews.get_or_create(&OutcomeLabels { outcome: summary.outcome.as_str() }).inc();
         self.duration.observe(seconds);
+        let per_rule = if summary.outcome == ReviewOutcome::Warned { &self.warned } else { &self.denials };
         for rule in &summary.denied_rules {
-            self.denials.get_or_create(&RuleLabels { rule: rule.as_str() }).inc();
+            per_rule.get_or_create(&RuleLabels { rule: rule.as_str() }).inc();
         }
         if let Some(reason) = summary.skip_reason {
             self.skips.get_or_create(&ReasonLabels { reason }).inc();

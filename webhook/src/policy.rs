@@ -58,8 +58,15 @@ impl PartialEq for Rendered {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub enum OnViolation {
+    /// Reject the pod with one message naming every offending container and field.
     Deny,
+    /// Rewrite the offending fields to their secure values and list each rewrite as a warning.
     Override,
+    /// Let a pod that would be denied through as it came (not hardened), with a warning per violation, and
+    /// count it: for trying tollgate out on a namespace. Only for violations that concern the pod alone (a
+    /// root user, privilege escalation, resources and lifetime above the maximum, ...: `Rule::warnable`);
+    /// what breaks host isolation, or is hostile, is denied all the same.
+    Warn,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]

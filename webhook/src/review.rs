@@ -10,7 +10,7 @@ use serde_json::Value;
 
 use crate::harden::{self, Denial, Hardened, Outcome, Requester, Rule, update};
 use crate::patch::Patch;
-use crate::policy::Policy;
+use crate::policy::{OnViolation, Policy};
 use crate::workload;
 
 /// A check that only allows or denies.
@@ -33,6 +33,8 @@ pub enum ReviewOutcome {
     /// Already hardened: allowed with no patch.
     Unchanged,
     Denied,
+    /// Would have been denied; let through unhardened because the namespace only warns.
+    Warned,
     /// Opted out, where the policy allows it.
     Skipped,
     /// Nothing tollgate decides (another kind, a subresource it does not guard): allowed untouched.
@@ -47,6 +49,7 @@ impl ReviewOutcome {
             ReviewOutcome::Patched => "patched",
             ReviewOutcome::Unchanged => "unchanged",
             ReviewOutcome::Denied => "denied",
+            ReviewOutcome::Warned => "warned",
             ReviewOutcome::Skipped => "skipped",
             ReviewOutcome::Ignored => "ignored",
             ReviewOutcome::Invalid => "invalid",
@@ -63,6 +66,7 @@ pub struct ReviewSummary {
     pub name: String,
     pub outcome: ReviewOutcome,
     pub changes: usize,
+    /// The rules a denied (or, in warn mode, warned) pod broke.
     pub denied_rules: Vec<Rule>,
     pub skip_reason: Option<&'static str>,
 }
@@ -88,8 +92,23 @@ pub fn warnings<L: std::fmt::Display>(lines: impl ExactSizeIterator<Item = L>, m
     warnings
 }
 
+/// Only the status annotation, for a pod let through as it came: it was seen, and left alone on purpose.
+/// Sets the response's patch type; the patch itself goes into the body as base64.
+fn status_only(response: AdmissionResponse, status: Option<Patch>) -> Result<(AdmissionResponse, Option<Vec<u8>>), BadReview> {
+    let Some(status) = status.filter(|p| !p.is_empty()) else { return Ok((response, None)) };
+    let mut response =
+        response.with_patch(json_patch::Patch(Vec::new())).map_err(|e| BadReview(format!("patch does not serialize: {e}")))?;
+    response.patch = None;
+    Ok((response, Some(status.to_json())))
+}
+
 /// Answer one AdmissionReview body.
 pub fn review(policy: &Policy, body: &[u8]) -> Result<(Vec<u8>, ReviewSummary), BadReview> {
+    review_in(policy, policy.on_violation, body)
+}
+
+/// [`review`] with `on_violation` in place of the policy's, for pod creation: a namespace's mode.
+pub fn review_in(policy: &Policy, on_violation: OnViolation, body: &[u8]) -> Result<(Vec<u8>, ReviewSummary), BadReview> {
     let mut envelope: Value = serde_json::from_slice(body).map_err(|e| BadReview(format!("body is not JSON: {e}")))?;
     if !envelope.is_object() {
         return Err(BadReview("body is not an AdmissionReview object".into()));
@@ -128,9 +147,11 @@ pub fn review(policy: &Policy, body: &[u8]) -> Result<(Vec<u8>, ReviewSummary), 
         (Operation::Create, "", "Pod") if subresource.is_empty() => {
             // Hardened in place: on a skip (or a denial) harden leaves the pod as it came.
             let mut pod = object;
-            let outcome = harden::harden_as(policy, &mut pod, Some(requester));
-            if let Ok(Outcome::Skipped { reason }) = &outcome {
-                skipped_patch = Some(harden::skipped_status(policy, &pod, *reason));
+            let outcome = harden::harden_in(policy, on_violation, &mut pod, Some(requester));
+            match &outcome {
+                Ok(Outcome::Skipped { reason }) => skipped_patch = Some(harden::skipped_status(policy, &pod, reason.as_str())),
+                Ok(Outcome::Warned(_)) => skipped_patch = Some(harden::skipped_status(policy, &pod, "warned")),
+                _ => {}
             }
             Some(("this pod", outcome))
         }
@@ -169,18 +190,23 @@ pub fn review(policy: &Policy, body: &[u8]) -> Result<(Vec<u8>, ReviewSummary), 
                 response.allowed = false;
                 response.result = Status::failure(&denial.message_for(what), "Forbidden").with_code(403);
             }
+            Ok(Outcome::Warned(denial)) => {
+                summary.outcome = ReviewOutcome::Warned;
+                summary.denied_rules = denial.violations.iter().map(|v| v.rule).collect();
+                let lines = std::iter::once(format!(
+                    "pod not hardened: the namespace only warns (onViolation: warn); in one that enforces, {}",
+                    denial.message_for(what)
+                ))
+                .chain(denial.violations.iter().map(|v| format!("would deny: {v}")))
+                .collect::<Vec<_>>();
+                response.warnings = Some(warnings(lines.into_iter(), policy.max_warnings));
+                (response, patch) = status_only(response, skipped_patch)?;
+            }
             Ok(Outcome::Skipped { reason }) => {
                 summary.outcome = ReviewOutcome::Skipped;
                 summary.skip_reason = Some(reason.as_str());
                 response.warnings = Some(vec![format!("tollgate: pod not hardened ({})", reason.as_str())]);
-                // Only the status annotation: the pod was seen, and left alone on purpose.
-                if let Some(status) = skipped_patch.filter(|p| !p.is_empty()) {
-                    patch = Some(status.to_json());
-                    response = response
-                        .with_patch(json_patch::Patch(Vec::new()))
-                        .map_err(|e| BadReview(format!("patch does not serialize: {e}")))?;
-                    response.patch = None;
-                }
+                (response, patch) = status_only(response, skipped_patch)?;
             }
             Ok(Outcome::Hardened(hardened)) => {
                 summary.changes = hardened.changes.len();

@@ -22,7 +22,7 @@ use tokio::sync::{Semaphore, watch};
 use tokio_rustls::TlsAcceptor;
 
 use crate::metrics::Metrics;
-use crate::policy::Policy;
+use crate::policy::{OnViolation, Policy};
 use crate::pool::ReviewPool;
 use crate::reload::spawn_watcher;
 use crate::review;
@@ -278,7 +278,9 @@ fn json_error(status: StatusCode, message: impl Into<String>) -> HttpResponse {
 
 async fn handle(state: Arc<State>, request: Request<Incoming>) -> Result<HttpResponse, Infallible> {
     let response = match (request.method(), request.uri().path()) {
-        (&Method::POST, "/mutate") => mutate(&state, request).await,
+        (&Method::POST, "/mutate") => mutate(&state, request, None).await,
+        // Namespaces labeled tollgate.dev/mode=warn (the MutatingWebhookConfiguration sends them here).
+        (&Method::POST, "/mutate/warn") => mutate(&state, request, Some(OnViolation::Warn)).await,
         (&Method::GET, "/healthz") => respond(StatusCode::OK, "text/plain", "ok\n"),
         (&Method::GET, "/readyz") if state.draining.load(Ordering::SeqCst) => {
             respond(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "draining\n")
@@ -287,7 +289,7 @@ async fn handle(state: Arc<State>, request: Request<Incoming>) -> Result<HttpRes
         (&Method::GET, "/metrics") => {
             respond(StatusCode::OK, "application/openmetrics-text; version=1.0.0; charset=utf-8", state.metrics.encode())
         }
-        (_, "/mutate" | "/healthz" | "/readyz" | "/metrics") => {
+        (_, "/mutate" | "/mutate/warn" | "/healthz" | "/readyz" | "/metrics") => {
             json_error(StatusCode::METHOD_NOT_ALLOWED, format!("method {} is not allowed here", request.method()))
         }
         (_, path) => json_error(StatusCode::NOT_FOUND, format!("no such endpoint: {path}")),
@@ -295,7 +297,8 @@ async fn handle(state: Arc<State>, request: Request<Incoming>) -> Result<HttpRes
     Ok(response)
 }
 
-async fn mutate(state: &State, request: Request<Incoming>) -> HttpResponse {
+/// Answer a review; `mode` in place of the policy's onViolation, for pod creation.
+async fn mutate(state: &State, request: Request<Incoming>, mode: Option<OnViolation>) -> HttpResponse {
     let declared = request.headers().get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
     if declared.or(request.body().size_hint().exact()).is_some_and(|len| len > MAX_BODY_BYTES as u64) {
         state.metrics.observe_bad_request("too-large");
@@ -321,11 +324,13 @@ async fn mutate(state: &State, request: Request<Incoming>) -> HttpResponse {
         // A small review takes tens of microseconds: answered right here, as handing it to another
         // thread would cost about as much again.
         let started = Instant::now();
-        (review::review(&state.policy.load(), &body), started)
+        let policy = state.policy.load();
+        (review::review_in(&policy, mode.unwrap_or(policy.on_violation), &body), started)
     } else {
         // Large reviews run on their own threads, one per core (pool.rs).
         let policy = state.policy.load_full();
-        let reviewed = state.large_reviews.run(move || (Instant::now(), review::review(&policy, &body))).await;
+        let on_violation = mode.unwrap_or(policy.on_violation);
+        let reviewed = state.large_reviews.run(move || (Instant::now(), review::review_in(&policy, on_violation, &body))).await;
         let Some((started, result)) = reviewed else {
             tracing::error!("a large review failed; it panicked");
             return json_error(StatusCode::INTERNAL_SERVER_ERROR, "the review failed; see the webhook's log");

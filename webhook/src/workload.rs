@@ -97,7 +97,7 @@ fn inject_object(policy: &Policy, mut value: Value, index: usize, reports: &mut 
     let report = match harden::harden(policy, pod) {
         Ok(Outcome::Hardened(hardened)) => ObjectReport::Hardened { object, changes: hardened.changes, notes: hardened.notes },
         Ok(Outcome::Skipped { reason }) => ObjectReport::Skipped { object, reason: reason.as_str().to_owned() },
-        Ok(Outcome::Denied(denial)) => ObjectReport::Denied { object, denial },
+        Ok(Outcome::Denied(denial) | Outcome::Warned(denial)) => ObjectReport::Denied { object, denial },
         Err(e) => ObjectReport::Invalid { object, error: e.to_string() },
     };
     reports.push(report);

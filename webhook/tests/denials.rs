@@ -3,8 +3,8 @@
 mod common;
 
 use serde_json::{Value, json};
-use tollgate_webhook::harden::{Outcome, Requester, Rule, SkipReason, harden, harden_as, skipped_status};
-use tollgate_webhook::policy::Policy;
+use tollgate_webhook::harden::{Outcome, Requester, Rule, SkipReason, harden, harden_as, harden_in, skipped_status};
+use tollgate_webhook::policy::{OnViolation, Policy};
 
 fn base_pod() -> Value {
     json!({
@@ -720,7 +720,7 @@ fn the_egress_lock_annotation_is_tollgates_alone() {
     let mut pod = opted_out.clone();
     assert_eq!(harden(&permissive, &mut pod).unwrap(), Outcome::Skipped { reason: SkipReason::OptedOut });
     let mut recorded = opted_out.clone();
-    json_patch::patch(&mut recorded, &skipped_status(&permissive, &opted_out, SkipReason::OptedOut).to_json_patch()).unwrap();
+    json_patch::patch(&mut recorded, &skipped_status(&permissive, &opted_out, SkipReason::OptedOut.as_str()).to_json_patch()).unwrap();
     assert!(recorded["metadata"]["annotations"].get(LOCK).is_none(), "{recorded}");
     assert!(recorded["metadata"]["annotations"].get("tollgate.dev/status").is_some());
 }
@@ -802,4 +802,51 @@ fn the_lock_check_leads_the_init_containers_and_its_name_is_tollgates() {
     assert_eq!(relocked, native, "{:?}", hardened.changes);
     // The proxy already leads: only the lock check goes in before it.
     assert!(!hardened.changes.iter().any(|c| c.action.contains("removed a container")), "{:?}", hardened.changes);
+}
+
+#[test]
+fn warn_mode_lets_a_pod_through_as_it_came_only_for_what_concerns_it_alone() {
+    let policy = Policy::default();
+    let requester = Requester { username: "alice", groups: &[] };
+    // Root and privilege escalation: every violation reported, the pod left exactly as it came (not
+    // half-hardened: runAsNonRoot beside runAsUser 0 would not even start).
+    let insecure = with(|p| p["spec"]["containers"][0]["securityContext"] = json!({"runAsUser": 0, "allowPrivilegeEscalation": true}));
+    let mut working = insecure.clone();
+    let Outcome::Warned(warned) = harden_in(&policy, OnViolation::Warn, &mut working, Some(requester)).unwrap() else {
+        panic!("a pod whose violations concern it alone is let through in warn mode")
+    };
+    assert_eq!(working, insecure, "left as it came");
+    let rules: Vec<Rule> = warned.violations.iter().map(|v| v.rule).collect();
+    assert_eq!(rules, [Rule::PrivilegeEscalation, Rule::RunAsRoot]);
+    // The same pod under the policy's own mode is denied, with the same violations.
+    assert_eq!(denial(&policy, &insecure).1, rules);
+    // A plain pod is hardened as ever.
+    let mut plain = base_pod();
+    assert!(
+        matches!(harden_in(&policy, OnViolation::Warn, &mut plain, Some(requester)).unwrap(), Outcome::Hardened(h) if !h.patch.is_empty())
+    );
+    // Denied in warn mode too: what could reach the node (and other analyses' credentials there), what is
+    // hostile, and one such violation among warnable ones.
+    let privileged = with(|p| p["spec"]["containers"][0]["securityContext"] = json!({"privileged": true}));
+    let host_path = with(|p| p["spec"]["volumes"] = json!([{"name": "root", "hostPath": {"path": "/var/lib/kubelet"}}]));
+    let claim = with(|p| p["metadata"]["annotations"]["tollgate.dev/analysis-id"] = json!("someone-elses-analysis"));
+    let credentials = with(|p| p["spec"]["containers"][0]["envFrom"] = json!([{"secretRef": {"name": "tollgate-proxy-credentials"}}]));
+    let huge =
+        with(|p| p["spec"]["containers"] = json!((0..100).map(|i| json!({"name": format!("c{i}"), "image": "x:1"})).collect::<Vec<_>>()));
+    let mixed = with(|p| p["spec"]["containers"][0]["securityContext"] = json!({"runAsUser": 0, "privileged": true}));
+    for (what, pod) in [
+        ("privileged", privileged),
+        ("hostPath", host_path),
+        ("identity claim", claim),
+        ("credentials", credentials),
+        ("too large", huge),
+        ("mixed", mixed),
+    ] {
+        let mut working = pod.clone();
+        let outcome = harden_in(&policy, OnViolation::Warn, &mut working, Some(requester)).unwrap();
+        assert!(matches!(outcome, Outcome::Denied(_)), "{what}: {outcome:?}");
+        assert_eq!(working, pod, "{what}");
+    }
+    // And `onViolation: warn` is a policy of its own.
+    assert_eq!(Policy::from_yaml("onViolation: warn\n").unwrap().on_violation, OnViolation::Warn);
 }

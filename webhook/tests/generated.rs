@@ -240,6 +240,11 @@ fn check(policy: &Policy, input: &Value, case: u64) -> &'static str {
             assert_eq!(&pod, input);
             return "skipped";
         }
+        Outcome::Warned(denial) => {
+            assert_eq!(&pod, input, "case {case}: a warned pod is left as it came");
+            assert!(denial.violations.iter().all(|v| v.rule.warnable()), "case {case}: {denial}");
+            return "warned";
+        }
         Outcome::Hardened(hardened) => hardened,
     };
     let mut replayed = input.clone();
@@ -321,13 +326,14 @@ fn generated_pods_are_hardened_or_denied_never_half_done() {
         )
         .unwrap(),
         Policy::from_yaml("onViolation: override\nresources: { onExceed: clamp }\nproxy: { egressLock: required }\n").unwrap(),
+        Policy::from_yaml("onViolation: warn\n").unwrap(),
     ];
     let mut tally = std::collections::BTreeMap::new();
     let mut rng = Rng(0x7011_6a7e);
-    for case in 0..4000u64 {
+    for case in 0..5000u64 {
         let input = pod(&mut rng);
-        let policy = &policies[(case % 4) as usize];
-        *tally.entry((case % 4, check(policy, &input, case))).or_insert(0) += 1;
+        let policy = &policies[(case % 5) as usize];
+        *tally.entry((case % 5, check(policy, &input, case))).or_insert(0) += 1;
     }
     // The generator must exercise every path under the permissive policies, or it proves little.
     for policy in 1..4 {
@@ -336,5 +342,8 @@ fn generated_pods_are_hardened_or_denied_never_half_done() {
     }
     assert!(tally.get(&(0, "denied")).copied().unwrap_or(0) > 100, "{tally:?}");
     assert!(tally.get(&(2, "skipped")).copied().unwrap_or(0) > 10, "{tally:?}");
+    // Warn lets some through as they came, and still denies the rest.
+    assert!(tally.get(&(4, "warned")).copied().unwrap_or(0) > 10, "{tally:?}");
+    assert!(tally.get(&(4, "denied")).copied().unwrap_or(0) > 100, "{tally:?}");
     eprintln!("{tally:?}");
 }

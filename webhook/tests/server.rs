@@ -198,6 +198,43 @@ async fn denies_insecure_pods_with_one_message_and_the_uid() {
 }
 
 #[tokio::test]
+async fn a_namespace_on_trial_gets_warnings_and_its_pod_as_it_came_and_both_are_counted() {
+    let server = start(None).await;
+    let mut client = server.client(b"h2").await;
+    let mut pod = plain_pod();
+    pod["spec"]["containers"][0]["securityContext"] = json!({"runAsUser": 0});
+    // /mutate/warn: what the MutatingWebhookConfiguration calls for namespaces labeled tollgate.dev/mode=warn.
+    let response = response_of(&client.send(request("POST", "/mutate/warn", pod_review("trial", pod.clone()))).await.unwrap());
+    assert_eq!(response["allowed"], true, "{response}");
+    let warnings: Vec<&str> = response["warnings"].as_array().unwrap().iter().map(|w| w.as_str().unwrap()).collect();
+    assert!(warnings[0].starts_with("tollgate: pod not hardened: the namespace only warns (onViolation: warn); in one that enforces, tollgate denied this pod (1 violation): "), "{warnings:#?}");
+    assert!(warnings[1].starts_with(r#"tollgate: would deny: container "app": securityContext.runAsUser is 0"#), "{warnings:#?}");
+    assert!(warnings[1].ends_with("[run-as-root]") && warnings.len() == 2, "{warnings:#?}");
+    // Only the status annotation is added: the pod is otherwise as it came.
+    let patched = apply_patch(&pod, &response);
+    let mut expected = pod.clone();
+    expected["metadata"]["annotations"] = patched["metadata"]["annotations"].clone();
+    assert_eq!(patched, expected);
+    let status: Value = serde_json::from_str(patched["metadata"]["annotations"]["tollgate.dev/status"].as_str().unwrap()).unwrap();
+    assert_eq!(status["skipped"], "warned", "{status}");
+    // The same pod at /mutate (the policy's deny) is denied; a privileged one is denied at /mutate/warn too.
+    let denied = response_of(&client.send(request("POST", "/mutate", pod_review("enforced", pod))).await.unwrap());
+    assert_eq!(denied["allowed"], false);
+    let mut privileged = plain_pod();
+    privileged["spec"]["containers"][0]["securityContext"] = json!({"privileged": true});
+    let denied = response_of(&client.send(request("POST", "/mutate/warn", pod_review("host", privileged))).await.unwrap());
+    assert_eq!(denied["allowed"], false, "{denied}");
+    let metrics = String::from_utf8(client.send(request("GET", "/metrics", "")).await.unwrap().body.to_vec()).unwrap();
+    assert!(metrics.contains(r#"tollgate_webhook_reviews_total{outcome="warned"} 1"#), "{metrics}");
+    assert!(metrics.contains(r#"tollgate_webhook_warned_violations_total{rule="run-as-root"} 1"#), "{metrics}");
+    assert!(metrics.contains(r#"tollgate_webhook_denials_total{rule="run-as-root"} 1"#), "{metrics}");
+    assert!(metrics.contains(r#"tollgate_webhook_reviews_total{outcome="denied"} 2"#), "{metrics}");
+    let wrong = client.send(request("GET", "/mutate/warn", "")).await.unwrap();
+    assert_eq!(wrong.status, 405);
+    server.stop().await;
+}
+
+#[tokio::test]
 async fn other_kinds_and_operations_pass_untouched() {
     let server = start(None).await;
     let mut client = server.client(b"http/1.1").await;

@@ -210,3 +210,15 @@ fn with_less_rights_it_checks_what_it_can_and_says_what_it_could_not() {
     s.served = Ok(vec![("pod a".into(), Ok(now.unix_timestamp() + 3 * 86_400))]);
     assert!(problems(&evaluate(&s)).contains(&("webhook-serving", Severity::Warning, "serves a certificate that expires in 3 days")));
 }
+
+#[test]
+fn a_namespace_on_trial_is_a_warning_with_the_way_to_enforce() {
+    let now = OffsetDateTime::now_utc();
+    let mut s = healthy(now, &bundle(now, 365));
+    s.namespaces.as_mut().unwrap()[0].labels.insert("tollgate.dev/mode".into(), "warn".into());
+    let findings = evaluate(&s);
+    let trial: Vec<&Finding> = findings.iter().filter(|f| f.severity != Severity::Ok).collect();
+    assert_eq!(trial.len(), 1, "{trial:?}");
+    assert_eq!((trial[0].check, trial[0].severity), ("mode", Severity::Warning));
+    assert!(trial[0].hint.as_deref().unwrap().ends_with("kubectl label namespace analyses tollgate.dev/mode-"), "{trial:?}");
+}

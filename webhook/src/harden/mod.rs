@@ -77,6 +77,8 @@ pub enum Outcome {
         reason: SkipReason,
     },
     Denied(Denial),
+    /// Would be denied, but the namespace only warns (`onViolation: warn`): let through as it came.
+    Warned(Denial),
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -177,10 +179,16 @@ fn decode(pod: &Value) -> Result<Pod, DecodeError> {
 /// What the read phase found: violations (each fixable or not under this policy) and plain settings.
 struct Findings<'p> {
     policy: &'p Policy,
+    /// The policy's, or the namespace's mode (`/mutate/warn`).
+    on_violation: OnViolation,
     violations: Vec<(Violation, Option<(Fix, String)>)>,
 }
 
 impl<'p> Findings<'p> {
+    fn new(policy: &'p Policy) -> Self {
+        Findings { policy, on_violation: policy.on_violation, violations: Vec::new() }
+    }
+
     fn violation(&mut self, rule: Rule, scope: &str, field: impl Into<String>, problem: impl Into<String>, fix: Option<(Fix, String)>) {
         let violation = Violation { rule, scope: scope.to_owned(), field: field.into(), problem: problem.into() };
         self.violations.push((violation, fix));
@@ -188,7 +196,7 @@ impl<'p> Findings<'p> {
 
     /// An insecure setting: fixed only when the policy says `onViolation: override`.
     fn insecure(&mut self, rule: Rule, scope: &str, field: &str, problem: impl Into<String>, fix: Fix, fixed: impl Into<String>) {
-        let fix = (self.policy.on_violation == OnViolation::Override).then(|| (fix, fixed.into()));
+        let fix = (self.on_violation == OnViolation::Override).then(|| (fix, fixed.into()));
         self.violation(rule, scope, field, problem, fix);
     }
 
@@ -317,6 +325,17 @@ pub fn harden(policy: &Policy, pod: &mut Value) -> Result<Outcome, DecodeError> 
 
 /// [`harden`] for a request made by `requester` (who may or may not set identity annotations).
 pub fn harden_as(policy: &Policy, pod: &mut Value, requester: Option<Requester>) -> Result<Outcome, DecodeError> {
+    harden_in(policy, policy.on_violation, pod, requester)
+}
+
+/// [`harden_as`] with `on_violation` in place of the policy's: a namespace's mode (the webhook's
+/// `/mutate/warn`).
+pub fn harden_in(
+    policy: &Policy,
+    on_violation: OnViolation,
+    pod: &mut Value,
+    requester: Option<Requester>,
+) -> Result<Outcome, DecodeError> {
     // Size first: everything after is linear in the pod, and the bounds keep that small.
     if let Some(denial) = checks::bounds(policy, pod) {
         return Ok(Outcome::Denied(denial));
@@ -331,7 +350,7 @@ pub fn harden_as(policy: &Policy, pod: &mut Value, requester: Option<Requester>)
         notes.push(format!("annotation {ANNOTATION_INJECT}=false ignored: the policy does not allow opting out"));
     }
 
-    let mut findings = Findings { policy, violations: Vec::new() };
+    let mut findings = Findings { on_violation, ..Findings::new(policy) };
     let ids = checks::pod_ids(policy, &annotations, &mut findings);
     checks::identity(policy, &annotations, requester, "pod", "metadata.annotations", &mut findings);
 
@@ -358,6 +377,11 @@ pub fn harden_as(policy: &Policy, pod: &mut Value, requester: Option<Requester>)
     }
 
     if let Some(denial) = findings.denial() {
+        // Warn: let the pod through as it came, not hardened (its settings and tollgate's would clash, e.g.
+        // runAsNonRoot beside runAsUser 0), if every violation is one that concerns the pod alone.
+        if on_violation == OnViolation::Warn && denial.violations.iter().all(|v| v.rule.warnable()) {
+            return Ok(Outcome::Warned(denial));
+        }
         return Ok(Outcome::Denied(denial));
     }
 
@@ -395,7 +419,7 @@ pub fn egress_lock_annotation(policy: &Policy) -> String {
 
 /// The identity annotations found at `field` of a workload's template, against who asks for them.
 pub fn check_identity(policy: &Policy, annotations: &BTreeMap<String, String>, requester: Requester, field: &str) -> Option<Denial> {
-    let mut findings = Findings { policy, violations: Vec::new() };
+    let mut findings = Findings::new(policy);
     checks::identity(policy, annotations, Some(requester), "template", field, &mut findings);
     findings.denial()
 }
@@ -431,15 +455,14 @@ pub fn check_port_forward(policy: &Policy, ports: Option<&[i64]>) -> Option<Deni
 
 /// The patch that records a skipped pod in `tollgate.dev/status`: the pod was seen by tollgate, which the
 /// API server's `tollgate-require-hardening` policy asks of every pod in an analysis namespace.
-pub fn skipped_status(policy: &Policy, pod: &Value, reason: SkipReason) -> Patch {
+pub fn skipped_status(policy: &Policy, pod: &Value, reason: &str) -> Patch {
     #[derive(Serialize)]
     struct Skipped<'a> {
         version: &'a str,
         policy: &'a str,
         skipped: &'a str,
     }
-    let status =
-        serde_json::to_string(&Skipped { version: VERSION, policy: policy.digest(), skipped: reason.as_str() }).expect("status serializes");
+    let status = serde_json::to_string(&Skipped { version: VERSION, policy: policy.digest(), skipped: reason }).expect("status serializes");
     let mut copy = pod.clone();
     let mut builder = PatchBuilder::new(&mut copy);
     if !matches!(builder.get(&path!["metadata"]), Some(Value::Object(_))) {

@@ -39,6 +39,23 @@ pub enum Rule {
 }
 
 impl Rule {
+    /// What `onViolation: warn` lets through (with a warning): what Pod Security "restricted" and tollgate add
+    /// to "baseline" and concerns the pod alone. Everything else is denied in every mode: what breaks host
+    /// isolation (privileged, host namespaces, ports and paths, unconfined profiles, added capabilities,
+    /// volumes the node mounts) could reach the node and other analyses' credentials, and the rest is
+    /// hostile or invalid.
+    pub fn warnable(self) -> bool {
+        matches!(
+            self,
+            Rule::RunAsRoot
+                | Rule::PrivilegeEscalation
+                | Rule::SharedProcessNamespace
+                | Rule::NameResolution
+                | Rule::ResourcesExceedMaximum
+                | Rule::LifetimeExceedsMaximum
+        )
+    }
+
     pub const ALL: [Rule; 31] = [
         Rule::Privileged,
         Rule::HostNamespaces,

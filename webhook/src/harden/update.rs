@@ -32,7 +32,7 @@ pub fn update(policy: &Policy, old: &Value, new: &mut Value, subresource: &str) 
     }
     let typed = decode(new)?;
     let annotations: BTreeMap<String, String> = typed.metadata.annotations.unwrap_or_default();
-    let mut findings = Findings { policy, violations: Vec::new() };
+    let mut findings = Findings::new(policy);
     owned_fields(old, new, &mut findings);
 
     let mut editor = Editor { builder: PatchBuilder::new(new), changes: Vec::new() };
@@ -42,7 +42,7 @@ pub fn update(policy: &Policy, old: &Value, new: &mut Value, subresource: &str) 
         EPHEMERAL_CONTAINERS => {
             let before = names(old, Kind::Ephemeral);
             added = all.into_iter().filter(|c| c.kind == Kind::Ephemeral && !before.contains(c.name.as_str())).collect();
-            let ids = checks::pod_ids(policy, &annotations, &mut Findings { policy, violations: Vec::new() });
+            let ids = checks::pod_ids(policy, &annotations, &mut Findings::new(policy));
             let carrying = checks::credential_volumes(editor.builder.doc(), &ids);
             for container in &added {
                 if TOLLGATE_CONTAINERS.contains(&container.name.as_str()) {
