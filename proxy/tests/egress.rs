@@ -321,12 +321,19 @@ async fn sigterm_stops_accepting_and_drains_within_the_grace() {
     let config = format!("routes:\n- {{ name: slow, prefix: /slow, upstream: '{}' }}\nshutdown: {{ grace: 3s }}\n", upstream.url());
     let mut proxy = Proxy::start(&config, &[]).await;
     let egress = proxy.egress;
+    // An admin connection kept alive from before the signal (a load balancer's health checker).
+    let mut admin = tokio::net::TcpStream::connect(proxy.admin).await.unwrap();
+    assert!(readyz(&mut admin).await.starts_with("HTTP/1.1 200"));
     let in_flight = tokio::spawn(async move { raw(egress, b"GET /slow/x HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").await });
     tokio::time::sleep(Duration::from_millis(300)).await;
     let started = Instant::now();
     assert!(std::process::Command::new("kill").args(["-TERM", &proxy.child.id().to_string()]).status().unwrap().success());
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(tokio::net::TcpStream::connect(egress).await.is_err(), "still accepting after SIGTERM");
+    // Draining shows: a new probe finds the admin listener closed, a kept-alive one gets 503 draining.
+    assert!(tokio::net::TcpStream::connect(proxy.admin).await.is_err(), "the admin listener still accepts after SIGTERM");
+    let answer = readyz(&mut admin).await;
+    assert!(answer.starts_with("HTTP/1.1 503") && answer.ends_with("draining\n"), "{answer}");
     let response = in_flight.await.unwrap();
     assert_eq!(response.status, 200, "the in-flight request completes: {response:?}");
     let answered = started.elapsed();
@@ -334,6 +341,15 @@ async fn sigterm_stops_accepting_and_drains_within_the_grace() {
     assert!(exit.success(), "{exit:?}");
     // Not the whole 3 s grace: once the last request is done, the proxy is.
     assert!(exited < answered + Duration::from_millis(600), "answered after {answered:?}, exited after {exited:?}");
+}
+
+/// `GET /readyz` on a kept-alive connection; the response's head and body.
+async fn readyz(admin: &mut tokio::net::TcpStream) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    admin.write_all(b"GET /readyz HTTP/1.1\r\nhost: x\r\n\r\n").await.unwrap();
+    let mut buf = vec![0u8; 1024];
+    let n = admin.read(&mut buf).await.unwrap();
+    String::from_utf8_lossy(&buf[..n]).into_owned()
 }
 
 async fn wait_for_exit(child: &mut std::process::Child, since: Instant) -> (std::process::ExitStatus, Duration) {
