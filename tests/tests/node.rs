@@ -54,11 +54,16 @@ impl Cluster {
 
     /// `kubectl VERB -f -` with `manifest` on stdin.
     fn with_stdin(&self, verb: &str, manifest: &str) -> Output {
+        self.kubectl_stdin(&[verb, "-f", "-"], manifest)
+    }
+
+    /// `kubectl ARGS` with `manifest` on stdin.
+    fn kubectl_stdin(&self, args: &[&str], manifest: &str) -> Output {
         use std::io::Write;
         let bin = std::fs::read_to_string(format!("{}/bin", self.dir)).unwrap();
         let mut child = Command::new(format!("{}/kubectl", bin.trim()))
             .arg(format!("--kubeconfig={}", self.kubeconfig))
-            .args([verb, "-f", "-"])
+            .args(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -549,20 +554,7 @@ fn create_pods_until(c: &Cluster, stop: &std::sync::atomic::AtomicBool) -> (usiz
         let manifest = format!(
             r#"{{"apiVersion":"v1","kind":"Pod","metadata":{{"name":"renewal-{created}","namespace":"{ns}"}},"spec":{{"containers":[{{"name":"app","image":"{EXAMPLE}"}}]}}}}"#
         );
-        let bin = std::fs::read_to_string(format!("{}/bin", c.dir)).unwrap();
-        let out = {
-            use std::io::Write;
-            let mut child = Command::new(format!("{}/kubectl", bin.trim()))
-                .arg(format!("--kubeconfig={}", c.kubeconfig))
-                .args(["create", "--dry-run=server", "-o", "jsonpath={.spec.initContainers[*].name}", "-f", "-"])
-                .stdin(Stdio::piped())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()
-                .unwrap();
-            let _ = child.stdin.take().unwrap().write_all(manifest.as_bytes());
-            child.wait_with_output().unwrap()
-        };
+        let out = c.kubectl_stdin(&["create", "--dry-run=server", "-o", "jsonpath={.spec.initContainers[*].name}", "-f", "-"], &manifest);
         // Created and hardened: the proxy (a native sidecar) is there.
         if !out.status.success() || !String::from_utf8_lossy(&out.stdout).contains("tollgate-proxy") {
             failures.push(text(&out));
