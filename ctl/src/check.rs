@@ -255,6 +255,16 @@ pub fn evaluate(s: &Snapshot) -> Vec<Finding> {
             None
         }
     };
+    if serving.is_none() && s.serving_certificate.is_err() && !bundle_certs.is_empty() {
+        r.ok(
+            "ca-bundle",
+            config.clone(),
+            format!(
+                "holds {} CA certificate(s); not compared with the serving Secret (unreadable): the admission dry runs show whether the API server trusts the webhook",
+                bundle_certs.len()
+            ),
+        );
+    }
     let mut secret_expiry = None;
     if let Some(der) = &serving {
         match parse(der) {
