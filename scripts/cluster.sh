@@ -328,6 +328,7 @@ install_tollgate() {
     --create-namespace --wait --timeout 180s --values "$STATE/values.yaml" \
     --set "analysisNamespaces[0].name=$ANALYSIS_NAMESPACE" \
     --set egressLock.enabled=true --set "egressLock.binDir=$STATE/cni/bin" --set "egressLock.confDir=$STATE/cni/net.d" \
+    --set webhook.events.enabled=true \
     ${TOLLGATE_HELM_ARGS:-} >&2 || { explain_failure; return 1; }
 }
 

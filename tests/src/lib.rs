@@ -311,16 +311,23 @@ impl Webhook {
 
     /// Registered, with `policy` (YAML, merged over the embedded default) instead of the default.
     pub fn start_with_policy(plane: &ControlPlane, policy: &str) -> Webhook {
-        let webhook = Webhook::launch(plane, Some(policy));
+        let webhook = Webhook::launch(plane, Some(policy), false);
         webhook.register(plane);
         webhook
     }
 
     pub fn start_unregistered(plane: &ControlPlane) -> Webhook {
-        Webhook::launch(plane, None)
+        Webhook::launch(plane, None, false)
     }
 
-    fn launch(plane: &ControlPlane, policy: Option<&str>) -> Webhook {
+    /// [`Webhook::start`], writing Events through `plane` (`serve --events`).
+    pub fn start_with_events(plane: &ControlPlane) -> Webhook {
+        let webhook = Webhook::launch(plane, None, true);
+        webhook.register(plane);
+        webhook
+    }
+
+    fn launch(plane: &ControlPlane, policy: Option<&str>, events: bool) -> Webhook {
         let certs = plane.dir.path().join("webhook-certs");
         let out = Command::new(workspace_bin("tollgate-certs")).args(["files", "--ip", "127.0.0.1", "--dir"]).arg(&certs).output().unwrap();
         assert!(out.status.success(), "tollgate-certs: {}", String::from_utf8_lossy(&out.stderr));
@@ -345,7 +352,9 @@ impl Webhook {
                     let path = plane.dir.path().join(format!("policy-{port}.yaml"));
                     std::fs::write(&path, yaml).unwrap();
                     format!("--policy={}", path.display())
-                })),
+                }))
+                .args(events.then_some("--events"))
+                .env("KUBECONFIG", &plane.kubeconfig),
             plane.dir.path().join(format!("webhook-{port}.log")),
         );
         let deadline = Instant::now() + Duration::from_secs(10);

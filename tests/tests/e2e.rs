@@ -467,6 +467,65 @@ async fn a_namespace_on_trial_lets_through_what_concerns_the_pod_alone_with_warn
     assert!(String::from_utf8_lossy(&out.stderr).contains("tollgate denied this pod"), "{}", String::from_utf8_lossy(&out.stderr));
 }
 
+/// `serve --events`: a pod denied at creation leaves an Event on its controller (a Job here, as the Job
+/// controller would create the pod), once however often the controller retries; a pod let through in warn
+/// mode leaves one on itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn denied_and_warned_pods_leave_events_on_their_controller_once() {
+    let _serial = SERIAL.lock().await;
+    let plane = ControlPlane::start();
+    let webhook = Webhook::start_with_events(&plane);
+    namespace(&plane, "analyses", true);
+    let job = r#"{"apiVersion":"batch/v1","kind":"Job","metadata":{"name":"analysis","namespace":"analyses"},"spec":{"template":{"spec":{"restartPolicy":"Never","containers":[{"name":"app","image":"registry.example.org/app:1.0"}]}}}}"#;
+    let out = plane.kubectl_stdin(&["create", "-o", "jsonpath={.metadata.uid}", "-f", "-"], job);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let uid = String::from_utf8_lossy(&out.stdout).into_owned();
+    for attempt in 0..3 {
+        let pod = format!(
+            r#"{{"apiVersion":"v1","kind":"Pod","metadata":{{"name":"analysis-{attempt}","namespace":"analyses","ownerReferences":[{{"apiVersion":"batch/v1","kind":"Job","name":"analysis","uid":"{uid}","controller":true}}]}},"spec":{{"restartPolicy":"Never","hostNetwork":true,"containers":[{{"name":"app","image":"registry.example.org/app:1.0"}}]}}}}"#
+        );
+        let out = plane.kubectl_stdin(&["create", "-f", "-"], &pod);
+        assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("tollgate denied this pod"));
+    }
+    let trial = r#"{"apiVersion":"v1","kind":"List","items":[{"apiVersion":"v1","kind":"Namespace","metadata":{"name":"trial","labels":{"tollgate.dev/inject":"enabled","tollgate.dev/mode":"warn"}}},
+{"apiVersion":"v1","kind":"ServiceAccount","metadata":{"name":"default","namespace":"trial"}}]}"#;
+    assert!(plane.kubectl_stdin(&["create", "-f", "-"], trial).status.success());
+    let root = r#"{"apiVersion":"v1","kind":"Pod","metadata":{"name":"as-root","namespace":"trial"},"spec":{"containers":[{"name":"app","image":"registry.example.org/app:1.0","securityContext":{"runAsUser":0}}]}}"#;
+    assert!(plane.kubectl_stdin(&["create", "-f", "-"], root).status.success());
+    let events = |namespace: &str| -> Vec<serde_json::Value> {
+        let out = plane.kubectl(&["get", "events.events.k8s.io", "-n", namespace, "-o", "json"]);
+        let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        list["items"].as_array().unwrap().iter().filter(|e| e["reportingController"] == "tollgate.dev/webhook").cloned().collect()
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while events("analyses").is_empty() || events("trial").is_empty() {
+        assert!(Instant::now() < deadline, "no Events from tollgate:\n{}", webhook.process.logs());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Written off the admission path: give a second write (which must not come) the time to arrive.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let denied = events("analyses");
+    assert_eq!(denied.len(), 1, "one Event for three retries: {denied:#?}");
+    let event = &denied[0];
+    assert_eq!(event["reason"], "Denied");
+    assert_eq!(event["type"], "Warning");
+    assert_eq!((event["regarding"]["kind"].as_str(), event["regarding"]["name"].as_str()), (Some("Job"), Some("analysis")));
+    assert_eq!(event["regarding"]["uid"], uid.as_str());
+    let note = event["note"].as_str().unwrap();
+    assert!(note.starts_with("tollgate denied this pod (1 violation): pod: spec.hostNetwork is true [host-namespaces]"), "{note}");
+    // kubectl describe job shows it.
+    let described = plane.kubectl(&["describe", "job", "analysis", "-n", "analyses"]);
+    assert!(
+        String::from_utf8_lossy(&described.stdout).contains("tollgate denied this pod"),
+        "{}",
+        String::from_utf8_lossy(&described.stdout)
+    );
+    let warned = events("trial");
+    assert_eq!(warned.len(), 1, "{warned:#?}");
+    assert_eq!(warned[0]["reason"], "Warned");
+    assert_eq!((warned[0]["regarding"]["kind"].as_str(), warned[0]["regarding"]["name"].as_str()), (Some("Pod"), Some("as-root")));
+}
+
 /// `tollgate check` on a real API server with tollgate's webhook registered: a healthy setup is healthy, and
 /// each broken piece is found, named, with a hint, and fails the exit code where it breaks pod creation.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

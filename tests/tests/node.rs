@@ -342,6 +342,36 @@ fn t3_a_forbidden_path_is_refused_and_the_app_cannot_read_the_credentials() {
 
 #[test]
 #[ignore = "needs scripts/cluster.sh up"]
+fn t3b_a_job_whose_pods_are_denied_says_why_in_its_events() {
+    let c = cluster();
+    let ns = c.namespace.as_str();
+    c.fresh("job", "host-network", ns);
+    // The Job controller creates the pod; tollgate denies it; the controller's warning reaches no one, the
+    // Event on the Job does.
+    c.apply(&format!(
+        r#"{{"apiVersion":"batch/v1","kind":"Job","metadata":{{"name":"host-network","namespace":"{ns}"}},"spec":{{"backoffLimit":0,"template":{{"spec":{{"restartPolicy":"Never","hostNetwork":true,"containers":[{{"name":"app","image":"{EXAMPLE}"}}]}}}}}}}}"#
+    ));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let event = loop {
+        let events =
+            c.json(&["get", "events.events.k8s.io", "-n", ns, "--field-selector", "regarding.kind=Job,regarding.name=host-network"]);
+        let found = events["items"].as_array().unwrap().iter().find(|e| e["reportingController"] == "tollgate.dev/webhook").cloned();
+        if let Some(event) = found {
+            break event;
+        }
+        assert!(Instant::now() < deadline, "no Event from tollgate on the Job: {events}");
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    assert_eq!(event["reason"], "Denied");
+    let note = event["note"].as_str().unwrap();
+    assert!(note.contains("pod: spec.hostNetwork is true [host-namespaces]"), "{note}");
+    let described = c.ok(&["describe", "job", "host-network", "-n", ns]);
+    assert!(described.contains("tollgate denied this pod"), "{described}");
+    c.ok(&["delete", "job", "host-network", "-n", ns, "--wait=false"]);
+}
+
+#[test]
+#[ignore = "needs scripts/cluster.sh up"]
 fn t4_a_deployment_shaped_analysis_serves_through_its_jwt_checked_ingress() {
     let c = cluster();
     let ns = c.namespace.as_str();

@@ -4,6 +4,7 @@
 //! changes, or a denial naming every violation. [`review`] wraps it in AdmissionReview; the HTTPS server
 //! ([`server`]) and the CLI are thin shells over those two.
 
+pub mod events;
 pub mod harden;
 pub mod labels;
 pub mod metrics;

@@ -76,6 +76,11 @@ struct ServeArgs {
     /// Log format.
     #[arg(long, value_enum, env = "TOLLGATE_LOG_FORMAT", default_value = "json")]
     log_format: LogFormat,
+    /// Write a Kubernetes Event (on the pod's controller, where it has one) for every pod denied, or let through
+    /// unhardened in warn mode. Needs API access: the in-cluster ServiceAccount (or KUBECONFIG), allowed to
+    /// create events.k8s.io Events in the analysis namespaces. Off: the webhook makes no API call at all.
+    #[arg(long, env = "TOLLGATE_EVENTS")]
+    events: bool,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -225,6 +230,21 @@ fn serve(args: ServeArgs) -> ExitCode {
         ..ServeConfig::new(args.tls_cert, args.tls_key)
     };
     runtime.block_on(async {
+        let mut config = config;
+        if args.events {
+            match kube::Config::infer().await {
+                Ok(kube_config) => {
+                    // The pod's name (the Downward API, or the hostname a pod gets).
+                    let instance =
+                        std::env::var("POD_NAME").or_else(|_| std::env::var("HOSTNAME")).unwrap_or_else(|_| "tollgate-webhook".into());
+                    config.events = Some((kube_config, instance));
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "--events: no API server to write Events to (in-cluster ServiceAccount or KUBECONFIG)");
+                    return ExitCode::FAILURE;
+                }
+            }
+        }
         let server = match Server::bind(config).await {
             Ok(server) => server,
             Err(e) => {

@@ -41,6 +41,23 @@ pub struct Metrics {
     bad_requests: Family<ReasonLabels, Counter>,
     reloads: Family<ReloadLabels, Counter>,
     certificate_expiry: Gauge,
+    events: Family<ResultLabels, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabels {
+    result: &'static str,
+}
+
+/// `tollgate_webhook_events_total`, shared with the task that writes Events.
+#[derive(Clone)]
+pub struct EventCounter(Family<ResultLabels, Counter>);
+
+impl EventCounter {
+    /// An Event `written`, `repeated` (not written again), `failed` or `dropped` (queue full).
+    pub fn observe(&self, result: &'static str) {
+        self.0.get_or_create(&ResultLabels { result }).inc();
+    }
 }
 
 impl Default for Metrics {
@@ -61,6 +78,7 @@ impl Metrics {
         let bad_requests = Family::<ReasonLabels, Counter>::default();
         let reloads = Family::<ReloadLabels, Counter>::default();
         let certificate_expiry = Gauge::default();
+        let events = Family::<ResultLabels, Counter>::default();
         registry.register("reviews", "AdmissionReviews answered, by outcome", reviews.clone());
         registry.register(
             "review_duration_seconds",
@@ -74,6 +92,7 @@ impl Metrics {
         registry.register("reloads", "Reloads of watched files, by file and result", reloads.clone());
         // A timestamp, as cert-manager's certmanager_certificate_expiration_timestamp_seconds: an alert
         // compares it with time(), and a renewal shows as a step up.
+        registry.register("events", "Events about denied and warned pods (serve --events), by result", events.clone());
         registry.register(
             "certificate_expiry_seconds",
             "When the serving certificate expires, in seconds since the Unix epoch (0: unreadable)",
@@ -95,7 +114,7 @@ impl Metrics {
             let _ = denials.get_or_create(&RuleLabels { rule: rule.as_str() });
             let _ = warned.get_or_create(&RuleLabels { rule: rule.as_str() });
         }
-        Metrics { registry, reviews, duration, denials, warned, skips, bad_requests, reloads, certificate_expiry }
+        Metrics { registry, reviews, duration, denials, warned, skips, bad_requests, reloads, certificate_expiry, events }
     }
 
     pub fn observe_review(&self, summary: &ReviewSummary, seconds: f64) {
@@ -116,6 +135,11 @@ impl Metrics {
 
     pub fn observe_reload(&self, file: &'static str, ok: bool) {
         self.reloads.get_or_create(&ReloadLabels { file, result: if ok { "success" } else { "failure" } }).inc();
+    }
+
+    /// The Events' counter, for the task that writes them.
+    pub fn events(&self) -> EventCounter {
+        EventCounter(self.events.clone())
     }
 
     /// The serving certificate now in use expires at `unix_seconds` (`None`: its expiry could not be read).

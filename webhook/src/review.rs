@@ -69,6 +69,24 @@ pub struct ReviewSummary {
     /// The rules a denied (or, in warn mode, warned) pod broke.
     pub denied_rules: Vec<Rule>,
     pub skip_reason: Option<&'static str>,
+    /// For a pod denied (or warned) at creation: the message, and whom to tell (its controller, or the pod),
+    /// for an Event.
+    pub event: Option<crate::events::Note>,
+}
+
+/// The pod's controller (its ownerReference with `controller: true`), or else the pod itself, unstored.
+fn regarding(object: &Value, pod: &str) -> crate::events::Regarding {
+    let text = |v: &Value, key: &str| v.get(key).and_then(Value::as_str).unwrap_or("").to_owned();
+    let owners = object.pointer("/metadata/ownerReferences").and_then(Value::as_array);
+    match owners.and_then(|o| o.iter().find(|r| r.get("controller") == Some(&Value::Bool(true)))) {
+        Some(owner) => crate::events::Regarding {
+            api_version: text(owner, "apiVersion"),
+            kind: text(owner, "kind"),
+            name: text(owner, "name"),
+            uid: text(owner, "uid"),
+        },
+        None => crate::events::Regarding { api_version: "v1".into(), kind: "Pod".into(), name: pod.to_owned(), uid: String::new() },
+    }
 }
 
 fn pod_name(object: &Value, request_name: &str) -> String {
@@ -135,6 +153,7 @@ pub fn review_in(policy: &Policy, on_violation: OnViolation, body: &[u8]) -> Res
         changes: 0,
         denied_rules: Vec::new(),
         skip_reason: None,
+        event: None,
     };
     let mut response = AdmissionResponse::from(&request);
     let mut patch = None;
@@ -143,8 +162,10 @@ pub fn review_in(policy: &Policy, on_violation: OnViolation, body: &[u8]) -> Res
     let requester = Requester { username: request.user_info.username.as_deref().unwrap_or(""), groups: &groups };
     let subresource = request.sub_resource.as_deref().unwrap_or("");
     let kind = request.kind.kind.as_str();
+    let mut about = None;
     let decision = match (request.operation.clone(), request.kind.group.as_str(), kind) {
         (Operation::Create, "", "Pod") if subresource.is_empty() => {
+            about = Some(regarding(&object, &summary.name));
             // Hardened in place: on a skip (or a denial) harden leaves the pod as it came.
             let mut pod = object;
             let outcome = harden::harden_in(policy, on_violation, &mut pod, Some(requester));
@@ -188,17 +209,20 @@ pub fn review_in(policy: &Policy, on_violation: OnViolation, body: &[u8]) -> Res
                 summary.outcome = ReviewOutcome::Denied;
                 summary.denied_rules = denial.violations.iter().map(|v| v.rule).collect();
                 response.allowed = false;
-                response.result = Status::failure(&denial.message_for(what), "Forbidden").with_code(403);
+                let message = denial.message_for(what);
+                summary.event = about.map(|about| crate::events::Note::new(&summary.namespace, about, "Denied", &message));
+                response.result = Status::failure(&message, "Forbidden").with_code(403);
             }
             Ok(Outcome::Warned(denial)) => {
                 summary.outcome = ReviewOutcome::Warned;
                 summary.denied_rules = denial.violations.iter().map(|v| v.rule).collect();
-                let lines = std::iter::once(format!(
+                let message = format!(
                     "pod not hardened: the namespace only warns (onViolation: warn); in one that enforces, {}",
                     denial.message_for(what)
-                ))
-                .chain(denial.violations.iter().map(|v| format!("would deny: {v}")))
-                .collect::<Vec<_>>();
+                );
+                summary.event = about.map(|about| crate::events::Note::new(&summary.namespace, about, "Warned", &message));
+                let lines =
+                    std::iter::once(message).chain(denial.violations.iter().map(|v| format!("would deny: {v}"))).collect::<Vec<_>>();
                 response.warnings = Some(warnings(lines.into_iter(), policy.max_warnings));
                 (response, patch) = status_only(response, skipped_patch)?;
             }

@@ -57,6 +57,8 @@ pub struct ServeConfig {
     /// Called on a large-review thread once a burst of large reviews is over, to hand the memory they used
     /// back to the system (the binary's allocator keeps it otherwise). A no-op by default.
     pub release_memory: fn(),
+    /// Write Events about denied and warned pods through this API server, as this instance (the pod's name).
+    pub events: Option<(kube::Config, String)>,
 }
 
 impl ServeConfig {
@@ -73,6 +75,7 @@ impl ServeConfig {
             max_connections: 1024,
             first_request_timeout: HANDSHAKE_TIMEOUT,
             release_memory: || {},
+            events: None,
         }
     }
 }
@@ -83,6 +86,7 @@ pub struct State {
     draining: AtomicBool,
     /// Where large reviews are answered.
     large_reviews: ReviewPool,
+    events: Option<crate::events::EventSink>,
 }
 
 impl State {
@@ -94,6 +98,7 @@ impl State {
             metrics: Metrics::new(),
             draining: AtomicBool::new(false),
             large_reviews: ReviewPool::new(cores, LARGE_REVIEW_IDLE, release_memory)?,
+            events: None,
         })
     }
 
@@ -133,7 +138,12 @@ impl Server {
         let store = Arc::new(CertStore::new(certified));
         let tls = TlsAcceptor::from(Arc::new(server_config(store.clone()).map_err(|e| format!("TLS: {e}"))?));
         let (policy, policy_bytes) = load_policy(config.policy.as_ref())?;
-        let state = Arc::new(State::new(policy, config.release_memory).map_err(|e| format!("starting the review threads: {e}"))?);
+        let mut state = State::new(policy, config.release_memory).map_err(|e| format!("starting the review threads: {e}"))?;
+        if let Some((kube_config, instance)) = config.events.clone() {
+            let client = kube::Client::try_from(kube_config).map_err(|e| format!("--events: the API client: {e}"))?;
+            state.events = Some(crate::events::EventSink::spawn(client, instance, state.metrics.events()));
+        }
+        let state = Arc::new(state);
         state.metrics.observe_certificate(expiry);
         let listener = TcpListener::bind(config.listen).await.map_err(|e| format!("--listen {}: {e}", config.listen))?;
 
@@ -341,6 +351,9 @@ async fn mutate(state: &State, request: Request<Incoming>, mode: Option<OnViolat
         Ok((response, summary)) => {
             let elapsed = started.elapsed();
             state.metrics.observe_review(&summary, elapsed.as_secs_f64());
+            if let (Some(events), Some(note)) = (&state.events, summary.event.clone()) {
+                events.offer(note);
+            }
             let rules: Vec<&str> = summary.denied_rules.iter().map(|r| r.as_str()).collect();
             tracing::info!(
                 uid = %summary.uid,
