@@ -675,7 +675,7 @@ fn the_chart_schema_and_readme_are_generated_and_the_schema_names_the_bad_field(
     }
     let helm = tollgate_e2e::bin_dir().join("helm");
     for (set, said) in [
-        ("policy.onViolation=maybe", "at '/policy/onViolation': value must be one of"),
+        ("policy.onViolation=maybe", "at '/policy/onViolation': value must be 'warn'"),
         ("policy.proxy.egressPort=70000", "at '/policy/proxy/egressPort': maximum"),
         ("policy.security.runAsUsr=1000", "at '/policy/security': additional properties 'runAsUsr' not allowed"),
         ("policy.resources.maximum.memory=lots", "at '/policy/resources/maximum/memory': 'lots' does not match pattern"),

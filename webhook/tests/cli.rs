@@ -251,6 +251,14 @@ fn policy_schema_describes_a_policy_file_where_every_field_may_be_left_out() {
         }
     }
     assert!(!requires_something(&schema), "a policy file is merged over the default: nothing is required");
-    assert_eq!(schema["properties"]["onViolation"]["enum"], serde_json::json!(["deny", "override"]));
+    let modes: Vec<&str> =
+        schema["properties"]["onViolation"]["oneOf"].as_array().unwrap().iter().map(|m| m["const"].as_str().unwrap()).collect();
+    assert_eq!(modes, ["deny", "override", "warn"]);
+    assert!(
+        schema["properties"]["onViolation"]["oneOf"][2]["description"]
+            .as_str()
+            .unwrap()
+            .starts_with("Let a pod that would be denied through")
+    );
     assert_eq!(schema["properties"]["proxy"]["properties"]["adminPort"]["maximum"], 65535);
 }
