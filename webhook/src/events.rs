@@ -43,6 +43,8 @@ pub const MAX_NOTE: usize = 1024;
 /// A note already written for an object is written again only after this long.
 pub const REPEAT_AFTER: Duration = Duration::from_secs(300);
 const QUEUE: usize = 256;
+/// At most this many notes are remembered for [`REPEAT_AFTER`]; beyond, repeats are written again.
+const REMEMBERED: usize = 4096;
 
 impl Note {
     pub fn new(namespace: &str, regarding: Regarding, reason: &'static str, message: &str) -> Note {
@@ -63,9 +65,14 @@ impl Note {
         // As client-go names Events: the object's name and the time (generateName would end in a dot, which the
         // Events API refuses).
         let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+        // A pod that had only a generateName is `prefix*`: what is not a name's is left out.
+        let base: String =
+            r.name.to_lowercase().chars().filter(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.')).take(200).collect();
+        let base = base.trim_matches(|c: char| !c.is_ascii_alphanumeric());
+        let base = if base.is_empty() { "pod" } else { base };
         Event {
             metadata: ObjectMeta {
-                name: Some(format!("{}.{nanos:x}", r.name.chars().take(200).collect::<String>().to_lowercase())),
+                name: Some(format!("{base}.{nanos:x}")),
                 namespace: Some(self.namespace.clone()),
                 ..ObjectMeta::default()
             },
@@ -115,7 +122,9 @@ impl EventSink {
                 match api.create(&PostParams::default(), &note.event(&instance)).await {
                     Ok(_) => {
                         counter.observe("written");
-                        written.insert(note, now);
+                        if written.len() < REMEMBERED {
+                            written.insert(note, now);
+                        }
                     }
                     Err(error) => {
                         counter.observe("failed");
@@ -151,5 +160,10 @@ mod tests {
         assert_eq!(event.regarding.as_ref().unwrap().kind.as_deref(), Some("Job"));
         assert_eq!(event.reporting_controller.as_deref(), Some("tollgate.dev/webhook"));
         assert!(event.metadata.name.as_deref().unwrap().starts_with("j."), "{:?}", event.metadata.name);
+        // A pod known only by its generateName.
+        let pod = Regarding { api_version: "v1".into(), kind: "Pod".into(), name: "Analysis-*".into(), uid: String::new() };
+        let event = Note::new("ns", pod, "Denied", "x").event("i");
+        assert!(event.metadata.name.as_deref().unwrap().starts_with("analysis."), "{:?}", event.metadata.name);
+        assert_eq!(event.regarding.unwrap().uid, None);
     }
 }
