@@ -744,31 +744,39 @@ fn t8c_a_bad_policy_or_route_table_fails_the_upgrade_naming_the_field_and_change
 #[ignore = "needs scripts/cluster.sh up"]
 fn t8d_helm_test_runs_tollgate_check_in_the_cluster_and_leaves_no_rights_behind() {
     let c = cluster();
-    let test = c.helm(&["test", "tollgate", "-n", "tollgate", "--logs", "--timeout=120s"]);
-    let out = text(&test);
-    assert!(test.status.success(), "{out}");
-    // It checked what a healthy install has, and found no error.
-    for seen in
-        ["[ok  ] webhook-registered", "[ok  ] ca-bundle", "[ok  ] webhook-serving", "[ok  ] admission", "namespace analyses", "0 errors"]
-    {
-        assert!(out.contains(seen), "{seen:?} not in:\n{out}");
-    }
-    // Its rights are gone; the completed pod stays, for its logs, until the next `helm test`.
-    for (kind, namespace) in [
-        ("serviceaccount", "tollgate"),
-        ("role", "tollgate"),
-        ("role", c.namespace.as_str()),
-        ("clusterrole", ""),
-        ("clusterrolebinding", ""),
-    ] {
-        let mut args = vec!["get", kind, "tollgate-test", "--ignore-not-found", "-o", "name"];
-        if !namespace.is_empty() {
-            args.extend(["-n", namespace]);
+    let ns = c.namespace.as_str();
+    let rights_gone = || {
+        for (kind, namespace) in
+            [("serviceaccount", "tollgate"), ("role", "tollgate"), ("role", ns), ("clusterrole", ""), ("clusterrolebinding", "")]
+        {
+            let mut args = vec!["get", kind, "tollgate-test", "--ignore-not-found", "-o", "name"];
+            if !namespace.is_empty() {
+                args.extend(["-n", namespace]);
+            }
+            let left = c.ok(&args);
+            assert!(left.trim().is_empty(), "{kind} tollgate-test left behind: {left}");
         }
-        let left = c.ok(&args);
-        assert!(left.trim().is_empty(), "{kind} tollgate-test left behind: {left}");
+    };
+    // A broken setup: the analysis namespace's route table gone. The test fails; its pod stays for its log.
+    let mut routes = c.json(&["get", "configmap", "tollgate-proxy-routes", "-n", ns]);
+    c.ok(&["delete", "configmap", "tollgate-proxy-routes", "-n", ns]);
+    let failed = c.helm(&["test", "tollgate", "-n", "tollgate", "--timeout=120s"]);
+    assert!(!failed.status.success(), "{}", text(&failed));
+    let log = c.ok(&["logs", "tollgate-test", "-n", "tollgate"]);
+    for seen in ["[FAIL] routes", "no ConfigMap tollgate-proxy-routes", "[ok  ] webhook-registered", "[ok  ] admission", "1 errors"] {
+        assert!(log.contains(seen), "{seen:?} not in:\n{log}");
     }
-    assert_eq!(phase(&c.pod("tollgate", "tollgate-test")), "Succeeded");
+    rights_gone();
+    // Repaired, it passes, and leaves nothing.
+    let metadata = routes["metadata"].as_object_mut().unwrap();
+    metadata.retain(|key, _| ["name", "namespace", "labels", "annotations"].contains(&key.as_str()));
+    c.apply(&routes.to_string());
+    let passed = c.helm(&["test", "tollgate", "-n", "tollgate", "--timeout=120s"]);
+    assert!(passed.status.success(), "{}", text(&passed));
+    assert!(text(&passed).contains("Phase:          Succeeded"), "{}", text(&passed));
+    rights_gone();
+    let left = c.ok(&["get", "pod", "tollgate-test", "-n", "tollgate", "--ignore-not-found", "-o", "name"]);
+    assert!(left.trim().is_empty(), "the passed test's pod is left: {left}");
 }
 
 #[test]
@@ -803,4 +811,60 @@ fn t9_helm_uninstall_leaves_no_webhook_and_labeled_namespaces_take_no_plain_pods
     }
     let pod = c.pod(ns, "after");
     assert!(pod["spec"]["initContainers"].is_null(), "unlabeled: a plain pod");
+}
+
+#[test]
+#[ignore = "needs scripts/cluster.sh up"]
+fn t9b_helm_install_wait_with_an_existing_secret_hardens_pods_and_uninstalls_clean() {
+    let c = cluster();
+    let ns = c.namespace.as_str();
+    // The admin's own certificate (here from tollgate-certs), as a kubernetes.io/tls Secret, and its CA.
+    let certs = tempfile::tempdir().unwrap();
+    let made = Command::new(format!("{}/release/tollgate-certs", c.dir)).args(["files", "--dir"]).arg(certs.path()).output().unwrap();
+    assert!(made.status.success(), "{}", text(&made));
+    let (cert, key) = (certs.path().join("tls.crt"), certs.path().join("tls.key"));
+    c.ok(&[
+        "create",
+        "secret",
+        "tls",
+        "my-webhook-tls",
+        "-n",
+        "tollgate",
+        &format!("--cert={}", cert.display()),
+        &format!("--key={}", key.display()),
+    ]);
+    let chart = format!("{}/../charts/tollgate", env!("CARGO_MANIFEST_DIR"));
+    let install = c.helm(&[
+        "install",
+        "tollgate",
+        &chart,
+        "-n",
+        "tollgate",
+        "--wait",
+        "--timeout=180s",
+        "-f",
+        &format!("{}/values.yaml", c.dir),
+        "--set",
+        "certificates.mode=existingSecret",
+        "--set",
+        "certificates.existingSecret=my-webhook-tls",
+        "--set-file",
+        &format!("webhook.caBundle={}", certs.path().join("ca.crt").display()),
+        "--set",
+        &format!("analysisNamespaces[0].name={ns}"),
+    ]);
+    assert!(install.status.success(), "{}", text(&install));
+    c.ok(&["label", "namespace", ns, "tollgate.dev/inject=enabled"]);
+    let pod = format!(
+        r#"{{"apiVersion":"v1","kind":"Pod","metadata":{{"name":"existing-secret","namespace":"{ns}"}},"spec":{{"containers":[{{"name":"app","image":"{EXAMPLE}"}}]}}}}"#
+    );
+    let out = c.kubectl_stdin(&["create", "--dry-run=server", "-o", "jsonpath={.spec.initContainers[*].name}", "-f", "-"], &pod);
+    assert!(out.status.success() && String::from_utf8_lossy(&out.stdout).contains("tollgate-proxy"), "{}", text(&out));
+    // And out again, leaving no webhook configuration; the admin's Secret is the admin's.
+    c.ok(&["label", "namespace", ns, "tollgate.dev/inject-"]);
+    let uninstall = c.helm(&["uninstall", "tollgate", "-n", "tollgate", "--wait", "--timeout=120s"]);
+    assert!(uninstall.status.success(), "{}", text(&uninstall));
+    let left = c.ok(&["get", "mutatingwebhookconfigurations,clusterroles,clusterrolebindings", "-o", "name"]);
+    assert!(!left.contains("tollgate"), "{left}");
+    c.ok(&["delete", "secret", "my-webhook-tls", "-n", "tollgate"]);
 }
