@@ -130,9 +130,39 @@ fn pem_blocks(text: &str) -> impl Iterator<Item = &str> {
     })
 }
 
+/// Read-only looks at certificates, for this crate's decisions and for `tollgate check`.
+pub mod inspect {
+    use x509_parser::prelude::{FromDer, X509Certificate};
+
+    /// The DER of every certificate in a PEM text (other blocks, and what does not parse, left out).
+    pub fn certificates(pem: &str) -> Vec<Vec<u8>> {
+        x509_parser::pem::Pem::iter_from_buffer(pem.as_bytes())
+            .filter_map(Result::ok)
+            .filter(|p| p.label == "CERTIFICATE")
+            .map(|p| p.contents)
+            .collect()
+    }
+
+    /// When a certificate stops being valid (seconds since the Unix epoch), and its subject.
+    pub fn expiry(der: &[u8]) -> Option<(i64, String)> {
+        let (_, cert) = X509Certificate::from_der(der).ok()?;
+        Some((cert.validity().not_after.timestamp(), cert.subject().to_string()))
+    }
+
+    /// Whether `ca` issued `leaf` and its signature verifies with `ca`'s key.
+    pub fn signed_by(leaf: &X509Certificate<'_>, ca: &X509Certificate<'_>) -> bool {
+        leaf.issuer() == ca.subject() && leaf.verify_signature(Some(ca.public_key())).is_ok()
+    }
+
+    /// Whether one of `cas` (DER) signed `leaf` (DER).
+    pub fn signed_by_any(leaf: &[u8], cas: &[Vec<u8>]) -> bool {
+        let Ok((_, leaf)) = X509Certificate::from_der(leaf) else { return false };
+        cas.iter().any(|ca| X509Certificate::from_der(ca).is_ok_and(|(_, ca)| signed_by(&leaf, &ca)))
+    }
+}
+
 fn parse_pem(pem: &str) -> Option<Vec<u8>> {
-    let (_, parsed) = x509_parser::pem::parse_x509_pem(pem.as_bytes()).ok()?;
-    Some(parsed.contents)
+    inspect::certificates(pem).into_iter().next()
 }
 
 fn remaining(cert: &X509Certificate<'_>, now: OffsetDateTime) -> Duration {
@@ -155,7 +185,7 @@ pub fn assess(existing: Option<&Bundle>, params: &Params, now: OffsetDateTime) -
     let Ok((_, leaf)) = X509Certificate::from_der(&leaf_der) else {
         return Action::RenewLeaf("the serving certificate does not parse".into());
     };
-    if leaf.issuer() != ca.subject() || leaf.verify_signature(Some(ca.public_key())).is_err() {
+    if !inspect::signed_by(&leaf, &ca) {
         return Action::RenewLeaf("the serving certificate is not from this CA".into());
     }
     if !KeyPair::from_pem(&existing.key).is_ok_and(|key| key.subject_public_key_info() == leaf.public_key().raw) {

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use serde::Serialize;
-use x509_parser::prelude::{FromDer, X509Certificate};
+use tollgate_certs::inspect::{certificates as pem_certificates, expiry, signed_by_any};
 
 /// The webhooks a tollgate configuration has, by name.
 pub const WEBHOOKS: [&str; 4] =
@@ -124,33 +124,6 @@ impl Report {
     }
 }
 
-/// A certificate's expiry and whether `issuer` signed it.
-struct Cert {
-    not_after: i64,
-    subject: String,
-}
-
-fn pem_certificates(text: &str) -> Vec<Vec<u8>> {
-    x509_parser::pem::Pem::iter_from_buffer(text.as_bytes())
-        .filter_map(Result::ok)
-        .filter(|p| p.label == "CERTIFICATE")
-        .map(|p| p.contents)
-        .collect()
-}
-
-fn parse(der: &[u8]) -> Option<Cert> {
-    let (_, cert) = X509Certificate::from_der(der).ok()?;
-    Some(Cert { not_after: cert.validity().not_after.timestamp(), subject: cert.subject().to_string() })
-}
-
-fn signed_by_any(leaf: &[u8], bundle: &[Vec<u8>]) -> bool {
-    let Ok((_, leaf)) = X509Certificate::from_der(leaf) else { return false };
-    bundle.iter().any(|ca| {
-        X509Certificate::from_der(ca)
-            .is_ok_and(|(_, ca)| leaf.issuer() == ca.subject() && leaf.verify_signature(Some(ca.public_key())).is_ok())
-    })
-}
-
 fn days(seconds: i64) -> String {
     format!("{:.0} days", seconds as f64 / 86_400.0)
 }
@@ -267,32 +240,32 @@ pub fn evaluate(s: &Snapshot) -> Vec<Finding> {
     }
     let mut secret_expiry = None;
     if let Some(der) = &serving {
-        match parse(der) {
+        match expiry(der) {
             None => r.error(
                 "serving-certificate",
                 secret_subject.clone(),
                 "tls.crt does not parse",
                 "renew it (tollgate-certs secret --renew=leaf)",
             ),
-            Some(cert) => {
-                secret_expiry = Some(cert.not_after);
-                let left = cert.not_after - s.now;
+            Some((not_after, subject)) => {
+                secret_expiry = Some(not_after);
+                let left = not_after - s.now;
                 if left <= 0 {
                     r.error(
                         "serving-certificate",
                         secret_subject.clone(),
-                        format!("{} has expired: every pod creation in an analysis namespace fails", cert.subject),
+                        format!("{} has expired: every pod creation in an analysis namespace fails", subject),
                         "renew now: kubectl create job -n <namespace> --from=cronjob/tollgate-certs-renew renew-now",
                     );
                 } else if left < s.expiry_warning {
                     r.warn(
                         "serving-certificate",
                         secret_subject.clone(),
-                        format!("{} expires in {}", cert.subject, days(left)),
+                        format!("{} expires in {}", subject, days(left)),
                         "the renewal should have run: kubectl get cronjob,jobs -n <namespace>, and their logs",
                     );
                 } else {
-                    r.ok("serving-certificate", secret_subject.clone(), format!("{} valid for {}", cert.subject, days(left)));
+                    r.ok("serving-certificate", secret_subject.clone(), format!("{} valid for {}", subject, days(left)));
                 }
                 if !bundle_certs.is_empty() {
                     if signed_by_any(der, &bundle_certs) {

@@ -10,8 +10,8 @@ fn bundle(now: OffsetDateTime, leaf_days: i64) -> Bundle {
     issue(&Action::NewCa("test".into()), None, &params, now).unwrap().unwrap()
 }
 
-fn expiry(bundle: &Bundle) -> i64 {
-    parse(&pem_certificates(&bundle.cert)[0]).unwrap().not_after
+fn expiry_of(bundle: &Bundle) -> i64 {
+    expiry(&pem_certificates(&bundle.cert)[0]).unwrap().0
 }
 
 fn healthy(now: OffsetDateTime, certs: &Bundle) -> Snapshot {
@@ -32,7 +32,7 @@ fn healthy(now: OffsetDateTime, certs: &Bundle) -> Snapshot {
         webhooks: Ok(Some(webhooks)),
         policy: Ok(Some("onViolation: deny\n".into())),
         serving_certificate: Ok(Some(certs.cert.clone())),
-        served: Ok(vec![("pod a".into(), Ok(expiry(certs))), ("pod b".into(), Ok(expiry(certs)))]),
+        served: Ok(vec![("pod a".into(), Ok(expiry_of(certs))), ("pod b".into(), Ok(expiry_of(certs)))]),
         namespaces: Ok(vec![NamespaceView {
             name: "analyses".into(),
             labels: BTreeMap::from([("pod-security.kubernetes.io/enforce".into(), "restricted".into())]),
@@ -142,7 +142,7 @@ fn certificates_near_or_past_expiry_and_pods_that_did_not_reload() {
 
     let certs = bundle(now, 365);
     let mut s = healthy(now, &certs);
-    s.served = Ok(vec![("pod a".into(), Ok(expiry(&certs))), ("pod b".into(), Ok(expiry(&certs) - 86_400))]);
+    s.served = Ok(vec![("pod a".into(), Ok(expiry_of(&certs))), ("pod b".into(), Ok(expiry_of(&certs) - 86_400))]);
     let findings = evaluate(&s);
     let found = problems(&findings);
     assert_eq!(found.len(), 1);
