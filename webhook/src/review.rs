@@ -165,13 +165,17 @@ pub fn review_in(policy: &Policy, on_violation: OnViolation, body: &[u8]) -> Res
     let mut about = None;
     let decision = match (request.operation.clone(), request.kind.group.as_str(), kind) {
         (Operation::Create, "", "Pod") if subresource.is_empty() => {
-            about = Some(regarding(&object, &summary.name));
             // Hardened in place: on a skip (or a denial) harden leaves the pod as it came.
             let mut pod = object;
             let outcome = harden::harden_in(policy, on_violation, &mut pod, Some(requester));
             match &outcome {
                 Ok(Outcome::Skipped { reason }) => skipped_patch = Some(harden::skipped_status(policy, &pod, reason.as_str())),
-                Ok(Outcome::Warned(_)) => skipped_patch = Some(harden::skipped_status(policy, &pod, "warned")),
+                Ok(Outcome::Warned(_)) => {
+                    skipped_patch = Some(harden::skipped_status(policy, &pod, "warned"));
+                    about = Some(regarding(&pod, &summary.name));
+                }
+                // Only a pod that is not let through as hardened is worth an Event.
+                Ok(Outcome::Denied(_)) => about = Some(regarding(&pod, &summary.name)),
                 _ => {}
             }
             Some(("this pod", outcome))
