@@ -460,7 +460,12 @@ async fn a_namespace_on_trial_lets_through_what_concerns_the_pod_alone_with_warn
     assert!(status.contains(r#""skipped":"warned""#), "{status}");
     let plain = "apiVersion: v1\nkind: Pod\nmetadata: { name: plain, namespace: trial }\nspec:\n  containers: [{ name: app, image: 'registry.example.org/app:1.0' }]\n";
     assert!(create(&plane, &["create", "-f", "-"], Some(plain)).status.success());
-    assert_hardened(&stored(&plane, "trial", "plain").await);
+    let hardened = stored(&plane, "trial", "plain").await;
+    assert_hardened(&hardened);
+    // What was changed stays with the pod, for whoever reads it later.
+    let changes = hardened.metadata.annotations.as_ref().and_then(|a| a.get("tollgate.dev/changes")).expect("the changes annotation");
+    assert!(changes.lines().any(|l| l.starts_with("pod: injected tollgate-proxy")), "{changes}");
+    assert!(changes.lines().any(|l| l == "container \"app\": set securityContext.readOnlyRootFilesystem=true"), "{changes}");
     let privileged = "apiVersion: v1\nkind: Pod\nmetadata: { name: privileged, namespace: trial }\nspec:\n  containers: [{ name: app, image: 'registry.example.org/app:1.0', securityContext: { privileged: true } }]\n";
     let out = plane.kubectl_stdin(&["create", "-f", "-"], privileged);
     assert!(!out.status.success());

@@ -26,6 +26,11 @@ pub const ANNOTATION_ANALYSIS_ID: &str = "tollgate.dev/analysis-id";
 pub const ANNOTATION_PROJECT_ID: &str = "tollgate.dev/project-id";
 pub const ANNOTATION_CREDENTIALS_SECRET: &str = "tollgate.dev/credentials-secret";
 pub const ANNOTATION_STATUS: &str = "tollgate.dev/status";
+/// Every change tollgate made to the pod, one per line, as its creator's warnings listed them: for whoever
+/// reads the pod later (a controller's warnings are read by nobody).
+pub const ANNOTATION_CHANGES: &str = "tollgate.dev/changes";
+/// The changes annotation holds at most this much; the rest is counted on its last line.
+const MAX_CHANGES_ANNOTATION: usize = 16 * 1024;
 /// The contract with the tollgate-cni plugin: `{"proxyUid":10001,"inboundPorts":[15006,15021]}` on every
 /// hardened pod when the policy says `proxy.egressLock: required`, and on no other pod.
 pub const ANNOTATION_EGRESS_LOCK: &str = "tollgate.dev/egress-lock";
@@ -406,8 +411,29 @@ pub fn harden_in(
     sidecar::insert(policy, placement.missing, &mut editor);
     label_and_record(policy, &ids, &containers, &mut editor);
 
+    // Only when something changed: a reinvocation that finds the pod hardened keeps the first pass's list.
+    if !editor.changes.is_empty() {
+        let summary = changes_summary(&editor.changes);
+        editor.builder.set(&path!["metadata", "annotations", ANNOTATION_CHANGES], json!(summary));
+    }
     let Editor { builder, changes } = editor;
     Ok(Outcome::Hardened(Hardened { patch: builder.into_patch(), changes, notes }))
+}
+
+/// The changes annotation's value: one change per line, at most [`MAX_CHANGES_ANNOTATION`] bytes.
+fn changes_summary(changes: &[Change]) -> String {
+    let mut summary = String::new();
+    for (shown, change) in changes.iter().enumerate() {
+        let line = change.to_string();
+        if summary.len() + line.len() + 1 > MAX_CHANGES_ANNOTATION - 64 {
+            summary.push_str(&format!("... and {} more", changes.len() - shown));
+            return summary;
+        }
+        summary.push_str(&line);
+        summary.push('\n');
+    }
+    summary.pop();
+    summary
 }
 
 /// The value of `tollgate.dev/egress-lock` under `policy`, exactly: `{"proxyUid":10001,"inboundPorts":[15006,15021]}`
@@ -689,5 +715,24 @@ fn label_and_record(policy: &Policy, ids: &PodIds, containers: &[ContainerRef], 
     let path = path!["metadata", "annotations", ANNOTATION_STATUS];
     if e.builder.set(&path, json!(status)) {
         e.change("pod", format!("recorded annotation {ANNOTATION_STATUS}"));
+    }
+}
+
+#[cfg(test)]
+mod changes_annotation {
+    use super::*;
+
+    #[test]
+    fn lists_every_change_and_stays_within_its_bound() {
+        let change = |i: usize| Change { scope: format!("container \"c{i}\""), action: "set securityContext.runAsNonRoot=true".into() };
+        assert_eq!(
+            changes_summary(&[change(1), change(2)]),
+            "container \"c1\": set securityContext.runAsNonRoot=true\ncontainer \"c2\": set securityContext.runAsNonRoot=true"
+        );
+        let many: Vec<Change> = (0..2000).map(change).collect();
+        let summary = changes_summary(&many);
+        assert!(summary.len() <= MAX_CHANGES_ANNOTATION, "{}", summary.len());
+        let shown = summary.lines().count() - 1;
+        assert_eq!(summary.lines().last().unwrap(), format!("... and {} more", 2000 - shown));
     }
 }
