@@ -85,3 +85,13 @@ tolerations: {{- toYaml . | nindent 2 }}
 {{ .name }}: analysis
 {{- end }}
 {{- end -}}
+
+{{- /* The pods of the analysis namespaces that are tollgate's: selection.podSelector (a LabelSelector), {} for
+       every pod. */ -}}
+{{- define "tollgate.podSelector" -}}
+{{- with .Values.selection.podSelector -}}
+{{ toYaml . }}
+{{- else -}}
+{}
+{{- end -}}
+{{- end -}}
