@@ -145,6 +145,130 @@ pub struct ProxyPolicy {
     pub resources: ResourceRequirements,
     /// `required`: every hardened pod carries `tollgate.dev/egress-lock` and the lock-check init container.
     pub egress_lock: EgressLock,
+    /// Names that mean the proxy's egress listener inside the pod, as templates: `{env:NAME}` is the literal
+    /// `value` of env NAME in the pod's app containers (each distinct value), `{label:KEY}` a pod label.
+    /// Rendered into one `spec.hostAliases` entry of tollgate's own (`127.0.0.1`) and the proxy's
+    /// `TOLLGATE_EGRESS_HOSTNAMES`, e.g. `nginx-{env:DEPLOYMENT_NAME}` for FLAME.
+    // Left out of the policy's canonical JSON when empty: the digest of a policy without them is unchanged.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub egress_hostnames: Vec<String>,
+    /// Env vars every container but tollgate's gets as tollgate's placeholder (replacing a value or
+    /// valueFrom, or added): the app never holds the credential they would carry, and still starts.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub placeholder_env: Vec<PlaceholderEnv>,
+}
+
+/// One env var that containers get as a placeholder instead of a credential.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PlaceholderEnv {
+    pub name: String,
+    pub kind: PlaceholderKind,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum PlaceholderKind {
+    /// An unsigned JWT-shaped value (`alg: none`) whose `exp` is 2100-01-01, and that says it is a
+    /// placeholder: code that reads a token's lifetime sees one that never runs out.
+    Jwt,
+    /// `tollgate-placeholder`.
+    Opaque,
+}
+
+/// The placeholder in `proxy.credentialsSecret` that stands for the pod's analysis id.
+pub const ANALYSIS_ID_PLACEHOLDER: &str = "{analysis_id}";
+
+/// One piece of a `proxy.egressHostnames` template.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostnamePart {
+    Literal(String),
+    /// `{env:NAME}`
+    Env(String),
+    /// `{label:KEY}`
+    Label(String),
+}
+
+/// A `proxy.egressHostnames` template in pieces, or why it is not one.
+pub fn parse_hostname_template(template: &str) -> Result<Vec<HostnamePart>, String> {
+    let mut parts = Vec::new();
+    let mut rest = template;
+    while !rest.is_empty() {
+        match rest.find(['{', '}']) {
+            None => {
+                parts.push(HostnamePart::Literal(rest.to_owned()));
+                break;
+            }
+            Some(at) if rest[at..].starts_with('}') => return Err(format!("{template:?} has a '}}' that closes no placeholder")),
+            Some(at) => {
+                if at > 0 {
+                    parts.push(HostnamePart::Literal(rest[..at].to_owned()));
+                }
+                let Some(len) = rest[at..].find('}') else { return Err(format!("{template:?} has a '{{' that is never closed")) };
+                let inner = &rest[at + 1..at + len];
+                let part = match inner.split_once(':') {
+                    Some(("env", name)) => {
+                        check_env_name(name).map_err(|why| format!("{{{inner}}}: {why}"))?;
+                        HostnamePart::Env(name.to_owned())
+                    }
+                    Some(("label", key)) => {
+                        check_label_key(key).map_err(|why| format!("{{{inner}}}: {why}"))?;
+                        if key.starts_with(crate::harden::OWNED_PREFIX) {
+                            return Err(format!(
+                                "{{{inner}}}: {} labels are written by tollgate while it hardens the pod, not read",
+                                crate::harden::OWNED_PREFIX
+                            ));
+                        }
+                        HostnamePart::Label(key.to_owned())
+                    }
+                    _ => return Err(format!("{{{inner}}} is not a placeholder (known: {{env:NAME}}, {{label:KEY}})")),
+                };
+                parts.push(part);
+                rest = &rest[at + len + 1..];
+            }
+        }
+    }
+    Ok(parts)
+}
+
+/// An env var name as Kubernetes validates it (C identifier rules, plus `-` and `.`).
+pub fn check_env_name(name: &str) -> Result<(), String> {
+    let ok_first = name.starts_with(|c: char| c.is_ascii_alphabetic() || matches!(c, '_' | '-' | '.'));
+    let ok_rest = name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
+    if !ok_first || !ok_rest {
+        return Err(format!("{name:?} is not an env var name (letters, digits, '_', '-' and '.', not starting with a digit)"));
+    }
+    Ok(())
+}
+
+/// A label key: an optional DNS subdomain prefix and `/`, and a name of at most 63 characters.
+fn check_label_key(key: &str) -> Result<(), String> {
+    let (prefix, name) = match key.rsplit_once('/') {
+        Some((prefix, name)) => (Some(prefix), name),
+        None => (None, key),
+    };
+    let name_ok = !name.is_empty()
+        && name.len() <= 63
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && name.ends_with(|c: char| c.is_ascii_alphanumeric());
+    if !name_ok || prefix.is_some_and(|p| !is_dns1123_subdomain(p)) {
+        return Err(format!("{key:?} is not a label key"));
+    }
+    Ok(())
+}
+
+/// A DNS-1123 subdomain exactly as Kubernetes checks one (`ValidateDNS1123Subdomain`, e.g. of a
+/// `hostAliases` hostname): at most 253 characters, dot-separated labels of lowercase letters, digits and
+/// `-`, each alphanumeric at both ends.
+pub fn is_dns1123_subdomain(name: &str) -> bool {
+    name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        })
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -389,9 +513,20 @@ impl Policy {
         format!("sha256:{hex}")
     }
 
-    /// The credentials Secret for a pod: the annotation wins over the policy.
-    pub fn credentials_secret<'a>(&'a self, annotation: Option<&'a str>) -> &'a str {
-        annotation.unwrap_or(&self.proxy.credentials_secret)
+    /// Whether `proxy.credentialsSecret` names each pod's Secret by its analysis (`{analysis_id}`).
+    pub fn credentials_secret_per_analysis(&self) -> bool {
+        self.proxy.credentials_secret.contains(ANALYSIS_ID_PLACEHOLDER)
+    }
+
+    /// The policy's credentials Secret for a pod of analysis `analysis` (`proxy.credentialsSecret` with its
+    /// `{analysis_id}` filled in); `None` when the policy needs an analysis id and there is none.
+    pub fn credentials_secret_for(&self, analysis: Option<&str>) -> Option<String> {
+        let template = &self.proxy.credentials_secret;
+        match analysis {
+            _ if !self.credentials_secret_per_analysis() => Some(template.clone()),
+            Some(id) => Some(template.replace(ANALYSIS_ID_PLACEHOLDER, id)),
+            None => None,
+        }
     }
 
     fn validate(&self) -> Result<(), PolicyErrors> {
@@ -430,10 +565,26 @@ impl Policy {
                 format!("must differ from security.runAsUser ({}): the proxy runs as its own user", s.run_as_user),
             ));
         }
-        for (field, name) in [("proxy.configMap", &p.config_map), ("proxy.credentialsSecret", &p.credentials_secret)] {
-            if let Err(why) = check_object_name(name) {
-                errors.push(error(field, why));
-            }
+        if let Err(why) = check_object_name(&p.config_map) {
+            errors.push(error("proxy.configMap", why));
+        }
+        // `{analysis_id}` stands for an id of at least one character: the name is checked with one in its place.
+        let secret_example = p.credentials_secret.replace(ANALYSIS_ID_PLACEHOLDER, "a");
+        if secret_example.contains(['{', '}']) {
+            errors.push(error(
+                "proxy.credentialsSecret",
+                format!("{:?} has a placeholder other than {ANALYSIS_ID_PLACEHOLDER}", p.credentials_secret),
+            ));
+        } else if let Err(why) = check_object_name(&secret_example) {
+            let why = if secret_example == p.credentials_secret {
+                why
+            } else {
+                format!(
+                    "{:?} is not a valid object name with an analysis id in place of {ANALYSIS_ID_PLACEHOLDER} (lowercase letters, digits, '-' and '.', at most 253, alphanumeric at both ends)",
+                    p.credentials_secret
+                )
+            };
+            errors.push(error("proxy.credentialsSecret", why));
         }
         if let Err(why) = check_object_name(&p.credentials_secret_prefix) {
             errors.push(error("proxy.credentialsSecretPrefix", why));
@@ -443,6 +594,8 @@ impl Policy {
                 format!("{:?} does not start with proxy.credentialsSecretPrefix ({:?})", p.credentials_secret, p.credentials_secret_prefix),
             ));
         }
+        check_egress_hostnames(&mut errors, p);
+        check_placeholder_env(&mut errors, p);
         if p.startup_failure_threshold == 0 {
             errors.push(error("proxy.startupFailureThreshold", "must be at least 1"));
         }
@@ -486,6 +639,63 @@ impl Policy {
             }
         }
         if errors.is_empty() { Ok(()) } else { Err(PolicyErrors(errors)) }
+    }
+}
+
+/// At most this many names reach tollgate's `hostAliases` entry (every template, every value together).
+pub const MAX_EGRESS_HOSTNAMES: usize = 32;
+
+fn check_egress_hostnames(errors: &mut Vec<PolicyError>, p: &ProxyPolicy) {
+    if p.egress_hostnames.len() > MAX_EGRESS_HOSTNAMES {
+        errors.push(error("proxy.egressHostnames", format!("has {} entries; at most {MAX_EGRESS_HOSTNAMES}", p.egress_hostnames.len())));
+    }
+    for (index, template) in p.egress_hostnames.iter().enumerate() {
+        let field = format!("proxy.egressHostnames[{index}]");
+        let parts = match parse_hostname_template(template) {
+            Ok(parts) => parts,
+            Err(why) => {
+                errors.push(error(field, why));
+                continue;
+            }
+        };
+        // A placeholder's value is at least one character: with `a` in every place the name must be valid,
+        // or no value could make it so.
+        let example: String = parts
+            .iter()
+            .map(|part| match part {
+                HostnamePart::Literal(text) => text.as_str(),
+                HostnamePart::Env(_) | HostnamePart::Label(_) => "a",
+            })
+            .collect();
+        if !is_dns1123_subdomain(&example) {
+            errors.push(error(
+                field.clone(),
+                format!("{template:?} cannot render a DNS-1123 subdomain (lowercase letters, digits and '-' in dot-separated labels, each alphanumeric at both ends, at most 253 characters)"),
+            ));
+        }
+        for part in &parts {
+            if let HostnamePart::Env(name) = part
+                && let Some(placeholder) = p.placeholder_env.iter().find(|e| &e.name == name)
+            {
+                errors.push(error(
+                    field.clone(),
+                    format!("{{env:{name}}} reads an env var that proxy.placeholderEnv replaces (kind {:?})", placeholder.kind),
+                ));
+            }
+        }
+    }
+}
+
+fn check_placeholder_env(errors: &mut Vec<PolicyError>, p: &ProxyPolicy) {
+    for (index, entry) in p.placeholder_env.iter().enumerate() {
+        let field = format!("proxy.placeholderEnv[{index}].name");
+        if let Err(why) = check_env_name(&entry.name) {
+            errors.push(error(field, why));
+        } else if entry.name == crate::harden::ENV_EGRESS_URL {
+            errors.push(error(field, format!("{:?} is tollgate's own: app containers get the proxy's address there", entry.name)));
+        } else if p.placeholder_env[..index].iter().any(|e| e.name == entry.name) {
+            errors.push(error(field, format!("{:?} is listed twice", entry.name)));
+        }
     }
 }
 

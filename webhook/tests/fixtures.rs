@@ -91,6 +91,7 @@ fixtures! {
     service_account_token => "service-account-token",
     egress_lock => "egress-lock",
     egress_lock_classic => "egress-lock-classic",
+    flame_analysis => "flame-analysis",
 }
 
 #[test]

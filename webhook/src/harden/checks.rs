@@ -59,7 +59,47 @@ pub(super) fn pod_ids(policy: &Policy, annotations: &BTreeMap<String, String>, f
         ),
         _ => {}
     }
-    PodIds { analysis, project, credentials_secret: policy.credentials_secret(secret).to_owned(), secret_prefix: prefix.clone() }
+    let credentials_secret = match secret {
+        Some(name) => name.to_owned(),
+        None => policy_secret(policy, analysis.as_deref(), annotations.contains_key(ANNOTATION_ANALYSIS_ID), f),
+    };
+    PodIds { analysis, project, credentials_secret, secret_prefix: prefix.clone(), egress_hostnames: Vec::new() }
+}
+
+/// The policy's credentials Secret for a pod of `analysis` (`proxy.credentialsSecret`, `{analysis_id}` filled
+/// in). A per-analysis Secret needs an analysis id that makes a valid name; without one, the pod is refused
+/// (`has_annotation`: it carries one, already refused as invalid) and the template stands in.
+fn policy_secret(policy: &Policy, analysis: Option<&str>, has_annotation: bool, f: &mut Findings) -> String {
+    let template = &policy.proxy.credentials_secret;
+    let field = format!("metadata.annotations[{ANNOTATION_ANALYSIS_ID}]");
+    match policy.credentials_secret_for(analysis) {
+        Some(name) => {
+            if let (Some(id), Err(_)) = (analysis, check_object_name(&name)) {
+                f.refused(
+                    Rule::InvalidAnnotation,
+                    "pod",
+                    field,
+                    format!(
+                        "{id:?} would name the pod's credentials Secret {name:?} (policy proxy.credentialsSecret: {template:?}), which is not a valid object name (lowercase letters, digits, '-' and '.', at most 253, alphanumeric at both ends)"
+                    ),
+                );
+            }
+            name
+        }
+        None => {
+            if !has_annotation {
+                f.refused(
+                    Rule::AnalysisIdRequired,
+                    "pod",
+                    field,
+                    format!(
+                        "is missing: the policy gives every analysis its own credentials Secret (proxy.credentialsSecret: {template:?}), and a pod without an analysis id has none; a trusted user (identity.trustedUsers, identity.trustedGroups) sets it on the pod or its workload's template"
+                    ),
+                );
+            }
+            template.clone()
+        }
+    }
 }
 
 /// Identity annotations (`IDENTITY_ANNOTATIONS` in `annotations`) are set only by trusted users, or by the
@@ -218,7 +258,8 @@ fn security_context(doc: &Value, scope: &str, sc_path: &crate::patch::Path, pref
     }
 }
 
-pub(super) fn pod_level(doc: &Value, annotations: &BTreeMap<String, String>, f: &mut Findings) {
+/// `own_alias`: tollgate's own `hostAliases` entry for this pod (`proxy.egressHostnames`), if it gets one.
+pub(super) fn pod_level(doc: &Value, annotations: &BTreeMap<String, String>, own_alias: Option<&Value>, f: &mut Findings) {
     let uid = f.policy.security.run_as_user;
     for key in ["hostNetwork", "hostPID", "hostIPC"] {
         if is_true(get(doc, &path!["spec", key])) {
@@ -262,7 +303,7 @@ pub(super) fn pod_level(doc: &Value, annotations: &BTreeMap<String, String>, f: 
     {
         f.refused(Rule::ResourceNotAllowed, "pod", "spec.resourceClaims", "uses dynamic resource claims, which the policy cannot bound");
     }
-    name_resolution(doc, f);
+    name_resolution(doc, own_alias, f);
 
     if let Some(Value::Array(sysctls)) = get(doc, &path!["spec", "securityContext", "sysctls"]) {
         let unsafe_names: Vec<&str> =
@@ -325,10 +366,13 @@ pub(super) fn pod_level(doc: &Value, annotations: &BTreeMap<String, String>, f: 
 
 /// What names resolve to inside the pod is the proxy's business too: it resolves its upstreams and its
 /// token endpoint there, so a pod that maps those names to its own app would receive the credentials.
-fn name_resolution(doc: &Value, f: &mut Findings) {
+/// tollgate's own entry (`own_alias`, exactly as it renders it for this pod) is not the pod's: found on
+/// reinvocation, it is left alone.
+fn name_resolution(doc: &Value, own_alias: Option<&Value>, f: &mut Findings) {
     let security = &f.policy.security;
     let (allow_aliases, allow_dns) = (security.allow_host_aliases, security.allow_dns_config);
-    if !allow_aliases && get(doc, &path!["spec", "hostAliases"]).and_then(Value::as_array).is_some_and(|a| !a.is_empty()) {
+    let foreign = |aliases: &Vec<Value>| aliases.iter().any(|entry| Some(entry) != own_alias);
+    if !allow_aliases && get(doc, &path!["spec", "hostAliases"]).and_then(Value::as_array).is_some_and(foreign) {
         f.insecure(
             Rule::NameResolution,
             "pod",

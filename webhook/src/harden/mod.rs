@@ -4,6 +4,7 @@
 //! k8s-openapi does not know survive untouched; a typed decode first rejects pods that are not pods.
 
 mod checks;
+pub mod egress;
 mod resources;
 pub mod rules;
 mod sidecar;
@@ -46,6 +47,8 @@ pub const VOLUME_TMP: &str = "tollgate-tmp";
 pub const VOLUME_CONFIG: &str = "tollgate-proxy-config";
 pub const VOLUME_CREDENTIALS: &str = "tollgate-proxy-credentials";
 pub const ENV_EGRESS_URL: &str = "TOLLGATE_EGRESS_URL";
+/// The proxy's env with the names `proxy.egressHostnames` rendered for the pod, comma-separated.
+pub const ENV_EGRESS_HOSTNAMES: &str = "TOLLGATE_EGRESS_HOSTNAMES";
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 /// Labels and annotations under this prefix are tollgate's: set at admission, never changed after.
 pub const OWNED_PREFIX: &str = "tollgate.dev/";
@@ -295,6 +298,8 @@ pub(crate) struct PodIds {
     /// Secrets no container but the proxy may touch: every name with this prefix (the policy's
     /// Secret and any the pod may name have it).
     secret_prefix: String,
+    /// The names `proxy.egressHostnames` renders for the pod (its `hostAliases` entry, the proxy's env).
+    egress_hostnames: Vec<String>,
 }
 
 /// tollgate's containers as a policy renders them for a pod without ids (kept with the policy).
@@ -312,6 +317,7 @@ impl PodIds {
             project: None,
             credentials_secret: policy.proxy.credentials_secret.clone(),
             secret_prefix: policy.proxy.credentials_secret_prefix.clone(),
+            egress_hostnames: Vec::new(),
         }
     }
 
@@ -356,8 +362,10 @@ pub fn harden_in(
     }
 
     let mut findings = Findings { on_violation, ..Findings::new(policy) };
-    let ids = checks::pod_ids(policy, &annotations, &mut findings);
+    let mut ids = checks::pod_ids(policy, &annotations, &mut findings);
     checks::identity(policy, &annotations, requester, "pod", "metadata.annotations", &mut findings);
+    ids.egress_hostnames = egress::hostnames(policy, pod, &mut findings, &mut notes);
+    let own_alias = egress::host_alias(&ids.egress_hostnames);
 
     let mut editor = Editor { builder: PatchBuilder::new(pod), changes: Vec::new() };
     let rendered = policy.rendered.get_or_init(|| RenderedContainers {
@@ -370,7 +378,7 @@ pub fn harden_in(
 
     // Read phase: find everything wrong before changing anything.
     let containers = containers(editor.builder.doc());
-    checks::pod_level(editor.builder.doc(), &annotations, &mut findings);
+    checks::pod_level(editor.builder.doc(), &annotations, own_alias.as_ref(), &mut findings);
     let carrying = checks::credential_volumes(editor.builder.doc(), &ids);
     for container in &containers {
         checks::container(editor.builder.doc(), container, &ids, &carrying, &mut findings);
@@ -393,6 +401,8 @@ pub fn harden_in(
     // Write phase.
     findings.apply(&mut editor);
     harden_pod_level(policy, &mut editor);
+    egress::write_host_alias(own_alias.as_ref(), &mut editor);
+    egress::write_sysctl(policy, &mut editor);
     for container in &containers {
         harden_container(policy, container, &mut editor);
     }
@@ -538,6 +548,8 @@ fn harden_container(policy: &Policy, c: &ContainerRef, e: &mut Editor) {
     if policy.security.read_only_root_filesystem {
         e.force(&c.scope, &c.path, &["securityContext", "readOnlyRootFilesystem"], json!(true));
     }
+    // Every container but tollgate's, ephemeral ones too: none holds what the placeholders stand for.
+    egress::write_placeholders(policy, c, e);
     if c.kind == Kind::Ephemeral {
         return;
     }

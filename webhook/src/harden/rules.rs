@@ -36,6 +36,8 @@ pub enum Rule {
     UntrustedIdentity,
     TollgateOwned,
     TooLarge,
+    EgressHostname,
+    AnalysisIdRequired,
 }
 
 impl Rule {
@@ -56,7 +58,7 @@ impl Rule {
         )
     }
 
-    pub const ALL: [Rule; 31] = [
+    pub const ALL: [Rule; 33] = [
         Rule::Privileged,
         Rule::HostNamespaces,
         Rule::HostPath,
@@ -88,6 +90,8 @@ impl Rule {
         Rule::UntrustedIdentity,
         Rule::TollgateOwned,
         Rule::TooLarge,
+        Rule::EgressHostname,
+        Rule::AnalysisIdRequired,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -123,6 +127,8 @@ impl Rule {
             Rule::UntrustedIdentity => "untrusted-identity",
             Rule::TollgateOwned => "tollgate-owned",
             Rule::TooLarge => "too-large",
+            Rule::EgressHostname => "egress-hostname",
+            Rule::AnalysisIdRequired => "analysis-id-required",
         }
     }
 }

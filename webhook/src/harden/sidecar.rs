@@ -3,7 +3,9 @@
 
 use serde_json::{Value, json};
 
-use super::{Editor, Kind, LOCK_CHECK_NAME, PodIds, SIDECAR_NAME, TOLLGATE_CONTAINERS, VOLUME_CONFIG, VOLUME_CREDENTIALS};
+use super::{
+    ENV_EGRESS_HOSTNAMES, Editor, Kind, LOCK_CHECK_NAME, PodIds, SIDECAR_NAME, TOLLGATE_CONTAINERS, VOLUME_CONFIG, VOLUME_CREDENTIALS,
+};
 use crate::patch::{Path, get};
 use crate::path;
 use crate::policy::{EgressLock, Policy, ProxyMode};
@@ -27,6 +29,9 @@ pub(super) fn render(policy: &Policy, ids: &PodIds) -> Value {
     }
     if let Some(id) = &ids.project {
         env.push(json!({"name": "TOLLGATE_PROJECT_ID", "value": id}));
+    }
+    if !ids.egress_hostnames.is_empty() {
+        env.push(json!({"name": ENV_EGRESS_HOSTNAMES, "value": ids.egress_hostnames.join(",")}));
     }
     let probe = |path: &str, period: u32, failures: u32| {
         json!({
@@ -109,13 +114,17 @@ impl Template {
         Template { head: text[..cut].to_owned(), tail: text[cut..].to_owned(), value }
     }
 
-    /// For a pod: with its ids appended to the env list when given, the same as rendering it for them.
+    /// For a pod: with its ids (and egress hostnames) appended to the env list when given, the same as
+    /// rendering it for them.
     pub(super) fn rendering(&self, ids: Option<&PodIds>) -> Rendering {
         let mut value = self.value.clone();
         let mut json = String::with_capacity(self.head.len() + self.tail.len() + 128);
         json.push_str(&self.head);
         if let (Some(ids), Some(Value::Array(env))) = (ids, value.get_mut("env")) {
-            for (name, id) in [("TOLLGATE_ANALYSIS_ID", &ids.analysis), ("TOLLGATE_PROJECT_ID", &ids.project)] {
+            let hostnames = (!ids.egress_hostnames.is_empty()).then(|| ids.egress_hostnames.join(","));
+            for (name, id) in
+                [("TOLLGATE_ANALYSIS_ID", &ids.analysis), ("TOLLGATE_PROJECT_ID", &ids.project), (ENV_EGRESS_HOSTNAMES, &hostnames)]
+            {
                 let Some(id) = id else { continue };
                 let entry = json!({"name": name, "value": id});
                 if !env.is_empty() {
