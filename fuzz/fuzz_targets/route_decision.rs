@@ -33,6 +33,9 @@ struct Written {
     allow: Vec<Vec<String>>,
     methods: Vec<String>,
     strip_prefix: bool,
+    allow_non_ascii: bool,
+    /// `answer:` instead of an upstream.
+    answers: bool,
 }
 
 struct Table {
@@ -72,6 +75,8 @@ fn table() -> &'static Table {
                     .as_array()
                     .map_or(vec!["GET".into(), "HEAD".into()], |m| m.iter().map(|m| m.as_str().unwrap().to_owned()).collect()),
                 strip_prefix: r["stripPrefix"].as_bool().unwrap_or(true),
+                allow_non_ascii: r["allowNonAsciiPath"].as_bool().unwrap_or(false),
+                answers: r.get("answer").is_some(),
             })
             .collect::<Vec<_>>();
         assert_eq!(written.len(), config.routes.len());
@@ -113,9 +118,9 @@ fuzz_target!(|data: &[u8]| {
 
     match &decision {
         Decision::Forward { route, upstream_target } => {
-            assert!(!safe.non_ascii, "{target:?}: non-ASCII forwarded by a FLAME route");
             let w = &written[*route];
             let r = &config.routes[*route];
+            assert!(!safe.non_ascii || w.allow_non_ascii, "{target:?}: non-ASCII forwarded by {}, which does not allow it", w.name);
             // The matched prefix, on a segment boundary: the path is the prefix, or the prefix and '/'.
             let prefix_text = format!("/{}", w.prefix.join("/"));
             assert!(prefix_matches(&w.prefix, path), "{target:?}: forwarded by {} whose prefix does not match", w.name);
@@ -141,7 +146,8 @@ fuzz_target!(|data: &[u8]| {
                 (true, true) => safe.path.as_str(),
                 (true, false) => &safe.path[prefix_text.len()..],
             };
-            let mut expected = format!("{}{forwarded}", r.upstream.base_path);
+            let base = &r.upstream().expect("a forwarding route has an upstream").base_path;
+            let mut expected = format!("{base}{forwarded}");
             if expected.is_empty() {
                 expected.push('/');
             }
@@ -160,8 +166,21 @@ fuzz_target!(|data: &[u8]| {
         Decision::Invalid { reason } => {
             assert!(safe.non_ascii, "{target:?}: 400 for an ASCII path: {reason}");
         }
+        Decision::Answer { route, .. } => {
+            let w = &written[*route];
+            assert!(w.answers, "{target:?}: answered by {}, which has an upstream", w.name);
+            assert_eq!(Some(w.prefix.len()), longest, "{target:?}: {} is not the longest matching prefix", w.name);
+            let after = &path[w.prefix.len()..];
+            assert!(w.allow.is_empty() || w.allow.iter().any(|a| glob(a, after)), "{target:?}: {} does not allow {after:?}", w.name);
+            assert!(w.methods.iter().any(|m| m == method), "{target:?}: {} does not allow {method}", w.name);
+        }
     }
-    if safe.non_ascii {
+    // Percent-encoded non-ASCII goes only where the longest matching route allows it.
+    let best = written.iter().filter(|w| prefix_matches(&w.prefix, path)).fold(None, |best: Option<&Written>, w| match best {
+        Some(b) if b.prefix.len() >= w.prefix.len() => Some(b),
+        _ => Some(w),
+    });
+    if safe.non_ascii && !best.is_some_and(|w| w.allow_non_ascii) {
         assert!(matches!(decision, Decision::Invalid { .. }), "{target:?}: non-ASCII path not refused: {decision:?}");
     }
 });

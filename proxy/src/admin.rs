@@ -14,11 +14,31 @@ use crate::tokens::TokenSource;
 
 pub struct Admin {
     pub metrics: Arc<Metrics>,
+    pub readiness: Arc<Readiness>,
+}
+
+/// Whether the proxy is ready: what `/readyz` answers, and what a route with `answer: ready` answers.
+pub struct Readiness {
     /// Set when a route needs a token: ready only once one is in hand.
     pub tokens: Option<Arc<TokenSource>>,
     pub draining: Arc<AtomicBool>,
     /// Set when the ingress listener runs: ready only once the JWKS is loaded.
     pub verifier: Option<Arc<crate::jwt::Verifier>>,
+}
+
+impl Readiness {
+    /// `Ok` when ready, else why not.
+    pub fn check(&self) -> Result<(), &'static str> {
+        if self.draining.load(Ordering::Relaxed) {
+            Err("draining")
+        } else if self.tokens.as_ref().is_some_and(|t| !t.ready()) {
+            Err("waiting for a token")
+        } else if self.verifier.as_ref().is_some_and(|v| !v.ready()) {
+            Err("waiting for the JWKS")
+        } else {
+            Ok(())
+        }
+    }
 }
 
 fn reply(status: u16, content_type: &str, body: impl Into<Vec<u8>>) -> Response<Vec<u8>> {
@@ -42,10 +62,10 @@ impl ServeHttp for Admin {
         }
         match header.uri.path() {
             "/healthz" => reply(200, "text/plain", "ok\n"),
-            "/readyz" if self.draining.load(Ordering::Relaxed) => reply(503, "text/plain", "draining\n"),
-            "/readyz" if self.tokens.as_ref().is_some_and(|t| !t.ready()) => reply(503, "text/plain", "waiting for a token\n"),
-            "/readyz" if self.verifier.as_ref().is_some_and(|v| !v.ready()) => reply(503, "text/plain", "waiting for the JWKS\n"),
-            "/readyz" => reply(200, "text/plain", "ok\n"),
+            "/readyz" => match self.readiness.check() {
+                Ok(()) => reply(200, "text/plain", "ok\n"),
+                Err(why) => reply(503, "text/plain", format!("{why}\n")),
+            },
             "/metrics" => reply(200, "application/openmetrics-text; version=1.0.0; charset=utf-8", self.metrics.encode()),
             _ => reply(404, "text/plain", "not found\n"),
         }

@@ -12,7 +12,7 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 
 use crate::connections::Limits;
-use crate::routes::{AuthMode, Pattern, Route, Upstream};
+use crate::routes::{Answer, AuthMode, Destination, Pattern, Route, Upstream};
 use crate::units::{parse_bytes, parse_duration};
 
 #[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
@@ -32,6 +32,9 @@ pub struct RawConfig {
     pub shutdown: RawShutdown,
     #[serde(default)]
     pub connections: RawConnections,
+    /// Headers that carry credentials: removed from every request on every listener, like `Authorization`.
+    /// Default `[apikey, x-api-key]`; every route's `apiKeyHeader` is added to them.
+    pub credential_headers: Option<Vec<String>>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
@@ -61,12 +64,19 @@ pub struct RawRoute {
     #[serde(default)]
     pub allow: Vec<String>,
     pub methods: Option<Vec<String>>,
-    pub upstream: String,
+    /// Where to forward; a route has this or `answer`.
+    pub upstream: Option<String>,
+    /// Answered by the proxy itself instead of an upstream.
+    pub answer: Option<RawAnswer>,
     #[serde(default = "yes")]
     pub strip_prefix: bool,
     #[serde(default)]
     pub auth: RawAuth,
     pub bearer_file: Option<PathBuf>,
+    /// With `auth: apiKeyFile`: the header the key goes in (default `apikey`, Kong's key-auth).
+    pub api_key_header: Option<String>,
+    /// With `auth: apiKeyFile`: the file holding the key, re-read when it changes.
+    pub api_key_file: Option<PathBuf>,
     pub connect_timeout: Option<String>,
     pub read_timeout: Option<String>,
     pub max_request_body: Option<Size>,
@@ -123,12 +133,38 @@ pub enum RawAuth {
     None,
     Token,
     BearerFile,
+    ApiKeyFile,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum RawAnswer {
+    /// 200 `healthy` while the proxy is ready, 503 otherwise.
+    Ready,
+}
+
+/// What the ingress does with a call that carries no `Authorization` at all.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum WithoutToken {
+    /// 401: every caller proves who it is with a JWT.
+    #[default]
+    Refuse,
+    /// Forwarded: for callers that cannot send a token (FLAME's message broker). Who may connect at all is then
+    /// decided by the NetworkPolicy in front of the ingress port alone; a call that does send a token must still
+    /// carry a valid one.
+    Admit,
 }
 
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RawIngress {
     pub upstream: String,
+    /// Only paths under this prefix (whole segments) are admitted, and forwarded without it (`/analysis/healthz`
+    /// reaches the app as `/healthz`).
+    pub prefix: Option<String>,
+    #[serde(default)]
+    pub without_token: WithoutToken,
     pub jwks_url: String,
     pub issuer: String,
     #[serde(default)]
@@ -201,6 +237,9 @@ pub struct Environment {
     pub egress_listen: Option<String>,
     pub ingress_listen: Option<String>,
     pub admin_listen: Option<String>,
+    /// Names that mean this proxy's egress listener inside the pod (the webhook maps them to 127.0.0.1 in the
+    /// pod's /etc/hosts): `TOLLGATE_EGRESS_HOSTNAMES`, comma-separated.
+    pub egress_hostnames: Vec<String>,
 }
 
 impl Environment {
@@ -212,6 +251,8 @@ impl Environment {
             egress_listen: var("TOLLGATE_EGRESS_LISTEN"),
             ingress_listen: var("TOLLGATE_INGRESS_LISTEN"),
             admin_listen: var("TOLLGATE_ADMIN_LISTEN"),
+            egress_hostnames: var("TOLLGATE_EGRESS_HOSTNAMES")
+                .map_or_else(Vec::new, |names| names.split(',').map(str::trim).filter(|n| !n.is_empty()).map(str::to_owned).collect()),
         }
     }
 }
@@ -229,6 +270,9 @@ pub struct Identity {
 #[derive(Debug, Clone)]
 pub struct Ingress {
     pub upstream: Upstream,
+    /// Only paths under it, forwarded without it.
+    pub prefix: Option<Pattern>,
+    pub without_token: WithoutToken,
     pub jwks_url: Upstream,
     pub issuer: String,
     pub audiences: Vec<String>,
@@ -259,6 +303,10 @@ pub struct Config {
     /// What this pod cannot use because it lacks an id a placeholder needs: routes (and allow entries)
     /// left out, so they are refused like any path without a route, never widened.
     pub disabled: Vec<Disabled>,
+    /// Removed from every request on every listener (`credentialHeaders` and every route's `apiKeyHeader`).
+    pub credential_headers: Vec<http::HeaderName>,
+    /// The names that mean the egress listener inside the pod (lowercase).
+    pub egress_hostnames: Vec<String>,
 }
 
 /// A route, or one allow entry of it, left out for a missing placeholder value.
@@ -358,6 +406,304 @@ fn connection_limits(c: &mut Checker, raw: &RawConnections) -> Option<Limits> {
 
 const METHODS: [&str; 7] = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"];
 
+/// What one raw route becomes: a route, or what of it this pod cannot use.
+enum Compiled {
+    /// The route, and the allow entries of it that were left out.
+    Route(Box<Route>, Vec<Disabled>),
+    /// All of it.
+    LeftOut(Disabled),
+}
+
+/// A header name as the config writes it: lowercase letters, digits and `-` (a `_` would pass for `-` at
+/// CGI-style servers).
+fn header_name(text: &str) -> Result<http::HeaderName, String> {
+    let lower = text.to_ascii_lowercase();
+    if text.is_empty() || !lower.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+        return Err(format!("{text:?} is not a header name (letters, digits and '-')"));
+    }
+    http::HeaderName::from_bytes(lower.as_bytes()).map_err(|e| format!("{text:?}: {e}"))
+}
+
+/// `credentialHeaders` (default `apikey`, `x-api-key`) and every route's `apiKeyHeader`, without repeats.
+fn credential_headers(c: &mut Checker, raw: &RawConfig) -> Vec<http::HeaderName> {
+    let defaults = || vec!["apikey".to_owned(), "x-api-key".to_owned()];
+    let mut names: Vec<http::HeaderName> = Vec::new();
+    for (j, text) in raw.credential_headers.clone().unwrap_or_else(defaults).iter().enumerate() {
+        let path = format!("credentialHeaders[{j}]");
+        match header_name(text) {
+            Ok(name) if matches!(name.as_str(), "host" | "content-length" | "transfer-encoding" | "connection") => {
+                c.error(path, format!("{text:?} frames or addresses the request; it cannot be a credential header"));
+            }
+            Ok(name) => names.push(name),
+            Err(e) => c.error(path, e),
+        }
+    }
+    for r in &raw.routes {
+        if r.auth == RawAuth::ApiKeyFile
+            && let Ok(name) = header_name(r.api_key_header.as_deref().unwrap_or(DEFAULT_API_KEY_HEADER))
+        {
+            names.push(name);
+        }
+    }
+    names.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+    names.dedup();
+    names
+}
+
+const DEFAULT_API_KEY_HEADER: &str = "apikey";
+
+/// `TOLLGATE_EGRESS_HOSTNAMES`: each a DNS name (RFC 1123), kept lowercase.
+fn egress_hostnames(c: &mut Checker, env: &Environment) -> Vec<String> {
+    let label_ok = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+    };
+    let mut names = Vec::new();
+    for name in &env.egress_hostnames {
+        if name.len() > 253 || !name.split('.').all(label_ok) {
+            c.error("TOLLGATE_EGRESS_HOSTNAMES", format!("{name:?} is not a DNS name"));
+        } else {
+            names.push(name.to_ascii_lowercase());
+        }
+    }
+    names
+}
+
+fn not_own_name(c: &mut Checker, path: &str, host: &str, own: &[String]) {
+    if own.iter().any(|name| name.eq_ignore_ascii_case(host)) {
+        c.error(path, format!("{host:?} is one of this pod's names for the proxy itself (TOLLGATE_EGRESS_HOSTNAMES)"));
+    }
+}
+
+/// One route, checked in full; `None` when it has errors (recorded in `c`).
+fn compile_route(
+    c: &mut Checker,
+    i: usize,
+    r: &RawRoute,
+    has_identity: bool,
+    env: &Environment,
+    checked_env: &Environment,
+    own_names: &[String],
+) -> Option<Compiled> {
+    let at = |field: &str| format!("routes[{i}].{field}");
+    let prefix = c.check(at("prefix"), fill(&r.prefix, checked_env).and_then(|p| Pattern::prefix(&p)));
+    let allow: Vec<Option<Pattern>> = r
+        .allow
+        .iter()
+        .enumerate()
+        .map(|(j, a)| c.check(at(&format!("allow[{j}]")), fill(a, checked_env).and_then(|a| Pattern::rest(&a))))
+        .collect();
+    let upstream_text = r.upstream.as_deref().unwrap_or("");
+    let route_missing = missing(&r.prefix, env).or_else(|| missing(upstream_text, env));
+    let allow_missing: Vec<Option<&'static str>> = r.allow.iter().map(|a| missing(a, env)).collect();
+    let methods = r.methods.clone().unwrap_or_else(|| vec!["GET".into(), "HEAD".into()]);
+    for (j, method) in methods.iter().enumerate() {
+        if !METHODS.contains(&method.as_str()) {
+            c.error(at(&format!("methods[{j}]")), format!("{method:?} is not one of {}", METHODS.join(", ")));
+        }
+    }
+    let destination = destination(c, i, r, checked_env, own_names);
+    let auth = auth_mode(c, i, r, has_identity);
+    let connect_timeout = c.check(at("connectTimeout"), parse_duration(r.connect_timeout.as_deref().unwrap_or("10s")));
+    let read_timeout = c.check(at("readTimeout"), parse_duration(r.read_timeout.as_deref().unwrap_or("60s")));
+    let max_request_body = c.check(at("maxRequestBody"), r.max_request_body.as_ref().map_or(Ok(10 << 20), Size::parse));
+    let byte_budget = match &r.byte_budget {
+        Some(size) => c.check(at("byteBudget"), size.parse()).map(Some),
+        None => Some(None),
+    };
+    let (prefix, destination, auth, connect_timeout, read_timeout, max_request_body, byte_budget) =
+        (prefix?, destination?, auth?, connect_timeout?, read_timeout?, max_request_body?, byte_budget?);
+    if allow.iter().any(Option::is_none) {
+        return None;
+    }
+    let usable: Vec<Pattern> =
+        allow.into_iter().zip(&allow_missing).filter(|(_, gone)| gone.is_none()).filter_map(|(pattern, _)| pattern).collect();
+    // Without its allow entries a route would allow everything under its prefix: it goes too.
+    let emptied = !r.allow.is_empty() && usable.is_empty();
+    if let Some(var) = route_missing.or_else(|| emptied.then(|| allow_missing.iter().flatten().next().copied()).flatten()) {
+        return Some(Compiled::LeftOut(Disabled { path: format!("routes[{i}]"), route: r.name.clone(), missing: var }));
+    }
+    // The route stays, less the allow entries it cannot fill; what went is listed beside it.
+    let left_out: Vec<Disabled> = allow_missing
+        .iter()
+        .enumerate()
+        .filter_map(|(j, gone)| gone.map(|var| Disabled { path: at(&format!("allow[{j}]")), route: r.name.clone(), missing: var }))
+        .collect();
+    let route = Route {
+        name: r.name.clone(),
+        prefix,
+        allow: usable,
+        methods,
+        destination,
+        strip_prefix: r.strip_prefix,
+        auth,
+        connect_timeout,
+        read_timeout,
+        max_request_body,
+        byte_budget,
+        allow_non_ascii_path: r.allow_non_ascii_path,
+        allow_upgrade: r.allow_upgrade,
+    };
+    Some(Compiled::Route(Box::new(route), left_out))
+}
+
+/// `upstream` or `answer`, exactly one.
+fn destination(c: &mut Checker, i: usize, r: &RawRoute, checked_env: &Environment, own_names: &[String]) -> Option<Destination> {
+    let at = |field: &str| format!("routes[{i}].{field}");
+    match (&r.upstream, r.answer) {
+        (Some(url), None) => {
+            let upstream = c.check(at("upstream"), fill(url, checked_env).and_then(|u| Upstream::parse(&u)))?;
+            not_own_name(c, &at("upstream"), &upstream.host, own_names);
+            Some(Destination::Upstream(upstream))
+        }
+        (None, Some(RawAnswer::Ready)) => {
+            if r.auth != RawAuth::None {
+                c.error(at("auth"), "a route the proxy answers itself sends no credential (auth: none)");
+            }
+            Some(Destination::Answer(Answer::Ready))
+        }
+        (Some(_), Some(_)) => {
+            c.error(at("answer"), "a route has an upstream or an answer, not both");
+            None
+        }
+        (None, None) => {
+            c.error(at("upstream"), "required (or answer: ready, for a route the proxy answers itself)");
+            None
+        }
+    }
+}
+
+fn auth_mode(c: &mut Checker, i: usize, r: &RawRoute, has_identity: bool) -> Option<AuthMode> {
+    let at = |field: &str| format!("routes[{i}].{field}");
+    let mut ok = true;
+    if r.bearer_file.is_some() && r.auth != RawAuth::BearerFile {
+        c.error(at("bearerFile"), "only allowed when auth is bearerFile");
+        ok = false;
+    }
+    for (field, set) in [("apiKeyFile", r.api_key_file.is_some()), ("apiKeyHeader", r.api_key_header.is_some())] {
+        if set && r.auth != RawAuth::ApiKeyFile {
+            c.error(at(field), "only allowed when auth is apiKeyFile");
+            ok = false;
+        }
+    }
+    let mode = match r.auth {
+        RawAuth::None => Some(AuthMode::None),
+        RawAuth::Token => {
+            if !has_identity {
+                c.error(at("auth"), "token needs the identity section (token endpoint and client credentials)");
+            }
+            Some(AuthMode::Token)
+        }
+        RawAuth::BearerFile => match &r.bearer_file {
+            Some(file) => Some(AuthMode::BearerFile(file.clone())),
+            None => {
+                c.error(at("bearerFile"), "required when auth is bearerFile");
+                None
+            }
+        },
+        RawAuth::ApiKeyFile => {
+            let header = c.check(at("apiKeyHeader"), header_name(r.api_key_header.as_deref().unwrap_or(DEFAULT_API_KEY_HEADER)));
+            let header = header.filter(|h| {
+                let owned = crate::headers::is_reserved(h.as_str());
+                if owned {
+                    c.error(at("apiKeyHeader"), format!("{:?} is a header the proxy owns", h.as_str()));
+                }
+                !owned
+            });
+            match (&r.api_key_file, header) {
+                (Some(file), Some(header)) => Some(AuthMode::ApiKeyFile { header, file: file.clone() }),
+                (None, _) => {
+                    c.error(at("apiKeyFile"), "required when auth is apiKeyFile");
+                    None
+                }
+                _ => None,
+            }
+        }
+    };
+    mode.filter(|_| ok)
+}
+
+fn compile_ingress(c: &mut Checker, ing: &RawIngress) -> Option<Ingress> {
+    let upstream = c.check("ingress.upstream", Upstream::parse(&ing.upstream));
+    let jwks_url = c.check("ingress.jwksUrl", Upstream::parse(&ing.jwks_url));
+    let prefix = match &ing.prefix {
+        Some(text) => c
+            .check(
+                "ingress.prefix",
+                Pattern::prefix(text)
+                    .and_then(|p| if p.is_root() { Err(format!("{text:?} is every path: leave prefix out instead")) } else { Ok(p) }),
+            )
+            .map(Some),
+        None => Some(None),
+    };
+    if ing.issuer.is_empty() {
+        c.error("ingress.issuer", "required: tokens must name their issuer");
+    }
+    if ing.require_audience && ing.audiences.is_empty() {
+        c.error(
+            "ingress.audiences",
+            "at least one audience is required (or set requireAudience: false, e.g. for Keycloak clients without an audience mapper)",
+        );
+    }
+    if ing.algorithms.is_empty() {
+        c.error("ingress.algorithms", "pin at least one of RS256, ES256, PS256, EdDSA");
+    }
+    let algorithms: Vec<Option<jsonwebtoken::Algorithm>> =
+        ing.algorithms.iter().enumerate().map(|(j, a)| c.check(format!("ingress.algorithms[{j}]"), algorithm(a))).collect();
+    for (claim, header) in &ing.claim_headers {
+        let lower = header.to_ascii_lowercase();
+        if claim.is_empty() {
+            c.error("ingress.claimHeaders", "a claim name must not be empty");
+        } else if http::HeaderName::from_bytes(header.as_bytes()).is_err() || header.contains('_') {
+            c.error(format!("ingress.claimHeaders.{claim}"), format!("{header:?} is not a header name (letters, digits and '-')"));
+        } else if crate::headers::is_reserved(&lower) {
+            c.error(format!("ingress.claimHeaders.{claim}"), format!("{header:?} is a header the proxy owns"));
+        }
+    }
+    let leeway = c.check("ingress.leeway", parse_duration(ing.leeway.as_deref().unwrap_or("30s")));
+    let refetch = c.check(
+        "ingress.jwksRefetchInterval",
+        parse_duration(ing.jwks_refetch_interval.as_deref().unwrap_or("30s"))
+            .and_then(|d| if d < Duration::from_secs(1) { Err("must be at least 1s".into()) } else { Ok(d) }),
+    );
+    Some(Ingress {
+        upstream: upstream?,
+        prefix: prefix?,
+        without_token: ing.without_token,
+        jwks_url: jwks_url?,
+        issuer: ing.issuer.clone(),
+        audiences: ing.audiences.clone(),
+        require_audience: ing.require_audience,
+        algorithms: algorithms.into_iter().collect::<Option<Vec<_>>>()?,
+        leeway: leeway?,
+        allowed_clients: ing.allowed_clients.clone(),
+        forward_token: ing.forward_token,
+        claim_headers: ing.claim_headers.clone(),
+        jwks_refetch_interval: refetch?,
+    })
+}
+
+/// An ingress algorithm by its JOSE name: asymmetric ones only.
+fn algorithm(name: &str) -> Result<jsonwebtoken::Algorithm, String> {
+    use jsonwebtoken::Algorithm::*;
+    match name {
+        "RS256" => Ok(RS256),
+        "RS384" => Ok(RS384),
+        "RS512" => Ok(RS512),
+        "PS256" => Ok(PS256),
+        "PS384" => Ok(PS384),
+        "PS512" => Ok(PS512),
+        "ES256" => Ok(ES256),
+        "ES384" => Ok(ES384),
+        "EdDSA" => Ok(EdDSA),
+        "HS256" | "HS384" | "HS512" | "none" => Err(format!("{name} is never accepted: only asymmetric algorithms")),
+        other => Err(format!("{other:?} is not one of RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384, EdDSA")),
+    }
+}
+
 impl Config {
     /// Parse and check a config file; `env` supplies placeholder values and listen overrides.
     pub fn load(yaml: &str, env: &Environment) -> Result<Config, ConfigErrors> {
@@ -412,6 +758,8 @@ impl Config {
             })
         });
 
+        let credential_headers = credential_headers(&mut c, &raw);
+        let egress_hostnames = egress_hostnames(&mut c, env);
         let mut routes = Vec::new();
         let mut disabled = Vec::new();
         let mut names = BTreeMap::new();
@@ -423,161 +771,35 @@ impl Config {
             ..env.clone()
         };
         for (i, r) in raw.routes.iter().enumerate() {
-            let at = |field: &str| format!("routes[{i}].{field}");
             if r.name.is_empty() || !r.name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_')) {
-                c.error(at("name"), format!("{:?} must be letters, digits, '-' or '_'", r.name));
+                c.error(format!("routes[{i}].name"), format!("{:?} must be letters, digits, '-' or '_'", r.name));
             }
             if let Some(first) = names.insert(r.name.clone(), i) {
-                c.error(at("name"), format!("{:?} is already the name of routes[{first}]", r.name));
+                c.error(format!("routes[{i}].name"), format!("{:?} is already the name of routes[{first}]", r.name));
             }
-            let prefix = c.check(at("prefix"), fill(&r.prefix, &checked_env).and_then(|p| Pattern::prefix(&p)));
-            let allow: Vec<Option<Pattern>> = r
-                .allow
-                .iter()
-                .enumerate()
-                .map(|(j, a)| c.check(at(&format!("allow[{j}]")), fill(a, &checked_env).and_then(|a| Pattern::rest(&a))))
-                .collect();
-            let route_missing = missing(&r.prefix, env).or_else(|| missing(&r.upstream, env));
-            let allow_missing: Vec<Option<&'static str>> = r.allow.iter().map(|a| missing(a, env)).collect();
-            let methods = r.methods.clone().unwrap_or_else(|| vec!["GET".into(), "HEAD".into()]);
-            for (j, method) in methods.iter().enumerate() {
-                if !METHODS.contains(&method.as_str()) {
-                    c.error(at(&format!("methods[{j}]")), format!("{method:?} is not one of {}", METHODS.join(", ")));
+            match compile_route(&mut c, i, r, raw.identity.is_some(), env, &checked_env, &egress_hostnames) {
+                Some(Compiled::Route(route, left_out)) => {
+                    routes.push(*route);
+                    disabled.extend(left_out);
                 }
+                Some(Compiled::LeftOut(whole)) => disabled.push(whole),
+                None => {}
             }
-            let upstream = c.check(at("upstream"), fill(&r.upstream, &checked_env).and_then(|u| Upstream::parse(&u)));
-            let auth = match (r.auth, &r.bearer_file) {
-                (RawAuth::None, None) => Some(AuthMode::None),
-                (RawAuth::Token, None) => {
-                    if raw.identity.is_none() {
-                        c.error(at("auth"), "token needs the identity section (token endpoint and client credentials)");
-                    }
-                    Some(AuthMode::Token)
-                }
-                (RawAuth::BearerFile, Some(file)) => Some(AuthMode::BearerFile(file.clone())),
-                (RawAuth::BearerFile, None) => {
-                    c.error(at("bearerFile"), "required when auth is bearerFile");
-                    None
-                }
-                (_, Some(_)) => {
-                    c.error(at("bearerFile"), "only allowed when auth is bearerFile");
-                    None
-                }
-            };
-            let connect_timeout = c.check(at("connectTimeout"), parse_duration(r.connect_timeout.as_deref().unwrap_or("10s")));
-            let read_timeout = c.check(at("readTimeout"), parse_duration(r.read_timeout.as_deref().unwrap_or("60s")));
-            let max_request_body = c.check(at("maxRequestBody"), r.max_request_body.as_ref().map_or(Ok(10 << 20), Size::parse));
-            let byte_budget = match &r.byte_budget {
-                Some(size) => c.check(at("byteBudget"), size.parse()).map(Some),
-                None => Some(None),
-            };
-            if let (
-                Some(prefix),
-                Some(upstream),
-                Some(auth),
-                Some(connect_timeout),
-                Some(read_timeout),
-                Some(max_request_body),
-                Some(byte_budget),
-            ) = (prefix, upstream, auth, connect_timeout, read_timeout, max_request_body, byte_budget)
-                && allow.iter().all(Option::is_some)
-            {
-                let usable: Vec<Pattern> =
-                    allow.into_iter().zip(&allow_missing).filter(|(_, gone)| gone.is_none()).filter_map(|(pattern, _)| pattern).collect();
-                for (j, gone) in allow_missing.iter().enumerate() {
-                    if let (Some(var), None) = (gone, route_missing) {
-                        disabled.push(Disabled { path: at(&format!("allow[{j}]")), route: r.name.clone(), missing: var });
-                    }
-                }
-                // Without its allow entries a route would allow everything under its prefix: it goes too.
-                let emptied = !r.allow.is_empty() && usable.is_empty();
-                if let Some(var) = route_missing.or_else(|| emptied.then(|| allow_missing.iter().flatten().next().copied()).flatten()) {
-                    disabled.retain(|d| d.route != r.name);
-                    disabled.push(Disabled { path: format!("routes[{i}]"), route: r.name.clone(), missing: var });
-                    continue;
-                }
-                routes.push(Route {
-                    name: r.name.clone(),
-                    prefix,
-                    allow: usable,
-                    methods,
-                    upstream,
-                    strip_prefix: r.strip_prefix,
-                    auth,
-                    connect_timeout,
-                    read_timeout,
-                    max_request_body,
-                    byte_budget,
-                    allow_non_ascii_path: r.allow_non_ascii_path,
-                    allow_upgrade: r.allow_upgrade,
-                });
+        }
+        // The pod's own names for the proxy would send a request back into the proxy (or, with a credential,
+        // to whatever listens on that port): no destination may be one of them.
+        let others = [
+            ("identity.tokenUrl", raw.identity.as_ref().map(|i| i.token_url.as_str())),
+            ("ingress.jwksUrl", raw.ingress.as_ref().map(|i| i.jwks_url.as_str())),
+            ("forwardProxy", raw.forward_proxy.as_deref()),
+        ];
+        for (path, url) in others {
+            if let Some(Ok(upstream)) = url.map(Upstream::parse) {
+                not_own_name(&mut c, path, &upstream.host, &egress_hostnames);
             }
         }
 
-        let ingress = raw.ingress.as_ref().and_then(|ing| {
-            let upstream = c.check("ingress.upstream", Upstream::parse(&ing.upstream));
-            let jwks_url = c.check("ingress.jwksUrl", Upstream::parse(&ing.jwks_url));
-            if ing.issuer.is_empty() {
-                c.error("ingress.issuer", "required: tokens must name their issuer");
-            }
-            if ing.require_audience && ing.audiences.is_empty() {
-                c.error("ingress.audiences", "at least one audience is required (or set requireAudience: false, e.g. for Keycloak clients without an audience mapper)");
-            }
-            if ing.algorithms.is_empty() {
-                c.error("ingress.algorithms", "pin at least one of RS256, ES256, PS256, EdDSA");
-            }
-            let algorithms: Vec<Option<jsonwebtoken::Algorithm>> = ing
-                .algorithms
-                .iter()
-                .enumerate()
-                .map(|(j, a)| {
-                    use jsonwebtoken::Algorithm::*;
-                    let algorithm = match a.as_str() {
-                        "RS256" => Ok(RS256),
-                        "RS384" => Ok(RS384),
-                        "RS512" => Ok(RS512),
-                        "PS256" => Ok(PS256),
-                        "PS384" => Ok(PS384),
-                        "PS512" => Ok(PS512),
-                        "ES256" => Ok(ES256),
-                        "ES384" => Ok(ES384),
-                        "EdDSA" => Ok(EdDSA),
-                        "HS256" | "HS384" | "HS512" | "none" => Err(format!("{a} is never accepted: only asymmetric algorithms")),
-                        other => Err(format!("{other:?} is not one of RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384, EdDSA")),
-                    };
-                    c.check(format!("ingress.algorithms[{j}]"), algorithm)
-                })
-                .collect();
-            for (claim, header) in &ing.claim_headers {
-                let lower = header.to_ascii_lowercase();
-                if claim.is_empty() {
-                    c.error("ingress.claimHeaders", "a claim name must not be empty");
-                } else if http::HeaderName::from_bytes(header.as_bytes()).is_err() || header.contains('_') {
-                    c.error(format!("ingress.claimHeaders.{claim}"), format!("{header:?} is not a header name (letters, digits and '-')"));
-                } else if crate::headers::is_reserved(&lower) {
-                    c.error(format!("ingress.claimHeaders.{claim}"), format!("{header:?} is a header the proxy owns"));
-                }
-            }
-            let leeway = c.check("ingress.leeway", parse_duration(ing.leeway.as_deref().unwrap_or("30s")));
-            let refetch = c.check(
-                "ingress.jwksRefetchInterval",
-                parse_duration(ing.jwks_refetch_interval.as_deref().unwrap_or("30s"))
-                    .and_then(|d| if d < Duration::from_secs(1) { Err("must be at least 1s".into()) } else { Ok(d) }),
-            );
-            Some(Ingress {
-                upstream: upstream?,
-                jwks_url: jwks_url?,
-                issuer: ing.issuer.clone(),
-                audiences: ing.audiences.clone(),
-                require_audience: ing.require_audience,
-                algorithms: algorithms.into_iter().collect::<Option<Vec<_>>>()?,
-                leeway: leeway?,
-                allowed_clients: ing.allowed_clients.clone(),
-                forward_token: ing.forward_token,
-                claim_headers: ing.claim_headers.clone(),
-                jwks_refetch_interval: refetch?,
-            })
-        });
+        let ingress = raw.ingress.as_ref().and_then(|ing| compile_ingress(&mut c, ing));
         let forward_proxy = raw.forward_proxy.as_ref().and_then(|p| {
             let parsed = c.check("forwardProxy", Upstream::parse(p))?;
             if parsed.tls {
@@ -609,6 +831,8 @@ impl Config {
             shutdown_grace: shutdown_grace.expect("checked"),
             connections: connections.expect("checked"),
             disabled,
+            credential_headers,
+            egress_hostnames,
         })
     }
 }

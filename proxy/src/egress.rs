@@ -14,12 +14,13 @@ use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 
+use crate::admin::Readiness;
 use crate::config::Config;
-use crate::headers::{answer_failure, asks_for_upgrade, check_switching, head_size, json_error, strip_spoofable};
+use crate::headers::{answer_failure, asks_for_upgrade, check_switching, head_size, json_error, strip_credentials, strip_spoofable};
 use crate::local::LocalGuard;
 use crate::metrics::{Metrics, RequestLabels, RouteMetrics};
 use crate::resolve::Resolver;
-use crate::routes::{AuthMode, Decision, decide};
+use crate::routes::{Answer, AuthMode, Decision, decide};
 use crate::target::{check_allowing_non_ascii, check_host};
 use crate::tokens::TokenSource;
 use crate::tunnel::ConnectTunnel;
@@ -30,27 +31,46 @@ pub struct Egress {
     pub metrics: Arc<Metrics>,
     /// Bytes sent upstream per route (index as in the config).
     pub sent: Arc<Vec<AtomicU64>>,
-    bearer_files: Mutex<HashMap<PathBuf, BearerCacheEntry>>,
+    /// Credential files by path and kind (bearer or not).
+    bearer_files: Mutex<HashMap<(PathBuf, bool), BearerCacheEntry>>,
     /// The routes' names as metric labels and in audit lines, without a copy per request. Leaked once: the
     /// config lives as long as the process.
     route_names: Vec<&'static str>,
     route_metrics: Vec<RouteMetrics>,
-    /// Each route's upstream `Host`, made once.
-    hosts: Vec<http::HeaderValue>,
+    /// Each route's upstream `Host`, made once (none for a route the proxy answers itself).
+    hosts: Vec<Option<http::HeaderValue>>,
     own_authorities: Vec<String>,
     resolver: Resolver,
     guard: Arc<LocalGuard>,
+    readiness: Arc<Readiness>,
 }
 
 impl Egress {
-    pub fn new(config: Arc<Config>, tokens: Option<Arc<TokenSource>>, guard: Arc<LocalGuard>, metrics: Arc<Metrics>) -> Self {
+    pub fn new(
+        config: Arc<Config>,
+        tokens: Option<Arc<TokenSource>>,
+        guard: Arc<LocalGuard>,
+        metrics: Arc<Metrics>,
+        readiness: Arc<Readiness>,
+    ) -> Self {
         let port = config.egress_listen.port();
-        let own_authorities = vec![config.egress_listen.to_string(), format!("localhost:{port}"), format!("127.0.0.1:{port}")];
+        let mut own_authorities = vec![config.egress_listen.to_string(), format!("localhost:{port}"), format!("127.0.0.1:{port}")];
+        // The names the pod's /etc/hosts gives the proxy (TOLLGATE_EGRESS_HOSTNAMES), with the port, and without
+        // it when that is HTTP's default.
+        for name in &config.egress_hostnames {
+            own_authorities.push(format!("{name}:{port}"));
+            if port == 80 {
+                own_authorities.push(name.clone());
+            }
+        }
         let sent = Arc::new(config.routes.iter().map(|_| AtomicU64::new(0)).collect());
         let route_names: Vec<&'static str> = config.routes.iter().map(|r| &*Box::leak(r.name.clone().into_boxed_str())).collect();
         let route_metrics = route_names.iter().map(|route| metrics.route(route)).collect();
-        let hosts =
-            config.routes.iter().map(|r| http::HeaderValue::try_from(r.upstream.authority()).expect("a checked authority")).collect();
+        let hosts = config
+            .routes
+            .iter()
+            .map(|r| r.upstream().map(|u| http::HeaderValue::try_from(u.authority()).expect("a checked authority")))
+            .collect();
         Egress {
             config,
             route_names,
@@ -63,29 +83,32 @@ impl Egress {
             own_authorities,
             resolver: Resolver::default(),
             guard,
+            readiness,
         }
     }
 
-    /// The bearer file's contents, re-read when its size or modification time changes.
-    fn bearer_from_file(&self, path: &Path) -> Result<http::HeaderValue, String> {
-        let meta = std::fs::metadata(path).map_err(|e| format!("bearer file {}: {e}", path.display()))?;
+    /// A credential file's contents as a header value (`Bearer <token>` for a bearer file, the key itself
+    /// for an API key), re-read when the file's size or modification time changes.
+    fn credential_from_file(&self, path: &Path, bearer: bool) -> Result<http::HeaderValue, String> {
+        let what = if bearer { "bearer file" } else { "API key file" };
+        let meta = std::fs::metadata(path).map_err(|e| format!("{what} {}: {e}", path.display()))?;
         let stamp = (meta.modified().unwrap_or(SystemTime::UNIX_EPOCH), meta.len());
         let mut cache = self.bearer_files.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((modified, len, value)) = cache.get(path)
+        if let Some((modified, len, value)) = cache.get(&(path.to_owned(), bearer))
             && (*modified, *len) == stamp
         {
             return Ok(value.clone());
         }
-        let token = std::fs::read_to_string(path).map_err(|e| format!("bearer file {}: {e}", path.display()))?;
-        let token = token.trim();
-        let value = crate::tokens::bearer_header(token)
-            .ok_or_else(|| format!("bearer file {} is empty or not a header-safe token", path.display()))?;
-        cache.insert(path.to_owned(), (stamp.0, stamp.1, value.clone()));
+        let text = std::fs::read_to_string(path).map_err(|e| format!("{what} {}: {e}", path.display()))?;
+        let text = text.trim();
+        let value = if bearer { crate::tokens::bearer_header(text) } else { crate::tokens::key_header(text) }
+            .ok_or_else(|| format!("{what} {} is empty or not a header-safe token", path.display()))?;
+        cache.insert((path.to_owned(), bearer), (stamp.0, stamp.1, value.clone()));
         Ok(value)
     }
 }
 
-/// A bearer file's modification time and size when read, and its header value.
+/// A credential file's modification time and size when read, and its header value.
 type BearerCacheEntry = (SystemTime, u64, http::HeaderValue);
 
 #[derive(Default)]
@@ -97,7 +120,8 @@ pub struct EgressCtx {
     /// For a request carrying a credential: the address checked before it was attached, and the only one
     /// connected to (the forward proxy's, if there is one).
     peer: Option<SocketAddr>,
-    authorization: Option<http::HeaderValue>,
+    /// The header the route's credential goes in, and its value.
+    credential: Option<(http::HeaderName, http::HeaderValue)>,
     decision: &'static str,
     reason: Option<String>,
     normalized_path: String,
@@ -129,6 +153,29 @@ pub fn request_id(given: Option<&str>) -> String {
             let _ = write!(id, "{:x}", COUNTER.fetch_add(1, Ordering::Relaxed));
             id
         }
+    }
+}
+
+impl Egress {
+    /// A route with `answer: ready`: 200 `healthy` while the proxy is ready, else 503 with the reason.
+    async fn answer_ready(&self, session: &mut Session, ctx: &mut EgressCtx) -> Result<bool> {
+        let (status, body, decision) = match self.readiness.check() {
+            Ok(()) => (200, "healthy".to_owned(), "answered"),
+            Err(why) => (503, why.to_owned(), "not-ready"),
+        };
+        let mut header = ResponseHeader::build(status, Some(4))?;
+        header.insert_header("content-type", "text/plain")?;
+        header.insert_header("content-length", body.len().to_string())?;
+        header.insert_header("cache-control", "no-store")?;
+        let head_only = session.req_header().method == http::Method::HEAD;
+        // A body the caller may have sent is not read: the connection ends with the answer.
+        session.set_keepalive(None);
+        session.write_response_header(Box::new(header), head_only).await?;
+        if !head_only {
+            session.write_response_body(Some(Bytes::from(body)), true).await?;
+        }
+        ctx.decision = decision;
+        Ok(true)
     }
 }
 
@@ -178,6 +225,10 @@ impl ProxyHttp for Egress {
         ctx.normalized_path = target.path;
         let (index, upstream_target) = match decision {
             Decision::Forward { route, upstream_target } => (route, upstream_target),
+            Decision::Answer { route, answer: Answer::Ready } => {
+                ctx.route = Some(route);
+                return self.answer_ready(session, ctx).await;
+            }
             Decision::Refuse { reason } => return refuse(session, ctx, 403, "denied", reason).await,
             Decision::Invalid { reason } => return refuse(session, ctx, 400, "bad-request", reason).await,
         };
@@ -234,10 +285,10 @@ impl ProxyHttp for Egress {
         // A credential never goes to the pod itself: the address connected to (the upstream's, or the
         // forward proxy's, which resolves the upstream outside the pod) must not be local unless the config
         // names it literally. Checked before a token is even fetched; upstream_peer uses this very address.
-        if route.auth != AuthMode::None {
+        if let (false, Some(upstream)) = (route.auth == AuthMode::None, route.upstream()) {
             let (what, host, port) = match &self.config.forward_proxy {
                 Some(proxy) => ("forward proxy host", proxy.host.as_str(), proxy.port),
-                None => ("upstream host", route.upstream.host.as_str(), route.upstream.port),
+                None => ("upstream host", upstream.host.as_str(), upstream.port),
             };
             let addr = match self.resolver.resolve(host, port).await {
                 Ok(addr) => addr,
@@ -249,15 +300,19 @@ impl ProxyHttp for Egress {
             ctx.peer = Some(addr);
         }
 
-        ctx.authorization = match &route.auth {
+        ctx.credential = match &route.auth {
             AuthMode::None => None,
-            AuthMode::BearerFile(path) => match self.bearer_from_file(path) {
-                Ok(value) => Some(value),
+            AuthMode::BearerFile(path) => match self.credential_from_file(path, true) {
+                Ok(value) => Some((http::header::AUTHORIZATION, value)),
+                Err(e) => return refuse(session, ctx, 503, "no-credentials", e).await,
+            },
+            AuthMode::ApiKeyFile { header, file } => match self.credential_from_file(file, false) {
+                Ok(value) => Some((header.clone(), value)),
                 Err(e) => return refuse(session, ctx, 503, "no-credentials", e).await,
             },
             AuthMode::Token => match self.tokens.as_ref().map(|t| t.clone()) {
                 Some(tokens) => match tokens.token().await {
-                    Ok(token) => Some(token.header_value.clone()),
+                    Ok(token) => Some((http::header::AUTHORIZATION, token.header_value.clone())),
                     Err(e) => return refuse(session, ctx, 503, "no-credentials", e.to_string()).await,
                 },
                 None => return refuse(session, ctx, 503, "no-credentials", "no identity configured".into()).await,
@@ -271,7 +326,7 @@ impl ProxyHttp for Egress {
 
     async fn upstream_peer(&self, _session: &mut Session, ctx: &mut EgressCtx) -> Result<Box<HttpPeer>> {
         let route = &self.config.routes[ctx.route.expect("request_filter chose a route")];
-        let upstream = &route.upstream;
+        let upstream = route.upstream().expect("routes the proxy answers itself are never proxied");
         let unresolvable = |e: String| Error::explain(ErrorType::ConnectNoRoute, e);
         let mut peer = match &self.config.forward_proxy {
             // The peer address is the forward proxy's (resolvable here); the tunnel names the upstream.
@@ -305,9 +360,12 @@ impl ProxyHttp for Egress {
         let uri = ctx.upstream_target.parse().map_err(|e| Error::because(ErrorType::InternalError, "building the upstream target", e))?;
         request.set_uri(uri);
         strip_spoofable(request);
-        request.insert_header("host", self.hosts[index].clone())?;
-        if let Some(value) = &ctx.authorization {
-            request.insert_header("authorization", value.clone())?;
+        strip_credentials(request, &self.config.credential_headers);
+        if let Some(host) = &self.hosts[index] {
+            request.insert_header("host", host.clone())?;
+        }
+        if let Some((name, value)) = &ctx.credential {
+            request.insert_header(name.clone(), value.clone())?;
         }
         request.insert_header("x-request-id", ctx.request_id.as_str())?;
         Ok(())

@@ -86,6 +86,16 @@ pub fn strip_spoofable(request: &mut RequestHeader) -> usize {
     doomed.len()
 }
 
+/// Drop the configured credential headers (`credentialHeaders`: Kong's `apikey`, …), which the proxy alone
+/// may set.
+pub fn strip_credentials(request: &mut RequestHeader, names: &[http::HeaderName]) {
+    for name in names {
+        if request.headers.contains_key(name) {
+            request.remove_header(name);
+        }
+    }
+}
+
 /// Headers the proxy must own on the way to the app or an upstream, never set from a claim.
 pub fn is_reserved(name: &str) -> bool {
     is_spoofable(name)

@@ -9,7 +9,8 @@ use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use serde_json::Value;
 
-use crate::headers::{answer_failure, asks_for_upgrade, check_switching, json_error, strip_spoofable};
+use crate::config::WithoutToken;
+use crate::headers::{answer_failure, asks_for_upgrade, check_switching, json_error, strip_credentials, strip_spoofable};
 use crate::jwt::{AuthError, Verifier};
 use crate::metrics::{Metrics, RequestLabels};
 use crate::target::{check, check_host};
@@ -17,16 +18,24 @@ use crate::target::{check, check_host};
 pub struct IngressProxy {
     pub verifier: Arc<Verifier>,
     pub metrics: Arc<Metrics>,
+    /// Removed from every call (`credentialHeaders`), like `Authorization`.
+    credential_headers: Vec<http::HeaderName>,
     own_authorities: Vec<String>,
     resolver: crate::resolve::Resolver,
 }
 
 impl IngressProxy {
-    pub fn new(verifier: Arc<Verifier>, metrics: Arc<Metrics>, listen: std::net::SocketAddr) -> Self {
+    pub fn new(
+        verifier: Arc<Verifier>,
+        metrics: Arc<Metrics>,
+        listen: std::net::SocketAddr,
+        credential_headers: Vec<http::HeaderName>,
+    ) -> Self {
         let port = listen.port();
         IngressProxy {
             verifier,
             metrics,
+            credential_headers,
             own_authorities: vec![listen.to_string(), format!("localhost:{port}"), format!("127.0.0.1:{port}")],
             resolver: crate::resolve::Resolver::default(),
         }
@@ -101,6 +110,30 @@ impl ProxyHttp for IngressProxy {
             let reason = "the ingress does not allow protocol upgrades".to_owned();
             return respond(session, ctx, 403, "upgrade-refused", reason, Vec::new()).await;
         }
+        let config = self.verifier.config();
+        // Only paths under the prefix, which the app does not see.
+        let path = match &config.prefix {
+            None => target.path.clone(),
+            Some(prefix) => {
+                let segments: Vec<&str> = target.segments().filter(|s| !s.is_empty()).collect();
+                match prefix.strip(&segments) {
+                    Some(rest) => format!("/{}", rest.join("/")),
+                    None => {
+                        let reason = format!("{} is not under the ingress prefix", target.path);
+                        return respond(session, ctx, 403, "denied", reason, Vec::new()).await;
+                    }
+                }
+            }
+        };
+        let base = &config.upstream.base_path;
+        ctx.target = target.with_path(&format!("{base}{path}"));
+        // A caller that sends no credential at all is admitted only where the config says the network decides
+        // (withoutToken: admit); one that sends any Authorization must send a valid token.
+        if config.without_token == WithoutToken::Admit && !session.req_header().headers.contains_key("authorization") {
+            ctx.reason = "no token: admitted by the network policy in front of the ingress port (withoutToken: admit)".into();
+            ctx.decision = "forwarded";
+            return Ok(false);
+        }
         let Some(token) = bearer(session.req_header()).map(str::to_owned) else {
             let error = AuthError::Missing;
             let challenge = vec![("www-authenticate", "Bearer realm=\"tollgate\"".to_owned())];
@@ -121,8 +154,6 @@ impl ProxyHttp for IngressProxy {
                 return respond(session, ctx, 401, "unauthenticated", error.to_string(), vec![("www-authenticate", challenge)]).await;
             }
         }
-        let base = &self.verifier.config().upstream.base_path;
-        ctx.target = target.with_path(&format!("{base}{}", target.path));
         ctx.decision = "forwarded";
         Ok(false)
     }
@@ -142,6 +173,7 @@ impl ProxyHttp for IngressProxy {
         // Forwarding and `_` headers from the caller never reach the app; the token only when configured.
         let verified = request.headers.get("authorization").cloned();
         strip_spoofable(request);
+        strip_credentials(request, &self.credential_headers);
         if config.forward_token
             && let Some(token) = verified
         {

@@ -15,7 +15,7 @@ use pingora::server::configuration::ServerConf;
 use pingora::server::{RunArgs, Server};
 use pingora::services::background::background_service;
 use pingora::services::listening::Service;
-use tollgate_proxy::admin::Admin;
+use tollgate_proxy::admin::{Admin, Readiness};
 use tollgate_proxy::audit::QuietLimitErrors;
 use tollgate_proxy::client::HttpClient;
 use tollgate_proxy::config::{Config, Environment};
@@ -223,18 +223,19 @@ fn run(config: Arc<Config>) -> Result<(), String> {
     // egress every peer is the pod's own app, so only the listener's cap applies there.
     let limits = config.connections;
     let egress_limits = Limits { max_per_peer: None, ..limits };
-    let egress =
-        proxy_service(&server, Egress::new(config.clone(), tokens.clone(), guard, metrics.clone()), "egress", egress_limits, &metrics);
-    server.add_service(listening(egress, config.egress_listen));
-
     let verifier = config.ingress.as_ref().map(|ingress| Arc::new(Verifier::new(ingress.clone(), client.clone())));
     let draining = Arc::new(AtomicBool::new(false));
-    let admin = Admin { metrics: metrics.clone(), tokens: tokens.clone(), draining: draining.clone(), verifier: verifier.clone() };
+    let readiness = Arc::new(Readiness { tokens: tokens.clone(), draining: draining.clone(), verifier: verifier.clone() });
+    let egress = Egress::new(config.clone(), tokens.clone(), guard, metrics.clone(), readiness.clone());
+    let egress = proxy_service(&server, egress, "egress", egress_limits, &metrics);
+    server.add_service(listening(egress, config.egress_listen));
+
+    let admin = Admin { metrics: metrics.clone(), readiness };
     let admin = Service::new("admin".to_owned(), Guard::new(admin, Listener::new("admin", limits, metrics.clone())));
     server.add_service(listening(admin, config.admin_listen));
 
     if let Some(verifier) = verifier {
-        let ingress = IngressProxy::new(verifier.clone(), metrics.clone(), config.ingress_listen);
+        let ingress = IngressProxy::new(verifier.clone(), metrics.clone(), config.ingress_listen, config.credential_headers.clone());
         let ingress = proxy_service(&server, ingress, "ingress", limits, &metrics);
         server.add_service(listening(ingress, config.ingress_listen));
         server.add_service(background_service("jwks", JwksLoader(verifier)));

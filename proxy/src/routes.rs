@@ -18,6 +18,23 @@ pub enum AuthMode {
     Token,
     /// `Authorization: Bearer` with the contents of a file, re-read when it changes.
     BearerFile(PathBuf),
+    /// A key in a header of its own (Kong's key-auth reads `apikey`), from a file re-read when it changes.
+    ApiKeyFile { header: http::HeaderName, file: PathBuf },
+}
+
+/// What answers a route's requests: an upstream, or the proxy itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Destination {
+    Upstream(Upstream),
+    Answer(Answer),
+}
+
+/// An answer the proxy gives itself, for callers that expect their sidecar to answer (FLAME's SDK waits for
+/// `GET /healthz` on its nginx before anything else).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Answer {
+    /// 200 `healthy` while the proxy is ready (what `/readyz` says), 503 otherwise.
+    Ready,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -77,6 +94,16 @@ impl Pattern {
             });
         }
         Ok(Pattern { segments })
+    }
+
+    /// Whether this prefix is `/`, every path.
+    pub fn is_root(&self) -> bool {
+        self.segments.is_empty()
+    }
+
+    /// The rest of `path` (segments of a checked path) after this prefix, if it starts with it.
+    pub fn strip<'a>(&self, path: &'a [&'a str]) -> Option<&'a [&'a str]> {
+        self.match_prefix(path).map(|taken| &path[taken..])
     }
 
     /// Whether the prefix matches the start of `path`; returns how many segments it took.
@@ -163,7 +190,7 @@ pub struct Route {
     pub prefix: Pattern,
     pub allow: Vec<Pattern>,
     pub methods: Vec<String>,
-    pub upstream: Upstream,
+    pub destination: Destination,
     pub strip_prefix: bool,
     pub auth: AuthMode,
     pub connect_timeout: Duration,
@@ -176,10 +203,22 @@ pub struct Route {
     pub allow_upgrade: bool,
 }
 
+impl Route {
+    /// Where the route forwards to; `None` when the proxy answers itself.
+    pub fn upstream(&self) -> Option<&Upstream> {
+        match &self.destination {
+            Destination::Upstream(upstream) => Some(upstream),
+            Destination::Answer(_) => None,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision {
     /// Forward to `routes[route]` with this path and query.
     Forward { route: usize, upstream_target: String },
+    /// `routes[route]` is answered by the proxy itself; nothing is forwarded.
+    Answer { route: usize, answer: Answer },
     /// Refuse with 403 and this reason; nothing is forwarded.
     Refuse { reason: String },
     /// Refuse with 400 and this reason (the path is one no route may take); nothing is forwarded.
@@ -219,9 +258,13 @@ pub fn decide(routes: &[Route], method: &str, target: &SafeTarget) -> Decision {
     if !route.methods.iter().any(|m| m == method) {
         return Decision::Refuse { reason: format!("route {:?} does not allow method {method}", route.name) };
     }
+    let upstream = match &route.destination {
+        Destination::Upstream(upstream) => upstream,
+        Destination::Answer(answer) => return Decision::Answer { route: index, answer: *answer },
+    };
     // The upstream's base path, then the rest of the path (or all of it): built in one string, as this
     // runs for every request.
-    let base = &route.upstream.base_path;
+    let base = &upstream.base_path;
     let query = target.query.as_deref();
     let mut path = String::with_capacity(base.len() + target.path.len() + 2 + query.map_or(0, str::len));
     path.push_str(base);

@@ -47,6 +47,16 @@ pub fn bearer_header(token: &str) -> Option<http::HeaderValue> {
     Some(value)
 }
 
+/// An API key as a header value, marked sensitive; `None` under the same conditions as [`bearer_header`].
+pub fn key_header(key: &str) -> Option<http::HeaderValue> {
+    if key.is_empty() || !key.bytes().all(|b| b.is_ascii_graphic()) {
+        return None;
+    }
+    let mut value = http::HeaderValue::try_from(key).ok()?;
+    value.set_sensitive(true);
+    Some(value)
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("no valid token: {0}")]
 pub struct TokenError(pub String);

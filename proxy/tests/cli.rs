@@ -25,12 +25,12 @@ fn check_config_checks_one_pods_routes_or_a_namespaces_template() {
     let out = run(&["check-config", &example()], &[]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(stdout.contains("valid (4 routes)") && stdout.contains("needs TOLLGATE_PROJECT_ID, which is not set"), "{stdout}");
+    assert!(stdout.contains("valid (5 routes)") && stdout.contains("needs TOLLGATE_PROJECT_ID, which is not set"), "{stdout}");
     // As the ConfigMap shared by a namespace's pods: every route checked, with sample ids.
     let out = run(&["check-config", "--template", &example()], &[]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success());
-    assert!(stdout.contains("valid as a template, ids filled in (5 routes)") && !stdout.contains("left out"), "{stdout}");
+    assert!(stdout.contains("valid as a template, ids filled in (6 routes)") && !stdout.contains("left out"), "{stdout}");
     // An id from the environment is still checked as given.
     let out = run(&["check-config", "--template", &example()], &[("TOLLGATE_ANALYSIS_ID", "../up")]);
     assert!(!out.status.success());
@@ -51,6 +51,8 @@ fn config_schema_is_json_schema_of_the_config() {
     let schema: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(schema["additionalProperties"], false, "unknown keys are refused, as the proxy refuses them");
     let route = &schema["properties"]["routes"]["items"];
-    assert_eq!(route["required"], serde_json::json!(["name", "prefix", "upstream"]));
-    assert_eq!(route["properties"]["auth"]["enum"], serde_json::json!(["none", "token", "bearerFile"]), "{route}");
+    // A route has an upstream or an answer: the schema cannot say "one of", check-config does.
+    assert_eq!(route["required"], serde_json::json!(["name", "prefix"]));
+    assert_eq!(route["properties"]["auth"]["enum"], serde_json::json!(["none", "token", "bearerFile", "apiKeyFile"]), "{route}");
+    assert!(route["properties"]["answer"].to_string().contains(r#""const":"ready""#), "{route}");
 }

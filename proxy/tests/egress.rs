@@ -661,3 +661,121 @@ async fn wait_ready_returns_as_soon_as_the_proxy_is_ready_and_fails_after_its_ti
     // Polled every 20 ms: back well within a tenth of a second of the proxy's readiness.
     assert!(returned_at.saturating_duration_since(ready_at) < Duration::from_millis(100), "{:?}", returned_at - ready_at);
 }
+
+#[tokio::test]
+async fn a_route_the_proxy_answers_itself_says_healthy_while_ready_and_503_when_not() {
+    let (upstream, idp) = (Upstream::start().await, Idp::start().await);
+    // FLAME's SDK waits on GET /healthz of its sidecar before anything else.
+    let config = format!(
+        "{}routes:\n- {{ name: sidecar-health, prefix: /healthz, allow: [''], answer: ready }}\n- {{ name: hub, prefix: /hub, upstream: '{}', auth: token }}\n",
+        identity(&idp),
+        upstream.url()
+    );
+    let proxy = Proxy::start(&config, &[]).await;
+    let egress = proxy.egress;
+    let get = |target: &str| {
+        let request = format!("GET {target} HTTP/1.1\r\nhost: nginx-a\r\n\r\n");
+        async move { raw(egress, request.as_bytes()).await }
+    };
+    let mut healthy = get("/healthz").await;
+    for _ in 0..100 {
+        if healthy.status == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        healthy = get("/healthz").await;
+    }
+    assert_eq!((healthy.status, healthy.body.as_str()), (200, "healthy"), "{}", proxy.logs());
+    let head = raw(proxy.egress, b"HEAD /healthz HTTP/1.1\r\nhost: nginx-a\r\n\r\n").await;
+    assert_eq!((head.status, head.body.as_str()), (200, ""));
+    // Whole segments and the allow list still hold; other methods are refused like on any route.
+    assert_eq!(get("/healthzX").await.status, 403);
+    assert_eq!(get("/healthz/more").await.status, 403);
+    assert_eq!(raw(proxy.egress, b"POST /healthz HTTP/1.1\r\nhost: x\r\ncontent-length: 0\r\n\r\n").await.status, 403);
+    assert!(upstream.requests().is_empty(), "nothing is forwarded for an answered route");
+    let audit = proxy.audit(1).await;
+    assert!(audit.iter().any(|l| l["route"] == "sidecar-health" && l["decision"] == "answered"), "{audit:?}");
+
+    // Not ready: the token endpoint fails, so a route needing a token cannot be served, and /healthz says so.
+    let (idp_down, upstream2) = (Idp::start().await, Upstream::start().await);
+    idp_down.status.store(500, Ordering::SeqCst);
+    let config = format!(
+        "{}routes:\n- {{ name: sidecar-health, prefix: /healthz, allow: [''], answer: ready }}\n- {{ name: hub, prefix: /hub, upstream: '{}', auth: token }}\n",
+        identity(&idp_down),
+        upstream2.url()
+    );
+    let unready = Proxy::start(&config, &[]).await;
+    let response = raw(unready.egress, b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n").await;
+    assert_eq!((response.status, response.body.as_str()), (503, "waiting for a token"));
+}
+
+#[tokio::test]
+async fn an_api_key_route_sends_the_proxys_key_in_its_header_and_no_credential_of_the_apps() {
+    let (kong, storage, idp) = (Upstream::start().await, Upstream::start().await, Idp::start().await);
+    let config = format!(
+        "{}routes:\n- {{ name: kong, prefix: /kong, upstream: '{}', auth: apiKeyFile, apiKeyFile: '{{dir}}/kong-apikey', allowNonAsciiPath: true }}\n- {{ name: storage, prefix: /storage, upstream: '{}', auth: token }}\ncredentialHeaders: [apikey, x-api-key, x-data-key]\n",
+        identity(&idp),
+        kong.url(),
+        storage.url()
+    );
+    let proxy = Proxy::start(&config, &[]).await;
+    std::fs::write(proxy.path("kong-apikey"), "the-proxys-kong-key\n").unwrap();
+    // As FLAME's SDK sends it: its own apikey (a placeholder now), and a Bearer token for other routes.
+    let kong_call = |path: &str| {
+        format!(
+            "GET /kong/{path} HTTP/1.1\r\nhost: nginx-a\r\napikey: the-apps-key\r\nx-api-key: other\r\nauthorization: Bearer app\r\nconnection: close\r\n\r\n"
+        )
+    };
+    let response = raw(proxy.egress, kong_call("source-1/fhir/Patient?_summary=count").as_bytes()).await;
+    assert_eq!(response.status, 200, "{response:?}\n{}", proxy.logs());
+    let response = raw(proxy.egress, kong_call("source-1/s3/Befund%20M%C3%BCller.csv").as_bytes()).await;
+    assert_eq!(response.status, 200, "non-ASCII object keys pass where the route allows them: {response:?}");
+    // Overlong and invalid encodings are still refused, on this route too.
+    for bad in ["source-1/s3/%C0%AE%C0%AE", "source-1/s3/%FF.csv", "source-1/s3/a%2Fb"] {
+        assert_eq!(raw(proxy.egress, kong_call(bad).as_bytes()).await.status, 400, "{bad}");
+    }
+    let seen = kong.requests();
+    assert_eq!(seen.len(), 2);
+    for r in &seen {
+        assert_eq!(r.header("apikey"), Some("the-proxys-kong-key"), "{r:?}");
+        for gone in ["x-api-key", "authorization"] {
+            assert_eq!(r.header(gone), None, "{gone} reached Kong: {r:?}");
+        }
+    }
+    assert_eq!(seen[1].target, "/source-1/s3/Befund%20M%C3%BCller.csv");
+
+    // The key file is re-read when it changes (a rotated key needs no restart).
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    std::fs::write(proxy.path("kong-apikey"), "rotated-key-longer\n").unwrap();
+    assert_eq!(raw(proxy.egress, kong_call("source-1/fhir/Patient").as_bytes()).await.status, 200);
+    assert_eq!(kong.requests().last().unwrap().header("apikey"), Some("rotated-key-longer"));
+
+    // On a token route every configured credential header of the app's is removed too.
+    let request = "GET /storage/final HTTP/1.1\r\nhost: nginx-a\r\napikey: k\r\nx-data-key: d\r\nauthorization: Bearer app\r\nconnection: close\r\n\r\n";
+    assert_eq!(raw(proxy.egress, request.as_bytes()).await.status, 200);
+    let r = storage.requests().pop().unwrap();
+    assert_eq!(r.header("authorization"), Some("Bearer token-1"));
+    assert_eq!((r.header("apikey"), r.header("x-data-key")), (None, None), "{r:?}");
+    assert!(!proxy.logs().contains("the-proxys-kong-key") && !proxy.logs().contains("rotated-key"), "key in the logs");
+
+    // A missing key file: 503, nothing forwarded.
+    std::fs::remove_file(proxy.path("kong-apikey")).unwrap();
+    let before = kong.requests().len();
+    assert_eq!(raw(proxy.egress, kong_call("source-1/fhir/Patient").as_bytes()).await.status, 503);
+    assert_eq!(kong.requests().len(), before);
+}
+
+#[tokio::test]
+async fn the_pods_own_names_for_the_proxy_are_its_own_authority() {
+    let upstream = Upstream::start().await;
+    let config = format!("routes:\n- {{ name: hub, prefix: /hub, upstream: '{}' }}\n", upstream.url());
+    let proxy = Proxy::start(&config, &[("TOLLGATE_EGRESS_HOSTNAMES", "nginx-analysis-1,other-name")]).await;
+    let port = proxy.egress.port();
+    // httpx behind HTTP_PROXY sends absolute-form targets naming the sidecar.
+    let absolute =
+        format!("GET http://nginx-analysis-1:{port}/hub/x HTTP/1.1\r\nhost: nginx-analysis-1:{port}\r\nconnection: close\r\n\r\n");
+    assert_eq!(raw(proxy.egress, absolute.as_bytes()).await.status, 200, "{}", proxy.logs());
+    let elsewhere = format!("GET http://evil.example:{port}/hub/x HTTP/1.1\r\nhost: evil.example:{port}\r\nconnection: close\r\n\r\n");
+    assert_eq!(raw(proxy.egress, elsewhere.as_bytes()).await.status, 400);
+    assert_eq!(upstream.requests().len(), 1);
+}

@@ -754,3 +754,69 @@ async fn the_head_deadline_spares_idle_keep_alive_connections_and_slow_bodies() 
     assert!((Duration::from_secs(1)..Duration::from_secs(3)).contains(&started.elapsed()), "{:?}", started.elapsed());
     assert_eq!(storage.requests().len(), 2);
 }
+
+#[tokio::test]
+async fn under_a_prefix_tokenless_callers_are_admitted_and_token_bearers_checked_when_configured() {
+    let (issuer, app) = (Issuer::start().await, Upstream::start().await);
+    // FLAME: the orchestrator and the broker call http://nginx-<DEP>/analysis/... and never send a token.
+    let config = issuer.config(&app).replace("ingress:\n", "ingress:\n  prefix: /analysis\n  withoutToken: admit\n");
+    let proxy = Proxy::start(&config, &[]).await;
+    ready(&proxy).await;
+    let send = |request: String| {
+        let ingress = proxy.ingress;
+        async move { raw(ingress, request.as_bytes()).await }
+    };
+    let plain = |method: &str, path: &str, extra: &str| {
+        format!("{method} {path} HTTP/1.1\r\nhost: nginx-a\r\n{extra}content-length: 2\r\nconnection: close\r\n\r\n{{}}")
+    };
+    for (path, forwarded) in [
+        ("/analysis/healthz", "/healthz"),
+        ("/analysis/webhook?x=1", "/webhook?x=1"),
+        ("/analysis/token_refresh", "/token_refresh"),
+        ("/analysis", "/"),
+    ] {
+        let response = send(plain("POST", path, "apikey: a-key\r\nx-forwarded-for: 1.2.3.4\r\n")).await;
+        assert_eq!(response.status, 200, "{path}: {response:?}\n{}", proxy.logs());
+        let r = app.requests().pop().unwrap();
+        assert_eq!(r.target, forwarded);
+        assert_eq!((r.header("apikey"), r.header("x-forwarded-for")), (None, None), "{r:?}");
+    }
+    // Outside the prefix, or a lookalike of it: refused, nothing forwarded.
+    let before = app.requests().len();
+    for path in ["/healthz", "/analysisX/healthz", "/other/analysis/healthz", "/analysis/../healthz"] {
+        let status = send(plain("GET", path, "")).await.status;
+        assert!(status == 403 || status == 400, "{path}: {status}");
+    }
+    // A caller that sends a credential must send a valid one: a bad token or a non-bearer Authorization is 401.
+    let forged =
+        sign(&issuer.rsa, Algorithm::RS256, "rsa-1", &json!({"iss": "http://elsewhere", "aud": "flame-analysis", "exp": now() + 60}));
+    for auth in
+        [format!("authorization: Bearer {forged}\r\n"), "authorization: Basic eDp5\r\n".to_owned(), "authorization: \r\n".to_owned()]
+    {
+        let response = send(plain("POST", "/analysis/webhook", &auth)).await;
+        assert_eq!(response.status, 401, "{auth}: {response:?}");
+    }
+    assert_eq!(app.requests().len(), before, "nothing refused reached the app");
+    // A valid token is checked and stripped as before, the prefix taken off.
+    let token = sign(&issuer.rsa, Algorithm::RS256, "rsa-1", &claims());
+    let response = send(plain("POST", "/analysis/partner_status", &format!("authorization: Bearer {token}\r\n"))).await;
+    assert_eq!(response.status, 200, "{response:?}");
+    let r = app.requests().pop().unwrap();
+    assert_eq!((r.target.as_str(), r.header("authorization")), ("/partner_status", None));
+    let audit = proxy.audit(10).await;
+    assert!(
+        audit.iter().any(|l| l["path"] == "/healthz" && l["decision"] == "forwarded" && l["reason"].as_str().unwrap().contains("no token")),
+        "{audit:?}"
+    );
+}
+
+#[tokio::test]
+async fn without_withouttoken_a_prefixed_ingress_still_needs_a_token() {
+    let (issuer, app) = (Issuer::start().await, Upstream::start().await);
+    let config = issuer.config(&app).replace("ingress:\n", "ingress:\n  prefix: /analysis\n");
+    let proxy = Proxy::start(&config, &[]).await;
+    ready(&proxy).await;
+    let response = raw(proxy.ingress, b"GET /analysis/healthz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").await;
+    assert_eq!(response.status, 401);
+    assert!(app.requests().is_empty());
+}
