@@ -405,7 +405,13 @@ fn namespace(r: &mut Report, ns: &NamespaceView, policy: &tollgate_webhook::poli
         Err(why) => r.unread("routes", name.clone(), &format!("ConfigMap {config_map}"), why),
     }
     let secret = &policy.proxy.credentials_secret;
+    let per_analysis = secret.contains("{analysis_id}");
     match &ns.credentials {
+        _ if per_analysis => r.ok(
+            "credentials",
+            name.clone(),
+            format!("one Secret per analysis ({secret}), made by whoever creates the analysis: not checked here"),
+        ),
         Ok(Some(keys)) => {
             let missing: Vec<&str> = ["client-id", "client-secret"].into_iter().filter(|k| !keys.iter().any(|key| key == k)).collect();
             if missing.is_empty() || !needs_credentials {
@@ -460,6 +466,13 @@ fn namespace(r: &mut Report, ns: &NamespaceView, policy: &tollgate_webhook::poli
     }
     match &ns.dry_run {
         DryRun::Hardened => r.ok("admission", name.clone(), "a plain pod comes back hardened (server-side dry run)"),
+        // Per-analysis credentials need an analysis id, which only trusted creators may give: tollgate refusing a
+        // pod without one shows it judges this namespace's pods.
+        DryRun::Refused(why) if per_analysis && why.contains(tollgate_webhook::harden::ANNOTATION_ANALYSIS_ID) => r.ok(
+            "admission",
+            name.clone(),
+            "a pod without an analysis id is refused by tollgate (server-side dry run): its credentials are per analysis",
+        ),
         DryRun::Plain => r.error(
             "admission",
             name.clone(),

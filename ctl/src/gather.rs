@@ -70,13 +70,16 @@ pub async fn snapshot(client: kube::Client, target: &Target) -> Snapshot {
         secret.map(|s| s.data.unwrap_or_default().get("tls.crt").map(|b| String::from_utf8_lossy(&b.0).into_owned()).unwrap_or_default())
     });
     let served = served(&client, target).await;
-    let selector = config.ok().flatten().and_then(|config| {
-        let webhook = config.webhooks?.into_iter().next()?;
-        let labels = webhook.namespace_selector?.match_labels?;
+    let first = config.ok().flatten().and_then(|config| config.webhooks?.into_iter().next());
+    let selector = first.as_ref().and_then(|webhook| {
+        let labels = webhook.namespace_selector.as_ref()?.match_labels.as_ref()?;
         Some(labels.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(","))
     });
+    // The pods the webhooks select in those namespaces (the FLAME profile: `component: flame-analysis` only).
+    let pod_labels: BTreeMap<String, String> =
+        first.and_then(|webhook| webhook.object_selector?.match_labels).unwrap_or_default();
     let namespaces = match selector {
-        Some(selector) => namespaces(&client, &selector, target, policy.as_ref().ok().cloned().flatten()).await,
+        Some(selector) => namespaces(&client, &selector, target, policy.as_ref().ok().cloned().flatten(), &pod_labels).await,
         None => Ok(Vec::new()),
     };
     Snapshot {
@@ -117,7 +120,13 @@ async fn served(client: &kube::Client, target: &Target) -> Read<Vec<(String, Rea
     Ok(served)
 }
 
-async fn namespaces(client: &kube::Client, selector: &str, target: &Target, policy: Option<String>) -> Read<Vec<NamespaceView>> {
+async fn namespaces(
+    client: &kube::Client,
+    selector: &str,
+    target: &Target,
+    policy: Option<String>,
+    pod_labels: &BTreeMap<String, String>,
+) -> Read<Vec<NamespaceView>> {
     let policy = policy.and_then(|text| tollgate_webhook::policy::Policy::from_yaml(&text).ok()).unwrap_or_default();
     let api: Api<Namespace> = Api::all(client.clone());
     let list = api.list(&ListParams::default().labels(selector)).await.map_err(describe)?;
@@ -132,24 +141,29 @@ async fn namespaces(client: &kube::Client, selector: &str, target: &Target, poli
             .await
             .map(|cm| cm.map(|cm| cm.data.unwrap_or_default().get("config.yaml").cloned().unwrap_or_default()));
         let secrets: Api<Secret> = Api::namespaced(client.clone(), &name);
-        let credentials = get(&secrets, &policy.proxy.credentials_secret)
-            .await
-            .map(|s| s.map(|s| s.data.unwrap_or_default().into_keys().collect::<Vec<_>>()));
+        // A Secret per analysis (`{analysis_id}` in its name) is the analysis creator's: there is none to read here.
+        let credentials = if policy.proxy.credentials_secret.contains('{') {
+            Ok(None)
+        } else {
+            get(&secrets, &policy.proxy.credentials_secret).await.map(|s| s.map(|s| s.data.unwrap_or_default().into_keys().collect::<Vec<_>>()))
+        };
         let policies: Api<NetworkPolicy> = Api::namespaced(client.clone(), &name);
         let closing_network_policies = policies.list(&ListParams::default()).await.map_err(describe).map(|list| {
             list.items
                 .into_iter()
                 .filter(|p| {
                     let spec = p.spec.clone().unwrap_or_default();
+                    // Every pod the webhooks select: all of them, or at least those with the selected labels.
                     let everyone = spec.pod_selector.as_ref().is_none_or(|s| {
-                        s.match_labels.as_ref().is_none_or(BTreeMap::is_empty) && s.match_expressions.as_ref().is_none_or(Vec::is_empty)
+                        let labels = s.match_labels.clone().unwrap_or_default();
+                        (labels.is_empty() || labels == *pod_labels) && s.match_expressions.as_ref().is_none_or(Vec::is_empty)
                     });
                     everyone && spec.policy_types.as_ref().is_some_and(|types| types.iter().any(|t| t == "Egress"))
                 })
                 .filter_map(|p| p.metadata.name)
                 .collect()
         });
-        let dry_run = dry_run(client, &name, &policy).await;
+        let dry_run = dry_run(client, &name, &policy, pod_labels).await;
         views.push(NamespaceView {
             name,
             labels: ns.metadata.labels.unwrap_or_default(),
@@ -164,12 +178,17 @@ async fn namespaces(client: &kube::Client, selector: &str, target: &Target, poli
 
 /// Create a plain pod with `dryRun: All`: the API server runs admission (tollgate's webhook included) and
 /// stores nothing.
-async fn dry_run(client: &kube::Client, namespace: &str, policy: &tollgate_webhook::policy::Policy) -> DryRun {
+async fn dry_run(
+    client: &kube::Client,
+    namespace: &str,
+    policy: &tollgate_webhook::policy::Policy,
+    pod_labels: &BTreeMap<String, String>,
+) -> DryRun {
     let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
     let pod: Pod = serde_json::from_value(serde_json::json!({
         "apiVersion": "v1",
         "kind": "Pod",
-        "metadata": { "generateName": "tollgate-check-" },
+        "metadata": { "generateName": "tollgate-check-", "labels": pod_labels },
         "spec": { "containers": [{ "name": "app", "image": policy.proxy.image }] }
     }))
     .expect("a literal pod");

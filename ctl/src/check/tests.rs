@@ -224,3 +224,21 @@ fn a_namespace_on_trial_is_a_warning_with_the_way_to_enforce() {
     assert_eq!((trial[0].check, trial[0].severity), ("mode", Severity::Warning));
     assert!(trial[0].hint.as_deref().unwrap().ends_with("kubectl label namespace analyses tollgate.dev/mode-"), "{trial:?}");
 }
+
+#[test]
+fn per_analysis_credentials_are_not_looked_for_and_a_pod_without_an_analysis_id_refused_is_healthy() {
+    let now = OffsetDateTime::now_utc();
+    let mut s = healthy(now, &bundle(now, 365));
+    // The FLAME profile: one Secret per analysis, named from its id.
+    s.policy = Ok(Some("proxy:\n  credentialsSecret: tollgate-proxy-credentials-{analysis_id}\n".into()));
+    let ns = &mut s.namespaces.as_mut().unwrap()[0];
+    ns.credentials = Ok(None);
+    ns.dry_run = DryRun::Refused(
+        "admission webhook \"harden.pods.tollgate.dev\" denied the request: tollgate.dev/analysis-id is required to name the pod's credentials Secret".into(),
+    );
+    let findings = evaluate(&s);
+    assert_eq!(problems(&findings), [], "{findings:?}");
+    // Any other refusal is still an error.
+    s.namespaces.as_mut().unwrap()[0].dry_run = DryRun::Refused("failed calling webhook: x509: certificate signed by unknown authority".into());
+    assert_eq!(problems(&evaluate(&s)).iter().map(|p| p.0).collect::<Vec<_>>(), ["admission"]);
+}
