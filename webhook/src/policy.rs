@@ -874,6 +874,113 @@ mod tests {
     }
 
     #[test]
+    fn egress_hostnames_are_templates_checked_up_front() {
+        let policy =
+            Policy::from_yaml("proxy:\n  egressHostnames: ['nginx-{env:DEPLOYMENT_NAME}', '{label:app}.local', 'sidecar']\n").unwrap();
+        assert_eq!(policy.proxy.egress_hostnames.len(), 3);
+        assert_eq!(
+            parse_hostname_template("nginx-{env:DEPLOYMENT_NAME}.{label:example.org/app}").unwrap(),
+            [
+                HostnamePart::Literal("nginx-".into()),
+                HostnamePart::Env("DEPLOYMENT_NAME".into()),
+                HostnamePart::Literal(".".into()),
+                HostnamePart::Label("example.org/app".into()),
+            ]
+        );
+        for (template, expected) in [
+            ("nginx-{env:DEP", r#"proxy.egressHostnames[0]: "nginx-{env:DEP" has a '{' that is never closed"#),
+            ("nginx}", r#"proxy.egressHostnames[0]: "nginx}" has a '}' that closes no placeholder"#),
+            ("nginx-{analysis_id}", "proxy.egressHostnames[0]: {analysis_id} is not a placeholder (known: {env:NAME}, {label:KEY})"),
+            ("nginx-{env:1X}", r#"proxy.egressHostnames[0]: {env:1X}: "1X" is not an env var name"#),
+            ("nginx-{label:a/b/}", r#"proxy.egressHostnames[0]: {label:a/b/}: "a/b/" is not a label key"#),
+            (
+                "x-{label:tollgate.dev/analysis-id}",
+                "proxy.egressHostnames[0]: {label:tollgate.dev/analysis-id}: tollgate.dev/ labels are written by tollgate",
+            ),
+            ("Nginx-{env:X}", r#"proxy.egressHostnames[0]: "Nginx-{env:X}" cannot render a DNS-1123 subdomain"#),
+            ("-{env:X}", r#"proxy.egressHostnames[0]: "-{env:X}" cannot render a DNS-1123 subdomain"#),
+            ("{env:X}..local", r#"proxy.egressHostnames[0]: "{env:X}..local" cannot render a DNS-1123 subdomain"#),
+        ] {
+            let errors = errors_of(&format!("proxy:\n  egressHostnames: ['{template}']\n"));
+            assert!(errors.iter().any(|e| e.starts_with(expected)), "{template}: {errors:#?}");
+        }
+        // A name the placeholders replace cannot also be read.
+        let errors =
+            errors_of("proxy:\n  egressHostnames: ['x-{env:KEYCLOAK_TOKEN}']\n  placeholderEnv: [{name: KEYCLOAK_TOKEN, kind: jwt}]\n");
+        assert!(
+            errors[0].starts_with("proxy.egressHostnames[0]: {env:KEYCLOAK_TOKEN} reads an env var that proxy.placeholderEnv replaces"),
+            "{errors:?}"
+        );
+        let many: Vec<String> = (0..=MAX_EGRESS_HOSTNAMES).map(|i| format!("'n{i}'")).collect();
+        let errors = errors_of(&format!("proxy:\n  egressHostnames: [{}]\n", many.join(", ")));
+        assert!(errors[0].starts_with("proxy.egressHostnames: has 33 entries; at most 32"), "{errors:?}");
+    }
+
+    #[test]
+    fn placeholder_env_names_are_checked() {
+        let policy =
+            Policy::from_yaml("proxy:\n  placeholderEnv: [{name: KEYCLOAK_TOKEN, kind: jwt}, {name: DATA_SOURCE_TOKEN, kind: opaque}]\n")
+                .unwrap();
+        assert_eq!(
+            policy.proxy.placeholder_env,
+            [
+                PlaceholderEnv { name: "KEYCLOAK_TOKEN".into(), kind: PlaceholderKind::Jwt },
+                PlaceholderEnv { name: "DATA_SOURCE_TOKEN".into(), kind: PlaceholderKind::Opaque },
+            ]
+        );
+        for (list, expected) in [
+            ("[{name: '1A', kind: jwt}]", r#"proxy.placeholderEnv[0].name: "1A" is not an env var name"#),
+            ("[{name: A, kind: jwt}, {name: A, kind: opaque}]", r#"proxy.placeholderEnv[1].name: "A" is listed twice"#),
+            ("[{name: TOLLGATE_EGRESS_URL, kind: opaque}]", r#"proxy.placeholderEnv[0].name: "TOLLGATE_EGRESS_URL" is tollgate's own"#),
+            ("[{name: A, kind: secret}]", "proxy.placeholderEnv[0].kind: unknown variant `secret`, expected `jwt` or `opaque`"),
+            ("[{name: A}]", "proxy.placeholderEnv[0]: missing field `kind`"),
+        ] {
+            let errors = errors_of(&format!("proxy:\n  placeholderEnv: {list}\n"));
+            assert!(errors[0].starts_with(expected), "{list}: {errors:#?}");
+        }
+    }
+
+    #[test]
+    fn the_credentials_secret_may_be_per_analysis() {
+        let policy = Policy::from_yaml("proxy: { credentialsSecret: 'tollgate-proxy-credentials-{analysis_id}' }\n").unwrap();
+        assert!(policy.credentials_secret_per_analysis());
+        assert_eq!(policy.credentials_secret_for(Some("a1")).as_deref(), Some("tollgate-proxy-credentials-a1"));
+        assert_eq!(policy.credentials_secret_for(None), None);
+        let default = Policy::default();
+        assert!(!default.credentials_secret_per_analysis());
+        assert_eq!(default.credentials_secret_for(None).as_deref(), Some("tollgate-proxy-credentials"));
+        assert_eq!(default.credentials_secret_for(Some("a1")).as_deref(), Some("tollgate-proxy-credentials"));
+        for (secret, expected) in [
+            (
+                "tollgate-proxy-credentials-{project_id}",
+                r#"proxy.credentialsSecret: "tollgate-proxy-credentials-{project_id}" has a placeholder other than {analysis_id}"#,
+            ),
+            (
+                "tollgate-proxy-credentials_{analysis_id}",
+                r#"proxy.credentialsSecret: "tollgate-proxy-credentials_{analysis_id}" is not a valid object name with an analysis id in place of {analysis_id}"#,
+            ),
+            // The prefix still holds: every Secret the template can name is a credentials Secret.
+            (
+                "analysis-{analysis_id}-credentials",
+                r#"proxy.credentialsSecret: "analysis-{analysis_id}-credentials" does not start with proxy.credentialsSecretPrefix ("tollgate-proxy-credentials")"#,
+            ),
+        ] {
+            let errors = errors_of(&format!("proxy: {{ credentialsSecret: '{secret}' }}\n"));
+            assert!(errors.iter().any(|e| e.starts_with(expected)), "{secret}: {errors:#?}");
+        }
+    }
+
+    #[test]
+    fn dns1123_subdomains_as_kubernetes_checks_them() {
+        for good in ["a", "nginx-analysis-1-0", "a.b-c.d", "0", &"a".repeat(63), &["a"; 127].join(".")] {
+            assert!(is_dns1123_subdomain(good), "{good}");
+        }
+        for bad in ["", "A", "a_b", "-a", "a-", "a..b", ".a", "a.", "a.-b", "nginx-$(X)", &["a"; 128].join(".")] {
+            assert!(!is_dns1123_subdomain(bad), "{bad}");
+        }
+    }
+
+    #[test]
     fn images_must_be_pinned() {
         assert!(check_image_pinned("ghcr.io/x/proxy:0.1.0").is_ok());
         assert!(check_image_pinned("localhost:5000/proxy:1").is_ok());

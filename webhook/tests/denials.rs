@@ -351,6 +351,51 @@ fn each_rule_denies_with_a_message_naming_container_and_field() {
         "{message}"
     );
     covered.insert(Rule::LockBlocksProbe);
+    // proxy.egressHostnames: a value tollgate cannot know, and one that makes no valid name.
+    let named = Policy::from_yaml("proxy:\n  egressHostnames: ['nginx-{env:DEPLOYMENT_NAME}', 'x.{label:app}']\n").unwrap();
+    for (pod, expected) in [
+        (
+            with(|p| {
+                p["spec"]["containers"][0]["env"] =
+                    json!([{"name": "DEPLOYMENT_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}])
+            }),
+            r#"container "app": env["DEPLOYMENT_NAME"] is set by valueFrom: tollgate cannot know the name policy proxy.egressHostnames[0] ("nginx-{env:DEPLOYMENT_NAME}") renders from it (set it with a literal value) [egress-hostname]"#,
+        ),
+        (
+            with(|p| p["spec"]["containers"][0]["env"] = json!([{"name": "DEPLOYMENT_NAME", "value": "Analysis_1"}])),
+            r#"container "app": env["DEPLOYMENT_NAME"] makes "nginx-Analysis_1" of policy proxy.egressHostnames[0] ("nginx-{env:DEPLOYMENT_NAME}"), which is not a DNS-1123 subdomain (lowercase letters, digits and '-' in dot-separated labels, each alphanumeric at both ends, at most 253 characters) [egress-hostname]"#,
+        ),
+        (
+            // kubelet would expand $(VAR) references: not a name tollgate can judge either.
+            with(|p| p["spec"]["containers"][0]["env"] = json!([{"name": "DEPLOYMENT_NAME", "value": "$(HOSTNAME)"}])),
+            r#"container "app": env["DEPLOYMENT_NAME"] makes "nginx-$(HOSTNAME)" of policy"#,
+        ),
+        (
+            with(|p| p["metadata"]["labels"] = json!({"app": "My_App"})),
+            r#"pod: metadata.labels[app] makes "x.My_App" of policy proxy.egressHostnames[1] ("x.{label:app}"), which is not a DNS-1123 subdomain"#,
+        ),
+    ] {
+        let (message, rules) = denial(&named, &pod);
+        assert_eq!(rules, vec![Rule::EgressHostname], "{message}");
+        assert!(message.contains(expected), "{message:?} lacks {expected:?}");
+    }
+    covered.insert(Rule::EgressHostname);
+    // proxy.credentialsSecret per analysis: a pod without an analysis id has no Secret.
+    let per_analysis = Policy::from_yaml("proxy: { credentialsSecret: 'tollgate-proxy-credentials-{analysis_id}' }\n").unwrap();
+    let (message, rules) = denial(&per_analysis, &base_pod());
+    assert_eq!(rules, vec![Rule::AnalysisIdRequired], "{message}");
+    assert!(
+        message.contains(r#"pod: metadata.annotations[tollgate.dev/analysis-id] is missing: the policy gives every analysis its own credentials Secret (proxy.credentialsSecret: "tollgate-proxy-credentials-{analysis_id}"), and a pod without an analysis id has none; a trusted user (identity.trustedUsers, identity.trustedGroups) sets it on the pod or its workload's template [analysis-id-required]"#),
+        "{message}"
+    );
+    covered.insert(Rule::AnalysisIdRequired);
+    // An id that makes no Secret name (uppercase is a valid id, not a valid name).
+    let (message, rules) = denial(&per_analysis, &with(|p| p["metadata"]["annotations"]["tollgate.dev/analysis-id"] = json!("Analysis-7")));
+    assert_eq!(rules, vec![Rule::InvalidAnnotation], "{message}");
+    assert!(
+        message.contains(r#"pod: metadata.annotations[tollgate.dev/analysis-id] "Analysis-7" would name the pod's credentials Secret "tollgate-proxy-credentials-Analysis-7" (policy proxy.credentialsSecret: "tollgate-proxy-credentials-{analysis_id}"), which is not a valid object name"#),
+        "{message}"
+    );
     let claim = with(|p| p["metadata"]["annotations"]["tollgate.dev/analysis-id"] = json!("someone-elses-analysis"));
     let groups = vec!["system:authenticated".to_owned()];
     let mallory = Requester { username: "mallory", groups: &groups };

@@ -1,13 +1,16 @@
 //! Generated pods (a fixed-seed generator, thousands of cases): whatever the pod, hardening never panics,
 //! and either denies (leaving the pod untouched) or yields a patch that reproduces its output, a pod that
 //! passes the independent "restricted" checker, exactly one sidecar (and one lock check, first, exactly
-//! when the policy asks for the egress lock), credentials in the proxy only, and a fixed point (hardening
-//! again changes nothing).
+//! when the policy asks for the egress lock), credentials in the proxy only, the placeholders of
+//! `proxy.placeholderEnv` in every other container, tollgate's `hostAliases` entry first and the same as the
+//! proxy's `TOLLGATE_EGRESS_HOSTNAMES`, the unprivileged-port sysctl for a low proxy port, and a fixed point
+//! (hardening again changes nothing).
 
 mod common;
 
 use k8s_openapi::api::core::v1::Pod;
 use serde_json::{Map, Value, json};
+use tollgate_webhook::harden::egress::{placeholder, unprivileged_port_start};
 use tollgate_webhook::harden::{Outcome, egress_lock_annotation, harden};
 use tollgate_webhook::policy::{EgressLock, Policy};
 
@@ -72,7 +75,12 @@ fn security_context(rng: &mut Rng, pod_level: bool) -> Value {
         ("fsGroup", vec![json!(0), json!(2000)]),
         (
             "sysctls",
-            vec![json!([{"name": "kernel.msgmax", "value": "1"}]), json!([{"name": "net.ipv4.tcp_syncookies", "value": "1"}]), json!([])],
+            vec![
+                json!([{"name": "kernel.msgmax", "value": "1"}]),
+                json!([{"name": "net.ipv4.tcp_syncookies", "value": "1"}]),
+                json!([]),
+                json!([{"name": "net.ipv4.ip_unprivileged_port_start", "value": "1024"}, {"name": "net.ipv4.tcp_syncookies", "value": "1"}]),
+            ],
         ),
     ];
     let extra = if pod_level { pod_only } else { container_only };
@@ -95,6 +103,12 @@ fn container(rng: &mut Rng, name: String, ephemeral: bool) -> Value {
             json!({"name": "TOLLGATE_EGRESS_URL", "value": "http://evil"}),
             json!({"name": "T", "valueFrom": {"secretKeyRef": {"name": "tollgate-proxy-credentials", "key": "k"}}}),
             json!({"name": "U", "valueFrom": {"secretKeyRef": {"name": "other", "key": "k"}}}),
+            json!({"name": "DEPLOYMENT_NAME", "value": "analysis-a1-0"}),
+            json!({"name": "DEPLOYMENT_NAME", "value": "analysis-b2-0"}),
+            json!({"name": "DEPLOYMENT_NAME", "value": "Not_A_Name"}),
+            json!({"name": "DEPLOYMENT_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}),
+            json!({"name": "KEYCLOAK_TOKEN", "value": "real-token"}),
+            json!({"name": "KEYCLOAK_TOKEN", "valueFrom": {"secretKeyRef": {"name": "other", "key": "k"}}}),
         ];
         c["env"] = Value::Array((0..rng.below(4)).map(|_| rng.pick(&env_values)).collect());
     }
@@ -214,12 +228,23 @@ fn pod(rng: &mut Rng) -> Value {
             annotations.insert(key.to_owned(), json!(rng.pick(values)));
         }
     }
+    if rng.chance(10) {
+        let aliases = [
+            json!([{"ip": "127.0.0.1", "hostnames": ["nginx-analysis-a1-0"]}]),
+            json!([{"ip": "10.0.0.9", "hostnames": ["keycloak"]}]),
+            json!([{"ip": "127.0.0.1", "hostnames": ["nginx-analysis-a1-0"]}, {"ip": "10.0.0.9", "hostnames": ["keycloak"]}]),
+        ];
+        spec["hostAliases"] = rng.pick(&aliases);
+    }
     let mut metadata = json!({"name": "generated"});
     if !annotations.is_empty() {
         metadata["annotations"] = Value::Object(annotations);
     }
     if rng.chance(20) {
         metadata["labels"] = json!({"tollgate.dev/injected": "false", "tollgate.dev/analysis-id": "spoofed"});
+    }
+    if rng.chance(30) {
+        metadata["labels"]["app"] = json!(rng.pick(&["analysis-a1-0", "Bad_Label"]));
     }
     json!({"apiVersion": "v1", "kind": "Pod", "metadata": metadata, "spec": spec})
 }
@@ -270,7 +295,12 @@ fn check(policy: &Policy, input: &Value, case: u64) -> &'static str {
     } else {
         assert_eq!(lock, None, "case {case}\n{input}");
     }
-    let secret = input["metadata"]["annotations"]["tollgate.dev/credentials-secret"].as_str().unwrap_or("tollgate-proxy-credentials");
+    let analysis = input["metadata"]["annotations"]["tollgate.dev/analysis-id"].as_str();
+    let secret = match input["metadata"]["annotations"]["tollgate.dev/credentials-secret"].as_str() {
+        Some(secret) => secret.to_owned(),
+        None => policy.credentials_secret_for(analysis).unwrap_or_else(|| panic!("case {case}: hardened without an analysis id\n{input}")),
+    };
+    let secret = secret.as_str();
     let carrying: Vec<&str> = spec["volumes"]
         .as_array()
         .into_iter()
@@ -291,6 +321,38 @@ fn check(policy: &Policy, input: &Value, case: u64) -> &'static str {
             "case {case}: credentials referenced by {}\n{input}",
             c["name"]
         );
+    }
+
+    // The placeholders, in every container but tollgate's, once; tollgate's names first in hostAliases,
+    // the same as the proxy's; the sysctl when a proxy port is below 1024.
+    for c in all
+        .iter()
+        .chain(spec["ephemeralContainers"].as_array().into_iter().flatten())
+        .filter(|c| c["name"] != "tollgate-proxy" && c["name"] != "tollgate-lock-check")
+    {
+        for entry in &policy.proxy.placeholder_env {
+            let found: Vec<&Value> = c["env"].as_array().into_iter().flatten().filter(|e| e["name"] == entry.name.as_str()).collect();
+            assert_eq!(found, [&json!({"name": entry.name, "value": placeholder(entry.kind)})], "case {case}: {}\n{input}", c["name"]);
+        }
+    }
+    let proxy = all.iter().find(|c| c["name"] == "tollgate-proxy").unwrap();
+    let names = proxy["env"].as_array().unwrap().iter().find(|e| e["name"] == "TOLLGATE_EGRESS_HOSTNAMES").map(|e| e["value"].clone());
+    match names {
+        Some(names) => {
+            let names: Vec<&str> = names.as_str().unwrap().split(',').collect();
+            assert_eq!(spec["hostAliases"][0], json!({"ip": "127.0.0.1", "hostnames": names}), "case {case}\n{input}");
+        }
+        None if !policy.security.allow_host_aliases => assert!(spec.get("hostAliases").is_none(), "case {case}\n{input}"),
+        None => {}
+    }
+    if let Some(port) = unprivileged_port_start(policy) {
+        let sysctls: Vec<&Value> = spec["securityContext"]["sysctls"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|s| s["name"] == "net.ipv4.ip_unprivileged_port_start")
+            .collect();
+        assert_eq!(sysctls, [&json!({"name": "net.ipv4.ip_unprivileged_port_start", "value": port.to_string()})], "case {case}\n{input}");
     }
 
     // tollgate.dev/ labels are tollgate's alone: exactly what its annotations say, nothing a pod brought.
@@ -327,13 +389,24 @@ fn generated_pods_are_hardened_or_denied_never_half_done() {
         .unwrap(),
         Policy::from_yaml("onViolation: override\nresources: { onExceed: clamp }\nproxy: { egressLock: required }\n").unwrap(),
         Policy::from_yaml("onViolation: warn\n").unwrap(),
+        // FLAME's: names for the sidecar, a low egress port, placeholders, a Secret per analysis.
+        Policy::from_yaml(
+            "onViolation: override\nproxy:\n  egressPort: 80\n  egressHostnames: ['nginx-{env:DEPLOYMENT_NAME}', '{label:app}.local']\n  \
+             placeholderEnv: [{name: KEYCLOAK_TOKEN, kind: jwt}, {name: DATA_SOURCE_TOKEN, kind: opaque}]\n  \
+             credentialsSecret: tollgate-proxy-credentials-{analysis_id}\n",
+        )
+        .unwrap(),
     ];
     let mut tally = std::collections::BTreeMap::new();
     let mut rng = Rng(0x7011_6a7e);
-    for case in 0..5000u64 {
-        let input = pod(&mut rng);
-        let policy = &policies[(case % 5) as usize];
-        *tally.entry((case % 5, check(policy, &input, case))).or_insert(0) += 1;
+    for case in 0..6000u64 {
+        let mut input = pod(&mut rng);
+        // FLAME's policy needs an analysis id (a trusted orchestrator's): most of its pods have one.
+        if case % 6 == 5 && (case / 6) % 4 != 0 && input["metadata"]["annotations"].get("tollgate.dev/analysis-id").is_none() {
+            input["metadata"]["annotations"]["tollgate.dev/analysis-id"] = json!("a1");
+        }
+        let policy = &policies[(case % 6) as usize];
+        *tally.entry((case % 6, check(policy, &input, case))).or_insert(0) += 1;
     }
     // The generator must exercise every path under the permissive policies, or it proves little.
     for policy in 1..4 {
@@ -345,5 +418,8 @@ fn generated_pods_are_hardened_or_denied_never_half_done() {
     // Warn lets some through as they came, and still denies the rest.
     assert!(tally.get(&(4, "warned")).copied().unwrap_or(0) > 10, "{tally:?}");
     assert!(tally.get(&(4, "denied")).copied().unwrap_or(0) > 100, "{tally:?}");
+    // FLAME's policy hardens some (with an analysis id), and denies the rest.
+    assert!(tally.get(&(5, "hardened")).copied().unwrap_or(0) > 20, "{tally:?}");
+    assert!(tally.get(&(5, "denied")).copied().unwrap_or(0) > 100, "{tally:?}");
     eprintln!("{tally:?}");
 }

@@ -381,3 +381,44 @@ fn under_the_egress_lock_debug_containers_get_the_probe_rule_and_not_tollgates_n
     let mut working = debug(json!({"name": "debugger", "image": "busybox:1.36", "targetContainerName": "app"}));
     let Outcome::Hardened(_) = update(&locked(), &old, &mut working, EPHEMERAL_CONTAINERS).unwrap() else { panic!("allowed") };
 }
+
+/// tollgate's own `hostAliases` entry and sysctl (`proxy.egressHostnames`, a proxy port below 1024) are part
+/// of the admitted pod: the API server keeps both fixed (a pod's hostAliases and securityContext cannot
+/// change), and nothing the webhook checks after admission takes them for the pod's own.
+#[test]
+fn tollgates_host_alias_and_sysctl_pass_every_update() {
+    let policy = Policy::from_yaml(
+        "proxy:\n  egressPort: 80\n  egressHostnames: ['nginx-{env:DEPLOYMENT_NAME}']\n  placeholderEnv: [{name: KEYCLOAK_TOKEN, kind: jwt}]\n",
+    )
+    .unwrap();
+    let mut old = json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "analysis", "labels": {"app": "a"}, "annotations": {"tollgate.dev/analysis-id": "a1"}},
+        "spec": {"containers": [{"name": "app", "image": "registry.example.org/app:1.0",
+            "env": [{"name": "DEPLOYMENT_NAME", "value": "analysis-a1-0"}]}]}
+    });
+    let Outcome::Hardened(_) = harden(&policy, &mut old).unwrap() else { panic!("hardened") };
+    assert_eq!(old["spec"]["hostAliases"][0]["hostnames"], json!(["nginx-analysis-a1-0"]));
+    let edit = |f: &dyn Fn(&mut Value)| {
+        let mut new = old.clone();
+        f(&mut new);
+        new
+    };
+    for (subresource, new) in [
+        ("", edit(&|p| p["metadata"]["labels"]["mine"] = json!("yes"))),
+        ("", edit(&|p| p["status"] = json!({"phase": "Running"}))),
+        (EPHEMERAL_CONTAINERS, edit(&|p| p["spec"]["ephemeralContainers"] = json!([{"name": "d", "image": "busybox:1.36"}]))),
+        (RESIZE, edit(&|p| p["spec"]["containers"][0]["resources"]["limits"]["cpu"] = json!("3"))),
+    ] {
+        let mut working = new.clone();
+        match update(&policy, &old, &mut working, subresource).unwrap() {
+            Outcome::Hardened(h) => {
+                assert_eq!(working["spec"]["hostAliases"], old["spec"]["hostAliases"], "{subresource}");
+                assert_eq!(working["spec"]["securityContext"], old["spec"]["securityContext"], "{subresource}");
+                assert!(h.changes.iter().all(|c| c.scope.starts_with("ephemeral container")), "{subresource}: {:?}", h.changes);
+            }
+            other => panic!("{subresource}: {other:?}"),
+        }
+    }
+}

@@ -83,14 +83,16 @@ pub(super) fn hostnames(policy: &Policy, doc: &Value, f: &mut Findings, notes: &
         for part in &parts {
             let choices: Vec<(String, Vec<Source>)> = match part {
                 HostnamePart::Literal(text) => vec![(text.clone(), Vec::new())],
-                HostnamePart::Env(var) => match env_values(&apps, var, &field, f) {
-                    Some(values) if !values.is_empty() => values,
-                    Some(_) => {
-                        notes.push(format!("policy {field} renders no name: no app container sets env {var}"));
+                HostnamePart::Env(var) => {
+                    let (values, set_by_value_from) = env_values(&apps, var, &field, f);
+                    if values.is_empty() {
+                        if !set_by_value_from {
+                            notes.push(format!("policy {field} renders no name: no app container sets env {var}"));
+                        }
                         continue 'templates;
                     }
-                    None => continue 'templates,
-                },
+                    values
+                }
                 HostnamePart::Label(key) => match labels.and_then(|l| l.get(key)).and_then(Value::as_str) {
                     Some(value) => vec![(value.to_owned(), vec![("pod".to_owned(), format!("metadata.labels[{key}]"))])],
                     None => {
@@ -141,11 +143,12 @@ pub(super) fn hostnames(policy: &Policy, doc: &Value, f: &mut Findings, notes: &
     names
 }
 
-/// The distinct literal values of env `var` in the app containers, with the containers that set each; `None`
-/// when one sets it by `valueFrom` (refused: tollgate cannot know the value).
-fn env_values(apps: &[(String, &Value)], var: &str, field: &str, f: &mut Findings) -> Option<Vec<(String, Vec<Source>)>> {
+/// The distinct literal values of env `var` in the app containers, with the containers that set each, and
+/// whether one sets it by `valueFrom` (refused: tollgate cannot know the value; the others are still
+/// rendered, so that one denial names every field).
+fn env_values(apps: &[(String, &Value)], var: &str, field: &str, f: &mut Findings) -> (Vec<(String, Vec<Source>)>, bool) {
     let mut values: Vec<(String, Vec<Source>)> = Vec::new();
-    let mut judged = true;
+    let mut set_by_value_from = false;
     for (scope, container) in apps {
         let Some(Value::Array(env)) = container.get("env") else { continue };
         // The last definition of a name wins in the container.
@@ -155,7 +158,7 @@ fn env_values(apps: &[(String, &Value)], var: &str, field: &str, f: &mut Finding
             let problem =
                 format!("is set by valueFrom: tollgate cannot know the name policy {field} renders from it (set it with a literal value)");
             f.refused(Rule::EgressHostname, scope, source.1, problem);
-            judged = false;
+            set_by_value_from = true;
             continue;
         }
         let value = entry.get("value").and_then(Value::as_str).unwrap_or("").to_owned();
@@ -164,7 +167,7 @@ fn env_values(apps: &[(String, &Value)], var: &str, field: &str, f: &mut Finding
             None => values.push((value, vec![source])),
         }
     }
-    judged.then_some(values)
+    (values, set_by_value_from)
 }
 
 /// tollgate's `hostAliases` entry for these names, if any.
