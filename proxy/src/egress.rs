@@ -16,7 +16,9 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 
 use crate::admin::Readiness;
 use crate::config::Config;
-use crate::headers::{answer_failure, asks_for_upgrade, check_switching, head_size, json_error, strip_credentials, strip_spoofable};
+use crate::headers::{
+    answer_failure, asks_for_upgrade, check_framing, check_switching, head_size, json_error, strip_credentials, strip_spoofable,
+};
 use crate::local::LocalGuard;
 use crate::metrics::{Metrics, RequestLabels, RouteMetrics};
 use crate::resolve::Resolver;
@@ -244,30 +246,11 @@ impl ProxyHttp for Egress {
         }
 
         // Framing must be unambiguous, or the upstream may read a different request than we checked.
-        // pingora has already read Content-Length with Transfer-Encoding as chunked, dropped the
-        // Content-Length and marked the connection to close; the first check stays in case it ever does not.
-        let headers = &session.req_header().headers;
-        let mut lengths = headers.get_all("content-length").iter();
-        let (length, more_lengths) = (lengths.next(), lengths.next().is_some());
-        let mut encodings = headers.get_all("transfer-encoding").iter();
-        let (encoding, more_encodings) = (encodings.next(), encodings.next().is_some());
-        if encoding.is_some() && length.is_some() {
-            return refuse(session, ctx, 400, "bad-request", "both Content-Length and Transfer-Encoding".into()).await;
-        }
-        if more_lengths {
-            return refuse(session, ctx, 400, "bad-request", "more than one Content-Length".into()).await;
-        }
-        if more_encodings || encoding.is_some_and(|e| !e.as_bytes().eq_ignore_ascii_case(b"chunked")) {
-            return refuse(session, ctx, 400, "bad-request", "Transfer-Encoding other than chunked".into()).await;
-        }
-        let head = head_size(session.req_header(), &ctx.upstream_target);
-        let declared = match length {
-            Some(value) => match std::str::from_utf8(value.as_bytes()).ok().and_then(|v| v.trim().parse::<u64>().ok()) {
-                Some(length) => Some(length),
-                None => return refuse(session, ctx, 400, "bad-request", "invalid Content-Length".into()).await,
-            },
-            None => None,
+        let declared = match check_framing(session.req_header()) {
+            Ok(declared) => declared,
+            Err(why) => return refuse(session, ctx, 400, "bad-request", why.into()).await,
         };
+        let head = head_size(session.req_header(), &ctx.upstream_target);
         if let Some(length) = declared
             && length > route.max_request_body
         {

@@ -66,10 +66,27 @@ pub fn check_switching(status: u16, upgrade_asked: bool) -> Result<(), String> {
     Ok(())
 }
 
-/// Whether `name` (lowercase) must be dropped before forwarding.
+/// Whether `name` (lowercase) must be dropped before forwarding: credentials, what says who the client is
+/// (an upstream may trust it), and what says the request is another one (an upstream may honour a method
+/// override, so a GET-only route would carry a DELETE).
 pub fn is_spoofable(name: &str) -> bool {
-    matches!(name, "authorization" | "proxy-authorization" | "cookie" | "forwarded" | "x-real-ip" | "x-rewrite-url" | "x-client-ip")
-        || name.starts_with("x-forwarded-")
+    matches!(
+        name,
+        "authorization"
+            | "proxy-authorization"
+            | "cookie"
+            | "forwarded"
+            | "x-real-ip"
+            | "x-rewrite-url"
+            | "x-client-ip"
+            | "true-client-ip"
+            | "x-cluster-client-ip"
+            | "cf-connecting-ip"
+            | "fastly-client-ip"
+            | "x-host"
+            | "x-http-method"
+            | "x-method"
+    ) || name.starts_with("x-forwarded-")
         || name.starts_with("x-original-")
         || (name.starts_with("x-") && name.ends_with("-method-override"))
         // CGI/WSGI-style servers read `_` as `-`: `X_Forwarded_For` would pass for `X-Forwarded-For`.
@@ -115,6 +132,39 @@ pub fn is_reserved(name: &str) -> bool {
         || name.starts_with("proxy-")
 }
 
+/// The request's framing, checked so that whoever reads it after the proxy reads the same request (RFC 9112
+/// §6.3, RFC 9110 §8.6): `Ok(Some(length))` for one Content-Length, `Ok(None)` for no body or one `chunked`.
+/// Refused: Content-Length and Transfer-Encoding together, more than one Content-Length (even equal ones, or
+/// `3` and `03`), a Content-Length that is not only digits (a list `3, 3` included), any Transfer-Encoding
+/// but one `chunked`. pingora has already refused some of these itself; the rest is checked here, on every
+/// listener, before anything is forwarded.
+pub fn check_framing(request: &RequestHeader) -> Result<Option<u64>, &'static str> {
+    let headers = &request.headers;
+    let mut lengths = headers.get_all("content-length").iter();
+    let (length, more_lengths) = (lengths.next(), lengths.next().is_some());
+    let mut encodings = headers.get_all("transfer-encoding").iter();
+    let (encoding, more_encodings) = (encodings.next(), encodings.next().is_some());
+    if encoding.is_some() && length.is_some() {
+        return Err("both Content-Length and Transfer-Encoding");
+    }
+    if more_lengths {
+        return Err("more than one Content-Length");
+    }
+    if more_encodings || encoding.is_some_and(|e| !e.as_bytes().eq_ignore_ascii_case(b"chunked")) {
+        return Err("Transfer-Encoding other than chunked");
+    }
+    match length {
+        None => Ok(None),
+        Some(value) => {
+            let digits = value.as_bytes().trim_ascii();
+            if digits.is_empty() || digits.len() > 19 || !digits.iter().all(u8::is_ascii_digit) {
+                return Err("invalid Content-Length");
+            }
+            std::str::from_utf8(digits).ok().and_then(|d| d.parse::<u64>().ok()).map(Some).ok_or("invalid Content-Length")
+        }
+    }
+}
+
 /// Bytes a request head occupies on the wire (request line and headers), for the byte budget.
 pub fn head_size(request: &RequestHeader, target: &str) -> u64 {
     let line = request.method.as_str().len() + 1 + target.len() + " HTTP/1.1\r\n".len();
@@ -158,6 +208,9 @@ mod tests {
             "my_header",
             "forwarded",
         ] {
+            assert!(is_spoofable(name), "{name}");
+        }
+        for name in ["x-http-method", "x-method-override", "true-client-ip", "x-cluster-client-ip", "cf-connecting-ip", "x-host"] {
             assert!(is_spoofable(name), "{name}");
         }
         for name in ["accept", "content-type", "x-request-id", "x-custom", "user-agent"] {

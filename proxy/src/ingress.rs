@@ -10,7 +10,7 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use serde_json::Value;
 
 use crate::config::WithoutToken;
-use crate::headers::{answer_failure, asks_for_upgrade, check_switching, json_error, strip_credentials, strip_spoofable};
+use crate::headers::{answer_failure, asks_for_upgrade, check_framing, check_switching, json_error, strip_credentials, strip_spoofable};
 use crate::jwt::{AuthError, Verifier};
 use crate::metrics::{Metrics, RequestLabels};
 use crate::target::{check, check_host};
@@ -105,6 +105,10 @@ impl ProxyHttp for IngressProxy {
             Ok(target) => target,
             Err(e) => return respond(session, ctx, 400, "bad-request", e.to_string(), Vec::new()).await,
         };
+        // The app must read the request the proxy checked: one unambiguous framing, as on egress.
+        if let Err(why) = check_framing(session.req_header()) {
+            return respond(session, ctx, 400, "bad-request", why.into(), Vec::new()).await;
+        }
         // After a 101 nothing on the connection would be checked: the ingress never switches protocols.
         if asks_for_upgrade(session.req_header()) {
             let reason = "the ingress does not allow protocol upgrades".to_owned();
