@@ -880,7 +880,7 @@ async fn tollgate_certs_keeps_secrets_and_the_ca_bundle_in_step_and_is_idempoten
         let out =
             plane.kubectl(&["get", "mutatingwebhookconfiguration", "tollgate", "-o", "jsonpath={.webhooks[*].clientConfig.caBundle}"]);
         let bundles: Vec<String> = String::from_utf8_lossy(&out.stdout).split_whitespace().map(str::to_owned).collect();
-        assert_eq!(bundles.len(), 4, "{bundles:?}");
+        assert_eq!(bundles.len(), 6, "{bundles:?}");
         assert!(bundles.iter().all(|b| *b == bundles[0]), "every webhook has the same caBundle: {bundles:?}");
         bundles[0].clone()
     };
@@ -894,7 +894,7 @@ async fn tollgate_certs_keeps_secrets_and_the_ca_bundle_in_step_and_is_idempoten
     let first = certs(&[]);
     assert!(
         // Every webhook of the shipped configuration (pods, pods on trial, connect, workloads) gets the bundle.
-        first.starts_with("created a new CA and serving certificate") && first.contains("caBundle of tollgate: set on 4 webhook(s)"),
+        first.starts_with("created a new CA and serving certificate") && first.contains("caBundle of tollgate: set on 6 webhook(s)"),
         "{first}"
     );
     let ca = secret("tollgate-webhook-tls", "ca.crt");
@@ -918,7 +918,7 @@ async fn tollgate_certs_keeps_secrets_and_the_ca_bundle_in_step_and_is_idempoten
     let fourth = certs(&["--renew=ca"]);
     assert!(
         fourth.starts_with(
-            "created a new CA and serving certificate (renewal forced (--renew=ca)); caBundle of tollgate: set on 4 webhook(s)"
+            "created a new CA and serving certificate (renewal forced (--renew=ca)); caBundle of tollgate: set on 6 webhook(s)"
         ),
         "{fourth}"
     );

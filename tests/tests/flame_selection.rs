@@ -419,8 +419,8 @@ fn in_a_shared_namespace_only_analysis_pods_are_hardened_and_relabelling_release
     let plane = ControlPlane::start();
     let policy = serde_yaml_ng::to_string(&flame_values()["policy"]).unwrap();
     let webhook = Webhook::start_with_policy(&plane, &policy);
-    register_flame(&plane, &webhook);
     let mallory = prepare(&plane);
+    register_flame(&plane, &webhook);
     let m = mallory.as_path();
 
     // The analysis pod, as the orchestrator creates it: hardened, the FLAME way.
@@ -522,8 +522,8 @@ fn without_the_webhook_only_analysis_pods_are_refused_in_the_shared_namespace() 
     let plane = ControlPlane::start();
     let policy = serde_yaml_ng::to_string(&flame_values()["policy"]).unwrap();
     let webhook = Webhook::start_with_policy(&plane, &policy);
-    register_flame(&plane, &webhook);
     prepare(&plane);
+    register_flame(&plane, &webhook);
     let out = plane.kubectl(&["delete", "mutatingwebhookconfiguration", "tollgate"]);
     assert!(out.status.success(), "{}", text(&out));
     drop(webhook);
