@@ -131,12 +131,17 @@ pub struct ProxyPolicy {
     pub mode: ProxyMode,
     pub image: String,
     pub image_pull_policy: PullPolicy,
+    /// The proxy's egress listener on 127.0.0.1, the app's way out. Below 1024 (FLAME: 80) the pod gets the
+    /// sysctl `net.ipv4.ip_unprivileged_port_start` set to it, so that the proxy binds it without root.
     pub egress_port: u16,
     pub ingress_port: u16,
     pub admin_port: u16,
     pub run_as_user: i64,
     pub run_as_group: i64,
     pub config_map: String,
+    /// The Secret with the proxy's credentials (keys `client-id`, `client-secret`, `kong-apikey`), mounted
+    /// into the proxy only. `{analysis_id}` in it is the pod's `tollgate.dev/analysis-id` (a Secret per
+    /// analysis, e.g. `tollgate-proxy-credentials-{analysis_id}`; a pod without one is then denied).
     pub credentials_secret: String,
     /// Every Secret whose name starts with this is a proxy credentials Secret: no other container may
     /// read it, and `tollgate.dev/credentials-secret` may only name such a Secret.
@@ -162,6 +167,7 @@ pub struct ProxyPolicy {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PlaceholderEnv {
+    /// The env var, e.g. `KEYCLOAK_TOKEN`.
     pub name: String,
     pub kind: PlaceholderKind,
 }
