@@ -199,6 +199,9 @@ impl ProxyHttp for Egress {
 
     async fn early_request_filter(&self, session: &mut Session, _ctx: &mut EgressCtx) -> Result<()> {
         crate::connections::head_received(session);
+        // Requests sent back to back on one connection are answered one after the other, in order (RFC 9112
+        // §9.3.2), instead of the first answered and the rest dropped with the connection.
+        session.set_pipelining_enabled(true);
         Ok(())
     }
 
@@ -377,18 +380,19 @@ impl ProxyHttp for Egress {
     }
 
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut EgressCtx) -> FailToProxy {
+        // What the app sent (a body cut short or framed wrong) is its own fault, not the upstream's.
+        let downstream = e.esource() == &ErrorSource::Downstream;
         let code = match e.etype() {
             ErrorType::HTTPStatus(code) => *code,
-            ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout => 504,
-            _ if e.esource() == &ErrorSource::Upstream => 502,
-            _ if e.esource() == &ErrorSource::Downstream => 400,
+            ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout if !downstream => 504,
+            _ if downstream => 400,
             _ => 502,
         };
         if ctx.decision == "forwarded" {
-            ctx.decision = "upstream-error";
+            ctx.decision = if downstream { "bad-request" } else { "upstream-error" };
         }
         ctx.reason = Some(e.to_string());
-        if answer_failure(session, code, ctx.decision, e.etype().as_str()).await {
+        if answer_failure(session, code, ctx.decision, e.etype().as_str()).await && !downstream {
             ctx.decision = "upstream-aborted";
         }
         FailToProxy { error_code: code, can_reuse_downstream: false }

@@ -87,6 +87,9 @@ impl ProxyHttp for IngressProxy {
 
     async fn early_request_filter(&self, session: &mut Session, _ctx: &mut IngressCtx) -> Result<()> {
         crate::connections::head_received(session);
+        // Requests sent back to back on one connection are answered one after the other, in order (RFC 9112
+        // §9.3.2), instead of the first answered and the rest dropped with the connection.
+        session.set_pipelining_enabled(true);
         Ok(())
     }
 
@@ -206,13 +209,19 @@ impl ProxyHttp for IngressProxy {
     }
 
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut IngressCtx) -> FailToProxy {
+        // What the caller sent (a body cut short or framed wrong) is its own fault, not the app's.
+        let downstream = e.esource() == &ErrorSource::Downstream;
         let code = match e.etype() {
             ErrorType::HTTPStatus(code) => *code,
-            ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout => 504,
+            ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout if !downstream => 504,
+            _ if downstream => 400,
             _ => 502,
         };
-        ctx.decision =
-            if answer_failure(session, code, "upstream-error", e.etype().as_str()).await { "upstream-aborted" } else { "upstream-error" };
+        let decision = if downstream { "bad-request" } else { "upstream-error" };
+        ctx.decision = match answer_failure(session, code, decision, e.etype().as_str()).await {
+            true if !downstream => "upstream-aborted",
+            _ => decision,
+        };
         ctx.reason = e.to_string();
         FailToProxy { error_code: code, can_reuse_downstream: false }
     }

@@ -779,3 +779,47 @@ async fn the_pods_own_names_for_the_proxy_are_its_own_authority() {
     assert_eq!(raw(proxy.egress, elsewhere.as_bytes()).await.status, 400);
     assert_eq!(upstream.requests().len(), 1);
 }
+
+#[tokio::test]
+async fn pipelined_requests_are_answered_in_order_each_audited_for_what_it_was() {
+    let (a, b) = (Upstream::start().await, Upstream::start().await);
+    let config = format!(
+        "routes:\n- {{ name: a, prefix: /a, upstream: '{}', methods: [GET, POST] }}\n- {{ name: b, prefix: /b, upstream: '{}' }}\n",
+        a.url(),
+        b.url()
+    );
+    let proxy = Proxy::start(&config, &[]).await;
+    // Four requests to two routes (and one refused) sent back to back before reading anything, the last
+    // closing the connection; then a POST with a body and a GET behind it in the same write.
+    let four = "GET /a/1 HTTP/1.1\r\nhost: x\r\n\r\nGET /b/2 HTTP/1.1\r\nhost: x\r\n\r\nGET /a/3 HTTP/1.1\r\nhost: x\r\n\r\nGET /b/4 HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n";
+    let post = "POST /a/5 HTTP/1.1\r\nhost: x\r\ncontent-length: 5\r\n\r\nhelloGET /b/6 HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n";
+    for (requests, expected) in [(four, 4), (post, 2)] {
+        let (bytes, _) = common::exchange(proxy.egress, requests).await;
+        let text = String::from_utf8_lossy(&bytes);
+        let statuses: Vec<&str> = text.match_indices("HTTP/1.1 ").map(|(at, _)| &text[at + 9..at + 12]).collect();
+        assert_eq!(statuses, vec!["200"; expected], "every pipelined request answered, in order:\n{text}");
+    }
+    let paths = |u: &Upstream| u.requests().iter().map(|r| r.target.clone()).collect::<Vec<_>>();
+    assert_eq!(paths(&a), ["/1", "/3", "/5"]);
+    assert_eq!(paths(&b), ["/2", "/4", "/6"]);
+    assert_eq!(&a.requests()[2].body[..], b"hello");
+    let audit = proxy.audit(6).await;
+    assert!(audit.iter().all(|l| l["decision"] == "forwarded" && l["status"] == 200), "{audit:?}");
+}
+
+#[tokio::test]
+async fn a_body_the_app_cuts_short_is_the_apps_bad_request_not_an_upstream_error() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let upstream = Upstream::start().await;
+    let config = format!("routes:\n- {{ name: a, prefix: /a, upstream: '{}', methods: [POST] }}\n", upstream.url());
+    let proxy = Proxy::start(&config, &[]).await;
+    let mut stream = tokio::net::TcpStream::connect(proxy.egress).await.unwrap();
+    stream.write_all(b"POST /a/x HTTP/1.1\r\nhost: x\r\ncontent-length: 10\r\n\r\nabc").await.unwrap();
+    stream.shutdown().await.unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer)).await;
+    let audit = proxy.audit(1).await;
+    let line = audit.last().expect("an audit line");
+    assert_eq!(line["decision"], "bad-request", "{line}\n{}", String::from_utf8_lossy(&answer));
+    assert_ne!(line["status"], 502);
+}

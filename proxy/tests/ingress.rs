@@ -845,3 +845,21 @@ async fn without_withouttoken_a_prefixed_ingress_still_needs_a_token() {
     assert_eq!(response.status, 401);
     assert!(app.requests().is_empty());
 }
+
+#[tokio::test]
+async fn pipelined_calls_into_the_app_are_answered_in_order() {
+    let (issuer, app) = (Issuer::start().await, Upstream::start().await);
+    let proxy = Proxy::start(&issuer.config(&app), &[]).await;
+    ready(&proxy).await;
+    let token = sign(&issuer.rsa, Algorithm::RS256, "rsa-1", &claims());
+    let one = |path: &str, last: bool| {
+        let close = if last { "connection: close\r\n" } else { "" };
+        format!("POST {path} HTTP/1.1\r\nhost: pod\r\nauthorization: Bearer {token}\r\ncontent-length: 2\r\n{close}\r\nok")
+    };
+    let requests = [one("/analysis/1", false), one("/analysis/2", false), one("/analysis/3", true)].concat();
+    let (bytes, _) = common::exchange(proxy.ingress, &requests).await;
+    let text = String::from_utf8_lossy(&bytes);
+    assert_eq!(text.matches("HTTP/1.1 200").count(), 3, "{text}");
+    let targets: Vec<String> = app.requests().iter().map(|r| r.target.clone()).collect();
+    assert_eq!(targets, ["/analysis/1", "/analysis/2", "/analysis/3"]);
+}
