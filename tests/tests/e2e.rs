@@ -684,7 +684,7 @@ fn the_chart_schema_and_readme_are_generated_and_the_schema_names_the_bad_field(
         ("policy.proxy.egressPort=70000", "at '/policy/proxy/egressPort': maximum"),
         ("policy.security.runAsUsr=1000", "at '/policy/security': additional properties 'runAsUsr' not allowed"),
         ("policy.resources.maximum.memory=lots", "at '/policy/resources/maximum/memory': 'lots' does not match pattern"),
-        ("proxyConfig.routes[0].name=hub", "at '/proxyConfig/routes/0': missing properties 'prefix', 'upstream'"),
+        ("proxyConfig.routes[0].name=hub", "at '/proxyConfig/routes/0': missing property 'prefix'"),
         ("proxyConfig.routes[0].auth=basic", "at '/proxyConfig/routes/0/auth'"),
     ] {
         let out = Command::new(&helm).args(["template", "t", &chart(), "--set", set]).output().unwrap();

@@ -250,6 +250,18 @@ fn register_flame(plane: &ControlPlane, webhook: &Webhook) {
         let out = plane.kubectl_stdin(&["apply", "-f", "-"], &object.to_string());
         assert!(out.status.success(), "{} {}: {}", object["kind"], object["metadata"]["name"], text(&out));
     }
+    // The API server takes changed admission configurations in through informers: wait until a pod of the
+    // node's services is no longer tollgate's (a server-side dry run comes back as it was sent).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let out = plane.kubectl_stdin(&["create", "--dry-run=server", "-o", "json", "-f", "-"], SERVICE_POD);
+        let seen: Option<Value> = out.status.success().then(|| serde_json::from_slice(&out.stdout).unwrap());
+        if seen.as_ref().is_some_and(|pod| pod["spec"]["initContainers"].is_null() && pod["metadata"]["annotations"].is_null()) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "the FLAME selection never took effect: {}", text(&out));
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 /// The FLAME namespace as the FLAME chart leaves it, labeled for tollgate (no Pod Security labels: the node's
