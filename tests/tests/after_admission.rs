@@ -300,6 +300,18 @@ fn after_admission_nothing_of_tollgates_changes_and_no_one_claims_another_analys
         &["label", "pod", "survivor", "-n", NS, "tollgate.dev/injected-"],
         &["metadata.labels[tollgate.dev/injected] are tollgate's"],
     );
+    // The guard follows the pod (its tollgate.dev/injected label), not the namespace: with the namespace's
+    // label gone, the hardened pod's proxy is still tollgate's.
+    let out = plane.kubectl(&["label", "namespace", NS, "tollgate.dev/inject-"]);
+    assert!(out.status.success(), "{}", text(&out));
+    refused(&plane, m, "survivor", &["set", "image", "pod/survivor", "-n", NS, "tollgate-proxy=attacker.example/proxy:4"], &[proxy_image]);
+    refused(
+        &plane,
+        m,
+        "survivor",
+        &["annotate", "pod", "survivor", "-n", NS, "tollgate.dev/status-"],
+        &["metadata.annotations[tollgate.dev/status]"],
+    );
 }
 
 /// With the egress lock required, the lock check the webhook adds is tollgate's like the proxy: mallory can
