@@ -11,14 +11,18 @@
 //!
 //! Each pod is hardened under the default policy, under a variant (`onViolation: override`,
 //! `onExceed: clamp`, `proxy.egressLock: required`) and under a permissive classic-mode one (opt-out,
-//! hostAliases and dnsConfig allowed, writable root, service account token kept), as a fuzzer-chosen
+//! hostAliases and dnsConfig allowed, writable root, service account token kept), and under FLAME's
+//! (`proxy.egressHostnames` from env and labels, egress port 80, `proxy.placeholderEnv`, a credentials
+//! Secret per analysis), as a fuzzer-chosen
 //! requester (none, untrusted, trusted). Properties: never panics; the outcome is a denial (naming at
 //! least one violation, the pod untouched) or a patch (a skip only where the policy allows opting out;
 //! a decode error only for JSON input); the patch turns the input into the output; the output passes
 //! the project's own independent Pod Security "restricted" checker (`webhook/tests/common/pss.rs`,
 //! included as is) unless kube-apiserver's validation refuses the pod anyway (an enum field of a
 //! security context outside its values); it has exactly one proxy, and the lock check exactly when the policy asks for the
-//! egress lock; and hardening the output again yields an empty patch and no changes.
+//! egress lock; every container but tollgate's has each placeholder once; tollgate's hostAliases entry
+//! leads and names what the proxy's TOLLGATE_EGRESS_HOSTNAMES names; and hardening the output again yields
+//! an empty patch and no changes.
 
 #![no_main]
 
@@ -31,11 +35,12 @@ use k8s_openapi::api::core::v1::Pod;
 use libfuzzer_sys::arbitrary::{self, Arbitrary, Unstructured};
 use libfuzzer_sys::fuzz_target;
 use serde_json::{Map, Value, json};
+use tollgate_webhook::harden::egress::placeholder;
 use tollgate_webhook::harden::{Outcome, Requester, harden_as};
 use tollgate_webhook::policy::{EgressLock, Policy};
 
-fn policies() -> &'static [Policy; 3] {
-    static POLICIES: OnceLock<[Policy; 3]> = OnceLock::new();
+fn policies() -> &'static [Policy; 4] {
+    static POLICIES: OnceLock<[Policy; 4]> = OnceLock::new();
     POLICIES.get_or_init(|| {
         [
             Policy::default(),
@@ -43,6 +48,14 @@ fn policies() -> &'static [Policy; 3] {
             Policy::from_yaml(
                 "onViolation: override\nallowOptOut: true\nproxy: { mode: classic }\nsecurity: { readOnlyRootFilesystem: false, \
                  allowHostAliases: true, allowDnsConfig: true, allowServiceAccountToken: true, allowServiceLinks: true }\n",
+            )
+            .unwrap(),
+            // FLAME's: names for the sidecar from env and labels, a port below 1024, placeholders, a Secret per
+            // analysis.
+            Policy::from_yaml(
+                "onViolation: override\nproxy:\n  egressPort: 80\n  egressHostnames: ['nginx-{env:DEPLOYMENT_NAME}', '{label:app}.local']\n  \
+                 placeholderEnv: [{name: KEYCLOAK_TOKEN, kind: jwt}, {name: DATA_SOURCE_TOKEN, kind: opaque}]\n  \
+                 credentialsSecret: tollgate-proxy-credentials-{analysis_id}\n",
             )
             .unwrap(),
         ]
@@ -221,12 +234,15 @@ fn container(u: &mut Unstructured, kind: usize) -> R<Value> {
     field(u, &mut c, "securityContext", 70, |u| security_context(u, false))?;
     field(u, &mut c, "env", 40, |u| {
         list(u, 4, |u| {
-            Ok(match u.int_in_range(0..=5)? {
+            Ok(match u.int_in_range(0..=8)? {
                 0 => json!({"name": "A", "value": "1"}),
                 1 => json!({"name": "TOLLGATE_EGRESS_URL", "value": "http://evil"}),
                 2 => json!({"name": "T", "valueFrom": {"secretKeyRef": {"name": text(u, SECRETS)?, "key": "k"}}}),
                 3 => json!({"name": "C", "valueFrom": {"configMapKeyRef": {"name": "cm", "key": "k"}}}),
                 4 => json!({"name": "N", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}),
+                5 => json!({"name": "DEPLOYMENT_NAME", "value": text(u, &["analysis-a1-0", "analysis-b2-0", "Bad_Name", "$(X)", ""])?}),
+                6 => json!({"name": "DEPLOYMENT_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}),
+                7 => json!({"name": text(u, &["KEYCLOAK_TOKEN", "DATA_SOURCE_TOKEN"])?, "value": "real-token"}),
                 _ => json!({"name": String::arbitrary(u)?}),
             })
         })
@@ -352,7 +368,7 @@ fn pod(u: &mut Unstructured) -> R<Value> {
     field(u, &mut metadata, "labels", 20, |u| {
         let mut labels = Map::new();
         for (key, value) in
-            [("tollgate.dev/injected", "false"), ("tollgate.dev/analysis-id", "spoofed"), ("tollgate.dev/x", "y"), ("app", "a")]
+            [("tollgate.dev/injected", "false"), ("tollgate.dev/analysis-id", "spoofed"), ("tollgate.dev/x", "y"), ("app", "a"), ("app", "Bad_App")]
         {
             if bool::arbitrary(u)? {
                 labels.insert(key.to_owned(), json!(value));
@@ -373,7 +389,14 @@ fn pod(u: &mut Unstructured) -> R<Value> {
     field(u, &mut spec, "restartPolicy", 70, |u| text(u, &["Always", "Never", "OnFailure"]))?;
     field(u, &mut spec, "activeDeadlineSeconds", 20, |u| int(u, &[60, 86400, 86401, 10_000_000, 0, -1, i64::MAX]))?;
     field(u, &mut spec, "volumes", 50, |u| list(u, 4, volume))?;
-    field(u, &mut spec, "hostAliases", 8, |_| Ok(json!([{"ip": "10.0.0.1", "hostnames": ["hub", "keycloak.flame.svc"]}])))?;
+    field(u, &mut spec, "hostAliases", 8, |u| {
+        Ok(match u.int_in_range(0..=2)? {
+            0 => json!([{"ip": "10.0.0.1", "hostnames": ["hub", "keycloak.flame.svc"]}]),
+            // What tollgate writes for DEPLOYMENT_NAME analysis-a1-0 (a reinvocation), alone or with the pod's own.
+            1 => json!([{"ip": "127.0.0.1", "hostnames": ["nginx-analysis-a1-0"]}]),
+            _ => json!([{"ip": "10.0.0.1", "hostnames": ["hub"]}, {"ip": "127.0.0.1", "hostnames": ["nginx-analysis-a1-0"]}]),
+        })
+    })?;
     field(u, &mut spec, "dnsPolicy", 15, |u| text(u, &["ClusterFirst", "None", "Default", "ClusterFirstWithHostNet"]))?;
     field(u, &mut spec, "dnsConfig", 8, |_| {
         Ok(json!({"nameservers": ["10.0.0.53"], "searches": ["evil.example"], "options": [{"name": "ndots", "value": "1"}]}))
@@ -478,6 +501,28 @@ fn check(policy: &Policy, allows_skip: bool, input: &Value, requester: Option<Re
     assert_eq!(named("tollgate-proxy"), 1, "not exactly one proxy\n{input}\n{pod}");
     let locked = policy.proxy.egress_lock == EgressLock::Required;
     assert_eq!(named("tollgate-lock-check"), usize::from(locked), "lock checks\n{input}\n{pod}");
+    // The placeholders once in every container but tollgate's; tollgate's hostAliases entry first, the same
+    // names as the proxy's TOLLGATE_EGRESS_HOSTNAMES.
+    let others = ["initContainers", "containers", "ephemeralContainers"]
+        .iter()
+        .flat_map(|k| spec[*k].as_array().into_iter().flatten())
+        .filter(|c| c["name"] != "tollgate-proxy" && c["name"] != "tollgate-lock-check");
+    for c in others {
+        for entry in &policy.proxy.placeholder_env {
+            let found: Vec<&Value> = c["env"].as_array().into_iter().flatten().filter(|e| e["name"] == entry.name.as_str()).collect();
+            assert_eq!(found, [&json!({"name": entry.name, "value": placeholder(entry.kind)})], "placeholder\n{input}\n{pod}");
+        }
+    }
+    let proxy = ["initContainers", "containers"]
+        .iter()
+        .flat_map(|k| spec[*k].as_array().into_iter().flatten())
+        .find(|c| c["name"] == "tollgate-proxy")
+        .expect("one proxy");
+    let names = proxy["env"].as_array().into_iter().flatten().find(|e| e["name"] == "TOLLGATE_EGRESS_HOSTNAMES");
+    if let Some(names) = names.and_then(|e| e["value"].as_str()) {
+        let names: Vec<&str> = names.split(',').collect();
+        assert_eq!(spec["hostAliases"][0], json!({"ip": "127.0.0.1", "hostnames": names}), "host alias\n{input}\n{pod}");
+    }
 
     let mut again = pod.clone();
     match harden_as(policy, &mut again, requester) {
