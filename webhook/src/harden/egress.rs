@@ -293,7 +293,7 @@ mod tests {
     fn python_b64decode(text: &str) -> Vec<u8> {
         let mut kept: String = text.chars().filter(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '/' | '=')).collect();
         // Padding beyond a full quantum is ignored by Python; the standard engine wants it exact.
-        while kept.ends_with('=') && kept.trim_end_matches('=').len() % 4 == 0 {
+        while kept.ends_with('=') && kept.trim_end_matches('=').len().is_multiple_of(4) {
             kept.pop();
         }
         base64::engine::general_purpose::STANDARD.decode(kept.as_bytes()).expect("python would decode it")
