@@ -347,3 +347,18 @@ fn updates_leave_tollgates_host_alias_and_sysctl_alone() {
     assert!(!h.changes.iter().any(|c| c.to_string().contains("hostAliases") || c.to_string().contains("sysctl")), "{:?}", h.changes);
     assert_eq!(working["spec"]["hostAliases"], admitted["spec"]["hostAliases"]);
 }
+
+/// The FLAME fixture's policy is the chart's FLAME profile (`values-flame.yaml`'s `policy`, with the egress
+/// lock its `egressLock.enabled` adds): the golden pod is what that profile makes of the orchestrator's pod.
+#[test]
+fn the_flame_fixture_is_hardened_with_the_charts_flame_policy() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let values: Value = serde_yaml_ng::from_str(&std::fs::read_to_string(root.join("charts/tollgate/values-flame.yaml")).unwrap()).unwrap();
+    let mut chart = values["policy"].clone();
+    chart["proxy"]["egressLock"] = json!("required");
+    let chart = Policy::from_yaml(&serde_yaml_ng::to_string(&chart).unwrap()).unwrap();
+    let fixture = common::fixtures_dir().join("flame-analysis/policy.yaml");
+    let fixture = Policy::from_yaml(&std::fs::read_to_string(fixture).unwrap()).unwrap();
+    assert_eq!(fixture, chart);
+    assert_eq!(fixture.digest(), chart.digest());
+}
