@@ -468,11 +468,15 @@ fn namespace(r: &mut Report, ns: &NamespaceView, policy: &tollgate_webhook::poli
         DryRun::Hardened => r.ok("admission", name.clone(), "a plain pod comes back hardened (server-side dry run)"),
         // Per-analysis credentials need an analysis id, which only trusted creators may give: tollgate refusing a
         // pod without one shows it judges this namespace's pods.
-        DryRun::Refused(why) if per_analysis && why.contains(tollgate_webhook::harden::ANNOTATION_ANALYSIS_ID) => r.ok(
-            "admission",
-            name.clone(),
-            "a pod without an analysis id is refused by tollgate (server-side dry run): its credentials are per analysis",
-        ),
+        DryRun::Refused(why)
+            if per_analysis && why.contains(&format!("[{}]", tollgate_webhook::harden::Rule::AnalysisIdRequired.as_str())) =>
+        {
+            r.ok(
+                "admission",
+                name.clone(),
+                "a pod without an analysis id is refused by tollgate (server-side dry run): its credentials are per analysis",
+            )
+        }
         DryRun::Plain => r.error(
             "admission",
             name.clone(),

@@ -76,8 +76,7 @@ pub async fn snapshot(client: kube::Client, target: &Target) -> Snapshot {
         Some(labels.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(","))
     });
     // The pods the webhooks select in those namespaces (the FLAME profile: `component: flame-analysis` only).
-    let pod_labels: BTreeMap<String, String> =
-        first.and_then(|webhook| webhook.object_selector?.match_labels).unwrap_or_default();
+    let pod_labels: BTreeMap<String, String> = first.and_then(|webhook| webhook.object_selector?.match_labels).unwrap_or_default();
     let namespaces = match selector {
         Some(selector) => namespaces(&client, &selector, target, policy.as_ref().ok().cloned().flatten(), &pod_labels).await,
         None => Ok(Vec::new()),
@@ -145,7 +144,9 @@ async fn namespaces(
         let credentials = if policy.proxy.credentials_secret.contains('{') {
             Ok(None)
         } else {
-            get(&secrets, &policy.proxy.credentials_secret).await.map(|s| s.map(|s| s.data.unwrap_or_default().into_keys().collect::<Vec<_>>()))
+            get(&secrets, &policy.proxy.credentials_secret)
+                .await
+                .map(|s| s.map(|s| s.data.unwrap_or_default().into_keys().collect::<Vec<_>>()))
         };
         let policies: Api<NetworkPolicy> = Api::namespaced(client.clone(), &name);
         let closing_network_policies = policies.list(&ListParams::default()).await.map_err(describe).map(|list| {

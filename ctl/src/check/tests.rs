@@ -234,11 +234,12 @@ fn per_analysis_credentials_are_not_looked_for_and_a_pod_without_an_analysis_id_
     let ns = &mut s.namespaces.as_mut().unwrap()[0];
     ns.credentials = Ok(None);
     ns.dry_run = DryRun::Refused(
-        "admission webhook \"harden.pods.tollgate.dev\" denied the request: tollgate.dev/analysis-id is required to name the pod's credentials Secret".into(),
+        "admission webhook \"harden.pods.tollgate.dev\" denied the request: tollgate denied this pod (1 violation): pod: metadata.annotations[tollgate.dev/analysis-id] is missing: the policy gives every analysis its own credentials Secret [analysis-id-required]".into(),
     );
     let findings = evaluate(&s);
     assert_eq!(problems(&findings), [], "{findings:?}");
     // Any other refusal is still an error.
-    s.namespaces.as_mut().unwrap()[0].dry_run = DryRun::Refused("failed calling webhook: x509: certificate signed by unknown authority".into());
+    s.namespaces.as_mut().unwrap()[0].dry_run =
+        DryRun::Refused("failed calling webhook: x509: certificate signed by unknown authority".into());
     assert_eq!(problems(&evaluate(&s)).iter().map(|p| p.0).collect::<Vec<_>>(), ["admission"]);
 }
