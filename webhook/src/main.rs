@@ -64,8 +64,9 @@ struct ServeArgs {
     /// How often the certificate, key and policy files are checked for changes.
     #[arg(long, default_value = "2s", value_parser = parse_duration)]
     reload_interval: Duration,
-    /// On SIGTERM, keep serving this long with /readyz failing, so the Service stops routing here first.
-    #[arg(long, default_value = "3s", value_parser = parse_duration)]
+    /// On SIGTERM, keep serving this long with /readyz failing and open connections asked to end (HTTP/2
+    /// GOAWAY), so the API server dials elsewhere and the endpoints drop this pod before its listener closes.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
     drain_delay: Duration,
     /// Then give in-flight requests this long to finish.
     #[arg(long, default_value = "15s", value_parser = parse_duration)]

@@ -15,10 +15,9 @@ use hyper::header::{CONTENT_LENGTH, CONTENT_TYPE, HeaderValue};
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
 use serde_json::json;
 use tokio::net::TcpListener;
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::{Notify, Semaphore, watch};
 use tokio_rustls::TlsAcceptor;
 
 use crate::metrics::Metrics;
@@ -46,7 +45,8 @@ pub struct ServeConfig {
     pub policy: Option<PathBuf>,
     /// How often watched files are polled for changes.
     pub reload_interval: Duration,
-    /// After SIGTERM: how long to keep accepting (with /readyz failing) so endpoints can update.
+    /// After SIGTERM: how long to keep accepting (with /readyz failing, open connections asked to end) so that
+    /// the endpoints, and the API server's resolver, drop this pod before its listener closes.
     pub drain_delay: Duration,
     /// After that: how long in-flight requests get to finish.
     pub shutdown_timeout: Duration,
@@ -70,7 +70,7 @@ impl ServeConfig {
             tls_key,
             policy: None,
             reload_interval: Duration::from_secs(2),
-            drain_delay: Duration::from_secs(3),
+            drain_delay: Duration::from_secs(5),
             shutdown_timeout: Duration::from_secs(15),
             max_connections: 1024,
             first_request_timeout: HANDSHAKE_TIMEOUT,
@@ -188,20 +188,33 @@ impl Server {
         self.state.clone()
     }
 
-    /// Serve until `shutdown` resolves, then drain: fail /readyz, keep serving for the drain delay,
-    /// stop accepting, and give in-flight requests up to the shutdown timeout.
+    /// Serve until `shutdown` resolves, then drain without failing a request the API server sends:
+    ///
+    /// 1. `/readyz` fails, and every open connection that has served a request is asked to end: HTTP/2
+    ///    GOAWAY, which lets the requests in flight finish and makes the API server dial anew for the next
+    ///    ones; HTTP/1.1, the next answer closes. The API server keeps an HTTP/2 connection to a pod for as
+    ///    long as the pod keeps it, whatever the endpoints say: it must be told.
+    /// 2. For the drain delay, new connections are still accepted and served (the endpoints and the API
+    ///    server's resolver take a moment to drop a terminating pod, and a dial that still lands here must
+    ///    not be refused); each is asked to end once its first request has come.
+    /// 3. Then the listener closes, every connection left is asked to end, and requests in flight get up to
+    ///    the shutdown timeout.
     pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) {
         let Server { listener, tls, state, config, stop_watchers } = self;
-        let graceful = GracefulShutdown::new();
+        let (phase_tx, phase) = watch::channel(Phase::Serving);
+        let mut connections = tokio::task::JoinSet::new();
         let accept_until = async {
             shutdown.await;
             state.draining.store(true, Ordering::SeqCst);
-            tracing::info!(drain_delay = ?config.drain_delay, "shutdown requested; /readyz now fails");
+            let _ = phase_tx.send(Phase::Draining);
+            tracing::info!(drain_delay = ?config.drain_delay, "shutdown requested; /readyz now fails and open connections are asked to end");
             tokio::time::sleep(config.drain_delay).await;
         };
         tokio::pin!(accept_until);
         let permits = Arc::new(Semaphore::new(config.max_connections.max(1)));
         loop {
+            // Finished connections are reaped as they go, so the set holds only open ones.
+            while connections.try_join_next().is_some() {}
             let permit = tokio::select! {
                 permit = permits.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
                 _ = &mut accept_until => break,
@@ -220,9 +233,9 @@ impl Server {
             let _ = tcp.set_nodelay(true);
             let tls = tls.clone();
             let state = state.clone();
-            let watcher = graceful.watcher();
             let first_request_timeout = config.first_request_timeout;
-            tokio::spawn(async move {
+            let mut phase = phase.clone();
+            connections.spawn(async move {
                 let _permit = permit;
                 let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.accept(tcp)).await {
                     Ok(Ok(stream)) => stream,
@@ -232,9 +245,12 @@ impl Server {
                 // The protocol is the one ALPN chose, so hyper never waits to sniff it.
                 let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
                 let started = Arc::new(AtomicBool::new(false));
-                let seen = started.clone();
+                let first_request = Arc::new(Notify::new());
+                let (seen, told) = (started.clone(), first_request.clone());
                 let service = service_fn(move |request| {
-                    seen.store(true, Ordering::Relaxed);
+                    if !seen.swap(true, Ordering::Relaxed) {
+                        told.notify_one();
+                    }
                     handle(state.clone(), request)
                 });
                 let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
@@ -245,7 +261,8 @@ impl Server {
                     .timer(TokioTimer::new())
                     .keep_alive_interval(Duration::from_secs(30))
                     .keep_alive_timeout(Duration::from_secs(10));
-                let connection = watcher.watch(builder.serve_connection(TokioIo::new(stream), service).into_owned());
+                let connection = builder.serve_connection(TokioIo::new(stream), service).into_owned();
+                tokio::pin!(connection);
                 // A client that connects and then says nothing must not hold a connection slot forever.
                 let idle_before_first_request = async {
                     tokio::time::sleep(first_request_timeout).await;
@@ -253,23 +270,53 @@ impl Server {
                         std::future::pending::<()>().await;
                     }
                 };
-                tokio::select! {
-                    result = connection => if let Err(e) = result {
-                        tracing::debug!(%peer, error = %e, "connection ended with an error");
-                    },
-                    _ = idle_before_first_request => tracing::debug!(%peer, "no request in time; connection closed"),
+                // When the server drains: once this connection has had a request (at once if it has had
+                // one already), or when the listener has closed.
+                let asked_to_end = async {
+                    loop {
+                        let now = *phase.borrow_and_update();
+                        if now == Phase::Stopping || (now == Phase::Draining && started.load(Ordering::Relaxed)) {
+                            return;
+                        }
+                        tokio::select! {
+                            changed = phase.changed() => if changed.is_err() { std::future::pending::<()>().await },
+                            () = first_request.notified() => {}
+                        }
+                    }
+                };
+                let result = tokio::select! {
+                    result = connection.as_mut() => result,
+                    _ = idle_before_first_request => return tracing::debug!(%peer, "no request in time; connection closed"),
+                    () = asked_to_end => {
+                        connection.as_mut().graceful_shutdown();
+                        connection.as_mut().await
+                    }
+                };
+                if let Err(e) = result {
+                    tracing::debug!(%peer, error = %e, "connection ended with an error");
                 }
             });
         }
         drop(listener);
         let _ = stop_watchers.send(true);
-        let open = graceful.count();
-        tracing::info!(open_connections = open, "stopped accepting; draining in-flight requests");
-        match tokio::time::timeout(config.shutdown_timeout, graceful.shutdown()).await {
+        let _ = phase_tx.send(Phase::Stopping);
+        tracing::info!(open_connections = connections.len(), "stopped accepting; draining in-flight requests");
+        let drained = async { while connections.join_next().await.is_some() {} };
+        match tokio::time::timeout(config.shutdown_timeout, drained).await {
             Ok(()) => tracing::info!("drained; bye"),
             Err(_) => tracing::warn!(timeout = ?config.shutdown_timeout, "shutdown timeout reached with requests still in flight"),
         }
     }
+}
+
+/// Where the server is in its life, for every connection to see.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Serving,
+    /// Shutdown asked for: still accepting; connections end once they have answered.
+    Draining,
+    /// The listener has closed: every connection ends.
+    Stopping,
 }
 
 type HttpResponse = Response<Full<Bytes>>;

@@ -531,6 +531,49 @@ async fn shutdown_drains_in_flight_requests_and_then_refuses() {
     tokio::time::timeout(Duration::from_secs(5), server.done).await.expect("server finished draining").unwrap();
 }
 
+/// The API server keeps an HTTP/2 connection to a webhook pod for as long as the pod keeps it: draining must tell
+/// it to go elsewhere (GOAWAY) while still serving, and must not refuse a dial that still lands here while the
+/// endpoints catch up — the cause of a pod creation failing with "use of closed network connection" during a
+/// rollout of the webhook.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn draining_asks_open_connections_to_end_and_still_serves_late_dials_until_the_delay_is_over() {
+    let mut server = start_with(None, |c| c.drain_delay = Duration::from_millis(1500)).await;
+    let mut old = server.client(b"h2").await;
+    assert!(old.is_h2());
+    let review = || request("POST", "/mutate", pod_review("r", plain_pod()));
+    assert_eq!(old.send(review()).await.unwrap().status, 200);
+    let mut idle_h1 = server.client(b"http/1.1").await;
+    assert_eq!(idle_h1.send(request("GET", "/healthz", "")).await.unwrap().status, 200);
+
+    server.stop.take().unwrap().send(()).unwrap();
+    let started = Instant::now();
+    // The connections that have served are asked to end at once: HTTP/2 by GOAWAY, HTTP/1.1 by closing.
+    while !(old.is_closed() && idle_h1.is_closed()) {
+        assert!(started.elapsed() < Duration::from_secs(1), "open connections were not asked to end while draining");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // A dial that lands here during the drain is accepted and served (readiness says draining), then asked
+    // to end too.
+    let mut late = server.client(b"h2").await;
+    assert_eq!(late.send(review()).await.unwrap().status, 200);
+    while !late.is_closed() {
+        assert!(started.elapsed() < Duration::from_millis(1400), "a late connection was not asked to end");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let mut readiness = server.client(b"h2").await;
+    assert_eq!(readiness.send(request("GET", "/readyz", "")).await.unwrap().status, 503, "draining is not ready");
+    let mut during = Vec::new();
+    while started.elapsed() < Duration::from_millis(1200) {
+        let mut client = server.client(b"h2").await;
+        during.push(client.send(review()).await.map(|r| r.status).map_err(|e| e.to_string()));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(during.iter().all(|r| r == &Ok(200)), "every request during the drain answered: {during:?}");
+    // Once the delay is over the listener is gone.
+    tokio::time::timeout(Duration::from_secs(5), server.done).await.expect("server finished draining").unwrap();
+    assert!(tokio::net::TcpStream::connect(server.addr).await.is_err(), "still accepting after the drain");
+}
+
 #[tokio::test]
 async fn a_huge_pod_is_answered() {
     let server = start(None).await;

@@ -135,6 +135,14 @@ impl Client {
         matches!(self, Client::H2(_))
     }
 
+    /// Whether the server has ended the connection (for HTTP/2: sent GOAWAY and closed).
+    pub fn is_closed(&self) -> bool {
+        match self {
+            Client::H1(sender) => sender.is_closed(),
+            Client::H2(sender) => sender.is_closed(),
+        }
+    }
+
     pub async fn send(&mut self, request: Request<Full<Bytes>>) -> Result<Reply, hyper::Error> {
         let response = match self {
             Client::H1(sender) => {
