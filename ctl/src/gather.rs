@@ -9,6 +9,7 @@ use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::api::{Api, ListParams, PostParams};
 
 use crate::check::{DryRun, NamespaceView, Read, Snapshot, WebhookView};
+use crate::proxies::{Current, PodView};
 
 /// Where tollgate is installed, and what to call its parts.
 #[derive(Debug, Clone)]
@@ -204,4 +205,64 @@ async fn dry_run(
     let spec = created.spec.unwrap_or_default();
     let names = spec.init_containers.iter().flatten().chain(spec.containers.iter()).map(|c| c.name.as_str()).collect::<Vec<_>>();
     if names.contains(&tollgate_webhook::harden::SIDECAR_NAME) { DryRun::Hardened } else { DryRun::Plain }
+}
+
+/// The pods of the namespaces tollgate selects (only those its webhooks select there), and what tollgate
+/// would inject today, for [`crate::proxies::evaluate`].
+pub async fn proxies(client: &kube::Client, target: &Target) -> Read<(Vec<PodView>, Current)> {
+    let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), &target.namespace);
+    let policy = match get(&config_maps, &target.policy_config_map).await? {
+        Some(cm) => cm.data.unwrap_or_default().get("policy.yaml").cloned().unwrap_or_default(),
+        None => return Err(format!("no ConfigMap {}/{}: the policy in force is unknown", target.namespace, target.policy_config_map)),
+    };
+    let policy = tollgate_webhook::policy::Policy::from_yaml(&policy).map_err(|e| format!("the policy in force does not load: {e}"))?;
+    let current = Current {
+        version: tollgate_webhook::harden::VERSION.to_owned(),
+        policy: policy.digest().to_owned(),
+        image: policy.proxy.image.clone(),
+    };
+    let configs: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
+    let webhook = get(&configs, &target.webhook_config)
+        .await?
+        .and_then(|config| config.webhooks?.into_iter().next())
+        .ok_or_else(|| format!("no MutatingWebhookConfiguration {}: nothing is selected", target.webhook_config))?;
+    let selector = |s: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector>| {
+        s.and_then(|s| s.match_labels).unwrap_or_default().iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",")
+    };
+    let (namespaces, pods_selected) = (selector(webhook.namespace_selector), selector(webhook.object_selector));
+    let api: Api<Namespace> = Api::all(client.clone());
+    let mut views = Vec::new();
+    for ns in api.list(&ListParams::default().labels(&namespaces)).await.map_err(describe)?.items {
+        let name = ns.metadata.name.unwrap_or_default();
+        if name == target.namespace {
+            continue;
+        }
+        let pods: Api<Pod> = Api::namespaced(client.clone(), &name);
+        for pod in pods.list(&ListParams::default().labels(&pods_selected)).await.map_err(describe)?.items {
+            let phase = pod.status.as_ref().and_then(|s| s.phase.clone()).unwrap_or_default();
+            if phase == "Succeeded" || phase == "Failed" {
+                continue;
+            }
+            let meta = pod.metadata;
+            let owner =
+                meta.owner_references.unwrap_or_default().into_iter().find(|o| o.controller == Some(true)).map(|o| (o.kind, o.name));
+            let spec = pod.spec.unwrap_or_default();
+            let proxy_image = spec
+                .init_containers
+                .iter()
+                .flatten()
+                .chain(&spec.containers)
+                .find(|c| c.name == tollgate_webhook::harden::SIDECAR_NAME)
+                .and_then(|c| c.image.clone());
+            views.push(PodView {
+                namespace: name.clone(),
+                name: meta.name.unwrap_or_default(),
+                status: meta.annotations.unwrap_or_default().remove(tollgate_webhook::harden::ANNOTATION_STATUS),
+                owner,
+                template_hash: meta.labels.unwrap_or_default().remove("pod-template-hash"),
+                proxy_image,
+            });
+        }
+    }
+    Ok((views, current))
 }

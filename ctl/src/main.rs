@@ -36,6 +36,11 @@ enum Command {
         expiry_warning_days: i64,
         #[arg(long, short = 'o', value_enum, default_value = "text")]
         output: Output,
+        /// Also list the pods whose proxy is not what tollgate would inject today (another image, policy or
+        /// release: running pods keep what they were admitted with after `helm upgrade`), and the pods in a
+        /// selected namespace tollgate never saw; each with the command that recreates it.
+        #[arg(long)]
+        proxy: bool,
     },
 }
 
@@ -64,7 +69,7 @@ fn text(findings: &[Finding]) -> String {
 }
 
 fn main() -> ExitCode {
-    let Command::Check { namespace, webhook_config, secret, expiry_warning_days, output } = Cli::parse().command;
+    let Command::Check { namespace, webhook_config, secret, expiry_warning_days, output, proxy } = Cli::parse().command;
     let target = Target {
         namespace,
         webhook_config,
@@ -82,7 +87,20 @@ fn main() -> ExitCode {
     };
     let findings = match runtime.block_on(async {
         let client = kube::Client::try_default().await.map_err(|e| format!("connecting to the API server: {e}"))?;
-        Ok::<_, String>(evaluate(&snapshot(client, &target).await))
+        let mut findings = evaluate(&snapshot(client.clone(), &target).await);
+        if proxy {
+            match tollgate_ctl::gather::proxies(&client, &target).await {
+                Ok((pods, current)) => findings.extend(tollgate_ctl::proxies::evaluate(&pods, &current)),
+                Err(why) => findings.push(Finding {
+                    check: "proxies",
+                    subject: "selected namespaces".into(),
+                    severity: Severity::Warning,
+                    message: format!("not checked: {why}"),
+                    hint: Some("run with rights to read the policy ConfigMap, the webhook configuration, namespaces and pods".into()),
+                }),
+            }
+        }
+        Ok::<_, String>(findings)
     }) {
         Ok(findings) => findings,
         Err(e) => {
