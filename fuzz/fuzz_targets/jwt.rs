@@ -390,8 +390,11 @@ fn refusal(
         Some(Some(exp)) if exp.saturating_add(leeway + slack) >= now => {}
         other => return Some(format!("exp {other:?}")),
     }
+    // A NumericDate is a JSON number, a fraction included (RFC 7519 section 2); `null` is none: a token with
+    // `"nbf": null` is refused like any other malformed claim, not read as one without `nbf` (proxy/README.md,
+    // the ingress; found by this target, corpus regression-nbf-null).
     match claims.get("nbf") {
-        None | Some(Value::Null) => {}
+        None => {}
         Some(nbf) => match numeric_date(nbf) {
             Some(nbf) if nbf <= now + leeway + slack => {}
             other => return Some(format!("nbf {other:?}")),

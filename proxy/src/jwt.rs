@@ -53,6 +53,10 @@ pub enum AuthError {
     Audience,
     #[error("missing required claim {0}")]
     MissingClaim(String),
+    /// `exp` or `nbf` present but not a NumericDate (RFC 7519 section 2: a JSON number, fractions allowed;
+    /// `null`, a string or a negative number is none).
+    #[error("claim {0} is not a NumericDate")]
+    ClaimFormat(String),
     #[error("client is not allowed")]
     Client,
     #[error("keys unavailable: {0}")]
@@ -242,6 +246,7 @@ impl Verifier {
                 InvalidIssuer => AuthError::Issuer,
                 InvalidAudience => AuthError::Audience,
                 MissingRequiredClaim(claim) => AuthError::MissingClaim(claim.clone()),
+                InvalidClaimFormat(claim) => AuthError::ClaimFormat(claim.clone()),
                 InvalidSignature => AuthError::Signature,
                 InvalidAlgorithm => AuthError::Algorithm(format!("{:?}", header.alg)),
                 _ => AuthError::Malformed,

@@ -47,3 +47,40 @@ fn an_empty_top_level_key_is_an_error_of_the_file() {
     assert_eq!(errors.0[0].path, "<file>");
     assert!(errors.0[0].message.starts_with("unknown field ``"), "{}", errors.0[0].message);
 }
+
+fn token_with(claims: serde_json::Value) -> String {
+    let key = jsonwebtoken::EncodingKey::from_rsa_pem(include_bytes!("keys/rsa-private.pem")).unwrap();
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
+    header.kid = Some("rsa-1".into());
+    jsonwebtoken::encode(&header, &claims, &key).unwrap()
+}
+
+/// fuzz target `jwt` (corpus: regression-nbf-null): claims with a fractional `exp` and `"nbf": null` were
+/// refused as "malformed token" while the target's oracle read `null` as no `nbf`. A fractional NumericDate
+/// is valid (RFC 7519 section 2) and accepted; `null` is no NumericDate, so the token is refused, now
+/// saying which claim (proxy/README.md, the ingress), and the oracle agrees.
+#[tokio::test]
+async fn a_fractional_numeric_date_is_one_and_null_is_none() {
+    let verifier = verifier();
+    let now = jsonwebtoken::get_current_timestamp() as f64;
+    let claims = |exp: serde_json::Value, nbf: Option<serde_json::Value>| {
+        let mut claims = json!({"sub": "fuzz", "iss": ISSUER, "aud": ["another-service", "flame-analysis"], "exp": exp, "azp": "pod-orchestrator"});
+        if let Some(nbf) = nbf {
+            claims["nbf"] = nbf;
+        }
+        claims
+    };
+    assert!(verifier.verify(&token_with(claims(json!(now + 600.25), None))).await.is_ok(), "a fractional exp");
+    assert!(verifier.verify(&token_with(claims(json!(now + 600.25), Some(json!(now - 60.5))))).await.is_ok(), "a fractional nbf");
+    assert_eq!(verifier.verify(&token_with(claims(json!(now - 600.25), None))).await, Err(AuthError::Expired), "a fractional exp that passed");
+    for nbf in [json!(null), json!("0"), json!(-1), json!(true)] {
+        let refused = verifier.verify(&token_with(claims(json!(now + 600.25), Some(nbf.clone())))).await;
+        assert_eq!(refused, Err(AuthError::ClaimFormat("nbf".into())), "nbf {nbf}");
+    }
+    assert_eq!(AuthError::ClaimFormat("nbf".into()).to_string(), "claim nbf is not a NumericDate");
+    for exp in [json!(null), json!("4102444800"), json!(-5)] {
+        let refused = verifier.verify(&token_with(claims(exp.clone(), None))).await;
+        // jsonwebtoken checks the required claims first: an `exp` that is no NumericDate counts as none.
+        assert_eq!(refused, Err(AuthError::MissingClaim("exp".into())), "exp {exp}");
+    }
+}
