@@ -64,7 +64,8 @@ async fn a_fractional_numeric_date_is_one_and_null_is_none() {
     let verifier = verifier();
     let now = jsonwebtoken::get_current_timestamp() as f64;
     let claims = |exp: serde_json::Value, nbf: Option<serde_json::Value>| {
-        let mut claims = json!({"sub": "fuzz", "iss": ISSUER, "aud": ["another-service", "flame-analysis"], "exp": exp, "azp": "pod-orchestrator"});
+        let mut claims =
+            json!({"sub": "fuzz", "iss": ISSUER, "aud": ["another-service", "flame-analysis"], "exp": exp, "azp": "pod-orchestrator"});
         if let Some(nbf) = nbf {
             claims["nbf"] = nbf;
         }
@@ -72,7 +73,11 @@ async fn a_fractional_numeric_date_is_one_and_null_is_none() {
     };
     assert!(verifier.verify(&token_with(claims(json!(now + 600.25), None))).await.is_ok(), "a fractional exp");
     assert!(verifier.verify(&token_with(claims(json!(now + 600.25), Some(json!(now - 60.5))))).await.is_ok(), "a fractional nbf");
-    assert_eq!(verifier.verify(&token_with(claims(json!(now - 600.25), None))).await, Err(AuthError::Expired), "a fractional exp that passed");
+    assert_eq!(
+        verifier.verify(&token_with(claims(json!(now - 600.25), None))).await,
+        Err(AuthError::Expired),
+        "a fractional exp that passed"
+    );
     for nbf in [json!(null), json!("0"), json!(-1), json!(true)] {
         let refused = verifier.verify(&token_with(claims(json!(now + 600.25), Some(nbf.clone())))).await;
         assert_eq!(refused, Err(AuthError::ClaimFormat("nbf".into())), "nbf {nbf}");
