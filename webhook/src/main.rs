@@ -79,9 +79,43 @@ struct ServeArgs {
     log_format: LogFormat,
     /// Write a Kubernetes Event (on the pod's controller, where it has one) for every pod denied, or let through
     /// unhardened in warn mode. Needs API access: the in-cluster ServiceAccount (or KUBECONFIG), allowed to
-    /// create events.k8s.io Events in the analysis namespaces. Off: the webhook makes no API call at all.
+    /// create events.k8s.io Events in the analysis namespaces. Off: the webhook makes no API call but the one
+    /// `--kubernetes-version auto` makes at start.
     #[arg(long, env = "TOLLGATE_EVENTS")]
     events: bool,
+    /// The API server's Kubernetes version (`1.32`, `v1.32.3`), whose Pod Security standard the safe sysctls
+    /// follow; `auto`: asked of the API server at start (GET /version, which every client may read; the
+    /// in-cluster ServiceAccount or KUBECONFIG), and where that fails, the oldest version tollgate supports
+    /// (1.30), whose list is the shortest.
+    #[arg(long, env = "TOLLGATE_KUBERNETES_VERSION", default_value = "auto", value_parser = parse_kubernetes_version)]
+    kubernetes_version: KubernetesVersion,
+}
+
+/// `--kubernetes-version`: `auto`, or a minor version.
+#[derive(Clone, Copy)]
+struct KubernetesVersion(Option<u32>);
+
+/// `auto`, or the minor version of `1.32`, `v1.32`, `v1.32.3`, `1.32+`.
+fn parse_kubernetes_version(text: &str) -> Result<KubernetesVersion, String> {
+    if text == "auto" {
+        return Ok(KubernetesVersion(None));
+    }
+    let bad = || format!("{text:?} is not a Kubernetes version like 1.32 or v1.32.3 (or auto)");
+    let rest = text.strip_prefix('v').unwrap_or(text).strip_prefix("1.").ok_or_else(bad)?;
+    let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+    digits.parse().map(|minor| KubernetesVersion(Some(minor))).map_err(|_| bad())
+}
+
+/// The API server's minor version, from GET /version (`minor` may read `32+` on some distributions).
+async fn api_server_minor() -> Result<u32, String> {
+    let config = kube::Config::infer().await.map_err(|e| format!("no API server (in-cluster ServiceAccount or KUBECONFIG): {e}"))?;
+    let client = kube::Client::try_from(config).map_err(|e| e.to_string())?;
+    let info = tokio::time::timeout(Duration::from_secs(10), client.apiserver_version())
+        .await
+        .map_err(|_| "GET /version timed out".to_owned())?
+        .map_err(|e| e.to_string())?;
+    let digits: String = info.minor.chars().take_while(char::is_ascii_digit).collect();
+    digits.parse().map_err(|_| format!("the API server's minor version {:?} is not a number", info.minor))
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -232,6 +266,22 @@ fn serve(args: ServeArgs) -> ExitCode {
     };
     runtime.block_on(async {
         let mut config = config;
+        // Which Pod Security standard the safe sysctls follow: said on the "serving" line (and why, where the API
+        // server's version is unknown).
+        let version_unknown = match args.kubernetes_version.0 {
+            Some(minor) => {
+                tollgate_webhook::harden::rules::set_kubernetes_minor(minor);
+                None
+            }
+            None => match api_server_minor().await {
+                Ok(minor) => {
+                    tollgate_webhook::harden::rules::set_kubernetes_minor(minor);
+                    None
+                }
+                Err(e) => Some(format!("--kubernetes-version auto: {e}; the safe sysctls are those of the oldest version supported")),
+            },
+        };
+        let kubernetes = format!("1.{}", tollgate_webhook::harden::rules::kubernetes_minor());
         if args.events {
             match kube::Config::infer().await {
                 Ok(kube_config) => {
@@ -254,7 +304,10 @@ fn serve(args: ServeArgs) -> ExitCode {
             }
         };
         match server.local_addr() {
-            Ok(addr) => tracing::info!(%addr, version = env!("CARGO_PKG_VERSION"), "serving"),
+            Ok(addr) => match &version_unknown {
+                None => tracing::info!(%addr, version = env!("CARGO_PKG_VERSION"), kubernetes = %kubernetes, "serving"),
+                Some(why) => tracing::info!(%addr, version = env!("CARGO_PKG_VERSION"), kubernetes = %kubernetes, kubernetes_unknown = %why, "serving"),
+            },
             Err(e) => tracing::warn!(error = %e, "serving on an unknown address"),
         }
         server.run(shutdown_signal()).await;

@@ -137,6 +137,16 @@ fn each_rule_denies_with_a_message_naming_container_and_field() {
             "pod: spec.securityContext.sysctls sets unsafe kernel.msgmax [sysctls]",
         ),
         (
+            Rule::Sysctls,
+            with(|p| p["spec"]["securityContext"] = json!({"sysctls": [{"value": "1"}, {"name": null, "value": "1"}]})),
+            "pod: spec.securityContext.sysctls sets unsafe a sysctl without a name, a sysctl without a name [sysctls]",
+        ),
+        (
+            Rule::OperatingSystem,
+            with(|p| p["spec"]["os"] = json!({"name": "windows"})),
+            "pod: spec.os.name is windows: tollgate hardens Linux pods only (its proxy and egress lock run on Linux nodes) [operating-system]",
+        ),
+        (
             Rule::CredentialsExposed,
             with(|p| {
                 p["spec"]["volumes"] = json!([{"name": "creds", "secret": {"secretName": "tollgate-proxy-credentials"}}]);
@@ -900,4 +910,39 @@ fn warn_mode_lets_a_pod_through_as_it_came_only_for_what_concerns_it_alone() {
     }
     // And `onViolation: warn` is a policy of its own.
     assert_eq!(Policy::from_yaml("onViolation: warn\n").unwrap().on_violation, OnViolation::Warn);
+}
+
+/// The safe sysctls follow the Pod Security standard of the API server's version (`serve --kubernetes-version`,
+/// asked of the API server at start): `net.ipv4.tcp_rmem` and `tcp_wmem` are safe from 1.32 (issue 25, finding
+/// 3), and unsafe before; while the version is unknown, 1.30's list applies. The only test in this file that
+/// sets the version (a process-wide setting), and it puts back the unknown one.
+#[test]
+fn the_safe_sysctls_follow_the_api_servers_version() {
+    use tollgate_webhook::harden::rules::{OLDEST_SUPPORTED_MINOR, set_kubernetes_minor};
+    let pod = with(
+        |p| p["spec"]["securityContext"] = json!({"sysctls": [{"name": "net.ipv4.tcp_rmem", "value": "4096 87380 16777216"}, {"name": "net.ipv4.tcp_keepalive_time", "value": "7200"}]}),
+    );
+    let hardened = |minor: u32| {
+        set_kubernetes_minor(minor);
+        let mut working = pod.clone();
+        let outcome = harden(&Policy::default(), &mut working).unwrap();
+        (outcome, working)
+    };
+    for minor in [0, OLDEST_SUPPORTED_MINOR, 31] {
+        let (outcome, _) = hardened(minor);
+        let Outcome::Denied(denial) = outcome else { panic!("1.{minor}: {outcome:?}") };
+        assert_eq!(
+            denial.message(),
+            format!(
+                "tollgate denied this pod (1 violation): pod: spec.securityContext.sysctls sets unsafe net.ipv4.tcp_rmem (safe from Kubernetes 1.32; the API server runs 1.{}) [sysctls]",
+                minor.max(OLDEST_SUPPORTED_MINOR)
+            )
+        );
+    }
+    for minor in [32, 36] {
+        let (outcome, working) = hardened(minor);
+        assert!(matches!(outcome, Outcome::Hardened(_)), "1.{minor}: {outcome:?}");
+        assert_eq!(working["spec"]["securityContext"]["sysctls"], pod["spec"]["securityContext"]["sysctls"], "kept as they are");
+    }
+    set_kubernetes_minor(0);
 }

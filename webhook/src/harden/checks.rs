@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use serde_json::{Value, json};
 
-use super::rules::{ALLOWED_SELINUX_TYPES, ALLOWED_VOLUME_TYPES, SAFE_SYSCTLS};
+use super::rules::{ALLOWED_SELINUX_TYPES, ALLOWED_VOLUME_TYPES, SAFE_SYSCTLS, is_safe_sysctl, kubernetes_minor};
 use super::{
     ANNOTATION_ANALYSIS_ID, ANNOTATION_CREDENTIALS_SECRET, ANNOTATION_PROJECT_ID, ContainerRef, Denial, Findings, Fix,
     IDENTITY_ANNOTATIONS, Kind, PodIds, Requester, Rule, SIDECAR_NAME, VOLUME_CONFIG, VOLUME_CREDENTIALS, Violation, join,
@@ -127,13 +127,17 @@ pub(super) fn identity(
 
 /// Why `requester` may not set identity annotations, and who may.
 pub(super) fn untrusted(policy: &Policy, requester: Requester) -> String {
+    format!("may only be set by {}; {:?} is neither", trusted(policy), requester.username)
+}
+
+/// Who the policy trusts, for a message: `trusted users (a, b) or members of trusted groups (c) (policy …)`.
+pub(super) fn trusted(policy: &Policy) -> String {
     let identity = &policy.identity;
     let list = |names: &[String]| if names.is_empty() { "none".to_owned() } else { names.join(", ") };
     format!(
-        "may only be set by trusted users ({}) or members of trusted groups ({}) (policy identity.trustedUsers, identity.trustedGroups); {:?} is neither",
+        "trusted users ({}) or members of trusted groups ({}) (policy identity.trustedUsers, identity.trustedGroups)",
         list(&identity.trusted_users),
-        list(&identity.trusted_groups),
-        requester.username
+        list(&identity.trusted_groups)
     )
 }
 
@@ -261,6 +265,21 @@ fn security_context(doc: &Value, scope: &str, sc_path: &crate::patch::Path, pref
 /// `own_alias`: tollgate's own `hostAliases` entry for this pod (`proxy.egressHostnames`), if it gets one.
 pub(super) fn pod_level(doc: &Value, annotations: &BTreeMap<String, String>, own_alias: Option<&Value>, f: &mut Findings) {
     let uid = f.policy.security.run_as_user;
+    // A pod for another operating system (Windows, the only other one Kubernetes knows) is denied: tollgate's
+    // proxy image, its egress lock and the security context it sets are Linux's, and the API server refuses a
+    // Windows pod with the Linux-only fields hardening writes (runAsUser, seccompProfile,
+    // readOnlyRootFilesystem, ...); tollgate never passes on a pod it has not hardened.
+    if let Some(os) = get(doc, &path!["spec", "os", "name"])
+        && os != "linux"
+    {
+        let shown = os.as_str().map_or_else(|| os.to_string(), str::to_owned);
+        f.refused(
+            Rule::OperatingSystem,
+            "pod",
+            "spec.os.name",
+            format!("is {shown}: tollgate hardens Linux pods only (its proxy and egress lock run on Linux nodes)"),
+        );
+    }
     for key in ["hostNetwork", "hostPID", "hostIPC"] {
         if is_true(get(doc, &path!["spec", key])) {
             f.insecure(
@@ -306,14 +325,24 @@ pub(super) fn pod_level(doc: &Value, annotations: &BTreeMap<String, String>, own
     name_resolution(doc, own_alias, f);
 
     if let Some(Value::Array(sysctls)) = get(doc, &path!["spec", "securityContext", "sysctls"]) {
-        let unsafe_names: Vec<&str> =
-            sysctls.iter().filter_map(|s| s.get("name").and_then(Value::as_str)).filter(|name| !SAFE_SYSCTLS.contains(name)).collect();
+        // An entry tollgate cannot judge (no name, or a name that is not a string) is never passed on: it is
+        // as unsafe as a name outside the list (the API server would refuse it too; found by the harden fuzz
+        // target, corpus regression-nameless-sysctl).
+        let safe = |s: &Value| s.get("name").and_then(Value::as_str).is_some_and(is_safe_sysctl);
+        let unsafe_names: Vec<String> = sysctls
+            .iter()
+            .filter(|s| !safe(s))
+            .map(|s| match s.get("name") {
+                Some(Value::String(name)) => match SAFE_SYSCTLS.iter().find(|(safe, _)| safe == name) {
+                    Some((_, since)) => format!("{name} (safe from Kubernetes 1.{since}; the API server runs 1.{})", kubernetes_minor()),
+                    None => name.clone(),
+                },
+                None | Some(Value::Null) => "a sysctl without a name".to_owned(),
+                Some(other) => format!("a sysctl named {other}"),
+            })
+            .collect();
         if !unsafe_names.is_empty() {
-            let kept: Vec<Value> = sysctls
-                .iter()
-                .filter(|s| s.get("name").and_then(Value::as_str).is_some_and(|name| SAFE_SYSCTLS.contains(&name)))
-                .cloned()
-                .collect();
+            let kept: Vec<Value> = sysctls.iter().filter(|s| safe(s)).cloned().collect();
             let fix_path = path!["spec", "securityContext", "sysctls"];
             let fix = if kept.is_empty() { Fix::Remove(fix_path) } else { Fix::Set(fix_path, Value::Array(kept)) };
             f.insecure(

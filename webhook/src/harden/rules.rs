@@ -38,6 +38,7 @@ pub enum Rule {
     TooLarge,
     EgressHostname,
     AnalysisIdRequired,
+    OperatingSystem,
 }
 
 impl Rule {
@@ -58,7 +59,7 @@ impl Rule {
         )
     }
 
-    pub const ALL: [Rule; 33] = [
+    pub const ALL: [Rule; 34] = [
         Rule::Privileged,
         Rule::HostNamespaces,
         Rule::HostPath,
@@ -92,6 +93,7 @@ impl Rule {
         Rule::TooLarge,
         Rule::EgressHostname,
         Rule::AnalysisIdRequired,
+        Rule::OperatingSystem,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -129,6 +131,7 @@ impl Rule {
             Rule::TooLarge => "too-large",
             Rule::EgressHostname => "egress-hostname",
             Rule::AnalysisIdRequired => "analysis-id-required",
+            Rule::OperatingSystem => "operating-system",
         }
     }
 }
@@ -185,19 +188,51 @@ impl fmt::Display for Denial {
     }
 }
 
-/// Sysctls that Pod Security "baseline" (and so "restricted") allows.
-pub const SAFE_SYSCTLS: &[&str] = &[
-    "kernel.shm_rmid_forced",
-    "net.ipv4.ip_local_port_range",
-    "net.ipv4.ip_unprivileged_port_start",
-    "net.ipv4.tcp_syncookies",
-    "net.ipv4.ping_group_range",
-    "net.ipv4.ip_local_reserved_ports",
-    "net.ipv4.tcp_keepalive_time",
-    "net.ipv4.tcp_fin_timeout",
-    "net.ipv4.tcp_keepalive_intvl",
-    "net.ipv4.tcp_keepalive_probes",
+/// Sysctls that Pod Security "baseline" (and so "restricted") allows, each with the Kubernetes minor version
+/// from which the standard allows it (k8s.io/pod-security-admission, policy/check_sysctls.go): 1.0, 1.27
+/// (`ip_local_reserved_ports`), 1.29 (the TCP keepalive and FIN timeouts), 1.32 (`tcp_rmem`, `tcp_wmem`). Which
+/// of them tollgate passes on follows the API server's version ([`set_kubernetes_minor`]): a sysctl safe only
+/// from a later version is one the API server's Pod Security refuses, and so is removed or denied like any
+/// other unsafe one.
+pub const SAFE_SYSCTLS: &[(&str, u32)] = &[
+    ("kernel.shm_rmid_forced", 0),
+    ("net.ipv4.ip_local_port_range", 0),
+    ("net.ipv4.ip_unprivileged_port_start", 0),
+    ("net.ipv4.tcp_syncookies", 0),
+    ("net.ipv4.ping_group_range", 0),
+    ("net.ipv4.ip_local_reserved_ports", 27),
+    ("net.ipv4.tcp_keepalive_time", 29),
+    ("net.ipv4.tcp_fin_timeout", 29),
+    ("net.ipv4.tcp_keepalive_intvl", 29),
+    ("net.ipv4.tcp_keepalive_probes", 29),
+    ("net.ipv4.tcp_rmem", 32),
+    ("net.ipv4.tcp_wmem", 32),
 ];
+
+/// The oldest Kubernetes minor version tollgate supports (1.30): the safe sysctls of its standard are what
+/// tollgate allows while the API server's version is unknown.
+pub const OLDEST_SUPPORTED_MINOR: u32 = 30;
+
+/// The API server's minor version, 0 while unknown.
+static KUBERNETES_MINOR: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+/// Tell the rules which Kubernetes minor version the API server runs (`serve --kubernetes-version`, found at
+/// start by default): the safe sysctls follow its Pod Security standard. Until it is told, or told a
+/// version older than tollgate supports, the oldest supported version's list applies.
+pub fn set_kubernetes_minor(minor: u32) {
+    KUBERNETES_MINOR.store(minor, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// The Kubernetes minor version the rules follow: the API server's, or [`OLDEST_SUPPORTED_MINOR`].
+pub fn kubernetes_minor() -> u32 {
+    KUBERNETES_MINOR.load(std::sync::atomic::Ordering::Relaxed).max(OLDEST_SUPPORTED_MINOR)
+}
+
+/// Whether Pod Security allows the sysctl `name` at [`kubernetes_minor`].
+pub fn is_safe_sysctl(name: &str) -> bool {
+    let minor = kubernetes_minor();
+    SAFE_SYSCTLS.iter().any(|(safe, since)| *safe == name && *since <= minor)
+}
 
 /// Volume types Pod Security "restricted" allows.
 pub const ALLOWED_VOLUME_TYPES: &[&str] =

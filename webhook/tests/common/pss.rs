@@ -15,6 +15,9 @@ const SAFE_SYSCTLS: &[&str] = &[
     "net.ipv4.tcp_fin_timeout",
     "net.ipv4.tcp_keepalive_intvl",
     "net.ipv4.tcp_keepalive_probes",
+    // Since Kubernetes 1.32.
+    "net.ipv4.tcp_rmem",
+    "net.ipv4.tcp_wmem",
 ];
 const SELINUX_TYPES: &[&str] = &["", "container_t", "container_init_t", "container_kvm_t", "container_engine_t"];
 
