@@ -7,13 +7,16 @@
 #   scripts/cluster.sh status        say whether it runs
 #   scripts/cluster.sh check         say whether this machine can run a node (root, cgroups, namespaces)
 #
-# What runs: etcd, kube-apiserver, kube-controller-manager, kube-scheduler on the host; containerd, kubelet
-# and kube-proxy (nftables mode) in a mount namespace of their own, so that what they write — /run, /var/lib,
-# /var/log, the sysctls kubelet sets, iptables — never reaches the host. Pods live on a bridge this script
-# creates (tollgate0, 10.88.0.0/24; the node's address is its gateway, 10.88.0.1, where host-side stand-ins
-# listen for pods too). No NAT, no forwarding: traffic stays on loopback, the bridge and the pods' network
-# namespaces. `down` kills by PID, removes the node's cgroups, the bridge, kube-proxy's nftables tables and
-# the state directory.
+# What runs: etcd, kube-apiserver, kube-controller-manager, kube-scheduler on the host; containerd, kubelet,
+# kube-proxy (nftables mode) and kube-router (its network policy controller only: NetworkPolicies are
+# enforced) in a mount namespace of their own, so that what they write — /run, /var/lib, /var/log, the sysctls
+# kubelet sets — never reaches the host; CoreDNS as a pod (kube-system/kube-dns, 10.96.0.10), so pods resolve
+# Service names. Pods live on a bridge this script creates (tollgate0, 10.88.0.0/24; the node's address is its
+# gateway, 10.88.0.1, where host-side stand-ins listen for pods too); the bridge alone hands its frames to
+# netfilter (its nf_call_iptables option, not the host-wide sysctl), where kube-router's filter rules judge
+# them. No NAT, no forwarding: traffic stays on loopback, the bridge and the pods' network namespaces. `down`
+# kills by PID, removes the node's cgroups, the bridge, kube-proxy's nftables tables, the iptables tables and
+# ipsets kube-router made (those the host did not have before `up`) and the state directory.
 #
 # Needs root on a Linux host or VM with cgroups (v1 or v2) and overlayfs — not a container. Binaries come
 # from tests/control-plane/provision.sh and tests/node/provision.sh (built from the Go module proxy the first
@@ -26,11 +29,15 @@ NODE_IP=10.88.0.1
 POD_CIDR=10.88.0.0/24
 SERVICE_CIDR=10.96.0.0/24
 KUBERNETES_SERVICE_IP=10.96.0.1
+CLUSTER_DNS_IP=10.96.0.10
 NODE_NAME=tollgate-node
 ETCD_PORT=12379
 APISERVER_PORT=6443
 ANALYSIS_NAMESPACE=${TOLLGATE_ANALYSIS_NAMESPACE:-analyses}
 PAUSE_IMAGE=localhost/tollgate/pause:0.1.0
+COREDNS_IMAGE=localhost/tollgate/coredns:0.1.0
+# The node's images for tests (tests/src/images.rs TEST_IMAGES), built beside tollgate's.
+TEST_IMAGES=(coredns flame-standins flame-analysis)
 # Sysctls kubelet, kube-proxy and the CNI plugins would write: inside the node's mount namespace each is a
 # file bind-mounted over the real one, so the host's values never change.
 SYSCTLS=(vm/overcommit_memory vm/panic_on_oom kernel/panic kernel/panic_on_oops kernel/keys/root_maxkeys
@@ -128,6 +135,7 @@ make_pki() {
   cert controller-manager "/CN=system:kube-controller-manager" "" clientAuth
   cert scheduler "/CN=system:kube-scheduler" "" clientAuth
   cert kube-proxy "/CN=system:kube-proxy" "" clientAuth
+  cert kube-router "/CN=kube-router" "" clientAuth
   cert kubelet "/O=system:nodes/CN=system:node:$NODE_NAME" "" clientAuth
   cert kubelet-serving "/CN=$NODE_NAME" "IP:$NODE_IP,DNS:$NODE_NAME" serverAuth
   openssl ecparam -name prime256v1 -genkey -noout -out "$dir/sa.key" 2>/dev/null
@@ -136,6 +144,7 @@ make_pki() {
   kubeconfig controller-manager.kubeconfig system:kube-controller-manager controller-manager
   kubeconfig scheduler.kubeconfig system:kube-scheduler scheduler
   kubeconfig kube-proxy.kubeconfig system:kube-proxy kube-proxy
+  kubeconfig kube-router.kubeconfig kube-router kube-router
   kubeconfig kubelet.kubeconfig "system:node:$NODE_NAME" kubelet
 }
 
@@ -230,6 +239,7 @@ authentication:
   x509: { clientCAFile: $STATE/pki/ca.crt }
 authorization: { mode: AlwaysAllow }
 resolvConf: $STATE/resolv.conf
+clusterDNS: [$CLUSTER_DNS_IP]
 podLogsDir: $STATE/pod-logs
 clusterDomain: cluster.local
 imageGCHighThresholdPercent: 100
@@ -282,16 +292,185 @@ echo \$! > "$STATE/pids/kube-proxy"
 wait
 EOF
   chmod +x "$STATE/node.sh"
+  # kube-router's own iptables: the node's mount namespace hides the real ones behind /bin/true (for kubelet),
+  # so kube-router gets a copy of the multi-call binary, with the names it runs it by, on its PATH.
+  mkdir -p "$STATE/netpol-bin"
+  local real
+  real=$(readlink -f "$(command -v iptables)") || die "no iptables (tests/node/provision.sh installs it)"
+  cp "$real" "$STATE/netpol-bin/"
+  for tool in iptables iptables-save iptables-restore; do ln -sfn "$(basename "$real")" "$STATE/netpol-bin/$tool"; done
 }
 
 start_node() {
-  ip link add "$BRIDGE" type bridge
+  # nf_call_iptables on this bridge only: its bridged frames (pod to pod) pass the iptables FORWARD hook,
+  # where kube-router enforces NetworkPolicies, whatever the host's net.bridge.bridge-nf-call-iptables says.
+  ip link add "$BRIDGE" type bridge nf_call_iptables 1
   ip addr add "$NODE_IP/24" dev "$BRIDGE"
   ip link set "$BRIDGE" up
   write_node_config
   setsid unshare --mount --propagation private -- "$STATE/node.sh" > "$STATE/logs/node.log" 2>&1 < /dev/null &
   echo $! > "$STATE/pids/node"
   wait_for "containerd" test -S "$STATE/containerd.sock" || { cat "$STATE/logs/node.log" "$STATE/logs/containerd.log" >&2; return 1; }
+}
+
+# ---- NetworkPolicies (kube-router) and cluster DNS (CoreDNS) -----------------------------------------------
+
+# What the host had before `up` in the places kube-router writes to: `down` removes only what is new.
+record_netfilter() {
+  mkdir -p "$STATE/host-before"
+  { nft list tables 2>/dev/null || true; } > "$STATE/host-before/nft-tables"
+  { command -v ipset >/dev/null && ipset list -n 2>/dev/null || true; } > "$STATE/host-before/ipsets"
+}
+
+# kube-router's network policy controller, alone (no routing, no service proxy: kube-proxy and the bridge do
+# those), in the node's mount namespace, with its own identity and read-only rights.
+start_netpol() {
+  kubectl apply -f - >&2 <<EOF
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata: { name: kube-router }
+rules:
+  - apiGroups: [""]
+    resources: [pods, namespaces, nodes, services, endpoints]
+    verbs: [get, list, watch]
+  - apiGroups: [networking.k8s.io]
+    resources: [networkpolicies]
+    verbs: [get, list, watch]
+  - apiGroups: [discovery.k8s.io]
+    resources: [endpointslices]
+    verbs: [get, list, watch]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata: { name: kube-router }
+roleRef: { apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: kube-router }
+subjects: [{ apiGroup: rbac.authorization.k8s.io, kind: User, name: kube-router }]
+EOF
+  setsid nsenter --target "$(pid_of node)" --mount -- env PATH="$STATE/netpol-bin:$PATH" "$BIN/kube-router" \
+    --kubeconfig="$STATE/kube-router.kubeconfig" --hostname-override="$NODE_NAME" \
+    --run-firewall=true --run-router=false --run-service-proxy=false --enable-cni=false \
+    --enable-ipv4=true --enable-ipv6=false --service-cluster-ip-range="$SERVICE_CIDR" \
+    --health-port=0 --metrics-port=0 --iptables-sync-period=5m --v=1 \
+    > "$STATE/logs/kube-router.log" 2>&1 < /dev/null &
+  echo $! > "$STATE/pids/kube-router"
+  # Its first full sync made the chains every pod's traffic passes.
+  WAIT=60 wait_for "kube-router's NetworkPolicy chains" iptables -t filter -S KUBE-ROUTER-FORWARD ||
+    { tail -30 "$STATE/logs/kube-router.log" >&2; return 1; }
+}
+
+# Undo what kube-router did to the host's netfilter: its jumps and chains, the tables iptables-nft created for
+# them (unless the host had them), its ipsets (unless the host had them).
+stop_netpol() {
+  local before=$STATE/host-before
+  [[ -f $before/nft-tables ]] || return 0
+  local family table
+  for family in ip ip6; do
+    for table in filter nat mangle raw; do
+      nft list table "$family" "$table" >/dev/null 2>&1 || continue
+      if ! grep -qx "table $family $table" "$before/nft-tables"; then
+        nft delete table "$family" "$table" 2>/dev/null || true
+        continue
+      fi
+      # A table the host had: only kube-router's jumps and chains go.
+      local save=iptables-save tool=iptables chains chain
+      [[ $family == ip6 ]] && { save=ip6tables-save; tool=ip6tables; }
+      "$save" -t "$table" | grep -E '^-A [A-Z]+ .*-j KUBE-(ROUTER|NWPLCY|POD-FW)' | sed 's/^-A /-D /' |
+        while read -r rule; do eval "$tool -t $table $rule" || true; done
+      chains=$("$save" -t "$table" | sed -n 's/^:\(KUBE-\(ROUTER\|NWPLCY\|POD-FW\)[^ ]*\) .*/\1/p')
+      for chain in $chains; do "$tool" -t "$table" -F "$chain" 2>/dev/null || true; done
+      for chain in $chains; do "$tool" -t "$table" -X "$chain" 2>/dev/null || true; done
+    done
+  done
+  if command -v ipset >/dev/null; then
+    local set
+    for set in $(ipset list -n 2>/dev/null); do
+      grep -qx -- "$set" "$before/ipsets" || ipset destroy "$set" 2>/dev/null || true
+    done
+  fi
+}
+
+# CoreDNS as a pod, as clusters run it: kube-system, labels k8s-app=kube-dns (what NetworkPolicies admitting DNS
+# select), Service kube-dns at the address kubelet gives pods as their nameserver. Port 53 as a non-root user:
+# the pod lowers net.ipv4.ip_unprivileged_port_start (a safe sysctl) instead of adding a capability.
+start_dns() {
+  kubectl apply -f - >&2 <<EOF
+apiVersion: v1
+kind: ServiceAccount
+metadata: { name: coredns, namespace: kube-system }
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata: { name: "system:coredns" }
+rules:
+  - apiGroups: [""]
+    resources: [services, pods, namespaces, endpoints]
+    verbs: [list, watch]
+  - apiGroups: [discovery.k8s.io]
+    resources: [endpointslices]
+    verbs: [list, watch]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata: { name: "system:coredns" }
+roleRef: { apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: "system:coredns" }
+subjects: [{ kind: ServiceAccount, name: coredns, namespace: kube-system }]
+---
+apiVersion: v1
+kind: ConfigMap
+metadata: { name: coredns, namespace: kube-system }
+data:
+  Corefile: |
+    .:53 {
+        errors
+        health :8080
+        ready :8181
+        kubernetes cluster.local in-addr.arpa ip6.arpa {
+            pods insecure
+        }
+        cache 5
+    }
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: { name: coredns, namespace: kube-system, labels: { k8s-app: kube-dns } }
+spec:
+  replicas: 1
+  selector: { matchLabels: { k8s-app: kube-dns } }
+  template:
+    metadata: { labels: { k8s-app: kube-dns } }
+    spec:
+      serviceAccountName: coredns
+      dnsPolicy: Default
+      securityContext:
+        runAsNonRoot: true
+        runAsUser: 65532
+        seccompProfile: { type: RuntimeDefault }
+        sysctls: [{ name: net.ipv4.ip_unprivileged_port_start, value: "53" }]
+      containers:
+        - name: coredns
+          image: $COREDNS_IMAGE
+          imagePullPolicy: Never
+          args: [-conf, /etc/coredns/Corefile]
+          ports:
+            - { name: dns, containerPort: 53, protocol: UDP }
+            - { name: dns-tcp, containerPort: 53, protocol: TCP }
+          readinessProbe: { httpGet: { path: /ready, port: 8181 }, periodSeconds: 2 }
+          securityContext: { allowPrivilegeEscalation: false, readOnlyRootFilesystem: true, capabilities: { drop: [ALL] } }
+          volumeMounts: [{ name: config, mountPath: /etc/coredns, readOnly: true }]
+      volumes: [{ name: config, configMap: { name: coredns } }]
+---
+apiVersion: v1
+kind: Service
+metadata: { name: kube-dns, namespace: kube-system, labels: { k8s-app: kube-dns } }
+spec:
+  clusterIP: $CLUSTER_DNS_IP
+  selector: { k8s-app: kube-dns }
+  ports:
+    - { name: dns, port: 53, protocol: UDP, targetPort: 53 }
+    - { name: dns-tcp, port: 53, protocol: TCP, targetPort: 53 }
+EOF
+  WAIT=90 wait_for "CoreDNS ready" kubectl rollout status deployment/coredns -n kube-system --timeout=2s ||
+    { kubectl get pods -n kube-system -o wide >&2; return 1; }
 }
 
 ctr() { "$BIN/ctr" --address "$STATE/containerd.sock" -n k8s.io "$@"; }
@@ -312,8 +491,10 @@ build_images() {
   host=$(rustc -vV | sed -n 's/^host: //p')
   (cd "$ROOT" && RUSTFLAGS="-C target-feature=+crt-static" cargo build --release --locked -q -p tollgate-cni --target "$host")
   mkdir -p "$STATE/release"
-  cp "$ROOT"/target/release/tollgate{-webhook,-proxy,-certs,-pause,-example-analysis,} "$ROOT/target/$host/release/tollgate-cni" "$STATE/release/"
+  cp "$ROOT"/target/release/tollgate{-webhook,-proxy,-certs,-pause,-example-analysis,} "$ROOT/target/release/flame_standins" "$ROOT/target/$host/release/tollgate-cni" "$STATE/release/"
+  cp "$BIN/coredns" "$STATE/release/coredns"
   "$ROOT/target/release/tollgate-images" build --release-dir "$STATE/release" --out "$STATE/images" > "$STATE/images.list"
+  "$ROOT/target/release/tollgate-images" build --release-dir "$STATE/release" --out "$STATE/images" "${TEST_IMAGES[@]}" >> "$STATE/images.list"
 }
 
 # ---- tollgate, installed as a user would ------------------------------------------------------------------
@@ -336,6 +517,19 @@ prepare_analysis_namespace() {
   kubectl label namespace "$ANALYSIS_NAMESPACE" tollgate.dev/inject=enabled --overwrite >&2
   kubectl create secret generic tollgate-proxy-credentials -n "$ANALYSIS_NAMESPACE" \
     --from-literal=client-id=analysis-client --from-literal=client-secret=analysis-secret >&2
+  # The host-side stand-ins are outside the cluster: the admin admits their address beside the chart's
+  # closing policy (NetworkPolicies add up), as one would a data source outside the cluster.
+  kubectl apply -f - >&2 <<EOF
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: { name: host-standins, namespace: $ANALYSIS_NAMESPACE }
+spec:
+  podSelector: {}
+  policyTypes: [Egress]
+  egress:
+    - to: [{ ipBlock: { cidr: $NODE_IP/32 } }]
+      ports: [{ port: 18080 }, { port: 18081 }, { port: 18082 }, { port: 18083 }]
+EOF
 }
 
 start_standins() {
@@ -352,6 +546,7 @@ up() {
   rm -rf "$STATE"
   mkdir -p "$STATE/pids" "$STATE/logs"
   echo "$BIN" > "$STATE/bin"
+  record_netfilter
   build_images
   local built=$SECONDS
   make_pki
@@ -360,6 +555,8 @@ up() {
   start_control_plane
   WAIT=60 wait_for "node $NODE_NAME Ready" kubectl wait --for=condition=Ready "node/$NODE_NAME" --timeout=1s ||
     { tail -30 "$STATE/logs/kubelet.log" >&2; return 1; }
+  start_netpol
+  start_dns
   kubectl create namespace "$ANALYSIS_NAMESPACE" >&2
   start_standins
   install_tollgate
@@ -394,17 +591,17 @@ down() {
   [[ $(id -u) == 0 ]] || die "needs root"
   [[ -d $STATE ]] || { log "nothing to stop ($STATE does not exist)"; return 0; }
   local name pid
-  for name in standins kube-scheduler kube-controller-manager kube-proxy kubelet; do
+  for name in standins kube-router kube-scheduler kube-controller-manager kube-proxy kubelet; do
     pid=$(pid_of "$name"); [[ -n $pid ]] && kill -TERM "$pid" 2>/dev/null || true
   done
   sleep 1
   kill_pods
-  for name in containerd node kube-apiserver etcd standins kube-scheduler kube-controller-manager kube-proxy kubelet; do
+  for name in containerd node kube-apiserver etcd standins kube-router kube-scheduler kube-controller-manager kube-proxy kubelet; do
     pid=$(pid_of "$name"); [[ -n $pid ]] && kill -KILL "$pid" 2>/dev/null || true
   done
   for _ in $(seq 50); do
     local alive=0
-    for name in containerd kubelet kube-proxy node kube-apiserver etcd; do running "$name" && alive=1; done
+    for name in containerd kubelet kube-proxy kube-router node kube-apiserver etcd; do running "$name" && alive=1; done
     ((alive)) || break
     sleep 0.1
   done
@@ -414,6 +611,7 @@ down() {
     nft delete table ip kube-proxy 2>/dev/null || true
     nft delete table ip6 kube-proxy 2>/dev/null || true
   fi
+  stop_netpol
   ip link del "$BRIDGE" 2>/dev/null || true
   rm -rf "$STATE"
   log "down; the host is as it was"

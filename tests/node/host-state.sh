@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # A fingerprint of what a node could change on this host: the sysctls kubelet, kube-proxy and the CNI
-# plugins write, the netfilter rules, the network links, the mounts, and the directories a node writes to.
+# plugins write, the netfilter rules and address sets (kube-router's), the network links, the mounts, and the
+# directories a node writes to.
 # scripts/test.sh compares it before `cluster.sh up` and after `cluster.sh down`: they must be equal.
 set -uo pipefail
 for key in vm/overcommit_memory vm/panic_on_oom kernel/panic kernel/panic_on_oops kernel/keys/root_maxkeys \
@@ -10,6 +11,7 @@ for key in vm/overcommit_memory vm/panic_on_oom kernel/panic kernel/panic_on_oop
 done
 echo "--- nft"; nft list ruleset 2>/dev/null
 echo "--- iptables"; iptables-save 2>/dev/null | grep -v '^#'; ip6tables-save 2>/dev/null | grep -v '^#'
+echo "--- ipsets"; ipset list -n 2>/dev/null | sort
 echo "--- links"; ip -o link show | awk -F': ' '{print $2}' | sort
 echo "--- mounts"; awk '{print $2, $3}' /proc/self/mounts | sort
 echo "--- directories"

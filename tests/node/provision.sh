@@ -4,9 +4,13 @@
 # directory (beside kube-apiserver), so only the first run pays:
 #   containerd, containerd-shim-runc-v2 and ctr (github.com/containerd/containerd/v2);
 #   kubelet, kube-scheduler, kube-controller-manager and kube-proxy (k8s.io/kubernetes, at the control plane's
-#   version, with the same wrapper module and version ldflags).
+#   version, with the same wrapper module and version ldflags);
+#   kube-router (github.com/cloudnativelabs/kube-router/v2), run with only its network policy controller:
+#   what makes NetworkPolicies real on the node;
+#   coredns (github.com/coredns/coredns), with only the plugins a cluster DNS needs: Service names for pods.
 # From Debian, where missing: runc, the CNI plugins (/usr/lib/cni), nft (kube-proxy's nftables mode execs it
-# through knftables), iptables (the portmap plugin and kubelet's canary chains) and ip (iproute2).
+# through knftables), iptables (the portmap plugin and kubelet's canary chains; kube-router's filter rules),
+# ipset (kube-router's address sets) and ip (iproute2).
 # Everything is built with CGO_ENABLED=0: nothing these binaries import needs cgo (only net and os/user have
 # cgo variants, and their pure-Go ones are used), so they are static.
 # Prints the bin directory on stdout, logs on stderr. Starts nothing. Re-running with everything cached takes
@@ -15,6 +19,8 @@ set -euo pipefail
 
 K8S_VERSION=${K8S_VERSION:-v1.36.3}
 CONTAINERD_VERSION=${CONTAINERD_VERSION:-v2.2.9}   # the newest v2.2.x on the module proxy when written
+KUBE_ROUTER_VERSION=${KUBE_ROUTER_VERSION:-v2.1.0}  # the newest kube-router/v2 the module proxy serves here
+COREDNS_VERSION=${COREDNS_VERSION:-v1.15.0}
 CACHE=${TOLLGATE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/tollgate}
 BIN="$CACHE/bin"
 mkdir -p "$BIN"
@@ -47,6 +53,7 @@ debian_packages() {
   done
   have nft || missing+=(nftables)
   have iptables || missing+=(iptables)
+  have ipset || missing+=(ipset)
   have ip || missing+=(iproute2)
   ((${#missing[@]})) || return 0
   local sudo=(); [[ $(id -u) -eq 0 ]] || sudo=(sudo)
@@ -113,9 +120,43 @@ MOD
   )
 }
 
+# kube-router with only its network policy controller in mind (the node runs it with --run-firewall only).
+# Its go.mod has no replace directives: a wrapper module requiring it is enough.
+build_kube_router() {
+  local v=$KUBE_ROUTER_VERSION out="$BIN/kube-router-$KUBE_ROUTER_VERSION"
+  [[ -x "$out" ]] && return
+  log "building kube-router $v (first run only; a few minutes)"
+  local work; work=$(workdir)
+  (
+    cd "$work"
+    printf 'module tollgate.local/kube-router-binary\n\ngo 1.21\n\nrequire github.com/cloudnativelabs/kube-router/v2 %s\n' "$v" > go.mod
+    local pkg=github.com/cloudnativelabs/kube-router/v2
+    go_build "$out" "$pkg/cmd/kube-router" -ldflags "-s -w -X $pkg/pkg/version.Version=$v -X $pkg/pkg/version.BuildDate=module-proxy"
+  )
+}
+
+# CoreDNS with the plugins a cluster DNS needs (coredns/main.go beside this script: the kubernetes plugin answers
+# Service names; no forward: pods here reach nothing outside the cluster).
+build_coredns() {
+  local v=$COREDNS_VERSION out="$BIN/coredns-$COREDNS_VERSION"
+  [[ -x "$out" ]] && return
+  log "building coredns $v (first run only; a few minutes)"
+  local work; work=$(workdir)
+  cp "$(dirname "$0")/coredns/main.go" "$work/"
+  (
+    cd "$work"
+    printf 'module tollgate.local/coredns-binary\n\ngo 1.26\n\nrequire github.com/coredns/coredns %s\n' "$v" > go.mod
+    go_build "$out" . -ldflags "-s -w -X github.com/coredns/coredns/coremain.GitCommit=$v"
+  )
+}
+
 debian_packages
 build_containerd
 build_kubernetes_node
+build_kube_router
+build_coredns
 for name in containerd containerd-shim-runc-v2 ctr; do ln -sfn "$name-$CONTAINERD_VERSION" "$BIN/$name"; done
 for name in kubelet kube-scheduler kube-controller-manager kube-proxy; do ln -sfn "$name-$K8S_VERSION" "$BIN/$name"; done
+ln -sfn "kube-router-$KUBE_ROUTER_VERSION" "$BIN/kube-router"
+ln -sfn "coredns-$COREDNS_VERSION" "$BIN/coredns"
 echo "$BIN"

@@ -56,6 +56,25 @@ pub const IMAGES: [Image; 7] = [
     Image { name: "ctl", binary: "tollgate", reference: concat!("ghcr.io/privateaim/tollgate:", env!("CARGO_PKG_VERSION")) },
 ];
 
+/// Images only the node tests use, never shipped: built the same way, from `docker/test-images.Dockerfile`'s final
+/// stages and `docker/rootfs.sh`. `coredns` is the cluster DNS the node runs (its binary from
+/// tests/node/provision.sh), `flame-standins` the FLAME node's services (tests/src/bin/flame_standins.rs),
+/// `flame-analysis` an analysis as FLAME's Python SDK runs one (tests/flame/analysis.py on Debian's python3 and its
+/// standard library).
+pub const TEST_IMAGES: [Image; 3] = [
+    Image { name: "coredns", binary: "coredns", reference: concat!("localhost/tollgate/coredns:", env!("CARGO_PKG_VERSION")) },
+    Image {
+        name: "flame-standins",
+        binary: "flame_standins",
+        reference: concat!("localhost/tollgate/flame-standins:", env!("CARGO_PKG_VERSION")),
+    },
+    Image {
+        name: "flame-analysis",
+        binary: "python3",
+        reference: concat!("localhost/tollgate/flame-analysis:", env!("CARGO_PKG_VERSION")),
+    },
+];
+
 pub const MEDIA_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 pub const MEDIA_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 pub const MEDIA_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
@@ -63,11 +82,21 @@ pub const MEDIA_LAYER: &str = "application/vnd.oci.image.layer.v1.tar";
 /// What BuildKit gives every `FROM scratch` image on Linux (dockerfile2llb's emptyImage), so the config matches.
 pub const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
+/// One of [`IMAGES`] or [`TEST_IMAGES`], by name.
 pub fn image(name: &str) -> Result<&'static Image, String> {
-    IMAGES
-        .iter()
-        .find(|i| i.name == name)
-        .ok_or_else(|| format!("unknown image {name:?} (one of: {})", IMAGES.iter().map(|i| i.name).collect::<Vec<_>>().join(", ")))
+    IMAGES.iter().chain(TEST_IMAGES.iter()).find(|i| i.name == name).ok_or_else(|| {
+        format!(
+            "unknown image {name:?} (one of: {})",
+            IMAGES.iter().chain(TEST_IMAGES.iter()).map(|i| i.name).collect::<Vec<_>>().join(", ")
+        )
+    })
+}
+
+/// The Dockerfile whose final stages configure `image`: docker/Dockerfile, or docker/test-images.Dockerfile for the
+/// [`TEST_IMAGES`].
+pub fn dockerfile_of(image: &Image) -> PathBuf {
+    let file = if TEST_IMAGES.iter().any(|t| t.name == image.name) { "docker/test-images.Dockerfile" } else { "docker/Dockerfile" };
+    repo_root().join(file)
 }
 
 /// The repository this crate was built from (docker/Dockerfile and docker/rootfs.sh are read from it).
@@ -373,7 +402,7 @@ pub fn config_json(stage: &StageConfig, layer_digest: &str) -> Value {
 
 /// Builds `image` from the binaries in `release_dir` into `out_dir/<name>.tar` (replacing it).
 pub fn build(image: &Image, release_dir: &Path, out_dir: &Path) -> Result<Built, String> {
-    let dockerfile_path = repo_root().join("docker/Dockerfile");
+    let dockerfile_path = dockerfile_of(image);
     let dockerfile = fs::read_to_string(&dockerfile_path).map_err(|e| format!("{}: {e}", dockerfile_path.display()))?;
     let stage = stage_config(&dockerfile, image.name)?;
     fs::create_dir_all(out_dir).map_err(|e| format!("{}: {e}", out_dir.display()))?;

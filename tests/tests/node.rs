@@ -868,3 +868,71 @@ fn t9b_helm_install_wait_with_an_existing_secret_hardens_pods_and_uninstalls_cle
     assert!(!left.contains("tollgate"), "{left}");
     c.ok(&["delete", "secret", "my-webhook-tls", "-n", "tollgate"]);
 }
+
+#[test]
+#[ignore = "needs scripts/cluster.sh up"]
+fn t7b_the_network_policy_the_chart_renders_for_the_analysis_namespace_is_enforced() {
+    let c = cluster();
+    let ns = c.namespace.as_str();
+    // The chart's closing policy for the analysis namespace, as rendered: every pod, in only on the proxy's
+    // ingress and admin ports.
+    let policy = c.json(&["get", "networkpolicy", "tollgate-analysis", "-n", ns]);
+    assert_eq!(policy["spec"]["podSelector"], serde_json::json!({}), "{policy}");
+    let ports: Vec<&Value> =
+        policy["spec"]["ingress"].as_array().unwrap().iter().flat_map(|rule| rule["ports"].as_array().unwrap()).collect();
+    assert!(ports.iter().any(|p| p["port"] == 15006) && !ports.iter().any(|p| p["port"] == 8007), "{policy}");
+
+    c.fresh("pod", "np-target", ns);
+    c.fresh("namespace", "np-callers", "");
+    c.ok(&["create", "namespace", "np-callers"]);
+    // The same server twice: hardened in the analysis namespace (the policy applies), and in a namespace
+    // without policies (nothing applies); both listen on 8007.
+    let serving = |name: &str, namespace: &str, annotations: &str| {
+        format!(
+            r#"{{"apiVersion":"v1","kind":"Pod","metadata":{{"name":"{name}","namespace":"{namespace}","annotations":{{{annotations}}}}},
+"spec":{{"restartPolicy":"Never","containers":[{{"name":"app","image":"{EXAMPLE}","args":["serve","--listen","0.0.0.0:8007"]}}]}}}}"#
+        )
+    };
+    c.apply(&serving("np-target", ns, r#""tollgate.dev/analysis-id":"a7b","tollgate.dev/project-id":"p1""#));
+    c.apply(&serving("np-open", "np-callers", ""));
+    c.apply(&format!(
+        r#"{{"apiVersion":"v1","kind":"Pod","metadata":{{"name":"caller","namespace":"np-callers"}},"spec":{{"restartPolicy":"Never",
+"containers":[{{"name":"app","image":"{EXAMPLE}","args":["serve","--listen","0.0.0.0:8000"]}}]}}}}"#
+    ));
+    let ready = |p: &Value| container_status(p, "containerStatuses", "app")["ready"] == true;
+    let target = c.wait_pod(ns, "np-target", 90, "ready", ready);
+    let open = c.wait_pod("np-callers", "np-open", 90, "ready", ready);
+    c.wait_pod("np-callers", "caller", 90, "ready", ready);
+    let ip = |pod: &Value| pod["status"]["podIP"].as_str().unwrap().to_owned();
+    let (target_ip, open_ip) = (ip(&target), ip(&open));
+    let connect = |addr: String| {
+        let out = c.kubectl(&[
+            "exec",
+            "caller",
+            "-n",
+            "np-callers",
+            "-c",
+            "app",
+            "--",
+            "tollgate-example-analysis",
+            "connect",
+            &addr,
+            "--timeout-seconds",
+            "3",
+        ]);
+        text(&out)
+    };
+    // Allowed by the policy: the proxy's ingress port.
+    let allowed = connect(format!("{target_ip}:15006"));
+    assert!(allowed.contains("connect=ok"), "the ingress port the policy opens: {allowed}");
+    // Refused by the policy: the app's own port, which listens (the same server without a policy answers).
+    let refused = connect(format!("{target_ip}:8007"));
+    assert!(refused.contains("connect=failed"), "a port the policy does not open was reached: {refused}");
+    let unpoliced = connect(format!("{open_ip}:8007"));
+    assert!(unpoliced.contains("connect=ok"), "the same server without a policy: {unpoliced}");
+    // The kernel's rules are kube-router's, written for this pod.
+    let rules = Command::new("iptables").args(["-t", "filter", "-S", "KUBE-ROUTER-FORWARD"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&rules.stdout).contains(&target_ip), "{}", text(&rules));
+    c.ok(&["delete", "pod", "np-target", "-n", ns, "--wait=false"]);
+    c.ok(&["delete", "namespace", "np-callers", "--wait=false"]);
+}
