@@ -8,7 +8,7 @@ use kube::core::{DynamicObject, Status};
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::harden::{self, Denial, Hardened, Outcome, Requester, Rule, update};
+use crate::harden::{self, Denial, Hardened, Outcome, RecordKeys, Requester, Rule, update};
 use crate::patch::Patch;
 use crate::policy::{OnViolation, Policy};
 use crate::workload;
@@ -127,6 +127,16 @@ pub fn review(policy: &Policy, body: &[u8]) -> Result<(Vec<u8>, ReviewSummary), 
 
 /// [`review`] with `on_violation` in place of the policy's, for pod creation: a namespace's mode.
 pub fn review_in(policy: &Policy, on_violation: OnViolation, body: &[u8]) -> Result<(Vec<u8>, ReviewSummary), BadReview> {
+    review_with(policy, on_violation, &RecordKeys::offline(), body)
+}
+
+/// [`review_in`] sealing tollgate's records with `keys` (the webhook's, derived from its TLS key).
+pub fn review_with(
+    policy: &Policy,
+    on_violation: OnViolation,
+    keys: &RecordKeys,
+    body: &[u8],
+) -> Result<(Vec<u8>, ReviewSummary), BadReview> {
     let mut envelope: Value = serde_json::from_slice(body).map_err(|e| BadReview(format!("body is not JSON: {e}")))?;
     if !envelope.is_object() {
         return Err(BadReview("body is not an AdmissionReview object".into()));
@@ -158,6 +168,8 @@ pub fn review_in(policy: &Policy, on_violation: OnViolation, body: &[u8]) -> Res
     let mut response = AdmissionResponse::from(&request);
     let mut patch = None;
     let mut skipped_patch = None;
+    // What letting a pod through in warn mode changed (its API token removed), for the warnings.
+    let mut let_through = Vec::new();
     let groups = request.user_info.groups.clone().unwrap_or_default();
     let requester = Requester { username: request.user_info.username.as_deref().unwrap_or(""), groups: &groups };
     let subresource = request.sub_resource.as_deref().unwrap_or("");
@@ -167,11 +179,13 @@ pub fn review_in(policy: &Policy, on_violation: OnViolation, body: &[u8]) -> Res
         (Operation::Create, "", "Pod") if subresource.is_empty() => {
             // Hardened in place: on a skip (or a denial) harden leaves the pod as it came.
             let mut pod = object;
-            let outcome = harden::harden_in(policy, on_violation, &mut pod, Some(requester));
+            let outcome = harden::harden_with(policy, on_violation, &mut pod, Some(requester), keys);
             match &outcome {
                 Ok(Outcome::Skipped { reason }) => skipped_patch = Some(harden::skipped_status(policy, &pod, reason.as_str())),
                 Ok(Outcome::Warned(_)) => {
-                    skipped_patch = Some(harden::skipped_status(policy, &pod, "warned"));
+                    let (patch, changes) = harden::warned_status(policy, &pod);
+                    skipped_patch = Some(patch);
+                    let_through = changes;
                     about = Some(regarding(&pod, &summary.name));
                 }
                 // Only a pod that is not let through as hardened is worth an Event.
@@ -188,10 +202,9 @@ pub fn review_in(policy: &Policy, on_violation: OnViolation, body: &[u8]) -> Res
             let container = object.get("container").and_then(Value::as_str).unwrap_or("");
             Some(("this request", Ok(denied_or_allowed(harden::check_connect(container, subresource)))))
         }
+        // Whatever `ports` says: the kubelet forwards the ports each stream asks for.
         (Operation::Connect, "", "PodPortForwardOptions") => {
-            let ports: Option<Vec<i64>> =
-                object.get("ports").and_then(Value::as_array).map(|p| p.iter().filter_map(Value::as_i64).collect());
-            Some(("this request", Ok(denied_or_allowed(harden::check_port_forward(policy, ports.as_deref())))))
+            Some(("this request", Ok(denied_or_allowed(harden::check_port_forward(policy, requester)))))
         }
         (Operation::Create | Operation::Update, "" | "apps" | "batch", _)
             if subresource.is_empty() && workload::pod_pointer(kind).is_some() =>
@@ -225,8 +238,10 @@ pub fn review_in(policy: &Policy, on_violation: OnViolation, body: &[u8]) -> Res
                     denial.message_for(what)
                 );
                 summary.event = about.map(|about| crate::events::Note::new(&summary.namespace, about, "Warned", &message));
-                let lines =
-                    std::iter::once(message).chain(denial.violations.iter().map(|v| format!("would deny: {v}"))).collect::<Vec<_>>();
+                let lines = std::iter::once(message)
+                    .chain(denial.violations.iter().map(|v| format!("would deny: {v}")))
+                    .chain(let_through.iter().map(ToString::to_string))
+                    .collect::<Vec<_>>();
                 response.warnings = Some(warnings(lines.into_iter(), policy.max_warnings));
                 (response, patch) = status_only(response, skipped_patch)?;
             }

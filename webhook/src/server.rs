@@ -20,6 +20,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{Notify, Semaphore, watch};
 use tokio_rustls::TlsAcceptor;
 
+use crate::harden::RecordKeys;
 use crate::metrics::Metrics;
 use crate::policy::{OnViolation, Policy};
 use crate::pool::ReviewPool;
@@ -82,6 +83,8 @@ impl ServeConfig {
 
 pub struct State {
     policy: ArcSwap<Policy>,
+    /// Seal tollgate's records (`tollgate.dev/changes`): derived from the TLS key, which every replica shares.
+    record_keys: ArcSwap<RecordKeys>,
     metrics: Metrics,
     draining: AtomicBool,
     /// Where large reviews are answered.
@@ -95,6 +98,7 @@ impl State {
         let cores = std::thread::available_parallelism().map_or(2, usize::from);
         Ok(State {
             policy: ArcSwap::from_pointee(policy),
+            record_keys: ArcSwap::new(RecordKeys::offline()),
             metrics: Metrics::new(),
             draining: AtomicBool::new(false),
             large_reviews: ReviewPool::new(cores, LARGE_REVIEW_IDLE, release_memory)?,
@@ -139,6 +143,7 @@ impl Server {
         let tls = TlsAcceptor::from(Arc::new(server_config(store.clone()).map_err(|e| format!("TLS: {e}"))?));
         let (policy, policy_bytes) = load_policy(config.policy.as_ref())?;
         let mut state = State::new(policy, config.release_memory).map_err(|e| format!("starting the review threads: {e}"))?;
+        state.record_keys.store(Arc::new(RecordKeys::from_secret(&key)));
         if let Some((kube_config, instance)) = config.events.clone() {
             let client = kube::Client::try_from(kube_config).map_err(|e| format!("--events: the API client: {e}"))?;
             state.events = Some(crate::events::EventSink::spawn(client, instance, state.metrics.events()));
@@ -158,7 +163,10 @@ impl Server {
             move |files| {
                 let result = load_certified_key(&files[0], &files[1]).map(|key| {
                     metrics_state.metrics.observe_certificate(not_after(&key));
-                    store.swap(key)
+                    store.swap(key);
+                    // The previous key still checks what was sealed a moment ago.
+                    let keys = metrics_state.record_keys.load().rotated(&files[1]);
+                    metrics_state.record_keys.store(Arc::new(keys));
                 });
                 metrics_state.metrics.observe_reload("tls", result.is_ok());
                 result
@@ -382,12 +390,14 @@ async fn mutate(state: &State, request: Request<Incoming>, mode: Option<OnViolat
         // thread would cost about as much again.
         let started = Instant::now();
         let policy = state.policy.load();
-        (review::review_in(&policy, mode.unwrap_or(policy.on_violation), &body), started)
+        let keys = state.record_keys.load();
+        (review::review_with(&policy, mode.unwrap_or(policy.on_violation), &keys, &body), started)
     } else {
         // Large reviews run on their own threads, one per core (pool.rs).
         let policy = state.policy.load_full();
+        let keys = state.record_keys.load_full();
         let on_violation = mode.unwrap_or(policy.on_violation);
-        let reviewed = state.large_reviews.run(move || (Instant::now(), review::review_in(&policy, on_violation, &body))).await;
+        let reviewed = state.large_reviews.run(move || (Instant::now(), review::review_with(&policy, on_violation, &keys, &body))).await;
         let Some((started, result)) = reviewed else {
             tracing::error!("a large review failed; it panicked");
             return json_error(StatusCode::INTERNAL_SERVER_ERROR, "the review failed; see the webhook's log");

@@ -332,6 +332,38 @@ fn each_rule_denies_with_a_message_naming_container_and_field() {
             with(|p| p["spec"]["resources"] = json!({"limits": {"memory": "1Ti"}})),
             "pod: spec.resources.limits.memory 1Ti is above the maximum 64Gi [resources-exceed-maximum]",
         ),
+        (
+            // A token of another ServiceAccount, in a volume of any name: issue 22's first finding.
+            Rule::ServiceAccountToken,
+            with(|p| {
+                p["spec"]["serviceAccountName"] = json!("builder");
+                p["spec"]["volumes"] = json!([{"name": "token", "projected": {"sources": [{"serviceAccountToken": {"path": "token"}}]}}]);
+                p["spec"]["containers"][0]["volumeMounts"] = json!([{"name": "token", "mountPath": "/var/run/token"}]);
+            }),
+            r#"pod: spec.volumes["token"].projected.sources[0].serviceAccountToken is a token of the pod's ServiceAccount for the Kubernetes API: no container may hold a Kubernetes ServiceAccount token (policy security.allowServiceAccountToken) [service-account-token]"#,
+        ),
+        (
+            // Of any audience, beside other sources.
+            Rule::ServiceAccountToken,
+            with(|p| {
+                p["spec"]["volumes"] = json!([{"name": "mixed", "projected": {"sources": [
+                    {"configMap": {"name": "ca"}},
+                    {"serviceAccountToken": {"audience": "vault", "expirationSeconds": 600, "path": "vault-token"}}
+                ]}}]);
+            }),
+            r#"pod: spec.volumes["mixed"].projected.sources[1].serviceAccountToken is a token of the pod's ServiceAccount for audience "vault""#,
+        ),
+        (
+            Rule::ServiceAccountToken,
+            with(|p| p["spec"]["volumes"] = json!([{"name": "secrets", "csi": {"driver": "secrets-store.csi.k8s.io", "readOnly": true}}])),
+            r#"pod: spec.volumes["secrets"].csi.driver is "secrets-store.csi.k8s.io", which is not in security.allowedCsiDrivers: a CSI driver may be handed the pod's ServiceAccount token (tokenRequests in its CSIDriver, which tollgate cannot see), and no container may hold a Kubernetes ServiceAccount token (policy security.allowServiceAccountToken) [service-account-token]"#,
+        ),
+        (
+            // Its only container is an impostor: replaced, it would leave the proxy (classic mode) or nothing.
+            Rule::TollgateOwned,
+            with(|p| p["spec"]["containers"][0]["name"] = json!("tollgate-proxy")),
+            r#"pod: spec.containers has no container of the pod's own (["tollgate-proxy"]: names of tollgate's containers, which tollgate replaces with its own), leaving none [tollgate-owned]"#,
+        ),
     ];
     let policy = Policy::default();
     let mut covered = std::collections::BTreeSet::new();
@@ -854,10 +886,14 @@ fn the_lock_check_leads_the_init_containers_and_its_name_is_tollgates() {
     assert!(unlocked["metadata"]["annotations"].get(LOCK).is_none());
     let mut relocked = unlocked.clone();
     let Outcome::Hardened(hardened) = harden(&locked(), &mut relocked).unwrap() else { panic!() };
-    // The same pod, but for the list of what each last pass changed.
+    // The same pod, but for the list of what each last pass changed (and the seal over it in the status).
     let without_changes = |pod: &Value| {
         let mut pod = pod.clone();
-        pod["metadata"]["annotations"].as_object_mut().unwrap().remove("tollgate.dev/changes");
+        let annotations = pod["metadata"]["annotations"].as_object_mut().unwrap();
+        annotations.remove("tollgate.dev/changes");
+        let mut status: Value = serde_json::from_str(annotations["tollgate.dev/status"].as_str().unwrap()).unwrap();
+        status.as_object_mut().unwrap().remove("seal");
+        annotations["tollgate.dev/status"] = json!(status.to_string());
         pod
     };
     assert_eq!(without_changes(&relocked), without_changes(&native), "{:?}", hardened.changes);

@@ -153,8 +153,10 @@ fn container(rng: &mut Rng, name: String, ephemeral: bool) -> Value {
 
 fn pod(rng: &mut Rng) -> Value {
     let mut names = (0..).map(|i| format!("c{i}"));
-    let mut name = |rng: &mut Rng| {
-        if rng.chance(8) {
+    let mut name = |rng: &mut Rng, own: bool| {
+        if own {
+            names.next().unwrap()
+        } else if rng.chance(8) {
             "tollgate-proxy".to_owned()
         } else if rng.chance(5) {
             "tollgate-lock-check".to_owned()
@@ -162,9 +164,11 @@ fn pod(rng: &mut Rng) -> Value {
             names.next().unwrap()
         }
     };
+    // The first container is the pod's own: a pod whose every container is named like tollgate's has none of
+    // its own left, and is denied (tests/denials.rs); impostors come beside it.
     let containers: Vec<Value> = (0..1 + rng.below(3))
-        .map(|_| {
-            let n = name(rng);
+        .map(|i| {
+            let n = name(rng, i == 0);
             container(rng, n, false)
         })
         .collect();
@@ -173,7 +177,7 @@ fn pod(rng: &mut Rng) -> Value {
         spec["initContainers"] = Value::Array(
             (0..1 + rng.below(2))
                 .map(|_| {
-                    let n = name(rng);
+                    let n = name(rng, false);
                     container(rng, n, false)
                 })
                 .collect(),
@@ -181,7 +185,7 @@ fn pod(rng: &mut Rng) -> Value {
     }
     if rng.chance(20) {
         spec["ephemeralContainers"] = Value::Array(vec![{
-            let n = name(rng);
+            let n = name(rng, false);
             container(rng, n, true)
         }]);
     }

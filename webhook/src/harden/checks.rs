@@ -1,13 +1,13 @@
 //! The read phase for security: every insecure field of the pod and its containers.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::{Value, json};
 
 use super::rules::{ALLOWED_SELINUX_TYPES, ALLOWED_VOLUME_TYPES, SAFE_SYSCTLS, is_safe_sysctl, kubernetes_minor};
 use super::{
-    ANNOTATION_ANALYSIS_ID, ANNOTATION_CREDENTIALS_SECRET, ANNOTATION_PROJECT_ID, ContainerRef, Denial, Findings, Fix,
-    IDENTITY_ANNOTATIONS, Kind, PodIds, Requester, Rule, SIDECAR_NAME, VOLUME_CONFIG, VOLUME_CREDENTIALS, Violation, join,
+    ANNOTATION_ANALYSIS_ID, ANNOTATION_CREDENTIALS_SECRET, ANNOTATION_PROJECT_ID, API_ACCESS_VOLUME_PREFIX, ContainerRef, Denial, Findings,
+    Fix, IDENTITY_ANNOTATIONS, Kind, PodIds, Requester, Rule, SIDECAR_NAME, VOLUME_CONFIG, VOLUME_CREDENTIALS, Violation, join,
 };
 use crate::patch::{Seg, get};
 use crate::path;
@@ -376,6 +376,10 @@ pub(super) fn pod_level(doc: &Value, annotations: &BTreeMap<String, String>, own
         }
     }
 
+    if !f.policy.security.allow_service_account_token {
+        service_account_tokens(doc, f);
+    }
+
     for (key, value) in annotations {
         if let Some(container) = key.strip_prefix(APPARMOR_ANNOTATION_PREFIX)
             && value == "unconfined"
@@ -388,6 +392,114 @@ pub(super) fn pod_level(doc: &Value, annotations: &BTreeMap<String, String>, own
                 "is unconfined",
                 fix,
                 format!("set annotation {key}=runtime/default"),
+            );
+        }
+    }
+}
+
+/// The ServiceAccount admission plugin's token volume: tollgate removes it (and its mounts) in the write phase.
+pub(super) fn is_api_access_volume(volume: &Value) -> bool {
+    volume.get("name").and_then(Value::as_str).is_some_and(|name| name.starts_with(API_ACCESS_VOLUME_PREFIX)) && carries_token(volume)
+}
+
+fn is_token_source(source: &Value) -> bool {
+    source.get("serviceAccountToken").is_some_and(|t| !t.is_null())
+}
+
+/// A projected volume with a `serviceAccountToken` source, of any audience, beside whatever else.
+fn carries_token(volume: &Value) -> bool {
+    matches!(volume.pointer("/projected/sources"), Some(Value::Array(sources)) if sources.iter().any(is_token_source))
+}
+
+/// An inline CSI volume whose driver the policy does not list: it may be handed the pod's token.
+fn unlisted_csi_driver<'v>(policy: &Policy, volume: &'v Value) -> Option<&'v str> {
+    let csi = volume.get("csi").filter(|c| !c.is_null())?;
+    let driver = csi.get("driver").and_then(Value::as_str).unwrap_or("");
+    (!policy.security.allowed_csi_drivers.iter().any(|d| d == driver)).then_some(driver)
+}
+
+/// Under `security.allowServiceAccountToken: false`: every volume of the pod's own that would put a
+/// ServiceAccount token within a container's reach. The API server's own token volume (`kube-api-access-*`)
+/// is not the creator's doing and is removed instead (see `remove_service_account_token`).
+fn service_account_tokens(doc: &Value, f: &mut Findings) {
+    let Some(Value::Array(volumes)) = get(doc, &path!["spec", "volumes"]) else { return };
+    let why = "no container may hold a Kubernetes ServiceAccount token (policy security.allowServiceAccountToken)";
+    for (index, volume) in volumes.iter().enumerate() {
+        let name = volume.get("name").and_then(Value::as_str).unwrap_or("");
+        if let Some(Value::Array(sources)) = volume.pointer("/projected/sources")
+            && sources.iter().any(is_token_source)
+            && !is_api_access_volume(volume)
+        {
+            // Under override: the token goes, what else the volume projects stays (an emptyDir if nothing does).
+            let kept: Vec<Value> = sources.iter().filter(|s| !is_token_source(s)).cloned().collect();
+            let fixed = if kept.is_empty() {
+                json!({"name": name, "emptyDir": {}})
+            } else {
+                let mut fixed = volume.clone();
+                fixed["projected"]["sources"] = Value::Array(kept);
+                fixed
+            };
+            for (position, source) in sources.iter().enumerate().filter(|(_, s)| is_token_source(s)) {
+                let audience = match source.pointer("/serviceAccountToken/audience").and_then(Value::as_str).filter(|a| !a.is_empty()) {
+                    Some(audience) => format!("audience {audience:?}"),
+                    None => "the Kubernetes API".to_owned(),
+                };
+                f.insecure(
+                    Rule::ServiceAccountToken,
+                    "pod",
+                    &format!("spec.volumes[{name:?}].projected.sources[{position}].serviceAccountToken"),
+                    format!("is a token of the pod's ServiceAccount for {audience}: {why}"),
+                    Fix::Set(path!["spec", "volumes", index], fixed.clone()),
+                    format!("removed the ServiceAccount token from volume {name:?}"),
+                );
+            }
+        }
+        if let Some(driver) = unlisted_csi_driver(f.policy, volume) {
+            f.insecure(
+                Rule::ServiceAccountToken,
+                "pod",
+                &format!("spec.volumes[{name:?}].csi.driver"),
+                format!(
+                    "is {driver:?}, which is not in security.allowedCsiDrivers: a CSI driver may be handed the pod's ServiceAccount token (tokenRequests in its CSIDriver, which tollgate cannot see), and {why}"
+                ),
+                Fix::Set(path!["spec", "volumes", index], json!({"name": name, "emptyDir": {}})),
+                format!("replaced volume {name:?} with an emptyDir"),
+            );
+        }
+    }
+}
+
+/// The pod's volumes that carry a ServiceAccount token (any projected `serviceAccountToken`, an unlisted CSI
+/// driver's), under `security.allowServiceAccountToken: false`; none otherwise.
+pub(super) fn token_volumes(policy: &Policy, doc: &Value) -> BTreeSet<String> {
+    if policy.security.allow_service_account_token {
+        return BTreeSet::new();
+    }
+    let Some(Value::Array(volumes)) = get(doc, &path!["spec", "volumes"]) else { return BTreeSet::new() };
+    volumes
+        .iter()
+        .filter(|v| carries_token(v) || unlisted_csi_driver(policy, v).is_some())
+        .filter_map(|v| v.get("name").and_then(Value::as_str).map(str::to_owned))
+        .collect()
+}
+
+/// An ephemeral container added to a pod (`kubectl debug`) may not mount a volume that carries a
+/// ServiceAccount token (`tokens`: [`token_volumes`]). At creation the volumes themselves are judged.
+pub(super) fn token_mounts(doc: &Value, c: &ContainerRef, tokens: &BTreeSet<String>, f: &mut Findings) {
+    if c.kind != Kind::Ephemeral || tokens.is_empty() {
+        return;
+    }
+    let Some(Value::Array(mounts)) = get(doc, &join(&c.path, [Seg::from("volumeMounts")])) else { return };
+    for (index, mount) in mounts.iter().enumerate() {
+        let name = mount.get("name").and_then(Value::as_str).unwrap_or("");
+        if tokens.contains(name) {
+            f.refused(
+                Rule::ServiceAccountToken,
+                &c.scope,
+                format!("volumeMounts[{index}]"),
+                format!(
+                    "mounts volume {name:?}, which carries a ServiceAccount token: no container may hold a Kubernetes ServiceAccount token (policy security.allowServiceAccountToken)"
+                ),
             );
         }
     }

@@ -5,6 +5,7 @@
 
 mod checks;
 pub mod egress;
+pub mod record;
 mod resources;
 pub mod rules;
 mod sidecar;
@@ -20,6 +21,7 @@ use serde_json::{Value, json};
 use crate::patch::{Patch, PatchBuilder, Path, Seg, join};
 use crate::path;
 use crate::policy::{EgressLock, OnExceed, OnViolation, Policy};
+pub use record::RecordKeys;
 pub use rules::{Denial, Rule, Violation};
 
 pub const ANNOTATION_INJECT: &str = "tollgate.dev/inject";
@@ -35,6 +37,13 @@ const MAX_CHANGES_ANNOTATION: usize = 16 * 1024;
 /// The contract with the tollgate-cni plugin: `{"proxyUid":10001,"inboundPorts":[15006,15021]}` on every
 /// hardened pod when the policy says `proxy.egressLock: required`, and on no other pod.
 pub const ANNOTATION_EGRESS_LOCK: &str = "tollgate.dev/egress-lock";
+/// kubectl's choice of container for `exec`, `attach` and `logs` without `-c` (else the first container).
+pub const ANNOTATION_DEFAULT_CONTAINER: &str = "kubectl.kubernetes.io/default-container";
+/// The pod's annotations under tollgate's prefix that are not tollgate's to write: the opt-out and the identity
+/// annotations (checked, and trusted only from trusted users). Every other one is tollgate's.
+pub const INPUT_ANNOTATIONS: [&str; 4] = [ANNOTATION_INJECT, ANNOTATION_ANALYSIS_ID, ANNOTATION_PROJECT_ID, ANNOTATION_CREDENTIALS_SECRET];
+/// The ServiceAccount admission plugin's token volume, `kube-api-access-<suffix>`, which tollgate removes.
+pub const API_ACCESS_VOLUME_PREFIX: &str = "kube-api-access-";
 pub const LABEL_INJECTED: &str = "tollgate.dev/injected";
 pub const LABEL_ANALYSIS_ID: &str = "tollgate.dev/analysis-id";
 pub const LABEL_PROJECT_ID: &str = "tollgate.dev/project-id";
@@ -347,6 +356,18 @@ pub fn harden_in(
     pod: &mut Value,
     requester: Option<Requester>,
 ) -> Result<Outcome, DecodeError> {
+    harden_with(policy, on_violation, pod, requester, &RecordKeys::offline())
+}
+
+/// [`harden_in`] sealing (and checking) the record `tollgate.dev/changes` with `keys`, the webhook's: see
+/// [`record`].
+pub fn harden_with(
+    policy: &Policy,
+    on_violation: OnViolation,
+    pod: &mut Value,
+    requester: Option<Requester>,
+    keys: &RecordKeys,
+) -> Result<Outcome, DecodeError> {
     // Size first: everything after is linear in the pod, and the bounds keep that small.
     if let Some(denial) = checks::bounds(policy, pod) {
         return Ok(Outcome::Denied(denial));
@@ -382,6 +403,9 @@ pub fn harden_in(
     let carrying = checks::credential_volumes(editor.builder.doc(), &ids);
     for container in &containers {
         checks::container(editor.builder.doc(), container, &ids, &carrying, &mut findings);
+    }
+    if !containers.iter().any(|c| c.kind == Kind::App) {
+        no_container_of_its_own(policy, editor.builder.doc(), &mut findings);
     }
     let resource_defaults = resources::plan(policy, editor.builder.doc(), &containers, &mut findings);
     resources::pod_level(policy, editor.builder.doc(), &mut findings);
@@ -419,30 +443,27 @@ pub fn harden_in(
     // Index-based edits are done: now stale containers of tollgate's can go and ours come in.
     sidecar::remove_stale(policy, &placement.stale, &mut editor);
     sidecar::insert(policy, placement.missing, &mut editor);
-    label_and_record(policy, &ids, &containers, &mut editor);
-
-    // Only when something changed: a reinvocation that finds the pod hardened keeps the first pass's list.
-    if !editor.changes.is_empty() {
-        let summary = changes_summary(&editor.changes);
-        editor.builder.set(&path!["metadata", "annotations", ANNOTATION_CHANGES], json!(summary));
-    }
+    default_container(policy, &containers, &mut editor);
+    let status = label_and_record(policy, &ids, &containers, &mut editor);
+    seal_record(keys, &annotations, status, &mut editor);
     let Editor { builder, changes } = editor;
     Ok(Outcome::Hardened(Hardened { patch: builder.into_patch(), changes, notes }))
 }
 
-/// The changes annotation's value: one change per line, at most [`MAX_CHANGES_ANNOTATION`] bytes.
-fn changes_summary(changes: &[Change]) -> String {
-    let mut summary = String::new();
+/// The changes annotation's value: `summary` (a record already written, or empty) with `changes` after it, one
+/// per line, at most [`MAX_CHANGES_ANNOTATION`] bytes.
+fn append_summary(mut summary: String, changes: &[Change]) -> String {
     for (shown, change) in changes.iter().enumerate() {
+        if !summary.is_empty() {
+            summary.push('\n');
+        }
         let line = change.to_string();
-        if summary.len() + line.len() + 1 > MAX_CHANGES_ANNOTATION - 64 {
+        if summary.len() + line.len() > MAX_CHANGES_ANNOTATION - 64 {
             summary.push_str(&format!("... and {} more", changes.len() - shown));
             return summary;
         }
         summary.push_str(&line);
-        summary.push('\n');
     }
-    summary.pop();
     summary
 }
 
@@ -473,17 +494,24 @@ pub fn check_connect(container: &str, subresource: &str) -> Option<Denial> {
     })
 }
 
-/// `pods/portforward`: a forward to the proxy's egress port would let anyone outside the pod send
-/// requests with the analysis's credentials. A request that names no ports cannot be judged: refused.
-pub fn check_port_forward(policy: &Policy, ports: Option<&[i64]>) -> Option<Denial> {
-    let egress = i64::from(policy.proxy.egress_port);
-    let problem = match ports {
-        None | Some([]) => "names no ports; a forward into an analysis pod must name them (the proxy's egress port is refused)".to_owned(),
-        Some(ports) if ports.contains(&egress) => {
-            format!("includes port {egress}, the proxy's egress listener, which sends requests with the analysis's credentials")
-        }
-        Some(_) => return None,
-    };
+/// `pods/portforward`, refused as a whole to every user the policy does not trust. The request's `ports` mean
+/// nothing: the kubelet forwards whatever port each stream of the connection asks for (kubectl 1.36 sends none
+/// in the request), so a forward into an analysis pod reaches every port inside it — the proxy's egress
+/// listener on 127.0.0.1, which sends requests with the analysis's credentials, and the app's own ports and the
+/// proxy's ingress past every NetworkPolicy and the egress lock. The request names a pod but carries none of its
+/// labels, so the webhook configuration sends every port-forward in an analysis namespace, whichever pod it
+/// is for. A trusted user (`identity`) may already act as any analysis: a forward gives them nothing more.
+pub fn check_port_forward(policy: &Policy, requester: Requester) -> Option<Denial> {
+    let identity = &policy.identity;
+    if identity.trusts(requester.username, requester.groups) {
+        return None;
+    }
+    let problem = format!(
+        "is refused in analysis namespaces: the kubelet forwards whatever port each connection asks for, whatever the request names, so a forward would reach the proxy's egress listener (port {}, which sends requests with the analysis's credentials) and every port of the pod past its NetworkPolicies; only {} may forward; {:?} is neither",
+        policy.proxy.egress_port,
+        checks::trusted(policy),
+        requester.username
+    );
     Some(Denial {
         violations: vec![Violation { rule: Rule::TollgateOwned, scope: "pod".to_owned(), field: "pods/portforward".to_owned(), problem }],
     })
@@ -492,6 +520,20 @@ pub fn check_port_forward(policy: &Policy, ports: Option<&[i64]>) -> Option<Deni
 /// The patch that records a skipped pod in `tollgate.dev/status`: the pod was seen by tollgate, which the
 /// API server's `tollgate-require-hardening` policy asks of every pod in an analysis namespace.
 pub fn skipped_status(policy: &Policy, pod: &Value, reason: &str) -> Patch {
+    let_through(policy, pod, reason, false).0
+}
+
+/// The patch for a pod let through as it came in warn mode, and what it changes: its status, as for a skipped
+/// pod, and — under `security.allowServiceAccountToken: false` — the ServiceAccount token volume the API
+/// server's ServiceAccount plugin added, with its mounts, removed: a pod on trial holds no API credential
+/// either. (A token volume of the pod's own is a violation no mode lets through.)
+pub fn warned_status(policy: &Policy, pod: &Value) -> (Patch, Vec<Change>) {
+    let_through(policy, pod, "warned", !policy.security.allow_service_account_token)
+}
+
+/// A pod tollgate did not harden carries nothing that says tollgate did: no `tollgate.dev/` label, no record of
+/// changes, no egress lock; only the status that says why it was let through.
+fn let_through(policy: &Policy, pod: &Value, reason: &str, remove_token: bool) -> (Patch, Vec<Change>) {
     #[derive(Serialize)]
     struct Skipped<'a> {
         version: &'a str,
@@ -500,17 +542,30 @@ pub fn skipped_status(policy: &Policy, pod: &Value, reason: &str) -> Patch {
     }
     let status = serde_json::to_string(&Skipped { version: VERSION, policy: policy.digest(), skipped: reason }).expect("status serializes");
     let mut copy = pod.clone();
-    let mut builder = PatchBuilder::new(&mut copy);
-    if !matches!(builder.get(&path!["metadata"]), Some(Value::Object(_))) {
-        return Patch::default();
+    let mut e = Editor { builder: PatchBuilder::new(&mut copy), changes: Vec::new() };
+    if !matches!(e.builder.get(&path!["metadata"]), Some(Value::Object(_))) {
+        return (Patch::default(), Vec::new());
     }
-    builder.set(&path!["metadata", "annotations", ANNOTATION_STATUS], json!(status));
-    // A pod tollgate did not harden is never locked on anyone's say but tollgate's.
-    let lock = path!["metadata", "annotations", ANNOTATION_EGRESS_LOCK];
-    if builder.get(&lock).is_some() {
-        builder.remove(&lock);
+    e.builder.set(&path!["metadata", "annotations", ANNOTATION_STATUS], json!(status));
+    // A pod tollgate did not harden is never locked on anyone's say but tollgate's, nor says tollgate changed it.
+    for key in [ANNOTATION_EGRESS_LOCK, ANNOTATION_CHANGES] {
+        let path = path!["metadata", "annotations", key];
+        if e.builder.get(&path).is_some() {
+            e.builder.remove(&path);
+        }
     }
-    builder.into_patch()
+    let labels: Vec<String> = match e.builder.get(&path!["metadata", "labels"]) {
+        Some(Value::Object(labels)) => labels.keys().filter(|k| k.starts_with(OWNED_PREFIX)).cloned().collect(),
+        _ => Vec::new(),
+    };
+    for key in labels {
+        e.builder.remove(&path!["metadata", "labels", key]);
+    }
+    if remove_token {
+        let containers = containers(e.builder.doc());
+        remove_service_account_token(&containers, &mut e);
+    }
+    (e.builder.into_patch(), e.changes)
 }
 
 fn harden_pod_level(policy: &Policy, e: &mut Editor) {
@@ -637,11 +692,8 @@ fn remove_service_account_token(containers: &[ContainerRef], e: &mut Editor) {
         Some(Value::Array(volumes)) => volumes
             .iter()
             .enumerate()
-            .filter_map(|(i, v)| {
-                let name = v.get("name").and_then(Value::as_str)?;
-                let token = matches!(v.pointer("/projected/sources"), Some(Value::Array(sources)) if sources.iter().any(|s| s.get("serviceAccountToken").is_some()));
-                (token && name.starts_with("kube-api-access-")).then(|| (i, name.to_owned()))
-            })
+            .filter(|(_, v)| checks::is_api_access_volume(v))
+            .filter_map(|(i, v)| Some((i, v.get("name").and_then(Value::as_str)?.to_owned())))
             .collect(),
         _ => return,
     };
@@ -670,7 +722,9 @@ fn remove_service_account_token(containers: &[ContainerRef], e: &mut Editor) {
     }
 }
 
-fn label_and_record(policy: &Policy, ids: &PodIds, containers: &[ContainerRef], e: &mut Editor) {
+/// tollgate's labels and annotations; returns the status annotation's text without its seal (written by
+/// [`seal_record`] once the list of changes is complete).
+fn label_and_record(policy: &Policy, ids: &PodIds, containers: &[ContainerRef], e: &mut Editor) -> String {
     let metadata = path!["metadata"];
     // tollgate.dev/ labels say what tollgate decided (NetworkPolicies and people select on them): a pod
     // may not bring its own.
@@ -723,10 +777,110 @@ fn label_and_record(policy: &Policy, ids: &PodIds, containers: &[ContainerRef], 
         image: &policy.proxy.image,
         containers: containers.iter().map(|c| c.name.as_str()).collect(),
     };
-    let status = serde_json::to_string(&status).expect("status serializes");
-    let path = path!["metadata", "annotations", ANNOTATION_STATUS];
-    if e.builder.set(&path, json!(status)) {
+    // Under tollgate's prefix, every annotation but the creator's inputs is tollgate's: one the pod brings is not
+    // (the status and the record are written below, the lock above).
+    let foreign: Vec<String> = match e.builder.get(&path!["metadata", "annotations"]) {
+        Some(Value::Object(annotations)) => annotations
+            .keys()
+            .filter(|k| {
+                k.starts_with(OWNED_PREFIX)
+                    && !INPUT_ANNOTATIONS.contains(&k.as_str())
+                    && ![ANNOTATION_STATUS, ANNOTATION_CHANGES, ANNOTATION_EGRESS_LOCK].contains(&k.as_str())
+            })
+            .cloned()
+            .collect(),
+        _ => Vec::new(),
+    };
+    for key in foreign {
+        e.builder.remove(&path!["metadata", "annotations", key.clone()]);
+        e.change("pod", format!("removed annotation {key}: {OWNED_PREFIX} annotations are tollgate's, but for the pod's own inputs"));
+    }
+    serde_json::to_string(&status).expect("status serializes")
+}
+
+/// The record of this pass's changes, `tollgate.dev/changes`, and the status annotation that seals it (see
+/// [`record`]). `incoming`: the pod's annotations as it came. A record the pod came with is kept (and this
+/// pass's changes appended) only when its seal is tollgate's, for this pod and the status beside it: a
+/// reinvocation's first pass. Any other is not tollgate's record, and is replaced.
+fn seal_record(keys: &RecordKeys, incoming: &BTreeMap<String, String>, status: String, e: &mut Editor) {
+    let (namespace, name) = record::pod_identity(e.builder.doc());
+    let (namespace, name) = (namespace.to_owned(), name.to_owned());
+    let came_with = incoming.get(ANNOTATION_CHANGES);
+    let (status_before, seal) = match incoming.get(ANNOTATION_STATUS) {
+        Some(text) => record::split_status(text).unwrap_or_else(|| (text.clone(), String::new())),
+        None => (String::new(), String::new()),
+    };
+    let sealed = !seal.is_empty() && keys.verify(&namespace, &name, came_with.map_or("", String::as_str), &status_before, &seal);
+    if came_with.is_some() && !sealed {
+        e.change(
+            "pod",
+            format!("removed annotation {ANNOTATION_CHANGES}: the pod came with it, and it is not a record tollgate wrote (no seal of tollgate's in {ANNOTATION_STATUS})"),
+        );
+    }
+    if status != status_before || !sealed {
         e.change("pod", format!("recorded annotation {ANNOTATION_STATUS}"));
+    }
+    let prior = came_with.filter(|_| sealed);
+    let record = match (prior, e.changes.is_empty()) {
+        (Some(prior), true) => Some(prior.clone()),
+        (prior, false) => Some(append_summary(prior.cloned().unwrap_or_default(), &e.changes)),
+        (None, true) => None,
+    };
+    if let Some(record) = &record {
+        e.builder.set(&path!["metadata", "annotations", ANNOTATION_CHANGES], json!(record));
+    }
+    let seal = keys.seal(&namespace, &name, record.as_deref().unwrap_or(""), &status);
+    let mut sealed_status = status;
+    sealed_status.pop();
+    sealed_status.push_str(&format!(",\"seal\":\"{seal}\"}}"));
+    e.builder.set(&path!["metadata", "annotations", ANNOTATION_STATUS], json!(sealed_status));
+}
+
+/// A pod with no container of its own (every one named like tollgate's, which are replaced): in classic mode
+/// the proxy would be its only container, so `kubectl exec`, `attach` and `logs` without `-c` would land in
+/// the holder of the credentials; in native mode it would have none.
+fn no_container_of_its_own(policy: &Policy, doc: &Value, f: &mut Findings) {
+    let names: Vec<&str> = match crate::patch::get(doc, &path!["spec", "containers"]) {
+        Some(Value::Array(items)) => items.iter().filter_map(|c| c.get("name").and_then(Value::as_str)).collect(),
+        _ => Vec::new(),
+    };
+    let after = match policy.proxy.mode {
+        crate::policy::ProxyMode::Classic => {
+            format!("only {SIDECAR_NAME}, which would be the default container of kubectl exec, attach and logs")
+        }
+        crate::policy::ProxyMode::Native => "none".to_owned(),
+    };
+    f.refused(
+        Rule::TollgateOwned,
+        "pod",
+        "spec.containers",
+        format!(
+            "has no container of the pod's own ({names:?}: names of tollgate's containers, which tollgate replaces with its own), leaving {after}"
+        ),
+    );
+}
+
+/// kubectl's default container (`exec`, `attach`, `logs` without `-c`) is never tollgate's: in classic mode,
+/// where the proxy is the first container, the annotation names the pod's first container of its own unless it
+/// names another of them; in either mode an annotation naming tollgate's container is replaced.
+fn default_container(policy: &Policy, containers: &[ContainerRef], e: &mut Editor) {
+    let Some(first) = containers.iter().find(|c| c.kind == Kind::App) else { return };
+    let path = path!["metadata", "annotations", ANNOTATION_DEFAULT_CONTAINER];
+    let current = e.builder.get(&path).and_then(Value::as_str);
+    let classic = policy.proxy.mode == crate::policy::ProxyMode::Classic;
+    let own = |name: &str| containers.iter().any(|c| c.kind != Kind::Ephemeral && c.name == name);
+    let replace = match current {
+        Some(name) if TOLLGATE_CONTAINERS.contains(&name) => true,
+        Some(name) => classic && !own(name),
+        None => classic,
+    };
+    if replace {
+        let name = first.name.clone();
+        e.builder.set(&path, json!(name));
+        e.change(
+            "pod",
+            format!("set annotation {ANNOTATION_DEFAULT_CONTAINER}={name}: kubectl exec, attach and logs without -c go to the pod's own container, never to {SIDECAR_NAME}"),
+        );
     }
 }
 
@@ -738,11 +892,11 @@ mod changes_annotation {
     fn lists_every_change_and_stays_within_its_bound() {
         let change = |i: usize| Change { scope: format!("container \"c{i}\""), action: "set securityContext.runAsNonRoot=true".into() };
         assert_eq!(
-            changes_summary(&[change(1), change(2)]),
+            append_summary(String::new(), &[change(1), change(2)]),
             "container \"c1\": set securityContext.runAsNonRoot=true\ncontainer \"c2\": set securityContext.runAsNonRoot=true"
         );
         let many: Vec<Change> = (0..2000).map(change).collect();
-        let summary = changes_summary(&many);
+        let summary = append_summary(String::new(), &many);
         assert!(summary.len() <= MAX_CHANGES_ANNOTATION, "{}", summary.len());
         let shown = summary.lines().count() - 1;
         assert_eq!(summary.lines().last().unwrap(), format!("... and {} more", 2000 - shown));

@@ -39,6 +39,7 @@ pub enum Rule {
     EgressHostname,
     AnalysisIdRequired,
     OperatingSystem,
+    ServiceAccountToken,
 }
 
 impl Rule {
@@ -59,7 +60,7 @@ impl Rule {
         )
     }
 
-    pub const ALL: [Rule; 34] = [
+    pub const ALL: [Rule; 35] = [
         Rule::Privileged,
         Rule::HostNamespaces,
         Rule::HostPath,
@@ -94,6 +95,7 @@ impl Rule {
         Rule::EgressHostname,
         Rule::AnalysisIdRequired,
         Rule::OperatingSystem,
+        Rule::ServiceAccountToken,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -131,6 +133,7 @@ impl Rule {
             Rule::TooLarge => "too-large",
             Rule::EgressHostname => "egress-hostname",
             Rule::AnalysisIdRequired => "analysis-id-required",
+            Rule::ServiceAccountToken => "service-account-token",
             Rule::OperatingSystem => "operating-system",
         }
     }

@@ -10,8 +10,8 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 use serde_json::{Map, Value};
 
 use super::{
-    Editor, Findings, Hardened, Kind, OWNED_PREFIX, Outcome, Rule, TOLLGATE_CONTAINERS, VOLUME_CONFIG, VOLUME_CREDENTIALS, VOLUME_TMP,
-    checks, containers, decode, harden_container, resources,
+    ANNOTATION_DEFAULT_CONTAINER, Editor, Findings, Hardened, Kind, OWNED_PREFIX, Outcome, Rule, SIDECAR_NAME, TOLLGATE_CONTAINERS,
+    VOLUME_CONFIG, VOLUME_CREDENTIALS, VOLUME_TMP, checks, containers, decode, harden_container, resources,
 };
 use crate::patch::PatchBuilder;
 use crate::policy::Policy;
@@ -44,12 +44,14 @@ pub fn update(policy: &Policy, old: &Value, new: &mut Value, subresource: &str) 
             added = all.into_iter().filter(|c| c.kind == Kind::Ephemeral && !before.contains(c.name.as_str())).collect();
             let ids = checks::pod_ids(policy, &annotations, &mut Findings::new(policy));
             let carrying = checks::credential_volumes(editor.builder.doc(), &ids);
+            let tokens = checks::token_volumes(policy, editor.builder.doc());
             for container in &added {
                 if TOLLGATE_CONTAINERS.contains(&container.name.as_str()) {
                     let problem = format!("is {:?}, the name of a container tollgate renders", container.name);
                     findings.refused(Rule::TollgateOwned, &container.scope, "name", problem);
                 }
                 checks::container(editor.builder.doc(), container, &ids, &carrying, &mut findings);
+                checks::token_mounts(editor.builder.doc(), container, &tokens, &mut findings);
             }
         }
         RESIZE => resources::check_resize(policy, editor.builder.doc(), &all, &mut findings),
@@ -112,6 +114,7 @@ fn owned_fields(old: &Value, new: &Value, f: &mut Findings) {
             f.refused(Rule::TollgateOwned, "pod", field, "is tollgate's and cannot be changed after admission");
         }
     }
+    default_container(old, new, f);
     for map in ["labels", "annotations"] {
         let pointer = format!("/metadata/{map}");
         let (before, after) = (old.pointer(&pointer).and_then(Value::as_object), new.pointer(&pointer).and_then(Value::as_object));
@@ -128,5 +131,32 @@ fn owned_fields(old: &Value, new: &Value, f: &mut Findings) {
                 f.refused(Rule::TollgateOwned, "pod", format!("metadata.{map}[{key}]"), problem);
             }
         }
+    }
+}
+
+/// In a classic-mode pod (the proxy its first container) kubectl's default container, which tollgate set to
+/// the pod's own, may change only to another container of the pod's own: removed, or naming tollgate's or no
+/// container, kubectl would fall back to the first — the proxy.
+fn default_container(old: &Value, new: &Value, f: &mut Findings) {
+    let classic = new.pointer("/spec/containers/0/name").and_then(Value::as_str) == Some(SIDECAR_NAME);
+    let pointer = format!("/metadata/annotations/{}", ANNOTATION_DEFAULT_CONTAINER.replace('/', "~1"));
+    let (was, now) = (old.pointer(&pointer), new.pointer(&pointer));
+    if !classic || was == now {
+        return;
+    }
+    let own = now.and_then(Value::as_str).is_some_and(|name| {
+        !TOLLGATE_CONTAINERS.contains(&name) && Kind::ALL.iter().any(|kind| named(new, &format!("/spec/{}", kind.field()), name).is_some())
+    });
+    if !own {
+        f.refused(
+            Rule::TollgateOwned,
+            "pod",
+            format!("metadata.annotations[{ANNOTATION_DEFAULT_CONTAINER}]"),
+            format!(
+                "may name only a container of the pod's own (was {}, now {}): kubectl exec, attach and logs without -c would go to {SIDECAR_NAME}, the pod's first container",
+                shown(was),
+                shown(now)
+            ),
+        );
     }
 }
