@@ -140,7 +140,10 @@ fn owned_fields(old: &Value, new: &Value, f: &mut Findings) {
 fn default_container(old: &Value, new: &Value, f: &mut Findings) {
     let classic = new.pointer("/spec/containers/0/name").and_then(Value::as_str) == Some(SIDECAR_NAME);
     let pointer = format!("/metadata/annotations/{}", ANNOTATION_DEFAULT_CONTAINER.replace('/', "~1"));
-    let (was, now) = (old.pointer(&pointer), new.pointer(&pointer));
+    // Empty is absent, to kubectl (and to the pod guard's CEL).
+    let at = |pod: &'_ Value| pod.pointer(&pointer).filter(|v| v.as_str() != Some("")).cloned();
+    let (was, now) = (at(old), at(new));
+    let (was, now) = (was.as_ref(), now.as_ref());
     if !classic || was == now {
         return;
     }
