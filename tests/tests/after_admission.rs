@@ -384,7 +384,10 @@ fn create_as(plane: &ControlPlane, kubeconfig: &Path, manifest: &str) -> (bool, 
     loop {
         let out = plane.kubectl_stdin_as(kubeconfig, &["create", "-n", NS, "-f", "-", "-o", "json"], manifest);
         let all = text(&out);
-        if out.status.success() || Instant::now() > deadline || !(all.contains("failed calling webhook") || all.contains("connection refused")) {
+        if out.status.success()
+            || Instant::now() > deadline
+            || !(all.contains("failed calling webhook") || all.contains("connection refused"))
+        {
             return (out.status.success(), all);
         }
         std::thread::sleep(Duration::from_millis(200));
@@ -394,10 +397,18 @@ fn create_as(plane: &ControlPlane, kubeconfig: &Path, manifest: &str) -> (bool, 
 /// Whether anything in the stored pod would hand a container a ServiceAccount token.
 fn holds_token(pod: &serde_json::Value) -> bool {
     let volumes = pod["spec"]["volumes"].as_array().into_iter().flatten();
-    let token = volumes.clone().any(|v| v["projected"]["sources"].as_array().into_iter().flatten().any(|s| s.get("serviceAccountToken").is_some()));
-    let mounted = ["initContainers", "containers", "ephemeralContainers"].iter().flat_map(|k| pod["spec"][*k].as_array().into_iter().flatten()).any(|c| {
-        c["volumeMounts"].as_array().into_iter().flatten().any(|m| m["mountPath"].as_str().is_some_and(|p| p.starts_with("/var/run/secrets/kubernetes.io")))
-    });
+    let token =
+        volumes.clone().any(|v| v["projected"]["sources"].as_array().into_iter().flatten().any(|s| s.get("serviceAccountToken").is_some()));
+    let mounted = ["initContainers", "containers", "ephemeralContainers"]
+        .iter()
+        .flat_map(|k| pod["spec"][*k].as_array().into_iter().flatten())
+        .any(|c| {
+            c["volumeMounts"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|m| m["mountPath"].as_str().is_some_and(|p| p.starts_with("/var/run/secrets/kubernetes.io")))
+        });
     token || mounted || volumes.clone().any(|v| v.get("csi").is_some())
 }
 
@@ -457,8 +468,11 @@ fn no_app_container_gets_a_service_account_token() {
     let (ok, out) = create_as(
         &plane,
         m,
-        &pod("named-like-the-plugins", r#"{"name":"kube-api-access-mine","projected":{"sources":[{"serviceAccountToken":{"audience":"vault","path":"t"}}]}}"#)
-            .replace(r#""name":"creds","mountPath""#, r#""name":"kube-api-access-mine","mountPath""#),
+        &pod(
+            "named-like-the-plugins",
+            r#"{"name":"kube-api-access-mine","projected":{"sources":[{"serviceAccountToken":{"audience":"vault","path":"t"}}]}}"#,
+        )
+        .replace(r#""name":"creds","mountPath""#, r#""name":"kube-api-access-mine","mountPath""#),
     );
     assert!(ok, "{out}");
     let (ok, out) = create_as(&plane, m, &pod("plain", r#"{"name":"creds","emptyDir":{}}"#));
@@ -491,7 +505,8 @@ fn no_app_container_gets_a_service_account_token() {
     let trial = stored(&plane, "on-trial");
     assert_eq!(trial["spec"]["containers"][0]["securityContext"]["runAsUser"], 0, "let through as it came");
     assert!(!holds_token(&trial), "{}", trial["spec"]);
-    let (stored_, out) = create_as(&plane, m, &pod("trial-token", r#"{"name":"creds","projected":{"sources":[{"serviceAccountToken":{"path":"token"}}]}}"#));
+    let (stored_, out) =
+        create_as(&plane, m, &pod("trial-token", r#"{"name":"creds","projected":{"sources":[{"serviceAccountToken":{"path":"token"}}]}}"#));
     assert!(!stored_ && out.contains("[service-account-token]"), "{out}");
 }
 
@@ -572,7 +587,8 @@ fn tollgates_record_of_changes_cannot_be_forged() {
 /// Make a stored pod look running on a node, as kubectl port-forward and exec require before they send
 /// anything (there is no kubelet here: whatever admission lets through then fails to reach the node).
 fn running(plane: &ControlPlane, name: &str) {
-    let out = plane.kubectl(&["patch", "pod", name, "-n", NS, "--subresource=status", "--type=merge", "-p", r#"{"status":{"phase":"Running"}}"#]);
+    let out =
+        plane.kubectl(&["patch", "pod", name, "-n", NS, "--subresource=status", "--type=merge", "-p", r#"{"status":{"phase":"Running"}}"#]);
     assert!(out.status.success(), "{}", text(&out));
 }
 
@@ -613,7 +629,11 @@ fn a_port_forward_is_refused_whatever_ports_it_names() {
     // A trusted user (the admin, in system:masters) gets past tollgate (and then finds no kubelet here).
     for (what, args) in &attempts[..3] {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let out = Command::new(plane.bin.join("kubectl")).arg(format!("--kubeconfig={}", plane.kubeconfig.display())).args(&args).output().unwrap();
+        let out = Command::new(plane.bin.join("kubectl"))
+            .arg(format!("--kubeconfig={}", plane.kubeconfig.display()))
+            .args(&args)
+            .output()
+            .unwrap();
         assert!(!text(&out).contains("tollgate denied"), "{what}, admin: {}", text(&out));
     }
 }
@@ -639,7 +659,20 @@ fn in_classic_mode_kubectl_never_defaults_to_the_proxy() {
         "{out}"
     );
 
-    allowed(&plane, m, &["run", "classic", "-n", NS, "--image=registry.example.org/app:1.0", "--restart=Never", "--overrides", r#"{"spec":{"nodeName":"node-1"}}"#]);
+    allowed(
+        &plane,
+        m,
+        &[
+            "run",
+            "classic",
+            "-n",
+            NS,
+            "--image=registry.example.org/app:1.0",
+            "--restart=Never",
+            "--overrides",
+            r#"{"spec":{"nodeName":"node-1"}}"#,
+        ],
+    );
     let pod = stored(&plane, "classic");
     let names: Vec<&str> = pod["spec"]["containers"].as_array().unwrap().iter().filter_map(|c| c["name"].as_str()).collect();
     assert_eq!(names, ["tollgate-proxy", "classic"]);
@@ -662,7 +695,10 @@ fn in_classic_mode_kubectl_never_defaults_to_the_proxy() {
             m,
             "classic",
             args,
-            &["metadata.annotations[kubectl.kubernetes.io/default-container] may name only a container of the pod's own", "[tollgate-owned]"],
+            &[
+                "metadata.annotations[kubectl.kubernetes.io/default-container] may name only a container of the pod's own",
+                "[tollgate-owned]",
+            ],
         );
     }
 }
