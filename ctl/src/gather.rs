@@ -9,6 +9,7 @@ use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::api::{Api, ListParams, PostParams};
 
 use crate::check::{DryRun, NamespaceView, Read, Snapshot, WebhookView};
+use crate::preflight::{NodeView, PreSnapshot};
 use crate::proxies::{Current, PodView};
 
 /// Where tollgate is installed, and what to call its parts.
@@ -265,4 +266,53 @@ pub async fn proxies(client: &kube::Client, target: &Target) -> Read<(Vec<PodVie
         }
     }
     Ok((views, current))
+}
+
+/// What [`crate::preflight::evaluate`] needs, read before tollgate is installed: the namespaces picked by
+/// `selector` (labels, as `kubectl -l` takes them) and their pods.
+pub async fn pre_snapshot(client: &kube::Client, selector: &str) -> PreSnapshot {
+    let server_version = client.apiserver_version().await.map_err(describe).and_then(|info| {
+        let number = |text: &str| text.trim_end_matches('+').parse::<u32>().map_err(|_| format!("version {}.{}", info.major, info.minor));
+        Ok((number(&info.major)?, number(&info.minor)?))
+    });
+    let admission_resources = client
+        .list_api_group_resources("admissionregistration.k8s.io/v1")
+        .await
+        .map(|list| list.resources.into_iter().map(|r| r.name).collect())
+        .map_err(describe);
+    let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(client.clone());
+    let nodes = nodes.list(&ListParams::default()).await.map_err(describe).map(|list| {
+        list.items
+            .into_iter()
+            .map(|node| {
+                let info = node.status.and_then(|s| s.node_info).unwrap_or_default();
+                NodeView {
+                    name: node.metadata.name.unwrap_or_default(),
+                    os: info.operating_system,
+                    kubelet: info.kubelet_version,
+                    runtime: info.container_runtime_version,
+                    labels: node.metadata.labels.unwrap_or_default(),
+                    provider_id: node.spec.and_then(|s| s.provider_id).unwrap_or_default(),
+                }
+            })
+            .collect()
+    });
+    let namespaces = async {
+        let api: Api<Namespace> = Api::all(client.clone());
+        let mut picked = Vec::new();
+        for ns in api.list(&ListParams::default().labels(selector)).await.map_err(describe)?.items {
+            let name = ns.metadata.name.unwrap_or_default();
+            let pods: Api<Pod> = Api::namespaced(client.clone(), &name);
+            let list = pods.list(&ListParams::default()).await.map_err(describe)?;
+            let values = list.items.into_iter().filter_map(|pod| serde_json::to_value(pod).ok()).map(|mut v| {
+                v["apiVersion"] = "v1".into();
+                v["kind"] = "Pod".into();
+                v
+            });
+            picked.push((name, values.collect()));
+        }
+        Ok(picked)
+    }
+    .await;
+    PreSnapshot { server_version, admission_resources, nodes, namespaces }
 }

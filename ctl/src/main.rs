@@ -41,6 +41,18 @@ enum Command {
         /// selected namespace tollgate never saw; each with the command that recreates it.
         #[arg(long)]
         proxy: bool,
+        /// Before installing: whether the cluster serves what tollgate needs (version, admission APIs), what its
+        /// nodes are (the egress lock's CNI directories), and what tollgate would do to the pods already running
+        /// in the namespaces it would select (each run through the webhook's own hardening). Nothing of tollgate
+        /// needs to be installed; nothing is changed.
+        #[arg(long, conflicts_with = "proxy")]
+        pre: bool,
+        /// With --pre: the policy to judge the pods by (default: the embedded one, `tollgate-webhook default-policy`).
+        #[arg(long, requires = "pre", value_name = "FILE")]
+        policy: Option<std::path::PathBuf>,
+        /// With --pre: the namespaces tollgate would select, as a label selector.
+        #[arg(long, requires = "pre", default_value = "tollgate.dev/inject=enabled", value_name = "SELECTOR")]
+        namespace_selector: String,
     },
 }
 
@@ -69,7 +81,22 @@ fn text(findings: &[Finding]) -> String {
 }
 
 fn main() -> ExitCode {
-    let Command::Check { namespace, webhook_config, secret, expiry_warning_days, output, proxy } = Cli::parse().command;
+    let Command::Check { namespace, webhook_config, secret, expiry_warning_days, output, proxy, pre, policy, namespace_selector } =
+        Cli::parse().command;
+    let pre_policy = match (pre, &policy) {
+        (false, _) => None,
+        (true, None) => Some(tollgate_webhook::policy::Policy::default()),
+        (true, Some(path)) => match std::fs::read_to_string(path)
+            .map_err(|e| e.to_string())
+            .and_then(|text| tollgate_webhook::policy::Policy::from_yaml(&text).map_err(|e| e.to_string()))
+        {
+            Ok(policy) => Some(policy),
+            Err(e) => {
+                eprintln!("error: {}: {e}", path.display());
+                return ExitCode::from(2);
+            }
+        },
+    };
     let target = Target {
         namespace,
         webhook_config,
@@ -87,6 +114,10 @@ fn main() -> ExitCode {
     };
     let findings = match runtime.block_on(async {
         let client = kube::Client::try_default().await.map_err(|e| format!("connecting to the API server: {e}"))?;
+        if let Some(policy) = &pre_policy {
+            let snapshot = tollgate_ctl::gather::pre_snapshot(&client, &namespace_selector).await;
+            return Ok(tollgate_ctl::preflight::evaluate(&snapshot, policy));
+        }
         let mut findings = evaluate(&snapshot(client.clone(), &target).await);
         if proxy {
             match tollgate_ctl::gather::proxies(&client, &target).await {
