@@ -285,6 +285,38 @@ fn chart() -> String {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../charts/tollgate").display().to_string()
 }
 
+/// A disruption budget that keeps every webhook replica up would block every node drain: the chart refuses it.
+#[test]
+fn a_disruption_budget_that_would_block_node_drains_is_refused_by_the_chart() {
+    let helm = tollgate_e2e::bin_dir().join("helm");
+    let render = |sets: &[&str]| {
+        let mut command = Command::new(&helm);
+        command.args(["template", "t", &chart(), "-n", "tollgate"]);
+        for set in sets {
+            command.args(["--set", set]);
+        }
+        command.output().unwrap()
+    };
+    for blocking in [
+        &["replicaCount=1"][..],
+        &["replicaCount=2", "podDisruptionBudget.minAvailable=2"],
+        &["replicaCount=3", "podDisruptionBudget.minAvailable=5"],
+    ] {
+        let out = render(blocking);
+        assert!(!out.status.success(), "{blocking:?} rendered");
+        assert!(String::from_utf8_lossy(&out.stderr).contains("must be below replicaCount"), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    for fine in [
+        &[][..],
+        &["replicaCount=1", "podDisruptionBudget.minAvailable=0"],
+        &["replicaCount=3", "podDisruptionBudget.minAvailable=2"],
+        &["podDisruptionBudget.minAvailable=50%"],
+    ] {
+        let out = render(fine);
+        assert!(out.status.success(), "{fine:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+}
+
 #[test]
 fn the_helm_chart_lints_clean_and_renders_every_certificate_mode() {
     let helm = tollgate_e2e::bin_dir().join("helm");
