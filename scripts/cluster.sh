@@ -14,9 +14,10 @@
 # Service names. Pods live on a bridge this script creates (tollgate0, 10.88.0.0/24; the node's address is its
 # gateway, 10.88.0.1, where host-side stand-ins listen for pods too); the bridge alone hands its frames to
 # netfilter (its nf_call_iptables option, not the host-wide sysctl), where kube-router's filter rules judge
-# them. No NAT, no forwarding: traffic stays on loopback, the bridge and the pods' network namespaces. `down`
-# kills by PID, removes the node's cgroups, the bridge, kube-proxy's nftables tables, the iptables tables and
-# ipsets kube-router made (those the host did not have before `up`) and the state directory.
+# them. No NAT, no forwarding but on the bridge itself: traffic stays on loopback, the bridge and the pods'
+# network namespaces. `down` kills by PID, removes the node's cgroups, the bridge, kube-proxy's nftables
+# tables, the iptables tables and ipsets kube-router made (those the host did not have before `up`) and the
+# state directory.
 #
 # Needs root on a Linux host or VM with cgroups (v1 or v2) and overlayfs — not a container. Binaries come
 # from tests/control-plane/provision.sh and tests/node/provision.sh (built from the Go module proxy the first
@@ -307,6 +308,11 @@ start_node() {
   ip link add "$BRIDGE" type bridge nf_call_iptables 1
   ip addr add "$NODE_IP/24" dev "$BRIDGE"
   ip link set "$BRIDGE" up
+  # Forwarding on this bridge only (the host's net.ipv4.ip_forward stays as it is; the setting goes with the
+  # bridge): br_netfilter hands a frame kube-proxy DNATed to a pod on this same bridge (a pod calling a Service)
+  # back to the bridge only when the route lookup for its new address succeeds, which it does not on an
+  # interface that may not forward.
+  echo 1 > "/proc/sys/net/ipv4/conf/$BRIDGE/forwarding"
   write_node_config
   setsid unshare --mount --propagation private -- "$STATE/node.sh" > "$STATE/logs/node.log" 2>&1 < /dev/null &
   echo $! > "$STATE/pids/node"

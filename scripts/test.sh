@@ -2,7 +2,8 @@
 # Runs every test of the workspace: webhook (unit, fixtures, generated pods, denial rules, after-admission
 # decisions, CLI, HTTPS server), proxy (routes, egress, ingress, TLS, local destinations), the egress lock
 # (tollgate-cni, in network namespaces it creates: needs root, or TOLLGATE_SKIP_PRIVILEGED=1), the end-to-end
-# tests against a real kube-apiserver, and the node tests on a real one-node cluster (scripts/cluster.sh).
+# tests against a real kube-apiserver, and the node tests on a real one-node cluster (scripts/cluster.sh), FLAME's
+# end to end among them (tests/tests/node_flame.rs).
 # The first run builds kube-apiserver, kubectl, etcd, helm, containerd, kubelet and the other node binaries
 # with Go and caches them (tests/control-plane/provision.sh, tests/node/provision.sh); later runs reuse them.
 set -euo pipefail
@@ -31,3 +32,6 @@ trap 'down_and_compare || exit 1' EXIT
 exports=$(scripts/cluster.sh up)
 eval "$exports"
 cargo test -p tollgate-e2e --locked --test node -- --ignored --test-threads=1
+# FLAME end to end on the same cluster, after the node tests uninstalled tollgate: it installs the FLAME profile
+# itself (charts/tollgate/values-flame.yaml) beside the FLAME node's stand-ins.
+cargo test -p tollgate-e2e --locked --test node_flame -- --ignored --test-threads=1

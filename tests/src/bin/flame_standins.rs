@@ -1007,7 +1007,8 @@ async fn deliver(b: &Broker, aid: &str, message: Value) -> Value {
                 "answer": String::from_utf8_lossy(answer), "category": message["meta"]["category"], "message_id": message["meta"]["id"],
                 "akn_id": message["meta"]["akn_id"]}),
             Err(e) => {
-                json!({"time": now_f(), "analysis_id": aid, "url": url, "attempt": attempt, "error": e, "category": message["meta"]["category"]})
+                json!({"time": now_f(), "analysis_id": aid, "url": url, "attempt": attempt, "error": e, "category": message["meta"]["category"],
+                "message_id": message["meta"]["id"], "akn_id": message["meta"]["akn_id"]})
             }
         };
         println!("{}", json!({"delivery": record}));
