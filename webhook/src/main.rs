@@ -35,6 +35,10 @@ enum Command {
         /// Policy file (default: the embedded policy; see `tollgate-webhook default-policy`).
         #[arg(long, value_name = "FILE")]
         policy: Option<PathBuf>,
+        /// The namespace of objects that name none: its override in the policy's `namespaces` applies (an
+        /// object's own `metadata.namespace` chooses for it).
+        #[arg(short = 'n', long, value_name = "NAMESPACE")]
+        namespace: Option<String>,
     },
     /// Validate a policy file; every error names its field.
     CheckPolicy {
@@ -149,7 +153,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(args) => serve(args),
-        Command::Inject { file, policy } => inject(&file, policy.as_ref()),
+        Command::Inject { file, policy, namespace } => inject(&file, policy.as_ref(), namespace.as_deref()),
         Command::CheckPolicy { file } => check_policy(&file),
         Command::DefaultPolicy => write_stdout(DEFAULT_POLICY_YAML),
         Command::PolicySchema => write_stdout(&format!("{:#}\n", tollgate_webhook::policy::overlay_schema())),
@@ -180,6 +184,11 @@ fn check_policy(path: &PathBuf) -> ExitCode {
     match read_policy(Some(path)) {
         Ok(policy) => {
             println!("{}: valid (digest {})", path.display(), policy.digest());
+            for namespace in policy.namespaces.keys() {
+                let changes = policy.namespace_changes(namespace).unwrap_or_default();
+                let changes = if changes.is_empty() { "nothing".to_owned() } else { changes.join("; ") };
+                println!("  namespace {namespace} overrides: {changes}");
+            }
             ExitCode::SUCCESS
         }
         Err(e) => {
@@ -189,7 +198,7 @@ fn check_policy(path: &PathBuf) -> ExitCode {
     }
 }
 
-fn inject(file: &str, policy: Option<&PathBuf>) -> ExitCode {
+fn inject(file: &str, policy: Option<&PathBuf>, namespace: Option<&str>) -> ExitCode {
     let policy = match read_policy(policy) {
         Ok(policy) => policy,
         Err(e) => {
@@ -204,7 +213,7 @@ fn inject(file: &str, policy: Option<&PathBuf>) -> ExitCode {
         eprintln!("error: {file}: {e}");
         return ExitCode::from(2);
     }
-    let result = match workload::inject(&policy, &text) {
+    let result = match workload::inject_in(&policy, namespace, &text) {
         Ok(result) => result,
         Err(e) => {
             eprintln!("error: {file}: {e}");

@@ -29,9 +29,19 @@ pub struct Policy {
     pub lifetime: LifetimePolicy,
     pub identity: IdentityPolicy,
     pub bounds: Bounds,
-    /// `sha256:` and the first hex digits of the policy's canonical JSON; recorded in the status annotation.
+    /// Per-namespace overrides by the cluster's admins, keyed by namespace name: what a namespace's pods get
+    /// instead of the policy's (see [`NamespaceOverride`] for what may be overridden, and why nothing else).
+    // Left out of the policy's canonical JSON when empty: the digest of a policy without them is unchanged.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub namespaces: BTreeMap<String, NamespaceOverride>,
+    /// `sha256:` and the first hex digits of the policy's canonical JSON (namespaces included); recorded in the
+    /// status annotation. A namespace's effective policy carries the same digest: it is the policy's.
     #[serde(skip)]
     digest: String,
+    /// Each overridden namespace's effective policy (this one with the namespace's override merged over it),
+    /// made once at load; not part of the policy's value.
+    #[serde(skip)]
+    effective: Effective,
     /// tollgate's containers as this policy renders them, made once (they depend on the policy alone but for
     /// the pod's ids); not part of the policy's value.
     #[serde(skip)]
@@ -50,6 +60,17 @@ impl Rendered {
 }
 
 impl PartialEq for Rendered {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+/// The effective policies of the overridden namespaces. Equal to any other: derived from the policy's value
+/// (its `namespaces`), not part of it.
+#[derive(Debug, Clone, Default)]
+struct Effective(std::sync::Arc<BTreeMap<String, Policy>>);
+
+impl PartialEq for Effective {
     fn eq(&self, _: &Self) -> bool {
         true
     }
@@ -345,6 +366,161 @@ impl IdentityPolicy {
     }
 }
 
+/// What the cluster's admins may decide per namespace, in the policy's `namespaces.<name>`: merged over the
+/// policy like a policy file over the default (sections field by field, resource lists whole). Only what
+/// concerns the namespace's own pods: their resources, their lifetime, what happens to a violation (`warn`
+/// still denies whatever breaks host isolation), and a writable root filesystem. Nothing that guards the host
+/// or the proxy's credentials (ServiceAccount tokens, CSI drivers, service links, host aliases, DNS, the
+/// proxy, identity, opt-out, the pod ids, the size bounds) can be set per namespace.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct NamespaceOverride {
+    /// What happens to a violation in this namespace (`warn`: a namespace on trial).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_violation: Option<OnViolation>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub security: Option<SecurityOverride>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceOverride>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lifetime: Option<LifetimeOverride>,
+}
+
+/// The security settings a namespace may change: those of its app containers' own filesystems.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SecurityOverride {
+    /// false: app containers keep a writable root filesystem (tollgate's own containers never do).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub read_only_root_filesystem: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tmp_size_limit: Option<QuantityValue>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ResourceOverride {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub defaults: Option<RequirementsOverride>,
+    /// Replaces the policy's maximum whole (a resource left out is unbounded if it is cpu, memory or
+    /// ephemeral-storage, denied otherwise).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub maximum: Option<ResourceList>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_exceed: Option<OnExceed>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RequirementsOverride {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requests: Option<ResourceList>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<ResourceList>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LifetimeOverride {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub active_deadline_seconds: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restart_always: Option<RestartAlways>,
+}
+
+/// What a namespace may override, as dotted paths of the policy; what it may not, with the reason each
+/// error gives.
+pub const OVERRIDABLE: &[&str] = &[
+    "onViolation",
+    "resources.defaults.requests",
+    "resources.defaults.limits",
+    "resources.maximum",
+    "resources.onExceed",
+    "lifetime.activeDeadlineSeconds",
+    "lifetime.restartAlways",
+    "security.readOnlyRootFilesystem",
+    "security.tmpSizeLimit",
+];
+
+const NOT_OVERRIDABLE: &[(&str, &str)] = &[
+    ("allowOptOut", "a pod opted out is not hardened at all, host isolation included"),
+    ("maxWarnings", "it is the same for every namespace"),
+    (
+        "proxy",
+        "the proxy (its image, ports, credentials, egress lock) is the same in every namespace, and tollgate check --proxy holds every pod to it",
+    ),
+    ("identity", "who may choose a pod's analysis, and with it the proxy's credentials, is decided for the whole cluster"),
+    ("bounds", "they keep every review small, for every namespace alike"),
+    ("namespaces", "overrides do not nest"),
+    (
+        "security.runAsUser",
+        "a pod that needs another user sets it itself (tollgate keeps it); the policy's must stay apart from the proxy's user",
+    ),
+    (
+        "security.runAsGroup",
+        "a pod that needs another group sets it itself (tollgate keeps it); the policy's must stay apart from the proxy's",
+    ),
+    ("security.fsGroup", "a pod that needs another fsGroup sets it itself (tollgate keeps it)"),
+    (
+        "security.allowServiceAccountToken",
+        "an app container holding a ServiceAccount token reaches the API server past the proxy, and may read the proxy's credentials",
+    ),
+    ("security.allowedCsiDrivers", "a CSI driver may be handed the pod's ServiceAccount token"),
+    ("security.allowServiceLinks", "the Services' environment variables would reach tollgate's proxy container too"),
+    ("security.allowHostAliases", "they decide what the proxy's upstreams and token endpoint resolve to"),
+    ("security.allowDnsConfig", "it decides what the proxy's upstreams and token endpoint resolve to"),
+];
+
+/// A namespace name: a DNS-1123 label, as Kubernetes requires of one.
+fn check_namespace_name(name: &str) -> Result<(), String> {
+    if name.len() > 63 || name.contains('.') || !is_dns1123_subdomain(name) {
+        return Err(format!("{name:?} is not a namespace name (lowercase letters, digits and '-', at most 63, alphanumeric at both ends)"));
+    }
+    Ok(())
+}
+
+/// Whether the override (as JSON) sets `field` of the policy (a dotted path; resource names may hold dots) or
+/// a list that holds it.
+fn overrides_field(overlay: &Value, field: &str) -> bool {
+    fn walk(value: &Value, rest: &str, path: &str) -> bool {
+        let Value::Object(map) = value else { return true };
+        if REPLACED_WHOLE.contains(&path) {
+            return true;
+        }
+        map.iter().any(|(key, child)| {
+            let child_path = if path.is_empty() { key.clone() } else { format!("{path}.{key}") };
+            match rest.strip_prefix(key.as_str()) {
+                Some("") => true,
+                Some(tail) => tail.strip_prefix('.').is_some_and(|tail| walk(child, tail, &child_path)),
+                None => false,
+            }
+        })
+    }
+    walk(overlay, field, "")
+}
+
+/// What differs between `base` and `effective` (canonical JSON), as `field: old → new` lines.
+fn differences(base: &Value, effective: &Value, path: &str, out: &mut Vec<String>) {
+    match (base, effective) {
+        (Value::Object(a), Value::Object(b)) => {
+            let keys: std::collections::BTreeSet<&String> = a.keys().chain(b.keys()).collect();
+            for key in keys {
+                let child = if path.is_empty() { key.clone() } else { format!("{path}.{key}") };
+                differences(a.get(key).unwrap_or(&Value::Null), b.get(key).unwrap_or(&Value::Null), &child, out);
+            }
+        }
+        (a, b) if a == b => {}
+        (a, b) => {
+            let shown = |v: &Value| match v {
+                Value::Null => "unset".to_owned(),
+                Value::String(text) => text.clone(),
+                other => other.to_string(),
+            };
+            out.push(format!("{path}: {} → {}", shown(a), shown(b)));
+        }
+    }
+}
+
 /// Upper bounds on the size of a pod, so that no review is slow by construction.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -509,17 +685,68 @@ impl Policy {
                 other => return Err(PolicyErrors(vec![error("<file>", format!("expected a mapping, found {}", kind_of(&other)))])),
             }
         }
+        // The namespaces' overrides apart: each is merged over the policy without them.
+        let namespaces = match &mut merged {
+            Value::Object(map) => map.shift_remove("namespaces").unwrap_or(Value::Null),
+            _ => Value::Null,
+        };
         let mut policy: Policy = serde_path_to_error::deserialize(&merged).map_err(|e| {
             let field = e.path().to_string();
             PolicyErrors(vec![error(if field == "." { "<file>".into() } else { field }, e.into_inner().to_string())])
         })?;
-        policy.validate()?;
+        let mut errors = policy.validate().err().map_or_else(Vec::new, |e| e.0);
+        let base_valid = errors.is_empty();
+        let (overrides, namespace_errors) = parse_namespaces(namespaces);
+        errors.extend(namespace_errors);
+        let mut effective = BTreeMap::new();
+        if base_valid {
+            for (name, overlay) in &overrides {
+                match effective_policy(&merged, name, overlay) {
+                    Ok(policy) => {
+                        effective.insert(name.clone(), policy);
+                    }
+                    Err(namespace_errors) => errors.extend(namespace_errors),
+                }
+            }
+        }
+        if !errors.is_empty() {
+            return Err(PolicyErrors(errors));
+        }
+        policy.namespaces = overrides;
         policy.digest = policy.compute_digest();
+        for namespace in effective.values_mut() {
+            namespace.digest = policy.digest.clone();
+        }
+        policy.effective = Effective(std::sync::Arc::new(effective));
         Ok(policy)
     }
 
+    /// `sha256:` and the first hex digits of the policy's canonical JSON, `namespaces` included: every hardened
+    /// pod records it in `tollgate.dev/status`, whatever its namespace, so that a pod admitted under another
+    /// policy, or another override of its namespace, shows as stale (`tollgate check --proxy`).
     pub fn digest(&self) -> &str {
         &self.digest
+    }
+
+    /// The policy for pods in `namespace`: its override (`namespaces.<namespace>`) merged over this policy,
+    /// made at load; this policy itself for a namespace without one. Only the namespace's name (of the
+    /// admission request) chooses: nothing on the Namespace object, whose labels and annotations others may
+    /// be allowed to set.
+    pub fn for_namespace(&self, namespace: &str) -> &Policy {
+        self.effective.0.get(namespace).unwrap_or(self)
+    }
+
+    /// What `namespace`'s override changes, as `field: policy's → namespace's` lines (e.g.
+    /// `resources.maximum.cpu: 8 → 32`, `unset` where one side has no value); `None` without an override.
+    pub fn namespace_changes(&self, namespace: &str) -> Option<Vec<String>> {
+        let effective = self.effective.0.get(namespace)?;
+        let mut base = serde_json::to_value(self).expect("policy serializes");
+        if let Value::Object(map) = &mut base {
+            map.shift_remove("namespaces");
+        }
+        let mut changes = Vec::new();
+        differences(&base, &serde_json::to_value(effective).expect("policy serializes"), "", &mut changes);
+        Some(changes)
     }
 
     fn compute_digest(&self) -> String {
@@ -657,6 +884,102 @@ impl Policy {
         }
         if errors.is_empty() { Ok(()) } else { Err(PolicyErrors(errors)) }
     }
+}
+
+/// The policy's `namespaces`, each override checked on its own: its name, what it may set, its types.
+fn parse_namespaces(raw: Value) -> (BTreeMap<String, NamespaceOverride>, Vec<PolicyError>) {
+    let mut overrides = BTreeMap::new();
+    let mut errors = Vec::new();
+    let map = match raw {
+        Value::Null => return (overrides, errors),
+        Value::Object(map) => map,
+        other => {
+            let found = kind_of(&other);
+            errors.push(error("namespaces", format!("expected a mapping of namespace names to overrides, found {found}")));
+            return (overrides, errors);
+        }
+    };
+    let only = "a namespace may override only onViolation, resources, lifetime, security.readOnlyRootFilesystem and security.tmpSizeLimit";
+    for (name, mut value) in map {
+        let prefix = format!("namespaces.{name}");
+        if let Err(why) = check_namespace_name(&name) {
+            errors.push(error(prefix.clone(), why));
+        }
+        let Value::Object(fields) = &mut value else {
+            let found = kind_of(&value);
+            errors.push(error(prefix, format!("expected a mapping of what the namespace overrides, found {found}")));
+            continue;
+        };
+        // What the policy has but a namespace may not change: said so, not "unknown field".
+        let mut refused = false;
+        for (field, why) in NOT_OVERRIDABLE {
+            let (section, key) = match field.split_once('.') {
+                Some((section, key)) => (Some(section), key),
+                None => (None, *field),
+            };
+            let holder = match section {
+                None => Some(&mut *fields),
+                Some(section) => fields.get_mut(section).and_then(Value::as_object_mut),
+            };
+            if holder.and_then(|holder| holder.shift_remove(key)).is_some() {
+                errors.push(error(format!("{prefix}.{field}"), format!("cannot be set per namespace: {why}; {only}")));
+                refused = true;
+            }
+        }
+        match serde_path_to_error::deserialize::<_, NamespaceOverride>(&value) {
+            Ok(overlay) if !refused => {
+                overrides.insert(name, overlay);
+            }
+            Ok(_) => {}
+            Err(e) => {
+                let path = e.path().to_string();
+                let field = if path == "." { prefix } else { format!("{prefix}.{path}") };
+                errors.push(error(field, e.into_inner().to_string()));
+            }
+        }
+    }
+    (overrides, errors)
+}
+
+/// `base` (the policy's merged JSON, without `namespaces`) with the override of `name` merged over it, checked
+/// like a policy; errors named under `namespaces.<name>`, saying so where the field is the policy's, inherited.
+fn effective_policy(base: &Value, name: &str, overlay: &NamespaceOverride) -> Result<Policy, Vec<PolicyError>> {
+    let prefix = format!("namespaces.{name}");
+    let overlay = serde_json::to_value(overlay).expect("an override serializes");
+    let mut merged = base.clone();
+    merge(&mut merged, overlay.clone(), "");
+    let policy: Policy =
+        serde_path_to_error::deserialize(&merged).map_err(|e| vec![error(format!("{prefix}.{}", e.path()), e.into_inner().to_string())])?;
+    policy.validate().map_err(|errors| {
+        errors
+            .0
+            .into_iter()
+            .map(|e| {
+                if overrides_field(&overlay, &e.field) {
+                    return error(format!("{prefix}.{}", e.field), e.message);
+                }
+                // A maximum the namespace sets below a default it inherits: said at the maximum, which it wrote.
+                let lowered = e.field.strip_prefix("resources.defaults.").and_then(|rest| rest.split_once('.')).and_then(|(kind, name)| {
+                    let defaults = if kind == "requests" { &policy.resources.defaults.requests } else { &policy.resources.defaults.limits };
+                    let (default, max) = (defaults.get(name)?, policy.resources.maximum.get(name)?);
+                    (default.value > max.value && overrides_field(&overlay, "resources.maximum")).then(|| {
+                        error(
+                            format!("{prefix}.resources.maximum.{name}"),
+                            format!(
+                                "{} is below resources.defaults.{kind}.{name} ({}), which the namespace inherits from the policy: raise it, or override resources.defaults.{kind} too",
+                                max.text, default.text
+                            ),
+                        )
+                    })
+                });
+                lowered.unwrap_or_else(|| {
+                    let message = format!("{} (the namespace inherits {} from the policy: override it too)", e.message, e.field);
+                    error(format!("{prefix}.{}", e.field), message)
+                })
+            })
+            .collect::<Vec<_>>()
+    })?;
+    Ok(policy)
 }
 
 /// At most this many names reach tollgate's `hostAliases` entry (every template, every value together).
@@ -878,6 +1201,196 @@ mod tests {
         }
         // runAsUser 0 also makes the proxy's UID clash check irrelevant; the proxy clash is separate:
         assert!(errors_of("proxy: { runAsUser: 10000 }\n")[0].starts_with("proxy.runAsUser: must differ from security.runAsUser"));
+    }
+
+    const GPU: &str = "namespaces:\n  gpu-analyses:\n    resources:\n      maximum: { cpu: 32, memory: 256Gi, nvidia.com/gpu: 8 }\n      onExceed: clamp\n    lifetime: { activeDeadlineSeconds: 604800, restartAlways: deny }\n  trial:\n    onViolation: warn\n    security: { readOnlyRootFilesystem: false, tmpSizeLimit: 2048Mi }\n";
+
+    #[test]
+    fn a_namespace_override_is_merged_over_the_policy_once_at_load() {
+        let policy =
+            Policy::from_yaml(&format!("onViolation: override\nresources:\n  defaults:\n    limits: {{ cpu: 1 }}\n{GPU}")).unwrap();
+        let gpu = policy.for_namespace("gpu-analyses");
+        // What it names, replaced (the maximum as a whole); the rest is the policy's, defaults included.
+        assert_eq!(gpu.resources.maximum.keys().collect::<Vec<_>>(), ["cpu", "memory", "nvidia.com/gpu"]);
+        assert_eq!(gpu.resources.maximum["cpu"].text, "32");
+        assert_eq!(gpu.resources.on_exceed, OnExceed::Clamp);
+        assert_eq!(gpu.resources.defaults, policy.resources.defaults);
+        assert_eq!(gpu.resources.defaults.limits["cpu"].text, "1");
+        assert_eq!((gpu.lifetime.active_deadline_seconds, gpu.lifetime.restart_always), (604800, RestartAlways::Deny));
+        assert_eq!(gpu.on_violation, OnViolation::Override);
+        assert_eq!((&gpu.proxy, &gpu.security, &gpu.identity), (&policy.proxy, &policy.security, &policy.identity));
+        let trial = policy.for_namespace("trial");
+        assert_eq!(trial.on_violation, OnViolation::Warn);
+        assert!(!trial.security.read_only_root_filesystem);
+        assert_eq!(trial.security.tmp_size_limit.text, "2Gi", "canonical, as in the policy");
+        assert_eq!(trial.resources, policy.resources);
+        // Any other namespace, and an empty name (a cluster-scoped request), get the policy itself.
+        assert!(std::ptr::eq(policy.for_namespace("analyses"), &policy));
+        assert!(std::ptr::eq(policy.for_namespace(""), &policy));
+        // Made once: the same effective policy each time, with no namespaces of its own.
+        assert!(std::ptr::eq(policy.for_namespace("trial"), trial));
+        assert!(trial.namespaces.is_empty() && policy.namespaces.len() == 2);
+    }
+
+    #[test]
+    fn the_digest_covers_the_overrides_and_every_namespace_records_it() {
+        let without = Policy::from_yaml("").unwrap();
+        let empty = Policy::from_yaml("namespaces: {}\n").unwrap();
+        assert_eq!(without.digest(), empty.digest(), "no overrides: the digest of before");
+        let policy = Policy::from_yaml(GPU).unwrap();
+        assert_ne!(policy.digest(), without.digest());
+        let changed = Policy::from_yaml(&GPU.replace("cpu: 32", "cpu: 16")).unwrap();
+        assert_ne!(changed.digest(), policy.digest(), "a change to one namespace's override is a new policy");
+        for namespace in ["gpu-analyses", "trial", "analyses"] {
+            assert_eq!(policy.for_namespace(namespace).digest(), policy.digest(), "{namespace}");
+        }
+        // Written differently, the same policy: the same digest.
+        let same = Policy::from_yaml(&GPU.replace("2048Mi", "2Gi").replace("cpu: 32", "cpu: '32'")).unwrap();
+        assert_eq!(same.digest(), policy.digest());
+    }
+
+    #[test]
+    fn what_an_override_changes_is_listed_field_by_field() {
+        let policy = Policy::from_yaml(GPU).unwrap();
+        assert_eq!(
+            policy.namespace_changes("gpu-analyses").unwrap(),
+            [
+                "lifetime.activeDeadlineSeconds: 86400 → 604800",
+                "lifetime.restartAlways: warn → deny",
+                "resources.maximum.cpu: 8 → 32",
+                "resources.maximum.ephemeral-storage: 50Gi → unset",
+                "resources.maximum.memory: 64Gi → 256Gi",
+                "resources.maximum.nvidia.com/gpu: 2 → 8",
+                "resources.onExceed: deny → clamp",
+            ]
+        );
+        assert_eq!(
+            policy.namespace_changes("trial").unwrap(),
+            ["onViolation: deny → warn", "security.readOnlyRootFilesystem: true → false", "security.tmpSizeLimit: 1Gi → 2Gi"]
+        );
+        assert_eq!(policy.namespace_changes("analyses"), None);
+        assert_eq!(Policy::from_yaml("namespaces: { quiet: {} }\n").unwrap().namespace_changes("quiet").unwrap(), Vec::<String>::new());
+    }
+
+    #[test]
+    fn namespace_overrides_are_validated_like_the_policy_naming_the_field() {
+        for (yaml, expected) in [
+            (
+                "namespaces:\n  gpu-analyses:\n    resources:\n      maximum: { cpu: lots }\n",
+                r#"namespaces.gpu-analyses.resources.maximum.cpu: quantity "lots" has no digits"#,
+            ),
+            (
+                "namespaces:\n  gpu-analyses:\n    resources:\n      maximum: { cpu: -1 }\n",
+                "namespaces.gpu-analyses.resources.maximum.cpu: -1 is negative",
+            ),
+            (
+                "namespaces:\n  gpu-analyses:\n    resources:\n      maximum: { 'not a name': 1 }\n",
+                "namespaces.gpu-analyses.resources.maximum.not a name: not a resource name",
+            ),
+            (
+                "namespaces:\n  gpu-analyses:\n    resources:\n      maximum: { cpu: 100m }\n",
+                "namespaces.gpu-analyses.resources.maximum.cpu: 100m is below resources.defaults.requests.cpu (250m), which the namespace inherits from the policy: raise it, or override resources.defaults.requests too",
+            ),
+            (
+                "namespaces:\n  gpu-analyses:\n    resources:\n      defaults: { requests: { cpu: 3 } }\n",
+                "namespaces.gpu-analyses.resources.defaults.requests.cpu: 3 is above the limit 2",
+            ),
+            (
+                "namespaces:\n  gpu-analyses:\n    resources:\n      defaults: { limits: { memory: 256Mi } }\n",
+                "namespaces.gpu-analyses.resources.defaults.requests.memory: 512Mi is above the limit 256Mi (the namespace inherits resources.defaults.requests.memory from the policy: override it too)",
+            ),
+            (
+                "namespaces:\n  slow:\n    lifetime: { activeDeadlineSeconds: 0 }\n",
+                "namespaces.slow.lifetime.activeDeadlineSeconds: must be at least 1",
+            ),
+            ("namespaces:\n  trial:\n    onViolation: ignore\n", "namespaces.trial.onViolation: unknown variant `ignore`"),
+            (
+                "namespaces:\n  trial:\n    security: { tmpSizeLimit: 0 }\n",
+                "namespaces.trial.security.tmpSizeLimit: must be greater than zero",
+            ),
+            (
+                "namespaces:\n  trial:\n    resourcez: {}\n",
+                "namespaces.trial.resourcez: unknown field `resourcez`, expected one of `onViolation`, `security`, `resources`, `lifetime`",
+            ),
+            ("namespaces:\n  GPU_analyses:\n    onViolation: warn\n", r#"namespaces.GPU_analyses: "GPU_analyses" is not a namespace name"#),
+            ("namespaces:\n  a.b:\n    onViolation: warn\n", r#"namespaces.a.b: "a.b" is not a namespace name"#),
+            ("namespaces:\n  trial:\n", "namespaces.trial: expected a mapping of what the namespace overrides, found nothing"),
+            ("namespaces: [trial]\n", "namespaces: expected a mapping of namespace names to overrides, found a list"),
+        ] {
+            let errors = errors_of(yaml);
+            assert!(errors.iter().any(|e| e.starts_with(expected)), "{yaml}: {errors:#?}");
+        }
+        // Every namespace's problems at once, beside the policy's own.
+        let errors =
+            errors_of("maxWarnings: 0\nnamespaces:\n  a:\n    onViolation: ignore\n  b:\n    lifetime: { activeDeadlineSeconds: 0 }\n");
+        assert_eq!(errors.len(), 2, "{errors:#?}");
+        assert!(errors[0].starts_with("maxWarnings: ") && errors[1].starts_with("namespaces.a.onViolation: "), "{errors:#?}");
+        let errors = errors_of("namespaces:\n  a:\n    onViolation: ignore\n  b:\n    lifetime: { activeDeadlineSeconds: 0 }\n");
+        assert_eq!(errors.len(), 2, "{errors:#?}");
+    }
+
+    #[test]
+    fn nothing_that_guards_the_host_or_the_proxys_credentials_can_be_overridden() {
+        for field in [
+            "allowOptOut: true",
+            "maxWarnings: 5",
+            "proxy: { image: 'attacker.example/proxy:1' }",
+            "proxy: { egressLock: off }",
+            "identity: { trustedUsers: [mallory] }",
+            "bounds: { containers: 1000 }",
+            "namespaces: { other: {} }",
+            "security: { runAsUser: 10001 }",
+            "security: { runAsGroup: 10001 }",
+            "security: { fsGroup: 10001 }",
+            "security: { allowServiceAccountToken: true }",
+            "security: { allowedCsiDrivers: [secrets-store.csi.k8s.io] }",
+            "security: { allowServiceLinks: true }",
+            "security: { allowHostAliases: true }",
+            "security: { allowDnsConfig: true }",
+        ] {
+            let yaml = format!("namespaces:\n  trial:\n    {field}\n");
+            let errors = errors_of(&yaml);
+            let (section, rest) = field.split_once(": ").unwrap();
+            let name = match rest.strip_prefix("{ ") {
+                Some(inner) if section != "proxy" && section != "identity" && section != "bounds" && section != "namespaces" => {
+                    format!("{section}.{}", inner.split_once(':').unwrap().0)
+                }
+                _ => section.to_owned(),
+            };
+            let expected = format!("namespaces.trial.{name}: cannot be set per namespace: ");
+            assert!(errors.len() == 1 && errors[0].starts_with(&expected), "{field}: {errors:#?}");
+            assert!(errors[0].ends_with("a namespace may override only onViolation, resources, lifetime, security.readOnlyRootFilesystem and security.tmpSizeLimit"), "{errors:?}");
+        }
+        // Beside what may be overridden, it still refuses the whole override.
+        let errors = errors_of(
+            "namespaces:\n  trial:\n    onViolation: warn\n    security: { readOnlyRootFilesystem: false, allowHostAliases: true }\n",
+        );
+        assert_eq!(errors.len(), 1, "{errors:#?}");
+        // Each field the policy has is either overridable or refused with its reason: none falls through to
+        // `unknown field`, and none is both.
+        let policy = serde_json::to_value(Policy::default()).unwrap();
+        for (section, value) in policy.as_object().unwrap() {
+            let fields: Vec<String> = match value {
+                Value::Object(inner) if section == "security" => inner.keys().map(|k| format!("{section}.{k}")).collect(),
+                _ => vec![section.clone()],
+            };
+            for field in fields {
+                let overridable = OVERRIDABLE.iter().any(|o| *o == field || o.starts_with(&format!("{field}.")));
+                let refused = NOT_OVERRIDABLE.iter().any(|(f, _)| *f == field);
+                assert!(overridable != refused, "{field}: overridable {overridable}, refused {refused}");
+            }
+        }
+    }
+
+    #[test]
+    fn the_schema_offers_the_overrides_and_nothing_else() {
+        let schema = overlay_schema();
+        let namespace = &schema["properties"]["namespaces"]["additionalProperties"];
+        let keys: Vec<&String> = namespace["properties"].as_object().unwrap().keys().collect();
+        assert_eq!(keys, ["onViolation", "security", "resources", "lifetime"]);
+        assert_eq!(namespace["additionalProperties"], false);
+        let security: Vec<&String> = namespace["properties"]["security"]["properties"].as_object().unwrap().keys().collect();
+        assert_eq!(security, ["readOnlyRootFilesystem", "tmpSizeLimit"]);
     }
 
     #[test]

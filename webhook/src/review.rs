@@ -120,20 +120,22 @@ fn status_only(response: AdmissionResponse, status: Option<Patch>) -> Result<(Ad
     Ok((response, Some(status.to_json())))
 }
 
-/// Answer one AdmissionReview body.
+/// Answer one AdmissionReview body, under the policy of the request's namespace ([`Policy::for_namespace`]).
 pub fn review(policy: &Policy, body: &[u8]) -> Result<(Vec<u8>, ReviewSummary), BadReview> {
-    review_in(policy, policy.on_violation, body)
+    review_with(policy, None, &RecordKeys::offline(), body)
 }
 
-/// [`review`] with `on_violation` in place of the policy's, for pod creation: a namespace's mode.
+/// [`review`] with `on_violation` in place of the policy's (and the namespace's override's), for pod creation:
+/// a namespace's mode (`tollgate.dev/mode=warn`, `/mutate/warn`).
 pub fn review_in(policy: &Policy, on_violation: OnViolation, body: &[u8]) -> Result<(Vec<u8>, ReviewSummary), BadReview> {
-    review_with(policy, on_violation, &RecordKeys::offline(), body)
+    review_with(policy, Some(on_violation), &RecordKeys::offline(), body)
 }
 
-/// [`review_in`] sealing tollgate's records with `keys` (the webhook's, derived from its TLS key).
+/// [`review_in`] sealing tollgate's records with `keys` (the webhook's, derived from its TLS key); `mode`: the
+/// namespace's mode, `None` for what its policy says.
 pub fn review_with(
     policy: &Policy,
-    on_violation: OnViolation,
+    mode: Option<OnViolation>,
     keys: &RecordKeys,
     body: &[u8],
 ) -> Result<(Vec<u8>, ReviewSummary), BadReview> {
@@ -165,6 +167,9 @@ pub fn review_with(
         skip_reason: None,
         event: None,
     };
+    // The namespace's policy: by the request's namespace alone, which its sender cannot choose.
+    let policy = policy.for_namespace(&summary.namespace);
+    let on_violation = mode.unwrap_or(policy.on_violation);
     let mut response = AdmissionResponse::from(&request);
     let mut patch = None;
     let mut skipped_patch = None;

@@ -180,7 +180,7 @@ impl Server {
                     .and_then(|text| Policy::from_yaml(text).map_err(|e| e.to_string()));
                 policy_state.metrics.observe_reload("policy", result.is_ok());
                 let policy = result?;
-                tracing::info!(digest = policy.digest(), "policy loaded");
+                tracing::info!(digest = policy.digest(), namespace_overrides = policy.namespaces.len(), "policy loaded");
                 policy_state.policy.store(Arc::new(policy));
                 Ok(())
             });
@@ -391,13 +391,12 @@ async fn mutate(state: &State, request: Request<Incoming>, mode: Option<OnViolat
         let started = Instant::now();
         let policy = state.policy.load();
         let keys = state.record_keys.load();
-        (review::review_with(&policy, mode.unwrap_or(policy.on_violation), &keys, &body), started)
+        (review::review_with(&policy, mode, &keys, &body), started)
     } else {
         // Large reviews run on their own threads, one per core (pool.rs).
         let policy = state.policy.load_full();
         let keys = state.record_keys.load_full();
-        let on_violation = mode.unwrap_or(policy.on_violation);
-        let reviewed = state.large_reviews.run(move || (Instant::now(), review::review_with(&policy, on_violation, &keys, &body))).await;
+        let reviewed = state.large_reviews.run(move || (Instant::now(), review::review_with(&policy, mode, &keys, &body))).await;
         let Some((started, result)) = reviewed else {
             tracing::error!("a large review failed; it panicked");
             return json_error(StatusCode::INTERNAL_SERVER_ERROR, "the review failed; see the webhook's log");

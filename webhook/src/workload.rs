@@ -62,30 +62,38 @@ fn describe(document: &Value, index: usize) -> String {
     format!("{}/{name}", kind.to_ascii_lowercase())
 }
 
-/// Harden every pod in a YAML or JSON stream of Kubernetes objects (`List`s are unpacked in place).
+/// Harden every pod in a YAML or JSON stream of Kubernetes objects (`List`s are unpacked in place), each under
+/// the policy of its `metadata.namespace` ([`Policy::for_namespace`]).
 pub fn inject(policy: &Policy, text: &str) -> Result<InjectResult, String> {
+    inject_in(policy, None, text)
+}
+
+/// [`inject`], with `namespace` for objects that name none (as `kubectl apply -n` would create them there).
+pub fn inject_in(policy: &Policy, namespace: Option<&str>, text: &str) -> Result<InjectResult, String> {
     let mut result = InjectResult::default();
     for (index, document) in serde_yaml_ng::Deserializer::from_str(text).enumerate() {
         let value = Value::deserialize(document).map_err(|e| format!("document {}: {e}", index + 1))?;
         if value.is_null() {
             continue;
         }
-        let value = inject_object(policy, value, index, &mut result.reports);
+        let value = inject_object(policy, namespace, value, index, &mut result.reports);
         result.documents.push(value);
     }
     Ok(result)
 }
 
-fn inject_object(policy: &Policy, mut value: Value, index: usize, reports: &mut Vec<ObjectReport>) -> Value {
+fn inject_object(policy: &Policy, namespace: Option<&str>, mut value: Value, index: usize, reports: &mut Vec<ObjectReport>) -> Value {
     let object = describe(&value, index);
     let kind = value.get("kind").and_then(Value::as_str).unwrap_or("").to_owned();
     if kind.ends_with("List")
         && let Some(Value::Array(items)) = value.get_mut("items")
     {
         let taken = std::mem::take(items);
-        *items = taken.into_iter().map(|item| inject_object(policy, item, index, reports)).collect();
+        *items = taken.into_iter().map(|item| inject_object(policy, namespace, item, index, reports)).collect();
         return value;
     }
+    let namespace = value.pointer("/metadata/namespace").and_then(Value::as_str).filter(|ns| !ns.is_empty()).or(namespace);
+    let policy = policy.for_namespace(namespace.unwrap_or(""));
     let Some(pointer) = pod_pointer(&kind) else {
         reports.push(ObjectReport::Skipped { object, reason: format!("kind {kind:?} has no pod template") });
         return value;
