@@ -33,6 +33,7 @@ pub struct Policy {
     /// instead of the policy's (see [`NamespaceOverride`] for what may be overridden, and why nothing else).
     // Left out of the policy's canonical JSON when empty: the digest of a policy without them is unchanged.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("propertyNames" = {"pattern": "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", "maxLength": 63}))]
     pub namespaces: BTreeMap<String, NamespaceOverride>,
     /// `sha256:` and the first hex digits of the policy's canonical JSON (namespaces included); recorded in the
     /// status annotation. A namespace's effective policy carries the same digest: it is the policy's.
@@ -1389,6 +1390,7 @@ mod tests {
         let keys: Vec<&String> = namespace["properties"].as_object().unwrap().keys().collect();
         assert_eq!(keys, ["onViolation", "security", "resources", "lifetime"]);
         assert_eq!(namespace["additionalProperties"], false);
+        assert_eq!(schema["properties"]["namespaces"]["propertyNames"]["maxLength"], 63);
         let security: Vec<&String> = namespace["properties"]["security"]["properties"].as_object().unwrap().keys().collect();
         assert_eq!(security, ["readOnlyRootFilesystem", "tmpSizeLimit"]);
     }
