@@ -309,7 +309,42 @@ pub fn evaluate(s: &Snapshot) -> Vec<Finding> {
         }
         Err(why) => r.unread("namespaces", config.clone(), "the namespaces", why),
     }
+    overrides(&mut r, &policy, &s.namespaces);
     r.findings
+}
+
+/// One finding per namespace the policy overrides (`namespaces.<name>`), saying what the override changes for
+/// its pods; a warning where it puts the namespace on trial, or where tollgate does not select the namespace
+/// (the override then does nothing: a misspelt name, or a namespace not labeled yet).
+fn overrides(r: &mut Report, policy: &tollgate_webhook::policy::Policy, namespaces: &Read<Vec<NamespaceView>>) {
+    for name in policy.namespaces.keys() {
+        let subject = format!("namespace {name}");
+        let changes = policy.namespace_changes(name).unwrap_or_default();
+        let what = if changes.is_empty() { "nothing".to_owned() } else { changes.join("; ") };
+        let message = format!("the policy overrides for its pods (namespaces.{name}): {what}");
+        let selected = namespaces.as_ref().map(|list| list.iter().any(|ns| &ns.name == name));
+        if selected == Ok(false) {
+            r.warn(
+                "namespace-override",
+                subject,
+                format!("{message}; but tollgate does not select this namespace, so the override does nothing"),
+                format!("check the name; or label it: kubectl label namespace {name} tollgate.dev/inject=enabled"),
+            );
+        } else if policy.for_namespace(name).on_violation == tollgate_webhook::policy::OnViolation::Warn
+            && policy.on_violation != tollgate_webhook::policy::OnViolation::Warn
+        {
+            r.warn(
+                "namespace-override",
+                subject,
+                format!("{message}: on trial, a pod whose violations concern it alone is let through unhardened, with warnings"),
+                format!(
+                    "once tollgate_webhook_reviews_total{{outcome=\"warned\"}} stays flat, enforce: remove namespaces.{name}.onViolation from the policy"
+                ),
+            );
+        } else {
+            r.ok("namespace-override", subject, message);
+        }
+    }
 }
 
 /// What each webhook pod serves: it loaded the Secret at some point, and kubelet refreshes the mounted Secret

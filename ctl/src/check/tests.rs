@@ -243,3 +243,57 @@ fn per_analysis_credentials_are_not_looked_for_and_a_pod_without_an_analysis_id_
         DryRun::Refused("failed calling webhook: x509: certificate signed by unknown authority".into());
     assert_eq!(problems(&evaluate(&s)).iter().map(|p| p.0).collect::<Vec<_>>(), ["admission"]);
 }
+
+#[test]
+fn each_namespace_override_is_reported_with_what_it_changes() {
+    let now = OffsetDateTime::now_utc();
+    let mut s = healthy(now, &bundle(now, 365));
+    s.policy = Ok(Some(
+        "namespaces:\n  analyses:\n    resources: { maximum: { cpu: 32, memory: 64Gi, ephemeral-storage: 50Gi, nvidia.com/gpu: 8 } }\n    lifetime: { activeDeadlineSeconds: 604800 }\n  trial:\n    onViolation: warn\n".into(),
+    ));
+    let mut trial = s.namespaces.as_ref().unwrap()[0].clone();
+    trial.name = "trial".into();
+    s.namespaces.as_mut().unwrap().push(trial);
+    let findings = evaluate(&s);
+    let of = |subject: &str| {
+        findings
+            .iter()
+            .find(|f| f.check == "namespace-override" && f.subject == subject)
+            .unwrap_or_else(|| panic!("{subject}: {findings:#?}"))
+    };
+    let gpu = of("namespace analyses");
+    assert_eq!(gpu.severity, Severity::Ok);
+    assert_eq!(
+        gpu.message,
+        "the policy overrides for its pods (namespaces.analyses): lifetime.activeDeadlineSeconds: 86400 → 604800; resources.maximum.cpu: 8 → 32; resources.maximum.nvidia.com/gpu: 2 → 8"
+    );
+    let trial = of("namespace trial");
+    assert_eq!(trial.severity, Severity::Warning);
+    assert!(
+        trial.message.starts_with("the policy overrides for its pods (namespaces.trial): onViolation: deny → warn: on trial"),
+        "{trial:?}"
+    );
+    assert!(trial.hint.as_deref().unwrap().ends_with("remove namespaces.trial.onViolation from the policy"), "{trial:?}");
+    assert_eq!(findings.iter().filter(|f| f.check == "namespace-override").count(), 2);
+
+    // An override of a namespace tollgate does not select does nothing: a warning.
+    s.namespaces.as_mut().unwrap().pop();
+    let findings = evaluate(&s);
+    let unselected = findings.iter().find(|f| f.subject == "namespace trial").unwrap();
+    assert_eq!(unselected.severity, Severity::Warning);
+    assert!(unselected.message.ends_with("but tollgate does not select this namespace, so the override does nothing"), "{unselected:?}");
+    assert_eq!(unselected.hint.as_deref(), Some("check the name; or label it: kubectl label namespace trial tollgate.dev/inject=enabled"));
+    // The namespaces unread: still reported, as far as the policy says.
+    s.namespaces = Err("forbidden".into());
+    let findings = evaluate(&s);
+    assert_eq!(
+        findings.iter().find(|f| f.subject == "namespace analyses" && f.check == "namespace-override").unwrap().severity,
+        Severity::Ok
+    );
+    // No overrides, no such findings; an invalid policy is reported as such, its overrides not.
+    s.policy = Ok(Some("namespaces:\n  analyses:\n    proxy: { egressLock: off }\n".into()));
+    let findings = evaluate(&s);
+    assert!(findings.iter().all(|f| f.check != "namespace-override"));
+    let policy = findings.iter().find(|f| f.check == "policy").unwrap();
+    assert!(policy.message.contains("namespaces.analyses.proxy: cannot be set per namespace"), "{policy:?}");
+}
