@@ -145,7 +145,7 @@ fn dry_run_namespace(findings: &mut Vec<Finding>, policy: &Policy, namespace: &s
     for pod in pods {
         let name = pod["metadata"]["name"].as_str().unwrap_or("?").to_owned();
         let mut candidate = as_created(pod);
-        match harden(policy, &mut candidate) {
+        match harden(policy.for_namespace(namespace), &mut candidate) {
             Ok(Outcome::Denied(denial)) => {
                 refused += 1;
                 findings.push(Finding {
