@@ -4,6 +4,20 @@
 //! the first in name order. Every write is a rename of a complete file, so a runtime never reads half a
 //! binary or half a configuration.
 //!
+//! Where those directories are depends on the platform (the chart's `egressLock.platform`): kubeadm, rke2,
+//! EKS, AKS keep the runtime's defaults (`/etc/cni/net.d`, `/opt/cni/bin`); microk8s keeps both under its
+//! snap's data (`/var/snap/microk8s/current/args/cni-network`, `…/opt/cni/bin`); GKE's plugins are in
+//! `/home/kubernetes/bin`; k3s's configuration is `/var/lib/rancher/k3s/agent/etc/cni/net.d`, and its plugins
+//! are in a directory that changed over time: `data/cni` (a stable directory of links into the bundle) since
+//! k3s v1.31.2, v1.30.6, v1.29.10 and v1.28.15 (k3s-io/k3s#10868), `data/<bundle hash>/bin` before, which
+//! changes with every k3s upgrade. [`BinDir::K3sData`] installs into each of them that exists.
+//!
+//! Nothing is chained unless everything it needs is there: the bin directories exist, the configuration
+//! directory holds a configuration, and (with [`Paths::verify_bin_dir`]) the configuration's network plugin
+//! is in a bin directory — the sign that the runtime looks for plugins there. A configuration naming
+//! tollgate-cni where the runtime cannot find it would fail every pod sandbox on the node, locked or not.
+//! Each refusal names what it did not find, as the node knows it ([`Paths::host_root`]).
+//!
 //! The DaemonSet re-applies this every few seconds (the node's own network plugin may rewrite its file) and
 //! leaves everything in place when it stops: an upgrade or a restart of the DaemonSet never opens a window in
 //! which pods start unlocked. Only `tollgate-cni uninstall` removes the entry, then the binary.
@@ -18,18 +32,34 @@ use serde_json::{Map, Value, json};
 
 use crate::plugin::{CAPABILITY, PLUGIN_TYPE};
 
+/// The configuration files a runtime loads (libcni's extensions).
+pub const CONFIG_EXTENSIONS: [&str; 3] = ["conflist", "conf", "json"];
+
 #[derive(Debug, thiserror::Error)]
 pub enum InstallError {
     #[error("{path}: {source}")]
-    Io { path: PathBuf, source: io::Error },
-    #[error("no CNI network configuration in {0} yet (*.conflist, *.conf or *.json): waiting for the node's network plugin")]
-    NoConfig(PathBuf),
+    Io { path: String, source: io::Error },
+    #[error("{what} {path} does not exist or is not a directory")]
+    MissingDir { what: &'static str, path: String },
+    #[error(
+        "no CNI network configuration in {dir} (no *.conflist, *.conf or *.json file; {found}): the container runtime \
+         reads its network configuration from another directory on this node, or the network plugin has not written \
+         it yet"
+    )]
+    NoConfig { dir: String, found: String },
+    #[error(
+        "no k3s CNI bin directory under {data_dir}: neither {data_dir}/cni nor a {data_dir}/<bundle>/bin holding k3s's \
+         cni binary (is this node k3s, with its data directory where the DaemonSet mounts it?)"
+    )]
+    NoK3sBinDir { data_dir: String },
     #[error("{path} is not a CNI network configuration: {why}")]
-    NotAConfig { path: PathBuf, why: String },
-}
-
-fn io_err(path: &Path) -> impl FnOnce(io::Error) -> InstallError + '_ {
-    move |source| InstallError::Io { path: path.to_path_buf(), source }
+    NotAConfig { path: String, why: String },
+    #[error(
+        "{config} runs the network plugin \"{plugin}\", but {bin_dirs} holds no {plugin}: the container runtime \
+         looks for CNI plugins in another directory, and a configuration naming {PLUGIN_TYPE} there would fail every \
+         pod sandbox on this node"
+    )]
+    PluginNotInBinDir { config: String, plugin: String, bin_dirs: String },
 }
 
 /// The entry tollgate adds to the node's plugin list: it asks the runtime for the pod's annotations.
@@ -85,115 +115,268 @@ pub fn is_chained(conf: &Value) -> bool {
     conf.get("plugins").and_then(Value::as_array).and_then(|p| p.last()) == Some(&plugin_entry())
 }
 
-/// Where things are on the node (as mounted into the installer's container).
-#[derive(Debug, Clone)]
-pub struct Paths {
-    pub bin_dir: PathBuf,
-    pub conf_dir: PathBuf,
-    /// The binary to install (the running one, by default).
-    pub source: PathBuf,
-}
-
-impl Paths {
-    fn installed_binary(&self) -> PathBuf {
-        self.bin_dir.join(PLUGIN_TYPE)
+/// The plugin that sets the pod's network up: the first of a list's, or a single plugin's own type.
+pub fn network_plugin(conf: &Value) -> Option<&str> {
+    match conf.get("plugins") {
+        Some(Value::Array(list)) => list.first().and_then(|p| p.get("type")).and_then(Value::as_str),
+        _ => conf.get("type").and_then(Value::as_str),
     }
 }
 
+/// Where the node keeps its CNI plugins, as mounted here.
+#[derive(Debug, Clone)]
+pub enum BinDir {
+    /// The container runtime's bin directory.
+    Dir(PathBuf),
+    /// k3s's data directory (`/var/lib/rancher/k3s/data` on the node): its `cni` directory where there is one,
+    /// and the `bin` of every bundle (`<hash>/bin`, holding k3s's `cni` multicall binary) — whichever of them
+    /// the k3s version on the node names in containerd's configuration.
+    K3sData(PathBuf),
+}
+
+/// Where things are on the node (as mounted into the installer's container).
+#[derive(Debug, Clone)]
+pub struct Paths {
+    pub bin_dir: BinDir,
+    pub conf_dir: PathBuf,
+    /// The binary to install (the running one, by default).
+    pub source: PathBuf,
+    /// Where the node's `/` is mounted here (the DaemonSet mounts each node path P at /host/P): messages name
+    /// paths as the node knows them. None: paths as they are here.
+    pub host_root: Option<PathBuf>,
+    /// Chain only when the configuration's network plugin is in a bin directory. Off where the runtime is
+    /// known to look in several (the admin named the bin directory).
+    pub verify_bin_dir: bool,
+}
+
+/// The bin directories k3s may name in containerd's configuration, under its data directory: `cni` (k3s
+/// v1.31.2 and later) and every bundle's `bin` (earlier versions, one per k3s version the node ran).
+pub fn k3s_bin_dirs(data_dir: &Path) -> io::Result<Vec<PathBuf>> {
+    let mut dirs = Vec::new();
+    let stable = data_dir.join("cni");
+    if fs::symlink_metadata(&stable).is_ok_and(|m| m.is_dir()) {
+        dirs.push(stable);
+    }
+    let mut bundles: Vec<PathBuf> = Vec::new();
+    for entry in fs::read_dir(data_dir)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        // `current` and `previous` are links to bundles (listed by their own names); `-tmp` is an extraction
+        // under way; `.lock` is k3s's.
+        if name == "cni" || name == "current" || name == "previous" || name.starts_with('.') || name.ends_with("-tmp") {
+            continue;
+        }
+        if !entry.file_type()?.is_dir() {
+            continue;
+        }
+        let bin = entry.path().join("bin");
+        if fs::symlink_metadata(bin.join("cni")).is_ok() {
+            bundles.push(bin);
+        }
+    }
+    bundles.sort();
+    dirs.extend(bundles);
+    Ok(dirs)
+}
+
+fn is_config_file(path: &Path) -> bool {
+    path.is_file() && path.extension().and_then(OsStr::to_str).is_some_and(|e| CONFIG_EXTENSIONS.contains(&e))
+}
+
+/// What a configuration directory holds, for a message: "it is empty" or "it holds a, b, c".
+fn listing(dir: &Path) -> String {
+    let mut names: Vec<String> = match fs::read_dir(dir) {
+        Ok(entries) => entries.filter_map(Result::ok).map(|e| e.file_name().to_string_lossy().into_owned()).collect(),
+        Err(e) => return format!("it cannot be read: {e}"),
+    };
+    names.sort();
+    match names.len() {
+        0 => "it is empty".into(),
+        n if n <= 8 => format!("it holds {}", names.join(", ")),
+        n => format!("it holds {} and {} more", names[..8].join(", "), n - 8),
+    }
+}
+
+impl Paths {
+    /// A path as the node knows it.
+    pub fn on_node(&self, path: &Path) -> String {
+        match self.host_root.as_deref().map(|root| path.strip_prefix(root)) {
+            Some(Ok(rest)) => Path::new("/").join(rest).display().to_string(),
+            _ => path.display().to_string(),
+        }
+    }
+
+    fn io_err<'a>(&'a self, path: &'a Path) -> impl FnOnce(io::Error) -> InstallError + 'a {
+        move |source| InstallError::Io { path: self.on_node(path), source }
+    }
+
+    fn require_dir(&self, what: &'static str, path: &Path) -> Result<(), InstallError> {
+        if path.is_dir() { Ok(()) } else { Err(InstallError::MissingDir { what, path: self.on_node(path) }) }
+    }
+
+    /// The bin directories to install into, as they are now (k3s's change with its upgrades).
+    pub fn bin_dirs(&self) -> Result<Vec<PathBuf>, InstallError> {
+        match &self.bin_dir {
+            BinDir::Dir(dir) => {
+                self.require_dir("the node's CNI bin directory", dir)?;
+                Ok(vec![dir.clone()])
+            }
+            BinDir::K3sData(data) => {
+                self.require_dir("k3s's data directory", data)?;
+                let dirs = k3s_bin_dirs(data).map_err(self.io_err(data))?;
+                if dirs.is_empty() {
+                    return Err(InstallError::NoK3sBinDir { data_dir: self.on_node(data) });
+                }
+                Ok(dirs)
+            }
+        }
+    }
+
+    /// The runtime's primary network configuration, or what is missing for one.
+    pub fn primary_config(&self) -> Result<PathBuf, InstallError> {
+        self.require_dir("the node's CNI configuration directory", &self.conf_dir)?;
+        primary_config(&self.conf_dir)
+            .map_err(|e| InstallError::Io { path: self.on_node(&self.conf_dir), source: e })?
+            .ok_or_else(|| InstallError::NoConfig { dir: self.on_node(&self.conf_dir), found: listing(&self.conf_dir) })
+    }
+
+    fn read_config(&self, path: &Path) -> Result<Value, InstallError> {
+        let text = fs::read(path).map_err(self.io_err(path))?;
+        serde_json::from_slice(&text).map_err(|e| InstallError::NotAConfig { path: self.on_node(path), why: e.to_string() })
+    }
+
+    fn shown_dirs(&self, dirs: &[PathBuf]) -> String {
+        let shown: Vec<String> = dirs.iter().map(|d| self.on_node(d)).collect();
+        match shown.as_slice() {
+            [one] => one.clone(),
+            many => format!("none of {}", many.join(", ")),
+        }
+    }
+
+    /// Everything install and check need, or the first thing that is missing.
+    fn survey(&self) -> Result<Survey, InstallError> {
+        let bin_dirs = self.bin_dirs()?;
+        let primary = self.primary_config()?;
+        let conf = self.read_config(&primary)?;
+        let chained = chain(&conf).map_err(|why| InstallError::NotAConfig { path: self.on_node(&primary), why })?;
+        if self.verify_bin_dir {
+            let plugin = network_plugin(&conf).unwrap_or_default().to_owned();
+            // A link is enough (k3s's cni directory holds links into its bundle, which may not resolve here).
+            let present =
+                !plugin.is_empty() && !plugin.contains('/') && bin_dirs.iter().any(|dir| fs::symlink_metadata(dir.join(&plugin)).is_ok());
+            if !present {
+                return Err(InstallError::PluginNotInBinDir {
+                    config: self.on_node(&primary),
+                    plugin,
+                    bin_dirs: self.shown_dirs(&bin_dirs),
+                });
+            }
+        }
+        Ok(Survey { bin_dirs, primary, conf, chained })
+    }
+}
+
+struct Survey {
+    bin_dirs: Vec<PathBuf>,
+    primary: PathBuf,
+    conf: Value,
+    chained: Value,
+}
+
 /// The runtime's primary network configuration: the first configuration file in name order.
-pub fn primary_config(conf_dir: &Path) -> Result<Option<PathBuf>, InstallError> {
-    let mut files: Vec<PathBuf> = fs::read_dir(conf_dir)
-        .map_err(io_err(conf_dir))?
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .filter(|p| p.is_file() && matches!(p.extension().and_then(OsStr::to_str), Some("conflist" | "conf" | "json")))
-        .collect();
+pub fn primary_config(conf_dir: &Path) -> io::Result<Option<PathBuf>> {
+    let mut files: Vec<PathBuf> = fs::read_dir(conf_dir)?.filter_map(Result::ok).map(|e| e.path()).filter(|p| is_config_file(p)).collect();
     files.sort();
     Ok(files.into_iter().next())
 }
 
-fn read_config(path: &Path) -> Result<Value, InstallError> {
-    let text = fs::read(path).map_err(io_err(path))?;
-    serde_json::from_slice(&text).map_err(|e| InstallError::NotAConfig { path: path.into(), why: e.to_string() })
-}
-
 /// Writes `contents` to `path` by renaming a complete temporary file over it.
-fn write_atomically(path: &Path, contents: &[u8], mode: u32) -> Result<(), InstallError> {
+fn write_atomically(paths: &Paths, path: &Path, contents: &[u8], mode: u32) -> Result<(), InstallError> {
     let tmp = path.with_file_name(format!(".{}.tollgate-tmp", path.file_name().and_then(OsStr::to_str).unwrap_or("file")));
-    fs::write(&tmp, contents).map_err(io_err(&tmp))?;
-    fs::set_permissions(&tmp, fs::Permissions::from_mode(mode)).map_err(io_err(&tmp))?;
-    fs::rename(&tmp, path).map_err(io_err(path))
+    fs::write(&tmp, contents).map_err(paths.io_err(&tmp))?;
+    fs::set_permissions(&tmp, fs::Permissions::from_mode(mode)).map_err(paths.io_err(&tmp))?;
+    fs::rename(&tmp, path).map_err(paths.io_err(path))
 }
 
-/// Makes the node's configuration chain the plugin and its bin directory hold this binary. Returns what it
-/// changed (nothing when all was in place).
+/// Makes the node's configuration chain the plugin and its bin directories hold this binary. Returns what it
+/// changed (nothing when all was in place). Changes nothing unless the node has all it needs (see the module).
 pub fn install_once(paths: &Paths) -> Result<Vec<String>, InstallError> {
+    let survey = paths.survey()?;
     let mut changes = Vec::new();
-    let binary = fs::read(&paths.source).map_err(io_err(&paths.source))?;
-    let target = paths.installed_binary();
-    if fs::read(&target).ok().as_deref() != Some(&binary[..]) {
-        write_atomically(&target, &binary, 0o755)?;
-        changes.push(format!("installed {}", target.display()));
+    let binary = fs::read(&paths.source).map_err(paths.io_err(&paths.source))?;
+    // The binary first, so that a configuration never names a missing plugin.
+    for dir in &survey.bin_dirs {
+        let target = dir.join(PLUGIN_TYPE);
+        if fs::read(&target).ok().as_deref() != Some(&binary[..]) {
+            write_atomically(paths, &target, &binary, 0o755)?;
+            changes.push(format!("installed {}", paths.on_node(&target)));
+        }
     }
-    let primary = primary_config(&paths.conf_dir)?.ok_or_else(|| InstallError::NoConfig(paths.conf_dir.clone()))?;
-    let conf = read_config(&primary)?;
-    let chained = chain(&conf).map_err(|why| InstallError::NotAConfig { path: primary.clone(), why })?;
+    let primary = &survey.primary;
     let is_list = primary.extension() == Some(OsStr::new("conflist"));
-    if is_list && chained == conf {
+    if is_list && survey.chained == survey.conf {
         return Ok(changes);
     }
     let list_path = primary.with_extension("conflist");
-    let mut text = serde_json::to_vec_pretty(&chained).expect("JSON values serialize");
+    let mut text = serde_json::to_vec_pretty(&survey.chained).expect("JSON values serialize");
     text.push(b'\n');
-    write_atomically(&list_path, &text, 0o644)?;
+    write_atomically(paths, &list_path, &text, 0o644)?;
     if !is_list {
-        fs::remove_file(&primary).map_err(io_err(&primary))?;
-        changes.push(format!("converted {} to the plugin list {}", primary.display(), list_path.display()));
+        fs::remove_file(primary).map_err(paths.io_err(primary))?;
+        changes.push(format!("converted {} to the plugin list {}", paths.on_node(primary), paths.on_node(&list_path)));
     }
-    changes.push(format!("chained {PLUGIN_TYPE} into {}", list_path.display()));
+    changes.push(format!("chained {PLUGIN_TYPE} into {}", paths.on_node(&list_path)));
     Ok(changes)
 }
 
-/// Whether the node is set up: binary in place and identical, primary configuration chained. `Err` says
-/// what is missing.
+/// Whether the node is set up: the binary in place and identical in every bin directory, the primary
+/// configuration chained. `Err` says what is missing.
 pub fn check(paths: &Paths) -> Result<(), String> {
+    let survey = paths.survey().map_err(|e| e.to_string())?;
     let binary = fs::read(&paths.source).map_err(|e| format!("{}: {e}", paths.source.display()))?;
-    let target = paths.installed_binary();
-    match fs::read(&target) {
-        Ok(b) if b == binary => {}
-        Ok(_) => return Err(format!("{} is another version", target.display())),
-        Err(e) => return Err(format!("{}: {e}", target.display())),
+    for dir in &survey.bin_dirs {
+        let target = dir.join(PLUGIN_TYPE);
+        match fs::read(&target) {
+            Ok(b) if b == binary => {}
+            Ok(_) => return Err(format!("{} is another version", paths.on_node(&target))),
+            Err(e) => return Err(format!("{}: {e}", paths.on_node(&target))),
+        }
     }
-    let primary = primary_config(&paths.conf_dir)
-        .map_err(|e| e.to_string())?
-        .ok_or_else(|| InstallError::NoConfig(paths.conf_dir.clone()).to_string())?;
-    let conf = read_config(&primary).map_err(|e| e.to_string())?;
-    if is_chained(&conf) { Ok(()) } else { Err(format!("{} does not end with the {PLUGIN_TYPE} plugin", primary.display())) }
+    if is_chained(&survey.conf) {
+        Ok(())
+    } else {
+        Err(format!("{} does not end with the {PLUGIN_TYPE} plugin", paths.on_node(&survey.primary)))
+    }
 }
 
-/// Removes tollgate's entry from every configuration in the directory, then the binary. Pods keep the rules
-/// they have; pods created afterwards are not locked (and, under `egressLock: required`, do not start).
+/// Removes tollgate's entry from every configuration in the directory, then the binary from every bin
+/// directory. Pods keep the rules they have; pods created afterwards are not locked (and, under
+/// `egressLock: required`, do not start).
 pub fn uninstall(paths: &Paths) -> Result<Vec<String>, InstallError> {
+    paths.require_dir("the node's CNI configuration directory", &paths.conf_dir)?;
     let mut changes = Vec::new();
-    for entry in fs::read_dir(&paths.conf_dir).map_err(io_err(&paths.conf_dir))?.filter_map(Result::ok) {
+    for entry in fs::read_dir(&paths.conf_dir).map_err(paths.io_err(&paths.conf_dir))?.filter_map(Result::ok) {
         let path = entry.path();
         if path.extension() != Some(OsStr::new("conflist")) {
             continue;
         }
-        let Ok(conf) = read_config(&path) else { continue };
+        let Ok(conf) = paths.read_config(&path) else { continue };
         let without = unchain(&conf);
         if without != conf {
             let mut text = serde_json::to_vec_pretty(&without).expect("JSON values serialize");
             text.push(b'\n');
-            write_atomically(&path, &text, 0o644)?;
-            changes.push(format!("removed {PLUGIN_TYPE} from {}", path.display()));
+            write_atomically(paths, &path, &text, 0o644)?;
+            changes.push(format!("removed {PLUGIN_TYPE} from {}", paths.on_node(&path)));
         }
     }
-    let target = paths.installed_binary();
-    match fs::remove_file(&target) {
-        Ok(()) => changes.push(format!("removed {}", target.display())),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(e) => return Err(InstallError::Io { path: target, source: e }),
+    for dir in paths.bin_dirs()? {
+        let target = dir.join(PLUGIN_TYPE);
+        match fs::remove_file(&target) {
+            Ok(()) => changes.push(format!("removed {}", paths.on_node(&target))),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(InstallError::Io { path: paths.on_node(&target), source: e }),
+        }
     }
     Ok(changes)
 }
@@ -234,6 +417,14 @@ mod tests {
         }
     }
 
+    fn paths(bin: &Path, conf: &Path, source: &Path) -> Paths {
+        Paths { bin_dir: BinDir::Dir(bin.into()), conf_dir: conf.into(), source: source.into(), host_root: None, verify_bin_dir: false }
+    }
+
+    fn read(path: &Path) -> Value {
+        serde_json::from_slice(&fs::read(path).unwrap()).unwrap()
+    }
+
     #[test]
     fn install_converts_chains_and_uninstall_reverts() {
         let dir = tempfile::tempdir().unwrap();
@@ -242,14 +433,15 @@ mod tests {
         fs::create_dir_all(&conf).unwrap();
         let source = dir.path().join("source");
         fs::write(&source, b"binary v1").unwrap();
-        let paths = Paths { bin_dir: bin.clone(), conf_dir: conf.clone(), source: source.clone() };
-        assert!(matches!(install_once(&paths), Err(InstallError::NoConfig(_))));
-        assert!(bin.join("tollgate-cni").exists(), "the binary goes first, so a configuration never names a missing plugin");
+        let paths = paths(&bin, &conf, &source);
+        assert!(matches!(install_once(&paths), Err(InstallError::NoConfig { .. })));
+        assert!(!bin.join("tollgate-cni").exists(), "nothing changes on a node that cannot have the lock");
         fs::write(conf.join("20-other.conflist"), r#"{"cniVersion":"1.0.0","name":"b","plugins":[{"type":"x"}]}"#).unwrap();
         fs::write(conf.join("10-net.conf"), r#"{"cniVersion":"1.0.0","name":"a","type":"bridge"}"#).unwrap();
         assert!(check(&paths).is_err());
         let changes = install_once(&paths).unwrap();
-        assert_eq!(changes.len(), 2, "{changes:?}");
+        assert_eq!(changes.len(), 3, "{changes:?}");
+        assert!(changes[0].starts_with("installed "), "the binary goes first, so a configuration never names a missing plugin");
         assert!(!conf.join("10-net.conf").exists());
         assert_eq!(primary_config(&conf).unwrap().unwrap(), conf.join("10-net.conflist"));
         check(&paths).unwrap();
@@ -262,8 +454,46 @@ mod tests {
         assert!(!other.contains("tollgate-cni"), "only the primary configuration is chained");
         uninstall(&paths).unwrap();
         assert!(!bin.join("tollgate-cni").exists());
-        let primary = read_config(&conf.join("10-net.conflist")).unwrap();
+        let primary = read(&conf.join("10-net.conflist"));
         assert!(!is_chained(&primary));
         assert_eq!(primary["plugins"], json!([{"type": "bridge"}]));
+    }
+
+    #[test]
+    fn the_network_plugin_is_the_first_of_the_list() {
+        assert_eq!(network_plugin(&json!({"plugins": [{"type": "calico"}, {"type": "portmap"}]})), Some("calico"));
+        assert_eq!(network_plugin(&json!({"type": "bridge"})), Some("bridge"));
+        assert_eq!(network_plugin(&json!({"plugins": []})), None);
+    }
+
+    #[test]
+    fn a_bin_dir_without_the_network_plugin_is_refused_before_anything_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let (bin, conf) = (dir.path().join("host/opt/cni/bin"), dir.path().join("host/etc/cni/net.d"));
+        fs::create_dir_all(&bin).unwrap();
+        fs::create_dir_all(&conf).unwrap();
+        let source = dir.path().join("source");
+        fs::write(&source, b"binary").unwrap();
+        let written = r#"{"cniVersion":"1.0.0","name":"k8s-pod-network","plugins":[{"type":"calico"},{"type":"portmap"}]}"#;
+        fs::write(conf.join("10-calico.conflist"), written).unwrap();
+        let paths = Paths { verify_bin_dir: true, host_root: Some(dir.path().join("host")), ..paths(&bin, &conf, &source) };
+        let err = install_once(&paths).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "/etc/cni/net.d/10-calico.conflist runs the network plugin \"calico\", but /opt/cni/bin holds no calico: the \
+             container runtime looks for CNI plugins in another directory, and a configuration naming tollgate-cni there \
+             would fail every pod sandbox on this node"
+        );
+        assert_eq!(fs::read_to_string(conf.join("10-calico.conflist")).unwrap(), written, "nothing chained");
+        assert!(!bin.join("tollgate-cni").exists(), "nothing installed");
+        assert_eq!(check(&paths).unwrap_err(), err, "the readiness probe says the same");
+        // A link is enough: k3s's links point into its bundle, which may not resolve in the container.
+        std::os::unix::fs::symlink("/nowhere/cni", bin.join("calico")).unwrap();
+        install_once(&paths).unwrap();
+        check(&paths).unwrap();
+        // Not verified, the bin directory is taken as given (a runtime may look in several).
+        let unverified = Paths { verify_bin_dir: false, ..paths.clone() };
+        fs::remove_file(bin.join("calico")).unwrap();
+        check(&unverified).unwrap();
     }
 }

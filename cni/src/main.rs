@@ -9,7 +9,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use clap::{Parser, Subcommand};
 use serde_json::{Value, json};
-use tollgate_cni::install::{self, Paths};
+use tollgate_cni::install::{self, BinDir, Paths};
 use tollgate_cni::plugin::{self, CniError, Environment, Netns};
 use tollgate_cni::rules::{Chain, drop_tag};
 
@@ -28,9 +28,20 @@ struct NodeDirs {
     /// The node's CNI plugin directory, as mounted here.
     #[arg(long, env = "TOLLGATE_CNI_BIN_DIR", default_value = "/host/opt/cni/bin")]
     bin_dir: PathBuf,
+    /// k3s's data directory (the node's /var/lib/rancher/k3s/data), as mounted here, instead of --bin-dir:
+    /// the plugin goes into its `cni` directory and every bundle's `bin`, whichever k3s names.
+    #[arg(long, env = "TOLLGATE_CNI_K3S_DATA_DIR")]
+    k3s_data_dir: Option<PathBuf>,
     /// The node's CNI configuration directory, as mounted here.
     #[arg(long, env = "TOLLGATE_CNI_CONF_DIR", default_value = "/host/etc/cni/net.d")]
     conf_dir: PathBuf,
+    /// Where the node's / is mounted here: messages name paths as the node knows them.
+    #[arg(long, env = "TOLLGATE_CNI_HOST_ROOT")]
+    host_root: Option<PathBuf>,
+    /// Chain only when the configuration's network plugin is in the bin directory (the sign that the runtime
+    /// looks for plugins there). Leave it off when the runtime searches several directories.
+    #[arg(long, env = "TOLLGATE_CNI_VERIFY_BIN_DIR")]
+    verify_bin_dir: bool,
     /// The plugin binary to install (default: this one).
     #[arg(long)]
     source: Option<PathBuf>,
@@ -42,20 +53,35 @@ impl NodeDirs {
             Some(s) => s,
             None => std::env::current_exe().map_err(|e| format!("cannot find this binary: {e}"))?,
         };
-        Ok(Paths { bin_dir: self.bin_dir, conf_dir: self.conf_dir, source })
+        let bin_dir = match self.k3s_data_dir {
+            Some(data) => BinDir::K3sData(data),
+            None => BinDir::Dir(self.bin_dir),
+        };
+        Ok(Paths { bin_dir, conf_dir: self.conf_dir, source, host_root: self.host_root, verify_bin_dir: self.verify_bin_dir })
     }
 }
 
 #[derive(Subcommand)]
 enum Cmd {
     /// Install the binary and chain it into the node's primary CNI configuration, then keep it so (re-checked
-    /// every --interval) until SIGTERM. Leaves everything in place when it stops.
+    /// every --interval) until SIGTERM. Leaves everything in place when it stops. When the node cannot have
+    /// the lock for --fail-after seconds on end, writes what it did not find to --termination-log and exits 1,
+    /// so that the DaemonSet's pod shows the failure (Error, then CrashLoopBackOff, with the message).
     Install {
         #[command(flatten)]
         dirs: NodeDirs,
         /// How often to re-check (the node's network plugin may rewrite its configuration).
         #[arg(long, default_value = "5", value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..=3600))]
         interval: u64,
+        /// Give up after failing this long without a break (0: never).
+        #[arg(long, default_value = "60", value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(0..=86400))]
+        fail_after: u64,
+        /// Where the message goes when giving up (the container's terminationMessagePath), if it exists.
+        #[arg(long, default_value = "/dev/termination-log")]
+        termination_log: PathBuf,
+        /// The platform the directories were chosen for (the chart's egressLock.platform), for the message.
+        #[arg(long, env = "TOLLGATE_CNI_PLATFORM")]
+        platform: Option<String>,
         /// Install once and exit.
         #[arg(long)]
         once: bool,
@@ -85,7 +111,10 @@ fn main() -> ExitCode {
     }
     let cli = Cli::parse();
     let result = match cli.command {
-        Cmd::Install { dirs, interval, once } => dirs.paths().and_then(|p| run_installer(&p, Duration::from_secs(interval), once)),
+        Cmd::Install { dirs, interval, fail_after, termination_log, platform, once } => dirs.paths().and_then(|p| {
+            let give_up = GiveUp { after: Duration::from_secs(fail_after), log: termination_log, platform };
+            run_installer(&p, Duration::from_secs(interval), once, &give_up)
+        }),
         Cmd::CheckInstall { dirs } => {
             dirs.paths().and_then(|p| install::check(&p)).map(|()| println!("tollgate-cni is installed and chained"))
         }
@@ -147,34 +176,89 @@ extern "C" fn on_signal(_: nix::libc::c_int) {
     STOP.store(true, Ordering::SeqCst);
 }
 
-fn run_installer(paths: &Paths, interval: Duration, once: bool) -> Result<(), String> {
-    if once {
-        for change in install::install_once(paths).map_err(|e| e.to_string())? {
-            log("INFO", &change);
+/// When and how the installer gives up on a node that cannot have the lock.
+struct GiveUp {
+    after: Duration,
+    log: PathBuf,
+    platform: Option<String>,
+}
+
+impl GiveUp {
+    /// The message a failing node's pod shows: what was not found, and what to change.
+    fn message(&self, error: &str) -> String {
+        let node = std::env::var("NODE_NAME").map(|n| format!("node {n}")).unwrap_or_else(|_| "this node".into());
+        let platform = match &self.platform {
+            Some(p) => format!("egressLock.platform is {p}: set it to this node's (kubeadm, rke2, microk8s, k3s, gke), or "),
+            None => String::new(),
+        };
+        format!(
+            "the egress lock cannot be installed on {node}: {error}. Locked pods will not start there. Fix: {platform}set \
+             the directories the node's container runtime uses (egressLock.binDir, egressLock.confDir; charts/tollgate/README.md, \
+             \"The egress lock on your platform\")"
+        )
+    }
+
+    /// Writes the message where the kubelet reads a terminated container's message, when that file exists.
+    fn write(&self, message: &str) {
+        if self.log.exists() {
+            let _ = std::fs::write(&self.log, message);
         }
-        return Ok(());
+    }
+}
+
+fn run_installer(paths: &Paths, interval: Duration, once: bool, give_up: &GiveUp) -> Result<(), String> {
+    if once {
+        return match install::install_once(paths) {
+            Ok(changes) => {
+                for change in changes {
+                    log("INFO", &change);
+                }
+                Ok(())
+            }
+            Err(e) => {
+                let message = give_up.message(&e.to_string());
+                give_up.write(&message);
+                Err(message)
+            }
+        };
     }
     use nix::sys::signal::{SigHandler, Signal, signal};
     for sig in [Signal::SIGTERM, Signal::SIGINT] {
         // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
         unsafe { signal(sig, SigHandler::Handler(on_signal)) }.map_err(|e| format!("installing a {sig} handler: {e}"))?;
     }
-    log("INFO", &format!("keeping {} installed and chained into {}", paths.bin_dir.display(), paths.conf_dir.display()));
+    let bin = match &paths.bin_dir {
+        BinDir::Dir(dir) => paths.on_node(dir),
+        BinDir::K3sData(data) => format!("k3s's CNI bin directories under {}", paths.on_node(data)),
+    };
+    log("INFO", &format!("keeping tollgate-cni installed in {bin} and chained into {}", paths.on_node(&paths.conf_dir)));
     let mut last_error = String::new();
+    let mut failing_since: Option<Instant> = None;
     while !STOP.load(Ordering::SeqCst) {
         match install::install_once(paths) {
             Ok(changes) => {
                 for change in changes {
                     log("INFO", &change);
                 }
+                if failing_since.take().is_some() {
+                    log("INFO", "the node has what the lock needs again");
+                }
                 last_error.clear();
             }
-            // The same failure every few seconds is logged once.
-            Err(e) if e.to_string() != last_error => {
-                last_error = e.to_string();
-                log("WARN", &last_error);
+            Err(e) => {
+                let error = e.to_string();
+                // The same failure every few seconds is logged once.
+                if error != last_error {
+                    log("WARN", &error);
+                    last_error = error.clone();
+                }
+                let since = *failing_since.get_or_insert_with(Instant::now);
+                if !give_up.after.is_zero() && since.elapsed() >= give_up.after {
+                    let message = give_up.message(&error);
+                    give_up.write(&message);
+                    return Err(message);
+                }
             }
-            Err(_) => {}
         }
         let until = Instant::now() + interval;
         while Instant::now() < until && !STOP.load(Ordering::SeqCst) {
