@@ -618,6 +618,12 @@ down() {
     nft delete table ip6 kube-proxy 2>/dev/null || true
   fi
   stop_netpol
+  # The pods' veths go with their network namespaces, which the kernel frees asynchronously (seconds, with many
+  # pods): remove the ones still on the bridge now, so nothing of the node outlives `down`.
+  local port
+  for port in $(ip -o link show master "$BRIDGE" 2>/dev/null | awk -F': ' '{print $2}' | cut -d@ -f1); do
+    ip link del "$port" 2>/dev/null || true
+  done
   ip link del "$BRIDGE" 2>/dev/null || true
   rm -rf "$STATE"
   log "down; the host is as it was"
