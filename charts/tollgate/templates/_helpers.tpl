@@ -95,3 +95,65 @@ tolerations: {{- toYaml . | nindent 2 }}
 {}
 {{- end -}}
 {{- end -}}
+
+{{- /* Argo CD sync waves (argocd.argoproj.io/sync-wave) of the chart's objects that are not Helm hooks; Argo CD
+       applies a wave only once every object of the one before is healthy, and deletes in the reverse order
+       (waiting for each wave to be gone). Helm and Flux ignore the annotation. Hooks keep their
+       helm.sh/hook-weight, which Argo CD reads as their wave within PreSync and PostSync. README.md, GitOps.
+       config       -2  ServiceAccounts, RBAC, ConfigMaps, NetworkPolicies, the ResourceQuota
+       certificates -1  cert-manager's Issuers and Certificates (healthy once the Secret is issued)
+       workloads     0  the webhook's Deployment, Service and PodDisruptionBudget, the renewal CronJob, monitoring
+       guard         1  the pod guard (before any pod is hardened; gone only after the webhook configuration)
+       webhook       2  the MutatingWebhookConfiguration: registered once its Deployment serves, removed first
+       require       3  the require-hardening policy (kept on deletion: helm.sh/resource-policy keep)
+       egressLock    4  the egress lock's DaemonSet: a node that cannot have it does not hold back the rest
+       Use: annotations: {{- include "tollgate.wave" "config" | nindent 4 }} */ -}}
+{{- define "tollgate.wave" -}}
+{{- $waves := dict "config" "-2" "certificates" "-1" "workloads" "0" "guard" "1" "webhook" "2" "require" "3" "egressLock" "4" -}}
+argocd.argoproj.io/sync-wave: {{ required (printf "no sync wave %q" .) (get $waves .) | quote }}
+{{- end -}}
+
+{{- /* Where the egress lock's installer finds the node's CNI directories, per egressLock.platform (each checked
+       against the project's own code and documentation; cni/README.md): a dict of
+         conf      the runtime's configuration directory (a node path)
+         bin       its plugin directory, or
+         k3sData   k3s's data directory, whose bin directories the installer finds itself
+         mounts    node paths the DaemonSet mounts (each at /host<path>)
+         verify    whether the installer checks that the configuration's plugin is in the bin directory
+                   (not when binDir is given: the admin named it, and a runtime may search several)
+         quota     whether the platform admits system-node-critical pods outside kube-system only with a
+                   ResourceQuota (GKE) */ -}}
+{{- define "tollgate.egressLock.layout" -}}
+{{- $e := .Values.egressLock -}}
+{{- $presets := dict
+      "kubeadm"  (dict "conf" "/etc/cni/net.d" "bin" "/opt/cni/bin")
+      "rke2"     (dict "conf" "/etc/cni/net.d" "bin" "/opt/cni/bin")
+      "microk8s" (dict "conf" "/var/snap/microk8s/current/args/cni-network" "bin" "/var/snap/microk8s/current/opt/cni/bin" "root" "/var/snap/microk8s")
+      "k3s"      (dict "conf" "/var/lib/rancher/k3s/agent/etc/cni/net.d" "k3sData" "/var/lib/rancher/k3s/data")
+      "gke"      (dict "conf" "/etc/cni/net.d" "bin" "/home/kubernetes/bin" "quota" true)
+      "custom"   (dict) -}}
+{{- $preset := get $presets $e.platform -}}
+{{- if not (hasKey $presets $e.platform) -}}
+{{- fail (printf "egressLock.platform %q: one of kubeadm, rke2, microk8s, k3s, gke, custom" $e.platform) -}}
+{{- end -}}
+{{- if and (eq $e.platform "custom") (not (and $e.binDir $e.confDir)) -}}
+{{- fail "egressLock.platform custom needs egressLock.binDir and egressLock.confDir (the node's container runtime's CNI bin_dir and conf_dir)" -}}
+{{- end -}}
+{{- $conf := $e.confDir | default $preset.conf -}}
+{{- $layout := dict "conf" $conf "verify" (not $e.binDir) "quota" (or $e.resourceQuota.enabled (default false $preset.quota)) -}}
+{{- if $e.binDir -}}
+{{- $_ := set $layout "bin" $e.binDir -}}
+{{- else if $preset.k3sData -}}
+{{- $_ := set $layout "k3sData" $preset.k3sData -}}
+{{- else -}}
+{{- $_ := set $layout "bin" $preset.bin -}}
+{{- end -}}
+{{- if and $preset.root (not $e.binDir) (not $e.confDir) -}}
+{{- /* microk8s: its snap's data directory whole, so that `current` is followed to the revision in use after a
+       snap refresh (a mount of current/... would stay on the old revision). */ -}}
+{{- $_ := set $layout "mounts" (list (dict "name" "microk8s-data" "path" $preset.root)) -}}
+{{- else -}}
+{{- $_ := set $layout "mounts" (list (dict "name" (ternary "k3s-data" "cni-bin" (hasKey $layout "k3sData")) "path" (default $layout.k3sData $layout.bin)) (dict "name" "cni-conf" "path" $conf)) -}}
+{{- end -}}
+{{- toYaml $layout -}}
+{{- end -}}
