@@ -568,6 +568,7 @@ fn t8_rolling_the_webhook_fails_no_pod_creation() {
         let stop = std::sync::atomic::AtomicBool::new(false);
         let (n, failed) = std::thread::scope(|scope| {
             let creator = scope.spawn(|| create_pods_until(&c, &stop));
+            let _stop = StopOnDrop(&stop);
             let out = c.kubectl(&["rollout", "status", "deployment/tollgate-webhook", "-n", "tollgate", "--timeout=180s"]);
             // Old pods drain for their delay after the new ones are ready: keep creating until they are gone.
             let gone = Instant::now();
@@ -593,6 +594,15 @@ fn t8_rolling_the_webhook_fails_no_pod_creation() {
     }
     assert!(failures.is_empty(), "{} of {created} creations failed during 3 rollouts under load: {failures:#?}", failures.len());
     assert!(created >= 30, "{created}");
+}
+
+/// Sets its flag when dropped, also while a panic unwinds: a thread waiting for it then ends.
+struct StopOnDrop<'a>(&'a std::sync::atomic::AtomicBool);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 /// Create pods (server-side dry runs: admission without scheduling), at least one and until `stop` is set;
@@ -646,6 +656,8 @@ fn t8b_renewing_the_certificates_and_upgrading_the_release_fail_no_pod_creation(
     let stop = std::sync::atomic::AtomicBool::new(false);
     let (created, failures) = std::thread::scope(|scope| {
         let creating = scope.spawn(|| create_pods_until(&c, &stop));
+        // A failed assertion below must still end the creating thread, or the scope waits for it forever.
+        let _stop = StopOnDrop(&stop);
         let run_job = |name: &str, job: &str| {
             c.apply(job);
             let done = c.kubectl(&["wait", "--for=condition=complete", &format!("job/{name}"), "-n", "tollgate", "--timeout=120s"]);
@@ -668,7 +680,7 @@ fn t8b_renewing_the_certificates_and_upgrading_the_release_fail_no_pod_creation(
         let renewed = run_job("renew-ca", &job("renew-ca", &["--renew=ca"]));
         assert!(
             renewed.starts_with(
-                "created a new CA and serving certificate (renewal forced (--renew=ca)); caBundle of tollgate: set on 4 webhook(s)"
+                "created a new CA and serving certificate (renewal forced (--renew=ca)); caBundle of tollgate: set on 6 webhook(s)"
             ),
             "{renewed}"
         );
