@@ -481,3 +481,102 @@ fn an_api_server_limiting_critical_pods_as_gke_does_admits_the_installer_only_wi
         plane.kubectl(&["get", "resourcequota", "tollgate-cni-critical-pods", "-n", "tollgate", "-o", "jsonpath={.status.used.pods}"]);
     assert_eq!(String::from_utf8_lossy(&used.stdout), "1", "the quota counts the installer's pod");
 }
+
+// ---- on the node -----------------------------------------------------------------------------------------
+
+/// kubectl against the node test cluster (`scripts/cluster.sh up`, its exports evaluated).
+fn node_kubectl(args: &[&str], stdin: Option<&str>) -> std::process::Output {
+    use std::io::Write;
+    let var =
+        |name: &str| std::env::var(name).unwrap_or_else(|_| panic!("{name} is not set: run `scripts/cluster.sh up` and eval its output"));
+    let bin = fs::read_to_string(format!("{}/bin", var("TOLLGATE_CLUSTER_DIR"))).unwrap();
+    let mut child = Command::new(format!("{}/kubectl", bin.trim()))
+        .arg(format!("--kubeconfig={}", var("KUBECONFIG")))
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(stdin.unwrap_or_default().as_bytes()).unwrap();
+    child.wait_with_output().unwrap()
+}
+
+/// The chart's installer DaemonSet for `sets`, as a DaemonSet of its own in `namespace` (another name and
+/// labels: the release's installer and whatever looks for it are left alone).
+fn separate_installer(sets: &[&str], namespace: &str, name: &str) -> String {
+    let stream = helm_template(sets).unwrap();
+    let mut daemonset = object(&objects(&stream), "DaemonSet", "tollgate-cni").unwrap().clone();
+    daemonset["metadata"] = json!({"name": name, "namespace": namespace});
+    let labels = json!({"app.kubernetes.io/name": name});
+    daemonset["spec"]["selector"] = json!({"matchLabels": labels});
+    daemonset["spec"]["template"]["metadata"] = json!({"labels": labels});
+    yaml_of(&daemonset)
+}
+
+#[test]
+#[ignore = "needs scripts/cluster.sh up"]
+fn on_the_node_an_installer_that_cannot_lock_fails_visibly() {
+    let dir = std::env::var("TOLLGATE_CLUSTER_DIR").expect("TOLLGATE_CLUSTER_DIR");
+    let ns = "tollgate-lock-platforms";
+    let ok = |args: &[&str], stdin: Option<&str>| {
+        let out = node_kubectl(args, stdin);
+        assert!(out.status.success(), "kubectl {args:?}: {}", text(&out));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    ok(&["delete", "namespace", ns, "--ignore-not-found", "--wait=true", "--timeout=120s"], None);
+    ok(&["create", "namespace", ns], None);
+
+    // The node's bin directory, and a configuration directory with nothing in it: the pod starts, changes
+    // nothing, and fails with what it did not find as its termination message.
+    let empty = format!("{dir}/cni/empty.d");
+    fs::create_dir_all(&empty).unwrap();
+    let manifest = separate_installer(
+        &[
+            "egressLock.platform=custom",
+            &format!("egressLock.binDir={dir}/cni/bin"),
+            &format!("egressLock.confDir={empty}"),
+            "egressLock.intervalSeconds=1",
+            "egressLock.failAfterSeconds=3",
+        ],
+        ns,
+        "lock-no-configuration",
+    );
+    ok(&["apply", "-f", "-"], Some(&manifest));
+    let expected = format!(
+        "the egress lock cannot be installed on node tollgate-node: no CNI network configuration in {empty} (no *.conflist, \
+         *.conf or *.json file; it is empty)"
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    let status = loop {
+        let pods: Value =
+            serde_json::from_str(&ok(&["get", "pods", "-n", ns, "-l", "app.kubernetes.io/name=lock-no-configuration", "-o", "json"], None))
+                .unwrap();
+        let status = pods["items"][0]["status"]["containerStatuses"][0].clone();
+        let message =
+            status["lastState"]["terminated"]["message"].as_str().or(status["state"]["terminated"]["message"].as_str()).unwrap_or("");
+        if message.starts_with(&expected) {
+            break status;
+        }
+        assert!(std::time::Instant::now() < deadline, "no termination message {expected:?}: {pods}");
+        std::thread::sleep(std::time::Duration::from_secs(1));
+    };
+    assert_eq!(status["ready"], false, "{status}");
+    assert_eq!(fs::read_dir(&empty).unwrap().count(), 0, "nothing written");
+
+    // A platform whose directories the node does not have: the pod does not start, and its events name the
+    // directory.
+    let manifest = separate_installer(&["egressLock.platform=microk8s"], ns, "lock-other-platform");
+    ok(&["apply", "-f", "-"], Some(&manifest));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    loop {
+        let events = ok(&["get", "events", "-n", ns, "--field-selector", "reason=FailedMount", "-o", "jsonpath={.items[*].message}"], None);
+        if events.contains("/var/snap/microk8s") && events.contains("is not a directory") {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no FailedMount event naming /var/snap/microk8s: {events}");
+        std::thread::sleep(std::time::Duration::from_secs(1));
+    }
+    ok(&["delete", "namespace", ns, "--wait=false"], None);
+    let _ = fs::remove_dir(&empty);
+}
