@@ -9,7 +9,7 @@
 //! snap's data (`/var/snap/microk8s/current/args/cni-network`, `…/opt/cni/bin`); GKE's plugins are in
 //! `/home/kubernetes/bin`; k3s's configuration is `/var/lib/rancher/k3s/agent/etc/cni/net.d`, and its plugins
 //! are in a directory that changed over time: `data/cni` (a stable directory of links into the bundle) since
-//! k3s v1.31.2, v1.30.6, v1.29.10 and v1.28.15 (k3s-io/k3s#10868), `data/<bundle hash>/bin` before, which
+//! the k3s releases of October 2024 (k3s-io/k3s#10868), `data/<bundle hash>/bin` before, which
 //! changes with every k3s upgrade. [`BinDir::K3sData`] installs into each of them that exists.
 //!
 //! Nothing is chained unless everything it needs is there: the bin directories exist, the configuration
@@ -150,7 +150,7 @@ pub struct Paths {
 }
 
 /// The bin directories k3s may name in containerd's configuration, under its data directory: `cni` (k3s
-/// v1.31.2 and later) and every bundle's `bin` (earlier versions, one per k3s version the node ran).
+/// releases since October 2024) and every bundle's `bin` (earlier ones, one per k3s version the node ran).
 pub fn k3s_bin_dirs(data_dir: &Path) -> io::Result<Vec<PathBuf>> {
     let mut dirs = Vec::new();
     let stable = data_dir.join("cni");
