@@ -2,7 +2,6 @@
 //! needs one), `/metrics`.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use async_trait::async_trait;
 use http::Response;
@@ -10,35 +9,11 @@ use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
 
 use crate::metrics::Metrics;
-use crate::tokens::TokenSource;
+use crate::readiness::Readiness;
 
 pub struct Admin {
     pub metrics: Arc<Metrics>,
     pub readiness: Arc<Readiness>,
-}
-
-/// Whether the proxy is ready: what `/readyz` answers, and what a route with `answer: ready` answers.
-pub struct Readiness {
-    /// Set when a route needs a token: ready only once one is in hand.
-    pub tokens: Option<Arc<TokenSource>>,
-    pub draining: Arc<AtomicBool>,
-    /// Set when the ingress listener runs: ready only once the JWKS is loaded.
-    pub verifier: Option<Arc<crate::jwt::Verifier>>,
-}
-
-impl Readiness {
-    /// `Ok` when ready, else why not.
-    pub fn check(&self) -> Result<(), &'static str> {
-        if self.draining.load(Ordering::Relaxed) {
-            Err("draining")
-        } else if self.tokens.as_ref().is_some_and(|t| !t.ready()) {
-            Err("waiting for a token")
-        } else if self.verifier.as_ref().is_some_and(|v| !v.ready()) {
-            Err("waiting for the JWKS")
-        } else {
-            Ok(())
-        }
-    }
 }
 
 fn reply(status: u16, content_type: &str, body: impl Into<Vec<u8>>) -> Response<Vec<u8>> {

@@ -14,13 +14,13 @@ use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 
-use crate::admin::Readiness;
 use crate::config::Config;
 use crate::headers::{
     answer_failure, asks_for_upgrade, check_framing, check_switching, head_size, json_error, strip_credentials, strip_spoofable,
 };
 use crate::local::LocalGuard;
 use crate::metrics::{Metrics, RequestLabels, RouteMetrics};
+use crate::readiness::Readiness;
 use crate::resolve::Resolver;
 use crate::routes::{Answer, AuthMode, Decision, decide};
 use crate::target::{check_allowing_non_ascii, check_host};

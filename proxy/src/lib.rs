@@ -16,6 +16,7 @@ pub mod ingress;
 pub mod jwt;
 pub mod local;
 pub mod metrics;
+pub mod readiness;
 pub mod resolve;
 pub mod routes;
 pub mod target;

@@ -15,7 +15,7 @@ use pingora::server::configuration::ServerConf;
 use pingora::server::{RunArgs, Server};
 use pingora::services::background::background_service;
 use pingora::services::listening::Service;
-use tollgate_proxy::admin::{Admin, Readiness};
+use tollgate_proxy::admin::Admin;
 use tollgate_proxy::audit::QuietLimitErrors;
 use tollgate_proxy::client::HttpClient;
 use tollgate_proxy::config::{Config, Environment};
@@ -26,6 +26,7 @@ use tollgate_proxy::ingress::IngressProxy;
 use tollgate_proxy::jwt::Verifier;
 use tollgate_proxy::local::LocalGuard;
 use tollgate_proxy::metrics::Metrics;
+use tollgate_proxy::readiness::Readiness;
 use tollgate_proxy::routes::AuthMode;
 use tollgate_proxy::tokens::TokenSource;
 
@@ -225,7 +226,14 @@ fn run(config: Arc<Config>) -> Result<(), String> {
     let egress_limits = Limits { max_per_peer: None, ..limits };
     let verifier = config.ingress.as_ref().map(|ingress| Arc::new(Verifier::new(ingress.clone(), client.clone())));
     let draining = Arc::new(AtomicBool::new(false));
-    let readiness = Arc::new(Readiness { tokens: tokens.clone(), draining: draining.clone(), verifier: verifier.clone() });
+    let mut readiness = Readiness::new(draining.clone());
+    if let Some(tokens) = tokens.clone() {
+        readiness = readiness.require(move || (!tokens.ready()).then_some("waiting for a token"));
+    }
+    if let Some(verifier) = verifier.clone() {
+        readiness = readiness.require(move || (!verifier.ready()).then_some("waiting for the JWKS"));
+    }
+    let readiness = Arc::new(readiness);
     let egress = Egress::new(config.clone(), tokens.clone(), guard, metrics.clone(), readiness.clone());
     let egress = proxy_service(&server, egress, "egress", egress_limits, &metrics);
     server.add_service(listening(egress, config.egress_listen));
