@@ -278,6 +278,27 @@ async fn kubernetes_pod_security_fixtures_are_denied_or_stored_restricted_at_eve
     let out = plane.kubectl_stdin(&["create", "--dry-run=server", "--validate=false", "-f", "-"], &nameless.to_string());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && stderr.contains("spec.securityContext.sysctls[1].name: Required value"), "{stderr}");
+    // What the harden and review fuzz targets take as refused by the API server's validation whatever tollgate
+    // does (fuzz/fuzz_targets/harden.rs, refused_by_api_validation): a profile without a type, a volume without
+    // a name, two volumes of one name.
+    for (spec, says) in [
+        (json!({"securityContext": {"seccompProfile": {"Type": "Localhost"}}}), "spec.securityContext.seccompProfile.type: Required value"),
+        (
+            json!({"securityContext": {"appArmorProfile": {"typi": "Unconfined"}}}),
+            "spec.securityContext.appArmorProfile.type: Required value",
+        ),
+        (json!({"volumes": [{"nmae": "x", "emptyDir": {}}]}), "spec.volumes[0].name: Required value"),
+        (json!({"volumes": [{"name": "x", "emptyDir": {}}, {"name": "x", "emptyDir": {}}]}), "spec.volumes[1].name: Duplicate value"),
+    ] {
+        let mut pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "refused", "namespace": "unmanaged"},
+            "spec": {"containers": [{"name": "app", "image": "registry.example.org/app:1"}]}});
+        for (key, value) in spec.as_object().unwrap() {
+            pod["spec"][key] = value.clone();
+        }
+        let out = plane.kubectl_stdin(&["create", "--dry-run=server", "--validate=false", "-f", "-"], &pod.to_string());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && stderr.contains(says), "{spec}: {stderr}");
+    }
 
     let mut failures = Vec::new();
     {
