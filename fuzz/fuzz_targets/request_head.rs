@@ -169,17 +169,10 @@ fn ingress(header: &RequestHeader) -> Outcome {
     if asks_for_upgrade(header) {
         return Outcome::Refused(403, "upgrade".into());
     }
-    let path = match &config.prefix {
-        None => target.path.clone(),
-        Some(prefix) => {
-            let segments: Vec<&str> = target.segments().filter(|s| !s.is_empty()).collect();
-            match prefix.strip(&segments) {
-                Some(rest) => format!("/{}", rest.join("/")),
-                None => return Outcome::Refused(403, "not under the prefix".into()),
-            }
-        }
+    // The proxy's own computation of what the app gets.
+    let Some(forwarded) = config.app_target(&target) else {
+        return Outcome::Refused(403, "not under the prefix".into());
     };
-    let forwarded = target.with_path(&format!("{}{path}", config.upstream.base_path));
     if config.without_token == WithoutToken::Admit && !header.headers.contains_key("authorization") {
         let mut request = header.clone();
         request.set_uri(forwarded.parse().unwrap_or_else(|e| panic!("ingress target {forwarded:?} is no URI: {e}")));

@@ -285,6 +285,21 @@ pub struct Ingress {
     pub jwks_refetch_interval: Duration,
 }
 
+impl Ingress {
+    /// What the app gets for a checked request target: the prefix taken off (whole segments) and the upstream's
+    /// base path put in front; `None` when the path is not under the prefix.
+    pub fn app_target(&self, target: &crate::target::SafeTarget) -> Option<String> {
+        let path = match &self.prefix {
+            None => target.path.clone(),
+            Some(prefix) => {
+                let segments: Vec<&str> = target.segments().filter(|s| !s.is_empty()).collect();
+                format!("/{}", prefix.strip(&segments)?.join("/"))
+            }
+        };
+        Some(target.with_path(&format!("{}{path}", self.upstream.base_path)))
+    }
+}
+
 /// The checked configuration the proxy runs on.
 #[derive(Debug, Clone)]
 pub struct Config {

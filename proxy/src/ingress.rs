@@ -119,21 +119,13 @@ impl ProxyHttp for IngressProxy {
         }
         let config = self.verifier.config();
         // Only paths under the prefix, which the app does not see.
-        let path = match &config.prefix {
-            None => target.path.clone(),
-            Some(prefix) => {
-                let segments: Vec<&str> = target.segments().filter(|s| !s.is_empty()).collect();
-                match prefix.strip(&segments) {
-                    Some(rest) => format!("/{}", rest.join("/")),
-                    None => {
-                        let reason = format!("{} is not under the ingress prefix", target.path);
-                        return respond(session, ctx, 403, "denied", reason, Vec::new()).await;
-                    }
-                }
+        ctx.target = match config.app_target(&target) {
+            Some(forwarded) => forwarded,
+            None => {
+                let reason = format!("{} is not under the ingress prefix", target.path);
+                return respond(session, ctx, 403, "denied", reason, Vec::new()).await;
             }
         };
-        let base = &config.upstream.base_path;
-        ctx.target = target.with_path(&format!("{base}{path}"));
         // A caller that sends no credential at all is admitted only where the config says the network decides
         // (withoutToken: admit); one that sends any Authorization must send a valid token.
         if config.without_token == WithoutToken::Admit && !session.req_header().headers.contains_key("authorization") {
