@@ -21,7 +21,8 @@
 # (CI keeps its build in ~/.cache/tollgate/fuzz-release, outside the checkout, so that only its first run pays
 # for it); TOLLGATE_FUZZ_CORPUS_DIR=DIR keeps the learned corpus there (CI: ~/.cache/tollgate/fuzz-corpus, so
 # that each run starts where the last one stopped); TOLLGATE_FUZZ_FRESH=1 starts from the checked-in seeds
-# alone (nothing learned is read or kept; for measuring).
+# alone (nothing learned is read or kept; for measuring); TOLLGATE_FUZZ_JOBS=N runs N workers per target
+# (libFuzzer -fork; default 1: CI, alone on its machine, uses every core).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -98,6 +99,7 @@ else
 fi
 
 corpora=${TOLLGATE_FUZZ_CORPUS_DIR:-fuzz/target/corpus}
+jobs=${TOLLGATE_FUZZ_JOBS:-1}
 mkdir -p fuzz/target/logs
 failed=()
 for target in "${targets[@]}"; do
@@ -122,11 +124,16 @@ for target in "${targets[@]}"; do
   fi
   marker=$(mktemp)
   args=(-max_total_time="$time" -timeout="$timeout" -print_final_stats=1)
+  # Several workers (libFuzzer -fork) share what they find; it stops at the first failure as one does.
+  ((jobs > 1)) && args+=(-fork="$jobs")
   [ -f "fuzz/dicts/$target.dict" ] && args+=(-dict="fuzz/dicts/$target.dict")
   status=0
   cargo fuzz run "${build_flags[@]}" "$target" "$work" "fuzz/corpus/$target" -- "${args[@]}" >"$log" 2>&1 || status=$?
   runs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1)
   speed=$(sed -n 's/^stat::average_exec_per_sec: *//p' "$log" | tail -1)
+  # Forked workers report in their own lines: "#1234567: cov: ... exec/s: 890 ...".
+  [ -z "$runs" ] && runs=$(sed -n 's/^#\([0-9]*\): cov.*/\1/p' "$log" | tail -1)
+  [ -z "$speed" ] && speed=$(sed -n 's/^#[0-9]*: cov.* exec\/s: \([0-9]*\).*/\1/p' "$log" | tail -1)
   if ((status == 0)); then
     printf 'fuzz.sh: %-15s ok      %9s runs in %4s s, %6s/s, corpus %s\n' "$target" "${runs:-?}" "$time" "${speed:-?}" "$(find "$work" -type f | wc -l)"
   else

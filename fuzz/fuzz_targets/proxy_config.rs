@@ -3,7 +3,9 @@
 //! Properties: never panics; errors are errors (at least one, each with a field path and a message, the
 //! same on a second load); an accepted config keeps the promises `config.rs` and the README make (egress
 //! on loopback, three distinct ports, unique route names, only the documented methods, only asymmetric
-//! algorithms, a shutdown grace of at most 25 s, a JWKS refetch interval of at least 1 s); and a pod
+//! algorithms, a shutdown grace of at most 25 s, a JWKS refetch interval of at least 1 s, routes answered by
+//! the proxy itself without a credential, every `apiKeyFile` route's header among the credential headers
+//! removed from callers' requests, an ingress prefix that is not the root); and a pod
 //! without ids loses exactly what needs them, never gaining anything: loaded without ids, the same file
 //! is accepted exactly when it is with them, its routes are those loaded with ids less the ones listed
 //! as left out, and no route keeps fewer allow entries than it had without becoming one left out (a route
@@ -39,7 +41,21 @@ fn accepted(config: &Config) {
         assert!(base.is_empty() || (base.starts_with('/') && !base.ends_with('/')), "base path {base:?}");
         assert!(base.split('/').all(|s| s != "." && s != ".."), "base path {base:?}");
     }
+    // A caller's copy of a credential never reaches an upstream: every apiKeyFile route's header is among the
+    // headers removed from every request, and none of them is one the proxy owns.
+    for route in &config.routes {
+        if let tollgate_proxy::routes::AuthMode::ApiKeyFile { header, .. } = &route.auth {
+            assert!(config.credential_headers.contains(header), "route {}: {header} is not removed from callers' requests", route.name);
+        }
+    }
+    for header in &config.credential_headers {
+        assert!(!matches!(header.as_str(), "host" | "content-length" | "transfer-encoding"), "credential header {header}");
+    }
     if let Some(ingress) = &config.ingress {
+        // The ingress prefix is whole segments, never the root (which would admit everything).
+        if let Some(prefix) = &ingress.prefix {
+            assert!(!prefix.is_root(), "an ingress prefix of /");
+        }
         assert!(!ingress.algorithms.is_empty());
         assert!(ingress.algorithms.iter().all(|a| !format!("{a:?}").starts_with("HS")), "{:?}", ingress.algorithms);
         assert!(!ingress.issuer.is_empty());

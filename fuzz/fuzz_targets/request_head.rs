@@ -20,9 +20,9 @@
 //! and an unambiguous framing judged here on the head's own headers (no Transfer-Encoding and at most one
 //! Content-Length of digits, or one Transfer-Encoding that is exactly `chunked` and no Content-Length); a
 //! forward on egress goes by a route whose methods include the method, within its body limit, to a target that
-//! is itself safe, and carries exactly one Host (the route's), the route's credential once under its header and
-//! no other value of it, nothing a caller could spoof (`X-Forwarded-*`, `Forwarded`, a name with `_`, ...) and
-//! none of the credential headers the caller sent; an answer comes from a route the proxy answers itself; an
+//! is itself safe (percent-encoded non-ASCII only where the route allows it), and carries exactly one Host (the
+//! route's), the route's credential once under its header and no other value of it, nothing a caller could spoof
+//! (`X-Forwarded-*`, `Forwarded`, a name with `_`, ...) and none of the credential headers the caller sent; an answer comes from a route the proxy answers itself; an
 //! upgrade only where the route allows it. On ingress, a forward without a token happens only under
 //! `withoutToken: admit` for a request with no Authorization at all, only for a path under the prefix, which
 //! the app gets without it (under the upstream's base path), and carries no Authorization, no credential
@@ -264,7 +264,9 @@ fuzz_target!(|data: &[u8]| {
                     assert!(length <= route.max_request_body, "{what}: a body above {}'s limit", route.name);
                 }
                 let target = request.uri.to_string();
-                let again = check(&target, &[]).unwrap_or_else(|e| panic!("{what}: forwarded {target:?} is unsafe: {e}"));
+                // Safe, and percent-encoded non-ASCII only where the route allows it (allowNonAsciiPath).
+                let again = if route.allow_non_ascii_path { check_allowing_non_ascii(&target, &[]) } else { check(&target, &[]) };
+                let again = again.unwrap_or_else(|e| panic!("{what}: forwarded {target:?} is unsafe: {e}"));
                 assert_eq!(again.with_path(&again.path), target, "{what}: the forwarded target is not normalized");
                 let upstream = route.upstream().expect("a forwarding route has an upstream");
                 let host: Vec<&[u8]> = hosts(request);
