@@ -1,0 +1,1 @@
+//! Helpers tollgate's test suites share. A dev-dependency only: nothing here ships.
