@@ -14,9 +14,11 @@ use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use kube::api::{Api, PostParams};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
 use tokio::sync::mpsc;
-
-use crate::metrics::EventCounter;
 
 /// What a Note is about: the pod's controller, or the pod itself (which was never stored).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -93,6 +95,29 @@ impl Note {
             }),
             ..Event::default()
         }
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabels {
+    result: &'static str,
+}
+
+/// `tollgate_webhook_events_total`, shared with the task that writes Events.
+#[derive(Clone)]
+pub struct EventCounter(Family<ResultLabels, Counter>);
+
+impl EventCounter {
+    /// Registered in `registry` (whether or not Events are written, so the series exists from the start).
+    pub fn register(registry: &mut Registry) -> EventCounter {
+        let events = Family::<ResultLabels, Counter>::default();
+        registry.register("events", "Events about denied and warned pods (serve --events), by result", events.clone());
+        EventCounter(events)
+    }
+
+    /// An Event `written`, `repeated` (not written again), `failed` or `dropped` (queue full).
+    pub fn observe(&self, result: &'static str) {
+        self.0.get_or_create(&ResultLabels { result }).inc();
     }
 }
 

@@ -7,7 +7,34 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
 use tokio::sync::watch;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReloadLabels {
+    file: &'static str,
+    result: &'static str,
+}
+
+/// `tollgate_webhook_reloads_total`: reloads of watched files, by file and result.
+#[derive(Clone)]
+pub struct ReloadCounter(Family<ReloadLabels, Counter>);
+
+impl ReloadCounter {
+    pub fn register(registry: &mut Registry) -> ReloadCounter {
+        let reloads = Family::<ReloadLabels, Counter>::default();
+        registry.register("reloads", "Reloads of watched files, by file and result", reloads.clone());
+        ReloadCounter(reloads)
+    }
+
+    /// `file` (the watcher's name) changed, and was applied (`ok`) or rejected.
+    pub fn observe(&self, file: &'static str, ok: bool) {
+        self.0.get_or_create(&ReloadLabels { file, result: if ok { "success" } else { "failure" } }).inc();
+    }
+}
 
 /// Calls `apply` with the contents of `paths` whenever any of them changes (and not on the first read,
 /// which the caller has done). A change is applied only once two reads in a row agree, so a file

@@ -5,6 +5,11 @@ use std::collections::HashMap;
 use base64::Engine;
 use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation};
 use kube::core::{DynamicObject, Status};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -44,6 +49,16 @@ pub enum ReviewOutcome {
 }
 
 impl ReviewOutcome {
+    pub const ALL: [ReviewOutcome; 7] = [
+        ReviewOutcome::Patched,
+        ReviewOutcome::Unchanged,
+        ReviewOutcome::Denied,
+        ReviewOutcome::Warned,
+        ReviewOutcome::Skipped,
+        ReviewOutcome::Ignored,
+        ReviewOutcome::Invalid,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             ReviewOutcome::Patched => "patched",
@@ -72,6 +87,75 @@ pub struct ReviewSummary {
     /// For a pod denied (or warned) at creation: the message, and whom to tell (its controller, or the pod),
     /// for an Event.
     pub event: Option<crate::events::Note>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RuleLabels {
+    rule: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: &'static str,
+}
+
+/// The reviews' series: how many by outcome, how long each took, the rules denied and warned pods broke, the
+/// reasons pods were skipped.
+#[derive(Clone)]
+pub struct ReviewMetrics {
+    reviews: Family<OutcomeLabels, Counter>,
+    duration: Histogram,
+    denials: Family<RuleLabels, Counter>,
+    warned: Family<RuleLabels, Counter>,
+    skips: Family<ReasonLabels, Counter>,
+}
+
+impl ReviewMetrics {
+    /// Registered in `registry`, every outcome and rule exported from the start (so rates and alerts work
+    /// before the first review).
+    pub fn register(registry: &mut Registry) -> ReviewMetrics {
+        let reviews = Family::<OutcomeLabels, Counter>::default();
+        // 50 µs .. ~0.8 s
+        let duration = Histogram::new(exponential_buckets(0.00005, 2.0, 15));
+        let denials = Family::<RuleLabels, Counter>::default();
+        let warned = Family::<RuleLabels, Counter>::default();
+        let skips = Family::<ReasonLabels, Counter>::default();
+        registry.register("reviews", "AdmissionReviews answered, by outcome", reviews.clone());
+        registry.register(
+            "review_duration_seconds",
+            "Time to answer an AdmissionReview, from the full body to the encoded response",
+            duration.clone(),
+        );
+        registry.register("denials", "Violations in denied pods, by rule", denials.clone());
+        registry.register("warned_violations", "Violations let through by onViolation: warn (not hardened), by rule", warned.clone());
+        registry.register("skips", "Pods deliberately not hardened, by reason", skips.clone());
+        for outcome in ReviewOutcome::ALL {
+            let _ = reviews.get_or_create(&OutcomeLabels { outcome: outcome.as_str() });
+        }
+        for rule in Rule::ALL {
+            let _ = denials.get_or_create(&RuleLabels { rule: rule.as_str() });
+            let _ = warned.get_or_create(&RuleLabels { rule: rule.as_str() });
+        }
+        ReviewMetrics { reviews, duration, denials, warned, skips }
+    }
+
+    /// A review answered in `seconds`.
+    pub fn observe(&self, summary: &ReviewSummary, seconds: f64) {
+        self.reviews.get_or_create(&OutcomeLabels { outcome: summary.outcome.as_str() }).inc();
+        self.duration.observe(seconds);
+        let per_rule = if summary.outcome == ReviewOutcome::Warned { &self.warned } else { &self.denials };
+        for rule in &summary.denied_rules {
+            per_rule.get_or_create(&RuleLabels { rule: rule.as_str() }).inc();
+        }
+        if let Some(reason) = summary.skip_reason {
+            self.skips.get_or_create(&ReasonLabels { reason }).inc();
+        }
+    }
 }
 
 /// The pod's controller (its ownerReference with `controller: true`), or else the pod itself, unstored.

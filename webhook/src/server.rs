@@ -15,18 +15,23 @@ use hyper::header::{CONTENT_LENGTH, CONTENT_TYPE, HeaderValue};
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
 use serde_json::json;
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, Semaphore, watch};
 use tokio_rustls::TlsAcceptor;
 
+use crate::events::{EventCounter, EventSink};
 use crate::harden::RecordKeys;
 use crate::metrics::Metrics;
 use crate::policy::{OnViolation, Policy};
 use crate::pool::ReviewPool;
-use crate::reload::spawn_watcher;
-use crate::review;
-use crate::tls::{CertStore, load_certified_key, not_after, server_config};
+use crate::reload::{ReloadCounter, spawn_watcher};
+use crate::review::{self, ReviewMetrics};
+use crate::tls::{CertStore, CertificateExpiry, load_certified_key, not_after, server_config};
 
 /// kube-apiserver's own limit for request bodies.
 pub const MAX_BODY_BYTES: usize = 3 * 1024 * 1024;
@@ -81,25 +86,73 @@ impl ServeConfig {
     }
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: &'static str,
+}
+
+/// `tollgate_webhook_bad_requests_total`: requests answered with an HTTP error, by reason.
+#[derive(Clone)]
+pub struct BadRequests(Family<ReasonLabels, Counter>);
+
+impl BadRequests {
+    pub fn register(registry: &mut Registry) -> BadRequests {
+        let bad_requests = Family::<ReasonLabels, Counter>::default();
+        registry.register("bad_requests", "Requests answered with an HTTP error, by reason", bad_requests.clone());
+        BadRequests(bad_requests)
+    }
+
+    pub fn observe(&self, reason: &'static str) {
+        self.0.get_or_create(&ReasonLabels { reason }).inc();
+    }
+}
+
+/// Each layer's series, registered in the one registry `/metrics` exports.
+struct Series {
+    reviews: ReviewMetrics,
+    bad_requests: BadRequests,
+    reloads: ReloadCounter,
+    events: EventCounter,
+    certificate: CertificateExpiry,
+}
+
+impl Series {
+    /// Every layer's series in `metrics`, in the order they are exported.
+    fn wire(metrics: &mut Metrics) -> Series {
+        let registry = metrics.registry();
+        Series {
+            reviews: ReviewMetrics::register(registry),
+            bad_requests: BadRequests::register(registry),
+            reloads: ReloadCounter::register(registry),
+            events: EventCounter::register(registry),
+            certificate: CertificateExpiry::register(registry),
+        }
+    }
+}
+
 pub struct State {
     policy: ArcSwap<Policy>,
     /// Seal tollgate's records (`tollgate.dev/changes`): derived from the TLS key, which every replica shares.
     record_keys: ArcSwap<RecordKeys>,
     metrics: Metrics,
+    series: Series,
     draining: AtomicBool,
     /// Where large reviews are answered.
     large_reviews: ReviewPool,
-    events: Option<crate::events::EventSink>,
+    events: Option<EventSink>,
 }
 
 impl State {
     /// `release_memory` is called by a large-review thread when a burst is over (see [`ServeConfig`]).
     pub fn new(policy: Policy, release_memory: fn()) -> std::io::Result<Self> {
         let cores = std::thread::available_parallelism().map_or(2, usize::from);
+        let mut metrics = Metrics::new();
+        let series = Series::wire(&mut metrics);
         Ok(State {
             policy: ArcSwap::from_pointee(policy),
             record_keys: ArcSwap::new(RecordKeys::offline()),
-            metrics: Metrics::new(),
+            metrics,
+            series,
             draining: AtomicBool::new(false),
             large_reviews: ReviewPool::new(cores, LARGE_REVIEW_IDLE, release_memory)?,
             events: None,
@@ -146,10 +199,10 @@ impl Server {
         state.record_keys.store(Arc::new(RecordKeys::from_secret(&key)));
         if let Some((kube_config, instance)) = config.events.clone() {
             let client = kube::Client::try_from(kube_config).map_err(|e| format!("--events: the API client: {e}"))?;
-            state.events = Some(crate::events::EventSink::spawn(client, instance, state.metrics.events()));
+            state.events = Some(EventSink::spawn(client, instance, state.series.events.clone()));
         }
         let state = Arc::new(state);
-        state.metrics.observe_certificate(expiry);
+        state.series.certificate.observe(expiry);
         let listener = TcpListener::bind(config.listen).await.map_err(|e| format!("--listen {}: {e}", config.listen))?;
 
         let (stop_watchers, stopped) = watch::channel(false);
@@ -162,13 +215,13 @@ impl Server {
             stopped.clone(),
             move |files| {
                 let result = load_certified_key(&files[0], &files[1]).map(|key| {
-                    metrics_state.metrics.observe_certificate(not_after(&key));
+                    metrics_state.series.certificate.observe(not_after(&key));
                     store.swap(key);
                     // The previous key still checks what was sealed a moment ago.
                     let keys = metrics_state.record_keys.load().rotated(&files[1]);
                     metrics_state.record_keys.store(Arc::new(keys));
                 });
-                metrics_state.metrics.observe_reload("tls", result.is_ok());
+                metrics_state.series.reloads.observe("tls", result.is_ok());
                 result
             },
         );
@@ -178,7 +231,7 @@ impl Server {
                 let result = std::str::from_utf8(&files[0])
                     .map_err(|e| e.to_string())
                     .and_then(|text| Policy::from_yaml(text).map_err(|e| e.to_string()));
-                policy_state.metrics.observe_reload("policy", result.is_ok());
+                policy_state.series.reloads.observe("policy", result.is_ok());
                 let policy = result?;
                 tracing::info!(digest = policy.digest(), namespace_overrides = policy.namespaces.len(), "policy loaded");
                 policy_state.policy.store(Arc::new(policy));
@@ -366,21 +419,21 @@ async fn handle(state: Arc<State>, request: Request<Incoming>) -> Result<HttpRes
 async fn mutate(state: &State, request: Request<Incoming>, mode: Option<OnViolation>) -> HttpResponse {
     let declared = request.headers().get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
     if declared.or(request.body().size_hint().exact()).is_some_and(|len| len > MAX_BODY_BYTES as u64) {
-        state.metrics.observe_bad_request("too-large");
+        state.series.bad_requests.observe("too-large");
         return json_error(StatusCode::PAYLOAD_TOO_LARGE, format!("body is larger than {MAX_BODY_BYTES} bytes"));
     }
     let body = match tokio::time::timeout(BODY_TIMEOUT, Limited::new(request.into_body(), MAX_BODY_BYTES).collect()).await {
         Ok(Ok(collected)) => collected.to_bytes(),
         Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
-            state.metrics.observe_bad_request("too-large");
+            state.series.bad_requests.observe("too-large");
             return json_error(StatusCode::PAYLOAD_TOO_LARGE, format!("body is larger than {MAX_BODY_BYTES} bytes"));
         }
         Ok(Err(e)) => {
-            state.metrics.observe_bad_request("body-read");
+            state.series.bad_requests.observe("body-read");
             return json_error(StatusCode::BAD_REQUEST, format!("reading the body failed: {e}"));
         }
         Err(_) => {
-            state.metrics.observe_bad_request("body-timeout");
+            state.series.bad_requests.observe("body-timeout");
             return json_error(StatusCode::REQUEST_TIMEOUT, format!("body not received within {BODY_TIMEOUT:?}"));
         }
     };
@@ -406,7 +459,7 @@ async fn mutate(state: &State, request: Request<Incoming>, mode: Option<OnViolat
     match result {
         Ok((response, summary)) => {
             let elapsed = started.elapsed();
-            state.metrics.observe_review(&summary, elapsed.as_secs_f64());
+            state.series.reviews.observe(&summary, elapsed.as_secs_f64());
             if let (Some(events), Some(note)) = (&state.events, summary.event.clone()) {
                 events.offer(note);
             }
@@ -424,9 +477,64 @@ async fn mutate(state: &State, request: Request<Incoming>, mode: Option<OnViolat
             respond(StatusCode::OK, "application/json", response)
         }
         Err(e) => {
-            state.metrics.observe_bad_request("not-an-admission-review");
+            state.series.bad_requests.observe("not-an-admission-review");
             tracing::warn!(error = %e, "bad request");
             json_error(StatusCode::BAD_REQUEST, e.0)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each layer registers its own series; wired together they are exported as before, in this order.
+    #[test]
+    fn every_layers_series_is_exported_in_order() {
+        let mut metrics = Metrics::new();
+        let series = Series::wire(&mut metrics);
+        let skipped = review::ReviewSummary {
+            uid: "u".into(),
+            namespace: "ns".into(),
+            name: "p".into(),
+            outcome: review::ReviewOutcome::Skipped,
+            changes: 0,
+            denied_rules: Vec::new(),
+            skip_reason: Some("opted-out"),
+            event: None,
+        };
+        series.reviews.observe(&skipped, 0.001);
+        series.bad_requests.observe("too-large");
+        series.reloads.observe("tls", true);
+        series.events.observe("dropped");
+        series.certificate.observe(Some(7));
+        let text = metrics.encode();
+        let families: Vec<&str> = text.lines().filter_map(|l| l.strip_prefix("# TYPE ")).collect();
+        assert_eq!(
+            families,
+            [
+                "tollgate_webhook_reviews counter",
+                "tollgate_webhook_review_duration_seconds histogram",
+                "tollgate_webhook_denials counter",
+                "tollgate_webhook_warned_violations counter",
+                "tollgate_webhook_skips counter",
+                "tollgate_webhook_bad_requests counter",
+                "tollgate_webhook_reloads counter",
+                "tollgate_webhook_events counter",
+                "tollgate_webhook_certificate_expiry_seconds gauge",
+            ]
+        );
+        for line in [
+            r#"tollgate_webhook_bad_requests_total{reason="too-large"} 1"#,
+            r#"tollgate_webhook_reloads_total{file="tls",result="success"} 1"#,
+            r#"tollgate_webhook_events_total{result="dropped"} 1"#,
+            "tollgate_webhook_certificate_expiry_seconds 7",
+            r#"tollgate_webhook_reviews_total{outcome="invalid"} 0"#,
+            r#"tollgate_webhook_reviews_total{outcome="skipped"} 1"#,
+            r#"tollgate_webhook_skips_total{reason="opted-out"} 1"#,
+            r#"tollgate_webhook_warned_violations_total{rule="privileged"} 0"#,
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line:?} not in:\n{text}");
         }
     }
 }

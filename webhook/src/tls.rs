@@ -4,6 +4,8 @@ use std::fmt;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
 use rustls::ServerConfig;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -57,6 +59,29 @@ pub fn not_after(key: &CertifiedKey) -> Option<i64> {
     use x509_parser::prelude::{FromDer, X509Certificate};
     let (_, cert) = X509Certificate::from_der(key.end_entity_cert().ok()?).ok()?;
     Some(cert.validity().not_after.timestamp())
+}
+
+/// `tollgate_webhook_certificate_expiry_seconds`. A timestamp, as cert-manager's
+/// certmanager_certificate_expiration_timestamp_seconds: an alert compares it with time(), and a renewal shows as
+/// a step up.
+#[derive(Clone, Default)]
+pub struct CertificateExpiry(Gauge);
+
+impl CertificateExpiry {
+    pub fn register(registry: &mut Registry) -> CertificateExpiry {
+        let expiry = Gauge::default();
+        registry.register(
+            "certificate_expiry_seconds",
+            "When the serving certificate expires, in seconds since the Unix epoch (0: unreadable)",
+            expiry.clone(),
+        );
+        CertificateExpiry(expiry)
+    }
+
+    /// The serving certificate now in use expires at `unix_seconds` (`None`: its expiry could not be read).
+    pub fn observe(&self, unix_seconds: Option<i64>) {
+        self.0.set(unix_seconds.unwrap_or(0));
+    }
 }
 
 /// A rustls server config offering h2 and http/1.1 (kube-apiserver negotiates h2).
