@@ -4,3 +4,11 @@
 //! The rule of this crate: types, their parsing and their validation; no I/O beyond reading a string, no
 //! client, no server. Everything here builds without pingora, kube or a C compiler, so that every other
 //! crate can depend on it (kube-core against kube-client is the model).
+
+pub mod egress_lock;
+pub mod names;
+pub mod policy;
+#[cfg(feature = "proxy")]
+pub mod proxy;
+pub mod quantity;
+pub mod units;

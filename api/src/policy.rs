@@ -43,24 +43,25 @@ pub struct Policy {
     /// made once at load; not part of the policy's value.
     #[serde(skip)]
     effective: Effective,
-    /// tollgate's containers as this policy renders them, made once (they depend on the policy alone but for
-    /// the pod's ids); not part of the policy's value.
+    /// What a user of the policy derives from it once and keeps with it (the webhook: its containers as
+    /// this policy renders them); not part of the policy's value. See [`Policy::derived`].
     #[serde(skip)]
-    pub(crate) rendered: Rendered,
+    derived: Derived,
 }
 
-/// A value made from the policy on first use and kept with it. Equal to any other: it is not part of the
-/// policy's value, only derived from it.
-#[derive(Debug, Clone, Default)]
-pub(crate) struct Rendered(std::sync::OnceLock<crate::harden::RenderedContainers>);
+/// A value made from the policy on first use and kept with it, of a type this crate does not know (so that
+/// the contracts do not depend on their users). Equal to any other: it is not part of the policy's value,
+/// only derived from it.
+#[derive(Clone, Default)]
+struct Derived(std::sync::OnceLock<std::sync::Arc<dyn std::any::Any + Send + Sync>>);
 
-impl Rendered {
-    pub(crate) fn get_or_init(&self, init: impl FnOnce() -> crate::harden::RenderedContainers) -> &crate::harden::RenderedContainers {
-        self.0.get_or_init(init)
+impl fmt::Debug for Derived {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(if self.0.get().is_some() { "Derived(made)" } else { "Derived(not yet)" })
     }
 }
 
-impl PartialEq for Rendered {
+impl PartialEq for Derived {
     fn eq(&self, _: &Self) -> bool {
         true
     }
@@ -251,10 +252,10 @@ pub fn parse_hostname_template(template: &str) -> Result<Vec<HostnamePart>, Stri
                     }
                     Some(("label", key)) => {
                         check_label_key(key).map_err(|why| format!("{{{inner}}}: {why}"))?;
-                        if key.starts_with(crate::harden::OWNED_PREFIX) {
+                        if key.starts_with(crate::names::OWNED_PREFIX) {
                             return Err(format!(
                                 "{{{inner}}}: {} labels are written by tollgate while it hardens the pod, not read",
-                                crate::harden::OWNED_PREFIX
+                                crate::names::OWNED_PREFIX
                             ));
                         }
                         HostnamePart::Label(key.to_owned())
@@ -737,6 +738,14 @@ impl Policy {
         self.effective.0.get(namespace).unwrap_or(self)
     }
 
+    /// The value `make` derives from this policy, made on first use and kept with the policy (it depends on
+    /// the policy alone): e.g. the webhook's containers as the policy renders them, once per load instead of
+    /// once per pod. A policy keeps one derived value; asked for another type, it answers `None` and the
+    /// caller makes its own.
+    pub fn derived<T: std::any::Any + Send + Sync>(&self, make: impl FnOnce() -> T) -> Option<&T> {
+        self.derived.0.get_or_init(|| std::sync::Arc::new(make())).downcast_ref()
+    }
+
     /// What `namespace`'s override changes, as `field: policy's → namespace's` lines (e.g.
     /// `resources.maximum.cpu: 8 → 32`, `unset` where one side has no value); `None` without an override.
     pub fn namespace_changes(&self, namespace: &str) -> Option<Vec<String>> {
@@ -1032,7 +1041,7 @@ fn check_placeholder_env(errors: &mut Vec<PolicyError>, p: &ProxyPolicy) {
         let field = format!("proxy.placeholderEnv[{index}].name");
         if let Err(why) = check_env_name(&entry.name) {
             errors.push(error(field, why));
-        } else if entry.name == crate::harden::ENV_EGRESS_URL {
+        } else if entry.name == crate::names::ENV_EGRESS_URL {
             errors.push(error(field, format!("{:?} is tollgate's own: app containers get the proxy's address there", entry.name)));
         } else if p.placeholder_env[..index].iter().any(|e| e.name == entry.name) {
             errors.push(error(field, format!("{:?} is listed twice", entry.name)));

@@ -11,16 +11,17 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 use serde_json::{Value, json};
+use tollgate_api::egress_lock::EgressLock;
 
 use crate::nft::{NftError, Nftables};
 use crate::rules::{Chain, Lock, TABLE, ruleset};
 
-pub const ANNOTATION: &str = "tollgate.dev/egress-lock";
+/// The webhook's annotation, read here ([`tollgate_api::egress_lock`] is the contract).
+pub use tollgate_api::names::ANNOTATION_EGRESS_LOCK as ANNOTATION;
 /// The runtime capability that carries the pod's annotations in `runtimeConfig`.
 pub const CAPABILITY: &str = "io.kubernetes.cri.pod-annotations";
 pub const PLUGIN_TYPE: &str = "tollgate-cni";
 pub const SUPPORTED_VERSIONS: [&str; 5] = ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"];
-const MAX_INBOUND_PORTS: usize = 16;
 
 /// A CNI error result (spec §"Error"): well-known codes below 100, tollgate's from 100.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -93,39 +94,17 @@ pub struct RuntimeConfig {
     pub pod_annotations: BTreeMap<String, String>,
 }
 
-/// The annotation's value, exactly: unknown fields are refused, so that a newer webhook's stricter lock is
-/// never enforced partially by an older plugin.
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct LockAnnotation {
-    proxy_uid: u32,
-    inbound_ports: Vec<u16>,
-}
-
 /// Whether the pod is tollgate's, and the lock it needs.
 pub fn lock_for(annotations: &BTreeMap<String, String>) -> Result<Option<Lock>, CniError> {
     let Some(value) = annotations.get(ANNOTATION) else { return Ok(None) };
-    let bad = |why: String| {
+    let lock = EgressLock::parse(value).map_err(|why| {
         CniError::new(
             CODE_BAD_ANNOTATION,
             format!("the pod's {ANNOTATION} annotation cannot be enforced: {why}"),
             format!("value: {value}"),
         )
-    };
-    let parsed: LockAnnotation = serde_json::from_str(value).map_err(|e| bad(e.to_string()))?;
-    if parsed.proxy_uid == 0 {
-        return Err(bad("proxyUid is 0 (root may never be the only UID let out)".into()));
-    }
-    if parsed.inbound_ports.len() > MAX_INBOUND_PORTS {
-        return Err(bad(format!("inboundPorts has {} entries; at most {MAX_INBOUND_PORTS}", parsed.inbound_ports.len())));
-    }
-    let mut ports = parsed.inbound_ports.clone();
-    ports.sort_unstable();
-    ports.dedup();
-    if ports.len() != parsed.inbound_ports.len() || ports.first() == Some(&0) {
-        return Err(bad("inboundPorts must be distinct ports from 1 to 65535".into()));
-    }
-    Ok(Some(Lock { proxy_uid: parsed.proxy_uid, inbound_ports: parsed.inbound_ports }))
+    })?;
+    Ok(Some(Lock { proxy_uid: lock.proxy_uid, inbound_ports: lock.inbound_ports }))
 }
 
 /// What the runtime told the plugin through its environment.
@@ -199,6 +178,15 @@ impl Firewall for Netns {
 pub fn run(env: &Environment, stdin: &[u8], firewall: &mut dyn Firewall) -> Result<Option<Value>, CniError> {
     if env.command == Command::Version {
         return Ok(Some(version()));
+    }
+    // serde reads a struct from a JSON array too (its fields by position): `["1.0.0"]` would pass for a
+    // configuration. A network configuration is an object (CNI spec, "Configuration format").
+    if stdin.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(CniError::new(
+            CODE_DECODE,
+            "the network configuration on stdin is not a JSON object",
+            "CNI spec: a network configuration is a JSON object",
+        ));
     }
     let conf: NetConf = serde_json::from_slice(stdin)
         .map_err(|e| CniError::new(CODE_DECODE, "the network configuration on stdin is not valid JSON for a CNI plugin", e.to_string()))?;
@@ -325,6 +313,19 @@ mod tests {
             assert_eq!(err.code, CODE_BAD_ANNOTATION);
             assert!(err.msg.contains(says), "{value}: {}", err.msg);
             assert!(err.msg.contains(ANNOTATION));
+        }
+    }
+
+    /// Found by fuzzing (fuzz/corpus/cni/array-configuration): serde would read `["0.4.0"]` as a
+    /// configuration of version 0.4.0, and DEL succeeded on it.
+    #[test]
+    fn a_configuration_that_is_not_an_object_is_refused_by_every_command() {
+        for command in [Command::Add, Command::Check, Command::Del, Command::Status, Command::Gc] {
+            let env = Environment { command, netns: None, pod: None };
+            for stdin in [&br#"["0.4.0"]"#[..], br#" ["1.1.0", "tollgate", "tollgate-cni"]"#, br#""1.0.0""#, b"null"] {
+                let err = run(&env, stdin, &mut Listed(Vec::new())).unwrap_err();
+                assert_eq!(err.code, CODE_DECODE, "{command:?} {}", String::from_utf8_lossy(stdin));
+            }
         }
     }
 

@@ -413,12 +413,12 @@ fn namespace(r: &mut Report, ns: &NamespaceView, policy: &tollgate_webhook::poli
     let mut needs_credentials = false;
     match &ns.routes {
         Ok(Some(text)) => {
-            let env = tollgate_proxy::config::Environment {
+            let env = tollgate_api::proxy::config::Environment {
                 analysis_id: Some("sample-analysis".into()),
                 project_id: Some("sample-project".into()),
                 ..Default::default()
             };
-            match tollgate_proxy::config::Config::load(text, &env) {
+            match tollgate_api::proxy::config::Config::load(text, &env) {
                 Ok(config) => {
                     needs_credentials = config.identity.is_some();
                     r.ok("routes", name.clone(), format!("ConfigMap {config_map}: {} routes", config.routes.len()));

@@ -37,19 +37,7 @@ use tokio::time::{Instant, Sleep};
 
 use crate::metrics::Metrics;
 
-/// What one listener allows.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Limits {
-    /// A request head must be whole this long after the connection opened (first request) or after its
-    /// first byte arrived (later requests on a kept-alive connection).
-    pub head_timeout: Duration,
-    /// Request line and headers together, in bytes.
-    pub max_head_size: usize,
-    /// Open connections on the listener.
-    pub max_per_listener: usize,
-    /// Open connections from one peer address; `None` where every peer is the pod itself (egress).
-    pub max_per_peer: Option<usize>,
-}
+pub use crate::config::Limits;
 
 /// The text every refusal of this module gives pingora as the read error, so that pingora's own log line
 /// about it can be told apart (and left out: the audit line says it already).

@@ -5,6 +5,8 @@ use bytes::Bytes;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::Result;
 use pingora::proxy::Session;
+// The header names the proxy owns are part of the route table's contract (a claim may not be mapped onto one).
+pub use tollgate_api::proxy::headers::{is_reserved, is_spoofable};
 
 /// Answer locally with `{"error", "status", "decision"}` and close; nothing is forwarded. `headers` go
 /// along (`WWW-Authenticate`, `Retry-After`).
@@ -66,33 +68,6 @@ pub fn check_switching(status: u16, upgrade_asked: bool) -> Result<(), String> {
     Ok(())
 }
 
-/// Whether `name` (lowercase) must be dropped before forwarding: credentials, what says who the client is
-/// (an upstream may trust it), and what says the request is another one (an upstream may honour a method
-/// override, so a GET-only route would carry a DELETE).
-pub fn is_spoofable(name: &str) -> bool {
-    matches!(
-        name,
-        "authorization"
-            | "proxy-authorization"
-            | "cookie"
-            | "forwarded"
-            | "x-real-ip"
-            | "x-rewrite-url"
-            | "x-client-ip"
-            | "true-client-ip"
-            | "x-cluster-client-ip"
-            | "cf-connecting-ip"
-            | "fastly-client-ip"
-            | "x-host"
-            | "x-http-method"
-            | "x-method"
-    ) || name.starts_with("x-forwarded-")
-        || name.starts_with("x-original-")
-        || (name.starts_with("x-") && name.ends_with("-method-override"))
-        // CGI/WSGI-style servers read `_` as `-`: `X_Forwarded_For` would pass for `X-Forwarded-For`.
-        || name.contains('_')
-}
-
 /// Drop every spoofable header; returns how many went.
 pub fn strip_spoofable(request: &mut RequestHeader) -> usize {
     // Usually none: then nothing is allocated.
@@ -111,25 +86,6 @@ pub fn strip_credentials(request: &mut RequestHeader, names: &[http::HeaderName]
             request.remove_header(name);
         }
     }
-}
-
-/// Headers the proxy must own on the way to the app or an upstream, never set from a claim.
-pub fn is_reserved(name: &str) -> bool {
-    is_spoofable(name)
-        || matches!(
-            name,
-            "host"
-                | "content-length"
-                | "transfer-encoding"
-                | "connection"
-                | "keep-alive"
-                | "te"
-                | "trailer"
-                | "upgrade"
-                | "expect"
-                | "x-request-id"
-        )
-        || name.starts_with("proxy-")
 }
 
 /// The request's framing, checked so that whoever reads it after the proxy reads the same request (RFC 9112

@@ -4,11 +4,15 @@
 //! [`routes::decide`] maps (routes, method, target) to forward-or-refuse, and [`local::refusal`] keeps
 //! credentials away from addresses that are the pod's own. The pingora services are thin shells over them.
 
+// The route table and its units are contracts (tollgate-api), re-exported under their old paths.
+pub use tollgate_api::proxy::{config, routes, target};
+pub use tollgate_api::units;
+
 pub mod admin;
 pub mod audit;
 pub mod client;
-pub mod config;
 pub mod connections;
+pub mod decision;
 pub mod drain;
 pub mod egress;
 pub mod headers;
@@ -18,8 +22,5 @@ pub mod local;
 pub mod metrics;
 pub mod readiness;
 pub mod resolve;
-pub mod routes;
-pub mod target;
 pub mod tokens;
 pub mod tunnel;
-pub mod units;

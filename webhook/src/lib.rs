@@ -4,14 +4,15 @@
 //! changes, or a denial naming every violation. [`review`] wraps it in AdmissionReview; the HTTPS server
 //! ([`server`]) and the CLI are thin shells over those two.
 
+// The policy and its quantities are contracts (tollgate-api); re-exported under their old paths.
+pub use tollgate_api::{policy, quantity};
+
 pub mod events;
 pub mod harden;
 pub mod labels;
 pub mod metrics;
 pub mod patch;
-pub mod policy;
 pub mod pool;
-pub mod quantity;
 pub mod reload;
 pub mod review;
 pub mod server;

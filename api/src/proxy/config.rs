@@ -11,8 +11,7 @@ use std::time::Duration;
 use schemars::JsonSchema;
 use serde::Deserialize;
 
-use crate::connections::Limits;
-use crate::routes::{Answer, AuthMode, Destination, Pattern, Route, Upstream};
+use crate::proxy::routes::{Answer, AuthMode, Destination, Pattern, Route, Upstream};
 use crate::units::{parse_bytes, parse_duration};
 
 #[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
@@ -288,7 +287,7 @@ pub struct Ingress {
 impl Ingress {
     /// What the app gets for a checked request target: the prefix taken off (whole segments) and the upstream's
     /// base path put in front; `None` when the path is not under the prefix.
-    pub fn app_target(&self, target: &crate::target::SafeTarget) -> Option<String> {
+    pub fn app_target(&self, target: &crate::proxy::target::SafeTarget) -> Option<String> {
         let path = match &self.prefix {
             None => target.path.clone(),
             Some(prefix) => {
@@ -298,6 +297,20 @@ impl Ingress {
         };
         Some(target.with_path(&format!("{}{path}", self.upstream.base_path)))
     }
+}
+
+/// What one listener allows (enforced by the proxy's connection guard).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// A request head must be whole this long after the connection opened (first request) or after its
+    /// first byte arrived (later requests on a kept-alive connection).
+    pub head_timeout: Duration,
+    /// Request line and headers together, in bytes.
+    pub max_head_size: usize,
+    /// Open connections on the listener.
+    pub max_per_listener: usize,
+    /// Open connections from one peer address; `None` where every peer is the pod itself (egress).
+    pub max_per_peer: Option<usize>,
 }
 
 /// The checked configuration the proxy runs on.
@@ -622,7 +635,7 @@ fn auth_mode(c: &mut Checker, i: usize, r: &RawRoute, has_identity: bool) -> Opt
         RawAuth::ApiKeyFile => {
             let header = c.check(at("apiKeyHeader"), header_name(r.api_key_header.as_deref().unwrap_or(DEFAULT_API_KEY_HEADER)));
             let header = header.filter(|h| {
-                let owned = crate::headers::is_reserved(h.as_str());
+                let owned = crate::proxy::headers::is_reserved(h.as_str());
                 if owned {
                     c.error(at("apiKeyHeader"), format!("{:?} is a header the proxy owns", h.as_str()));
                 }
@@ -674,7 +687,7 @@ fn compile_ingress(c: &mut Checker, ing: &RawIngress) -> Option<Ingress> {
             c.error("ingress.claimHeaders", "a claim name must not be empty");
         } else if http::HeaderName::from_bytes(header.as_bytes()).is_err() || header.contains('_') {
             c.error(format!("ingress.claimHeaders.{claim}"), format!("{header:?} is not a header name (letters, digits and '-')"));
-        } else if crate::headers::is_reserved(&lower) {
+        } else if crate::proxy::headers::is_reserved(&lower) {
             c.error(format!("ingress.claimHeaders.{claim}"), format!("{header:?} is a header the proxy owns"));
         }
     }

@@ -8,7 +8,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::target::SafeTarget;
+use crate::proxy::target::SafeTarget;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AuthMode {

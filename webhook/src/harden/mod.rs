@@ -24,45 +24,9 @@ use crate::policy::{EgressLock, OnExceed, OnViolation, Policy};
 pub use record::RecordKeys;
 pub use rules::{Denial, Rule, Violation};
 
-pub const ANNOTATION_INJECT: &str = "tollgate.dev/inject";
-pub const ANNOTATION_ANALYSIS_ID: &str = "tollgate.dev/analysis-id";
-pub const ANNOTATION_PROJECT_ID: &str = "tollgate.dev/project-id";
-pub const ANNOTATION_CREDENTIALS_SECRET: &str = "tollgate.dev/credentials-secret";
-pub const ANNOTATION_STATUS: &str = "tollgate.dev/status";
-/// Every change tollgate made to the pod, one per line, as its creator's warnings listed them: for whoever
-/// reads the pod later (a controller's warnings are read by nobody).
-pub const ANNOTATION_CHANGES: &str = "tollgate.dev/changes";
+pub use tollgate_api::names::*;
 /// The changes annotation holds at most this much; the rest is counted on its last line.
 const MAX_CHANGES_ANNOTATION: usize = 16 * 1024;
-/// The contract with the tollgate-cni plugin: `{"proxyUid":10001,"inboundPorts":[15006,15021]}` on every
-/// hardened pod when the policy says `proxy.egressLock: required`, and on no other pod.
-pub const ANNOTATION_EGRESS_LOCK: &str = "tollgate.dev/egress-lock";
-/// kubectl's choice of container for `exec`, `attach` and `logs` without `-c` (else the first container).
-pub const ANNOTATION_DEFAULT_CONTAINER: &str = "kubectl.kubernetes.io/default-container";
-/// The pod's annotations under tollgate's prefix that are not tollgate's to write: the opt-out and the identity
-/// annotations (checked, and trusted only from trusted users). Every other one is tollgate's.
-pub const INPUT_ANNOTATIONS: [&str; 4] = [ANNOTATION_INJECT, ANNOTATION_ANALYSIS_ID, ANNOTATION_PROJECT_ID, ANNOTATION_CREDENTIALS_SECRET];
-/// The ServiceAccount admission plugin's token volume, `kube-api-access-<suffix>`, which tollgate removes.
-pub const API_ACCESS_VOLUME_PREFIX: &str = "kube-api-access-";
-pub const LABEL_INJECTED: &str = "tollgate.dev/injected";
-pub const LABEL_ANALYSIS_ID: &str = "tollgate.dev/analysis-id";
-pub const LABEL_PROJECT_ID: &str = "tollgate.dev/project-id";
-pub const SIDECAR_NAME: &str = "tollgate-proxy";
-/// The init container that checks, as a user other than the proxy's, that the egress lock is in place.
-pub const LOCK_CHECK_NAME: &str = "tollgate-lock-check";
-/// The containers tollgate renders; no app or init container may carry these names.
-pub const TOLLGATE_CONTAINERS: [&str; 2] = [SIDECAR_NAME, LOCK_CHECK_NAME];
-pub const VOLUME_TMP: &str = "tollgate-tmp";
-pub const VOLUME_CONFIG: &str = "tollgate-proxy-config";
-pub const VOLUME_CREDENTIALS: &str = "tollgate-proxy-credentials";
-pub const ENV_EGRESS_URL: &str = "TOLLGATE_EGRESS_URL";
-/// The proxy's env with the names `proxy.egressHostnames` rendered for the pod, comma-separated.
-pub const ENV_EGRESS_HOSTNAMES: &str = "TOLLGATE_EGRESS_HOSTNAMES";
-pub const VERSION: &str = env!("CARGO_PKG_VERSION");
-/// Labels and annotations under this prefix are tollgate's: set at admission, never changed after.
-pub const OWNED_PREFIX: &str = "tollgate.dev/";
-/// The annotations that say which analysis a pod belongs to: only trusted users may set them.
-pub const IDENTITY_ANNOTATIONS: [&str; 3] = [ANNOTATION_ANALYSIS_ID, ANNOTATION_PROJECT_ID, ANNOTATION_CREDENTIALS_SECRET];
 
 /// Who asks, from the AdmissionRequest's `userInfo`. Offline hardening (the CLI) has none: whoever runs
 /// it applies the result with their own rights, and the API server's webhook judges them then.
@@ -389,10 +353,18 @@ pub fn harden_with(
     let own_alias = egress::host_alias(&ids.egress_hostnames);
 
     let mut editor = Editor { builder: PatchBuilder::new(pod), changes: Vec::new() };
-    let rendered = policy.rendered.get_or_init(|| RenderedContainers {
+    let render = || RenderedContainers {
         sidecar: sidecar::Template::new(sidecar::render(policy, &PodIds::none(policy))),
         lock_check: sidecar::Template::new(sidecar::render_lock_check(policy)),
-    });
+    };
+    let made;
+    let rendered = match policy.derived(render) {
+        Some(kept) => kept,
+        None => {
+            made = render();
+            &made
+        }
+    };
     let sidecar = rendered.sidecar.rendering(Some(&ids));
     let lock_check = (policy.proxy.egress_lock == EgressLock::Required).then(|| rendered.lock_check.rendering(None));
     let placement = sidecar::place(policy, editor.builder.doc(), sidecar, lock_check);
@@ -471,7 +443,9 @@ fn append_summary(mut summary: String, changes: &[Change]) -> String {
 /// (the proxy's user, then its ingress and admin ports). The tollgate-cni plugin reads it.
 pub fn egress_lock_annotation(policy: &Policy) -> String {
     let proxy = &policy.proxy;
-    format!(r#"{{"proxyUid":{},"inboundPorts":[{},{}]}}"#, proxy.run_as_user, proxy.ingress_port, proxy.admin_port)
+    // A loaded policy's proxy.runAsUser is 1..=2^31-1 (validated), so it is a u32.
+    let proxy_uid = u32::try_from(proxy.run_as_user).unwrap_or(u32::MAX);
+    tollgate_api::egress_lock::EgressLock { proxy_uid, inbound_ports: vec![proxy.ingress_port, proxy.admin_port] }.to_annotation()
 }
 
 /// The identity annotations found at `field` of a workload's template, against who asks for them.

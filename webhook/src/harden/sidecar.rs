@@ -10,10 +10,7 @@ use crate::patch::{Path, get};
 use crate::path;
 use crate::policy::{EgressLock, Policy, ProxyMode};
 
-pub const CONFIG_DIR: &str = "/etc/tollgate/proxy";
-pub const CREDENTIALS_DIR: &str = "/var/run/secrets/tollgate";
-/// Where the proxy image has its binary (docker/rootfs.sh).
-pub const PROXY_BINARY: &str = "/usr/local/bin/tollgate-proxy";
+pub use tollgate_api::names::{CONFIG_DIR, CREDENTIALS_DIR, PROXY_BINARY};
 
 /// The sidecar container. Fields the API server would default are spelled out, so that on
 /// reinvocation the stored sidecar compares equal to a fresh rendering and is left alone.
