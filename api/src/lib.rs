@@ -6,6 +6,7 @@
 //! crate can depend on it (kube-core against kube-client is the model).
 
 pub mod egress_lock;
+pub mod errors;
 pub mod names;
 pub mod policy;
 #[cfg(feature = "proxy")]

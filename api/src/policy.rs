@@ -612,31 +612,8 @@ pub fn overlay_schema() -> Value {
     schema
 }
 
-/// One problem in a policy, with the dotted path of its field.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PolicyError {
-    pub field: String,
-    pub message: String,
-}
-
-impl fmt::Display for PolicyError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.field, self.message)
-    }
-}
-
-/// All problems found in a policy.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PolicyErrors(pub Vec<PolicyError>);
-
-impl fmt::Display for PolicyErrors {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let lines: Vec<String> = self.0.iter().map(ToString::to_string).collect();
-        f.write_str(&lines.join("\n"))
-    }
-}
-
-impl std::error::Error for PolicyErrors {}
+// A policy's problems are named by their fields, like the route table's: one type for both.
+pub use crate::errors::{FieldError as PolicyError, FieldErrors as PolicyErrors};
 
 fn error(field: impl Into<String>, message: impl Into<String>) -> PolicyError {
     PolicyError { field: field.into(), message: message.into() }

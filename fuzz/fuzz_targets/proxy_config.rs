@@ -70,7 +70,7 @@ fn accepted(config: &Config) {
 fn refused(errors: &ConfigErrors) {
     assert!(!errors.0.is_empty(), "an error without a message");
     for e in &errors.0 {
-        assert!(!e.path.is_empty() && !e.message.is_empty(), "{e:?}");
+        assert!(!e.field.is_empty() && !e.message.is_empty(), "{e:?}");
     }
 }
 

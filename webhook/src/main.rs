@@ -66,14 +66,14 @@ struct ServeArgs {
     #[arg(long, env = "TOLLGATE_POLICY", value_name = "FILE")]
     policy: Option<PathBuf>,
     /// How often the certificate, key and policy files are checked for changes.
-    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    #[arg(long, default_value = "2s", value_parser = tollgate_api::units::parse_duration)]
     reload_interval: Duration,
     /// On SIGTERM, keep serving this long with /readyz failing and open connections asked to end (HTTP/2
     /// GOAWAY), so the API server dials elsewhere and the endpoints drop this pod before its listener closes.
-    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    #[arg(long, default_value = "5s", value_parser = tollgate_api::units::parse_duration)]
     drain_delay: Duration,
     /// Then give in-flight requests this long to finish.
-    #[arg(long, default_value = "15s", value_parser = parse_duration)]
+    #[arg(long, default_value = "15s", value_parser = tollgate_api::units::parse_duration)]
     shutdown_timeout: Duration,
     /// Connections served at once; more wait in the listen backlog.
     #[arg(long, default_value_t = 1024)]
@@ -126,18 +126,6 @@ async fn api_server_minor() -> Result<u32, String> {
 enum LogFormat {
     Json,
     Text,
-}
-
-fn parse_duration(text: &str) -> Result<Duration, String> {
-    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let number: u64 = number.parse().map_err(|_| format!("{text:?} is not a duration like 500ms, 2s or 1m"))?;
-    match unit {
-        "ms" => Ok(Duration::from_millis(number)),
-        "s" => Ok(Duration::from_secs(number)),
-        "m" => Ok(Duration::from_secs(number * 60)),
-        _ => Err(format!("{text:?} is not a duration like 500ms, 2s or 1m")),
-    }
 }
 
 fn init_logging(format: LogFormat) {

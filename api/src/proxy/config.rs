@@ -3,7 +3,6 @@
 //! checked, compiled form the proxy runs on.
 
 use std::collections::BTreeMap;
-use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -203,30 +202,8 @@ pub struct RawConnections {
     pub max_per_peer: Option<u64>,
 }
 
-/// One problem, with the path of its field.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigError {
-    pub path: String,
-    pub message: String,
-}
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.path, self.message)
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigErrors(pub Vec<ConfigError>);
-
-impl fmt::Display for ConfigErrors {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let lines: Vec<String> = self.0.iter().map(ToString::to_string).collect();
-        f.write_str(&lines.join("\n"))
-    }
-}
-
-impl std::error::Error for ConfigErrors {}
+// The route table's problems are named by their fields (`routes[2].upstream`), like the policy's: one type.
+pub use crate::errors::{FieldError as ConfigError, FieldErrors as ConfigErrors};
 
 /// Values from the pod: ids for route placeholders, and listen addresses the webhook chose.
 #[derive(Debug, Clone, Default)]
@@ -353,7 +330,7 @@ struct Checker {
 
 impl Checker {
     fn error(&mut self, path: impl Into<String>, message: impl Into<String>) {
-        self.errors.push(ConfigError { path: path.into(), message: message.into() });
+        self.errors.push(ConfigError::new(path, message));
     }
 
     fn check<T>(&mut self, path: impl Into<String>, result: Result<T, String>) -> Option<T> {
@@ -739,13 +716,13 @@ impl Config {
             RawConfig::default()
         } else {
             // Through a JSON value, so that errors carry a clean field path and no YAML position noise.
-            let value: serde_json::Value = serde_yaml_ng::from_str(yaml)
-                .map_err(|e| ConfigErrors(vec![ConfigError { path: "<file>".into(), message: e.to_string() }]))?;
+            let value: serde_json::Value =
+                serde_yaml_ng::from_str(yaml).map_err(|e| ConfigErrors(vec![ConfigError::new("<file>", e.to_string())]))?;
             serde_path_to_error::deserialize(&value).map_err(|e| {
                 let path = e.path().to_string();
                 ConfigErrors(vec![ConfigError {
                     // An unknown top-level key that is empty (`? >` in YAML) has an empty path: the file's.
-                    path: if path == "." || path.is_empty() { "<file>".into() } else { path },
+                    field: if path == "." || path.is_empty() { "<file>".into() } else { path },
                     message: e.into_inner().to_string(),
                 }])
             })?
@@ -753,104 +730,29 @@ impl Config {
         Self::compile(raw, env)
     }
 
+    /// Checks `raw` in full (every error, not the first) and builds the checked configuration. Each stage
+    /// below checks one part of the file and reports into the same list.
     pub fn compile(raw: RawConfig, env: &Environment) -> Result<Config, ConfigErrors> {
         let mut c = Checker { errors: Vec::new() };
-        let egress_listen = c.check("listen.egress", listen(raw.listen.egress.as_ref(), env.egress_listen.as_ref(), "127.0.0.1:15001"));
-        let ingress_listen = c.check("listen.ingress", listen(raw.listen.ingress.as_ref(), env.ingress_listen.as_ref(), "0.0.0.0:15006"));
-        let admin_listen = c.check("listen.admin", listen(raw.listen.admin.as_ref(), env.admin_listen.as_ref(), "0.0.0.0:15021"));
-        if let Some(egress) = egress_listen
-            && !egress.ip().is_loopback()
-        {
-            c.error("listen.egress", format!("{egress} is not a loopback address: the egress listener is for this pod only"));
-        }
-        let ports = [("listen.egress", egress_listen), ("listen.ingress", ingress_listen), ("listen.admin", admin_listen)];
-        for (i, (path, addr)) in ports.iter().enumerate() {
-            if let Some(addr) = addr
-                && let Some((other, _)) = ports[..i].iter().find(|(_, o)| o.is_some_and(|o| o.port() == addr.port()))
-            {
-                c.error(*path, format!("port {} is already used by {other}", addr.port()));
-            }
-        }
-
-        let identity = raw.identity.as_ref().and_then(|id| {
-            let token_url = c.check("identity.tokenUrl", Upstream::parse(&id.token_url));
-            let refresh_before = c.check("identity.refreshBefore", parse_duration(id.refresh_before.as_deref().unwrap_or("30s")));
-            let timeout = c.check("identity.timeout", parse_duration(id.timeout.as_deref().unwrap_or("5s")));
-            Some(Identity {
-                token_url: token_url?,
-                client_id_file: id.client_id_file.clone(),
-                client_secret_file: id.client_secret_file.clone(),
-                scope: id.scope.clone(),
-                refresh_before: refresh_before?,
-                timeout: timeout?,
-            })
-        });
-
+        let listeners = compile_listeners(&mut c, &raw.listen, env);
+        let identity = raw.identity.as_ref().and_then(|id| compile_identity(&mut c, id));
         let credential_headers = credential_headers(&mut c, &raw);
         let egress_hostnames = egress_hostnames(&mut c, env);
-        let mut routes = Vec::new();
-        let mut disabled = Vec::new();
-        let mut names = BTreeMap::new();
-        // A pod without an id cannot use what needs it, but the rest of its config is still checked in
-        // full: with a stand-in value where the id is missing.
-        let checked_env = Environment {
-            analysis_id: env.analysis_id.clone().or_else(|| Some("id".into())),
-            project_id: env.project_id.clone().or_else(|| Some("id".into())),
-            ..env.clone()
-        };
-        for (i, r) in raw.routes.iter().enumerate() {
-            if r.name.is_empty() || !r.name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_')) {
-                c.error(format!("routes[{i}].name"), format!("{:?} must be letters, digits, '-' or '_'", r.name));
-            }
-            if let Some(first) = names.insert(r.name.clone(), i) {
-                c.error(format!("routes[{i}].name"), format!("{:?} is already the name of routes[{first}]", r.name));
-            }
-            match compile_route(&mut c, i, r, raw.identity.is_some(), env, &checked_env, &egress_hostnames) {
-                Some(Compiled::Route(route, left_out)) => {
-                    routes.push(*route);
-                    disabled.extend(left_out);
-                }
-                Some(Compiled::LeftOut(whole)) => disabled.push(whole),
-                None => {}
-            }
-        }
-        // The pod's own names for the proxy would send a request back into the proxy (or, with a credential,
-        // to whatever listens on that port): no destination may be one of them.
-        let others = [
-            ("identity.tokenUrl", raw.identity.as_ref().map(|i| i.token_url.as_str())),
-            ("ingress.jwksUrl", raw.ingress.as_ref().map(|i| i.jwks_url.as_str())),
-            ("forwardProxy", raw.forward_proxy.as_deref()),
-        ];
-        for (path, url) in others {
-            if let Some(Ok(upstream)) = url.map(Upstream::parse) {
-                not_own_name(&mut c, path, &upstream.host, &egress_hostnames);
-            }
-        }
-
+        let (routes, disabled) = compile_routes(&mut c, &raw, env, &egress_hostnames);
+        not_own_destinations(&mut c, &raw, &egress_hostnames);
         let ingress = raw.ingress.as_ref().and_then(|ing| compile_ingress(&mut c, ing));
-        let forward_proxy = raw.forward_proxy.as_ref().and_then(|p| {
-            let parsed = c.check("forwardProxy", Upstream::parse(p))?;
-            if parsed.tls {
-                c.error("forwardProxy", "must be an http:// proxy (TLS to the upstream goes through it by CONNECT)");
-            }
-            Some(parsed)
-        });
-        let shutdown_grace = c.check("shutdown.grace", parse_duration(raw.shutdown.grace.as_deref().unwrap_or("5s")));
-        if let Some(grace) = shutdown_grace
-            && grace > Duration::from_secs(25)
-        {
-            c.error("shutdown.grace", "must stay below Kubernetes' 30 s termination grace period (at most 25s)");
-        }
-
+        let forward_proxy = raw.forward_proxy.as_deref().and_then(|p| compile_forward_proxy(&mut c, p));
+        let shutdown_grace = compile_shutdown_grace(&mut c, &raw.shutdown);
         let connections = connection_limits(&mut c, &raw.connections);
 
         if !c.errors.is_empty() {
             return Err(ConfigErrors(c.errors));
         }
+        let [egress_listen, ingress_listen, admin_listen] = listeners.map(|l| l.expect("checked"));
         Ok(Config {
-            egress_listen: egress_listen.expect("checked"),
-            ingress_listen: ingress_listen.expect("checked"),
-            admin_listen: admin_listen.expect("checked"),
+            egress_listen,
+            ingress_listen,
+            admin_listen,
             identity,
             routes,
             ingress,
@@ -862,5 +764,204 @@ impl Config {
             credential_headers,
             egress_hostnames,
         })
+    }
+}
+
+/// The three listeners (egress, ingress, admin): the file's address, else the env's, else the default; the
+/// egress listener on loopback only; no port twice.
+fn compile_listeners(c: &mut Checker, raw: &RawListen, env: &Environment) -> [Option<SocketAddr>; 3] {
+    let egress = c.check("listen.egress", listen(raw.egress.as_ref(), env.egress_listen.as_ref(), "127.0.0.1:15001"));
+    let ingress = c.check("listen.ingress", listen(raw.ingress.as_ref(), env.ingress_listen.as_ref(), "0.0.0.0:15006"));
+    let admin = c.check("listen.admin", listen(raw.admin.as_ref(), env.admin_listen.as_ref(), "0.0.0.0:15021"));
+    if let Some(egress) = egress
+        && !egress.ip().is_loopback()
+    {
+        c.error("listen.egress", format!("{egress} is not a loopback address: the egress listener is for this pod only"));
+    }
+    let ports = [("listen.egress", egress), ("listen.ingress", ingress), ("listen.admin", admin)];
+    for (i, (path, addr)) in ports.iter().enumerate() {
+        if let Some(addr) = addr
+            && let Some((other, _)) = ports[..i].iter().find(|(_, o)| o.is_some_and(|o| o.port() == addr.port()))
+        {
+            c.error(*path, format!("port {} is already used by {other}", addr.port()));
+        }
+    }
+    [egress, ingress, admin]
+}
+
+fn compile_identity(c: &mut Checker, id: &RawIdentity) -> Option<Identity> {
+    let token_url = c.check("identity.tokenUrl", Upstream::parse(&id.token_url));
+    let refresh_before = c.check("identity.refreshBefore", parse_duration(id.refresh_before.as_deref().unwrap_or("30s")));
+    let timeout = c.check("identity.timeout", parse_duration(id.timeout.as_deref().unwrap_or("5s")));
+    Some(Identity {
+        token_url: token_url?,
+        client_id_file: id.client_id_file.clone(),
+        client_secret_file: id.client_secret_file.clone(),
+        scope: id.scope.clone(),
+        refresh_before: refresh_before?,
+        timeout: timeout?,
+    })
+}
+
+/// Every route, named uniquely; returns the routes in force and what was left out of them (a route or the
+/// part of one that needs an id this pod does not have).
+fn compile_routes(c: &mut Checker, raw: &RawConfig, env: &Environment, egress_hostnames: &[String]) -> (Vec<Route>, Vec<Disabled>) {
+    let mut routes = Vec::new();
+    let mut disabled = Vec::new();
+    let mut names = BTreeMap::new();
+    // A pod without an id cannot use what needs it, but the rest of its config is still checked in
+    // full: with a stand-in value where the id is missing.
+    let checked_env = Environment {
+        analysis_id: env.analysis_id.clone().or_else(|| Some("id".into())),
+        project_id: env.project_id.clone().or_else(|| Some("id".into())),
+        ..env.clone()
+    };
+    for (i, r) in raw.routes.iter().enumerate() {
+        if r.name.is_empty() || !r.name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_')) {
+            c.error(format!("routes[{i}].name"), format!("{:?} must be letters, digits, '-' or '_'", r.name));
+        }
+        if let Some(first) = names.insert(r.name.clone(), i) {
+            c.error(format!("routes[{i}].name"), format!("{:?} is already the name of routes[{first}]", r.name));
+        }
+        match compile_route(c, i, r, raw.identity.is_some(), env, &checked_env, egress_hostnames) {
+            Some(Compiled::Route(route, left_out)) => {
+                routes.push(*route);
+                disabled.extend(left_out);
+            }
+            Some(Compiled::LeftOut(whole)) => disabled.push(whole),
+            None => {}
+        }
+    }
+    (routes, disabled)
+}
+
+/// The pod's own names for the proxy would send a request back into the proxy (or, with a credential, to
+/// whatever listens on that port): no destination outside the routes may be one of them either.
+fn not_own_destinations(c: &mut Checker, raw: &RawConfig, egress_hostnames: &[String]) {
+    let others = [
+        ("identity.tokenUrl", raw.identity.as_ref().map(|i| i.token_url.as_str())),
+        ("ingress.jwksUrl", raw.ingress.as_ref().map(|i| i.jwks_url.as_str())),
+        ("forwardProxy", raw.forward_proxy.as_deref()),
+    ];
+    for (path, url) in others {
+        if let Some(Ok(upstream)) = url.map(Upstream::parse) {
+            not_own_name(c, path, &upstream.host, egress_hostnames);
+        }
+    }
+}
+
+fn compile_forward_proxy(c: &mut Checker, url: &str) -> Option<Upstream> {
+    let parsed = c.check("forwardProxy", Upstream::parse(url))?;
+    if parsed.tls {
+        c.error("forwardProxy", "must be an http:// proxy (TLS to the upstream goes through it by CONNECT)");
+    }
+    Some(parsed)
+}
+
+fn compile_shutdown_grace(c: &mut Checker, raw: &RawShutdown) -> Option<Duration> {
+    let grace = c.check("shutdown.grace", parse_duration(raw.grace.as_deref().unwrap_or("5s")));
+    if let Some(grace) = grace
+        && grace > Duration::from_secs(25)
+    {
+        c.error("shutdown.grace", "must stay below Kubernetes' 30 s termination grace period (at most 25s)");
+    }
+    grace
+}
+
+#[cfg(test)]
+mod tests {
+    //! The stages of [`Config::compile`], each on its own; the whole route table is tested through the proxy
+    //! (proxy/tests/routes.rs) and by fuzzing (fuzz/fuzz_targets/proxy_config.rs).
+    use super::*;
+
+    fn checker() -> Checker {
+        Checker { errors: Vec::new() }
+    }
+
+    fn fields(c: &Checker) -> Vec<&str> {
+        c.errors.iter().map(|e| e.field.as_str()).collect()
+    }
+
+    fn yaml(text: &str) -> RawConfig {
+        serde_yaml_ng::from_str(text).expect("test config parses")
+    }
+
+    #[test]
+    fn listeners_come_from_the_file_then_the_env_then_the_defaults() {
+        let mut c = checker();
+        let env = Environment { ingress_listen: Some("0.0.0.0:8443".into()), ..Environment::default() };
+        let raw = RawListen { admin: Some("0.0.0.0:9000".into()), ..RawListen::default() };
+        let [egress, ingress, admin] = compile_listeners(&mut c, &raw, &env);
+        assert!(c.errors.is_empty(), "{:?}", c.errors);
+        assert_eq!(egress, Some("127.0.0.1:15001".parse().unwrap()));
+        assert_eq!(ingress, Some("0.0.0.0:8443".parse().unwrap()));
+        assert_eq!(admin, Some("0.0.0.0:9000".parse().unwrap()));
+    }
+
+    #[test]
+    fn the_egress_listener_is_loopback_only_and_no_port_is_used_twice() {
+        let mut c = checker();
+        let raw = RawListen { egress: Some("0.0.0.0:15006".into()), ..RawListen::default() };
+        compile_listeners(&mut c, &raw, &Environment::default());
+        assert_eq!(fields(&c), ["listen.egress", "listen.ingress"]);
+        assert!(c.errors[0].message.contains("not a loopback address"), "{}", c.errors[0]);
+        assert_eq!(c.errors[1].message, "port 15006 is already used by listen.egress");
+    }
+
+    #[test]
+    fn identity_names_each_bad_field() {
+        let mut c = checker();
+        let raw = yaml("identity: {tokenUrl: 'ftp://x', clientIdFile: /a, clientSecretFile: /b, refreshBefore: soon, timeout: 5}");
+        assert!(compile_identity(&mut c, raw.identity.as_ref().unwrap()).is_none());
+        assert_eq!(fields(&c), ["identity.tokenUrl", "identity.refreshBefore", "identity.timeout"]);
+        let mut c = checker();
+        let raw = yaml("identity: {tokenUrl: 'http://keycloak/token', clientIdFile: /a, clientSecretFile: /b}");
+        let identity = compile_identity(&mut c, raw.identity.as_ref().unwrap()).expect("valid");
+        assert_eq!((identity.refresh_before, identity.timeout), (Duration::from_secs(30), Duration::from_secs(5)));
+    }
+
+    #[test]
+    fn route_names_are_safe_and_unique() {
+        let mut c = checker();
+        let raw = yaml(
+            "routes:
+              - {name: hub, prefix: /a, upstream: 'http://hub:80'}
+              - {name: hub, prefix: /b, upstream: 'http://hub:80'}
+              - {name: 'no spaces', prefix: /c, upstream: 'http://hub:80'}",
+        );
+        let (routes, _) = compile_routes(&mut c, &raw, &Environment::default(), &[]);
+        assert_eq!(fields(&c), ["routes[1].name", "routes[2].name"]);
+        assert_eq!(c.errors[0].message, r#""hub" is already the name of routes[0]"#);
+        assert_eq!(routes.len(), 3, "each route is still compiled, so that its other errors are found too");
+    }
+
+    #[test]
+    fn no_destination_is_the_proxy_itself() {
+        let mut c = checker();
+        let raw = yaml("forwardProxy: 'http://hub.internal:3128'");
+        not_own_destinations(&mut c, &raw, &["hub.internal".to_owned()]);
+        assert_eq!(fields(&c), ["forwardProxy"]);
+    }
+
+    #[test]
+    fn a_forward_proxy_is_plain_http_and_the_grace_fits_kubernetes_period() {
+        let mut c = checker();
+        assert!(compile_forward_proxy(&mut c, "https://squid:3128").is_some());
+        assert_eq!(compile_shutdown_grace(&mut c, &RawShutdown { grace: Some("26s".into()) }), Some(Duration::from_secs(26)));
+        assert_eq!(fields(&c), ["forwardProxy", "shutdown.grace"]);
+        let mut c = checker();
+        assert_eq!(compile_shutdown_grace(&mut c, &RawShutdown::default()), Some(Duration::from_secs(5)));
+        assert_eq!(compile_shutdown_grace(&mut c, &RawShutdown { grace: Some("25s".into()) }), Some(Duration::from_secs(25)));
+        assert!(c.errors.is_empty());
+    }
+
+    #[test]
+    fn compile_reports_every_stage_at_once() {
+        let raw = yaml(
+            "listen: {egress: '0.0.0.0:1'}\nforwardProxy: 'https://squid:3128'\nshutdown: {grace: 1m}\nroutes: [{name: '', prefix: /a, upstream: 'http://hub:80'}]",
+        );
+        let errors = Config::compile(raw, &Environment::default()).unwrap_err();
+        let fields: Vec<&str> = errors.0.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(fields, ["listen.egress", "routes[0].name", "forwardProxy", "shutdown.grace"]);
     }
 }
