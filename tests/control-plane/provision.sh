@@ -18,7 +18,8 @@ mkdir -p "$BIN"
 export GOTOOLCHAIN=local GOFLAGS=-mod=mod CGO_ENABLED=0
 log() { echo "provision: $*" >&2; }
 
-staging_version() { echo "v0.${K8S_VERSION#v1.}"; }   # v1.36.3 -> v0.36.3
+# kubernetes_module, kubernetes_ldflags
+source "$(dirname "${BASH_SOURCE[0]}")/../kubernetes-module.sh"
 
 build_kubernetes() {
   local out_apiserver="$BIN/kube-apiserver-$K8S_VERSION" out_kubectl="$BIN/kubectl-$K8S_VERSION"
@@ -27,24 +28,8 @@ build_kubernetes() {
   local work; work=$(mktemp -d)
   (
     cd "$work"
-    cat > go.mod <<MOD
-module tollgate.local/kubernetes-binaries
-
-go 1.24
-
-require k8s.io/kubernetes $K8S_VERSION
-MOD
-    # Every staging module k8s.io/kubernetes replaces with ./staging/src/k8s.io/X is published as k8s.io/X v0.N.P.
-    local gomod
-    gomod=$(go mod download -json "k8s.io/kubernetes@$K8S_VERSION" | sed -n 's/^\s*"GoMod": "\(.*\)",\?$/\1/p')
-    local staging; staging=$(staging_version)
-    grep -E '^\s*k8s\.io/[a-z0-9-]+ => \./staging/' "$gomod" | awk '{print $1}' | sort -u | while read -r module; do
-      echo "replace $module => $module $staging" >> go.mod
-    done
-    local date; date=$(date -u +%Y-%m-%dT%H:%M:%SZ)
-    local minor=${K8S_VERSION#v1.}; minor=${minor%%.*}
-    local ldflags="-s -w -X k8s.io/component-base/version.gitVersion=$K8S_VERSION -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=$minor -X k8s.io/component-base/version.gitTreeState=clean -X k8s.io/component-base/version.buildDate=$date"
-    ldflags="$ldflags -X k8s.io/client-go/pkg/version.gitVersion=$K8S_VERSION -X k8s.io/client-go/pkg/version.gitMajor=1 -X k8s.io/client-go/pkg/version.gitMinor=$minor"
+    kubernetes_module
+    local ldflags; ldflags=$(kubernetes_ldflags)
     go build -trimpath -ldflags "$ldflags" -o "$out_apiserver.tmp" k8s.io/kubernetes/cmd/kube-apiserver
     go build -trimpath -ldflags "$ldflags" -o "$out_kubectl.tmp" k8s.io/kubernetes/cmd/kubectl
   )
