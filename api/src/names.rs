@@ -57,5 +57,11 @@ pub const ENV_EGRESS_LISTEN: &str = "TOLLGATE_EGRESS_LISTEN";
 pub const ENV_INGRESS_LISTEN: &str = "TOLLGATE_INGRESS_LISTEN";
 pub const ENV_ADMIN_LISTEN: &str = "TOLLGATE_ADMIN_LISTEN";
 
+/// The proxy's ports when neither the policy nor the route table chooses others (the default policy's
+/// `proxy.egressPort`, `ingressPort` and `adminPort`; a test checks the two agree).
+pub const DEFAULT_EGRESS_PORT: u16 = 15001;
+pub const DEFAULT_INGRESS_PORT: u16 = 15006;
+pub const DEFAULT_ADMIN_PORT: u16 = 15021;
+
 /// tollgate's release: the webhook records it on every pod it hardens, `tollgate check --proxy` compares it.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

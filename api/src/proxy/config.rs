@@ -3,13 +3,14 @@
 //! checked, compiled form the proxy runs on.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
 use schemars::JsonSchema;
 use serde::Deserialize;
 
+use crate::names;
 use crate::proxy::routes::{Answer, AuthMode, Destination, Pattern, Route, Upstream};
 use crate::units::{parse_bytes, parse_duration};
 
@@ -222,12 +223,12 @@ impl Environment {
     pub fn from_process() -> Self {
         let var = |name| std::env::var(name).ok().filter(|v: &String| !v.is_empty());
         Environment {
-            analysis_id: var("TOLLGATE_ANALYSIS_ID"),
-            project_id: var("TOLLGATE_PROJECT_ID"),
-            egress_listen: var("TOLLGATE_EGRESS_LISTEN"),
-            ingress_listen: var("TOLLGATE_INGRESS_LISTEN"),
-            admin_listen: var("TOLLGATE_ADMIN_LISTEN"),
-            egress_hostnames: var("TOLLGATE_EGRESS_HOSTNAMES")
+            analysis_id: var(names::ENV_ANALYSIS_ID),
+            project_id: var(names::ENV_PROJECT_ID),
+            egress_listen: var(names::ENV_EGRESS_LISTEN),
+            ingress_listen: var(names::ENV_INGRESS_LISTEN),
+            admin_listen: var(names::ENV_ADMIN_LISTEN),
+            egress_hostnames: var(names::ENV_EGRESS_HOSTNAMES)
                 .map_or_else(Vec::new, |names| names.split(',').map(str::trim).filter(|n| !n.is_empty()).map(str::to_owned).collect()),
         }
     }
@@ -347,7 +348,7 @@ pub fn check_id(id: &str) -> Result<(), String> {
     Ok(())
 }
 
-const PLACEHOLDERS: [(&str, &str); 2] = [("{analysis_id}", "TOLLGATE_ANALYSIS_ID"), ("{project_id}", "TOLLGATE_PROJECT_ID")];
+const PLACEHOLDERS: [(&str, &str); 2] = [("{analysis_id}", names::ENV_ANALYSIS_ID), ("{project_id}", names::ENV_PROJECT_ID)];
 
 /// The first placeholder of `text` whose value this pod does not have, as its environment variable.
 fn missing(text: &str, env: &Environment) -> Option<&'static str> {
@@ -373,8 +374,9 @@ fn fill(text: &str, env: &Environment) -> Result<String, String> {
     Ok(out)
 }
 
-fn listen(raw: Option<&String>, env: Option<&String>, default: &str) -> Result<SocketAddr, String> {
-    let text = env.or(raw).map_or(default, String::as_str);
+/// The env's address (the webhook renders it from the policy's ports), else the file's, else the default.
+fn listen(raw: Option<&String>, env: Option<&String>, default: (Ipv4Addr, u16)) -> Result<SocketAddr, String> {
+    let Some(text) = env.or(raw) else { return Ok(SocketAddr::from(default)) };
     text.parse().map_err(|_| format!("{text:?} is not an address like 127.0.0.1:15001"))
 }
 
@@ -767,12 +769,17 @@ impl Config {
     }
 }
 
-/// The three listeners (egress, ingress, admin): the file's address, else the env's, else the default; the
+/// The three listeners (egress, ingress, admin): the env's address, else the file's, else the default; the
 /// egress listener on loopback only; no port twice.
 fn compile_listeners(c: &mut Checker, raw: &RawListen, env: &Environment) -> [Option<SocketAddr>; 3] {
-    let egress = c.check("listen.egress", listen(raw.egress.as_ref(), env.egress_listen.as_ref(), "127.0.0.1:15001"));
-    let ingress = c.check("listen.ingress", listen(raw.ingress.as_ref(), env.ingress_listen.as_ref(), "0.0.0.0:15006"));
-    let admin = c.check("listen.admin", listen(raw.admin.as_ref(), env.admin_listen.as_ref(), "0.0.0.0:15021"));
+    let egress = c
+        .check("listen.egress", listen(raw.egress.as_ref(), env.egress_listen.as_ref(), (Ipv4Addr::LOCALHOST, names::DEFAULT_EGRESS_PORT)));
+    let ingress = c.check(
+        "listen.ingress",
+        listen(raw.ingress.as_ref(), env.ingress_listen.as_ref(), (Ipv4Addr::UNSPECIFIED, names::DEFAULT_INGRESS_PORT)),
+    );
+    let admin =
+        c.check("listen.admin", listen(raw.admin.as_ref(), env.admin_listen.as_ref(), (Ipv4Addr::UNSPECIFIED, names::DEFAULT_ADMIN_PORT)));
     if let Some(egress) = egress
         && !egress.ip().is_loopback()
     {
@@ -887,15 +894,24 @@ mod tests {
     }
 
     #[test]
-    fn listeners_come_from_the_file_then_the_env_then_the_defaults() {
+    fn listeners_come_from_the_env_then_the_file_then_the_defaults() {
         let mut c = checker();
         let env = Environment { ingress_listen: Some("0.0.0.0:8443".into()), ..Environment::default() };
-        let raw = RawListen { admin: Some("0.0.0.0:9000".into()), ..RawListen::default() };
+        let raw = RawListen { ingress: Some("0.0.0.0:8000".into()), admin: Some("0.0.0.0:9000".into()), ..RawListen::default() };
         let [egress, ingress, admin] = compile_listeners(&mut c, &raw, &env);
         assert!(c.errors.is_empty(), "{:?}", c.errors);
         assert_eq!(egress, Some("127.0.0.1:15001".parse().unwrap()));
         assert_eq!(ingress, Some("0.0.0.0:8443".parse().unwrap()));
         assert_eq!(admin, Some("0.0.0.0:9000".parse().unwrap()));
+    }
+
+    #[test]
+    fn the_default_ports_are_the_default_policys() {
+        let proxy = &crate::policy::Policy::default().proxy;
+        assert_eq!(
+            [proxy.egress_port, proxy.ingress_port, proxy.admin_port],
+            [names::DEFAULT_EGRESS_PORT, names::DEFAULT_INGRESS_PORT, names::DEFAULT_ADMIN_PORT]
+        );
     }
 
     #[test]

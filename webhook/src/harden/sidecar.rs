@@ -4,7 +4,8 @@
 use serde_json::{Value, json};
 
 use super::{
-    ENV_EGRESS_HOSTNAMES, Editor, Kind, LOCK_CHECK_NAME, PodIds, SIDECAR_NAME, TOLLGATE_CONTAINERS, VOLUME_CONFIG, VOLUME_CREDENTIALS,
+    ENV_ADMIN_LISTEN, ENV_ANALYSIS_ID, ENV_EGRESS_HOSTNAMES, ENV_EGRESS_LISTEN, ENV_INGRESS_LISTEN, ENV_PROJECT_ID, Editor, Kind,
+    LOCK_CHECK_NAME, PodIds, SIDECAR_NAME, TOLLGATE_CONTAINERS, VOLUME_CONFIG, VOLUME_CREDENTIALS,
 };
 use crate::patch::{Path, get};
 use crate::path;
@@ -17,15 +18,15 @@ pub use tollgate_api::names::{CONFIG_DIR, CREDENTIALS_DIR, PROXY_BINARY};
 pub(super) fn render(policy: &Policy, ids: &PodIds) -> Value {
     let proxy = &policy.proxy;
     let mut env = vec![
-        json!({"name": "TOLLGATE_EGRESS_LISTEN", "value": format!("127.0.0.1:{}", proxy.egress_port)}),
-        json!({"name": "TOLLGATE_INGRESS_LISTEN", "value": format!("0.0.0.0:{}", proxy.ingress_port)}),
-        json!({"name": "TOLLGATE_ADMIN_LISTEN", "value": format!("0.0.0.0:{}", proxy.admin_port)}),
+        json!({"name": ENV_EGRESS_LISTEN, "value": format!("127.0.0.1:{}", proxy.egress_port)}),
+        json!({"name": ENV_INGRESS_LISTEN, "value": format!("0.0.0.0:{}", proxy.ingress_port)}),
+        json!({"name": ENV_ADMIN_LISTEN, "value": format!("0.0.0.0:{}", proxy.admin_port)}),
     ];
     if let Some(id) = &ids.analysis {
-        env.push(json!({"name": "TOLLGATE_ANALYSIS_ID", "value": id}));
+        env.push(json!({"name": ENV_ANALYSIS_ID, "value": id}));
     }
     if let Some(id) = &ids.project {
-        env.push(json!({"name": "TOLLGATE_PROJECT_ID", "value": id}));
+        env.push(json!({"name": ENV_PROJECT_ID, "value": id}));
     }
     if !ids.egress_hostnames.is_empty() {
         env.push(json!({"name": ENV_EGRESS_HOSTNAMES, "value": ids.egress_hostnames.join(",")}));
@@ -119,9 +120,7 @@ impl Template {
         json.push_str(&self.head);
         if let (Some(ids), Some(Value::Array(env))) = (ids, value.get_mut("env")) {
             let hostnames = (!ids.egress_hostnames.is_empty()).then(|| ids.egress_hostnames.join(","));
-            for (name, id) in
-                [("TOLLGATE_ANALYSIS_ID", &ids.analysis), ("TOLLGATE_PROJECT_ID", &ids.project), (ENV_EGRESS_HOSTNAMES, &hostnames)]
-            {
+            for (name, id) in [(ENV_ANALYSIS_ID, &ids.analysis), (ENV_PROJECT_ID, &ids.project), (ENV_EGRESS_HOSTNAMES, &hostnames)] {
                 let Some(id) = id else { continue };
                 let entry = json!({"name": name, "value": id});
                 if !env.is_empty() {
