@@ -132,162 +132,11 @@ fn days(seconds: i64) -> String {
 pub fn evaluate(s: &Snapshot) -> Vec<Finding> {
     let mut r = Report { findings: Vec::new() };
     let config = format!("MutatingWebhookConfiguration {}", s.config_name);
-    let policy_subject = format!("policy ConfigMap in {}", s.release_namespace);
-    let secret_subject = format!("serving Secret in {}", s.release_namespace);
-
-    match &s.server_version {
-        Ok((1, minor)) if *minor >= 30 => r.ok("kubernetes-version", "API server", format!("v1.{minor}")),
-        Ok((major, minor)) => r.error(
-            "kubernetes-version",
-            "API server",
-            format!(
-                "v{major}.{minor}: tollgate needs 1.30 or later (ValidatingAdmissionPolicy v1, webhook matchConditions, native sidecars)"
-            ),
-            "upgrade the cluster",
-        ),
-        Err(why) => r.unread("kubernetes-version", "API server", "its version", why),
-    }
-
-    match &s.policy {
-        Ok(None) => r.ok("policy", policy_subject.clone(), "none: the webhook runs its embedded default"),
-        Ok(Some(text)) => match tollgate_webhook::policy::Policy::from_yaml(text) {
-            Ok(policy) => r.ok("policy", policy_subject.clone(), format!("valid ({})", policy.digest())),
-            Err(e) => r.error(
-                "policy",
-                policy_subject.clone(),
-                format!("the webhook refuses it: {e}"),
-                "fix the policy (tollgate-webhook check-policy FILE names each field); the webhook keeps the last valid one",
-            ),
-        },
-        Err(why) => r.unread("policy", policy_subject.clone(), "it", why),
-    }
-
-    let webhooks = match &s.webhooks {
-        Ok(Some(webhooks)) => {
-            let missing: Vec<&str> = WEBHOOKS.iter().copied().filter(|w| !webhooks.iter().any(|v| v.name == *w)).collect();
-            if missing.is_empty() {
-                r.ok("webhook-registered", config.clone(), format!("{} webhooks, calling {}", webhooks.len(), webhooks[0].target));
-            } else {
-                r.error(
-                    "webhook-registered",
-                    config.clone(),
-                    format!("lacks {}", missing.join(", ")),
-                    "re-apply it: helm upgrade, or kubectl apply -f manifests/40-webhook-configuration.yaml",
-                );
-            }
-            webhooks.as_slice()
-        }
-        Ok(None) => {
-            r.error(
-                "webhook-registered",
-                config.clone(),
-                "does not exist: no pod is hardened",
-                "install tollgate (helm install, or kubectl apply -f manifests/)",
-            );
-            &[]
-        }
-        Err(why) => {
-            r.unread("webhook-registered", config.clone(), "it", why);
-            &[]
-        }
-    };
-
-    // The caBundle must trust the certificate the webhook serves; the serving Secret says which that is.
-    let bundle = webhooks.first().and_then(|w| w.ca_bundle.clone());
-    let bundle_certs = bundle.as_deref().map(pem_certificates).unwrap_or_default();
-    if !webhooks.is_empty() {
-        if bundle_certs.is_empty() {
-            r.error(
-                "ca-bundle",
-                config.clone(),
-                "has no caBundle: the API server cannot trust the webhook",
-                "selfSigned: kubectl create job -n <namespace> --from=cronjob/tollgate-certs-renew renew-now; certManager: check cert-manager's cainjector",
-            );
-        } else if webhooks.iter().any(|w| w.ca_bundle != bundle) {
-            r.error(
-                "ca-bundle",
-                config.clone(),
-                "its webhooks have different caBundles",
-                "run tollgate-certs secret --webhook-config=... (the renewal Job) to set them all",
-            );
-        }
-    }
-    let serving = match &s.serving_certificate {
-        Ok(Some(pem)) => pem_certificates(pem).into_iter().next(),
-        Ok(None) => {
-            r.error(
-                "serving-certificate",
-                secret_subject.clone(),
-                "does not exist: the webhook's pods cannot start",
-                "selfSigned: helm upgrade recreates it (or the renewal CronJob); existingSecret: create the Secret you named",
-            );
-            None
-        }
-        Err(why) => {
-            r.unread("serving-certificate", secret_subject.clone(), "it", why);
-            None
-        }
-    };
-    if serving.is_none() && s.serving_certificate.is_err() && !bundle_certs.is_empty() {
-        r.ok(
-            "ca-bundle",
-            config.clone(),
-            format!(
-                "holds {} CA certificate(s); not compared with the serving Secret (unreadable): the admission dry runs show whether the API server trusts the webhook",
-                bundle_certs.len()
-            ),
-        );
-    }
-    let mut secret_expiry = None;
-    if let Some(der) = &serving {
-        match expiry(der) {
-            None => r.error(
-                "serving-certificate",
-                secret_subject.clone(),
-                "tls.crt does not parse",
-                "renew it (tollgate-certs secret --renew=leaf)",
-            ),
-            Some((not_after, subject)) => {
-                secret_expiry = Some(not_after);
-                let left = not_after - s.now;
-                if left <= 0 {
-                    r.error(
-                        "serving-certificate",
-                        secret_subject.clone(),
-                        format!("{} has expired: every pod creation in an analysis namespace fails", subject),
-                        "renew now: kubectl create job -n <namespace> --from=cronjob/tollgate-certs-renew renew-now",
-                    );
-                } else if left < s.expiry_warning {
-                    r.warn(
-                        "serving-certificate",
-                        secret_subject.clone(),
-                        format!("{} expires in {}", subject, days(left)),
-                        "the renewal should have run: kubectl get cronjob,jobs -n <namespace>, and their logs",
-                    );
-                } else {
-                    r.ok("serving-certificate", secret_subject.clone(), format!("{} valid for {}", subject, days(left)));
-                }
-                if !bundle_certs.is_empty() {
-                    if signed_by_any(der, &bundle_certs) {
-                        r.ok(
-                            "ca-bundle",
-                            config.clone(),
-                            format!("trusts the serving certificate ({} CA certificate(s))", bundle_certs.len()),
-                        );
-                    } else {
-                        r.error(
-                            "ca-bundle",
-                            config.clone(),
-                            "does not trust the serving certificate: the API server refuses the webhook, and every pod creation in an analysis namespace fails",
-                            "set it from the Secret's ca.crt: tollgate-certs secret --webhook-config=... (selfSigned), or fix webhook.caBundle (existingSecret)",
-                        );
-                    }
-                }
-            }
-        }
-    }
+    kubernetes_version(&mut r, &s.server_version);
+    policy_valid(&mut r, s);
+    let webhooks = registered(&mut r, &s.webhooks, &config);
+    let secret_expiry = certificates(&mut r, s, webhooks, &config);
     served(&mut r, s, webhooks, &config, secret_expiry);
-
     let policy = s
         .policy
         .as_ref()
@@ -311,6 +160,184 @@ pub fn evaluate(s: &Snapshot) -> Vec<Finding> {
     }
     overrides(&mut r, &policy, &s.namespaces);
     r.findings
+}
+
+/// `kubernetes-version`: 1.30 or later.
+fn kubernetes_version(r: &mut Report, version: &Read<(u32, u32)>) {
+    match version {
+        Ok((1, minor)) if *minor >= 30 => r.ok("kubernetes-version", "API server", format!("v1.{minor}")),
+        Ok((major, minor)) => r.error(
+            "kubernetes-version",
+            "API server",
+            format!(
+                "v{major}.{minor}: tollgate needs 1.30 or later (ValidatingAdmissionPolicy v1, webhook matchConditions, native sidecars)"
+            ),
+            "upgrade the cluster",
+        ),
+        Err(why) => r.unread("kubernetes-version", "API server", "its version", why),
+    }
+}
+
+/// `policy`: the webhook accepts the policy ConfigMap (or there is none).
+fn policy_valid(r: &mut Report, s: &Snapshot) {
+    let policy_subject = format!("policy ConfigMap in {}", s.release_namespace);
+    match &s.policy {
+        Ok(None) => r.ok("policy", policy_subject, "none: the webhook runs its embedded default"),
+        Ok(Some(text)) => match tollgate_webhook::policy::Policy::from_yaml(text) {
+            Ok(policy) => r.ok("policy", policy_subject, format!("valid ({})", policy.digest())),
+            Err(e) => r.error(
+                "policy",
+                policy_subject,
+                format!("the webhook refuses it: {e}"),
+                "fix the policy (tollgate-webhook check-policy FILE names each field); the webhook keeps the last valid one",
+            ),
+        },
+        Err(why) => r.unread("policy", policy_subject, "it", why),
+    }
+}
+
+/// `webhook-registered`: the configuration has every webhook. Its webhooks, none where it could not be read.
+fn registered<'s>(r: &mut Report, webhooks: &'s Read<Option<Vec<WebhookView>>>, config: &str) -> &'s [WebhookView] {
+    match webhooks {
+        Ok(Some(webhooks)) => {
+            let missing: Vec<&str> = WEBHOOKS.iter().copied().filter(|w| !webhooks.iter().any(|v| v.name == *w)).collect();
+            if missing.is_empty() {
+                r.ok("webhook-registered", config, format!("{} webhooks, calling {}", webhooks.len(), webhooks[0].target));
+            } else {
+                r.error(
+                    "webhook-registered",
+                    config,
+                    format!("lacks {}", missing.join(", ")),
+                    "re-apply it: helm upgrade, or kubectl apply -f manifests/40-webhook-configuration.yaml",
+                );
+            }
+            webhooks.as_slice()
+        }
+        Ok(None) => {
+            r.error(
+                "webhook-registered",
+                config,
+                "does not exist: no pod is hardened",
+                "install tollgate (helm install, or kubectl apply -f manifests/)",
+            );
+            &[]
+        }
+        Err(why) => {
+            r.unread("webhook-registered", config, "it", why);
+            &[]
+        }
+    }
+}
+
+/// `ca-bundle` and `serving-certificate`: the caBundle must trust the certificate the webhook serves; the
+/// serving Secret says which that is. The Secret's certificate's expiry, if it could be read.
+fn certificates(r: &mut Report, s: &Snapshot, webhooks: &[WebhookView], config: &str) -> Option<i64> {
+    let bundle_certs = ca_bundle(r, webhooks, config);
+    let serving = serving_secret(r, s);
+    if serving.is_none() && s.serving_certificate.is_err() && !bundle_certs.is_empty() {
+        r.ok(
+            "ca-bundle",
+            config,
+            format!(
+                "holds {} CA certificate(s); not compared with the serving Secret (unreadable): the admission dry runs show whether the API server trusts the webhook",
+                bundle_certs.len()
+            ),
+        );
+    }
+    let der = serving?;
+    let secret_expiry = serving_expiry(r, s, &der)?;
+    if !bundle_certs.is_empty() {
+        bundle_trusts(r, config, &der, &bundle_certs);
+    }
+    Some(secret_expiry)
+}
+
+/// The caBundle's CA certificates (the webhooks' first's); an error where there is none, or the webhooks'
+/// differ.
+fn ca_bundle(r: &mut Report, webhooks: &[WebhookView], config: &str) -> Vec<Vec<u8>> {
+    let bundle = webhooks.first().and_then(|w| w.ca_bundle.clone());
+    let bundle_certs = bundle.as_deref().map(pem_certificates).unwrap_or_default();
+    if !webhooks.is_empty() {
+        if bundle_certs.is_empty() {
+            r.error(
+                "ca-bundle",
+                config,
+                "has no caBundle: the API server cannot trust the webhook",
+                "selfSigned: kubectl create job -n <namespace> --from=cronjob/tollgate-certs-renew renew-now; certManager: check cert-manager's cainjector",
+            );
+        } else if webhooks.iter().any(|w| w.ca_bundle != bundle) {
+            r.error(
+                "ca-bundle",
+                config,
+                "its webhooks have different caBundles",
+                "run tollgate-certs secret --webhook-config=... (the renewal Job) to set them all",
+            );
+        }
+    }
+    bundle_certs
+}
+
+/// The serving Secret's certificate (DER), if there is one and it could be read.
+fn serving_secret(r: &mut Report, s: &Snapshot) -> Option<Vec<u8>> {
+    let secret_subject = format!("serving Secret in {}", s.release_namespace);
+    match &s.serving_certificate {
+        Ok(Some(pem)) => pem_certificates(pem).into_iter().next(),
+        Ok(None) => {
+            r.error(
+                "serving-certificate",
+                secret_subject,
+                "does not exist: the webhook's pods cannot start",
+                "selfSigned: helm upgrade recreates it (or the renewal CronJob); existingSecret: create the Secret you named",
+            );
+            None
+        }
+        Err(why) => {
+            r.unread("serving-certificate", secret_subject, "it", why);
+            None
+        }
+    }
+}
+
+/// `serving-certificate`: how long the Secret's certificate is valid. When it expires, if it parses.
+fn serving_expiry(r: &mut Report, s: &Snapshot, der: &[u8]) -> Option<i64> {
+    let secret_subject = format!("serving Secret in {}", s.release_namespace);
+    let Some((not_after, subject)) = expiry(der) else {
+        r.error("serving-certificate", secret_subject, "tls.crt does not parse", "renew it (tollgate-certs secret --renew=leaf)");
+        return None;
+    };
+    let left = not_after - s.now;
+    if left <= 0 {
+        r.error(
+            "serving-certificate",
+            secret_subject,
+            format!("{} has expired: every pod creation in an analysis namespace fails", subject),
+            "renew now: kubectl create job -n <namespace> --from=cronjob/tollgate-certs-renew renew-now",
+        );
+    } else if left < s.expiry_warning {
+        r.warn(
+            "serving-certificate",
+            secret_subject,
+            format!("{} expires in {}", subject, days(left)),
+            "the renewal should have run: kubectl get cronjob,jobs -n <namespace>, and their logs",
+        );
+    } else {
+        r.ok("serving-certificate", secret_subject, format!("{} valid for {}", subject, days(left)));
+    }
+    Some(not_after)
+}
+
+/// `ca-bundle`: whether the bundle's CA certificates signed the serving certificate.
+fn bundle_trusts(r: &mut Report, config: &str, der: &[u8], bundle_certs: &[Vec<u8>]) {
+    if signed_by_any(der, bundle_certs) {
+        r.ok("ca-bundle", config, format!("trusts the serving certificate ({} CA certificate(s))", bundle_certs.len()));
+    } else {
+        r.error(
+            "ca-bundle",
+            config,
+            "does not trust the serving certificate: the API server refuses the webhook, and every pod creation in an analysis namespace fails",
+            "set it from the Secret's ca.crt: tollgate-certs secret --webhook-config=... (selfSigned), or fix webhook.caBundle (existingSecret)",
+        );
+    }
 }
 
 /// One finding per namespace the policy overrides (`namespaces.<name>`), saying what the override changes for
@@ -407,8 +434,22 @@ fn served(r: &mut Report, s: &Snapshot, webhooks: &[WebhookView], config: &str, 
     }
 }
 
+/// The namespace's findings: its proxy's routes and credentials, its labels, its NetworkPolicies and what
+/// admission does to a plain pod in it.
 fn namespace(r: &mut Report, ns: &NamespaceView, policy: &tollgate_webhook::policy::Policy) {
     let name = format!("namespace {}", ns.name);
+    let needs_credentials = routes(r, ns, policy, &name);
+    let secret = &policy.proxy.credentials_secret;
+    let per_analysis = secret.contains("{analysis_id}");
+    credentials(r, ns, secret, per_analysis, needs_credentials, &name);
+    labels(r, ns, &name);
+    network_policy(r, ns, &name);
+    admission(r, ns, per_analysis, name);
+}
+
+/// `routes`: every proxy accepts the namespace's route table. Whether its routes obtain tokens (and so need
+/// credentials).
+fn routes(r: &mut Report, ns: &NamespaceView, policy: &tollgate_webhook::policy::Policy, name: &str) -> bool {
     let config_map = &policy.proxy.config_map;
     let mut needs_credentials = false;
     match &ns.routes {
@@ -421,11 +462,11 @@ fn namespace(r: &mut Report, ns: &NamespaceView, policy: &tollgate_webhook::poli
             match tollgate_api::proxy::config::Config::load(text, &env) {
                 Ok(config) => {
                     needs_credentials = config.identity.is_some();
-                    r.ok("routes", name.clone(), format!("ConfigMap {config_map}: {} routes", config.routes.len()));
+                    r.ok("routes", name, format!("ConfigMap {config_map}: {} routes", config.routes.len()));
                 }
                 Err(e) => r.error(
                     "routes",
-                    name.clone(),
+                    name,
                     format!("ConfigMap {config_map}: every proxy refuses it:\n{e}"),
                     "fix it (tollgate-proxy check-config --template FILE names each field); hardened pods fail to start until then",
                 ),
@@ -433,28 +474,30 @@ fn namespace(r: &mut Report, ns: &NamespaceView, policy: &tollgate_webhook::poli
         }
         Ok(None) => r.error(
             "routes",
-            name.clone(),
+            name,
             format!("no ConfigMap {config_map}: hardened pods cannot start their proxy"),
             "list the namespace in the chart's analysisNamespaces, or apply one like manifests/examples/analysis-namespace.yaml's",
         ),
-        Err(why) => r.unread("routes", name.clone(), &format!("ConfigMap {config_map}"), why),
+        Err(why) => r.unread("routes", name, &format!("ConfigMap {config_map}"), why),
     }
-    let secret = &policy.proxy.credentials_secret;
-    let per_analysis = secret.contains("{analysis_id}");
+    needs_credentials
+}
+
+/// `credentials`: the Secret the proxy obtains tokens with, where its routes need one (`secret`: its name;
+/// `per_analysis`: one per analysis, not checked here).
+fn credentials(r: &mut Report, ns: &NamespaceView, secret: &str, per_analysis: bool, needs_credentials: bool, name: &str) {
     match &ns.credentials {
-        _ if per_analysis => r.ok(
-            "credentials",
-            name.clone(),
-            format!("one Secret per analysis ({secret}), made by whoever creates the analysis: not checked here"),
-        ),
+        _ if per_analysis => {
+            r.ok("credentials", name, format!("one Secret per analysis ({secret}), made by whoever creates the analysis: not checked here"))
+        }
         Ok(Some(keys)) => {
             let missing: Vec<&str> = ["client-id", "client-secret"].into_iter().filter(|k| !keys.iter().any(|key| key == k)).collect();
             if missing.is_empty() || !needs_credentials {
-                r.ok("credentials", name.clone(), format!("Secret {secret} has {}", keys.join(", ")));
+                r.ok("credentials", name, format!("Secret {secret} has {}", keys.join(", ")));
             } else {
                 r.error(
                     "credentials",
-                    name.clone(),
+                    name,
                     format!("Secret {secret} lacks {}: the proxy cannot obtain tokens", missing.join(", ")),
                     format!(
                         "kubectl create secret generic {secret} -n {} --from-literal=client-id=... --from-literal=client-secret=...",
@@ -465,42 +508,54 @@ fn namespace(r: &mut Report, ns: &NamespaceView, policy: &tollgate_webhook::poli
         }
         Ok(None) if needs_credentials => r.error(
             "credentials",
-            name.clone(),
+            name,
             format!("no Secret {secret}: the routes obtain tokens, and hardened pods cannot start their proxy without it"),
             format!("kubectl create secret generic {secret} -n {} --from-literal=client-id=... --from-literal=client-secret=...", ns.name),
         ),
-        Ok(None) => r.ok("credentials", name.clone(), "no token routes: no credentials needed"),
-        Err(why) => r.unread("credentials", name.clone(), &format!("Secret {secret}"), why),
+        Ok(None) => r.ok("credentials", name, "no token routes: no credentials needed"),
+        Err(why) => r.unread("credentials", name, &format!("Secret {secret}"), why),
     }
+}
+
+/// `mode` (a namespace on trial) and `pod-security` (restricted enforced), from the namespace's labels.
+fn labels(r: &mut Report, ns: &NamespaceView, name: &str) {
     if ns.labels.get("tollgate.dev/mode").map(String::as_str) == Some("warn") {
         r.warn(
             "mode",
-            name.clone(),
+            name,
             "on trial (tollgate.dev/mode=warn): a pod whose violations concern it alone is let through unhardened, with warnings",
             format!("once tollgate_webhook_reviews_total{{outcome=\"warned\"}} stays flat, enforce: kubectl label namespace {} tollgate.dev/mode-", ns.name),
         );
     }
     match ns.labels.get("pod-security.kubernetes.io/enforce").map(String::as_str) {
-        Some("restricted") => r.ok("pod-security", name.clone(), "enforces restricted"),
+        Some("restricted") => r.ok("pod-security", name, "enforces restricted"),
         other => r.warn(
             "pod-security",
-            name.clone(),
+            name,
             format!("enforces {}: the API server does not hold hardened pods to restricted", other.unwrap_or("nothing")),
             format!("kubectl label namespace {} pod-security.kubernetes.io/enforce=restricted", ns.name),
         ),
     }
+}
+
+/// `network-policy`: a NetworkPolicy closes the namespace's egress.
+fn network_policy(r: &mut Report, ns: &NamespaceView, name: &str) {
     match &ns.closing_network_policies {
-        Ok(names) if !names.is_empty() => r.ok("network-policy", name.clone(), format!("closed by {}", names.join(", "))),
+        Ok(names) if !names.is_empty() => r.ok("network-policy", name, format!("closed by {}", names.join(", "))),
         Ok(_) => r.warn(
             "network-policy",
-            name.clone(),
+            name,
             "no NetworkPolicy selects every pod and limits egress: a pod's containers can open connections past the proxy",
             "list the namespace in the chart's analysisNamespaces (tollgate-analysis), and see egressLock for a lock the kernel enforces",
         ),
-        Err(why) => r.unread("network-policy", name.clone(), "its NetworkPolicies", why),
+        Err(why) => r.unread("network-policy", name, "its NetworkPolicies", why),
     }
+}
+
+/// `admission`: what the server-side dry run of a plain pod came back as.
+fn admission(r: &mut Report, ns: &NamespaceView, per_analysis: bool, name: String) {
     match &ns.dry_run {
-        DryRun::Hardened => r.ok("admission", name.clone(), "a plain pod comes back hardened (server-side dry run)"),
+        DryRun::Hardened => r.ok("admission", name, "a plain pod comes back hardened (server-side dry run)"),
         // Per-analysis credentials need an analysis id, which only trusted creators may give: tollgate refusing a
         // pod without one shows it judges this namespace's pods.
         DryRun::Refused(why)
@@ -508,13 +563,13 @@ fn namespace(r: &mut Report, ns: &NamespaceView, policy: &tollgate_webhook::poli
         {
             r.ok(
                 "admission",
-                name.clone(),
+                name,
                 "a pod without an analysis id is refused by tollgate (server-side dry run): its credentials are per analysis",
             )
         }
         DryRun::Plain => r.error(
             "admission",
-            name.clone(),
+            name,
             "a plain pod comes back without tollgate's proxy: the webhook does not see this namespace's pods",
             "check the namespace's label against the configuration's namespaceSelector",
         ),

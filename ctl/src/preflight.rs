@@ -47,95 +47,117 @@ pub fn platform(node: &NodeView) -> &'static str {
 
 pub fn evaluate(s: &PreSnapshot, policy: &Policy) -> Vec<Finding> {
     let mut findings = Vec::new();
-    let mut push = |check, subject: String, severity, message: String, hint: Option<String>| {
-        findings.push(Finding { check, subject, severity, message, hint });
-    };
-    let cluster = || "cluster".to_owned();
-    match &s.server_version {
+    kubernetes_version(&mut findings, &s.server_version);
+    admission_apis(&mut findings, &s.admission_resources);
+    nodes(&mut findings, &s.nodes);
+    selection(&mut findings, policy, &s.namespaces);
+    findings
+}
+
+fn finding(check: &'static str, subject: String, severity: Severity, message: String, hint: Option<String>) -> Finding {
+    Finding { check, subject, severity, message, hint }
+}
+
+fn cluster() -> String {
+    "cluster".to_owned()
+}
+
+/// `kubernetes-version`: 1.30 or later; native sidecars GA from 1.33.
+fn kubernetes_version(findings: &mut Vec<Finding>, version: &Read<(u32, u32)>) {
+    findings.push(match version {
         Ok((1, minor)) if *minor >= 33 => {
-            push("kubernetes-version", cluster(), Severity::Ok, format!("1.{minor}: native sidecars and matchConditions are GA"), None)
+            finding("kubernetes-version", cluster(), Severity::Ok, format!("1.{minor}: native sidecars and matchConditions are GA"), None)
         }
-        Ok((1, minor)) if *minor >= 30 => push(
+        Ok((1, minor)) if *minor >= 30 => finding(
             "kubernetes-version",
             cluster(),
             Severity::Warning,
             format!("1.{minor}: native sidecars are beta here (on unless the SidecarContainers feature gate was turned off)"),
             Some("keep SidecarContainers on, or set policy proxy.mode: classic".into()),
         ),
-        Ok((major, minor)) => push(
+        Ok((major, minor)) => finding(
             "kubernetes-version",
             cluster(),
             Severity::Error,
             format!("{major}.{minor}: tollgate needs 1.30 or later (ValidatingAdmissionPolicy v1, matchConditions)"),
             Some("upgrade the control plane first".into()),
         ),
-        Err(why) => push("kubernetes-version", cluster(), Severity::Warning, format!("not checked: {why}"), None),
+        Err(why) => finding("kubernetes-version", cluster(), Severity::Warning, format!("not checked: {why}"), None),
+    });
+}
+
+/// `admission-apis`: the API server serves webhooks and admission policies.
+fn admission_apis(findings: &mut Vec<Finding>, resources: &Read<Vec<String>>) {
+    let resources = match resources {
+        Ok(resources) => resources,
+        Err(why) => return findings.push(finding("admission-apis", cluster(), Severity::Warning, format!("not checked: {why}"), None)),
+    };
+    let needed = ["mutatingwebhookconfigurations", "validatingadmissionpolicies", "validatingadmissionpolicybindings"];
+    let missing: Vec<&str> = needed.into_iter().filter(|r| !resources.iter().any(|have| have == r)).collect();
+    findings.push(if missing.is_empty() {
+        finding(
+            "admission-apis",
+            cluster(),
+            Severity::Ok,
+            "admissionregistration.k8s.io/v1 serves webhooks and admission policies".into(),
+            None,
+        )
+    } else {
+        finding(
+            "admission-apis",
+            cluster(),
+            Severity::Error,
+            format!("admissionregistration.k8s.io/v1 does not serve {}", missing.join(", ")),
+            Some("enable the MutatingAdmissionWebhook and ValidatingAdmissionPolicy admission plugins (on by default)".into()),
+        )
+    });
+}
+
+/// `node`: each node's OS, kubelet, runtime and the platform whose CNI directories it has.
+fn nodes(findings: &mut Vec<Finding>, nodes: &Read<Vec<NodeView>>) {
+    let nodes = match nodes {
+        Ok(nodes) => nodes,
+        Err(why) => return findings.push(finding("node", cluster(), Severity::Warning, format!("not checked: {why}"), None)),
+    };
+    for node in nodes {
+        let subject = format!("node {}", node.name);
+        findings.push(if node.os != "linux" {
+            finding(
+                "node",
+                subject,
+                Severity::Warning,
+                format!("runs {}: no analysis pod may run here (tollgate's proxy and egress lock are Linux's)", node.os),
+                Some("keep analyses off it (nodeSelector kubernetes.io/os: linux)".into()),
+            )
+        } else {
+            finding(
+                "node",
+                subject,
+                Severity::Ok,
+                format!("kubelet {}, {}; its CNI directories are those of {}", node.kubelet, node.runtime, platform(node)),
+                None,
+            )
+        });
     }
-    match &s.admission_resources {
-        Ok(resources) => {
-            let needed = ["mutatingwebhookconfigurations", "validatingadmissionpolicies", "validatingadmissionpolicybindings"];
-            let missing: Vec<&str> = needed.into_iter().filter(|r| !resources.iter().any(|have| have == r)).collect();
-            if missing.is_empty() {
-                push(
-                    "admission-apis",
-                    cluster(),
-                    Severity::Ok,
-                    "admissionregistration.k8s.io/v1 serves webhooks and admission policies".into(),
-                    None,
-                );
-            } else {
-                push(
-                    "admission-apis",
-                    cluster(),
-                    Severity::Error,
-                    format!("admissionregistration.k8s.io/v1 does not serve {}", missing.join(", ")),
-                    Some("enable the MutatingAdmissionWebhook and ValidatingAdmissionPolicy admission plugins (on by default)".into()),
-                );
-            }
-        }
-        Err(why) => push("admission-apis", cluster(), Severity::Warning, format!("not checked: {why}"), None),
-    }
-    match &s.nodes {
-        Ok(nodes) => {
-            for node in nodes {
-                let subject = format!("node {}", node.name);
-                if node.os != "linux" {
-                    push(
-                        "node",
-                        subject,
-                        Severity::Warning,
-                        format!("runs {}: no analysis pod may run here (tollgate's proxy and egress lock are Linux's)", node.os),
-                        Some("keep analyses off it (nodeSelector kubernetes.io/os: linux)".into()),
-                    );
-                    continue;
-                }
-                push(
-                    "node",
-                    subject,
-                    Severity::Ok,
-                    format!("kubelet {}, {}; its CNI directories are those of {}", node.kubelet, node.runtime, platform(node)),
-                    None,
-                );
-            }
-        }
-        Err(why) => push("node", cluster(), Severity::Warning, format!("not checked: {why}"), None),
-    }
-    match &s.namespaces {
-        Ok(namespaces) if namespaces.is_empty() => push(
+}
+
+/// `selection`: the namespaces tollgate would select, each pod through the hardening ([`dry_run_namespace`]).
+fn selection(findings: &mut Vec<Finding>, policy: &Policy, namespaces: &Read<Vec<(String, Vec<Value>)>>) {
+    match namespaces {
+        Ok(namespaces) if namespaces.is_empty() => findings.push(finding(
             "selection",
             cluster(),
             Severity::Warning,
             "no namespace is selected yet".into(),
             Some("label the analysis namespaces tollgate.dev/inject=enabled (or list them in the chart's analysisNamespaces)".into()),
-        ),
+        )),
         Ok(namespaces) => {
             for (name, pods) in namespaces {
-                dry_run_namespace(&mut findings, policy, name, pods);
+                dry_run_namespace(findings, policy, name, pods);
             }
         }
-        Err(why) => push("selection", cluster(), Severity::Warning, format!("not checked: {why}"), None),
+        Err(why) => findings.push(finding("selection", cluster(), Severity::Warning, format!("not checked: {why}"), None)),
     }
-    findings
 }
 
 /// Each pod of a namespace through the webhook's hardening, as if it were created now (its controller will
@@ -240,5 +262,35 @@ mod tests {
         );
         let old = PreSnapshot { server_version: Ok((1, 29)), ..snapshot };
         assert_eq!(evaluate(&old, &Policy::default())[0].severity, Severity::Error);
+    }
+
+    #[test]
+    fn each_piece_of_the_preflight_on_its_own() {
+        let judged = |piece: &dyn Fn(&mut Vec<Finding>)| {
+            let mut findings = Vec::new();
+            piece(&mut findings);
+            findings.into_iter().map(|f| (f.check, f.severity, f.message, f.hint.is_some())).collect::<Vec<_>>()
+        };
+        let beta = judged(&|f| kubernetes_version(f, &Ok((1, 31))));
+        assert_eq!(beta.len(), 1);
+        assert_eq!((beta[0].1, beta[0].3), (Severity::Warning, true));
+        assert!(beta[0].2.starts_with("1.31: native sidecars are beta here"), "{beta:?}");
+        let all = ["mutatingwebhookconfigurations", "validatingadmissionpolicies", "validatingadmissionpolicybindings"];
+        assert_eq!(
+            judged(&|f| admission_apis(f, &Ok(all.map(String::from).to_vec()))),
+            [("admission-apis", Severity::Ok, "admissionregistration.k8s.io/v1 serves webhooks and admission policies".into(), false)]
+        );
+        assert_eq!(
+            judged(&|f| admission_apis(f, &Err("forbidden".into()))),
+            [("admission-apis", Severity::Warning, "not checked: forbidden".into(), false)]
+        );
+        assert_eq!(judged(&|f| nodes(f, &Err("forbidden".into()))), [("node", Severity::Warning, "not checked: forbidden".into(), false)]);
+        assert_eq!(judged(&|f| nodes(f, &Ok(Vec::new()))), []);
+        assert_eq!(
+            judged(&|f| selection(f, &Policy::default(), &Ok(Vec::new()))),
+            [("selection", Severity::Warning, "no namespace is selected yet".into(), true)]
+        );
+        let empty = judged(&|f| selection(f, &Policy::default(), &Ok(vec![("a".into(), Vec::new())])));
+        assert_eq!(empty[0].2, "of its 0 pods, tollgate would harden 0 and refuse 0 if they were created now");
     }
 }

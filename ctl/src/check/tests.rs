@@ -297,3 +297,79 @@ fn each_namespace_override_is_reported_with_what_it_changes() {
     let policy = findings.iter().find(|f| f.check == "policy").unwrap();
     assert!(policy.message.contains("namespaces.analyses.proxy: cannot be set per namespace"), "{policy:?}");
 }
+
+fn report() -> Report {
+    Report { findings: Vec::new() }
+}
+
+fn only(r: &Report) -> (&'static str, Severity, &str) {
+    assert_eq!(r.findings.len(), 1, "{:#?}", r.findings);
+    let f = &r.findings[0];
+    (f.check, f.severity, f.message.as_str())
+}
+
+#[test]
+fn each_piece_of_the_cluster_check_on_its_own() {
+    let mut r = report();
+    kubernetes_version(&mut r, &Ok((1, 30)));
+    assert_eq!(only(&r), ("kubernetes-version", Severity::Ok, "v1.30"));
+
+    let mut r = report();
+    assert!(registered(&mut r, &Err("forbidden".into()), "c").is_empty());
+    assert_eq!(only(&r), ("webhook-registered", Severity::Warning, "not checked: reading it failed: forbidden"));
+    let one = Ok(Some(vec![WebhookView { name: WEBHOOKS[0].into(), ca_bundle: None, target: "Service t/w".into() }]));
+    let mut r = report();
+    assert_eq!(registered(&mut r, &one, "c").len(), 1);
+    assert_eq!(only(&r).1, Severity::Error);
+    assert!(only(&r).2.starts_with("lacks warn.pods.tollgate.dev, "), "{:?}", r.findings);
+
+    // The caBundle, the Secret's certificate and whether the one trusts the other.
+    let now = OffsetDateTime::now_utc();
+    let certs = bundle(now, 365);
+    let s = healthy(now, &certs);
+    let mut r = report();
+    let cas = ca_bundle(&mut r, s.webhooks.as_ref().unwrap().as_ref().unwrap(), "c");
+    assert_eq!((cas.len(), r.findings.len()), (1, 0));
+    let der = serving_secret(&mut r, &s).unwrap();
+    assert_eq!(serving_expiry(&mut r, &s, &der), Some(expiry_of(&certs)));
+    assert!(only(&r).2.ends_with("valid for 365 days"), "{:?}", r.findings);
+    let mut r = report();
+    bundle_trusts(&mut r, "c", &der, &cas);
+    assert_eq!(only(&r), ("ca-bundle", Severity::Ok, "trusts the serving certificate (1 CA certificate(s))"));
+    let mut r = report();
+    assert_eq!(serving_expiry(&mut r, &s, b"not a certificate"), None);
+    assert_eq!(only(&r), ("serving-certificate", Severity::Error, "tls.crt does not parse"));
+    // Everything about the certificates, as evaluate sees it: the Secret's expiry for what the pods serve.
+    let mut r = report();
+    assert_eq!(certificates(&mut r, &s, s.webhooks.as_ref().unwrap().as_ref().unwrap(), "c"), Some(expiry_of(&certs)));
+    assert_eq!(r.findings.iter().map(|f| f.check).collect::<Vec<_>>(), ["serving-certificate", "ca-bundle"]);
+}
+
+#[test]
+fn each_piece_of_a_namespace_check_on_its_own() {
+    let now = OffsetDateTime::now_utc();
+    let ns = healthy(now, &bundle(now, 365)).namespaces.unwrap().remove(0);
+    let policy = tollgate_webhook::policy::Policy::default();
+    let mut r = report();
+    assert!(routes(&mut r, &ns, &policy, "namespace analyses"), "the FLAME routes obtain tokens");
+    assert_eq!(only(&r).0, "routes");
+    let mut r = report();
+    credentials(&mut r, &NamespaceView { credentials: Ok(None), ..ns.clone() }, "s", false, true, "n");
+    assert_eq!(only(&r).2, "no Secret s: the routes obtain tokens, and hardened pods cannot start their proxy without it");
+    let mut r = report();
+    credentials(&mut r, &NamespaceView { credentials: Ok(None), ..ns.clone() }, "s", false, false, "n");
+    assert_eq!(only(&r), ("credentials", Severity::Ok, "no token routes: no credentials needed"));
+    let mut r = report();
+    labels(&mut r, &ns, "n");
+    assert_eq!(only(&r), ("pod-security", Severity::Ok, "enforces restricted"));
+    let mut r = report();
+    network_policy(&mut r, &NamespaceView { closing_network_policies: Err("forbidden".into()), ..ns.clone() }, "n");
+    assert_eq!(only(&r), ("network-policy", Severity::Warning, "not checked: reading its NetworkPolicies failed: forbidden"));
+    let refused = NamespaceView { dry_run: DryRun::Refused("denied [analysis-id-required]".into()), ..ns.clone() };
+    let mut r = report();
+    admission(&mut r, &refused, true, "n".into());
+    assert_eq!(only(&r).1, Severity::Ok);
+    let mut r = report();
+    admission(&mut r, &refused, false, "n".into());
+    assert_eq!(only(&r), ("admission", Severity::Error, "a plain pod is refused: denied [analysis-id-required]"));
+}
