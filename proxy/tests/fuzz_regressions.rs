@@ -44,7 +44,7 @@ async fn an_array_of_issuers_is_not_the_issuer() {
 fn an_empty_top_level_key_is_an_error_of_the_file() {
     let errors = Config::load("? >", &Environment::default()).unwrap_err();
     assert_eq!(errors.0.len(), 1);
-    assert_eq!(errors.0[0].path, "<file>");
+    assert_eq!(errors.0[0].field, "<file>");
     assert!(errors.0[0].message.starts_with("unknown field ``"), "{}", errors.0[0].message);
 }
 
