@@ -31,7 +31,8 @@ down_and_compare() {
 trap 'down_and_compare || exit 1' EXIT
 exports=$(scripts/cluster.sh up)
 eval "$exports"
-cargo test -p tollgate-e2e --locked --test node -- --ignored --test-threads=1
+# Each suite is one test that runs its steps in their order (STEPS in the file), stopping at the first failure.
+cargo test -p tollgate-e2e --locked --test node -- --ignored
 # FLAME end to end on the same cluster, after the node tests uninstalled tollgate: it installs the FLAME profile
 # itself (charts/tollgate/values-flame.yaml) beside the FLAME node's stand-ins.
-cargo test -p tollgate-e2e --locked --test node_flame -- --ignored --test-threads=1
+cargo test -p tollgate-e2e --locked --test node_flame -- --ignored

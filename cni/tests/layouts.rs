@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use tollgate_cni::install::{self, BinDir, Paths, is_chained};
+use tollgate_testkit::text;
 
 const BIN: &str = env!("CARGO_BIN_EXE_tollgate-cni");
 
@@ -295,10 +296,6 @@ fn installer(node: &Node, platform: &str, bin: Bin, conf_dir: &str, args: &[&str
     };
     command.stdin(Stdio::null());
     command
-}
-
-fn text(out: &std::process::Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
 }
 
 /// Every file under the node's root with its contents: what "nothing changed" is compared on.

@@ -259,17 +259,12 @@ fn plugin(command: &str, netns: Option<&Path>, stdin: &[u8]) -> (bool, String, S
         .env("CNI_CONTAINERID", "0123456789abcdef")
         .env("CNI_IFNAME", "eth0")
         .env("CNI_PATH", "/opt/cni/bin")
-        .env("CNI_ARGS", "IgnoreUnknown=1;K8S_POD_NAMESPACE=analysis;K8S_POD_NAME=job-1")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+        .env("CNI_ARGS", "IgnoreUnknown=1;K8S_POD_NAMESPACE=analysis;K8S_POD_NAME=job-1");
     if let Some(netns) = netns {
         cmd.env("CNI_NETNS", netns);
     }
-    let mut child = cmd.spawn().expect("tollgate-cni");
     // The plugin stops reading oversized input; what it did not read is not an error here.
-    let _ = child.stdin.take().unwrap().write_all(stdin);
-    let out = child.wait_with_output().unwrap();
+    let out = tollgate_testkit::output_with_stdin(&mut cmd, stdin);
     (out.status.success(), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
 }
 

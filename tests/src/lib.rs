@@ -5,14 +5,15 @@
 
 pub mod chart_files;
 pub mod images;
+pub mod node;
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+use tollgate_testkit::{free_port, output_with_stdin, text};
 
 /// Where the upstream binaries are: `TOLLGATE_BIN_DIR`, or what `tests/control-plane/provision.sh` builds.
 pub fn bin_dir() -> PathBuf {
@@ -34,26 +35,6 @@ pub fn workspace_bin(name: &str) -> PathBuf {
     candidates.iter().find(|p| p.exists()).cloned().unwrap_or_else(|| {
         panic!("{name} is not built next to {}; run `cargo build --workspace` first (scripts/test.sh does)", exe.display())
     })
-}
-
-/// A port for a listener a child process will bind, from below the kernel's ephemeral range (32768 and
-/// up), where OS-assigned ports live: between choosing it and the child binding it, nothing in this
-/// process can be handed the same port (a port asked of the OS and released could be). The same rule as
-/// the proxy's tests (a separate crate, which does not depend on this one).
-pub fn free_port() -> u16 {
-    use std::sync::atomic::{AtomicU32, Ordering};
-    static NEXT: AtomicU32 = AtomicU32::new(0);
-    const FIRST: u32 = 20_000;
-    const SPAN: u32 = 12_000;
-    let offset = (std::process::id() % 100) * 100;
-    loop {
-        let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        assert!(n < SPAN, "no free port left in {FIRST}..{}", FIRST + SPAN);
-        let port = u16::try_from(FIRST + (offset + n) % SPAN).expect("fits");
-        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
 }
 
 /// A process that is killed when dropped.
@@ -255,21 +236,15 @@ impl ControlPlane {
     }
 
     /// kubectl with `stdin` as input, as someone else.
-    pub fn kubectl_stdin_as(&self, kubeconfig: &Path, args: &[&str], stdin: &str) -> std::process::Output {
-        use std::io::Write;
-        let mut child = Command::new(self.bin.join("kubectl"))
-            .arg(format!("--kubeconfig={}", kubeconfig.display()))
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        // kubectl may exit (on an error) before reading all of its input: a closed pipe is fine.
-        if let Err(e) = child.stdin.take().unwrap().write_all(stdin.as_bytes()) {
-            assert_eq!(e.kind(), std::io::ErrorKind::BrokenPipe, "writing kubectl's stdin: {e}");
-        }
-        child.wait_with_output().unwrap()
+    pub fn kubectl_stdin_as(&self, kubeconfig: &Path, args: &[&str], stdin: &str) -> Output {
+        let mut kubectl = Command::new(self.bin.join("kubectl"));
+        output_with_stdin(kubectl.arg(format!("--kubeconfig={}", kubeconfig.display())).args(args), stdin.as_bytes())
+    }
+
+    /// `kubectl apply -f -` of `manifest`, as the admin; it must succeed.
+    pub fn apply(&self, manifest: &str) {
+        let out = self.kubectl_stdin(&["apply", "-f", "-"], manifest);
+        assert!(out.status.success(), "{}", text(&out));
     }
 
     pub async fn client(&self) -> kube::Client {
@@ -396,6 +371,23 @@ pub fn namespace(plane: &ControlPlane, name: &str, analysis: bool) {
     );
     let out = plane.kubectl_stdin(&["apply", "-f", "-"], &manifest);
     assert!(out.status.success(), "namespace {name}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// Run `kubectl` (what `run` does) again, for up to 10 s, while it fails only because the webhook's
+/// registration (or the API server's view of namespace labels) has not settled yet; its last output.
+pub fn settled(mut run: impl FnMut() -> Output) -> Output {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let out = run();
+        let all = text(&out);
+        if out.status.success()
+            || Instant::now() > deadline
+            || !(all.contains("failed calling webhook") || all.contains("connection refused"))
+        {
+            return out;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 /// RFC 3339 timestamps with a fraction (`2026-11-23T08:00:01.123456789Z`, as `kubectl logs --timestamps`

@@ -9,25 +9,15 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use tollgate_e2e::{ControlPlane, Webhook};
+use tollgate_e2e::{ControlPlane, Webhook, settled};
+use tollgate_testkit::text;
 
 const NS: &str = "analyses";
-
-fn text(out: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
-}
-
-fn apply(plane: &ControlPlane, manifest: &str) {
-    let out = plane.kubectl_stdin(&["apply", "-f", "-"], manifest);
-    assert!(out.status.success(), "{}", text(&out));
-}
 
 /// An analysis namespace as an admin prepares it, without Pod Security labels, and `mallory`, who may do
 /// anything with pods (and Jobs) there and nothing else.
 fn prepare(plane: &ControlPlane) -> PathBuf {
-    apply(
-        plane,
-        &format!(
+    plane.apply(&format!(
             r#"{{"apiVersion":"v1","kind":"List","items":[
 {{"apiVersion":"v1","kind":"Namespace","metadata":{{"name":"{NS}","labels":{{"tollgate.dev/inject":"enabled"}}}}}},
 {{"apiVersion":"v1","kind":"ServiceAccount","metadata":{{"name":"default","namespace":"{NS}"}}}},
@@ -44,18 +34,7 @@ fn prepare(plane: &ControlPlane) -> PathBuf {
 
 /// Run as mallory, retrying briefly while the webhook's registration settles.
 fn mallory(plane: &ControlPlane, kubeconfig: &Path, args: &[&str]) -> Output {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let out = plane.kubectl_as(kubeconfig, args);
-        let all = text(&out);
-        if out.status.success()
-            || Instant::now() > deadline
-            || !(all.contains("failed calling webhook") || all.contains("connection refused"))
-        {
-            return out;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    settled(|| plane.kubectl_as(kubeconfig, args))
 }
 
 fn stored(plane: &ControlPlane, name: &str) -> serde_json::Value {
@@ -380,18 +359,8 @@ fn after_admission_the_egress_locks_check_and_annotation_are_frozen() {
 
 /// `manifest` (a pod, JSON) created by mallory: the output, and whether it was stored.
 fn create_as(plane: &ControlPlane, kubeconfig: &Path, manifest: &str) -> (bool, String) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let out = plane.kubectl_stdin_as(kubeconfig, &["create", "-n", NS, "-f", "-", "-o", "json"], manifest);
-        let all = text(&out);
-        if out.status.success()
-            || Instant::now() > deadline
-            || !(all.contains("failed calling webhook") || all.contains("connection refused"))
-        {
-            return (out.status.success(), all);
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    let out = settled(|| plane.kubectl_stdin_as(kubeconfig, &["create", "-n", NS, "-f", "-", "-o", "json"], manifest));
+    (out.status.success(), text(&out))
 }
 
 /// Whether anything in the stored pod would hand a container a ServiceAccount token.
@@ -423,9 +392,7 @@ fn no_app_container_gets_a_service_account_token() {
     let me = prepare(&plane);
     let m = me.as_path();
     // A ServiceAccount that can read the namespace's Secrets (the proxy's credentials among them).
-    apply(
-        &plane,
-        &format!(
+    plane.apply(&format!(
             r#"{{"apiVersion":"v1","kind":"List","items":[
 {{"apiVersion":"v1","kind":"ServiceAccount","metadata":{{"name":"builder","namespace":"{NS}"}}}},
 {{"apiVersion":"rbac.authorization.k8s.io/v1","kind":"Role","metadata":{{"name":"secret-reader","namespace":"{NS}"}},"rules":[{{"apiGroups":[""],"resources":["secrets"],"verbs":["get","list"]}}]}},

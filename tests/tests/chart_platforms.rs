@@ -15,6 +15,8 @@ use std::process::Command;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tollgate_e2e::chart_files;
+use tollgate_e2e::node::NodeCluster;
+use tollgate_testkit::text;
 
 fn helm_template(sets: &[&str]) -> Result<String, String> {
     let helm = tollgate_e2e::bin_dir().join("helm");
@@ -321,10 +323,6 @@ fn run_installer(rendered: &Rendered, root: &Path, args: &[&str]) -> std::proces
     command.output().unwrap()
 }
 
-fn text(out: &std::process::Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
-}
-
 #[test]
 fn the_installer_chains_the_plugin_where_each_preset_points_it() {
     let source = tempfile::NamedTempFile::new().unwrap();
@@ -484,24 +482,6 @@ fn an_api_server_limiting_critical_pods_as_gke_does_admits_the_installer_only_wi
 
 // ---- on the node -----------------------------------------------------------------------------------------
 
-/// kubectl against the node test cluster (`scripts/cluster.sh up`, its exports evaluated).
-fn node_kubectl(args: &[&str], stdin: Option<&str>) -> std::process::Output {
-    use std::io::Write;
-    let var =
-        |name: &str| std::env::var(name).unwrap_or_else(|_| panic!("{name} is not set: run `scripts/cluster.sh up` and eval its output"));
-    let bin = fs::read_to_string(format!("{}/bin", var("TOLLGATE_CLUSTER_DIR"))).unwrap();
-    let mut child = Command::new(format!("{}/kubectl", bin.trim()))
-        .arg(format!("--kubeconfig={}", var("KUBECONFIG")))
-        .args(args)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(stdin.unwrap_or_default().as_bytes()).unwrap();
-    child.wait_with_output().unwrap()
-}
-
 /// The chart's installer DaemonSet for `sets`, as a DaemonSet of its own in `namespace` (another name and
 /// labels: the release's installer and whatever looks for it are left alone).
 fn separate_installer(sets: &[&str], namespace: &str, name: &str) -> String {
@@ -519,8 +499,9 @@ fn separate_installer(sets: &[&str], namespace: &str, name: &str) -> String {
 fn on_the_node_an_installer_that_cannot_lock_fails_visibly() {
     let dir = std::env::var("TOLLGATE_CLUSTER_DIR").expect("TOLLGATE_CLUSTER_DIR");
     let ns = "tollgate-lock-platforms";
+    let node = NodeCluster::from_env();
     let ok = |args: &[&str], stdin: Option<&str>| {
-        let out = node_kubectl(args, stdin);
+        let out = node.kubectl_stdin(args, stdin.unwrap_or_default());
         assert!(out.status.success(), "kubectl {args:?}: {}", text(&out));
         String::from_utf8_lossy(&out.stdout).into_owned()
     };

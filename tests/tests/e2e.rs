@@ -9,28 +9,17 @@ use base64::Engine as _;
 use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
 use tokio::sync::Mutex;
-use tollgate_e2e::{ControlPlane, Webhook, namespace, workspace_bin};
+use tollgate_e2e::{ControlPlane, Webhook, namespace, settled, workspace_bin};
 
 /// One control plane at a time: each is a few hundred MB and two busy processes on a 2-core machine.
 static SERIAL: Mutex<()> = Mutex::const_new(());
 
 /// Create with kubectl, retrying briefly: the first creates may race the webhook's registration.
 fn create(plane: &ControlPlane, args: &[&str], stdin: Option<&str>) -> std::process::Output {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let out = match stdin {
-            Some(input) => plane.kubectl_stdin(args, input),
-            None => plane.kubectl(args),
-        };
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        if out.status.success()
-            || Instant::now() > deadline
-            || !(stderr.contains("failed calling webhook") || stderr.contains("connection refused"))
-        {
-            return out;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    settled(|| match stdin {
+        Some(input) => plane.kubectl_stdin(args, input),
+        None => plane.kubectl(args),
+    })
 }
 
 async fn stored(plane: &ControlPlane, namespace: &str, name: &str) -> Pod {

@@ -11,16 +11,13 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use serde::Deserialize;
 use serde_json::{Value, json};
-use tollgate_e2e::{ControlPlane, Webhook, chart_files};
+use tollgate_e2e::{ControlPlane, Webhook, chart_files, settled};
+use tollgate_testkit::text;
 
 const NS: &str = "flame";
 const ANALYSIS: &str = "4bd3e5a0-2c4f-4f7e-9a61-0c8f5d2b7e13";
 const PROJECT: &str = "9e6f1c2a-7d3b-4a58-b0e4-5f1a2c3d4e5f";
 const ORCHESTRATOR: &str = "system:serviceaccount:flame:flame-po-sa";
-
-fn text(out: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
-}
 
 fn chart() -> PathBuf {
     chart_files::chart_dir()
@@ -280,25 +277,8 @@ fn prepare(plane: &ControlPlane) -> PathBuf {
   "subjects":[{{"apiGroup":"rbac.authorization.k8s.io","kind":"User","name":"mallory"}},
               {{"kind":"ServiceAccount","name":"flame-po-sa","namespace":"{NS}"}}]}}]}}"#
     );
-    let out = plane.kubectl_stdin(&["apply", "-f", "-"], &manifest);
-    assert!(out.status.success(), "{}", text(&out));
+    plane.apply(&manifest);
     plane.user_kubeconfig("mallory", &["analysts"])
-}
-
-/// Retry briefly while the webhook's registration (and the API server's view of namespace labels) settles.
-fn settled(mut run: impl FnMut() -> Output) -> Output {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let out = run();
-        let all = text(&out);
-        if out.status.success()
-            || Instant::now() > deadline
-            || !(all.contains("failed calling webhook") || all.contains("connection refused"))
-        {
-            return out;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
 }
 
 /// An analysis pod as the orchestrator's Deployment template makes it (FACTS.md §5, with the documented

@@ -19,6 +19,7 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use tollgate_e2e::images::{self, IMAGES, PAUSE_REFERENCE, StageConfig};
 use tollgate_e2e::workspace_bin;
+use tollgate_testkit::wait_until;
 
 fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
@@ -474,13 +475,8 @@ impl Drop for Running {
     }
 }
 
-fn wait_until(limit: Duration, what: &str, mut ready: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !ready() {
-        assert!(Instant::now() < deadline, "timed out waiting until {what}");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
+/// How often a wait for pause asks again.
+const POLL: Duration = Duration::from_millis(10);
 
 fn signal(pid: u32, signal: libc::c_int) {
     // SAFETY: kill has no memory preconditions.
@@ -491,7 +487,7 @@ fn signal(pid: u32, signal: libc::c_int) {
 fn pause_exits_0_on_sigterm_and_sigint() {
     for sig in [libc::SIGTERM, libc::SIGINT] {
         let mut pause = Running(Command::new(workspace_bin("tollgate-pause")).stderr(Stdio::null()).spawn().unwrap());
-        wait_until(Duration::from_secs(10), "pause waits for its signals", || waiting_for_signals(pause.0.id()));
+        wait_until(Duration::from_secs(10), POLL, "pause waits for its signals", || waiting_for_signals(pause.0.id()).then_some(()));
         std::thread::sleep(Duration::from_millis(50));
         assert!(pause.0.try_wait().unwrap().is_none(), "pause must keep running");
         signal(pause.0.id(), sig);
@@ -537,16 +533,16 @@ fn pause_as_pid_1_reaps_orphans() {
             .unwrap(),
     );
     let mut pause = 0;
-    wait_until(Duration::from_secs(10), "pause runs as PID 1 of its namespace", || {
+    wait_until(Duration::from_secs(10), POLL, "pause runs as PID 1 of its namespace", || {
         pause = children(unshare.0.id()).first().map_or(0, |c| c.0);
-        pause != 0 && waiting_for_signals(pause)
+        (pause != 0 && waiting_for_signals(pause)).then_some(())
     });
     // A process in the namespace starts a child and exits: the child is orphaned to PID 1, our pause.
     let orphaned =
         Command::new("nsenter").args(["--target", &pause.to_string(), "--pid", "--", "sh", "-c", "sleep 1 & exit 0"]).status().unwrap();
     assert!(orphaned.success());
-    wait_until(Duration::from_secs(5), "the orphan is pause's child", || !children(pause).is_empty());
-    wait_until(Duration::from_secs(10), "pause reaps the orphan", || children(pause).is_empty());
+    wait_until(Duration::from_secs(5), POLL, "the orphan is pause's child", || (!children(pause).is_empty()).then_some(()));
+    wait_until(Duration::from_secs(10), POLL, "pause reaps the orphan", || children(pause).is_empty().then_some(()));
     signal(pause, libc::SIGTERM);
     let status = wait_for(&mut unshare.0, Duration::from_secs(5));
     let mut stderr = String::new();

@@ -9,10 +9,11 @@
 //! the policy's digest, which covers the overrides.
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use tollgate_e2e::{ControlPlane, Webhook, namespace, workspace_bin};
+use tollgate_e2e::{ControlPlane, Webhook, namespace, settled, workspace_bin};
+use tollgate_testkit::text;
 
 const GPU: &str = "namespaces:
   gpu-analyses:
@@ -34,15 +35,6 @@ const GPU_AND_ANALYSES: &str = "namespaces:
 
 const ABOVE_MAXIMUM: &str = "resources.limits.cpu 16 is above the maximum 8 [resources-exceed-maximum]";
 
-fn text(out: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
-}
-
-fn apply(plane: &ControlPlane, manifest: &str) {
-    let out = plane.kubectl_stdin(&["apply", "-f", "-"], manifest);
-    assert!(out.status.success(), "{}", text(&out));
-}
-
 /// A pod asking for 16 CPUs: twice the policy's maximum.
 fn big_pod(name: &str) -> String {
     format!(
@@ -54,18 +46,8 @@ fn big_pod(name: &str) -> String {
 /// `kubectl create` of `manifest` in `namespace` with `kubeconfig`, retrying briefly while the webhook's
 /// registration settles; whether it was stored, and what kubectl said.
 fn create(plane: &ControlPlane, kubeconfig: &Path, namespace: &str, manifest: &str) -> (bool, String) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let out = plane.kubectl_stdin_as(kubeconfig, &["create", "-n", namespace, "-f", "-"], manifest);
-        let all = text(&out);
-        if out.status.success()
-            || Instant::now() > deadline
-            || !(all.contains("failed calling webhook") || all.contains("connection refused"))
-        {
-            return (out.status.success(), all);
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    let out = settled(|| plane.kubectl_stdin_as(kubeconfig, &["create", "-n", namespace, "-f", "-"], manifest));
+    (out.status.success(), text(&out))
 }
 
 fn stored(plane: &ControlPlane, namespace: &str, name: &str) -> serde_json::Value {
@@ -82,7 +64,7 @@ fn set_policy(plane: &ControlPlane, webhook: &Webhook, yaml: &str) {
         "metadata": {"name": "tollgate-policy", "namespace": "tollgate"},
         "data": {"policy.yaml": yaml},
     });
-    apply(plane, &manifest.to_string());
+    plane.apply(&manifest.to_string());
     std::fs::write(plane.dir.path().join(format!("policy-{}.yaml", webhook.port)), yaml).unwrap();
 }
 
@@ -111,8 +93,7 @@ fn a_namespace_gets_its_admins_override_and_its_users_cannot_grant_themselves_on
     set_policy(&plane, &webhook, GPU);
     // mallory: pods and ConfigMaps in analyses, and her own Namespace object (more than a namespace's user
     // usually gets); nothing in tollgate's namespace or gpu-analyses.
-    apply(
-        &plane,
+    plane.apply(
         r#"{"apiVersion":"v1","kind":"List","items":[
 {"apiVersion":"rbac.authorization.k8s.io/v1","kind":"Role","metadata":{"name":"analyst","namespace":"analyses"},"rules":[
   {"apiGroups":[""],"resources":["pods","configmaps"],"verbs":["*"]}]},

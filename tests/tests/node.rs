@@ -1,48 +1,56 @@
 //! tollgate on a real node: hardened pods actually run. Needs the cluster of `scripts/cluster.sh up` (its
-//! exports in the environment); `scripts/test.sh` brings it up, runs these with `--ignored
-//! --test-threads=1` (so in name order: the last ones restart and uninstall tollgate) and takes it down.
+//! exports in the environment); `scripts/test.sh` brings it up, runs this suite (`cargo test -p tollgate-e2e
+//! --test node -- --ignored`) and takes it down.
+//!
+//! The steps share that one cluster and run in the order of `STEPS`, one after another, driven by the one test
+//! `node_suite`: each is named on stderr as it starts and as it ends, and the first failure stops the suite,
+//! naming its step. Every step up to the uninstall needs tollgate as `scripts/cluster.sh up` installed it (the
+//! analysis namespace labeled) and leaves it so; the last two uninstall tollgate
+//! (`helm_uninstall_leaves_no_webhook_…`), then install and uninstall it once more with an existing Secret
+//! (`helm_install_wait_with_an_existing_secret_…`, which needs the uninstall before it).
+//!
+//! For development, `TOLLGATE_NODE_STEPS` (comma-separated step names) runs only those steps, still in the
+//! suite's order:
+//!
+//! ```sh
+//! TOLLGATE_NODE_STEPS=the_egress_lock_lets_only_the_proxy_out_of_a_hardened_pod \
+//!   cargo test -p tollgate-e2e --locked --test node -- --ignored
+//! ```
 
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use tollgate_e2e::node::{NodeCluster, cluster_var};
+use tollgate_testkit::text;
 
 const EXAMPLE: &str = "localhost/tollgate/example-analysis:0.1.0";
 
+/// The node cluster, with the node's address and the analysis namespace `scripts/cluster.sh up` made.
 struct Cluster {
-    kubeconfig: String,
+    node: NodeCluster,
     node_ip: String,
     namespace: String,
-    dir: String,
 }
 
 fn cluster() -> Cluster {
-    let var =
-        |name: &str| std::env::var(name).unwrap_or_else(|_| panic!("{name} is not set: run `scripts/cluster.sh up` and eval its output"));
     Cluster {
-        kubeconfig: var("KUBECONFIG"),
-        node_ip: var("TOLLGATE_NODE_IP"),
-        namespace: var("TOLLGATE_ANALYSIS_NAMESPACE"),
-        dir: var("TOLLGATE_CLUSTER_DIR"),
+        node: NodeCluster::from_env(),
+        node_ip: cluster_var("TOLLGATE_NODE_IP"),
+        namespace: cluster_var("TOLLGATE_ANALYSIS_NAMESPACE"),
     }
 }
 
-fn text(out: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+/// kubectl, helm and the cluster's directory, as `c.kubectl(…)`, `c.dir`.
+impl std::ops::Deref for Cluster {
+    type Target = NodeCluster;
+
+    fn deref(&self) -> &NodeCluster {
+        &self.node
+    }
 }
 
 impl Cluster {
-    fn kubectl(&self, args: &[&str]) -> Output {
-        let bin = std::fs::read_to_string(format!("{}/bin", self.dir)).unwrap();
-        Command::new(format!("{}/kubectl", bin.trim())).arg(format!("--kubeconfig={}", self.kubeconfig)).args(args).output().unwrap()
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.kubectl(args);
-        assert!(out.status.success(), "kubectl {args:?}: {}", text(&out));
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
     /// Remove what an earlier run of a test left behind, so every test can run again.
     fn fresh(&self, kind: &str, name: &str, namespace: &str) {
         let mut args = vec!["delete", kind, name, "--ignore-not-found", "--wait=true", "--timeout=90s"];
@@ -52,50 +60,9 @@ impl Cluster {
         self.ok(&args);
     }
 
-    /// `kubectl VERB -f -` with `manifest` on stdin.
-    fn with_stdin(&self, verb: &str, manifest: &str) -> Output {
-        self.kubectl_stdin(&[verb, "-f", "-"], manifest)
-    }
-
-    /// `kubectl ARGS` with `manifest` on stdin.
-    fn kubectl_stdin(&self, args: &[&str], manifest: &str) -> Output {
-        use std::io::Write;
-        let bin = std::fs::read_to_string(format!("{}/bin", self.dir)).unwrap();
-        let mut child = Command::new(format!("{}/kubectl", bin.trim()))
-            .arg(format!("--kubeconfig={}", self.kubeconfig))
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        // kubectl may exit (on an error) before reading all of its input: a closed pipe is fine.
-        let _ = child.stdin.take().unwrap().write_all(manifest.as_bytes());
-        child.wait_with_output().unwrap()
-    }
-
     fn apply(&self, manifest: &str) {
-        let out = self.with_stdin("apply", manifest);
+        let out = self.kubectl_stdin(&["apply", "-f", "-"], manifest);
         assert!(out.status.success(), "kubectl apply: {}\n{manifest}", text(&out));
-    }
-
-    fn json(&self, args: &[&str]) -> Value {
-        let mut all = args.to_vec();
-        all.extend(["-o", "json"]);
-        serde_json::from_str(&self.ok(&all)).unwrap()
-    }
-
-    /// The cluster's helm, with the Helm state `scripts/cluster.sh` installed tollgate with.
-    fn helm(&self, args: &[&str]) -> Output {
-        let bin = std::fs::read_to_string(format!("{}/bin", self.dir)).unwrap();
-        Command::new(format!("{}/helm", bin.trim()))
-            .args(args)
-            .arg(format!("--kubeconfig={}", self.kubeconfig))
-            .env("HELM_CACHE_HOME", format!("{}/helm/cache", self.dir))
-            .env("HELM_CONFIG_HOME", format!("{}/helm/config", self.dir))
-            .env("HELM_DATA_HOME", format!("{}/helm/data", self.dir))
-            .output()
-            .unwrap()
     }
 
     fn pod(&self, namespace: &str, name: &str) -> Value {
@@ -154,18 +121,14 @@ impl Cluster {
 
     /// A token for the proxy's ingress, minted by the stand-in issuer for `client`.
     fn mint(&self, client: &str) -> String {
-        use std::io::{Read, Write};
-        let mut stream = std::net::TcpStream::connect((self.node_ip.as_str(), 18083)).expect("the stand-in issuer");
         let request = format!(
             "POST /mint?client={client}&audience=flame-analysis HTTP/1.1\r\nhost: {}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
             self.node_ip
         );
-        stream.write_all(request.as_bytes()).unwrap();
-        let mut response = String::new();
-        stream.read_to_string(&mut response).unwrap();
-        let (head, body) = response.split_once("\r\n\r\n").unwrap_or_else(|| panic!("minting a token: {response}"));
-        assert!(head.starts_with("HTTP/1.1 200"), "minting a token: {response}");
-        let body: Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("minting a token: {e}: {body}"));
+        let response = tollgate_testkit::exchange((self.node_ip.as_str(), 18083), request.as_bytes(), Duration::from_secs(30))
+            .expect("the stand-in issuer");
+        assert!(response.head.starts_with("HTTP/1.1 200"), "minting a token: {response:?}");
+        let body: Value = serde_json::from_str(&response.body).unwrap_or_else(|e| panic!("minting a token: {e}: {}", response.body));
         body["access_token"].as_str().unwrap_or_else(|| panic!("no access_token in {body}")).to_owned()
     }
 }
@@ -195,9 +158,36 @@ mod chrono_free {
     }
 }
 
+/// The suite, in its order. Every step up to the uninstall needs tollgate as `scripts/cluster.sh up` installed it
+/// (and leaves it so); the two after it need the cluster as the uninstall left it.
+const STEPS: &[(&str, fn())] = tollgate_testkit::steps![
+    helm_install_with_wait_made_the_certificates_first_and_left_no_hook_behind,
+    a_plain_kubectl_run_pod_runs_hardened_as_the_app_user_on_a_read_only_root,
+    a_job_runs_after_its_proxy_is_ready_reaches_the_services_with_the_proxys_token_and_completes,
+    a_forbidden_path_is_refused_and_the_app_cannot_read_the_credentials,
+    a_job_whose_pods_are_denied_says_why_in_its_events,
+    a_deployment_shaped_analysis_serves_through_its_jwt_checked_ingress,
+    a_broken_route_config_fails_the_pod_visibly_and_the_app_never_starts,
+    deleting_a_pod_drains_its_proxy_within_the_grace_period,
+    the_egress_lock_lets_only_the_proxy_out_of_a_hardened_pod,
+    the_network_policy_the_chart_renders_for_the_analysis_namespace_is_enforced,
+    rolling_the_webhook_fails_no_pod_creation,
+    renewing_the_certificates_and_upgrading_the_release_fail_no_pod_creation,
+    a_bad_policy_or_route_table_fails_the_upgrade_naming_the_field_and_changes_nothing,
+    helm_test_runs_tollgate_check_in_the_cluster_and_leaves_no_rights_behind,
+    // tollgate uninstalled from here on: the steps above cannot follow these.
+    helm_uninstall_leaves_no_webhook_and_labeled_namespaces_take_no_plain_pods,
+    // Needs the uninstall before it: no release, the analysis namespace unlabeled.
+    helm_install_wait_with_an_existing_secret_hardens_pods_and_uninstalls_clean,
+];
+
 #[test]
 #[ignore = "needs scripts/cluster.sh up"]
-fn t0_helm_install_with_wait_made_the_certificates_first_and_left_no_hook_behind() {
+fn node_suite() {
+    tollgate_testkit::run_steps("node", "TOLLGATE_NODE_STEPS", STEPS);
+}
+
+fn helm_install_with_wait_made_the_certificates_first_and_left_no_hook_behind() {
     let c = cluster();
     // scripts/cluster.sh installed with --wait: helm returned only once the webhook and the lock were ready.
     let status = c.helm(&["status", "tollgate", "-n", "tollgate", "-o", "json"]);
@@ -236,9 +226,7 @@ fn t0_helm_install_with_wait_made_the_certificates_first_and_left_no_hook_behind
     }
 }
 
-#[test]
-#[ignore = "needs scripts/cluster.sh up"]
-fn t1_a_plain_kubectl_run_pod_runs_hardened_as_the_app_user_on_a_read_only_root() {
+fn a_plain_kubectl_run_pod_runs_hardened_as_the_app_user_on_a_read_only_root() {
     let c = cluster();
     let ns = c.namespace.as_str();
     c.fresh("pod", "plain", ns);
@@ -253,9 +241,7 @@ fn t1_a_plain_kubectl_run_pod_runs_hardened_as_the_app_user_on_a_read_only_root(
     assert!(proxy["state"]["terminated"].is_object(), "{proxy}");
 }
 
-#[test]
-#[ignore = "needs scripts/cluster.sh up"]
-fn t2_a_job_runs_after_its_proxy_is_ready_reaches_the_services_with_the_proxys_token_and_completes() {
+fn a_job_runs_after_its_proxy_is_ready_reaches_the_services_with_the_proxys_token_and_completes() {
     let c = cluster();
     let ns = c.namespace.as_str();
     c.fresh("job", "analysis", ns);
@@ -309,9 +295,7 @@ fn t2_a_job_runs_after_its_proxy_is_ready_reaches_the_services_with_the_proxys_t
     assert!(seen.iter().any(|r| r["service"] == "keycloak"), "the proxy fetched its token itself");
 }
 
-#[test]
-#[ignore = "needs scripts/cluster.sh up"]
-fn t3_a_forbidden_path_is_refused_and_the_app_cannot_read_the_credentials() {
+fn a_forbidden_path_is_refused_and_the_app_cannot_read_the_credentials() {
     let c = cluster();
     let ns = c.namespace.as_str();
     c.fresh("pod", "prober", ns);
@@ -340,9 +324,7 @@ fn t3_a_forbidden_path_is_refused_and_the_app_cannot_read_the_credentials() {
     c.ok(&["delete", "pod", "prober", "-n", ns, "--wait=false"]);
 }
 
-#[test]
-#[ignore = "needs scripts/cluster.sh up"]
-fn t3b_a_job_whose_pods_are_denied_says_why_in_its_events() {
+fn a_job_whose_pods_are_denied_says_why_in_its_events() {
     let c = cluster();
     let ns = c.namespace.as_str();
     c.fresh("job", "host-network", ns);
@@ -370,9 +352,7 @@ fn t3b_a_job_whose_pods_are_denied_says_why_in_its_events() {
     c.ok(&["delete", "job", "host-network", "-n", ns, "--wait=false"]);
 }
 
-#[test]
-#[ignore = "needs scripts/cluster.sh up"]
-fn t4_a_deployment_shaped_analysis_serves_through_its_jwt_checked_ingress() {
+fn a_deployment_shaped_analysis_serves_through_its_jwt_checked_ingress() {
     let c = cluster();
     let ns = c.namespace.as_str();
     c.apply(&format!(
@@ -410,9 +390,7 @@ fn t4_a_deployment_shaped_analysis_serves_through_its_jwt_checked_ingress() {
     }
 }
 
-#[test]
-#[ignore = "needs scripts/cluster.sh up"]
-fn t5_a_broken_route_config_fails_the_pod_visibly_and_the_app_never_starts() {
+fn a_broken_route_config_fails_the_pod_visibly_and_the_app_never_starts() {
     let c = cluster();
     c.fresh("namespace", "broken", "");
     c.apply(
@@ -435,9 +413,7 @@ fn t5_a_broken_route_config_fails_the_pod_visibly_and_the_app_never_starts() {
     c.ok(&["delete", "namespace", "broken", "--wait=false"]);
 }
 
-#[test]
-#[ignore = "needs scripts/cluster.sh up"]
-fn t6_deleting_a_pod_drains_its_proxy_within_the_grace_period() {
+fn deleting_a_pod_drains_its_proxy_within_the_grace_period() {
     let c = cluster();
     let ns = c.namespace.as_str();
     c.fresh("pod", "drained", ns);
@@ -453,9 +429,7 @@ fn t6_deleting_a_pod_drains_its_proxy_within_the_grace_period() {
     assert!(took < Duration::from_secs(25), "the proxy drained and exited well within its 30 s grace: {took:?}");
 }
 
-#[test]
-#[ignore = "needs scripts/cluster.sh up"]
-fn t7_the_egress_lock_lets_only_the_proxy_out_of_a_hardened_pod() {
+fn the_egress_lock_lets_only_the_proxy_out_of_a_hardened_pod() {
     let c = cluster();
     let ns = c.namespace.as_str();
     let storage = format!("{}:18081", c.node_ip);
@@ -541,9 +515,73 @@ fn t7_the_egress_lock_lets_only_the_proxy_out_of_a_hardened_pod() {
     c.ok(&["delete", "pod", "locked", "-n", ns, "--wait=false"]);
 }
 
-#[test]
-#[ignore = "needs scripts/cluster.sh up"]
-fn t8_rolling_the_webhook_fails_no_pod_creation() {
+fn the_network_policy_the_chart_renders_for_the_analysis_namespace_is_enforced() {
+    let c = cluster();
+    let ns = c.namespace.as_str();
+    // The chart's closing policy for the analysis namespace, as rendered: every pod, in only on the proxy's
+    // ingress and admin ports.
+    let policy = c.json(&["get", "networkpolicy", "tollgate-analysis", "-n", ns]);
+    assert_eq!(policy["spec"]["podSelector"], serde_json::json!({}), "{policy}");
+    let ports: Vec<&Value> =
+        policy["spec"]["ingress"].as_array().unwrap().iter().flat_map(|rule| rule["ports"].as_array().unwrap()).collect();
+    assert!(ports.iter().any(|p| p["port"] == 15006) && !ports.iter().any(|p| p["port"] == 8007), "{policy}");
+
+    c.fresh("pod", "np-target", ns);
+    c.fresh("namespace", "np-callers", "");
+    c.ok(&["create", "namespace", "np-callers"]);
+    // The same server twice: hardened in the analysis namespace (the policy applies), and in a namespace
+    // without policies (nothing applies); both listen on 8007.
+    let serving = |name: &str, namespace: &str, annotations: &str| {
+        format!(
+            r#"{{"apiVersion":"v1","kind":"Pod","metadata":{{"name":"{name}","namespace":"{namespace}","annotations":{{{annotations}}}}},
+"spec":{{"restartPolicy":"Never","containers":[{{"name":"app","image":"{EXAMPLE}","args":["serve","--listen","0.0.0.0:8007"]}}]}}}}"#
+        )
+    };
+    c.apply(&serving("np-target", ns, r#""tollgate.dev/analysis-id":"a7b","tollgate.dev/project-id":"p1""#));
+    c.apply(&serving("np-open", "np-callers", ""));
+    c.apply(&format!(
+        r#"{{"apiVersion":"v1","kind":"Pod","metadata":{{"name":"caller","namespace":"np-callers"}},"spec":{{"restartPolicy":"Never",
+"containers":[{{"name":"app","image":"{EXAMPLE}","args":["serve","--listen","0.0.0.0:8000"]}}]}}}}"#
+    ));
+    let ready = |p: &Value| container_status(p, "containerStatuses", "app")["ready"] == true;
+    let target = c.wait_pod(ns, "np-target", 90, "ready", ready);
+    let open = c.wait_pod("np-callers", "np-open", 90, "ready", ready);
+    c.wait_pod("np-callers", "caller", 90, "ready", ready);
+    let ip = |pod: &Value| pod["status"]["podIP"].as_str().unwrap().to_owned();
+    let (target_ip, open_ip) = (ip(&target), ip(&open));
+    let connect = |addr: String| {
+        let out = c.kubectl(&[
+            "exec",
+            "caller",
+            "-n",
+            "np-callers",
+            "-c",
+            "app",
+            "--",
+            "tollgate-example-analysis",
+            "connect",
+            &addr,
+            "--timeout-seconds",
+            "3",
+        ]);
+        text(&out)
+    };
+    // Allowed by the policy: the proxy's ingress port.
+    let allowed = connect(format!("{target_ip}:15006"));
+    assert!(allowed.contains("connect=ok"), "the ingress port the policy opens: {allowed}");
+    // Refused by the policy: the app's own port, which listens (the same server without a policy answers).
+    let refused = connect(format!("{target_ip}:8007"));
+    assert!(refused.contains("connect=failed"), "a port the policy does not open was reached: {refused}");
+    let unpoliced = connect(format!("{open_ip}:8007"));
+    assert!(unpoliced.contains("connect=ok"), "the same server without a policy: {unpoliced}");
+    // The kernel's rules are kube-router's, written for this pod.
+    let rules = Command::new("iptables").args(["-t", "filter", "-S", "KUBE-ROUTER-FORWARD"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&rules.stdout).contains(&target_ip), "{}", text(&rules));
+    c.ok(&["delete", "pod", "np-target", "-n", ns, "--wait=false"]);
+    c.ok(&["delete", "namespace", "np-callers", "--wait=false"]);
+}
+
+fn rolling_the_webhook_fails_no_pod_creation() {
     let c = cluster();
     // The machine under load while the webhook rolls: every core busy besides what the cluster needs, so that
     // the drain's timing (GOAWAY to the API server's connections, late dials served, endpoints catching up) is
@@ -645,9 +683,7 @@ fn decoded(secret: &Value, key: &str) -> String {
     String::from_utf8(base64::engine::general_purpose::STANDARD.decode(b64).unwrap()).unwrap()
 }
 
-#[test]
-#[ignore = "needs scripts/cluster.sh up"]
-fn t8b_renewing_the_certificates_and_upgrading_the_release_fail_no_pod_creation() {
+fn renewing_the_certificates_and_upgrading_the_release_fail_no_pod_creation() {
     let c = cluster();
     for job in ["renew-check", "renew-ca"] {
         c.fresh("job", job, "tollgate");
@@ -728,9 +764,7 @@ fn t8b_renewing_the_certificates_and_upgrading_the_release_fail_no_pod_creation(
     }
 }
 
-#[test]
-#[ignore = "needs scripts/cluster.sh up"]
-fn t8c_a_bad_policy_or_route_table_fails_the_upgrade_naming_the_field_and_changes_nothing() {
+fn a_bad_policy_or_route_table_fails_the_upgrade_naming_the_field_and_changes_nothing() {
     let c = cluster();
     let chart = format!("{}/../charts/tollgate", env!("CARGO_MANIFEST_DIR"));
     let policy_before = c.json(&["get", "configmap", "tollgate-policy", "-n", "tollgate"]);
@@ -772,9 +806,7 @@ fn t8c_a_bad_policy_or_route_table_fails_the_upgrade_naming_the_field_and_change
     }
 }
 
-#[test]
-#[ignore = "needs scripts/cluster.sh up"]
-fn t8d_helm_test_runs_tollgate_check_in_the_cluster_and_leaves_no_rights_behind() {
+fn helm_test_runs_tollgate_check_in_the_cluster_and_leaves_no_rights_behind() {
     let c = cluster();
     let ns = c.namespace.as_str();
     let rights_gone = || {
@@ -811,9 +843,7 @@ fn t8d_helm_test_runs_tollgate_check_in_the_cluster_and_leaves_no_rights_behind(
     assert!(left.trim().is_empty(), "the passed test's pod is left: {left}");
 }
 
-#[test]
-#[ignore = "needs scripts/cluster.sh up"]
-fn t9_helm_uninstall_leaves_no_webhook_and_labeled_namespaces_take_no_plain_pods() {
+fn helm_uninstall_leaves_no_webhook_and_labeled_namespaces_take_no_plain_pods() {
     let c = cluster();
     let ns = c.namespace.as_str();
     let helm = c.helm(&["uninstall", "tollgate", "-n", "tollgate", "--wait", "--timeout=120s"]);
@@ -845,9 +875,9 @@ fn t9_helm_uninstall_leaves_no_webhook_and_labeled_namespaces_take_no_plain_pods
     assert!(pod["spec"]["initContainers"].is_null(), "unlabeled: a plain pod");
 }
 
-#[test]
-#[ignore = "needs scripts/cluster.sh up"]
-fn t9b_helm_install_wait_with_an_existing_secret_hardens_pods_and_uninstalls_clean() {
+/// Needs `helm_uninstall_leaves_no_webhook_and_labeled_namespaces_take_no_plain_pods` before it: no release, and the
+/// analysis namespace no longer labeled.
+fn helm_install_wait_with_an_existing_secret_hardens_pods_and_uninstalls_clean() {
     let c = cluster();
     let ns = c.namespace.as_str();
     // The admin's own certificate (here from tollgate-certs), as a kubernetes.io/tls Secret, and its CA.
@@ -899,72 +929,4 @@ fn t9b_helm_install_wait_with_an_existing_secret_hardens_pods_and_uninstalls_cle
     let left = c.ok(&["get", "mutatingwebhookconfigurations,clusterroles,clusterrolebindings", "-o", "name"]);
     assert!(!left.contains("tollgate"), "{left}");
     c.ok(&["delete", "secret", "my-webhook-tls", "-n", "tollgate"]);
-}
-
-#[test]
-#[ignore = "needs scripts/cluster.sh up"]
-fn t7b_the_network_policy_the_chart_renders_for_the_analysis_namespace_is_enforced() {
-    let c = cluster();
-    let ns = c.namespace.as_str();
-    // The chart's closing policy for the analysis namespace, as rendered: every pod, in only on the proxy's
-    // ingress and admin ports.
-    let policy = c.json(&["get", "networkpolicy", "tollgate-analysis", "-n", ns]);
-    assert_eq!(policy["spec"]["podSelector"], serde_json::json!({}), "{policy}");
-    let ports: Vec<&Value> =
-        policy["spec"]["ingress"].as_array().unwrap().iter().flat_map(|rule| rule["ports"].as_array().unwrap()).collect();
-    assert!(ports.iter().any(|p| p["port"] == 15006) && !ports.iter().any(|p| p["port"] == 8007), "{policy}");
-
-    c.fresh("pod", "np-target", ns);
-    c.fresh("namespace", "np-callers", "");
-    c.ok(&["create", "namespace", "np-callers"]);
-    // The same server twice: hardened in the analysis namespace (the policy applies), and in a namespace
-    // without policies (nothing applies); both listen on 8007.
-    let serving = |name: &str, namespace: &str, annotations: &str| {
-        format!(
-            r#"{{"apiVersion":"v1","kind":"Pod","metadata":{{"name":"{name}","namespace":"{namespace}","annotations":{{{annotations}}}}},
-"spec":{{"restartPolicy":"Never","containers":[{{"name":"app","image":"{EXAMPLE}","args":["serve","--listen","0.0.0.0:8007"]}}]}}}}"#
-        )
-    };
-    c.apply(&serving("np-target", ns, r#""tollgate.dev/analysis-id":"a7b","tollgate.dev/project-id":"p1""#));
-    c.apply(&serving("np-open", "np-callers", ""));
-    c.apply(&format!(
-        r#"{{"apiVersion":"v1","kind":"Pod","metadata":{{"name":"caller","namespace":"np-callers"}},"spec":{{"restartPolicy":"Never",
-"containers":[{{"name":"app","image":"{EXAMPLE}","args":["serve","--listen","0.0.0.0:8000"]}}]}}}}"#
-    ));
-    let ready = |p: &Value| container_status(p, "containerStatuses", "app")["ready"] == true;
-    let target = c.wait_pod(ns, "np-target", 90, "ready", ready);
-    let open = c.wait_pod("np-callers", "np-open", 90, "ready", ready);
-    c.wait_pod("np-callers", "caller", 90, "ready", ready);
-    let ip = |pod: &Value| pod["status"]["podIP"].as_str().unwrap().to_owned();
-    let (target_ip, open_ip) = (ip(&target), ip(&open));
-    let connect = |addr: String| {
-        let out = c.kubectl(&[
-            "exec",
-            "caller",
-            "-n",
-            "np-callers",
-            "-c",
-            "app",
-            "--",
-            "tollgate-example-analysis",
-            "connect",
-            &addr,
-            "--timeout-seconds",
-            "3",
-        ]);
-        text(&out)
-    };
-    // Allowed by the policy: the proxy's ingress port.
-    let allowed = connect(format!("{target_ip}:15006"));
-    assert!(allowed.contains("connect=ok"), "the ingress port the policy opens: {allowed}");
-    // Refused by the policy: the app's own port, which listens (the same server without a policy answers).
-    let refused = connect(format!("{target_ip}:8007"));
-    assert!(refused.contains("connect=failed"), "a port the policy does not open was reached: {refused}");
-    let unpoliced = connect(format!("{open_ip}:8007"));
-    assert!(unpoliced.contains("connect=ok"), "the same server without a policy: {unpoliced}");
-    // The kernel's rules are kube-router's, written for this pod.
-    let rules = Command::new("iptables").args(["-t", "filter", "-S", "KUBE-ROUTER-FORWARD"]).output().unwrap();
-    assert!(String::from_utf8_lossy(&rules.stdout).contains(&target_ip), "{}", text(&rules));
-    c.ok(&["delete", "pod", "np-target", "-n", ns, "--wait=false"]);
-    c.ok(&["delete", "namespace", "np-callers", "--wait=false"]);
 }

@@ -13,15 +13,27 @@
 //! upstreams and the orchestrator's `nginx-<DEP>` are the real names.
 //!
 //! Needs `scripts/cluster.sh up` (its exports); `scripts/test.sh` runs this after tests/tests/node.rs, which ends
-//! with tollgate uninstalled: the first test here installs the FLAME profile (replacing any release) and runs the
-//! analysis once; every test reads what that run left.
+//! with tollgate uninstalled. The steps run in the order of `STEPS`, one after another, driven by the one test
+//! `flame_suite` (each named on stderr as it starts and as it ends; the first failure stops the suite, naming its
+//! step). The first step to run installs the FLAME profile (replacing any release) and runs the analysis once
+//! (`setup_and_run`); every step reads what that run left, so any of them can run alone; the last uninstalls
+//! tollgate.
+//!
+//! For development, `TOLLGATE_FLAME_STEPS` (comma-separated step names) runs only those steps, still in the
+//! suite's order:
+//!
+//! ```sh
+//! TOLLGATE_FLAME_STEPS=the_analysis_outlives_its_proxys_first_token \
+//!   cargo test -p tollgate-e2e --locked --test node_flame -- --ignored
+//! ```
 
-use std::io::{Read, Write};
-use std::process::{Command, Output, Stdio};
+use std::process::Command;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
+use tollgate_e2e::node::NodeCluster;
+use tollgate_testkit::{text, wait_until};
 
 const NS: &str = "flame";
 const AID: &str = "4bd3e5a0-2c4f-4f7e-9a61-0c8f5d2b7e13";
@@ -39,48 +51,23 @@ const TOKEN_LIFETIME: u64 = 20;
 const STANDINS: &str = "localhost/tollgate/flame-standins:0.1.0";
 const ANALYSIS_IMAGE: &str = "localhost/tollgate/flame-analysis:0.1.0";
 
-struct Cluster {
-    kubeconfig: String,
-    dir: String,
-    bin: String,
-}
+/// The node cluster (kubectl, helm and the cluster's directory, as `c.kubectl(…)`, `c.dir`), with what the FLAME
+/// steps ask of it.
+struct Cluster(NodeCluster);
 
 fn cluster() -> Cluster {
-    let var =
-        |name: &str| std::env::var(name).unwrap_or_else(|_| panic!("{name} is not set: run `scripts/cluster.sh up` and eval its output"));
-    let dir = var("TOLLGATE_CLUSTER_DIR");
-    let bin = std::fs::read_to_string(format!("{dir}/bin")).unwrap().trim().to_owned();
-    Cluster { kubeconfig: var("KUBECONFIG"), dir, bin }
+    Cluster(NodeCluster::from_env())
 }
 
-fn text(out: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+impl std::ops::Deref for Cluster {
+    type Target = NodeCluster;
+
+    fn deref(&self) -> &NodeCluster {
+        &self.0
+    }
 }
 
 impl Cluster {
-    fn kubectl(&self, args: &[&str]) -> Output {
-        Command::new(format!("{}/kubectl", self.bin)).arg(format!("--kubeconfig={}", self.kubeconfig)).args(args).output().unwrap()
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.kubectl(args);
-        assert!(out.status.success(), "kubectl {args:?}: {}", text(&out));
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    fn kubectl_stdin(&self, args: &[&str], input: &str) -> Output {
-        let mut child = Command::new(format!("{}/kubectl", self.bin))
-            .arg(format!("--kubeconfig={}", self.kubeconfig))
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let _ = child.stdin.take().unwrap().write_all(input.as_bytes());
-        child.wait_with_output().unwrap()
-    }
-
     /// `kubectl apply`, as the admin or (`as_user`) as someone else.
     fn apply(&self, manifest: &Value, as_user: Option<&str>) {
         let mut args = vec!["apply", "-f", "-"];
@@ -91,23 +78,6 @@ impl Cluster {
         }
         let out = self.kubectl_stdin(&args, &manifest.to_string());
         assert!(out.status.success(), "kubectl apply {as_user:?}: {}\n{manifest:#}", text(&out));
-    }
-
-    fn json(&self, args: &[&str]) -> Value {
-        let mut all = args.to_vec();
-        all.extend(["-o", "json"]);
-        serde_json::from_str(&self.ok(&all)).unwrap()
-    }
-
-    fn helm(&self, args: &[&str]) -> Output {
-        Command::new(format!("{}/helm", self.bin))
-            .args(args)
-            .arg(format!("--kubeconfig={}", self.kubeconfig))
-            .env("HELM_CACHE_HOME", format!("{}/helm/cache", self.dir))
-            .env("HELM_CONFIG_HOME", format!("{}/helm/config", self.dir))
-            .env("HELM_DATA_HOME", format!("{}/helm/data", self.dir))
-            .output()
-            .unwrap()
     }
 
     fn pods(&self, selector: &str) -> Vec<Value> {
@@ -130,19 +100,12 @@ impl Cluster {
 
 /// A plain HTTP/1.1 call from the host (the node's own address reaches every pod, whatever the NetworkPolicies).
 fn http(method: &str, addr: &str, path: &str, body: &str) -> (u16, String) {
-    let mut stream = std::net::TcpStream::connect(addr).unwrap_or_else(|e| panic!("{addr}: {e}"));
-    stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
     let request = format!(
         "{method} {path} HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
         body.len()
     );
-    stream.write_all(request.as_bytes()).unwrap();
-    let mut raw = Vec::new();
-    stream.read_to_end(&mut raw).unwrap();
-    let raw = String::from_utf8_lossy(&raw).into_owned();
-    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
-    let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
-    (status, body.to_owned())
+    let response = tollgate_testkit::exchange(addr, request.as_bytes(), Duration::from_secs(30)).unwrap_or_else(|e| panic!("{addr}: {e}"));
+    (response.status, response.body)
 }
 
 /// What a stand-in's observe port says (GET), as JSON.
@@ -156,17 +119,6 @@ fn observe_post(ip: &str, path: &str, body: &Value) -> Value {
     let (status, answer) = http("POST", &format!("{ip}:9000"), path, &body.to_string());
     assert!((200..300).contains(&status), "{ip}:9000{path}: {status} {answer}");
     serde_json::from_str(&answer).unwrap_or(Value::Null)
-}
-
-fn wait_until<T>(seconds: u64, what: &str, mut check: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + Duration::from_secs(seconds);
-    loop {
-        if let Some(value) = check() {
-            return value;
-        }
-        assert!(Instant::now() < deadline, "not {what} after {seconds} s");
-        std::thread::sleep(Duration::from_millis(500));
-    }
 }
 
 // ---- the FLAME node: its services, as pods under the FLAME chart's names and labels ----
@@ -372,14 +324,10 @@ struct Run {
 static RUN: OnceLock<Result<Run, String>> = OnceLock::new();
 
 fn run() -> &'static Run {
-    match RUN.get_or_init(|| std::panic::catch_unwind(setup_and_run).map_err(|e| panic_text(&e))) {
+    match RUN.get_or_init(|| std::panic::catch_unwind(setup_and_run).map_err(tollgate_testkit::panic_message)) {
         Ok(run) => run,
         Err(e) => panic!("the FLAME run failed: {e}"),
     }
-}
-
-fn panic_text(e: &Box<dyn std::any::Any + Send>) -> String {
-    e.downcast_ref::<String>().cloned().or_else(|| e.downcast_ref::<&str>().map(|s| (*s).to_owned())).unwrap_or_default()
 }
 
 fn claims_of(jwt: &str) -> Value {
@@ -487,7 +435,7 @@ fn setup_and_run() -> Run {
     // While it computes, the orchestrator refreshes its token once (as it does when the remaining time runs low;
     // with tollgate's placeholder it never does by itself): /token_refresh reaches the app, and the real token the
     // app then holds still never reaches a service.
-    wait_until(120, "the analysis computing", || {
+    wait_until(Duration::from_secs(120), Duration::from_millis(500), "the analysis computing", || {
         let logs = c.logs(&format!("app={DEP}"), DEP);
         logs.contains("\"computing (").then_some(())
     });
@@ -496,11 +444,12 @@ fn setup_and_run() -> Run {
     let refreshed_token_jti = refreshed["token"].as_str().map(|t| claims_of(t)["jti"].as_str().unwrap_or("").to_owned());
 
     // The orchestrator's status loop sees it finish.
-    let orchestrator = wait_until(300, "the analysis finished (the orchestrator's status loop)", || {
-        let analyses = observe(&ips["po"], "/analyses");
-        let entry = analyses[DEP].clone();
-        (!entry["final"].is_null()).then_some(entry)
-    });
+    let orchestrator =
+        wait_until(Duration::from_secs(300), Duration::from_millis(500), "the analysis finished (the orchestrator's status loop)", || {
+            let analyses = observe(&ips["po"], "/analyses");
+            let entry = analyses[DEP].clone();
+            (!entry["final"].is_null()).then_some(entry)
+        });
     mark("analysis run to completion", &mut step);
     let analysis_pod = c.pods(&format!("app={DEP}")).into_iter().next().unwrap();
     let logs = c.logs(&format!("app={DEP}"), DEP);
@@ -520,9 +469,25 @@ fn done(run: &Run) -> &Value {
 
 // ---- the tests ----
 
+/// The suite, in its order: each step reads the one FLAME run the first of them performs; the last uninstalls tollgate.
+const STEPS: &[(&str, fn())] = tollgate_testkit::steps![
+    tollgate_hardens_the_analysis_pod_and_leaves_the_nodes_services_alone,
+    the_unchanged_sdk_calls_run_to_completion_as_through_nginx,
+    the_services_saw_the_proxys_credentials_never_the_apps,
+    inbound_calls_from_the_orchestrator_and_the_broker_reach_the_app_without_a_token,
+    the_analysis_outlives_its_proxys_first_token,
+    the_app_reaches_no_service_with_its_own_key_nor_another_projects_or_analysis_data,
+    a_pod_outside_the_selection_cannot_reach_a_proxys_ingress,
+    uninstalling_tollgate_leaves_the_nodes_services_running,
+];
+
 #[test]
 #[ignore = "needs scripts/cluster.sh up"]
-fn f1_tollgate_hardens_the_analysis_pod_and_leaves_the_nodes_services_alone() {
+fn flame_suite() {
+    tollgate_testkit::run_steps("flame", "TOLLGATE_FLAME_STEPS", STEPS);
+}
+
+fn tollgate_hardens_the_analysis_pod_and_leaves_the_nodes_services_alone() {
     let run = run();
     let c = cluster();
     let pod = &run.analysis_pod;
@@ -566,9 +531,7 @@ fn f1_tollgate_hardens_the_analysis_pod_and_leaves_the_nodes_services_alone() {
     }
 }
 
-#[test]
-#[ignore = "needs scripts/cluster.sh up"]
-fn f2_the_unchanged_sdk_calls_run_to_completion_as_through_nginx() {
+fn the_unchanged_sdk_calls_run_to_completion_as_through_nginx() {
     let run = run();
     let done = done(run);
     assert_eq!(done["failures"], json!([]), "every call answered as through nginx: {done:#}");
@@ -621,9 +584,7 @@ fn from_analysis(run: &Run, service: &str) -> Vec<Value> {
     seen.as_array().unwrap().iter().filter(|r| r["peer"] == run.analysis_ip).cloned().collect()
 }
 
-#[test]
-#[ignore = "needs scripts/cluster.sh up"]
-fn f3_the_services_saw_the_proxys_credentials_never_the_apps() {
+fn the_services_saw_the_proxys_credentials_never_the_apps() {
     let run = run();
     // The tokens Keycloak issued: to the proxy (from the analysis pod), and to the orchestrator (its own pod).
     let issued = observe(&run.ips["keycloak"], "/issued");
@@ -656,9 +617,7 @@ fn f3_the_services_saw_the_proxys_credentials_never_the_apps() {
     assert!(!broker.as_array().unwrap().is_empty());
 }
 
-#[test]
-#[ignore = "needs scripts/cluster.sh up"]
-fn f4_inbound_calls_from_the_orchestrator_and_the_broker_reach_the_app_without_a_token() {
+fn inbound_calls_from_the_orchestrator_and_the_broker_reach_the_app_without_a_token() {
     let run = run();
     let inbound = events(run, "inbound");
     let paths: Vec<(&str, &str)> = inbound.iter().map(|i| (i["method"].as_str().unwrap(), i["path"].as_str().unwrap())).collect();
@@ -714,9 +673,7 @@ fn f4_inbound_calls_from_the_orchestrator_and_the_broker_reach_the_app_without_a
     assert!(o["partner_status"].as_array().unwrap().iter().any(|p| p["status"] == 200), "{o:#}");
 }
 
-#[test]
-#[ignore = "needs scripts/cluster.sh up"]
-fn f5_the_analysis_outlives_its_proxys_first_token() {
+fn the_analysis_outlives_its_proxys_first_token() {
     let run = run();
     let issued = observe(&run.ips["keycloak"], "/issued");
     let proxy_tokens: Vec<&Value> = issued.as_array().unwrap().iter().filter(|t| t["peer"] == run.analysis_ip).collect();
@@ -733,9 +690,7 @@ fn f5_the_analysis_outlives_its_proxys_first_token() {
     println!("f5: {} tokens for the proxy; {} storage calls after the first expired", proxy_tokens.len(), late.len());
 }
 
-#[test]
-#[ignore = "needs scripts/cluster.sh up"]
-fn f6_the_app_reaches_no_service_with_its_own_key_nor_another_projects_or_analysis_data() {
+fn the_app_reaches_no_service_with_its_own_key_nor_another_projects_or_analysis_data() {
     let run = run();
     let attacks: std::collections::BTreeMap<&str, &Value> =
         events(run, "attack").into_iter().map(|a| (a["name"].as_str().unwrap(), a)).collect();
@@ -774,9 +729,7 @@ fn f6_the_app_reaches_no_service_with_its_own_key_nor_another_projects_or_analys
     }
 }
 
-#[test]
-#[ignore = "needs scripts/cluster.sh up"]
-fn f7_a_pod_outside_the_selection_cannot_reach_a_proxys_ingress() {
+fn a_pod_outside_the_selection_cannot_reach_a_proxys_ingress() {
     let run = run();
     let c = cluster();
     // The node's UI service (not selected, so not hardened and not NetworkPolicy-restricted) probes the analysis'
@@ -800,9 +753,7 @@ fn f7_a_pod_outside_the_selection_cannot_reach_a_proxys_ingress() {
     assert!(run.orchestrator["polls"].as_array().unwrap().iter().any(|p| p["status"] == 200));
 }
 
-#[test]
-#[ignore = "needs scripts/cluster.sh up"]
-fn f9_uninstalling_tollgate_leaves_the_nodes_services_running() {
+fn uninstalling_tollgate_leaves_the_nodes_services_running() {
     let _ = run();
     let c = cluster();
     let uninstall = c.helm(&["uninstall", "tollgate", "-n", "tollgate", "--wait", "--timeout=120s"]);

@@ -3,7 +3,6 @@
 //! tollgate-proxy, configured from `--print-config`, takes an app's request to the hub stand-in with the
 //! stand-in's token and admits an ingress call only with a minted JWT.
 
-use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -14,32 +13,10 @@ use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde_json::{Value, json};
 use tollgate_e2e::workspace_bin;
-
-/// `N` distinct free ports (held together while chosen, so none comes twice).
-fn ports<const N: usize>() -> [u16; N] {
-    let held: Vec<std::net::TcpListener> = (0..N).map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap()).collect();
-    std::array::from_fn(|i| held[i].local_addr().unwrap().port())
-}
-
-#[derive(Debug)]
-struct Reply {
-    status: u16,
-    head: String,
-    body: String,
-}
-
-impl Reply {
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {self:?}"))
-    }
-}
+use tollgate_testkit::{RawResponse, exchange, free_port};
 
 /// One HTTP/1.1 request, `connection: close`, read to the end (status 0 when nothing answered).
-fn http(port: u16, method: &str, target: &str, headers: &[(&str, &str)], body: &str) -> Reply {
-    let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) else {
-        return Reply { status: 0, head: String::new(), body: String::new() };
-    };
-    stream.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+fn http(port: u16, method: &str, target: &str, headers: &[(&str, &str)], body: &str) -> RawResponse {
     let mut request = format!("{method} {target} HTTP/1.1\r\nhost: 127.0.0.1:{port}\r\nconnection: close\r\n");
     for (name, value) in headers {
         request.push_str(&format!("{name}: {value}\r\n"));
@@ -49,30 +26,7 @@ fn http(port: u16, method: &str, target: &str, headers: &[(&str, &str)], body: &
     }
     request.push_str("\r\n");
     request.push_str(body);
-    if stream.write_all(request.as_bytes()).is_err() {
-        return Reply { status: 0, head: String::new(), body: String::new() };
-    }
-    let mut bytes = Vec::new();
-    let _ = stream.read_to_end(&mut bytes);
-    let text = String::from_utf8_lossy(&bytes).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").map(|(h, b)| (h.to_owned(), b.to_owned())).unwrap_or((text.clone(), String::new()));
-    let status = head.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
-    let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") { dechunk(&body) } else { body };
-    Reply { status, head, body }
-}
-
-fn dechunk(body: &str) -> String {
-    let mut out = String::new();
-    let mut rest = body;
-    while let Some((size, after)) = rest.split_once("\r\n") {
-        let Ok(size) = usize::from_str_radix(size.trim(), 16) else { break };
-        if size == 0 || after.len() < size {
-            break;
-        }
-        out.push_str(&after[..size]);
-        rest = after[size..].trim_start_matches("\r\n");
-    }
-    out
+    exchange(("127.0.0.1", port), request.as_bytes(), Duration::from_secs(20)).unwrap_or_default()
 }
 
 fn listen_args([hub, storage, broker, keycloak]: [u16; 4]) -> Vec<String> {
@@ -106,7 +60,7 @@ impl Standins {
 
     fn start() -> Standins {
         let dir = tempfile::tempdir().unwrap();
-        let [hub, storage, broker, keycloak] = ports::<4>();
+        let [hub, storage, broker, keycloak] = std::array::from_fn(|_| free_port());
         let child = Command::new(env!("CARGO_BIN_EXE_tollgate-standins"))
             .args(listen_args([hub, storage, broker, keycloak]))
             .arg("--log")
@@ -157,7 +111,7 @@ impl Standins {
         reply.json()["access_token"].as_str().unwrap().to_owned()
     }
 
-    fn token(&self, form: &str) -> Reply {
+    fn token(&self, form: &str) -> RawResponse {
         let headers = [("content-type", "application/x-www-form-urlencoded")];
         http(self.keycloak, "POST", "/realms/flame/protocol/openid-connect/token", &headers, form)
     }
@@ -327,7 +281,7 @@ fn standins_serve_tokens_keys_storage_and_broker_and_log_every_request() {
 fn standins_refuse_a_port_in_use_and_an_unspecified_address() {
     let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = held.local_addr().unwrap().port();
-    let [storage, broker, keycloak] = ports::<3>();
+    let [storage, broker, keycloak] = std::array::from_fn(|_| free_port());
     let bin = env!("CARGO_BIN_EXE_tollgate-standins");
     let out = Command::new(bin)
         .args(["--listen", "127.0.0.1", "--hub-port", &port.to_string()])
@@ -416,7 +370,7 @@ fn proxy_configured_by_print_config_uses_the_standin_token_and_checks_minted_jwt
     let checked = check_config(&proxy_bin, &dir.join("proxy.yaml"));
     assert!(checked.status.success(), "check-config: {}", String::from_utf8_lossy(&checked.stderr));
 
-    let [egress, ingress, admin] = ports::<3>();
+    let [egress, ingress, admin] = std::array::from_fn(|_| free_port());
     let mut proxy = Command::new(&proxy_bin)
         .arg("--config")
         .arg(dir.join("proxy.yaml"))

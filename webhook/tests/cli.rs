@@ -2,7 +2,6 @@
 
 mod common;
 
-use std::io::Write;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
@@ -13,16 +12,7 @@ use tollgate_webhook::policy::Policy;
 const BIN: &str = env!("CARGO_BIN_EXE_tollgate-webhook");
 
 fn run(args: &[&str], stdin: Option<&str>) -> Output {
-    let mut child = Command::new(BIN).args(args).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
-    let mut input = child.stdin.take().unwrap();
-    if let Some(text) = stdin {
-        // The command may exit (e.g. on a bad policy) before reading its input: a closed pipe is fine.
-        if let Err(e) = input.write_all(text.as_bytes()) {
-            assert_eq!(e.kind(), std::io::ErrorKind::BrokenPipe, "writing stdin: {e}");
-        }
-    }
-    drop(input);
-    child.wait_with_output().unwrap()
+    tollgate_testkit::output_with_stdin(Command::new(BIN).args(args), stdin.unwrap_or_default().as_bytes())
 }
 
 fn text(bytes: &[u8]) -> String {

@@ -280,16 +280,8 @@ async fn a_reloaded_override_applies_to_the_next_review() {
 fn the_cli_reports_overrides_and_their_errors() {
     let dir = tempfile::tempdir().unwrap();
     let run = |args: &[&str], stdin: Option<&str>| {
-        use std::io::Write;
-        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_tollgate-webhook"))
-            .args(args)
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        child.stdin.take().unwrap().write_all(stdin.unwrap_or("").as_bytes()).unwrap();
-        let out = child.wait_with_output().unwrap();
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_tollgate-webhook"));
+        let out = tollgate_testkit::output_with_stdin(command.args(args), stdin.unwrap_or("").as_bytes());
         (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
     };
     let good = dir.path().join("good.yaml");

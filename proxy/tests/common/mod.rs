@@ -19,6 +19,8 @@ use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+// Shared with the other crates' suites.
+pub use tollgate_testkit::{RawResponse, free_port};
 
 #[derive(Debug, Clone)]
 pub struct Recorded {
@@ -188,26 +190,6 @@ impl Idp {
     }
 }
 
-/// A port for a listener a child process will bind, from below the kernel's ephemeral range (32768 and
-/// up), where every OS-assigned port of the stand-ins lives: between choosing it and the child binding it,
-/// nothing in this process can be handed the same port (a port asked of the OS and released could be).
-pub fn free_port() -> u16 {
-    use std::sync::atomic::{AtomicU32, Ordering};
-    static NEXT: AtomicU32 = AtomicU32::new(0);
-    const FIRST: u32 = 20_000;
-    const SPAN: u32 = 12_000;
-    // Test binaries run one after another, but spread them anyway.
-    let offset = (std::process::id() % 100) * 100;
-    loop {
-        let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        assert!(n < SPAN, "no free port left in {FIRST}..{}", FIRST + SPAN);
-        let port = u16::try_from(FIRST + (offset + n) % SPAN).expect("fits");
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-}
-
 /// The proxy binary, running with a config; killed on drop.
 pub struct Proxy {
     pub child: Child,
@@ -296,19 +278,6 @@ impl Drop for Proxy {
     }
 }
 
-#[derive(Debug)]
-pub struct RawResponse {
-    pub status: u16,
-    pub head: String,
-    pub body: String,
-}
-
-impl RawResponse {
-    pub fn json(&self) -> serde_json::Value {
-        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {self:?}"))
-    }
-}
-
 /// Send `request` byte for byte and read the response until the server closes (status 0 when none).
 pub async fn raw(addr: SocketAddr, request: &[u8]) -> RawResponse {
     raw_from(None, addr, request).await
@@ -325,34 +294,13 @@ pub async fn connect_from(source: Option<IpAddr>, addr: SocketAddr) -> std::io::
 
 /// [`raw`], from `source`.
 pub async fn raw_from(source: Option<IpAddr>, addr: SocketAddr, request: &[u8]) -> RawResponse {
-    let Ok(mut stream) = connect_from(source, addr).await else {
-        return RawResponse { status: 0, head: String::new(), body: String::new() };
-    };
+    let Ok(mut stream) = connect_from(source, addr).await else { return RawResponse::default() };
     if stream.write_all(request).await.is_err() {
-        return RawResponse { status: 0, head: String::new(), body: String::new() };
+        return RawResponse::default();
     }
     let mut bytes = Vec::new();
     let _ = tokio::time::timeout(Duration::from_secs(15), stream.read_to_end(&mut bytes)).await;
-    let text = String::from_utf8_lossy(&bytes).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").map(|(h, b)| (h.to_owned(), b.to_owned())).unwrap_or((text.clone(), String::new()));
-    let status = head.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
-    // De-chunk a chunked body well enough for JSON and short texts.
-    let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
-        let mut out = String::new();
-        let mut rest = body.as_str();
-        while let Some((size, after)) = rest.split_once("\r\n") {
-            let Ok(size) = usize::from_str_radix(size.trim(), 16) else { break };
-            if size == 0 || after.len() < size {
-                break;
-            }
-            out.push_str(&after[..size]);
-            rest = after[size..].trim_start_matches("\r\n");
-        }
-        out
-    } else {
-        body
-    };
-    RawResponse { status, head, body }
+    RawResponse::parse(&bytes)
 }
 
 // ---- upstreams that fail mid-response (tests/faults.rs, tests/ingress.rs) ----

@@ -23,7 +23,8 @@ use std::time::{Duration, Instant};
 use base64::Engine;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, PostParams};
-use tollgate_e2e::{ControlPlane, Process, Webhook, free_port, percentile, workspace_bin};
+use tollgate_e2e::{ControlPlane, Process, Webhook, percentile, workspace_bin};
+use tollgate_testkit::free_port;
 
 const FLOOR_LABEL: &str = "bench.tollgate.dev/floor";
 

@@ -9,7 +9,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use tollgate_e2e::{ControlPlane, Process, Webhook, free_port, namespace, workspace_bin};
+use tollgate_e2e::{ControlPlane, Process, Webhook, namespace, workspace_bin};
+use tollgate_testkit::free_port;
 
 fn step(text: &str) {
     println!("\n== {text}");
