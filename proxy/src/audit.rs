@@ -9,17 +9,15 @@
 //! like any INFO line of the target `tollgate_proxy::audit`.
 
 use std::io::Write;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::SystemTime;
 
-use tracing::field::{Field, Visit};
-use tracing::{Event, Subscriber};
-use tracing_subscriber::layer::{Context, Layer};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
 
-use crate::metrics::{Metrics, RequestLabels};
-
-/// The proxy's metrics, once they exist, for answers given outside a listener's phases.
-pub static METRICS: OnceLock<Arc<Metrics>> = OnceLock::new();
+use crate::decision::Decision;
 
 static ENABLED: AtomicBool = AtomicBool::new(true);
 
@@ -38,7 +36,7 @@ pub struct Line<'a> {
     pub path: &'a str,
     /// What the caller got; 0 when nothing was sent.
     pub status: u16,
-    pub decision: &'a str,
+    pub decision: Decision,
     pub reason: &'a str,
     /// Ingress only: who called (`azp`/`client_id`).
     pub client: Option<&'a str>,
@@ -82,7 +80,7 @@ impl Record<'_> {
         out.extend_from_slice(b",\"status\":");
         out.extend_from_slice(itoa::Buffer::new().format(l.status).as_bytes());
         out.extend_from_slice(b",\"decision\":");
-        string(out, l.decision);
+        string(out, l.decision.label());
         out.extend_from_slice(b",\"reason\":");
         string(out, l.reason);
         if let Some(client) = l.client {
@@ -139,54 +137,58 @@ pub fn write(line: &Line<'_>) {
     let _ = std::io::stderr().lock().write_all(&buffer);
 }
 
-/// The audit line and the count of an answer given without a request tollgate's phases saw.
-pub fn refusal(listener: &'static str, status: u16, decision: &'static str, reason: &str) {
-    if let Some(metrics) = METRICS.get() {
-        metrics.request(RequestLabels { listener, route: "", status, decision });
+/// `tollgate_proxy_requests_total`: the requests answered, by listener, route, status and decision — the
+/// count beside the audit line, shared by the listeners' phases and connections.rs (clones share the series).
+#[derive(Clone, Default)]
+pub struct Requests(Family<RequestLabels, Counter>);
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    listener: &'static str,
+    route: &'static str,
+    status: u16,
+    decision: Decision,
+}
+
+impl Requests {
+    pub fn register(registry: &mut Registry) -> Requests {
+        let requests = Requests::default();
+        registry.register("requests", "Requests answered, by listener, route, status and decision", requests.0.clone());
+        requests
     }
-    let request_id = crate::egress::request_id(None);
+
+    pub fn count(&self, listener: &'static str, route: &'static str, status: u16, decision: Decision) {
+        self.0.get_or_create(&RequestLabels { listener, route, status, decision }).inc();
+    }
+}
+
+/// The audit line and the count of an answer given without a request tollgate's phases saw.
+pub fn refusal(requests: &Requests, listener: &'static str, status: u16, decision: Decision, reason: &str) {
+    requests.count(listener, "", status, decision);
+    let request_id = request_id(None);
     write(&Line { listener, status, decision, reason, request_id: &request_id, ..Line::default() });
 }
 
-#[derive(Default)]
-struct Message(String);
-
-impl Visit for Message {
-    fn record_str(&mut self, field: &Field, value: &str) {
-        if field.name() == "message" {
-            self.0 = value.to_owned();
+/// The caller's `x-request-id` if it is a sane token, else a new one: `tg-<process>-<counter>`, the process
+/// part (start time and pid, in hex) fixed at the first call, so that ids stay unique across restarts.
+pub fn request_id(given: Option<&str>) -> String {
+    use std::fmt::Write;
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    static PROCESS: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    match given
+        .filter(|id| !id.is_empty() && id.len() <= 128 && id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.')))
+    {
+        Some(id) => id.to_owned(),
+        None => {
+            let process = PROCESS.get_or_init(|| {
+                let nanos = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
+                format!("tg-{nanos:x}{:x}-", std::process::id())
+            });
+            let mut id = String::with_capacity(process.len() + 16);
+            id.push_str(process);
+            let _ = write!(id, "{:x}", COUNTER.fetch_add(1, Ordering::Relaxed));
+            id
         }
-    }
-
-    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
-        if field.name() == "message" {
-            self.0 = format!("{value:?}");
-        }
-    }
-}
-
-/// Leaves out pingora's own error line about a read that connections.rs failed on purpose: that refusal
-/// has its audit line already, and an attacker holding connections should not also fill the log.
-pub struct QuietLimitErrors;
-
-impl QuietLimitErrors {
-    /// Only what this layer needs to see: errors. Without a filter of its own it would be asked about every
-    /// event of every level — pingora's per-request debug and trace lines included, each formatted to be
-    /// looked at (a third of the proxy's time per request, measured).
-    pub fn filter() -> tracing_subscriber::filter::LevelFilter {
-        tracing_subscriber::filter::LevelFilter::ERROR
-    }
-}
-
-impl<S: Subscriber> Layer<S> for QuietLimitErrors {
-    fn event_enabled(&self, event: &Event<'_>, _ctx: Context<'_, S>) -> bool {
-        // pingora logs through `log`; its events arrive with the target "log" (the real one is a field).
-        if event.metadata().target() != "log" {
-            return true;
-        }
-        let mut message = Message::default();
-        event.record(&mut message);
-        !message.0.contains(crate::connections::REFUSED)
     }
 }
 
@@ -212,7 +214,7 @@ mod tests {
             method: "GET",
             path: awkward,
             status: 502,
-            decision: "error",
+            decision: Decision::UpstreamError,
             reason: "upstream-aborted",
             client: Some("flame\u{0}"),
             bytes_in: Some(u64::MAX),
@@ -223,7 +225,7 @@ mod tests {
         };
         let expected = serde_json::json!({
             "timestamp": "2026-11-23T10:00:00.5Z", "level": "INFO", "message": "request", "listener": "egress",
-            "route": "hub", "method": "GET", "path": awkward, "status": 502, "decision": "error",
+            "route": "hub", "method": "GET", "path": awkward, "status": 502, "decision": "upstream-error",
             "reason": "upstream-aborted", "client": "flame\u{0}", "bytes_in": u64::MAX, "bytes_out": 17,
             "duration_ms": 0.123456789, "request_id": "tg-1-2", "error": awkward, "target": "tollgate_proxy::audit",
         });

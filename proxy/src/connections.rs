@@ -32,10 +32,18 @@ use pingora::protocols::{
     GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, SocketDigest, Ssl, Stream, TimingDigest, UniqueID, UniqueIDType,
 };
 use pingora::server::ShutdownWatch;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::time::{Instant, Sleep};
+use tracing::field::{Field, Visit};
+use tracing::{Event, Subscriber};
+use tracing_subscriber::layer::Layer;
 
-use crate::metrics::Metrics;
+use crate::audit::Requests;
+use crate::decision::Decision;
 
 pub use crate::config::Limits;
 
@@ -43,12 +51,36 @@ pub use crate::config::Limits;
 /// about it can be told apart (and left out: the audit line says it already).
 pub const REFUSED: &str = "tollgate-connection-limit";
 
+/// What the listeners count (registered by metrics.rs): their open connections, and the requests answered
+/// here, below the listeners' phases.
+#[derive(Clone)]
+pub struct ConnectionMetrics {
+    open: Family<ListenerLabels, Gauge>,
+    requests: Requests,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ListenerLabels {
+    listener: &'static str,
+}
+
+impl ConnectionMetrics {
+    /// Registers the open connections in `registry`; the answers are counted in the listeners' `requests`.
+    pub fn register(registry: &mut Registry, requests: Requests) -> ConnectionMetrics {
+        let open = Family::<ListenerLabels, Gauge>::default();
+        registry.register("connections", "Open downstream connections, by listener", open.clone());
+        ConnectionMetrics { open, requests }
+    }
+}
+
 /// One listener's open connections, shared by its [`Guard`] and every [`GuardedStream`] it made.
 pub struct Listener {
     name: &'static str,
     limits: Limits,
     open: Mutex<Open>,
-    metrics: Arc<Metrics>,
+    /// The listener's series of the open connections.
+    open_gauge: Gauge,
+    requests: Requests,
 }
 
 #[derive(Default)]
@@ -58,9 +90,15 @@ struct Open {
 }
 
 impl Listener {
-    pub fn new(name: &'static str, limits: Limits, metrics: Arc<Metrics>) -> Arc<Listener> {
-        metrics.connections_open(name, 0);
-        Arc::new(Listener { name, limits, open: Mutex::new(Open::default()), metrics })
+    pub fn new(name: &'static str, limits: Limits, metrics: &ConnectionMetrics) -> Arc<Listener> {
+        let open_gauge = metrics.open.get_or_create(&ListenerLabels { listener: name }).clone();
+        let listener = Listener { name, limits, open: Mutex::new(Open::default()), open_gauge, requests: metrics.requests.clone() };
+        listener.count_open(0);
+        Arc::new(listener)
+    }
+
+    fn count_open(&self, open: usize) {
+        self.open_gauge.set(i64::try_from(open).unwrap_or(i64::MAX));
     }
 
     /// Count a new connection in, or say why it cannot be.
@@ -77,7 +115,7 @@ impl Listener {
             *from_peer += 1;
         }
         open.total += 1;
-        self.metrics.connections_open(self.name, open.total);
+        self.count_open(open.total);
         Ok(())
     }
 
@@ -92,7 +130,7 @@ impl Listener {
                 open.per_peer.remove(&peer);
             }
         }
-        self.metrics.connections_open(self.name, open.total);
+        self.count_open(open.total);
     }
 }
 
@@ -132,8 +170,10 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Guard<A> {
 
 /// 503 on a connection over a limit, without reading from it; then closed.
 async fn refuse_connection(mut stream: Stream, listener: &Listener, reason: &str) {
-    crate::audit::refusal(listener.name, 503, "too-many-connections", reason);
-    let answer = answer(503, "too-many-connections", reason, "retry-after: 1\r\n");
+    let decision = Decision::TooManyConnections;
+    let status = decision.status().expect("a refusal");
+    crate::audit::refusal(&listener.requests, listener.name, status, decision, reason);
+    let answer = answer(status, decision, reason, "retry-after: 1\r\n");
     // Bounded, so that a peer that does not read cannot hold this either.
     let _ = tokio::time::timeout(Duration::from_secs(1), async {
         stream.write_all(&answer).await?;
@@ -145,8 +185,8 @@ async fn refuse_connection(mut stream: Stream, listener: &Listener, reason: &str
 }
 
 /// A whole HTTP/1.1 answer with the proxy's JSON error body, closing the connection.
-fn answer(status: u16, decision: &str, reason: &str, extra_headers: &str) -> Vec<u8> {
-    let body = serde_json::json!({"error": reason, "status": status, "decision": decision}).to_string();
+fn answer(status: u16, decision: Decision, reason: &str, extra_headers: &str) -> Vec<u8> {
+    let body = serde_json::json!({"error": reason, "status": status, "decision": decision.label()}).to_string();
     let phrase = http::StatusCode::from_u16(status).ok().and_then(|s| s.canonical_reason()).unwrap_or("");
     format!(
         "HTTP/1.1 {status} {phrase}\r\ncontent-type: application/json\r\ncontent-length: {}\r\ncache-control: no-store\r\nconnection: close\r\n{extra_headers}\r\n{body}",
@@ -186,12 +226,13 @@ impl GuardedStream {
         let _ = self.phase.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |p| (p != CLOSED).then_some(phase));
     }
 
-    /// Answer `status` on the connection and fail the read. The answer is written without waiting: between
-    /// requests the socket's send buffer is empty, and pingora flushes and shuts the stream down on the
-    /// read error anyway.
-    fn refuse(&mut self, cx: &mut Context<'_>, status: u16, decision: &'static str, reason: String) -> Poll<io::Result<()>> {
+    /// Answer `decision` (with its status) on the connection and fail the read. The answer is written
+    /// without waiting: between requests the socket's send buffer is empty, and pingora flushes and shuts
+    /// the stream down on the read error anyway.
+    fn refuse(&mut self, cx: &mut Context<'_>, decision: Decision, reason: String) -> Poll<io::Result<()>> {
         self.phase.store(CLOSED, Ordering::Relaxed);
-        crate::audit::refusal(self.listener.name, status, decision, &reason);
+        let status = decision.status().expect("a refusal");
+        crate::audit::refusal(&self.listener.requests, self.listener.name, status, decision, &reason);
         let answer = answer(status, decision, &reason, "");
         if let Poll::Ready(Ok(_)) = Pin::new(&mut self.inner).poll_write(cx, &answer) {
             let _ = Pin::new(&mut self.inner).poll_flush(cx);
@@ -208,7 +249,7 @@ impl GuardedStream {
         }
         let timeout = self.listener.limits.head_timeout;
         let reason = format!("the request head was not complete within {timeout:?} ({} bytes came)", self.head_bytes);
-        self.refuse(cx, 408, "head-timeout", reason)
+        self.refuse(cx, Decision::HeadTimeout, reason)
     }
 }
 
@@ -220,7 +261,7 @@ impl GuardedStream {
         self.phase.store(CLOSED, Ordering::Relaxed);
         let status = answer.get(9..12).and_then(|s| std::str::from_utf8(s).ok()?.parse().ok()).unwrap_or(0);
         let reason = "pingora's HTTP parser refused the request head (malformed, ambiguous or not HTTP/1)";
-        crate::audit::refusal(self.listener.name, status, "bad-request", reason);
+        crate::audit::refusal(&self.listener.requests, self.listener.name, status, Decision::BadRequest, reason);
     }
 }
 
@@ -240,7 +281,7 @@ impl AsyncRead for GuardedStream {
                 let max = this.listener.limits.max_head_size;
                 if this.head_bytes >= max {
                     let reason = format!("the request head is larger than {max} bytes");
-                    return this.refuse(cx, 431, "head-too-large", reason);
+                    return this.refuse(cx, Decision::HeadTooLarge, reason);
                 }
                 if Instant::now() >= this.deadline {
                     return this.expire(cx);
@@ -405,13 +446,55 @@ impl Peek for GuardedStream {
     }
 }
 
+#[derive(Default)]
+struct Message(String);
+
+impl Visit for Message {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        if field.name() == "message" {
+            self.0 = value.to_owned();
+        }
+    }
+
+    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        if field.name() == "message" {
+            self.0 = format!("{value:?}");
+        }
+    }
+}
+
+/// Leaves out pingora's own error line about a read that this module failed on purpose: that refusal
+/// has its audit line already, and an attacker holding connections should not also fill the log.
+pub struct QuietLimitErrors;
+
+impl QuietLimitErrors {
+    /// Only what this layer needs to see: errors. Without a filter of its own it would be asked about every
+    /// event of every level — pingora's per-request debug and trace lines included, each formatted to be
+    /// looked at (a third of the proxy's time per request, measured).
+    pub fn filter() -> tracing_subscriber::filter::LevelFilter {
+        tracing_subscriber::filter::LevelFilter::ERROR
+    }
+}
+
+impl<S: Subscriber> Layer<S> for QuietLimitErrors {
+    fn event_enabled(&self, event: &Event<'_>, _ctx: tracing_subscriber::layer::Context<'_, S>) -> bool {
+        // pingora logs through `log`; its events arrive with the target "log" (the real one is a field).
+        if event.metadata().target() != "log" {
+            return true;
+        }
+        let mut message = Message::default();
+        event.record(&mut message);
+        !message.0.contains(REFUSED)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn answers_are_complete_http_responses_that_close_the_connection() {
-        let text = String::from_utf8(answer(408, "head-timeout", "slow \"head\"", "")).unwrap();
+        let text = String::from_utf8(answer(408, Decision::HeadTimeout, "slow \"head\"", "")).unwrap();
         let (head, body) = text.split_once("\r\n\r\n").unwrap();
         assert!(head.starts_with("HTTP/1.1 408 Request Timeout\r\n"), "{head}");
         assert!(head.contains("\r\nconnection: close"), "{head}");
@@ -423,7 +506,10 @@ mod tests {
     #[test]
     fn a_listener_counts_connections_in_and_out_per_peer() {
         let limits = Limits { head_timeout: Duration::from_secs(1), max_head_size: 1024, max_per_listener: 3, max_per_peer: Some(2) };
-        let listener = Listener::new("ingress", limits, Arc::new(Metrics::new()));
+        let mut registry = Registry::default();
+        let requests = Requests::register(&mut registry);
+        let metrics = ConnectionMetrics::register(&mut registry, requests);
+        let listener = Listener::new("ingress", limits, &metrics);
         let (a, b): (IpAddr, IpAddr) = ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap());
         listener.admit(Some(a)).unwrap();
         listener.admit(Some(a)).unwrap();
@@ -439,5 +525,6 @@ mod tests {
         }
         assert_eq!(listener.open.lock().unwrap().total, 0);
         assert!(listener.open.lock().unwrap().per_peer.is_empty(), "no address is remembered once its connections are gone");
+        assert_eq!(listener.open_gauge.get(), 0);
     }
 }

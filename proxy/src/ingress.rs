@@ -9,15 +9,17 @@ use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use serde_json::Value;
 
+use crate::audit::{Requests, request_id};
 use crate::config::WithoutToken;
+use crate::decision::{Decision, Refusal};
 use crate::headers::{answer_failure, asks_for_upgrade, check_framing, check_switching, json_error, strip_credentials, strip_spoofable};
 use crate::jwt::{AuthError, Verifier};
-use crate::metrics::{Metrics, RequestLabels};
 use crate::target::{check, check_host};
 
 pub struct IngressProxy {
     pub verifier: Arc<Verifier>,
-    pub metrics: Arc<Metrics>,
+    /// Every request the ingress answers, counted (handed in by main.rs).
+    requests: Requests,
     /// Removed from every call (`credentialHeaders`), like `Authorization`.
     credential_headers: Vec<http::HeaderName>,
     own_authorities: Vec<String>,
@@ -27,14 +29,14 @@ pub struct IngressProxy {
 impl IngressProxy {
     pub fn new(
         verifier: Arc<Verifier>,
-        metrics: Arc<Metrics>,
+        requests: Requests,
         listen: std::net::SocketAddr,
         credential_headers: Vec<http::HeaderName>,
     ) -> Self {
         let port = listen.port();
         IngressProxy {
             verifier,
-            metrics,
+            requests,
             credential_headers,
             own_authorities: vec![listen.to_string(), format!("localhost:{port}"), format!("127.0.0.1:{port}")],
             resolver: crate::resolve::Resolver::default(),
@@ -48,24 +50,18 @@ pub struct IngressCtx {
     _in_flight: Option<crate::drain::InFlight>,
     target: String,
     claims: Option<Value>,
-    decision: &'static str,
+    decision: Decision,
     reason: String,
     client: String,
     started: Option<Instant>,
     request_id: String,
 }
 
-async fn respond(
-    session: &mut Session,
-    ctx: &mut IngressCtx,
-    status: u16,
-    decision: &'static str,
-    reason: String,
-    headers: Vec<(&'static str, String)>,
-) -> Result<bool> {
-    json_error(session, status, decision, &reason, headers).await?;
-    ctx.decision = decision;
-    ctx.reason = reason;
+/// Answer locally with a JSON error (`headers` along); nothing is forwarded.
+async fn respond(session: &mut Session, ctx: &mut IngressCtx, refusal: Refusal, headers: Vec<(&'static str, String)>) -> Result<bool> {
+    json_error(session, refusal.status(), refusal.decision.label(), &refusal.reason, headers).await?;
+    ctx.decision = refusal.decision;
+    ctx.reason = refusal.reason;
     Ok(true)
 }
 
@@ -95,27 +91,27 @@ impl ProxyHttp for IngressProxy {
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut IngressCtx) -> Result<bool> {
         let header = session.req_header();
-        ctx.request_id = crate::egress::request_id(header.headers.get("x-request-id").and_then(|v| v.to_str().ok()));
+        ctx.request_id = request_id(header.headers.get("x-request-id").and_then(|v| v.to_str().ok()));
         if header.method == http::Method::CONNECT {
-            return respond(session, ctx, 405, "connect-refused", "CONNECT is never tunnelled".into(), Vec::new()).await;
+            return respond(session, ctx, Refusal::new(Decision::ConnectRefused, "CONNECT is never tunnelled"), Vec::new()).await;
         }
         let hosts: Vec<&[u8]> = header.headers.get_all("host").iter().map(|v| v.as_bytes()).collect();
         if let Err(e) = check_host(header.version == http::Version::HTTP_11, &hosts) {
-            return respond(session, ctx, 400, "bad-request", e.to_string(), Vec::new()).await;
+            return respond(session, ctx, Refusal::new(Decision::BadRequest, e.to_string()), Vec::new()).await;
         }
         let raw = String::from_utf8_lossy(session.req_header().raw_path()).into_owned();
         let target = match check(&raw, &self.own_authorities) {
             Ok(target) => target,
-            Err(e) => return respond(session, ctx, 400, "bad-request", e.to_string(), Vec::new()).await,
+            Err(e) => return respond(session, ctx, Refusal::new(Decision::BadRequest, e.to_string()), Vec::new()).await,
         };
         // The app must read the request the proxy checked: one unambiguous framing, as on egress.
         if let Err(why) = check_framing(session.req_header()) {
-            return respond(session, ctx, 400, "bad-request", why.into(), Vec::new()).await;
+            return respond(session, ctx, Refusal::new(Decision::BadRequest, why), Vec::new()).await;
         }
         // After a 101 nothing on the connection would be checked: the ingress never switches protocols.
         if asks_for_upgrade(session.req_header()) {
-            let reason = "the ingress does not allow protocol upgrades".to_owned();
-            return respond(session, ctx, 403, "upgrade-refused", reason, Vec::new()).await;
+            let refusal = Refusal::new(Decision::UpgradeRefused, "the ingress does not allow protocol upgrades");
+            return respond(session, ctx, refusal, Vec::new()).await;
         }
         let config = self.verifier.config();
         // Only paths under the prefix, which the app does not see.
@@ -123,20 +119,20 @@ impl ProxyHttp for IngressProxy {
             Some(forwarded) => forwarded,
             None => {
                 let reason = format!("{} is not under the ingress prefix", target.path);
-                return respond(session, ctx, 403, "denied", reason, Vec::new()).await;
+                return respond(session, ctx, Refusal::new(Decision::Denied, reason), Vec::new()).await;
             }
         };
         // A caller that sends no credential at all is admitted only where the config says the network decides
         // (withoutToken: admit); one that sends any Authorization must send a valid token.
         if config.without_token == WithoutToken::Admit && !session.req_header().headers.contains_key("authorization") {
             ctx.reason = "no token: admitted by the network policy in front of the ingress port (withoutToken: admit)".into();
-            ctx.decision = "forwarded";
+            ctx.decision = Decision::Forwarded;
             return Ok(false);
         }
         let Some(token) = bearer(session.req_header()).map(str::to_owned) else {
             let error = AuthError::Missing;
             let challenge = vec![("www-authenticate", "Bearer realm=\"tollgate\"".to_owned())];
-            return respond(session, ctx, 401, "unauthenticated", error.to_string(), challenge).await;
+            return respond(session, ctx, Refusal::new(Decision::Unauthenticated, error.to_string()), challenge).await;
         };
         match self.verifier.verify(&token).await {
             Ok(claims) => {
@@ -146,14 +142,16 @@ impl ProxyHttp for IngressProxy {
             // The issuer's keys cannot be loaded: not the caller's fault, and worth a retry.
             Err(error @ AuthError::Keys(_)) => {
                 let retry = self.verifier.retry_after().as_secs_f64().ceil().max(1.0) as u64;
-                return respond(session, ctx, 503, "keys-unavailable", error.to_string(), vec![("retry-after", retry.to_string())]).await;
+                let refusal = Refusal::new(Decision::KeysUnavailable, error.to_string());
+                return respond(session, ctx, refusal, vec![("retry-after", retry.to_string())]).await;
             }
             Err(error) => {
                 let challenge = format!("Bearer realm=\"tollgate\", error=\"{}\", error_description=\"{}\"", error.code(), error);
-                return respond(session, ctx, 401, "unauthenticated", error.to_string(), vec![("www-authenticate", challenge)]).await;
+                let refusal = Refusal::new(Decision::Unauthenticated, error.to_string());
+                return respond(session, ctx, refusal, vec![("www-authenticate", challenge)]).await;
             }
         }
-        ctx.decision = "forwarded";
+        ctx.decision = Decision::Forwarded;
         Ok(false)
     }
 
@@ -209,9 +207,9 @@ impl ProxyHttp for IngressProxy {
             _ if downstream => 400,
             _ => 502,
         };
-        let decision = if downstream { "bad-request" } else { "upstream-error" };
-        ctx.decision = match answer_failure(session, code, decision, e.etype().as_str()).await {
-            true if !downstream => "upstream-aborted",
+        let decision = if downstream { Decision::BadRequest } else { Decision::UpstreamError };
+        ctx.decision = match answer_failure(session, code, decision.label(), e.etype().as_str()).await {
+            true if !downstream => Decision::UpstreamAborted,
             _ => decision,
         };
         ctx.reason = e.to_string();
@@ -221,7 +219,7 @@ impl ProxyHttp for IngressProxy {
     async fn logging(&self, session: &mut Session, _error: Option<&Error>, ctx: &mut IngressCtx) {
         crate::connections::request_done(session);
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
-        self.metrics.request(RequestLabels { listener: "ingress", route: "", status, decision: ctx.decision });
+        self.requests.count("ingress", "", status, ctx.decision);
         crate::audit::write(&crate::audit::Line {
             listener: "ingress",
             route: "",

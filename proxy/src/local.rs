@@ -13,7 +13,10 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::metrics::Metrics;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
 
 /// Why an address is this pod's own.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -90,14 +93,43 @@ pub fn interface_addresses() -> Result<Vec<IpAddr>, String> {
 /// microseconds, too much for every request.
 const OWN_TTL: Duration = Duration::from_secs(1);
 
+/// What the guard counts (registered by metrics.rs): its refusals, by the call refused (`egress`, `token`).
+/// Clones share the series.
+#[derive(Clone, Default)]
+pub struct GuardMetrics(Family<CallLabels, Counter>);
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CallLabels {
+    call: &'static str,
+}
+
+impl GuardMetrics {
+    pub fn register(registry: &mut Registry) -> GuardMetrics {
+        let refusals = GuardMetrics::default();
+        registry.register(
+            "local_destination_refusals",
+            "Requests (egress) and token calls (token) refused because the address they would reach is this pod's own",
+            refusals.0.clone(),
+        );
+        for call in ["egress", "token"] {
+            let _ = refusals.0.get_or_create(&CallLabels { call });
+        }
+        refusals
+    }
+
+    fn refused(&self, call: &'static str) {
+        self.0.get_or_create(&CallLabels { call }).inc();
+    }
+}
+
 /// Checks destinations of credential-carrying calls, and counts and logs what it refuses.
 pub struct LocalGuard {
     own: Mutex<Option<(Instant, Arc<[IpAddr]>)>>,
-    metrics: Arc<Metrics>,
+    metrics: GuardMetrics,
 }
 
 impl LocalGuard {
-    pub fn new(metrics: Arc<Metrics>) -> Self {
+    pub fn new(metrics: GuardMetrics) -> Self {
         LocalGuard { own: Mutex::new(None), metrics }
     }
 
@@ -140,7 +172,7 @@ impl LocalGuard {
         match refused {
             None => Ok(()),
             Some((kind, reason)) => {
-                self.metrics.local_destination_refused(call);
+                self.metrics.refused(call);
                 tracing::warn!(call, host, address = %ip, kind = %kind, "credentials withheld from a local address");
                 Err(reason)
             }
@@ -254,8 +286,8 @@ mod tests {
     fn the_interface_list_has_loopback_and_the_guard_counts_what_it_refuses() {
         let listed = interface_addresses().unwrap();
         assert!(listed.iter().any(IpAddr::is_loopback), "{listed:?}");
-        let metrics = Arc::new(Metrics::new());
-        let guard = LocalGuard::new(metrics.clone());
+        let mut registry = Registry::with_prefix("tollgate_proxy");
+        let guard = LocalGuard::new(GuardMetrics::register(&mut registry));
         assert!(guard.check("egress", "upstream host", "127.0.0.1", ip("127.0.0.1")).is_ok());
         assert!(guard.check("egress", "upstream host", "hub", ip("10.96.0.10")).is_ok() || listed.contains(&ip("10.96.0.10")));
         let reason = guard.check("egress", "upstream host", "localhost", ip("127.0.0.1")).unwrap_err();
@@ -264,7 +296,8 @@ mod tests {
             let reason = guard.check("token", "token endpoint host", "keycloak", *own).unwrap_err();
             assert!(reason.contains(&own.to_string()), "{reason}");
         }
-        let text = metrics.encode();
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
         assert!(text.contains("tollgate_proxy_local_destination_refusals_total{call=\"egress\"} 1"), "{text}");
     }
 }

@@ -16,10 +16,9 @@ use pingora::server::{RunArgs, Server};
 use pingora::services::background::background_service;
 use pingora::services::listening::Service;
 use tollgate_proxy::admin::Admin;
-use tollgate_proxy::audit::QuietLimitErrors;
 use tollgate_proxy::client::HttpClient;
 use tollgate_proxy::config::{Config, Environment};
-use tollgate_proxy::connections::{Guard, Limits, Listener};
+use tollgate_proxy::connections::{ConnectionMetrics, Guard, Limits, Listener, QuietLimitErrors};
 use tollgate_proxy::drain::Terminate;
 use tollgate_proxy::egress::Egress;
 use tollgate_proxy::ingress::IngressProxy;
@@ -201,12 +200,14 @@ fn run(config: Arc<Config>) -> Result<(), String> {
     }
     // The extra CAs, if any, are part of the native roots now (see trust_extra_cas).
     let client = HttpClient::new(None)?.via(config.forward_proxy.clone());
+    // Each layer gets its own series; the admin listener serves them all.
     let metrics = Arc::new(Metrics::new());
-    let _ = tollgate_proxy::audit::METRICS.set(metrics.clone());
-    let guard = Arc::new(LocalGuard::new(metrics.clone()));
+    let guard = Arc::new(LocalGuard::new(metrics.local_destinations.clone()));
     let needs_token = config.routes.iter().any(|r| r.auth == AuthMode::Token);
     let tokens = match (&config.identity, needs_token) {
-        (Some(identity), true) => Some(Arc::new(TokenSource::new(identity.clone(), client.clone(), guard.clone(), metrics.clone()))),
+        (Some(identity), true) => {
+            Some(Arc::new(TokenSource::new(identity.clone(), client.clone(), guard.clone(), metrics.token_fetches.clone())))
+        }
         _ => None,
     };
 
@@ -234,17 +235,18 @@ fn run(config: Arc<Config>) -> Result<(), String> {
         readiness = readiness.require(move || (!verifier.ready()).then_some("waiting for the JWKS"));
     }
     let readiness = Arc::new(readiness);
-    let egress = Egress::new(config.clone(), tokens.clone(), guard, metrics.clone(), readiness.clone());
-    let egress = proxy_service(&server, egress, "egress", egress_limits, &metrics);
+    let egress = Egress::new(config.clone(), tokens.clone(), guard, metrics.egress.clone(), readiness.clone());
+    let egress = proxy_service(&server, egress, "egress", egress_limits, &metrics.connections);
     server.add_service(listening(egress, config.egress_listen));
 
     let admin = Admin { metrics: metrics.clone(), readiness };
-    let admin = Service::new("admin".to_owned(), Guard::new(admin, Listener::new("admin", limits, metrics.clone())));
+    let admin = Service::new("admin".to_owned(), Guard::new(admin, Listener::new("admin", limits, &metrics.connections)));
     server.add_service(listening(admin, config.admin_listen));
 
     if let Some(verifier) = verifier {
-        let ingress = IngressProxy::new(verifier.clone(), metrics.clone(), config.ingress_listen, config.credential_headers.clone());
-        let ingress = proxy_service(&server, ingress, "ingress", limits, &metrics);
+        let ingress =
+            IngressProxy::new(verifier.clone(), metrics.requests.clone(), config.ingress_listen, config.credential_headers.clone());
+        let ingress = proxy_service(&server, ingress, "ingress", limits, &metrics.connections);
         server.add_service(listening(ingress, config.ingress_listen));
         server.add_service(background_service("jwks", JwksLoader(verifier)));
     }
@@ -262,7 +264,13 @@ fn run(config: Arc<Config>) -> Result<(), String> {
 /// One proxy listener's service, named `name`, behind its connection limits. pingora would answer CONNECT
 /// with its own 405, unseen by tollgate; it is let through to the request filters instead, which refuse it
 /// themselves (405, audited and counted). Nothing is ever tunnelled.
-fn proxy_service<P>(server: &Server, app: P, name: &'static str, limits: Limits, metrics: &Arc<Metrics>) -> Service<Guard<HttpProxy<P>>>
+fn proxy_service<P>(
+    server: &Server,
+    app: P,
+    name: &'static str,
+    limits: Limits,
+    metrics: &ConnectionMetrics,
+) -> Service<Guard<HttpProxy<P>>>
 where
     P: ProxyHttp + Send + Sync + 'static,
     P::CTX: Send + Sync,
@@ -271,7 +279,7 @@ where
     let mut options = pingora::apps::HttpServerOptions::default();
     options.allow_connect_method_proxying = true;
     proxy.server_options = Some(options);
-    Service::new(name.to_owned(), Guard::new(proxy, Listener::new(name, limits, metrics.clone())))
+    Service::new(name.to_owned(), Guard::new(proxy, Listener::new(name, limits, metrics)))
 }
 
 fn listening<A>(mut service: Service<A>, address: SocketAddr) -> Service<A> {

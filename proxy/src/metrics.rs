@@ -1,54 +1,27 @@
 //! Prometheus metrics of the proxy (OpenMetrics text at the admin listener's `/metrics`).
+//!
+//! Each layer owns its series — their names, help texts and labels — as a small struct of counters it is
+//! handed at construction: [`Requests`] (every answered request, beside its audit line), [`EgressMetrics`],
+//! [`FetchMetrics`] (tokens), [`GuardMetrics`] (local destinations), [`ConnectionMetrics`]. No layer knows
+//! this module. Here they are registered in one registry, in the order `/metrics` lists them, and main.rs
+//! hands each to its layer (linkerd2-proxy's `app/outbound/src/metrics.rs` is the model).
 
-use prometheus_client::encoding::EncodeLabelSet;
-use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct RequestLabels {
-    pub listener: &'static str,
-    pub route: &'static str,
-    pub status: u16,
-    pub decision: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct RouteLabels {
-    route: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct ResultLabels {
-    result: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct ListenerLabels {
-    listener: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct CallLabels {
-    call: &'static str,
-}
-
-/// One route's series (clones share the values registered in [`Metrics`]).
-pub struct RouteMetrics {
-    pub bytes_out: Counter,
-    pub upstream_duration: Histogram,
-}
+use crate::audit::Requests;
+use crate::connections::ConnectionMetrics;
+use crate::egress::EgressMetrics;
+use crate::local::GuardMetrics;
+use crate::tokens::FetchMetrics;
 
 pub struct Metrics {
     registry: Registry,
-    requests: Family<RequestLabels, Counter>,
-    upstream_duration: Family<RouteLabels, Histogram>,
-    bytes_out: Family<RouteLabels, Counter>,
-    token_fetches: Family<ResultLabels, Counter>,
-    local_destination_refusals: Family<CallLabels, Counter>,
-    connections: Family<ListenerLabels, Gauge>,
+    /// For the ingress (the egress and the listeners have theirs in their own structs).
+    pub requests: Requests,
+    pub egress: EgressMetrics,
+    pub token_fetches: FetchMetrics,
+    pub local_destinations: GuardMetrics,
+    pub connections: ConnectionMetrics,
 }
 
 impl Default for Metrics {
@@ -60,54 +33,12 @@ impl Default for Metrics {
 impl Metrics {
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("tollgate_proxy");
-        let requests = Family::<RequestLabels, Counter>::default();
-        let upstream_duration =
-            Family::<RouteLabels, Histogram>::new_with_constructor(|| Histogram::new(exponential_buckets(0.0005, 2.0, 16)) as Histogram);
-        let bytes_out = Family::<RouteLabels, Counter>::default();
-        let token_fetches = Family::<ResultLabels, Counter>::default();
-        registry.register("requests", "Requests answered, by listener, route, status and decision", requests.clone());
-        registry.register(
-            "upstream_duration_seconds",
-            "Time from forwarding a request to the end of its response, by route",
-            upstream_duration.clone(),
-        );
-        registry.register("bytes_out", "Request body bytes sent upstream, by route", bytes_out.clone());
-        registry.register("token_fetches", "Calls to the token endpoint, by result", token_fetches.clone());
-        for result in ["success", "failure"] {
-            let _ = token_fetches.get_or_create(&ResultLabels { result });
-        }
-        let local_destination_refusals = Family::<CallLabels, Counter>::default();
-        registry.register(
-            "local_destination_refusals",
-            "Requests (egress) and token calls (token) refused because the address they would reach is this pod's own",
-            local_destination_refusals.clone(),
-        );
-        for call in ["egress", "token"] {
-            let _ = local_destination_refusals.get_or_create(&CallLabels { call });
-        }
-        let connections = Family::<ListenerLabels, Gauge>::default();
-        registry.register("connections", "Open downstream connections, by listener", connections.clone());
-        Metrics { registry, requests, upstream_duration, bytes_out, token_fetches, local_destination_refusals, connections }
-    }
-
-    pub fn request(&self, labels: RequestLabels) {
-        self.requests.get_or_create(&labels).inc();
-    }
-
-    /// A route's own series, made once: the per-request path then touches no label map.
-    pub fn route(&self, route: &'static str) -> RouteMetrics {
-        RouteMetrics {
-            bytes_out: self.bytes_out.get_or_create(&RouteLabels { route }).clone(),
-            upstream_duration: self.upstream_duration.get_or_create(&RouteLabels { route }).clone(),
-        }
-    }
-
-    pub fn local_destination_refused(&self, call: &'static str) {
-        self.local_destination_refusals.get_or_create(&CallLabels { call }).inc();
-    }
-
-    pub fn connections_open(&self, listener: &'static str, open: usize) {
-        self.connections.get_or_create(&ListenerLabels { listener }).set(i64::try_from(open).unwrap_or(i64::MAX));
+        let requests = Requests::register(&mut registry);
+        let egress = EgressMetrics::register(&mut registry, requests.clone());
+        let token_fetches = FetchMetrics::register(&mut registry);
+        let local_destinations = GuardMetrics::register(&mut registry);
+        let connections = ConnectionMetrics::register(&mut registry, requests.clone());
+        Metrics { registry, requests, egress, token_fetches, local_destinations, connections }
     }
 
     pub fn encode(&self) -> String {
@@ -117,8 +48,45 @@ impl Metrics {
     }
 }
 
-impl crate::tokens::TokenObserver for Metrics {
-    fn token_fetch(&self, ok: bool) {
-        self.token_fetches.get_or_create(&ResultLabels { result: if ok { "success" } else { "failure" } }).inc();
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::connections::{Limits, Listener};
+    use crate::decision::Decision;
+
+    #[test]
+    fn every_series_is_listed_under_its_name_in_registration_order() {
+        let metrics = Metrics::new();
+        metrics.requests.count("ingress", "", 401, Decision::Unauthenticated);
+        // A family is listed once it has a series.
+        let _route = metrics.egress.route("hub");
+        let limits = Limits { head_timeout: Duration::from_secs(1), max_head_size: 1024, max_per_listener: 3, max_per_peer: None };
+        let _listener = Listener::new("egress", limits, &metrics.connections);
+        let text = metrics.encode();
+        let order: Vec<&str> = text.lines().filter_map(|l| l.strip_prefix("# TYPE ")).collect();
+        assert_eq!(
+            order,
+            [
+                "tollgate_proxy_requests counter",
+                "tollgate_proxy_upstream_duration_seconds histogram",
+                "tollgate_proxy_bytes_out counter",
+                "tollgate_proxy_token_fetches counter",
+                "tollgate_proxy_local_destination_refusals counter",
+                "tollgate_proxy_connections gauge",
+            ]
+        );
+        for line in [
+            "tollgate_proxy_requests_total{listener=\"ingress\",route=\"\",status=\"401\",decision=\"unauthenticated\"} 1",
+            "tollgate_proxy_token_fetches_total{result=\"success\"} 0",
+            "tollgate_proxy_token_fetches_total{result=\"failure\"} 0",
+            "tollgate_proxy_local_destination_refusals_total{call=\"egress\"} 0",
+            "tollgate_proxy_local_destination_refusals_total{call=\"token\"} 0",
+            "tollgate_proxy_bytes_out_total{route=\"hub\"} 0",
+            "tollgate_proxy_connections{listener=\"egress\"} 0",
+        ] {
+            assert!(text.contains(line), "{line} in\n{text}");
+        }
     }
 }

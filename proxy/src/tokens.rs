@@ -11,6 +11,10 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwapOption;
 use bytes::Bytes;
 use http_body_util::Full;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
 use serde::Deserialize;
 use tokio::sync::Mutex;
 
@@ -97,9 +101,29 @@ fn lifetime(expires_in: Option<&serde_json::Value>) -> Result<Duration, String> 
     Ok(lifetime)
 }
 
-/// What happened when the endpoint was called, for metrics.
-pub trait TokenObserver: Send + Sync {
-    fn token_fetch(&self, ok: bool);
+/// What the token source counts (registered by metrics.rs): its calls to the token endpoint, by result.
+/// Clones share the series.
+#[derive(Clone, Default)]
+pub struct FetchMetrics(Family<ResultLabels, Counter>);
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabels {
+    result: &'static str,
+}
+
+impl FetchMetrics {
+    pub fn register(registry: &mut Registry) -> FetchMetrics {
+        let fetches = FetchMetrics::default();
+        registry.register("token_fetches", "Calls to the token endpoint, by result", fetches.0.clone());
+        for result in ["success", "failure"] {
+            let _ = fetches.0.get_or_create(&ResultLabels { result });
+        }
+        fetches
+    }
+
+    fn fetched(&self, ok: bool) {
+        self.0.get_or_create(&ResultLabels { result: if ok { "success" } else { "failure" } }).inc();
+    }
 }
 
 struct FailureState {
@@ -115,12 +139,12 @@ pub struct TokenSource {
     guard: Arc<LocalGuard>,
     current: ArcSwapOption<Token>,
     fetching: Mutex<Option<FailureState>>,
-    observer: Arc<dyn TokenObserver>,
+    metrics: FetchMetrics,
 }
 
 impl TokenSource {
-    pub fn new(identity: Identity, client: HttpClient, guard: Arc<LocalGuard>, observer: Arc<dyn TokenObserver>) -> Self {
-        TokenSource { identity, client, guard, current: ArcSwapOption::empty(), fetching: Mutex::new(None), observer }
+    pub fn new(identity: Identity, client: HttpClient, guard: Arc<LocalGuard>, metrics: FetchMetrics) -> Self {
+        TokenSource { identity, client, guard, current: ArcSwapOption::empty(), fetching: Mutex::new(None), metrics }
     }
 
     fn usable(&self) -> Option<Arc<Token>> {
@@ -150,14 +174,14 @@ impl TokenSource {
     async fn fetch_locked(&self, failure: &mut Option<FailureState>) -> Result<Arc<Token>, TokenError> {
         match self.fetch().await {
             Ok(token) => {
-                self.observer.token_fetch(true);
+                self.metrics.fetched(true);
                 *failure = None;
                 let token = Arc::new(token);
                 self.current.store(Some(token.clone()));
                 Ok(token)
             }
             Err(error) => {
-                self.observer.token_fetch(false);
+                self.metrics.fetched(false);
                 let backoff = failure.as_ref().map_or(MIN_BACKOFF, |f| (f.backoff * 2).min(MAX_BACKOFF));
                 tracing::warn!(%error, retry_in = ?backoff, "token request failed");
                 *failure = Some(FailureState { at: Instant::now(), backoff, error: error.clone() });
