@@ -94,8 +94,9 @@ pub fn text(out: &Output) -> String {
     format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
 }
 
-/// Run `command` with `input` on its stdin, capturing stdout and stderr. The command may exit (on an error)
-/// before reading all of its input: a closed pipe is fine, any other failure to write is not.
+/// Run `command` with `input` on its stdin, capturing stdout and stderr. The input is written while the output
+/// is read, so neither side waits on a full pipe. The command may exit (on an error) before reading all of its
+/// input: a closed pipe is fine, any other failure to write is not.
 pub fn output_with_stdin(command: &mut Command, input: &[u8]) -> Output {
     let mut child = command
         .stdin(Stdio::piped())
@@ -103,10 +104,17 @@ pub fn output_with_stdin(command: &mut Command, input: &[u8]) -> Output {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap_or_else(|e| panic!("starting {:?}: {e}", command.get_program()));
-    if let Err(e) = child.stdin.take().expect("piped").write_all(input) {
+    let mut stdin = child.stdin.take().expect("piped");
+    let (written, out) = std::thread::scope(|scope| {
+        // The pipe closes when the writer is done (or gives up): the command sees the end of its input.
+        let writer = scope.spawn(move || stdin.write_all(input));
+        let out = child.wait_with_output();
+        (writer.join().expect("the stdin writer"), out)
+    });
+    if let Err(e) = written {
         assert_eq!(e.kind(), std::io::ErrorKind::BrokenPipe, "writing the stdin of {:?}: {e}", command.get_program());
     }
-    child.wait_with_output().unwrap()
+    out.unwrap()
 }
 
 // ---- waiting ----
@@ -199,6 +207,9 @@ mod tests {
         let big = vec![b'x'; 1 << 20];
         let out = output_with_stdin(&mut Command::new("true"), &big);
         assert!(out.status.success());
+        // More than a pipe holds, echoed back while it is written.
+        let out = output_with_stdin(&mut Command::new("cat"), &big);
+        assert_eq!(out.stdout.len(), big.len());
     }
 
     #[test]
