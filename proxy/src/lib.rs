@@ -3,6 +3,8 @@
 //! The decisions are pure: [`target::check`] makes a request target safe or refuses it,
 //! [`routes::decide`] maps (routes, method, target) to forward-or-refuse, and [`local::refusal`] keeps
 //! credentials away from addresses that are the pod's own. The pingora services are thin shells over them.
+//! What became of a request is a [`decision::Decision`]; each layer owns its metrics ([`metrics`] registers
+//! them, `main.rs` hands them in).
 
 // The route table and its units are contracts (tollgate-api), re-exported under their old paths.
 pub use tollgate_api::proxy::{config, routes, target};
