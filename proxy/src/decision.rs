@@ -1,6 +1,6 @@
 //! What the proxy did with a request: the audit line's `decision`, the `decision` label of
 //! `tollgate_proxy_requests_total` and the `decision` of the proxy's JSON error body. Each variant's label,
-//! and the status tollgate answers with when it decides so itself, are written once, in [`Decision::parts`];
+//! and the status tollgate answers with when it decides so itself, are written once, in `Decision::parts`;
 //! the Grafana dashboard and the Prometheus alert rules in the chart may name only these labels (a test,
 //! `proxy/tests/decision_labels.rs`, reads them).
 
@@ -109,7 +109,7 @@ impl Decision {
         self.parts().0
     }
 
-    /// The status of the proxy's own answer with this decision (see [`Decision::parts`]).
+    /// The status of the proxy's own answer with this decision (see `Decision::parts`).
     pub const fn status(self) -> Option<u16> {
         self.parts().1
     }
