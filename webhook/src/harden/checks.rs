@@ -1,19 +1,92 @@
-//! The read phase for security: every insecure field of the pod and its containers.
+//! Stage 1 of hardening, [`check`]: what is wrong with the pod, decided before anything is changed. Every
+//! insecure field of the pod and its containers, the ids its annotations give it, and (from resources.rs and
+//! egress.rs) its resources, lifetime and the names tollgate gives its proxy; the pod is denied, warned about or
+//! skipped here, or goes on to be planned (plan.rs) with the fixes the policy makes.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::{Value, json};
 
+use super::findings::{Findings, Fix, Fixed};
+use super::pod::{ContainerRef, Kind, PodIds, containers, decode};
+use super::resources::{self, Setting};
 use super::rules::{ALLOWED_SELINUX_TYPES, ALLOWED_VOLUME_TYPES, SAFE_SYSCTLS, is_safe_sysctl, kubernetes_minor};
 use super::{
-    ANNOTATION_ANALYSIS_ID, ANNOTATION_CREDENTIALS_SECRET, ANNOTATION_PROJECT_ID, API_ACCESS_VOLUME_PREFIX, ContainerRef, Denial, Findings,
-    Fix, IDENTITY_ANNOTATIONS, Kind, PodIds, Requester, Rule, SIDECAR_NAME, VOLUME_CONFIG, VOLUME_CREDENTIALS, Violation, join,
+    ANNOTATION_ANALYSIS_ID, ANNOTATION_CREDENTIALS_SECRET, ANNOTATION_INJECT, ANNOTATION_PROJECT_ID, API_ACCESS_VOLUME_PREFIX, DecodeError,
+    Denial, IDENTITY_ANNOTATIONS, Outcome, Requester, Rule, SIDECAR_NAME, SkipReason, VOLUME_CONFIG, VOLUME_CREDENTIALS, Violation, egress,
 };
-use crate::patch::{Seg, get};
+use crate::patch::{Path, Seg, get, join};
 use crate::path;
-use crate::policy::{EgressLock, Policy, check_object_name};
+use crate::policy::{EgressLock, OnViolation, Policy, ProxyMode, check_object_name};
 
 const APPARMOR_ANNOTATION_PREFIX: &str = "container.apparmor.security.beta.kubernetes.io/";
+
+/// What the checks found in a pod that is to be hardened: what the later stages need.
+pub(super) struct Checked {
+    /// The pod's annotations as it came.
+    pub(super) annotations: BTreeMap<String, String>,
+    pub(super) ids: PodIds,
+    /// Remarks that are not changes (an opt-out not honoured, a hostname not rendered, an unbounded lifetime).
+    pub(super) notes: Vec<String>,
+    /// tollgate's own `hostAliases` entry for this pod (`proxy.egressHostnames`), if it gets one.
+    pub(super) own_alias: Option<Value>,
+    pub(super) containers: Vec<ContainerRef>,
+    /// The violations the policy fixes, in the order found.
+    pub(super) fixes: Vec<Fixed>,
+    /// The resource requests and limits to set where the pod has none.
+    pub(super) resource_defaults: Vec<Setting>,
+}
+
+/// The checks' verdict: harden the pod, or the outcome already (a denial, a warning, a skip).
+pub(super) enum Verdict {
+    Harden(Box<Checked>),
+    Done(Outcome),
+}
+
+/// Every check of `pod` for a creation by `requester`, under `policy` with `on_violation` (the policy's, or the
+/// namespace's mode). Reads only: the pod is not changed.
+pub(super) fn check(policy: &Policy, on_violation: OnViolation, pod: &Value, requester: Option<Requester>) -> Result<Verdict, DecodeError> {
+    // Size first: everything after is linear in the pod, and the bounds keep that small.
+    if let Some(denial) = bounds(policy, pod) {
+        return Ok(Verdict::Done(Outcome::Denied(denial)));
+    }
+    let typed = decode(pod)?;
+    let annotations: BTreeMap<String, String> = typed.metadata.annotations.unwrap_or_default();
+    let mut notes = Vec::new();
+    if annotations.get(ANNOTATION_INJECT).map(String::as_str) == Some("false") {
+        if policy.allow_opt_out {
+            return Ok(Verdict::Done(Outcome::Skipped { reason: SkipReason::OptedOut }));
+        }
+        notes.push(format!("annotation {ANNOTATION_INJECT}=false ignored: the policy does not allow opting out"));
+    }
+
+    let mut f = Findings::in_mode(policy, on_violation);
+    let mut ids = pod_ids(policy, &annotations, &mut f);
+    identity(policy, &annotations, requester, "pod", "metadata.annotations", &mut f);
+    ids.egress_hostnames = egress::hostnames(policy, pod, &mut f, &mut notes);
+    let own_alias = egress::host_alias(&ids.egress_hostnames);
+    let containers = containers(pod);
+    pod_level(pod, &annotations, own_alias.as_ref(), &mut f);
+    let carrying = credential_volumes(pod, &ids);
+    for c in &containers {
+        container(pod, c, &ids, &carrying, &mut f);
+    }
+    if !containers.iter().any(|c| c.kind == Kind::App) {
+        no_container_of_its_own(policy, pod, &mut f);
+    }
+    let (resource_defaults, lifetime) = resources::check(policy, pod, &containers, &mut f);
+    notes.extend(lifetime);
+
+    if let Some(denial) = f.denial() {
+        // Warn: let the pod through as it came, not hardened (its settings and tollgate's would clash, e.g.
+        // runAsNonRoot beside runAsUser 0), if every violation is one that concerns the pod alone.
+        if on_violation == OnViolation::Warn && denial.violations.iter().all(|v| v.rule.warnable()) {
+            return Ok(Verdict::Done(Outcome::Warned(denial)));
+        }
+        return Ok(Verdict::Done(Outcome::Denied(denial)));
+    }
+    Ok(Verdict::Harden(Box::new(Checked { annotations, ids, notes, own_alias, containers, fixes: f.into_fixes(), resource_defaults })))
+}
 
 /// Ids reach URL paths in the proxy's routes: only characters that cannot change a path's meaning.
 fn check_id(id: &str) -> Result<(), String> {
@@ -262,13 +335,31 @@ fn security_context(doc: &Value, scope: &str, sc_path: &crate::patch::Path, pref
     }
 }
 
-/// `own_alias`: tollgate's own `hostAliases` entry for this pod (`proxy.egressHostnames`), if it gets one.
+/// Everything wrong at the pod's level. `own_alias`: tollgate's own `hostAliases` entry for this pod
+/// (`proxy.egressHostnames`), if it gets one.
 pub(super) fn pod_level(doc: &Value, annotations: &BTreeMap<String, String>, own_alias: Option<&Value>, f: &mut Findings) {
     let uid = f.policy.security.run_as_user;
-    // A pod for another operating system (Windows, the only other one Kubernetes knows) is denied: tollgate's
-    // proxy image, its egress lock and the security context it sets are Linux's, and the API server refuses a
-    // Windows pod with the Linux-only fields hardening writes (runAsUser, seccompProfile,
-    // readOnlyRootFilesystem, ...); tollgate never passes on a pod it has not hardened.
+    operating_system(doc, f);
+    host_namespaces(doc, f);
+    security_context(doc, "pod", &path!["spec", "securityContext"], "spec.", uid, f);
+    shared_process_namespace(doc, f);
+    let run_as_user = path!["spec", "securityContext", "runAsUser"];
+    proxy_identity(get(doc, &run_as_user), "pod", "spec.securityContext.runAsUser", run_as_user.clone(), f);
+    dynamic_claims(get(doc, &path!["spec", "resourceClaims"]), "pod", "spec.resourceClaims", f);
+    name_resolution(doc, own_alias, f);
+    sysctls(doc, f);
+    volume_types(doc, f);
+    if !f.policy.security.allow_service_account_token {
+        service_account_tokens(doc, f);
+    }
+    apparmor_annotations(annotations, f);
+}
+
+/// A pod for another operating system (Windows, the only other one Kubernetes knows) is denied: tollgate's
+/// proxy image, its egress lock and the security context it sets are Linux's, and the API server refuses a
+/// Windows pod with the Linux-only fields hardening writes (runAsUser, seccompProfile,
+/// readOnlyRootFilesystem, ...); tollgate never passes on a pod it has not hardened.
+fn operating_system(doc: &Value, f: &mut Findings) {
     if let Some(os) = get(doc, &path!["spec", "os", "name"])
         && os != "linux"
     {
@@ -280,6 +371,10 @@ pub(super) fn pod_level(doc: &Value, annotations: &BTreeMap<String, String>, own
             format!("is {shown}: tollgate hardens Linux pods only (its proxy and egress lock run on Linux nodes)"),
         );
     }
+}
+
+/// `hostNetwork`, `hostPID`, `hostIPC`.
+fn host_namespaces(doc: &Value, f: &mut Findings) {
     for key in ["hostNetwork", "hostPID", "hostIPC"] {
         if is_true(get(doc, &path!["spec", key])) {
             f.insecure(
@@ -292,7 +387,9 @@ pub(super) fn pod_level(doc: &Value, annotations: &BTreeMap<String, String>, own
             );
         }
     }
-    security_context(doc, "pod", &path!["spec", "securityContext"], "spec.", uid, f);
+}
+
+fn shared_process_namespace(doc: &Value, f: &mut Findings) {
     if is_true(get(doc, &path!["spec", "shareProcessNamespace"])) {
         let fix = Fix::Set(path!["spec", "shareProcessNamespace"], json!(false));
         f.insecure(
@@ -304,82 +401,85 @@ pub(super) fn pod_level(doc: &Value, annotations: &BTreeMap<String, String>, own
             "set spec.shareProcessNamespace=false",
         );
     }
-    let proxy_uid = f.policy.proxy.run_as_user;
-    if get(doc, &path!["spec", "securityContext", "runAsUser"]).and_then(Value::as_i64) == Some(proxy_uid) {
-        let fix = Fix::Set(path!["spec", "securityContext", "runAsUser"], json!(uid));
+}
+
+/// Only the proxy runs as the proxy's user: another process as that user could read its files (through /proc
+/// when processes are shared). `run_as_user`: the value at `field` (`at`), of the pod or of a container.
+fn proxy_identity(run_as_user: Option<&Value>, scope: &str, field: &str, at: Path, f: &mut Findings) {
+    let (uid, proxy_uid) = (f.policy.security.run_as_user, f.policy.proxy.run_as_user);
+    if run_as_user.and_then(Value::as_i64) == Some(proxy_uid) {
         let problem = format!("is {proxy_uid}, the proxy's user");
-        f.insecure(
-            Rule::ProxyIdentity,
-            "pod",
-            "spec.securityContext.runAsUser",
-            problem,
-            fix,
-            format!("set spec.securityContext.runAsUser={uid}"),
-        );
+        f.insecure(Rule::ProxyIdentity, scope, field, problem, Fix::Set(at, json!(uid)), format!("set {field}={uid}"));
     }
-    if let Some(Value::Array(claims)) = get(doc, &path!["spec", "resourceClaims"])
+}
+
+/// Dynamic resource claims (`claims`: the pod's `spec.resourceClaims`, a container's `resources.claims`).
+fn dynamic_claims(claims: Option<&Value>, scope: &str, field: &str, f: &mut Findings) {
+    if let Some(Value::Array(claims)) = claims
         && !claims.is_empty()
     {
-        f.refused(Rule::ResourceNotAllowed, "pod", "spec.resourceClaims", "uses dynamic resource claims, which the policy cannot bound");
+        f.refused(Rule::ResourceNotAllowed, scope, field, "uses dynamic resource claims, which the policy cannot bound");
     }
-    name_resolution(doc, own_alias, f);
+}
 
-    if let Some(Value::Array(sysctls)) = get(doc, &path!["spec", "securityContext", "sysctls"]) {
-        // An entry tollgate cannot judge (no name, or a name that is not a string) is never passed on: it is
-        // as unsafe as a name outside the list (the API server would refuse it too; found by the harden fuzz
-        // target, corpus regression-nameless-sysctl).
-        let safe = |s: &Value| s.get("name").and_then(Value::as_str).is_some_and(is_safe_sysctl);
-        let unsafe_names: Vec<String> = sysctls
-            .iter()
-            .filter(|s| !safe(s))
-            .map(|s| match s.get("name") {
-                Some(Value::String(name)) => match SAFE_SYSCTLS.iter().find(|(safe, _)| safe == name) {
-                    Some((_, since)) => format!("{name} (safe from Kubernetes 1.{since}; the API server runs 1.{})", kubernetes_minor()),
-                    None => name.clone(),
-                },
-                None | Some(Value::Null) => "a sysctl without a name".to_owned(),
-                Some(other) => format!("a sysctl named {other}"),
-            })
-            .collect();
-        if !unsafe_names.is_empty() {
-            let kept: Vec<Value> = sysctls.iter().filter(|s| safe(s)).cloned().collect();
-            let fix_path = path!["spec", "securityContext", "sysctls"];
-            let fix = if kept.is_empty() { Fix::Remove(fix_path) } else { Fix::Set(fix_path, Value::Array(kept)) };
-            f.insecure(
-                Rule::Sysctls,
-                "pod",
-                "spec.securityContext.sysctls",
-                format!("sets unsafe {}", unsafe_names.join(", ")),
-                fix,
-                "removed the unsafe sysctls",
-            );
+/// Sysctls outside the safe list (of the API server's version).
+fn sysctls(doc: &Value, f: &mut Findings) {
+    let Some(Value::Array(sysctls)) = get(doc, &path!["spec", "securityContext", "sysctls"]) else { return };
+    // An entry tollgate cannot judge (no name, or a name that is not a string) is never passed on: it is
+    // as unsafe as a name outside the list (the API server would refuse it too; found by the harden fuzz
+    // target, corpus regression-nameless-sysctl).
+    let safe = |s: &Value| s.get("name").and_then(Value::as_str).is_some_and(is_safe_sysctl);
+    let unsafe_names: Vec<String> = sysctls
+        .iter()
+        .filter(|s| !safe(s))
+        .map(|s| match s.get("name") {
+            Some(Value::String(name)) => match SAFE_SYSCTLS.iter().find(|(safe, _)| safe == name) {
+                Some((_, since)) => format!("{name} (safe from Kubernetes 1.{since}; the API server runs 1.{})", kubernetes_minor()),
+                None => name.clone(),
+            },
+            None | Some(Value::Null) => "a sysctl without a name".to_owned(),
+            Some(other) => format!("a sysctl named {other}"),
+        })
+        .collect();
+    if !unsafe_names.is_empty() {
+        let kept: Vec<Value> = sysctls.iter().filter(|s| safe(s)).cloned().collect();
+        let fix_path = path!["spec", "securityContext", "sysctls"];
+        let fix = if kept.is_empty() { Fix::Remove(fix_path) } else { Fix::Set(fix_path, Value::Array(kept)) };
+        f.insecure(
+            Rule::Sysctls,
+            "pod",
+            "spec.securityContext.sysctls",
+            format!("sets unsafe {}", unsafe_names.join(", ")),
+            fix,
+            "removed the unsafe sysctls",
+        );
+    }
+}
+
+/// Volumes of a type outside the allowed list (hostPath among them).
+fn volume_types(doc: &Value, f: &mut Findings) {
+    let Some(Value::Array(volumes)) = get(doc, &path!["spec", "volumes"]) else { return };
+    for (index, volume) in volumes.iter().enumerate() {
+        let name = volume.get("name").and_then(Value::as_str).unwrap_or("");
+        let Some(kind) = volume.as_object().and_then(|v| v.keys().find(|k| *k != "name")) else { continue };
+        if ALLOWED_VOLUME_TYPES.contains(&kind.as_str()) {
+            continue;
         }
+        let rule = if kind == "hostPath" { Rule::HostPath } else { Rule::VolumeTypes };
+        let fix = Fix::Set(path!["spec", "volumes", index], json!({"name": name, "emptyDir": {}}));
+        f.insecure(
+            rule,
+            "pod",
+            &format!("spec.volumes[{name:?}].{kind}"),
+            "is not allowed",
+            fix,
+            format!("replaced volume {name:?} with an emptyDir"),
+        );
     }
+}
 
-    if let Some(Value::Array(volumes)) = get(doc, &path!["spec", "volumes"]) {
-        for (index, volume) in volumes.iter().enumerate() {
-            let name = volume.get("name").and_then(Value::as_str).unwrap_or("");
-            let Some(kind) = volume.as_object().and_then(|v| v.keys().find(|k| *k != "name")) else { continue };
-            if ALLOWED_VOLUME_TYPES.contains(&kind.as_str()) {
-                continue;
-            }
-            let rule = if kind == "hostPath" { Rule::HostPath } else { Rule::VolumeTypes };
-            let fix = Fix::Set(path!["spec", "volumes", index], json!({"name": name, "emptyDir": {}}));
-            f.insecure(
-                rule,
-                "pod",
-                &format!("spec.volumes[{name:?}].{kind}"),
-                "is not allowed",
-                fix,
-                format!("replaced volume {name:?} with an emptyDir"),
-            );
-        }
-    }
-
-    if !f.policy.security.allow_service_account_token {
-        service_account_tokens(doc, f);
-    }
-
+/// AppArmor unconfined, by the annotations that predate `appArmorProfile`.
+fn apparmor_annotations(annotations: &BTreeMap<String, String>, f: &mut Findings) {
     for (key, value) in annotations {
         if let Some(container) = key.strip_prefix(APPARMOR_ANNOTATION_PREFIX)
             && value == "unconfined"
@@ -568,17 +668,32 @@ pub(super) fn credential_volumes(doc: &Value, ids: &PodIds) -> BTreeMap<String, 
     names
 }
 
-/// `carrying`: the pod's volumes that carry a protected Secret ([`credential_volumes`], computed once per pod).
+/// Everything wrong with container `c`. `carrying`: the pod's volumes that carry a protected Secret
+/// ([`credential_volumes`], computed once per pod).
 pub(super) fn container(doc: &Value, c: &ContainerRef, ids: &PodIds, carrying: &BTreeMap<String, String>, f: &mut Findings) {
+    // Looked up from the container, found once; paths are built only for fixes.
+    let container = get(doc, &c.path);
+    privileges(doc, c, container, f);
+    host_and_reserved_ports(doc, c, f);
+    credentials(c, container, ids, carrying, f);
+    probe_hosts(c, container, f);
+    if f.policy.proxy.egress_lock == EgressLock::Required {
+        lock_blocked_probes(doc, c, f);
+    }
+    let run_as_user = join(&c.path, path!["securityContext", "runAsUser"]);
+    proxy_identity(lookup(container, &["securityContext", "runAsUser"]), &c.scope, "securityContext.runAsUser", run_as_user, f);
+    dynamic_claims(lookup(container, &["resources", "claims"]), &c.scope, "resources.claims", f);
+    shares_the_proxys_processes(c, container, f);
+}
+
+/// The container's securityContext: privileged, privilege escalation, added capabilities, an unmasked /proc,
+/// and the checks it shares with the pod's.
+fn privileges(doc: &Value, c: &ContainerRef, container: Option<&Value>, f: &mut Findings) {
     let scope = c.scope.as_str();
     let sc = join(&c.path, [Seg::from("securityContext")]);
     let at = |rel: &[&'static str]| join(&sc, rel.iter().map(|s| Seg::from(*s)));
-    // Looked up from the container, found once; paths are built only for fixes.
-    let container = get(doc, &c.path);
     let sc_value = lookup(container, &["securityContext"]);
     let look = |rel: &[&str]| lookup(sc_value, rel);
-    let uid = f.policy.security.run_as_user;
-
     if is_true(look(&["privileged"])) {
         f.insecure(
             Rule::Privileged,
@@ -629,37 +744,42 @@ pub(super) fn container(doc: &Value, c: &ContainerRef, ids: &PodIds, carrying: &
             "set securityContext.procMount=Default",
         );
     }
-    security_context(doc, scope, &sc, "", uid, f);
+    security_context(doc, scope, &sc, "", f.policy.security.run_as_user, f);
+}
 
+/// Host ports, and container ports the proxy's listeners take.
+fn host_and_reserved_ports(doc: &Value, c: &ContainerRef, f: &mut Findings) {
     let ports = join(&c.path, [Seg::from("ports")]);
-    if let Some(Value::Array(items)) = get(doc, &ports) {
-        let proxy = &f.policy.proxy;
-        let reserved = [proxy.egress_port, proxy.ingress_port, proxy.admin_port];
-        for (index, port) in items.iter().enumerate() {
-            if port.get("hostPort").and_then(Value::as_i64).is_some_and(|p| p != 0) {
-                let fix = Fix::Remove(join(&ports, [Seg::Index(index), Seg::from("hostPort")]));
-                f.insecure(
-                    Rule::HostPorts,
-                    scope,
-                    &format!("ports[{index}].hostPort"),
-                    "is set",
-                    fix,
-                    format!("removed ports[{index}].hostPort"),
-                );
-            }
-            if let Some(number) = port.get("containerPort").and_then(Value::as_i64).filter(|p| reserved.iter().any(|r| i64::from(*r) == *p))
-            {
-                f.refused(
-                    Rule::PortConflict,
-                    scope,
-                    format!("ports[{index}].containerPort"),
-                    format!("{number} is reserved for {}", super::SIDECAR_NAME),
-                );
-            }
+    let Some(Value::Array(items)) = get(doc, &ports) else { return };
+    let proxy = &f.policy.proxy;
+    let reserved = [proxy.egress_port, proxy.ingress_port, proxy.admin_port];
+    for (index, port) in items.iter().enumerate() {
+        if port.get("hostPort").and_then(Value::as_i64).is_some_and(|p| p != 0) {
+            let fix = Fix::Remove(join(&ports, [Seg::Index(index), Seg::from("hostPort")]));
+            f.insecure(
+                Rule::HostPorts,
+                &c.scope,
+                &format!("ports[{index}].hostPort"),
+                "is set",
+                fix,
+                format!("removed ports[{index}].hostPort"),
+            );
+        }
+        if let Some(number) = port.get("containerPort").and_then(Value::as_i64).filter(|p| reserved.iter().any(|r| i64::from(*r) == *p)) {
+            f.refused(
+                Rule::PortConflict,
+                &c.scope,
+                format!("ports[{index}].containerPort"),
+                format!("{number} is reserved for {SIDECAR_NAME}"),
+            );
         }
     }
+}
 
-    // The proxy's credentials are for the proxy alone: any other container asking for them is refused.
+/// The proxy's credentials are for the proxy alone: any other container asking for them is refused, by a
+/// mount of a volume that carries them (or of the proxy's configuration), or by env.
+fn credentials(c: &ContainerRef, container: Option<&Value>, ids: &PodIds, carrying: &BTreeMap<String, String>, f: &mut Findings) {
+    let scope = c.scope.as_str();
     if let Some(Value::Array(mounts)) = lookup(container, &["volumeMounts"]) {
         for (index, mount) in mounts.iter().enumerate() {
             let name = mount.get("name").and_then(Value::as_str).unwrap_or("");
@@ -702,8 +822,10 @@ pub(super) fn container(doc: &Value, c: &ContainerRef, ids: &PodIds, carrying: &
             }
         }
     }
+}
 
-    // Kubelet-run probes and hooks reach whatever `host` names, past the proxy and any NetworkPolicy.
+/// Kubelet-run probes and hooks reach whatever `host` names, past the proxy and any NetworkPolicy.
+fn probe_hosts(c: &ContainerRef, container: Option<&Value>, f: &mut Findings) {
     for probe in ["livenessProbe", "readinessProbe", "startupProbe", "lifecycle.postStart", "lifecycle.preStop"] {
         for handler in ["httpGet", "tcpSocket"] {
             let mut rel: Vec<&str> = probe.split('.').collect();
@@ -711,39 +833,18 @@ pub(super) fn container(doc: &Value, c: &ContainerRef, ids: &PodIds, carrying: &
             if let Some(host) = lookup(container, &rel).and_then(Value::as_str).filter(|h| !h.is_empty()) {
                 let path = join(&c.path, rel.iter().map(|s| Seg::from(*s)));
                 let field = format!("{probe}.{handler}.host");
-                f.insecure(Rule::ProbeHost, scope, &field, format!("is {host:?}"), Fix::Remove(path), format!("removed {field}"));
+                f.insecure(Rule::ProbeHost, &c.scope, &field, format!("is {host:?}"), Fix::Remove(path), format!("removed {field}"));
             }
         }
     }
+}
 
-    if f.policy.proxy.egress_lock == EgressLock::Required {
-        lock_blocked_probes(doc, c, f);
-    }
-
-    // Only the proxy runs as the proxy's user: another process as that user could read its files
-    // (through /proc when processes are shared).
-    let proxy_uid = f.policy.proxy.run_as_user;
-    if look(&["runAsUser"]).and_then(Value::as_i64) == Some(proxy_uid) {
-        let fix = Fix::Set(at(&["runAsUser"]), json!(uid));
-        f.insecure(
-            Rule::ProxyIdentity,
-            scope,
-            "securityContext.runAsUser",
-            format!("is {proxy_uid}, the proxy's user"),
-            fix,
-            format!("set securityContext.runAsUser={uid}"),
-        );
-    }
-    if let Some(Value::Array(claims)) = lookup(container, &["resources", "claims"])
-        && !claims.is_empty()
-    {
-        f.refused(Rule::ResourceNotAllowed, scope, "resources.claims", "uses dynamic resource claims, which the policy cannot bound");
-    }
-    // `kubectl debug --target`: sharing the proxy's process namespace reaches its files through /proc.
+/// `kubectl debug --target`: sharing the proxy's process namespace reaches its files through /proc.
+fn shares_the_proxys_processes(c: &ContainerRef, container: Option<&Value>, f: &mut Findings) {
     if c.kind == Kind::Ephemeral && lookup(container, &["targetContainerName"]).and_then(Value::as_str) == Some(SIDECAR_NAME) {
         f.refused(
             Rule::TollgateOwned,
-            scope,
+            &c.scope,
             "targetContainerName",
             format!("is {SIDECAR_NAME:?}: no container may share the proxy's processes (and through them its credentials)"),
         );
@@ -790,5 +891,143 @@ fn lock_blocked_probes(doc: &Value, c: &ContainerRef, f: &mut Findings) {
             );
             f.refused(Rule::LockBlocksProbe, &c.scope, format!("{field}.{handler}.port"), problem);
         }
+    }
+}
+
+/// A pod with no container of its own (every one named like tollgate's, which are replaced): in classic mode
+/// the proxy would be its only container, so `kubectl exec`, `attach` and `logs` without `-c` would land in
+/// the holder of the credentials; in native mode it would have none.
+fn no_container_of_its_own(policy: &Policy, doc: &Value, f: &mut Findings) {
+    let names: Vec<&str> = match get(doc, &path!["spec", "containers"]) {
+        Some(Value::Array(items)) => items.iter().filter_map(|c| c.get("name").and_then(Value::as_str)).collect(),
+        _ => Vec::new(),
+    };
+    let after = match policy.proxy.mode {
+        ProxyMode::Classic => format!("only {SIDECAR_NAME}, which would be the default container of kubectl exec, attach and logs"),
+        ProxyMode::Native => "none".to_owned(),
+    };
+    f.refused(
+        Rule::TollgateOwned,
+        "pod",
+        "spec.containers",
+        format!(
+            "has no container of the pod's own ({names:?}: names of tollgate's containers, which tollgate replaces with its own), leaving {after}"
+        ),
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod(spec: Value) -> Value {
+        json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p", "namespace": "ns"}, "spec": spec})
+    }
+
+    fn app() -> Value {
+        json!({"name": "app", "image": "busybox"})
+    }
+
+    /// What `run` finds under `policy` (denied or not): (rule, scope, field).
+    fn found(policy: &Policy, run: impl FnOnce(&mut Findings)) -> Vec<(Rule, String, String)> {
+        let mut f = Findings::in_mode(policy, OnViolation::Deny);
+        run(&mut f);
+        f.denial().map_or_else(Vec::new, |d| d.violations.into_iter().map(|v| (v.rule, v.scope, v.field)).collect())
+    }
+
+    fn verdict(policy: &Policy, on_violation: OnViolation, pod: &Value) -> Verdict {
+        check(policy, on_violation, pod, None).expect("a pod")
+    }
+
+    #[test]
+    fn check_decides_every_verdict_before_anything_is_changed() {
+        let policy = Policy::default();
+        let plain = pod(json!({"containers": [app()]}));
+        let Verdict::Harden(checked) = verdict(&policy, OnViolation::Deny, &plain) else { panic!("a plain pod is hardened") };
+        assert_eq!(checked.containers.iter().map(|c| c.scope.as_str()).collect::<Vec<_>>(), ["container \"app\""]);
+        assert!(checked.fixes.is_empty() && checked.own_alias.is_none());
+        assert_eq!(checked.resource_defaults.len(), 6, "requests and limits of cpu, memory, ephemeral storage");
+
+        let root = pod(json!({"containers": [app()], "securityContext": {"runAsUser": 0}}));
+        assert!(matches!(verdict(&policy, OnViolation::Deny, &root), Verdict::Done(Outcome::Denied(_))));
+        assert!(matches!(verdict(&policy, OnViolation::Warn, &root), Verdict::Done(Outcome::Warned(_))));
+        let Verdict::Harden(checked) = verdict(&policy, OnViolation::Override, &root) else { panic!("fixed under override") };
+        assert_eq!(checked.fixes.len(), 1);
+        assert_eq!(checked.fixes[0].fixed, format!("set spec.securityContext.runAsUser={}", policy.security.run_as_user));
+        // Host isolation is never only warned about.
+        let host = pod(json!({"containers": [app()], "hostNetwork": true}));
+        assert!(matches!(verdict(&policy, OnViolation::Warn, &host), Verdict::Done(Outcome::Denied(_))));
+
+        let mut opted_out = plain.clone();
+        opted_out["metadata"]["annotations"] = json!({ANNOTATION_INJECT: "false"});
+        let lenient = Policy::from_yaml("allowOptOut: true\n").unwrap();
+        assert!(matches!(verdict(&lenient, OnViolation::Deny, &opted_out), Verdict::Done(Outcome::Skipped { .. })));
+        let Verdict::Harden(checked) = verdict(&policy, OnViolation::Deny, &opted_out) else { panic!("not honoured") };
+        // In the order found: the opt-out first, the lifetime (resources.rs) last.
+        assert_eq!(checked.notes.len(), 2, "{:?}", checked.notes);
+        assert_eq!(checked.notes[0], format!("annotation {ANNOTATION_INJECT}=false ignored: the policy does not allow opting out"));
+        assert!(checked.notes[1].starts_with("pod: restartPolicy Always: no activeDeadlineSeconds"), "{:?}", checked.notes);
+
+        assert!(check(&policy, OnViolation::Deny, &json!({"spec": {"containers": "none"}}), None).is_err());
+    }
+
+    #[test]
+    fn the_pods_own_checks_one_by_one() {
+        let policy = Policy::default();
+        let doc = pod(json!({"os": {"name": "windows"}, "hostPID": true, "resourceClaims": [{"name": "gpu"}]}));
+        assert_eq!(found(&policy, |f| operating_system(&doc, f)), [(Rule::OperatingSystem, "pod".into(), "spec.os.name".into())]);
+        assert_eq!(found(&policy, |f| host_namespaces(&doc, f)), [(Rule::HostNamespaces, "pod".into(), "spec.hostPID".into())]);
+        let claims = get(&doc, &path!["spec", "resourceClaims"]);
+        assert_eq!(found(&policy, |f| dynamic_claims(claims, "pod", "spec.resourceClaims", f)).len(), 1);
+        assert_eq!(found(&policy, |f| dynamic_claims(Some(&json!([])), "pod", "spec.resourceClaims", f)), []);
+        let proxy_uid = json!(policy.proxy.run_as_user);
+        let field = "spec.securityContext.runAsUser";
+        assert_eq!(found(&policy, |f| proxy_identity(Some(&proxy_uid), "pod", field, path!["spec"], f)).len(), 1);
+        assert_eq!(found(&policy, |f| proxy_identity(Some(&json!(1000)), "pod", field, path!["spec"], f)), []);
+        let sysctl = pod(json!({"securityContext": {"sysctls": [{"name": "kernel.shm_rmid_forced", "value": "1"}, {"value": "1"}]}}));
+        assert_eq!(found(&policy, |f| sysctls(&sysctl, f)), [(Rule::Sysctls, "pod".into(), "spec.securityContext.sysctls".into())]);
+        let volumes = pod(json!({"volumes": [{"name": "h", "hostPath": {"path": "/"}}, {"name": "e", "emptyDir": {}}]}));
+        assert_eq!(found(&policy, |f| volume_types(&volumes, f)), [(Rule::HostPath, "pod".into(), "spec.volumes[\"h\"].hostPath".into())]);
+        let apparmor = BTreeMap::from([(format!("{APPARMOR_ANNOTATION_PREFIX}app"), "unconfined".to_owned())]);
+        assert_eq!(found(&policy, |f| apparmor_annotations(&apparmor, f))[0].1, "container \"app\"");
+    }
+
+    #[test]
+    fn a_containers_checks_one_by_one() {
+        let policy = Policy::default();
+        let ids = PodIds::none(&policy);
+        let debug = json!({
+            "name": "app",
+            "securityContext": {"privileged": true, "capabilities": {"add": ["NET_BIND_SERVICE", "SYS_ADMIN"]}},
+            "ports": [{"containerPort": policy.proxy.admin_port, "hostPort": 8080}],
+            "env": [{"name": "T", "valueFrom": {"secretKeyRef": {"name": policy.proxy.credentials_secret, "key": "k"}}}],
+            "livenessProbe": {"httpGet": {"host": "example.com", "port": 80}},
+            "targetContainerName": SIDECAR_NAME,
+        });
+        let doc = pod(json!({"ephemeralContainers": [debug]}));
+        let c = containers(&doc).remove(0);
+        let value = get(&doc, &c.path);
+        let rules = |found: Vec<(Rule, String, String)>| found.into_iter().map(|(rule, _, field)| (rule, field)).collect::<Vec<_>>();
+        assert_eq!(
+            rules(found(&policy, |f| privileges(&doc, &c, value, f))),
+            [(Rule::Privileged, "securityContext.privileged".into()), (Rule::Capabilities, "securityContext.capabilities.add".into())]
+        );
+        assert_eq!(
+            rules(found(&policy, |f| host_and_reserved_ports(&doc, &c, f))),
+            [(Rule::HostPorts, "ports[0].hostPort".into()), (Rule::PortConflict, "ports[0].containerPort".into())]
+        );
+        assert_eq!(
+            rules(found(&policy, |f| credentials(&c, value, &ids, &BTreeMap::new(), f))),
+            [(Rule::CredentialsExposed, "env[\"T\"]".into())]
+        );
+        assert_eq!(rules(found(&policy, |f| probe_hosts(&c, value, f))), [(Rule::ProbeHost, "livenessProbe.httpGet.host".into())]);
+        assert_eq!(
+            rules(found(&policy, |f| shares_the_proxys_processes(&c, value, f))),
+            [(Rule::TollgateOwned, "targetContainerName".into())]
+        );
+        // All of them, in this order, from the one entry point.
+        let all = rules(found(&policy, |f| container(&doc, &c, &ids, &BTreeMap::new(), f)));
+        assert_eq!(all.first().map(|r| r.0), Some(Rule::Privileged));
+        assert_eq!(all.last().map(|r| r.0), Some(Rule::TollgateOwned));
     }
 }

@@ -8,8 +8,11 @@ use std::sync::LazyLock;
 use base64::Engine;
 use serde_json::{Value, json};
 
-use super::{ContainerRef, Editor, Findings, Rule, TOLLGATE_CONTAINERS, compact, join};
-use crate::patch::{Seg, get};
+use super::edit::{Editor, compact};
+use super::findings::Findings;
+use super::pod::ContainerRef;
+use super::{Rule, TOLLGATE_CONTAINERS};
+use crate::patch::{Seg, get, join};
 use crate::path;
 use crate::policy::{HostnamePart, MAX_EGRESS_HOSTNAMES, PlaceholderKind, Policy, is_dns1123_subdomain, parse_hostname_template};
 
@@ -47,6 +50,25 @@ fn kind_name(kind: PlaceholderKind) -> &'static str {
         PlaceholderKind::Jwt => "jwt",
         PlaceholderKind::Opaque => "opaque",
     }
+}
+
+/// A `proxy.placeholderEnv` variable and what every container but tollgate's gets for it.
+#[derive(Debug, Clone)]
+pub(super) struct Placeholder {
+    name: String,
+    value: &'static str,
+    /// The kind's name, for the change.
+    kind: &'static str,
+}
+
+/// The policy's placeholders (`proxy.placeholderEnv`), in its order.
+pub(super) fn placeholders(policy: &Policy) -> Vec<Placeholder> {
+    policy
+        .proxy
+        .placeholder_env
+        .iter()
+        .map(|e| Placeholder { name: e.name.clone(), value: placeholder(e.kind), kind: kind_name(e.kind) })
+        .collect()
 }
 
 /// Where a placeholder's value came from: scope and field, for a denial.
@@ -204,9 +226,9 @@ pub fn unprivileged_port_start(policy: &Policy) -> Option<u16> {
 }
 
 /// `net.ipv4.ip_unprivileged_port_start=<port>` among the pod's sysctls (a safe sysctl, which Pod Security
-/// restricted allows), whatever the pod set for it.
-pub(super) fn write_sysctl(policy: &Policy, e: &mut Editor) {
-    let Some(port) = unprivileged_port_start(policy) else { return };
+/// restricted allows), whatever the pod set for it. `port`: [`unprivileged_port_start`].
+pub(super) fn write_sysctl(port: Option<u16>, e: &mut Editor) {
+    let Some(port) = port else { return };
     let path = path!["spec", "securityContext", "sysctls"];
     let wanted = json!({"name": UNPRIVILEGED_PORT_START, "value": port.to_string()});
     let current: Vec<Value> = e.builder.get(&path).and_then(Value::as_array).cloned().unwrap_or_default();
@@ -238,14 +260,13 @@ pub(super) fn write_sysctl(policy: &Policy, e: &mut Editor) {
     );
 }
 
-/// Every `proxy.placeholderEnv` variable of container `c` set to its placeholder: the last definition (the
-/// one that counts) replaced, earlier ones removed (no credential stays in the pod), or one added. The
+/// Every placeholder variable ([`placeholders`]) of container `c` set to its placeholder: the last definition
+/// (the one that counts) replaced, earlier ones removed (no credential stays in the pod), or one added. The
 /// value replaced is never shown.
-pub(super) fn write_placeholders(policy: &Policy, c: &ContainerRef, e: &mut Editor) {
+pub(super) fn write_placeholders(placeholders: &[Placeholder], c: &ContainerRef, e: &mut Editor) {
     let env_path = join(&c.path, [Seg::from("env")]);
-    for entry in &policy.proxy.placeholder_env {
-        let value = placeholder(entry.kind);
-        let wanted = json!({"name": entry.name, "value": value});
+    for entry in placeholders {
+        let wanted = json!({"name": entry.name, "value": entry.value});
         let found: Vec<(usize, bool)> = match e.builder.get(&env_path) {
             Some(Value::Array(env)) => env
                 .iter()
@@ -255,7 +276,7 @@ pub(super) fn write_placeholders(policy: &Policy, c: &ContainerRef, e: &mut Edit
                 .collect(),
             _ => Vec::new(),
         };
-        let kind = kind_name(entry.kind);
+        let kind = entry.kind;
         let Some(&(last, from)) = found.last() else {
             e.builder.append(&env_path, wanted);
             e.change(&c.scope, format!("set env {} to tollgate's {kind} placeholder (policy proxy.placeholderEnv)", entry.name));

@@ -1,11 +1,14 @@
-//! The read phase for resources and lifetime: defaults where missing, the policy's maximum, sanity.
+//! The checks of resources and lifetime (part of stage 1, checks.rs): the policy's maximum, sanity, and the
+//! defaults to set where a container has none.
 
 use std::collections::BTreeMap;
 
 use serde_json::{Value, json};
 
-use super::{ContainerRef, Findings, Fix, Kind, Rule, join};
-use crate::patch::{Path, Seg, get};
+use super::Rule;
+use super::findings::{Findings, Fix};
+use super::pod::{ContainerRef, Kind};
+use crate::patch::{Path, Seg, get, join};
 use crate::path;
 use crate::policy::{Policy, RestartAlways};
 use crate::quantity::Quantity;
@@ -15,10 +18,19 @@ pub(super) type Setting = (String, Path, String, Value);
 
 const UNBOUNDED_BY_DEFAULT: [&str; 3] = ["cpu", "memory", "ephemeral-storage"];
 
-pub(super) fn plan(policy: &Policy, doc: &Value, containers: &[ContainerRef], f: &mut Findings) -> Vec<Setting> {
+/// Every check of the pod's resources and lifetime: the defaults to set (where the pod is admitted), and a note
+/// when nothing bounds its lifetime.
+pub(super) fn check(policy: &Policy, doc: &Value, containers: &[ContainerRef], f: &mut Findings) -> (Vec<Setting>, Option<String>) {
+    let defaults = defaults(policy, doc, containers, f);
+    pod_level(policy, doc, f);
+    (defaults, lifetime(policy, doc, f))
+}
+
+/// Each app and init container's requests and limits against the policy, and the defaults it lacks.
+fn defaults(policy: &Policy, doc: &Value, containers: &[ContainerRef], f: &mut Findings) -> Vec<Setting> {
     let mut settings = Vec::new();
     for c in containers.iter().filter(|c| c.kind != Kind::Ephemeral) {
-        plan_container(policy, doc, c, f, &mut settings);
+        container_defaults(policy, doc, c, f, &mut settings);
     }
     settings
 }
@@ -48,7 +60,7 @@ fn parse_list(doc: &Value, path: &Path, field: &str, scope: &str, f: &mut Findin
     parsed
 }
 
-fn plan_container(policy: &Policy, doc: &Value, c: &ContainerRef, f: &mut Findings, settings: &mut Vec<Setting>) {
+fn container_defaults(policy: &Policy, doc: &Value, c: &ContainerRef, f: &mut Findings, settings: &mut Vec<Setting>) {
     let requests_path = join(&c.path, path!["resources", "requests"]);
     let limits_path = join(&c.path, path!["resources", "limits"]);
     let (requests, mut limits) = check_maximum(policy, doc, &join(&c.path, [Seg::from("resources")]), "resources", &c.scope, f);
@@ -86,7 +98,7 @@ fn plan_container(policy: &Policy, doc: &Value, c: &ContainerRef, f: &mut Findin
 /// A deadline longer than the policy's is treated like a resource above the maximum. Pods that restart
 /// `Always` have no deadline (their ReplicaSet would replace them): the policy warns or denies; the
 /// warning is returned as a note.
-pub(super) fn lifetime(policy: &Policy, doc: &Value, f: &mut Findings) -> Option<String> {
+fn lifetime(policy: &Policy, doc: &Value, f: &mut Findings) -> Option<String> {
     let max = policy.lifetime.active_deadline_seconds;
     if let Some(deadline) = get(doc, &path!["spec", "activeDeadlineSeconds"]).and_then(Value::as_i64).filter(|d| *d > max) {
         let fix = Fix::Set(path!["spec", "activeDeadlineSeconds"], json!(max));
@@ -120,7 +132,7 @@ pub(super) fn lifetime(policy: &Policy, doc: &Value, f: &mut Findings) -> Option
 }
 
 /// Pod-level `spec.resources` (PodLevelResources): the whole pod is held to the per-container maximum.
-pub(super) fn pod_level(policy: &Policy, doc: &Value, f: &mut Findings) {
+fn pod_level(policy: &Policy, doc: &Value, f: &mut Findings) {
     let base = path!["spec", "resources"];
     check_maximum(policy, doc, &base, "spec.resources", "pod", f);
 }

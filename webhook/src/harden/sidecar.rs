@@ -1,11 +1,13 @@
-//! tollgate's containers: the tollgate-proxy sidecar and, under the egress lock, the tollgate-lock-check
-//! init container; rendered from the policy, placed first, never twice.
+//! Stage 3 of hardening, [`render`]: tollgate's containers, the tollgate-proxy sidecar and, under the egress
+//! lock, the tollgate-lock-check init container; rendered from the policy for the pod, placed first, never
+//! twice. What the pod has that is not in place goes; the renderings missing come in (write.rs).
 
 use serde_json::{Value, json};
 
+use super::pod::{Kind, PodIds};
 use super::{
-    ENV_ADMIN_LISTEN, ENV_ANALYSIS_ID, ENV_EGRESS_HOSTNAMES, ENV_EGRESS_LISTEN, ENV_INGRESS_LISTEN, ENV_PROJECT_ID, Editor, Kind,
-    LOCK_CHECK_NAME, PodIds, SIDECAR_NAME, TOLLGATE_CONTAINERS, VOLUME_CONFIG, VOLUME_CREDENTIALS,
+    ENV_ADMIN_LISTEN, ENV_ANALYSIS_ID, ENV_EGRESS_HOSTNAMES, ENV_EGRESS_LISTEN, ENV_INGRESS_LISTEN, ENV_PROJECT_ID, LOCK_CHECK_NAME,
+    SIDECAR_NAME, TOLLGATE_CONTAINERS, VOLUME_CONFIG, VOLUME_CREDENTIALS,
 };
 use crate::patch::{Path, get};
 use crate::path;
@@ -13,9 +15,36 @@ use crate::policy::{EgressLock, Policy, ProxyMode};
 
 pub use tollgate_api::names::{CONFIG_DIR, CREDENTIALS_DIR, PROXY_BINARY};
 
+/// tollgate's containers as a policy renders them for a pod without ids (kept with the policy).
+#[derive(Debug, Clone)]
+pub struct RenderedContainers {
+    sidecar: Template,
+    lock_check: Template,
+}
+
+/// tollgate's containers for a pod with these ids (the policy's renderings, made once per policy and kept with
+/// it, completed with the pod's ids), and where they go in `doc`.
+pub(super) fn render(policy: &Policy, ids: &PodIds, doc: &Value) -> Placement {
+    let make = || RenderedContainers {
+        sidecar: Template::new(render_sidecar(policy, &PodIds::none(policy))),
+        lock_check: Template::new(render_lock_check(policy)),
+    };
+    let made;
+    let rendered = match policy.derived(make) {
+        Some(kept) => kept,
+        None => {
+            made = make();
+            &made
+        }
+    };
+    let sidecar = rendered.sidecar.rendering(Some(ids));
+    let lock_check = (policy.proxy.egress_lock == EgressLock::Required).then(|| rendered.lock_check.rendering(None));
+    place(policy, doc, sidecar, lock_check)
+}
+
 /// The sidecar container. Fields the API server would default are spelled out, so that on
 /// reinvocation the stored sidecar compares equal to a fresh rendering and is left alone.
-pub(super) fn render(policy: &Policy, ids: &PodIds) -> Value {
+fn render_sidecar(policy: &Policy, ids: &PodIds) -> Value {
     let proxy = &policy.proxy;
     let mut env = vec![
         json!({"name": ENV_EGRESS_LISTEN, "value": format!("127.0.0.1:{}", proxy.egress_port)}),
@@ -100,7 +129,7 @@ pub struct Template {
 }
 
 impl Template {
-    pub(super) fn new(value: Value) -> Self {
+    fn new(value: Value) -> Self {
         let text = serde_json::to_string(&value).expect("a container serialises");
         // The env list's text is found as it is in the container's (serialisation is deterministic), its
         // closing bracket is the cut.
@@ -114,7 +143,7 @@ impl Template {
 
     /// For a pod: with its ids (and egress hostnames) appended to the env list when given, the same as
     /// rendering it for them.
-    pub(super) fn rendering(&self, ids: Option<&PodIds>) -> Rendering {
+    fn rendering(&self, ids: Option<&PodIds>) -> Rendering {
         let mut value = self.value.clone();
         let mut json = String::with_capacity(self.head.len() + self.tail.len() + 128);
         json.push_str(&self.head);
@@ -139,7 +168,7 @@ impl Template {
 /// The lock-check init container (`proxy.egressLock: required`): `tollgate-proxy lock-check` from the
 /// proxy's image, run as the app's user (never the proxy's: the lock lets only the proxy's user out), with
 /// no volumes, env, ports or probes. Defaults spelled out as for the sidecar.
-pub(super) fn render_lock_check(policy: &Policy) -> Value {
+fn render_lock_check(policy: &Policy) -> Value {
     let proxy = &policy.proxy;
     json!({
         "name": LOCK_CHECK_NAME,
@@ -186,7 +215,7 @@ pub(super) struct Placement {
 
 /// A rendering is in place when it leads its list (only tollgate's containers before it) in layout order;
 /// everything else named like one of tollgate's containers goes.
-pub(super) fn place(policy: &Policy, doc: &Value, sidecar: Rendering, lock_check: Option<Rendering>) -> Placement {
+fn place(policy: &Policy, doc: &Value, sidecar: Rendering, lock_check: Option<Rendering>) -> Placement {
     let mut placement = Placement { stale: Vec::new(), missing: Vec::new() };
     for (kind, wanted) in layout(policy.proxy.mode, sidecar, lock_check) {
         let mut kept = vec![false; wanted.len()];
@@ -219,30 +248,39 @@ pub(super) fn place(policy: &Policy, doc: &Value, sidecar: Rendering, lock_check
     placement
 }
 
-pub(super) fn remove_stale(policy: &Policy, stale: &[(Path, &str)], e: &mut Editor) {
-    // Last first, so that the indices of the others hold.
-    for (path, name) in stale.iter().rev() {
-        e.builder.remove(path);
-        let why = match *name {
-            SIDECAR_NAME => "that was not tollgate's current sidecar",
-            _ if policy.proxy.egress_lock == EgressLock::Off => "that the policy does not ask for (proxy.egressLock: off)",
-            _ => "that was not tollgate's current lock check",
-        };
-        e.change("pod", format!("removed a container {name:?} {why}"));
-    }
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-pub(super) fn insert(policy: &Policy, missing: Vec<(Kind, usize, Rendering)>, e: &mut Editor) {
-    let locked = policy.proxy.egress_lock == EgressLock::Required;
-    for (kind, index, Rendering { value, json }) in missing {
-        let name = value.get("name").and_then(Value::as_str).unwrap_or_default().to_owned();
-        e.builder.insert_json(&path!["spec", kind.field()], index, value, &json);
-        let place = match (name == SIDECAR_NAME, policy.proxy.mode) {
-            (false, _) => "first init container: the pod starts only if the egress lock is in place",
-            (true, ProxyMode::Native) if locked => "native sidecar, init container after tollgate-lock-check",
-            (true, ProxyMode::Native) => "native sidecar, first init container",
-            (true, ProxyMode::Classic) => "first container",
-        };
-        e.change("pod", format!("injected {name} {} ({place})", policy.proxy.image));
+    fn pod(init: Value, containers: Value) -> Value {
+        json!({"spec": {"initContainers": init, "containers": containers}})
+    }
+
+    #[test]
+    fn render_places_tollgates_containers_first_once() {
+        let native = Policy::default();
+        let ids = PodIds::none(&native);
+        let app = json!({"name": "app", "image": "busybox"});
+        let placement = render(&native, &ids, &pod(json!([]), json!([app])));
+        assert!(placement.stale.is_empty());
+        let missing: Vec<(Kind, usize, &Value)> = placement.missing.iter().map(|(k, i, r)| (*k, *i, &r.value["name"])).collect();
+        assert_eq!(missing, [(Kind::Init, 0, &json!(SIDECAR_NAME))]);
+        // Its own rendering in place stays; an impostor and a stale copy go.
+        let sidecar = render_sidecar(&native, &ids);
+        let placement = render(&native, &ids, &pod(json!([sidecar]), json!([app])));
+        assert!(placement.stale.is_empty() && placement.missing.is_empty());
+        let impostor = json!({"name": SIDECAR_NAME, "image": "evil"});
+        let placement = render(&native, &ids, &pod(json!([impostor]), json!([app, impostor])));
+        assert_eq!(placement.stale.len(), 2);
+        assert_eq!(placement.missing.len(), 1);
+        // Classic, locked: the lock check leads the init containers, the proxy the containers.
+        let classic = Policy::from_yaml("proxy: { mode: classic, egressLock: required }\n").unwrap();
+        let placement = render(&classic, &ids, &pod(json!([]), json!([app])));
+        let missing: Vec<(Kind, usize, &Value)> = placement.missing.iter().map(|(k, i, r)| (*k, *i, &r.value["name"])).collect();
+        assert_eq!(missing, [(Kind::Init, 0, &json!(LOCK_CHECK_NAME)), (Kind::App, 0, &json!(SIDECAR_NAME))]);
+        // The text that goes into the patch is the value that goes into the pod.
+        for (_, _, rendering) in &placement.missing {
+            assert_eq!(serde_json::from_str::<Value>(&rendering.json).unwrap(), rendering.value);
+        }
     }
 }

@@ -9,11 +9,13 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 use serde_json::{Map, Value};
 
+use super::edit::Editor;
+use super::findings::Findings;
+use super::pod::{Kind, containers, decode};
 use super::{
-    ANNOTATION_DEFAULT_CONTAINER, Editor, Findings, Hardened, Kind, OWNED_PREFIX, Outcome, Rule, SIDECAR_NAME, TOLLGATE_CONTAINERS,
-    VOLUME_CONFIG, VOLUME_CREDENTIALS, VOLUME_TMP, checks, containers, decode, harden_container, resources,
+    ANNOTATION_DEFAULT_CONTAINER, Hardened, OWNED_PREFIX, Outcome, Rule, SIDECAR_NAME, TOLLGATE_CONTAINERS, VOLUME_CONFIG,
+    VOLUME_CREDENTIALS, VOLUME_TMP, checks, plan, resources, write,
 };
-use crate::patch::PatchBuilder;
 use crate::policy::Policy;
 
 pub use super::DecodeError;
@@ -35,7 +37,7 @@ pub fn update(policy: &Policy, old: &Value, new: &mut Value, subresource: &str) 
     let mut findings = Findings::new(policy);
     owned_fields(old, new, &mut findings);
 
-    let mut editor = Editor { builder: PatchBuilder::new(new), changes: Vec::new() };
+    let mut editor = Editor::new(new);
     let all = containers(editor.builder.doc());
     let mut added = Vec::new();
     match subresource {
@@ -60,9 +62,10 @@ pub fn update(policy: &Policy, old: &Value, new: &mut Value, subresource: &str) 
     if let Some(denial) = findings.denial() {
         return Ok(Outcome::Denied(denial));
     }
-    findings.apply(&mut editor);
-    for container in &added {
-        harden_container(policy, container, &mut editor);
+    // What the added containers get: planned and written as at creation.
+    write::fixes(findings.into_fixes(), &mut editor);
+    for container in added {
+        write::container(&plan::container(policy, container), &mut editor);
     }
     let Editor { builder, changes } = editor;
     Ok(Outcome::Hardened(Hardened { patch: builder.into_patch(), changes, notes: Vec::new() }))
