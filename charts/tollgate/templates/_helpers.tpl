@@ -21,13 +21,25 @@ app.kubernetes.io/managed-by: {{ .root.Release.Service }}
 helm.sh/chart: {{ .root.Chart.Name }}-{{ .root.Chart.Version | replace "+" "_" }}
 {{- end -}}
 
-{{- /* An image reference with image.registry (if set) in place of its registry, the part before the first
-       "/": (dict "root" . "ref" REF). */ -}}
+{{- /* The reference of one of tollgate's images, (dict "root" . "name" NAME) with NAME webhook, certs, cni,
+       proxy or ctl: image.NAME, with image.registry (if set) in place of its registry (the part before the first
+       "/"), and pinned by image.digests.NAME (if set): REPO:TAG@sha256:…. An image.NAME already pinned by a
+       digest stays as it is when image.digests.NAME is that digest and is refused when it is another. */ -}}
 {{- define "tollgate.image" -}}
+{{- $ref := required (printf "image.%s is required" .name) (index .root.Values.image .name) -}}
 {{- if .root.Values.image.registry -}}
-{{ .root.Values.image.registry | trimSuffix "/" }}/{{ (splitn "/" 2 .ref)._1 }}
+{{- $ref = printf "%s/%s" (.root.Values.image.registry | trimSuffix "/") (splitn "/" 2 $ref)._1 -}}
+{{- end -}}
+{{- $digest := get (default dict .root.Values.image.digests) .name -}}
+{{- if not $digest -}}
+{{ $ref }}
+{{- else if contains "@" $ref -}}
+{{- if not (hasSuffix (printf "@%s" $digest) $ref) -}}
+{{- fail (printf "image.%s (%s) is pinned by another digest than image.digests.%s (%s): give one of them" .name $ref .name $digest) -}}
+{{- end -}}
+{{ $ref }}
 {{- else -}}
-{{ .ref }}
+{{ $ref }}@{{ $digest }}
 {{- end -}}
 {{- end -}}
 
@@ -53,7 +65,7 @@ tolerations: {{- toYaml . | nindent 2 }}
 {{- define "tollgate.policy" -}}
 {{- $policy := deepCopy (default dict .Values.policy) -}}
 {{- $proxy := default dict $policy.proxy -}}
-{{- if not (hasKey $proxy "image") -}}{{- $_ := set $proxy "image" (include "tollgate.image" (dict "root" . "ref" .Values.image.proxy)) -}}{{- end -}}
+{{- if not (hasKey $proxy "image") -}}{{- $_ := set $proxy "image" (include "tollgate.image" (dict "root" . "name" "proxy")) -}}{{- end -}}
 {{- if and .Values.egressLock.enabled (not (hasKey $proxy "egressLock")) -}}{{- $_ := set $proxy "egressLock" "required" -}}{{- end -}}
 {{- $_ := set $policy "proxy" $proxy -}}
 {{- toYaml $policy -}}
