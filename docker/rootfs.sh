@@ -13,6 +13,7 @@
 #   every shared library the binary needs    at the path ldd names (real files, symlinks followed);
 #                                            the dynamic loader 0755, the others 0644
 #   /etc/ssl/certs/ca-certificates.crt       the build machine's CA bundle
+#   /usr/share/doc/tollgate/sbom.cdx.json    the binary's SBOM (RELEASE_DIR/<binary>.cdx.json; not in test images)
 #   /etc/passwd, /etc/group                  root, nonroot (65532), and for the proxy tollgate-proxy (10001):
 #                                            the webhook runs the proxy as 10001
 #   /etc/nsswitch.conf                       "hosts: files dns": without it glibc asks DNS before /etc/hosts
@@ -117,6 +118,17 @@ else
 fi
 
 copy /etc/ssl/certs/ca-certificates.crt /etc/ssl/certs/ca-certificates.crt 0644
+
+# The binary's SBOM (CycloneDX; `tollgate-images sbom` writes it beside the binary, `tollgate-images build` too):
+# every image tollgate ships has one. The node tests' own images have none.
+case "$image" in
+  coredns | flame-standins | flame-analysis) ;;
+  *)
+    [ -f "$release/$binary.cdx.json" ] ||
+      die "$release/$binary.cdx.json is missing: the SBOM of $binary (tollgate-images sbom --release-dir $release)"
+    copy "$release/$binary.cdx.json" /usr/share/doc/tollgate/sbom.cdx.json 0644
+    ;;
+esac
 
 passwd='root:x:0:0:root:/root:/sbin/nologin
 nonroot:x:65532:65532:nonroot:/nonexistent:/sbin/nologin'

@@ -16,6 +16,10 @@
 //!
 //! Everything in it is deterministic: sorted entries, fixed mtimes (`SOURCE_DATE_EPOCH`, default 0), root
 //! ownership, compact JSON in a fixed key order; equal binaries give equal digests.
+//!
+//! Every image tollgate ships carries the SBOM of its binary ([`sbom`]: CycloneDX, the crates cargo resolves for
+//! the release's build of that binary, from Cargo.lock) at [`SBOM_IN_IMAGE`], and [`build`] leaves a copy beside
+//! the archive; [`built_digest`] reads an archive's digest back, for `tollgate-images list --out`.
 
 use std::fs::{self, File};
 use std::io::{self, BufWriter, Read, Write};
@@ -353,13 +357,272 @@ fn sorted_tree(rootfs: &Path, relative: &Path, out: &mut Vec<PathBuf>) -> Result
     Ok(())
 }
 
+// ---- the bill of materials ----
+
+/// The packages the release builds together in one `cargo build` (docker/Dockerfile, scripts/release.sh; and
+/// scripts/cluster.sh's `--workspace` resolves them alike, which tests/tests/release.rs checks): cargo unifies
+/// their dependencies' features, so each of their binaries links what this set resolves to. tollgate-cni is
+/// built by itself (static, for the node's glibc).
+pub const RELEASE_BUILD: [&str; 6] =
+    ["tollgate-webhook", "tollgate-proxy", "tollgate-certs", "tollgate-e2e", "tollgate-example-analysis", "tollgate-ctl"];
+
+/// Where an image's SBOM is inside it.
+pub const SBOM_IN_IMAGE: &str = "/usr/share/doc/tollgate/sbom.cdx.json";
+
+/// The cargo package whose binary `image` runs; None for the node tests' [`TEST_IMAGES`], which get no SBOM.
+pub fn package_of(image: &Image) -> Option<&'static str> {
+    Some(match image.name {
+        "webhook" => "tollgate-webhook",
+        "proxy" => "tollgate-proxy",
+        "certs" => "tollgate-certs",
+        "cni" => "tollgate-cni",
+        "pause" => "tollgate-e2e",
+        "example-analysis" => "tollgate-example-analysis",
+        "ctl" => "tollgate-ctl",
+        _ => return None,
+    })
+}
+
+/// The packages built in the one `cargo build` that makes `package`'s binaries.
+pub fn built_with(package: &str) -> Vec<&str> {
+    if RELEASE_BUILD.contains(&package) { RELEASE_BUILD.to_vec() } else { vec![package] }
+}
+
+/// A crate of the lockfile: name and version.
+pub type Crate = (String, String);
+
+/// What cargo resolves for building some packages together, for this machine's target, normal dependencies only
+/// (no build scripts' or tests' dependencies): `cargo tree -e normal`, read from Cargo.lock and the crates'
+/// manifests, offline.
+#[derive(Debug, Clone, Default)]
+pub struct Resolution {
+    /// Each crate's direct dependencies.
+    pub edges: std::collections::BTreeMap<Crate, std::collections::BTreeSet<Crate>>,
+    /// Licence expression and repository, as each crate's manifest declares them; whether it is a workspace crate.
+    pub info: std::collections::BTreeMap<Crate, (String, String, bool)>,
+    /// The packages asked for, as crates.
+    pub roots: Vec<Crate>,
+}
+
+impl Resolution {
+    /// `package` and every crate it depends on, directly or not.
+    pub fn closure(&self, package: &str) -> Result<std::collections::BTreeSet<Crate>, String> {
+        let root = self.roots.iter().find(|(name, _)| name == package).ok_or_else(|| format!("{package} was not resolved"))?;
+        let mut seen = std::collections::BTreeSet::new();
+        let mut todo = vec![root.clone()];
+        while let Some(krate) = todo.pop() {
+            if seen.insert(krate.clone()) {
+                todo.extend(self.edges.get(&krate).into_iter().flatten().cloned());
+            }
+        }
+        Ok(seen)
+    }
+}
+
+fn cargo() -> Command {
+    let mut command = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    command.current_dir(repo_root());
+    command
+}
+
+fn host_triple() -> Result<String, String> {
+    let out = Command::new(std::env::var_os("RUSTC").unwrap_or_else(|| "rustc".into()))
+        .arg("-vV")
+        .output()
+        .map_err(|e| format!("rustc -vV: {e}"))?;
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("host: "))
+        .map(str::to_owned)
+        .ok_or_else(|| "rustc -vV names no host".into())
+}
+
+/// Resolves `packages` as one `cargo build -p …` of them does (see [`Resolution`]); once per set in a process.
+pub fn resolve(packages: &[&str]) -> Result<Resolution, String> {
+    static RESOLVED: std::sync::Mutex<std::collections::BTreeMap<Vec<String>, Resolution>> =
+        std::sync::Mutex::new(std::collections::BTreeMap::new());
+    let key: Vec<String> = packages.iter().map(|p| p.to_string()).collect();
+    if let Some(known) = RESOLVED.lock().unwrap().get(&key) {
+        return Ok(known.clone());
+    }
+    let resolution = resolve_now(packages)?;
+    RESOLVED.lock().unwrap().insert(key, resolution.clone());
+    Ok(resolution)
+}
+
+fn resolve_now(packages: &[&str]) -> Result<Resolution, String> {
+    let mut command = cargo();
+    command.args(["tree", "--locked", "--offline", "-e", "normal", "--prefix", "depth", "-f", "{p}|{l}|{r}", "--target"]);
+    command.arg(host_triple()?).arg("--manifest-path").arg(repo_root().join("Cargo.toml"));
+    for package in packages {
+        command.args(["-p", package]);
+    }
+    let out = command.output().map_err(|e| format!("running cargo tree: {e}"))?;
+    if !out.status.success() {
+        return Err(format!("cargo tree -e normal -p {}: {}", packages.join(" -p "), String::from_utf8_lossy(&out.stderr)));
+    }
+    let mut resolution = Resolution::default();
+    let mut stack: Vec<Crate> = Vec::new();
+    for line in String::from_utf8_lossy(&out.stdout).lines().filter(|l| !l.trim().is_empty()) {
+        let digits = line.find(|c: char| !c.is_ascii_digit()).unwrap_or(0);
+        let depth: usize = line[..digits].parse().map_err(|_| format!("cargo tree: no depth in {line:?}"))?;
+        let mut fields = line[digits..].splitn(3, '|');
+        let (package, licence, repository) = (fields.next().unwrap_or(""), fields.next().unwrap_or(""), fields.next().unwrap_or(""));
+        let words: Vec<&str> = package.split_whitespace().collect();
+        let [name, version, rest @ ..] = words.as_slice() else { return Err(format!("cargo tree: {line:?}")) };
+        let version = version.strip_prefix('v').ok_or_else(|| format!("cargo tree: no version in {line:?}"))?;
+        let krate: Crate = ((*name).to_owned(), version.to_owned());
+        let workspace = rest.first().is_some_and(|r| r.starts_with("(/"));
+        let repository = repository.trim_end_matches(" (*)").trim().to_owned();
+        resolution.info.entry(krate.clone()).or_insert((licence.trim().to_owned(), repository, workspace));
+        stack.truncate(depth);
+        match stack.last() {
+            Some(parent) => {
+                resolution.edges.entry(parent.clone()).or_default().insert(krate.clone());
+            }
+            None => resolution.roots.push(krate.clone()),
+        }
+        resolution.edges.entry(krate.clone()).or_default();
+        stack.push(krate);
+    }
+    Ok(resolution)
+}
+
+/// The SHA-256 checksum Cargo.lock records for each registry crate.
+fn lockfile_checksums() -> Result<std::collections::BTreeMap<Crate, String>, String> {
+    let path = repo_root().join("Cargo.lock");
+    let text = fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut out = std::collections::BTreeMap::new();
+    for block in text.split("[[package]]").skip(1) {
+        let field = |key: &str| {
+            block.lines().find_map(|l| l.strip_prefix(&format!("{key} = \""))).and_then(|v| v.strip_suffix('"')).map(str::to_owned)
+        };
+        if let (Some(name), Some(version), Some(checksum)) = (field("name"), field("version"), field("checksum")) {
+            out.insert((name, version), checksum);
+        }
+    }
+    Ok(out)
+}
+
+/// `SOURCE_DATE_EPOCH` (default 0) as an RFC 3339 UTC time.
+fn source_date() -> String {
+    let seconds: i64 = std::env::var("SOURCE_DATE_EPOCH").ok().and_then(|v| v.parse().ok()).unwrap_or(0);
+    let (days, rest) = (seconds.div_euclid(86_400), seconds.rem_euclid(86_400));
+    // Days since 1970-01-01 to a civil date (H. Hinnant's days_from_civil, inverted).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z", rest / 3600, rest % 3600 / 60, rest % 60)
+}
+
+/// The CycloneDX 1.5 SBOM of `image`'s binary: its package and every crate it links, as the release's build
+/// resolves them ([`built_with`]), each with its version, licence expression, repository, and for crates.io
+/// crates the package URL and the checksum Cargo.lock pins; the dependency graph among them. Deterministic:
+/// sorted, no serial number, the time `SOURCE_DATE_EPOCH` (default 0).
+pub fn sbom(image: &Image) -> Result<Value, String> {
+    let package = package_of(image).ok_or_else(|| format!("the image {} is a test image: no SBOM", image.name))?;
+    let resolution = resolve(&built_with(package))?;
+    let closure = resolution.closure(package)?;
+    let checksums = lockfile_checksums()?;
+    let bom_ref = |(name, version): &Crate| format!("{name}@{version}");
+    let component = |krate: &Crate, kind: &str| {
+        let (licence, repository, workspace) = resolution.info.get(krate).cloned().unwrap_or_default();
+        let mut c = serde_json::Map::new();
+        c.insert("type".into(), json!(kind));
+        c.insert("bom-ref".into(), json!(bom_ref(krate)));
+        c.insert("name".into(), json!(krate.0));
+        c.insert("version".into(), json!(krate.1));
+        if !workspace {
+            c.insert("purl".into(), json!(format!("pkg:cargo/{}@{}", krate.0, krate.1)));
+        }
+        if let Some(checksum) = checksums.get(krate) {
+            c.insert("hashes".into(), json!([{"alg": "SHA-256", "content": checksum}]));
+        }
+        if !licence.is_empty() {
+            // Cargo's old "MIT/Apache-2.0" means "MIT OR Apache-2.0" (the Cargo reference, `license`).
+            let expression = licence.replace('/', " OR ").split_whitespace().collect::<Vec<_>>().join(" ");
+            c.insert("licenses".into(), json!([{"expression": expression}]));
+        }
+        if !repository.is_empty() {
+            c.insert("externalReferences".into(), json!([{"type": "vcs", "url": repository}]));
+        }
+        Value::Object(c)
+    };
+    let root = resolution.roots.iter().find(|(name, _)| name == package).expect("closure found it").clone();
+    let mut root_component = component(&root, "application");
+    root_component["name"] = json!(image.binary);
+    root_component["properties"] = json!([
+        {"name": "tollgate:cargo:package", "value": package},
+        {"name": "tollgate:image", "value": image.reference},
+    ]);
+    let components: Vec<Value> = closure.iter().filter(|k| **k != root).map(|k| component(k, "library")).collect();
+    let dependencies: Vec<Value> = closure
+        .iter()
+        .map(|k| {
+            let on: Vec<String> = resolution.edges.get(k).into_iter().flatten().filter(|d| closure.contains(*d)).map(bom_ref).collect();
+            json!({"ref": bom_ref(k), "dependsOn": on})
+        })
+        .collect();
+    Ok(json!({
+        "bomFormat": "CycloneDX",
+        "specVersion": "1.5",
+        "version": 1,
+        "metadata": {
+            "timestamp": source_date(),
+            "tools": {"components": [{"type": "application", "name": "tollgate-images", "version": env!("CARGO_PKG_VERSION"),
+                "description": "cargo tree -e normal over Cargo.lock (tests/src/images.rs)"}]},
+            "component": root_component,
+            "properties": [
+                {"name": "cdx:rustc:sbom:target:triple", "value": host_triple()?},
+                {"name": "tollgate:cargo:built-with", "value": built_with(package).join(" ")},
+            ],
+        },
+        "components": components,
+        "dependencies": dependencies,
+    }))
+}
+
+/// Writes [`sbom`] of `image` to `path` (pretty JSON and a newline).
+pub fn write_sbom(image: &Image, path: &Path) -> Result<(), String> {
+    let text = serde_json::to_string_pretty(&sbom(image)?).expect("JSON") + "\n";
+    fs::write(path, text).map_err(|e| format!("{}: {e}", path.display()))
+}
+
 // ---- the archive ----
+
+/// The digest of the image in the archive `out_dir/<name>.tar` that [`build`] made: its manifest's, as its
+/// index.json names it (what `REPO@sha256:…` pulls once the archive is pushed unchanged).
+pub fn built_digest(image: &Image, out_dir: &Path) -> Result<String, String> {
+    let path = out_dir.join(format!("{}.tar", image.name));
+    let file = File::open(&path).map_err(|e| format!("{}: {e} (build it first: tollgate-images build)", path.display()))?;
+    let mut archive = tar::Archive::new(file);
+    for entry in archive.entries().map_err(|e| format!("{}: {e}", path.display()))? {
+        let mut entry = entry.map_err(|e| format!("{}: {e}", path.display()))?;
+        if entry.path().ok().as_deref() == Some(Path::new("index.json")) {
+            let mut index = String::new();
+            entry.read_to_string(&mut index).map_err(|e| format!("{}: index.json: {e}", path.display()))?;
+            let index: Value = serde_json::from_str(&index).map_err(|e| format!("{}: index.json: {e}", path.display()))?;
+            let manifests = index["manifests"].as_array().filter(|m| m.len() == 1);
+            let digest = manifests.and_then(|m| m[0]["digest"].as_str()).filter(|d| d.starts_with("sha256:") && d.len() == 71);
+            return digest.map(str::to_owned).ok_or_else(|| format!("{}: index.json names not one sha256 manifest", path.display()));
+        }
+    }
+    Err(format!("{}: no index.json: not an OCI image-layout archive", path.display()))
+}
 
 /// What [`build`] made.
 #[derive(Debug, Clone)]
 pub struct Built {
     pub image: Image,
     pub archive: PathBuf,
+    /// `<out>/<name>.cdx.json`, the SBOM the image holds at [`SBOM_IN_IMAGE`] (none for the [`TEST_IMAGES`]).
+    pub sbom: Option<PathBuf>,
     pub manifest_digest: String,
     pub config_digest: String,
     pub layer_digest: String,
@@ -400,7 +663,9 @@ pub fn config_json(stage: &StageConfig, layer_digest: &str) -> Value {
     })
 }
 
-/// Builds `image` from the binaries in `release_dir` into `out_dir/<name>.tar` (replacing it).
+/// Builds `image` from the binaries in `release_dir` into `out_dir/<name>.tar` (replacing it), with its SBOM
+/// ([`sbom`]) written beside the binary (`release_dir/<binary>.cdx.json`), inside the image ([`SBOM_IN_IMAGE`]) and
+/// beside the archive (`out_dir/<name>.cdx.json`).
 pub fn build(image: &Image, release_dir: &Path, out_dir: &Path) -> Result<Built, String> {
     let dockerfile_path = dockerfile_of(image);
     let dockerfile = fs::read_to_string(&dockerfile_path).map_err(|e| format!("{}: {e}", dockerfile_path.display()))?;
@@ -410,6 +675,11 @@ pub fn build(image: &Image, release_dir: &Path, out_dir: &Path) -> Result<Built,
         .prefix(&format!(".{}-", image.name))
         .tempdir_in(out_dir)
         .map_err(|e| format!("a work directory in {}: {e}", out_dir.display()))?;
+    // The binary's SBOM beside it, where docker/rootfs.sh takes it from (made anew: never one of another build).
+    let sbom_path = package_of(image).map(|_| release_dir.join(format!("{}.cdx.json", image.binary)));
+    if let Some(path) = &sbom_path {
+        write_sbom(image, path)?;
+    }
     let rootfs_dir = work.path().join("rootfs");
     rootfs(image, release_dir, &rootfs_dir)?;
 
@@ -477,5 +747,13 @@ pub fn build(image: &Image, release_dir: &Path, out_dir: &Path) -> Result<Built,
 
     let archive_path = out_dir.join(format!("{}.tar", image.name));
     fs::rename(&partial, &archive_path).map_err(|e| format!("{}: {e}", archive_path.display()))?;
-    Ok(Built { image: *image, archive: archive_path, manifest_digest, config_digest, layer_digest, layer_size })
+    let sbom = match sbom_path {
+        Some(source) => {
+            let path = out_dir.join(format!("{}.cdx.json", image.name));
+            fs::copy(&source, &path).map_err(|e| format!("{} to {}: {e}", source.display(), path.display()))?;
+            Some(path)
+        }
+        None => None,
+    };
+    Ok(Built { image: *image, archive: archive_path, sbom, manifest_digest, config_digest, layer_digest, layer_size })
 }

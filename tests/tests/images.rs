@@ -2,8 +2,9 @@
 //! plane needed. Each image is built from the debug binaries `cargo build --workspace` made (their debug info
 //! stripped to keep the test fast: the same code and the same libraries), then read back: index → manifest →
 //! config → layer, every digest and size checked; the layer holds the binary, its libraries, the CA bundle,
-//! passwd and group, and no other executable; the config is the Dockerfile stage's. As root, the layer is
-//! unpacked and the binary run in it with chroot as the image's non-root user — proof that the image is complete.
+//! passwd and group, the binary's SBOM, and no other executable; the config is the Dockerfile stage's. As root,
+//! the layer is unpacked and the binary run in it with chroot as the image's non-root user — proof that the image
+//! is complete.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::CString;
@@ -238,6 +239,7 @@ fn check_image(name: &str) {
     let mut wanted: BTreeSet<String> = libraries.clone();
     wanted.extend([entrypoint.clone(), "/etc/passwd".into(), "/etc/group".into(), "/etc/nsswitch.conf".into()]);
     wanted.insert("/etc/ssl/certs/ca-certificates.crt".into());
+    wanted.insert(images::SBOM_IN_IMAGE.into());
     assert_eq!(regular.keys().cloned().collect::<BTreeSet<_>>(), wanted, "the layer's files");
     let executables: BTreeSet<&str> = regular.iter().filter(|(_, mode)| *mode & 0o111 != 0).map(|(p, _)| p.as_str()).collect();
     assert_eq!(executables, BTreeSet::from([entrypoint.as_str(), loader.as_str()]), "no executable but the binary and the loader");
@@ -247,6 +249,9 @@ fn check_image(name: &str) {
         assert_eq!(layer_files[library], std::fs::read(library).unwrap(), "{library} is the build machine's");
     }
     assert_eq!(layer_files["/etc/ssl/certs/ca-certificates.crt"], std::fs::read("/etc/ssl/certs/ca-certificates.crt").unwrap());
+    // The binary's SBOM, the same beside the archive (tests/tests/release.rs reads what it names).
+    let sbom = built.sbom.as_ref().expect("every shipped image has an SBOM");
+    assert_eq!(layer_files[images::SBOM_IN_IMAGE], std::fs::read(sbom).unwrap(), "the SBOM in the image is the one beside it");
     assert!(!layer_files.contains_key("/bin/sh") && !regular.keys().any(|p| p.starts_with("/bin/") || p.starts_with("/usr/bin/")));
     let passwd = String::from_utf8(layer_files["/etc/passwd"].clone()).unwrap();
     let users: Vec<(&str, &str)> = passwd.lines().map(|l| l.split(':').collect::<Vec<_>>()).map(|f| (f[0], f[2])).collect();
@@ -381,8 +386,10 @@ fn archives_are_reproducible() {
     assert_eq!(std::fs::read(&first.archive).unwrap(), std::fs::read(&second.archive).unwrap());
     // Building again into the same directory replaces the archive and leaves nothing else behind.
     images::build(pause, &bins, &tmp.path().join("a")).unwrap();
-    let left: Vec<_> = std::fs::read_dir(tmp.path().join("a")).unwrap().map(|e| e.unwrap().file_name()).collect();
-    assert_eq!(left, ["pause.tar"]);
+    assert_eq!(std::fs::read(first.sbom.unwrap()).unwrap(), std::fs::read(second.sbom.unwrap()).unwrap());
+    let mut left: Vec<_> = std::fs::read_dir(tmp.path().join("a")).unwrap().map(|e| e.unwrap().file_name()).collect();
+    left.sort();
+    assert_eq!(left, ["pause.cdx.json", "pause.tar"]);
 }
 
 #[test]
