@@ -88,6 +88,8 @@ pub struct Snapshot {
     pub served: Read<Vec<(String, Read<i64>)>>,
     /// The namespaces the configuration sends pods from.
     pub namespaces: Read<Vec<NamespaceView>>,
+    /// The egress lock's DaemonSet, its pods and the nodes ([`crate::locks`]).
+    pub locks: crate::locks::LockView,
 }
 
 struct Report {
@@ -159,7 +161,19 @@ pub fn evaluate(s: &Snapshot) -> Vec<Finding> {
         Err(why) => r.unread("namespaces", config.clone(), "the namespaces", why),
     }
     overrides(&mut r, &policy, &s.namespaces);
+    r.findings.extend(crate::locks::evaluate(&s.locks, &lock_required(&s.policy)));
     r.findings
+}
+
+/// Whether the policy in force requires the egress lock (`proxy.egressLock: required`); none: the embedded
+/// default's.
+fn lock_required(policy: &Read<Option<String>>) -> Read<bool> {
+    let policy = match policy {
+        Ok(None) => tollgate_webhook::policy::Policy::default(),
+        Ok(Some(text)) => tollgate_webhook::policy::Policy::from_yaml(text).map_err(|e| format!("it does not load: {e}"))?,
+        Err(why) => return Err(format!("reading it failed: {why}")),
+    };
+    Ok(policy.proxy.egress_lock == tollgate_api::policy::EgressLock::Required)
 }
 
 /// `kubernetes-version`: 1.30 or later.

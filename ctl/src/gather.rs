@@ -4,11 +4,13 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Secret};
+use k8s_openapi::api::apps::v1::DaemonSet;
+use k8s_openapi::api::core::v1::{ConfigMap, Event, Namespace, Node, Pod, Secret};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::api::{Api, ListParams, PostParams};
 
 use crate::check::{DryRun, NamespaceView, Read, Snapshot, WebhookView};
+use crate::locks::{self, DaemonSetView, EventView, LockView};
 use crate::preflight::{NodeView, PreSnapshot};
 use crate::proxies::{Current, PodView};
 
@@ -83,6 +85,7 @@ pub async fn snapshot(client: kube::Client, target: &Target) -> Snapshot {
         Some(selector) => namespaces(&client, &selector, target, policy.as_ref().ok().cloned().flatten(), &pod_labels).await,
         None => Ok(Vec::new()),
     };
+    let locks = locks(&client, &target.namespace).await;
     Snapshot {
         now,
         expiry_warning: target.expiry_warning_days * 86_400,
@@ -94,6 +97,136 @@ pub async fn snapshot(client: kube::Client, target: &Target) -> Snapshot {
         serving_certificate,
         served,
         namespaces,
+        locks,
+    }
+}
+
+/// The label the egress lock's DaemonSet carries, in the chart and in `manifests/optional/cni.yaml`.
+pub const LOCK_SELECTOR: &str = "app.kubernetes.io/name=tollgate-cni";
+
+/// The egress lock's DaemonSet in `namespace`, its pods, their and its Events, and the nodes, for
+/// [`crate::locks::evaluate`]. Without a DaemonSet, nothing else is read.
+pub async fn locks(client: &kube::Client, namespace: &str) -> LockView {
+    let daemon_sets: Api<DaemonSet> = Api::namespaced(client.clone(), namespace);
+    let found = daemon_sets.list(&ListParams::default().labels(LOCK_SELECTOR)).await.map_err(describe).map(|list| {
+        let mut items = list.items;
+        items.sort_by_key(|d| d.metadata.name.clone());
+        items.into_iter().next()
+    });
+    fn not_read<T>() -> Read<Vec<T>> {
+        Err("no DaemonSet".to_owned())
+    }
+    let daemon_set = match found {
+        Ok(Some(daemon_set)) => daemon_set,
+        Ok(None) => {
+            return LockView { namespace: namespace.into(), daemon_set: Ok(None), nodes: not_read(), pods: not_read(), events: not_read() };
+        }
+        Err(why) => {
+            return LockView { namespace: namespace.into(), daemon_set: Err(why), nodes: not_read(), pods: not_read(), events: not_read() };
+        }
+    };
+    let name = daemon_set.metadata.name.clone().unwrap_or_default();
+    let spec = daemon_set.spec;
+    let selector = spec.selector.match_labels.unwrap_or_default().iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",");
+    let template = spec.template.spec.unwrap_or_default();
+    let env = template
+        .containers
+        .first()
+        .and_then(|c| c.env.clone())
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|e| e.name.starts_with("TOLLGATE_CNI_"))
+        .filter_map(|e| Some((e.name, e.value?)))
+        .collect();
+    let view = DaemonSetView {
+        name: name.clone(),
+        env,
+        node_selector: template.node_selector.unwrap_or_default(),
+        tolerations: template.tolerations.unwrap_or_default(),
+        priority_class: template.priority_class_name,
+    };
+    let nodes: Api<Node> = Api::all(client.clone());
+    let nodes = nodes.list(&ListParams::default()).await.map_err(describe).map(|list| {
+        list.items
+            .into_iter()
+            .map(|node| {
+                let spec = node.spec.unwrap_or_default();
+                locks::NodeView {
+                    name: node.metadata.name.unwrap_or_default(),
+                    labels: node.metadata.labels.unwrap_or_default(),
+                    provider_id: spec.provider_id.unwrap_or_default(),
+                    taints: spec.taints.unwrap_or_default(),
+                }
+            })
+            .collect()
+    });
+    let pods_api: Api<Pod> = Api::namespaced(client.clone(), namespace);
+    let pods = pods_api
+        .list(&ListParams::default().labels(&selector))
+        .await
+        .map_err(describe)
+        .map(|list| list.items.into_iter().map(lock_pod).collect::<Vec<_>>());
+    let events_api: Api<Event> = Api::namespaced(client.clone(), namespace);
+    let pod_names: Vec<String> = pods.as_ref().map(|p| p.iter().map(|p| p.name.clone()).collect()).unwrap_or_default();
+    let events = events_api.list(&ListParams::default()).await.map_err(describe).map(|list| {
+        let mut events: Vec<_> = list
+            .items
+            .into_iter()
+            .filter(|e| match (e.involved_object.kind.as_deref(), e.involved_object.name.as_ref()) {
+                (Some("Pod"), Some(pod)) => pod_names.contains(pod),
+                (Some("DaemonSet"), Some(daemon_set)) => *daemon_set == name,
+                _ => false,
+            })
+            .collect();
+        // Oldest first: the last one of a reason is the latest.
+        events.sort_by_key(|e| {
+            e.last_timestamp
+                .as_ref()
+                .map(|t| t.0)
+                .or_else(|| e.event_time.as_ref().map(|t| t.0))
+                .or_else(|| e.first_timestamp.as_ref().map(|t| t.0))
+                .or_else(|| e.metadata.creation_timestamp.as_ref().map(|t| t.0))
+        });
+        events
+            .into_iter()
+            .map(|e| EventView {
+                kind: e.involved_object.kind.unwrap_or_default(),
+                name: e.involved_object.name.unwrap_or_default(),
+                reason: e.reason.unwrap_or_default(),
+                message: e.message.unwrap_or_default().trim().to_owned(),
+            })
+            .collect()
+    });
+    LockView { namespace: namespace.into(), daemon_set: Ok(Some(view)), nodes, pods, events }
+}
+
+/// A lock pod as [`crate::locks`] judges it: its node (bound, or the one the DaemonSet's node affinity names),
+/// readiness, and what its installer container says.
+fn lock_pod(pod: Pod) -> locks::PodView {
+    let spec = pod.spec.unwrap_or_default();
+    let intended = || {
+        let required = spec.affinity.as_ref()?.node_affinity.as_ref()?.required_during_scheduling_ignored_during_execution.as_ref()?;
+        required.node_selector_terms.iter().find_map(|term| {
+            term.match_fields.iter().flatten().find(|f| f.key == "metadata.name" && f.operator == "In")?.values.as_ref()?.first().cloned()
+        })
+    };
+    let node = spec.node_name.clone().or_else(intended);
+    let status = pod.status.unwrap_or_default();
+    let ready = status.conditions.iter().flatten().any(|c| c.type_ == "Ready" && c.status == "True");
+    let container = status.container_statuses.into_iter().flatten().next().unwrap_or_default();
+    let state = container.state.unwrap_or_default();
+    let waiting = state.waiting.map(|w| (w.reason.unwrap_or_default(), w.message.unwrap_or_default()));
+    let message =
+        |t: Option<k8s_openapi::api::core::v1::ContainerStateTerminated>| t.and_then(|t| t.message).filter(|m| !m.trim().is_empty());
+    let terminated = message(state.terminated).or_else(|| message(container.last_state.and_then(|s| s.terminated)));
+    locks::PodView {
+        name: pod.metadata.name.unwrap_or_default(),
+        node,
+        phase: status.phase.unwrap_or_default(),
+        ready,
+        waiting,
+        terminated,
+        restarts: container.restart_count,
     }
 }
 

@@ -19,7 +19,9 @@ enum Command {
     /// Check that the cluster is set up for tollgate: API server version; the webhook registered, its caBundle
     /// trusting the certificate it serves and how long that is valid; every pod serving it; per analysis
     /// namespace the route ConfigMap, the credentials Secret, Pod Security, a closing NetworkPolicy, and a
-    /// plain pod coming back hardened (a server-side dry run). Every finding has a hint. Exit code: 0 when
+    /// plain pod coming back hardened (a server-side dry run); per node, whether the egress lock (the
+    /// tollgate-cni DaemonSet) is installed and ready, when the policy requires it or the DaemonSet is installed,
+    /// and why not where it is not. Every finding has a hint. Exit code: 0 when
     /// nothing is wrong (warnings allowed), 1 on any error, 2 when the cluster cannot be asked.
     Check {
         /// Where tollgate is installed.

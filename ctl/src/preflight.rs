@@ -30,19 +30,64 @@ pub struct NodeView {
     pub provider_id: String,
 }
 
-/// The distribution a node belongs to, from what the distributions write on their nodes, for the egress lock's
-/// CNI directories.
-pub fn platform(node: &NodeView) -> &'static str {
-    let label = |key: &str| node.labels.get(key).map(String::as_str);
-    match (label("node.kubernetes.io/instance-type"), label("microk8s.io/cluster")) {
-        (_, Some(_)) => "microk8s",
-        (Some("k3s"), _) => "k3s",
-        (Some("rke2"), _) => "rke2",
-        _ if node.provider_id.starts_with("aws://") => "managed (EKS)",
-        _ if node.provider_id.starts_with("gce://") => "managed (GKE)",
-        _ if node.provider_id.starts_with("azure://") => "managed (AKS)",
-        _ => "kubeadm or another with the standard CNI directories",
+/// The distribution a node belongs to, from what the distributions write on their nodes (labels, the provider
+/// id), for the egress lock's CNI directories.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Distribution {
+    Microk8s,
+    K3s,
+    Rke2,
+    Eks,
+    Gke,
+    Aks,
+    /// kubeadm, kind, or one that does not say.
+    Other,
+}
+
+impl Distribution {
+    pub fn of(labels: &std::collections::BTreeMap<String, String>, provider_id: &str) -> Distribution {
+        let label = |key: &str| labels.get(key).map(String::as_str);
+        match (label("node.kubernetes.io/instance-type"), label("microk8s.io/cluster")) {
+            (_, Some(_)) => Distribution::Microk8s,
+            (Some("k3s"), _) => Distribution::K3s,
+            (Some("rke2"), _) => Distribution::Rke2,
+            _ if provider_id.starts_with("aws://") => Distribution::Eks,
+            _ if provider_id.starts_with("gce://") => Distribution::Gke,
+            _ if provider_id.starts_with("azure://") => Distribution::Aks,
+            _ => Distribution::Other,
+        }
     }
+
+    /// Whose CNI directories the node has, in words.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Distribution::Microk8s => "microk8s",
+            Distribution::K3s => "k3s",
+            Distribution::Rke2 => "rke2",
+            Distribution::Eks => "managed (EKS)",
+            Distribution::Gke => "managed (GKE)",
+            Distribution::Aks => "managed (AKS)",
+            Distribution::Other => "kubeadm or another with the standard CNI directories",
+        }
+    }
+
+    /// The chart's `egressLock.platform` for such a node; `None` where the node does not say (kubeadm's
+    /// directories are the likeliest, but not known).
+    pub fn preset(self) -> Option<&'static str> {
+        match self {
+            Distribution::Microk8s => Some("microk8s"),
+            Distribution::K3s => Some("k3s"),
+            Distribution::Rke2 => Some("rke2"),
+            Distribution::Gke => Some("gke"),
+            Distribution::Eks | Distribution::Aks => Some("kubeadm"),
+            Distribution::Other => None,
+        }
+    }
+}
+
+/// The distribution a node belongs to, in words, for the egress lock's CNI directories.
+pub fn platform(node: &NodeView) -> &'static str {
+    Distribution::of(&node.labels, &node.provider_id).describe()
 }
 
 pub fn evaluate(s: &PreSnapshot, policy: &Policy) -> Vec<Finding> {

@@ -41,6 +41,13 @@ fn healthy(now: OffsetDateTime, certs: &Bundle) -> Snapshot {
             closing_network_policies: Ok(vec!["tollgate-analysis".into()]),
             dry_run: DryRun::Hardened,
         }]),
+        locks: crate::locks::LockView {
+            namespace: "tollgate".into(),
+            daemon_set: Ok(None),
+            nodes: Err("no DaemonSet".into()),
+            pods: Err("no DaemonSet".into()),
+            events: Err("no DaemonSet".into()),
+        },
     }
 }
 
@@ -66,6 +73,7 @@ fn a_healthy_install_is_reported_healthy_check_by_check() {
         "pod-security",
         "network-policy",
         "admission",
+        "egress-lock",
     ] {
         assert!(checks.contains(&check), "{check} was not reported: {checks:?}");
     }
@@ -372,4 +380,19 @@ fn each_piece_of_a_namespace_check_on_its_own() {
     let mut r = report();
     admission(&mut r, &refused, false, "n".into());
     assert_eq!(only(&r), ("admission", Severity::Error, "a plain pod is refused: denied [analysis-id-required]"));
+}
+
+#[test]
+fn the_egress_lock_follows_the_policy_in_force() {
+    let now = OffsetDateTime::now_utc();
+    let certs = bundle(now, 365);
+    let lock = |policy: Read<Option<String>>| {
+        let s = Snapshot { policy, ..healthy(now, &certs) };
+        evaluate(&s).into_iter().filter(|f| f.check == "egress-lock").map(|f| f.severity).collect::<Vec<_>>()
+    };
+    assert_eq!(lock(Ok(None)), [Severity::Ok], "the embedded default does not require it");
+    assert_eq!(lock(Ok(Some("onViolation: deny\n".into()))), [Severity::Ok]);
+    assert_eq!(lock(Ok(Some("proxy: { egressLock: required }\n".into()))), [Severity::Error], "required, no DaemonSet");
+    assert_eq!(lock(Ok(Some("proxy: { egressLock: maybe }\n".into()))), [Severity::Warning], "a policy that does not load");
+    assert_eq!(lock(Err("forbidden".into())), [Severity::Warning]);
 }
