@@ -57,6 +57,20 @@ pub const ENV_EGRESS_LISTEN: &str = "TOLLGATE_EGRESS_LISTEN";
 pub const ENV_INGRESS_LISTEN: &str = "TOLLGATE_INGRESS_LISTEN";
 pub const ENV_ADMIN_LISTEN: &str = "TOLLGATE_ADMIN_LISTEN";
 
+/// The egress lock's installer (`tollgate-cni install`, the DaemonSet): its settings, which `tollgate check`
+/// reads back from the DaemonSet to say where it looked on each node.
+pub const ENV_CNI_BIN_DIR: &str = "TOLLGATE_CNI_BIN_DIR";
+pub const ENV_CNI_CONF_DIR: &str = "TOLLGATE_CNI_CONF_DIR";
+pub const ENV_CNI_HOST_ROOT: &str = "TOLLGATE_CNI_HOST_ROOT";
+pub const ENV_CNI_VERIFY_BIN_DIR: &str = "TOLLGATE_CNI_VERIFY_BIN_DIR";
+pub const ENV_CNI_PLATFORM: &str = "TOLLGATE_CNI_PLATFORM";
+pub const ENV_CNI_K3S_DATA_DIR: &str = "TOLLGATE_CNI_K3S_DATA_DIR";
+/// The installer's defaults: the node's directories as the DaemonSet mounts them under /host.
+pub const DEFAULT_CNI_BIN_DIR: &str = "/host/opt/cni/bin";
+pub const DEFAULT_CNI_CONF_DIR: &str = "/host/etc/cni/net.d";
+/// The label that selects the egress lock's DaemonSet and its pods (chart and manifests/optional/cni.yaml).
+pub const CNI_SELECTOR: &str = "app.kubernetes.io/name=tollgate-cni";
+
 /// The proxy's ports when neither the policy nor the route table chooses others (the default policy's
 /// `proxy.egressPort`, `ingressPort` and `adminPort`; a test checks the two agree).
 pub const DEFAULT_EGRESS_PORT: u16 = 15001;

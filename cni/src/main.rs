@@ -9,6 +9,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use clap::{Parser, Subcommand};
 use serde_json::{Value, json};
+use tollgate_api::names;
 use tollgate_cni::install::{self, BinDir, Paths};
 use tollgate_cni::plugin::{self, CniError, Environment, Netns};
 use tollgate_cni::rules::{Chain, drop_tag};
@@ -26,21 +27,21 @@ struct Cli {
 #[derive(clap::Args)]
 struct NodeDirs {
     /// The node's CNI plugin directory, as mounted here.
-    #[arg(long, env = "TOLLGATE_CNI_BIN_DIR", default_value = "/host/opt/cni/bin")]
+    #[arg(long, env = names::ENV_CNI_BIN_DIR, default_value = names::DEFAULT_CNI_BIN_DIR)]
     bin_dir: PathBuf,
     /// k3s's data directory (the node's /var/lib/rancher/k3s/data), as mounted here, instead of --bin-dir:
     /// the plugin goes into its `cni` directory and every bundle's `bin`, whichever k3s names.
-    #[arg(long, env = "TOLLGATE_CNI_K3S_DATA_DIR")]
+    #[arg(long, env = names::ENV_CNI_K3S_DATA_DIR)]
     k3s_data_dir: Option<PathBuf>,
     /// The node's CNI configuration directory, as mounted here.
-    #[arg(long, env = "TOLLGATE_CNI_CONF_DIR", default_value = "/host/etc/cni/net.d")]
+    #[arg(long, env = names::ENV_CNI_CONF_DIR, default_value = names::DEFAULT_CNI_CONF_DIR)]
     conf_dir: PathBuf,
     /// Where the node's / is mounted here: messages name paths as the node knows them.
-    #[arg(long, env = "TOLLGATE_CNI_HOST_ROOT")]
+    #[arg(long, env = names::ENV_CNI_HOST_ROOT)]
     host_root: Option<PathBuf>,
     /// Chain only when the configuration's network plugin is in the bin directory (the sign that the runtime
     /// looks for plugins there). Leave it off when the runtime searches several directories.
-    #[arg(long, env = "TOLLGATE_CNI_VERIFY_BIN_DIR")]
+    #[arg(long, env = names::ENV_CNI_VERIFY_BIN_DIR)]
     verify_bin_dir: bool,
     /// The plugin binary to install (default: this one).
     #[arg(long)]
@@ -80,7 +81,7 @@ enum Cmd {
         #[arg(long, default_value = "/dev/termination-log")]
         termination_log: PathBuf,
         /// The platform the directories were chosen for (the chart's egressLock.platform), for the message.
-        #[arg(long, env = "TOLLGATE_CNI_PLATFORM")]
+        #[arg(long, env = names::ENV_CNI_PLATFORM)]
         platform: Option<String>,
         /// Install once and exit.
         #[arg(long)]

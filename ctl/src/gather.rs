@@ -102,7 +102,7 @@ pub async fn snapshot(client: kube::Client, target: &Target) -> Snapshot {
 }
 
 /// The label the egress lock's DaemonSet carries, in the chart and in `manifests/optional/cni.yaml`.
-pub const LOCK_SELECTOR: &str = "app.kubernetes.io/name=tollgate-cni";
+pub const LOCK_SELECTOR: &str = tollgate_api::names::CNI_SELECTOR;
 
 /// The egress lock's DaemonSet in `namespace`, its pods, their and its Events, and the nodes, for
 /// [`crate::locks::evaluate`]. Without a DaemonSet, nothing else is read.

@@ -8,6 +8,8 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{Taint, Toleration};
 
+use tollgate_api::names;
+
 use crate::check::{Finding, Read, Severity};
 use crate::preflight::Distribution;
 
@@ -223,18 +225,18 @@ struct Layout {
 impl Layout {
     fn of(daemon_set: &DaemonSetView) -> Layout {
         let env = |key: &str| daemon_set.env.get(key).cloned();
-        let root = env("TOLLGATE_CNI_HOST_ROOT").unwrap_or_default();
+        let root = env(names::ENV_CNI_HOST_ROOT).unwrap_or_default();
         let on_node = |path: String| match path.strip_prefix(root.trim_end_matches('/')) {
             Some(rest) if !root.is_empty() && rest.starts_with('/') => rest.to_owned(),
             _ => path,
         };
         // The installer's defaults where the DaemonSet sets nothing (cni/src/main.rs).
-        let conf = on_node(env("TOLLGATE_CNI_CONF_DIR").unwrap_or_else(|| "/host/etc/cni/net.d".into()));
-        let (bin, k3s) = match env("TOLLGATE_CNI_K3S_DATA_DIR") {
+        let conf = on_node(env(names::ENV_CNI_CONF_DIR).unwrap_or_else(|| names::DEFAULT_CNI_CONF_DIR.into()));
+        let (bin, k3s) = match env(names::ENV_CNI_K3S_DATA_DIR) {
             Some(data) => (on_node(data), true),
-            None => (on_node(env("TOLLGATE_CNI_BIN_DIR").unwrap_or_else(|| "/host/opt/cni/bin".into())), false),
+            None => (on_node(env(names::ENV_CNI_BIN_DIR).unwrap_or_else(|| names::DEFAULT_CNI_BIN_DIR.into())), false),
         };
-        Layout { platform: env("TOLLGATE_CNI_PLATFORM"), conf, bin, k3s }
+        Layout { platform: env(names::ENV_CNI_PLATFORM), conf, bin, k3s }
     }
 
     /// The platform and the directories.
