@@ -3,36 +3,13 @@
 
 use std::collections::BTreeMap;
 
-use serde::Serialize;
 use tollgate_certs::inspect::{certificates as pem_certificates, expiry, signed_by_any};
 
 /// The webhooks a tollgate configuration has, by name.
 pub const WEBHOOKS: [&str; 4] =
     ["harden.pods.tollgate.dev", "warn.pods.tollgate.dev", "connect.pods.tollgate.dev", "identity.workloads.tollgate.dev"];
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Severity {
-    Ok,
-    Warning,
-    Error,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Finding {
-    /// What was checked, as a stable id (`ca-bundle`, `routes`, ...).
-    pub check: &'static str,
-    /// What it was checked on: the configuration, a pod, a namespace.
-    pub subject: String,
-    pub severity: Severity,
-    pub message: String,
-    /// What to do about it; none for what is fine.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub hint: Option<String>,
-}
-
-/// Something read from the cluster, or why it could not be (`Err`: forbidden, unreachable, ...).
-pub type Read<T> = Result<T, String>;
+pub use crate::finding::{Finding, Read, Severity};
 
 #[derive(Debug, Clone, Default)]
 pub struct WebhookView {

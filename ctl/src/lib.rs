@@ -5,6 +5,7 @@
 //! is [`preflight`].
 
 pub mod check;
+pub mod finding;
 pub mod gather;
 pub mod locks;
 pub mod preflight;

@@ -10,7 +10,7 @@ use k8s_openapi::api::core::v1::{Taint, Toleration};
 
 use tollgate_api::names;
 
-use crate::check::{Finding, Read, Severity};
+use crate::finding::{Finding, Read, Severity};
 use crate::preflight::Distribution;
 
 const CHECK: &str = "egress-lock";

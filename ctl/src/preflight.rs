@@ -7,7 +7,7 @@ use serde_json::Value;
 use tollgate_webhook::harden::{Outcome, harden};
 use tollgate_webhook::policy::Policy;
 
-use crate::check::{Finding, Read, Severity};
+use crate::finding::{Finding, Read, Severity};
 
 /// What a preflight needs from the cluster.
 #[derive(Debug, Clone)]

@@ -5,7 +5,7 @@
 
 use serde::Deserialize;
 
-use crate::check::{Finding, Severity};
+use crate::finding::{Finding, Severity};
 
 /// What tollgate would do with a pod today.
 #[derive(Debug, Clone)]
