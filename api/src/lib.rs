@@ -8,8 +8,11 @@
 pub mod egress_lock;
 pub mod errors;
 pub mod names;
+#[cfg(feature = "policy")]
 pub mod policy;
 #[cfg(feature = "proxy")]
 pub mod proxy;
+#[cfg(feature = "policy")]
 pub mod quantity;
+#[cfg(feature = "policy")]
 pub mod units;
