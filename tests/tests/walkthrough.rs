@@ -91,7 +91,8 @@ fn the_readme_walkthrough_works_as_written() {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
     let (exports, steps) = walkthrough(&readme());
     let shell = |script: &str| {
-        let out = Command::new("bash").arg("-c").arg(format!("exec 2>&1\n{exports}\n{script}")).current_dir(&root).output().expect("bash runs");
+        let out =
+            Command::new("bash").arg("-c").arg(format!("exec 2>&1\n{exports}\n{script}")).current_dir(&root).output().expect("bash runs");
         format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
     };
     // A walkthrough run before (or stopped half way) left its pods.
