@@ -85,87 +85,112 @@ const DAEMONSET_TOLERATES: [(&str, &str); 6] = [
 
 /// `required`: whether the policy in force requires the lock (`Err`: it could not be read or does not load).
 pub fn evaluate(view: &LockView, required: &Read<bool>) -> Vec<Finding> {
-    let mut findings = Vec::new();
     let ns = &view.namespace;
-    let mut add = |subject: String, severity, message: String, hint: Option<String>| {
-        findings.push(Finding { check: CHECK, subject, severity, message, hint })
-    };
     let daemon_set = match &view.daemon_set {
         Ok(Some(daemon_set)) => daemon_set,
-        Ok(None) => {
-            match required {
-                Ok(false) => add(
-                    "egress lock".into(),
-                    Severity::Ok,
-                    format!("off: the policy does not require it (proxy.egressLock: off) and no tollgate-cni DaemonSet runs in {ns}"),
-                    None,
-                ),
-                Ok(true) => add(
-                    "egress lock".into(),
-                    Severity::Error,
-                    format!(
-                        "the policy requires it (proxy.egressLock: required), but no tollgate-cni DaemonSet runs in {ns}: no node has \
-                         the plugin, and every hardened pod fails its tollgate-lock-check init container"
-                    ),
-                    Some(format!(
-                        "helm upgrade with egressLock.enabled=true and egressLock.platform set to your nodes' ({PRESETS}); plain \
-                         manifests: kubectl apply -f manifests/optional/cni.yaml. Or, to run without the lock: proxy.egressLock: off"
-                    )),
-                ),
-                Err(why) => add(
-                    "egress lock".into(),
-                    Severity::Warning,
-                    format!(
-                        "no tollgate-cni DaemonSet runs in {ns}; whether the policy requires the lock is not known (the policy: {why})"
-                    ),
-                    Some("fix the policy first (its finding above); if it requires the lock, install it (egressLock.enabled)".into()),
-                ),
-            }
-            return findings;
-        }
-        Err(why) => {
-            add(
-                "egress lock".into(),
-                Severity::Warning,
-                format!("not checked: reading the tollgate-cni DaemonSet in {ns} failed: {why}"),
-                Some("run tollgate check with rights to read DaemonSets, pods and Events in tollgate's namespace, and nodes".into()),
-            );
-            return findings;
-        }
+        Ok(None) => return vec![not_installed(ns, required)],
+        Err(why) => return vec![daemon_set_unread(ns, why)],
     };
-    let layout = Layout::of(daemon_set);
+    let mut findings = Vec::new();
     if *required == Ok(false) {
-        add(
-            "egress lock".into(),
-            Severity::Warning,
-            format!(
-                "DaemonSet {ns}/{} runs, but the policy in force does not require the lock (proxy.egressLock: off): hardened \
-                 pods are not locked",
-                daemon_set.name
-            ),
-            Some(
-                "set proxy.egressLock: required in the policy (the chart sets it with egressLock.enabled unless \
-                 policy.proxy.egressLock is given); off only while the nodes are made ready"
-                    .into(),
-            ),
-        );
+        findings.push(not_required(ns, daemon_set));
     }
     let pods = match &view.pods {
         Ok(pods) => pods.as_slice(),
         Err(why) => {
-            add(
-                format!("DaemonSet {ns}/{}", daemon_set.name),
-                Severity::Warning,
-                format!("not checked: reading its pods failed: {why}"),
-                Some("run tollgate check with rights to list pods in tollgate's namespace".into()),
-            );
+            findings.push(pods_unread(ns, daemon_set, why));
             return findings;
         }
     };
+    let layout = Layout::of(daemon_set);
     let no_events = Vec::new();
     let events = view.events.as_ref().unwrap_or(&no_events);
-    // The nodes to judge: every node, or, where nodes cannot be read, those the pods are on.
-    let mut nodes: Vec<NodeView> = match &view.nodes {
+    let nodes = nodes_to_judge(&view.nodes, pods);
+    let context = Context { ns, daemon_set, layout: &layout, events, node_count: nodes.len() };
+    let verdicts = judge_each(&context, &nodes, pods);
+    let ready = verdicts.iter().filter(|f| f.severity == Severity::Ok).count();
+    let mut worst = verdicts.iter().map(|f| f.severity).max().unwrap_or(Severity::Ok);
+    findings.extend(verdicts);
+    let gaps = reading_gaps(view, worst);
+    worst = gaps.iter().map(|f| f.severity).fold(worst, Severity::max);
+    findings.extend(gaps);
+    findings.push(summary(&context, ready, worst));
+    findings
+}
+
+fn finding(subject: String, severity: Severity, message: String, hint: Option<String>) -> Finding {
+    Finding { check: CHECK, subject, severity, message, hint }
+}
+
+/// No DaemonSet: fine, an error or unknown, as the policy requires the lock or not.
+fn not_installed(ns: &str, required: &Read<bool>) -> Finding {
+    match required {
+        Ok(false) => finding(
+            "egress lock".into(),
+            Severity::Ok,
+            format!("off: the policy does not require it (proxy.egressLock: off) and no tollgate-cni DaemonSet runs in {ns}"),
+            None,
+        ),
+        Ok(true) => finding(
+            "egress lock".into(),
+            Severity::Error,
+            format!(
+                "the policy requires it (proxy.egressLock: required), but no tollgate-cni DaemonSet runs in {ns}: no node has \
+                 the plugin, and every hardened pod fails its tollgate-lock-check init container"
+            ),
+            Some(format!(
+                "helm upgrade with egressLock.enabled=true and egressLock.platform set to your nodes' ({PRESETS}); plain \
+                 manifests: kubectl apply -f manifests/optional/cni.yaml. Or, to run without the lock: proxy.egressLock: off"
+            )),
+        ),
+        Err(why) => finding(
+            "egress lock".into(),
+            Severity::Warning,
+            format!("no tollgate-cni DaemonSet runs in {ns}; whether the policy requires the lock is not known (the policy: {why})"),
+            Some("fix the policy first (its finding above); if it requires the lock, install it (egressLock.enabled)".into()),
+        ),
+    }
+}
+
+fn daemon_set_unread(ns: &str, why: &str) -> Finding {
+    finding(
+        "egress lock".into(),
+        Severity::Warning,
+        format!("not checked: reading the tollgate-cni DaemonSet in {ns} failed: {why}"),
+        Some("run tollgate check with rights to read DaemonSets, pods and Events in tollgate's namespace, and nodes".into()),
+    )
+}
+
+/// The DaemonSet runs, but the policy in force does not ask hardened pods to check for the lock.
+fn not_required(ns: &str, daemon_set: &DaemonSetView) -> Finding {
+    finding(
+        "egress lock".into(),
+        Severity::Warning,
+        format!(
+            "DaemonSet {ns}/{} runs, but the policy in force does not require the lock (proxy.egressLock: off): hardened \
+             pods are not locked",
+            daemon_set.name
+        ),
+        Some(
+            "set proxy.egressLock: required in the policy (the chart sets it with egressLock.enabled unless \
+             policy.proxy.egressLock is given); off only while the nodes are made ready"
+                .into(),
+        ),
+    )
+}
+
+fn pods_unread(ns: &str, daemon_set: &DaemonSetView, why: &str) -> Finding {
+    finding(
+        format!("DaemonSet {ns}/{}", daemon_set.name),
+        Severity::Warning,
+        format!("not checked: reading its pods failed: {why}"),
+        Some("run tollgate check with rights to list pods in tollgate's namespace".into()),
+    )
+}
+
+/// The nodes to judge, by name: every node, or, where nodes cannot be read, those the pods are on.
+fn nodes_to_judge(nodes: &Read<Vec<NodeView>>, pods: &[PodView]) -> Vec<NodeView> {
+    let mut nodes: Vec<NodeView> = match nodes {
         Ok(nodes) => nodes.clone(),
         Err(_) => {
             let mut names: Vec<&String> = pods.iter().filter_map(|p| p.node.as_ref()).collect();
@@ -175,42 +200,51 @@ pub fn evaluate(view: &LockView, required: &Read<bool>) -> Vec<Finding> {
         }
     };
     nodes.sort_by(|a, b| a.name.cmp(&b.name));
-    let context = Context { ns, daemon_set, layout: &layout, events, node_count: nodes.len() };
-    let mut ready = 0;
-    let mut worst = Severity::Ok;
-    for node in &nodes {
-        let on_node: Vec<&PodView> = pods.iter().filter(|p| p.node.as_deref() == Some(node.name.as_str())).collect();
-        let (severity, message, hint) = judge(&context, node, &on_node);
-        if severity == Severity::Ok {
-            ready += 1;
-        }
-        worst = worst.max(severity);
-        add(format!("node {}", node.name), severity, message, hint);
-    }
+    nodes
+}
+
+/// One finding per node, in the order given, each judged on the pods on it.
+fn judge_each(c: &Context, nodes: &[NodeView], pods: &[PodView]) -> Vec<Finding> {
+    nodes
+        .iter()
+        .map(|node| {
+            let on_node: Vec<&PodView> = pods.iter().filter(|p| p.node.as_deref() == Some(node.name.as_str())).collect();
+            let (severity, message, hint) = judge(c, node, &on_node);
+            finding(format!("node {}", node.name), severity, message, hint)
+        })
+        .collect()
+}
+
+/// What the check could not read and what that hides: Events, when some node is not ready; nodes, always.
+fn reading_gaps(view: &LockView, worst: Severity) -> Vec<Finding> {
+    let mut gaps = Vec::new();
     if let (Err(why), true) = (&view.events, worst != Severity::Ok) {
-        add(
+        gaps.push(finding(
             "egress lock".into(),
             Severity::Warning,
             format!("Events not read ({why}): why a node's pod does not start (a missing directory, a quota) is not known"),
             Some("run tollgate check with rights to list Events in tollgate's namespace".into()),
-        );
+        ));
     }
     if let Err(why) = &view.nodes {
-        worst = worst.max(Severity::Warning);
-        add(
+        gaps.push(finding(
             "egress lock".into(),
             Severity::Warning,
             format!("nodes not read ({why}): a node without a lock pod is not found"),
             Some("run tollgate check with rights to list nodes".into()),
-        );
+        ));
     }
-    add(
-        format!("DaemonSet {ns}/{}", daemon_set.name),
+    gaps
+}
+
+/// The DaemonSet's line: on how many nodes it is ready, where it puts the plugin, at the worst severity found.
+fn summary(c: &Context, ready: usize, worst: Severity) -> Finding {
+    finding(
+        format!("DaemonSet {}/{}", c.ns, c.daemon_set.name),
         worst,
-        format!("installed and ready on {ready} of {} nodes; {}", nodes.len(), layout.describe()),
+        format!("installed and ready on {ready} of {} nodes; {}", c.node_count, c.layout.describe()),
         (worst != Severity::Ok).then(|| "each node above says what it lacks and what fixes it".into()),
-    );
-    findings
+    )
 }
 
 /// Where the DaemonSet puts the plugin, as the node knows the paths.
@@ -301,67 +335,88 @@ impl Context<'_> {
     }
 }
 
+/// A verdict: its severity, message and hint.
+type Verdict = (Severity, String, Option<String>);
+
 /// One node's verdict.
-fn judge(c: &Context, node: &NodeView, pods: &[&PodView]) -> (Severity, String, Option<String>) {
-    let ns = c.ns;
+fn judge(c: &Context, node: &NodeView, pods: &[&PodView]) -> Verdict {
     if let Some(pod) = pods.iter().find(|p| p.ready) {
         return (Severity::Ok, format!("the lock is installed and ready (pod {})", pod.name), None);
     }
-    // An evicted or finished pod beside the DaemonSet's current one says nothing.
-    let Some(pod) = pods.iter().find(|p| p.phase != "Failed" && p.phase != "Succeeded").or(pods.first()) else {
+    let Some(pod) = current(pods) else {
         return no_pod(c, node);
     };
+    cannot_install(c, node, pod).or_else(|| unscheduled(c, pod)).or_else(|| failing(c, pod)).unwrap_or_else(|| not_ready_yet(c, pod))
+}
+
+/// The pod that speaks for the node: an evicted or finished pod beside the DaemonSet's current one says nothing.
+fn current<'a>(pods: &[&'a PodView]) -> Option<&'a PodView> {
+    pods.iter().find(|p| p.phase != "Failed" && p.phase != "Succeeded").or(pods.first()).copied()
+}
+
+/// The node lacks what the installer needs: a directory the DaemonSet mounts, or what the installer looks for.
+fn cannot_install(c: &Context, node: &NodeView, pod: &PodView) -> Option<Verdict> {
     let name = &pod.name;
-    let describe = format!("kubectl describe pod {name} -n {ns}");
     // A running pod has its volumes: an earlier FailedMount is history.
     if let Some(event) = c.event("Pod", name, "FailedMount").filter(|_| pod.phase.is_empty() || pod.phase == "Pending") {
-        return (
+        return Some((
             Severity::Error,
             format!(
                 "cannot have the lock: its pod {name} cannot start, a directory the DaemonSet mounts is not on the node: {}",
                 event.message
             ),
             Some(c.directories_hint(node)),
-        );
+        ));
     }
-    if let Some(message) = &pod.terminated {
-        return (
-            Severity::Error,
-            format!("cannot have the lock: the installer gave up (pod {name}): {}", message.trim()),
-            Some(c.directories_hint(node)),
-        );
-    }
-    if let Some(event) = c.event("Pod", name, "FailedScheduling").filter(|_| pod.phase == "Pending") {
-        return (
-            Severity::Error,
-            format!("no lock: its pod {name} is not scheduled: {}", event.message),
-            Some(format!("{describe}; the DaemonSet's priorityClassName (egressLock.priorityClassName) lets it preempt")),
-        );
-    }
+    let message = pod.terminated.as_ref()?;
+    Some((
+        Severity::Error,
+        format!("cannot have the lock: the installer gave up (pod {name}): {}", message.trim()),
+        Some(c.directories_hint(node)),
+    ))
+}
+
+/// The pod waits for the scheduler.
+fn unscheduled(c: &Context, pod: &PodView) -> Option<Verdict> {
+    let name = &pod.name;
+    let event = c.event("Pod", name, "FailedScheduling").filter(|_| pod.phase == "Pending")?;
+    Some((
+        Severity::Error,
+        format!("no lock: its pod {name} is not scheduled: {}", event.message),
+        Some(format!(
+            "kubectl describe pod {name} -n {}; the DaemonSet's priorityClassName (egressLock.priorityClassName) lets it preempt",
+            c.ns
+        )),
+    ))
+}
+
+/// The pod's container cannot pull its image, or fails and restarts.
+fn failing(c: &Context, pod: &PodView) -> Option<Verdict> {
+    let (name, ns) = (&pod.name, c.ns);
+    let logs = || Some(format!("kubectl logs {name} -n {ns} --previous, and kubectl describe pod {name} -n {ns}"));
     match &pod.waiting {
         Some((reason, message)) if ["ErrImagePull", "ImagePullBackOff", "InvalidImageName"].contains(&reason.as_str()) => {
-            return (
+            return Some((
                 Severity::Error,
                 format!("no lock: its pod {name} cannot pull its image ({reason}: {message})"),
                 Some("the node must be able to pull image.cni (a mirror: the chart's image values; imagePullSecrets)".into()),
-            );
+            ));
         }
         Some((reason, message)) if reason != "ContainerCreating" && reason != "PodInitializing" => {
-            return (
+            return Some((
                 Severity::Error,
                 format!("no lock: its pod {name} is not ready ({reason}{}{message}), restarted {} times", sep(message), pod.restarts),
-                Some(format!("kubectl logs {name} -n {ns} --previous, and {describe}")),
-            );
+                logs(),
+            ));
         }
         _ => {}
     }
-    if pod.restarts > 0 {
-        return (
-            Severity::Error,
-            format!("no lock: its pod {name} is not ready, restarted {} times", pod.restarts),
-            Some(format!("kubectl logs {name} -n {ns} --previous, and {describe}")),
-        );
-    }
+    (pod.restarts > 0).then(|| (Severity::Error, format!("no lock: its pod {name} is not ready, restarted {} times", pod.restarts), logs()))
+}
+
+/// Nothing wrong seen yet: the installer is still at work.
+fn not_ready_yet(c: &Context, pod: &PodView) -> Verdict {
+    let (name, ns) = (&pod.name, c.ns);
     (
         Severity::Warning,
         format!(
@@ -379,7 +434,7 @@ fn sep(message: &str) -> &'static str {
 
 /// A node the DaemonSet has no pod on: one it excludes (a taint it does not tolerate, its nodeSelector), or one
 /// it could not make a pod for.
-fn no_pod(c: &Context, node: &NodeView) -> (Severity, String, Option<String>) {
+fn no_pod(c: &Context, node: &NodeView) -> Verdict {
     if let Some(taint) = node.taints.iter().find(|t| blocks(t) && !tolerated(t, &c.daemon_set.tolerations)) {
         let value = taint.value.as_deref().map(|v| format!("={v}")).unwrap_or_default();
         return (

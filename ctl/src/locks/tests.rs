@@ -416,3 +416,27 @@ fn tolerations_match_taints_as_kubernetes_matches_them() {
         assert_eq!(tolerated(&taint, std::slice::from_ref(&t)), expected, "{t:?}");
     }
 }
+
+#[test]
+fn the_current_pod_speaks_for_its_node_and_a_finished_one_only_when_alone() {
+    let phase = |name: &str, phase: &str| PodView { phase: phase.into(), ..unready(name, "n1") };
+    let rows: [(Vec<PodView>, Option<&str>); 5] = [
+        (vec![], None),
+        (vec![phase("evicted", "Failed"), phase("current", "Running")], Some("current")),
+        (vec![phase("done", "Succeeded"), phase("current", "")], Some("current")),
+        (vec![phase("evicted", "Failed"), phase("done", "Succeeded")], Some("evicted")),
+        (vec![phase("first", "Pending"), phase("second", "Running")], Some("first")),
+    ];
+    for (pods, expected) in rows {
+        let pods: Vec<&PodView> = pods.iter().collect();
+        assert_eq!(current(&pods).map(|p| p.name.as_str()), expected, "{pods:?}");
+    }
+}
+
+#[test]
+fn nodes_are_judged_by_name_and_unread_ones_are_those_the_pods_are_on_once_each() {
+    let names = |nodes: Vec<NodeView>| nodes.into_iter().map(|n| n.name).collect::<Vec<_>>();
+    let pods = [ready("a", "n2"), unready("b", "n1"), unready("c", "n2"), PodView { node: None, ..unready("d", "n3") }];
+    assert_eq!(names(nodes_to_judge(&Err("forbidden".into()), &pods)), ["n1", "n2"]);
+    assert_eq!(names(nodes_to_judge(&Ok(vec![node("z"), labeled("a", "k", "v")]), &pods)), ["a", "z"]);
+}
