@@ -982,3 +982,41 @@ fn the_safe_sysctls_follow_the_api_servers_version() {
     }
     set_kubernetes_minor(0);
 }
+
+/// A pod exactly at every bound is admitted, and so is what tollgate made of it when the API server asks the
+/// webhook again (reinvocation): tollgate's own containers, volumes, /tmp mount and env do not count against
+/// the creator's bounds. Found by fuzzing (fuzz/fuzz_targets/harden.rs, issue 25).
+#[test]
+fn a_pod_at_its_bounds_stays_admitted_once_hardened() {
+    let policy = Policy::from_yaml(
+        "proxy: { egressLock: required, placeholderEnv: [{name: KEYCLOAK_TOKEN, kind: jwt}] }\nbounds: { containers: 3, volumes: 3, volumeMountsPerContainer: 3, envPerContainer: 6 }\n",
+    )
+    .unwrap();
+    let container = |name: &str| {
+        json!({"name": name, "image": "registry.example.org/app:1.0",
+               "volumeMounts": [{"name": "a", "mountPath": "/a"}, {"name": "b", "mountPath": "/b"}, {"name": "c", "mountPath": "/c"}],
+               "env": (1..=6).map(|i| json!({"name": format!("V{i}"), "value": "x"})).collect::<Vec<_>>()})
+    };
+    let mut pod = with(|p| {
+        p["spec"]["containers"] = json!([container("one"), container("two")]);
+        p["spec"]["initContainers"] = json!([container("setup")]);
+        p["spec"]["volumes"] = json!([{"name": "a", "emptyDir": {}}, {"name": "b", "emptyDir": {}}, {"name": "c", "emptyDir": {}}]);
+    });
+    let Outcome::Hardened(first) = harden(&policy, &mut pod).unwrap() else { panic!("a pod at its bounds is admitted") };
+    assert!(!first.patch.is_empty());
+    let containers = ["initContainers", "containers"].iter().map(|k| pod["spec"][*k].as_array().map_or(0, Vec::len)).sum::<usize>();
+    assert!(containers > 3, "tollgate added its containers: {containers}");
+    assert!(pod["spec"]["volumes"].as_array().unwrap().len() > 3, "tollgate added its volumes");
+    match harden(&policy, &mut pod.clone()).unwrap() {
+        Outcome::Hardened(second) => assert!(second.patch.is_empty() && second.changes.is_empty(), "{second:?}"),
+        other => panic!("the hardened pod, reviewed again: {other:?}"),
+    }
+    // One more of the creator's own is still one too many.
+    let mut over = with(|p| {
+        p["spec"]["containers"] = json!([container("one"), container("two"), container("three")]);
+        p["spec"]["initContainers"] = json!([container("setup")]);
+        p["spec"]["volumes"] = json!([{"name": "a", "emptyDir": {}}, {"name": "b", "emptyDir": {}}, {"name": "c", "emptyDir": {}}]);
+    });
+    let Outcome::Denied(denial) = harden(&policy, &mut over).unwrap() else { panic!("four containers over a bound of three") };
+    assert!(denial.message().contains("spec.*containers has 4 entries; at most 3"), "{}", denial.message());
+}

@@ -13,7 +13,8 @@ use super::resources::{self, Setting};
 use super::rules::{ALLOWED_SELINUX_TYPES, ALLOWED_VOLUME_TYPES, SAFE_SYSCTLS, is_safe_sysctl, kubernetes_minor};
 use super::{
     ANNOTATION_ANALYSIS_ID, ANNOTATION_CREDENTIALS_SECRET, ANNOTATION_INJECT, ANNOTATION_PROJECT_ID, API_ACCESS_VOLUME_PREFIX, DecodeError,
-    Denial, IDENTITY_ANNOTATIONS, Outcome, Requester, Rule, SIDECAR_NAME, SkipReason, VOLUME_CONFIG, VOLUME_CREDENTIALS, Violation, egress,
+    Denial, ENV_EGRESS_URL, IDENTITY_ANNOTATIONS, Outcome, Requester, Rule, SIDECAR_NAME, SkipReason, TOLLGATE_CONTAINERS, VOLUME_CONFIG,
+    VOLUME_CREDENTIALS, VOLUME_TMP, Violation, egress,
 };
 use crate::patch::{Path, Seg, get, join};
 use crate::path;
@@ -224,20 +225,34 @@ pub(super) fn bounds(policy: &Policy, doc: &Value) -> Option<Denial> {
             violations.push(Violation { rule: Rule::TooLarge, scope, field, problem });
         }
     };
-    let len = |value: Option<&Value>| value.and_then(Value::as_array).map_or(0, Vec::len);
+    // What tollgate adds itself (its containers, its volumes, the /tmp mount, the egress URL and placeholder env)
+    // is not the creator's to count: else a pod at a bound is over it once hardened, and the webhook's second
+    // call on the same pod (reinvocation) would deny what its first call admitted. A creator's entry of one of
+    // these names is refused or replaced elsewhere.
+    let own_env = |name: &str| name == ENV_EGRESS_URL || policy.proxy.placeholder_env.iter().any(|p| p.name == name);
+    let own_volume = |name: &str| [VOLUME_TMP, VOLUME_CONFIG, VOLUME_CREDENTIALS].contains(&name);
+    let count = |value: Option<&Value>, own: &dyn Fn(&str) -> bool| {
+        value
+            .and_then(Value::as_array)
+            .map_or(0, |items| items.iter().filter(|item| !item.get("name").and_then(Value::as_str).is_some_and(own)).count())
+    };
+    let len = |value: Option<&Value>| count(value, &|_| false);
     let spec = doc.get("spec");
-    let total: usize = Kind::ALL.iter().map(|k| len(spec.and_then(|s| s.get(k.field())))).sum();
+    let total: usize = Kind::ALL.iter().map(|k| count(spec.and_then(|s| s.get(k.field())), &|n| TOLLGATE_CONTAINERS.contains(&n))).sum();
     too_large("pod".into(), "spec.*containers".into(), total, b.containers, "containers");
-    too_large("pod".into(), "spec.volumes".into(), len(spec.and_then(|s| s.get("volumes"))), b.volumes, "volumes");
+    too_large("pod".into(), "spec.volumes".into(), count(spec.and_then(|s| s.get("volumes")), &own_volume), b.volumes, "volumes");
     if total <= b.containers {
         for kind in Kind::ALL {
             let Some(Value::Array(items)) = spec.and_then(|s| s.get(kind.field())) else { continue };
             for container in items {
                 let name = container.get("name").and_then(Value::as_str).unwrap_or("");
+                if TOLLGATE_CONTAINERS.contains(&name) {
+                    continue;
+                }
                 let scope = format!("{} {name:?}", kind.label());
-                let mounts = len(container.get("volumeMounts"));
+                let mounts = count(container.get("volumeMounts"), &own_volume);
                 too_large(scope.clone(), "volumeMounts".into(), mounts, b.volume_mounts_per_container, "volumeMountsPerContainer");
-                let env = len(container.get("env")) + len(container.get("envFrom"));
+                let env = count(container.get("env"), &own_env) + len(container.get("envFrom"));
                 too_large(scope, "env and envFrom".into(), env, b.env_per_container, "envPerContainer");
             }
         }
