@@ -56,6 +56,10 @@ pub const ENV_PROJECT_ID: &str = "TOLLGATE_PROJECT_ID";
 pub const ENV_EGRESS_LISTEN: &str = "TOLLGATE_EGRESS_LISTEN";
 pub const ENV_INGRESS_LISTEN: &str = "TOLLGATE_INGRESS_LISTEN";
 pub const ENV_ADMIN_LISTEN: &str = "TOLLGATE_ADMIN_LISTEN";
+/// The proxy's env with the digest of the policy it was rendered from (`Policy::digest`, as the status
+/// annotation records it): the proxy exports it as `tollgate_proxy_info{policy}`, which the chart's
+/// `TollgateStaleProxies` alert compares with the webhook's `tollgate_webhook_policy_info`.
+pub const ENV_POLICY_DIGEST: &str = "TOLLGATE_POLICY_DIGEST";
 
 /// The egress lock's installer (`tollgate-cni install`, the DaemonSet): its settings, which `tollgate check`
 /// reads back from the DaemonSet to say where it looked on each node.

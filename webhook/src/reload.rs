@@ -5,13 +5,16 @@
 //! costs nothing.
 
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use tokio::sync::watch;
+use tollgate_api::names::VERSION;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReloadLabels {
@@ -33,6 +36,43 @@ impl ReloadCounter {
     /// `file` (the watcher's name) changed, and was applied (`ok`) or rejected.
     pub fn observe(&self, file: &'static str, ok: bool) {
         self.0.get_or_create(&ReloadLabels { file, result: if ok { "success" } else { "failure" } }).inc();
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PolicyLabels {
+    version: &'static str,
+    policy: String,
+}
+
+/// `tollgate_webhook_policy_info{version, policy} 1`: this webhook's release and the digest of the policy in
+/// force, one series, replaced when a changed policy is loaded. A namespace's effective policy carries the
+/// policy's digest, so the overrides need no series of their own. The proxy exports the same pair as
+/// `tollgate_proxy_info`; a proxy whose pair no webhook has is stale (the chart's `TollgateStaleProxies`).
+#[derive(Clone)]
+pub struct PolicyInfo {
+    family: Family<PolicyLabels, Gauge>,
+    current: Arc<Mutex<Option<PolicyLabels>>>,
+}
+
+impl PolicyInfo {
+    pub fn register(registry: &mut Registry) -> PolicyInfo {
+        let family = Family::<PolicyLabels, Gauge>::default();
+        registry.register("policy_info", "The webhook's release and the digest of the policy in force (always 1)", family.clone());
+        PolicyInfo { family, current: Arc::default() }
+    }
+
+    /// The policy with this digest is in force: its series is 1, the previous one's is gone.
+    pub fn observe(&self, digest: &str) {
+        let labels = PolicyLabels { version: VERSION, policy: digest.to_owned() };
+        let mut current = self.current.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        // Set before the old one goes: a scrape in between sees two, never none.
+        self.family.get_or_create(&labels).set(1);
+        if let Some(previous) = current.replace(labels.clone())
+            && previous != labels
+        {
+            self.family.remove(&previous);
+        }
     }
 }
 

@@ -29,7 +29,7 @@ use crate::harden::RecordKeys;
 use crate::metrics::Metrics;
 use crate::policy::{OnViolation, Policy};
 use crate::pool::ReviewPool;
-use crate::reload::{ReloadCounter, spawn_watcher};
+use crate::reload::{PolicyInfo, ReloadCounter, spawn_watcher};
 use crate::review::{self, ReviewMetrics};
 use crate::tls::{CertStore, CertificateExpiry, load_certified_key, not_after, server_config};
 
@@ -114,6 +114,7 @@ struct Series {
     reloads: ReloadCounter,
     events: EventCounter,
     certificate: CertificateExpiry,
+    policy: PolicyInfo,
 }
 
 impl Series {
@@ -126,6 +127,7 @@ impl Series {
             reloads: ReloadCounter::register(registry),
             events: EventCounter::register(registry),
             certificate: CertificateExpiry::register(registry),
+            policy: PolicyInfo::register(registry),
         }
     }
 }
@@ -148,6 +150,7 @@ impl State {
         let cores = std::thread::available_parallelism().map_or(2, usize::from);
         let mut metrics = Metrics::new();
         let series = Series::wire(&mut metrics);
+        series.policy.observe(policy.digest());
         Ok(State {
             policy: ArcSwap::from_pointee(policy),
             record_keys: ArcSwap::new(RecordKeys::offline()),
@@ -234,7 +237,9 @@ impl Server {
                 policy_state.series.reloads.observe("policy", result.is_ok());
                 let policy = result?;
                 tracing::info!(digest = policy.digest(), namespace_overrides = policy.namespaces.len(), "policy loaded");
+                let digest = policy.digest().to_owned();
                 policy_state.policy.store(Arc::new(policy));
+                policy_state.series.policy.observe(&digest);
                 Ok(())
             });
         }
@@ -508,6 +513,8 @@ mod tests {
         series.reloads.observe("tls", true);
         series.events.observe("dropped");
         series.certificate.observe(Some(7));
+        series.policy.observe("sha256:000000000000");
+        series.policy.observe("sha256:0123456789ab");
         let text = metrics.encode();
         let families: Vec<&str> = text.lines().filter_map(|l| l.strip_prefix("# TYPE ")).collect();
         assert_eq!(
@@ -522,6 +529,7 @@ mod tests {
                 "tollgate_webhook_reloads counter",
                 "tollgate_webhook_events counter",
                 "tollgate_webhook_certificate_expiry_seconds gauge",
+                "tollgate_webhook_policy_info gauge",
             ]
         );
         for line in [
@@ -536,5 +544,10 @@ mod tests {
         ] {
             assert!(text.lines().any(|l| l == line), "{line:?} not in:\n{text}");
         }
+        // The policy in force alone: a reload replaces the series.
+        let info: Vec<&str> = text.lines().filter(|l| l.starts_with("tollgate_webhook_policy_info{")).collect();
+        let expected =
+            format!(r#"tollgate_webhook_policy_info{{version="{}",policy="sha256:0123456789ab"}} 1"#, tollgate_api::names::VERSION);
+        assert_eq!(info, [expected.as_str()]);
     }
 }

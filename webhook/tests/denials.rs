@@ -885,6 +885,15 @@ fn the_lock_check_leads_the_init_containers_and_its_name_is_tollgates() {
     assert_eq!(names(&unlocked, "initContainers"), ["tollgate-proxy", "setup"]);
     assert!(unlocked["metadata"]["annotations"].get(LOCK).is_none());
     let mut relocked = unlocked.clone();
+    // Its proxy as the locked policy renders it: the sidecar names the policy it was rendered from (one from
+    // another policy is replaced: below).
+    let digest = relocked["spec"]["initContainers"][0]["env"]
+        .as_array_mut()
+        .unwrap()
+        .iter_mut()
+        .find(|e| e["name"] == "TOLLGATE_POLICY_DIGEST")
+        .expect("the sidecar names its policy");
+    digest["value"] = json!(locked().digest());
     let Outcome::Hardened(hardened) = harden(&locked(), &mut relocked).unwrap() else { panic!() };
     // The same pod, but for the list of what each last pass changed (and the seal over it in the status).
     let without_changes = |pod: &Value| {
@@ -899,6 +908,12 @@ fn the_lock_check_leads_the_init_containers_and_its_name_is_tollgates() {
     assert_eq!(without_changes(&relocked), without_changes(&native), "{:?}", hardened.changes);
     // The proxy already leads: only the lock check goes in before it.
     assert!(!hardened.changes.iter().any(|c| c.action.contains("removed a container")), "{:?}", hardened.changes);
+    // A proxy rendered from another policy (the unlocked one, its digest in its env) is not the current one.
+    let mut stale = unlocked.clone();
+    let Outcome::Hardened(hardened) = harden(&locked(), &mut stale).unwrap() else { panic!() };
+    assert_eq!(without_changes(&stale), without_changes(&native), "{:?}", hardened.changes);
+    let replaced = "removed a container \"tollgate-proxy\" that was not tollgate's current sidecar";
+    assert!(hardened.changes.iter().any(|c| c.action == replaced), "{:?}", hardened.changes);
 }
 
 #[test]

@@ -6,8 +6,8 @@ use serde_json::{Value, json};
 
 use super::pod::{Kind, PodIds};
 use super::{
-    ENV_ADMIN_LISTEN, ENV_ANALYSIS_ID, ENV_EGRESS_HOSTNAMES, ENV_EGRESS_LISTEN, ENV_INGRESS_LISTEN, ENV_PROJECT_ID, LOCK_CHECK_NAME,
-    SIDECAR_NAME, TOLLGATE_CONTAINERS, VOLUME_CONFIG, VOLUME_CREDENTIALS,
+    ENV_ADMIN_LISTEN, ENV_ANALYSIS_ID, ENV_EGRESS_HOSTNAMES, ENV_EGRESS_LISTEN, ENV_INGRESS_LISTEN, ENV_POLICY_DIGEST, ENV_PROJECT_ID,
+    LOCK_CHECK_NAME, SIDECAR_NAME, TOLLGATE_CONTAINERS, VOLUME_CONFIG, VOLUME_CREDENTIALS,
 };
 use crate::patch::{Path, get};
 use crate::path;
@@ -50,6 +50,10 @@ fn render_sidecar(policy: &Policy, ids: &PodIds) -> Value {
         json!({"name": ENV_EGRESS_LISTEN, "value": format!("127.0.0.1:{}", proxy.egress_port)}),
         json!({"name": ENV_INGRESS_LISTEN, "value": format!("0.0.0.0:{}", proxy.ingress_port)}),
         json!({"name": ENV_ADMIN_LISTEN, "value": format!("0.0.0.0:{}", proxy.admin_port)}),
+        // Exported by the proxy as `tollgate_proxy_info{policy}`: a proxy rendered from another policy than
+        // the one in force is stale (the chart's TollgateStaleProxies). A namespace's effective policy
+        // carries the policy's digest, so this is per policy and the rendering stays cached with it.
+        json!({"name": ENV_POLICY_DIGEST, "value": policy.digest()}),
     ];
     if let Some(id) = &ids.analysis {
         env.push(json!({"name": ENV_ANALYSIS_ID, "value": id}));
