@@ -201,7 +201,9 @@ fn run(config: Arc<Config>) -> Result<(), String> {
     // The extra CAs, if any, are part of the native roots now (see trust_extra_cas).
     let client = HttpClient::new(None)?.via(config.forward_proxy.clone());
     // Each layer gets its own series; the admin listener serves them all.
-    let metrics = Arc::new(Metrics::new());
+    // The policy the webhook rendered this proxy from, for `tollgate_proxy_info` (empty when run by hand).
+    let policy = std::env::var(tollgate_api::names::ENV_POLICY_DIGEST).unwrap_or_default();
+    let metrics = Arc::new(Metrics::for_policy(&policy));
     let guard = Arc::new(LocalGuard::new(metrics.local_destinations.clone()));
     let needs_token = config.routes.iter().any(|r| r.auth == AuthMode::Token);
     let tokens = match (&config.identity, needs_token) {

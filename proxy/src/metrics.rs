@@ -3,10 +3,15 @@
 //! Each layer owns its series — their names, help texts and labels — as a small struct of counters it is
 //! handed at construction: [`Requests`] (every answered request, beside its audit line), [`EgressMetrics`],
 //! [`FetchMetrics`] (tokens), [`GuardMetrics`] (local destinations), [`ConnectionMetrics`]. No layer knows
-//! this module. Here they are registered in one registry, in the order `/metrics` lists them, and main.rs
+//! this module; it has one series of its own, `tollgate_proxy_info` (what this proxy is, for the chart's
+//! `TollgateStaleProxies`). Here they are registered in one registry, in the order `/metrics` lists them, and main.rs
 //! hands each to its layer (linkerd2-proxy's `app/outbound/src/metrics.rs` is the model).
 
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
+use tollgate_api::names::VERSION;
 
 use crate::audit::Requests;
 use crate::connections::ConnectionMetrics;
@@ -30,14 +35,32 @@ impl Default for Metrics {
     }
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct InfoLabels {
+    version: &'static str,
+    policy: String,
+}
+
 impl Metrics {
+    /// For a proxy rendered from no known policy (`policy=""`).
     pub fn new() -> Self {
+        Self::for_policy("")
+    }
+
+    /// `policy` is the digest of the policy the webhook rendered this proxy from (its env
+    /// `TOLLGATE_POLICY_DIGEST`, [`tollgate_api::names::ENV_POLICY_DIGEST`]; empty without it): exported with the
+    /// proxy's release as `tollgate_proxy_info{version, policy} 1`, which the chart's alert compares with the
+    /// webhook's `tollgate_webhook_policy_info`.
+    pub fn for_policy(policy: &str) -> Self {
         let mut registry = Registry::with_prefix("tollgate_proxy");
         let requests = Requests::register(&mut registry);
         let egress = EgressMetrics::register(&mut registry, requests.clone());
         let token_fetches = FetchMetrics::register(&mut registry);
         let local_destinations = GuardMetrics::register(&mut registry);
         let connections = ConnectionMetrics::register(&mut registry, requests.clone());
+        let info = Family::<InfoLabels, Gauge>::default();
+        info.get_or_create(&InfoLabels { version: VERSION, policy: policy.to_owned() }).set(1);
+        registry.register("info", "The proxy's release and the digest of the policy it was rendered from (always 1)", info);
         Metrics { registry, requests, egress, token_fetches, local_destinations, connections }
     }
 
@@ -75,6 +98,7 @@ mod tests {
                 "tollgate_proxy_token_fetches counter",
                 "tollgate_proxy_local_destination_refusals counter",
                 "tollgate_proxy_connections gauge",
+                "tollgate_proxy_info gauge",
             ]
         );
         for line in [
@@ -88,5 +112,13 @@ mod tests {
         ] {
             assert!(text.contains(line), "{line} in\n{text}");
         }
+        assert!(text.contains(&format!("tollgate_proxy_info{{version=\"{VERSION}\",policy=\"\"}} 1")), "{text}");
+    }
+
+    #[test]
+    fn the_info_series_names_the_release_and_the_policy() {
+        let text = Metrics::for_policy("sha256:0123456789ab").encode();
+        let info: Vec<&str> = text.lines().filter(|l| l.starts_with("tollgate_proxy_info")).collect();
+        assert_eq!(info, [format!("tollgate_proxy_info{{version=\"{VERSION}\",policy=\"sha256:0123456789ab\"}} 1")]);
     }
 }
