@@ -107,16 +107,10 @@ pub const LOCK_SELECTOR: &str = tollgate_api::names::CNI_SELECTOR;
 /// The egress lock's DaemonSet in `namespace`, its pods, their and its Events, and the nodes, for
 /// [`crate::locks::evaluate`]. Without a DaemonSet, nothing else is read.
 pub async fn locks(client: &kube::Client, namespace: &str) -> LockView {
-    let daemon_sets: Api<DaemonSet> = Api::namespaced(client.clone(), namespace);
-    let found = daemon_sets.list(&ListParams::default().labels(LOCK_SELECTOR)).await.map_err(describe).map(|list| {
-        let mut items = list.items;
-        items.sort_by_key(|d| d.metadata.name.clone());
-        items.into_iter().next()
-    });
     fn not_read<T>() -> Read<Vec<T>> {
         Err("no DaemonSet".to_owned())
     }
-    let daemon_set = match found {
+    let daemon_set = match lock_daemon_set(client, namespace).await {
         Ok(Some(daemon_set)) => daemon_set,
         Ok(None) => {
             return LockView { namespace: namespace.into(), daemon_set: Ok(None), nodes: not_read(), pods: not_read(), events: not_read() };
@@ -125,6 +119,26 @@ pub async fn locks(client: &kube::Client, namespace: &str) -> LockView {
             return LockView { namespace: namespace.into(), daemon_set: Err(why), nodes: not_read(), pods: not_read(), events: not_read() };
         }
     };
+    let (view, selector) = daemon_set_view(daemon_set);
+    let nodes = lock_nodes(client).await;
+    let pods = lock_pods(client, namespace, &selector).await;
+    let pod_names: Vec<String> = pods.as_ref().map(|p| p.iter().map(|p| p.name.clone()).collect()).unwrap_or_default();
+    let events = lock_events(client, namespace, &view.name, &pod_names).await;
+    LockView { namespace: namespace.into(), daemon_set: Ok(Some(view)), nodes, pods, events }
+}
+
+/// The DaemonSet labelled [`LOCK_SELECTOR`] in `namespace`; of several, the first by name.
+async fn lock_daemon_set(client: &kube::Client, namespace: &str) -> Read<Option<DaemonSet>> {
+    let daemon_sets: Api<DaemonSet> = Api::namespaced(client.clone(), namespace);
+    daemon_sets.list(&ListParams::default().labels(LOCK_SELECTOR)).await.map_err(describe).map(|list| {
+        let mut items = list.items;
+        items.sort_by_key(|d| d.metadata.name.clone());
+        items.into_iter().next()
+    })
+}
+
+/// What [`crate::locks`] judges of the DaemonSet, and the label selector of its pods.
+fn daemon_set_view(daemon_set: DaemonSet) -> (DaemonSetView, String) {
     let name = daemon_set.metadata.name.clone().unwrap_or_default();
     let spec = daemon_set.spec;
     let selector = spec.selector.match_labels.unwrap_or_default().iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",");
@@ -139,65 +153,74 @@ pub async fn locks(client: &kube::Client, namespace: &str) -> LockView {
         .filter_map(|e| Some((e.name, e.value?)))
         .collect();
     let view = DaemonSetView {
-        name: name.clone(),
+        name,
         env,
         node_selector: template.node_selector.unwrap_or_default(),
         tolerations: template.tolerations.unwrap_or_default(),
         priority_class: template.priority_class_name,
     };
+    (view, selector)
+}
+
+async fn lock_nodes(client: &kube::Client) -> Read<Vec<locks::NodeView>> {
     let nodes: Api<Node> = Api::all(client.clone());
-    let nodes = nodes.list(&ListParams::default()).await.map_err(describe).map(|list| {
-        list.items
-            .into_iter()
-            .map(|node| {
-                let spec = node.spec.unwrap_or_default();
-                locks::NodeView {
-                    name: node.metadata.name.unwrap_or_default(),
-                    labels: node.metadata.labels.unwrap_or_default(),
-                    provider_id: spec.provider_id.unwrap_or_default(),
-                    taints: spec.taints.unwrap_or_default(),
-                }
-            })
-            .collect()
-    });
+    nodes.list(&ListParams::default()).await.map_err(describe).map(|list| list.items.into_iter().map(lock_node).collect())
+}
+
+/// A node as [`crate::locks`] judges it: its name, labels, provider and taints.
+fn lock_node(node: Node) -> locks::NodeView {
+    let spec = node.spec.unwrap_or_default();
+    locks::NodeView {
+        name: node.metadata.name.unwrap_or_default(),
+        labels: node.metadata.labels.unwrap_or_default(),
+        provider_id: spec.provider_id.unwrap_or_default(),
+        taints: spec.taints.unwrap_or_default(),
+    }
+}
+
+/// The DaemonSet's pods: those its `selector` matches in `namespace`.
+async fn lock_pods(client: &kube::Client, namespace: &str, selector: &str) -> Read<Vec<locks::PodView>> {
     let pods_api: Api<Pod> = Api::namespaced(client.clone(), namespace);
-    let pods = pods_api
-        .list(&ListParams::default().labels(&selector))
+    pods_api
+        .list(&ListParams::default().labels(selector))
         .await
         .map_err(describe)
-        .map(|list| list.items.into_iter().map(lock_pod).collect::<Vec<_>>());
+        .map(|list| list.items.into_iter().map(lock_pod).collect())
+}
+
+/// The Events in `namespace` of the DaemonSet and of its pods.
+async fn lock_events(client: &kube::Client, namespace: &str, daemon_set: &str, pods: &[String]) -> Read<Vec<EventView>> {
     let events_api: Api<Event> = Api::namespaced(client.clone(), namespace);
-    let pod_names: Vec<String> = pods.as_ref().map(|p| p.iter().map(|p| p.name.clone()).collect()).unwrap_or_default();
-    let events = events_api.list(&ListParams::default()).await.map_err(describe).map(|list| {
-        let mut events: Vec<_> = list
-            .items
-            .into_iter()
-            .filter(|e| match (e.involved_object.kind.as_deref(), e.involved_object.name.as_ref()) {
-                (Some("Pod"), Some(pod)) => pod_names.contains(pod),
-                (Some("DaemonSet"), Some(daemon_set)) => *daemon_set == name,
-                _ => false,
-            })
-            .collect();
-        // Oldest first: the last one of a reason is the latest.
-        events.sort_by_key(|e| {
-            e.last_timestamp
-                .as_ref()
-                .map(|t| t.0)
-                .or_else(|| e.event_time.as_ref().map(|t| t.0))
-                .or_else(|| e.first_timestamp.as_ref().map(|t| t.0))
-                .or_else(|| e.metadata.creation_timestamp.as_ref().map(|t| t.0))
-        });
-        events
-            .into_iter()
-            .map(|e| EventView {
-                kind: e.involved_object.kind.unwrap_or_default(),
-                name: e.involved_object.name.unwrap_or_default(),
-                reason: e.reason.unwrap_or_default(),
-                message: e.message.unwrap_or_default().trim().to_owned(),
-            })
-            .collect()
+    events_api.list(&ListParams::default()).await.map_err(describe).map(|list| lock_events_of(list.items, daemon_set, pods))
+}
+
+/// Of `events`, those of the DaemonSet and of its pods, oldest first: the last one of a reason is the latest.
+fn lock_events_of(events: Vec<Event>, daemon_set: &str, pods: &[String]) -> Vec<EventView> {
+    let mut events: Vec<_> = events
+        .into_iter()
+        .filter(|e| match (e.involved_object.kind.as_deref(), e.involved_object.name.as_ref()) {
+            (Some("Pod"), Some(pod)) => pods.contains(pod),
+            (Some("DaemonSet"), Some(name)) => name == daemon_set,
+            _ => false,
+        })
+        .collect();
+    events.sort_by_key(|e| {
+        e.last_timestamp
+            .as_ref()
+            .map(|t| t.0)
+            .or_else(|| e.event_time.as_ref().map(|t| t.0))
+            .or_else(|| e.first_timestamp.as_ref().map(|t| t.0))
+            .or_else(|| e.metadata.creation_timestamp.as_ref().map(|t| t.0))
     });
-    LockView { namespace: namespace.into(), daemon_set: Ok(Some(view)), nodes, pods, events }
+    events
+        .into_iter()
+        .map(|e| EventView {
+            kind: e.involved_object.kind.unwrap_or_default(),
+            name: e.involved_object.name.unwrap_or_default(),
+            reason: e.reason.unwrap_or_default(),
+            message: e.message.unwrap_or_default().trim().to_owned(),
+        })
+        .collect()
 }
 
 /// A lock pod as [`crate::locks`] judges it: its node (bound, or the one the DaemonSet's node affinity names),
@@ -448,4 +471,81 @@ pub async fn pre_snapshot(client: &kube::Client, selector: &str) -> PreSnapshot 
     }
     .await;
     PreSnapshot { server_version, admission_resources, nodes, namespaces }
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::api::core::v1::ObjectReference;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+    use k8s_openapi::jiff::Timestamp;
+
+    use super::*;
+
+    fn event(kind: &str, name: &str, reason: &str, at: Option<i64>) -> Event {
+        Event {
+            involved_object: ObjectReference { kind: Some(kind.into()), name: Some(name.into()), ..ObjectReference::default() },
+            reason: Some(reason.into()),
+            message: Some(format!(" {reason} \n")),
+            last_timestamp: at.map(|s| Time(Timestamp::from_second(s).unwrap())),
+            ..Event::default()
+        }
+    }
+
+    #[test]
+    fn the_lock_events_are_the_daemon_sets_and_its_pods_oldest_first() {
+        let events = vec![
+            event("Pod", "cni-a", "late", Some(30)),
+            event("Pod", "other", "not ours", Some(10)),
+            event("DaemonSet", "tollgate-cni", "early", Some(20)),
+            event("DaemonSet", "other", "not ours", Some(5)),
+            event("Node", "cni-a", "not a pod", Some(5)),
+            event("Pod", "cni-b", "undated", None),
+        ];
+        let got: Vec<(String, String, String, String)> = lock_events_of(events, "tollgate-cni", &["cni-a".into(), "cni-b".into()])
+            .into_iter()
+            .map(|e| (e.kind, e.name, e.reason, e.message))
+            .collect();
+        let want = [("Pod", "cni-b", "undated"), ("DaemonSet", "tollgate-cni", "early"), ("Pod", "cni-a", "late")]
+            .map(|(k, n, r)| (k.to_owned(), n.to_owned(), r.to_owned(), r.to_owned()));
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn the_daemon_set_view_keeps_the_installers_literal_tollgate_variables() {
+        use k8s_openapi::api::apps::v1::DaemonSetSpec;
+        use k8s_openapi::api::core::v1::{Container, EnvVar, PodSpec, PodTemplateSpec};
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+        let var = |name: &str, value: Option<&str>| EnvVar { name: name.into(), value: value.map(Into::into), ..EnvVar::default() };
+        let installer = Container {
+            env: Some(vec![var("TOLLGATE_CNI_PLATFORM", Some("k3s")), var("TOLLGATE_CNI_BIN_DIR", None), var("HOME", Some("/"))]),
+            ..Container::default()
+        };
+        let daemon_set = DaemonSet {
+            metadata: ObjectMeta { name: Some("tollgate-cni".into()), ..ObjectMeta::default() },
+            spec: DaemonSetSpec {
+                selector: LabelSelector {
+                    match_labels: Some(BTreeMap::from([("a".into(), "1".into()), ("b".into(), "2".into())])),
+                    ..LabelSelector::default()
+                },
+                template: PodTemplateSpec {
+                    spec: Some(PodSpec {
+                        containers: vec![
+                            installer,
+                            Container { env: Some(vec![var("TOLLGATE_CNI_X", Some("y"))]), ..Container::default() },
+                        ],
+                        priority_class_name: Some("system-node-critical".into()),
+                        ..PodSpec::default()
+                    }),
+                    ..PodTemplateSpec::default()
+                },
+                ..DaemonSetSpec::default()
+            },
+            ..DaemonSet::default()
+        };
+        let (view, selector) = daemon_set_view(daemon_set);
+        assert_eq!(selector, "a=1,b=2");
+        assert_eq!(view.name, "tollgate-cni");
+        assert_eq!(view.env, BTreeMap::from([("TOLLGATE_CNI_PLATFORM".to_owned(), "k3s".to_owned())]));
+        assert_eq!(view.priority_class.as_deref(), Some("system-node-critical"));
+    }
 }
