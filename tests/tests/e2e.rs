@@ -769,6 +769,18 @@ tests:
         values: '0x10 0+60x60'
       - series: 'tollgate_proxy_requests_total{namespace="a1",listener="egress",route="hub",status="200",decision="allowed"}'
         values: '0+60x70'
+      - series: 'tollgate_webhook_policy_info{namespace="tollgate",pod="w1",version="0.2.0",policy="sha256:aaaa"}'
+        values: '1x130'
+      - series: 'tollgate_proxy_info{namespace="a1",pod="fresh",version="0.2.0",policy="sha256:aaaa"}'
+        values: '1x130'
+      - series: 'tollgate_proxy_info{namespace="a1",pod="old-policy",version="0.2.0",policy="sha256:bbbb"}'
+        values: '1x130'
+      - series: 'tollgate_proxy_info{namespace="a1",pod="old-release",version="0.1.0",policy="sha256:aaaa"}'
+        values: '1x130'
+      - series: 'tollgate_proxy_info{namespace="a2",pod="fresh",version="0.2.0",policy="sha256:aaaa"}'
+        values: '1x130'
+      - series: 'tollgate_proxy_info{namespace="a3",pod="restarted-in-time",version="0.1.0",policy="sha256:bbbb"}'
+        values: '1x30 _x100'
     alert_rule_test:
       - { eval_time: 50m, alertname: TollgateWebhookCertificateExpiring, exp_alerts: [] }
       - eval_time: 70m
@@ -810,6 +822,21 @@ tests:
             exp_annotations:
               summary: 50% of the proxies' requests in a1 end in 5xx
               description: Upstreams unreachable or failing, or token failures; tollgate_proxy_requests_total by route and decision says which.
+      - { eval_time: 50m, alertname: TollgateStaleProxies, exp_alerts: [] }
+      - eval_time: 70m
+        alertname: TollgateStaleProxies
+        exp_alerts:
+          - exp_labels: { severity: warning, namespace: a1 }
+            exp_annotations:
+              summary: 2 proxies in a1 are not what tollgate injects today
+              description: Their pods were admitted under another tollgate release or policy than the webhook's in tollgate and keep that proxy until they are recreated. `tollgate check --proxy` lists each pod, why, and the command that recreates it (kubectl rollout restart for a Deployment).
+  # No webhook scraped: the proxies cannot be judged (TollgateWebhookDown says why).
+  - interval: 1m
+    input_series:
+      - series: 'tollgate_proxy_info{namespace="a1",pod="old-policy",version="0.2.0",policy="sha256:bbbb"}'
+        values: '1x130'
+    alert_rule_test:
+      - { eval_time: 70m, alertname: TollgateStaleProxies, exp_alerts: [] }
 "#;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
