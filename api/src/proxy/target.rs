@@ -169,6 +169,15 @@ fn check_with(target: &str, own_authorities: &[String], allow_non_ascii: bool) -
     if target.contains('#') {
         return Err(TargetError::Fragment);
     }
+    let origin = origin_form(target, own_authorities)?;
+    let (raw_path, query) = path_and_query(origin)?;
+    let (path, non_ascii) = normalize(raw_path, allow_non_ascii)?;
+    Ok(SafeTarget { path, query, non_ascii })
+}
+
+/// The target in origin form (`/path?query`): an absolute-form target (`http://host/path`) must name one of
+/// `own_authorities`, and is taken as its path and query (`/` where it has none).
+fn origin_form<'a>(target: &'a str, own_authorities: &[String]) -> Result<&'a str, TargetError> {
     let origin = match target.split_once("://") {
         Some((scheme, rest)) if scheme.eq_ignore_ascii_case("http") || scheme.eq_ignore_ascii_case("https") => {
             let end = rest.find(['/', '?']).unwrap_or(rest.len());
@@ -187,6 +196,11 @@ fn check_with(target: &str, own_authorities: &[String], allow_non_ascii: bool) -
     if !origin.starts_with('/') {
         return Err(TargetError::NotOriginForm);
     }
+    Ok(origin)
+}
+
+/// The path and the query of an origin-form target; a path with a backslash or a path parameter is refused.
+fn path_and_query(origin: &str) -> Result<(&str, Option<String>), TargetError> {
     let (raw_path, query) = match origin.split_once('?') {
         Some((path, query)) => (path, Some(query.to_owned())),
         None => (origin, None),
@@ -197,12 +211,13 @@ fn check_with(target: &str, own_authorities: &[String], allow_non_ascii: bool) -
     if raw_path.contains(';') {
         return Err(TargetError::PathParameter);
     }
+    Ok((raw_path, query))
+}
 
+/// The path as the upstream gets it, segment by segment, and whether a segment decodes to non-ASCII.
+fn normalize(raw_path: &str, allow_non_ascii: bool) -> Result<(String, bool), TargetError> {
     let mut path = String::with_capacity(raw_path.len());
     let mut non_ascii = false;
-    // The bytes of a segment as the upstream will decode them, kept only for a segment with a
-    // percent-encoding: literal bytes are ASCII (checked above), so only those can make it non-ASCII.
-    let mut plain = Vec::new();
     let mut segments = raw_path[1..].split('/').peekable();
     while let Some(segment) = segments.next() {
         // Empty segments collapse ('//' → '/'); a trailing slash is kept.
@@ -210,52 +225,8 @@ fn check_with(target: &str, own_authorities: &[String], allow_non_ascii: bool) -
             continue;
         }
         path.push('/');
-        let bytes = segment.as_bytes();
-        let encoded = bytes.contains(&b'%');
-        plain.clear();
-        let mut i = 0;
-        while i < bytes.len() {
-            match bytes[i] {
-                b'%' => {
-                    let (Some(hi), Some(lo)) =
-                        (bytes.get(i + 1).copied().and_then(hex_value), bytes.get(i + 2).copied().and_then(hex_value))
-                    else {
-                        return Err(TargetError::BadPercentEncoding);
-                    };
-                    let decoded = hi * 16 + lo;
-                    match decoded {
-                        b'/' | b'\\' | b'.' => return Err(TargetError::EncodedSeparator(segment[i..i + 3].to_owned())),
-                        b'%' => return Err(TargetError::DoubleEncoding),
-                        0..=0x1f | 0x7f => return Err(TargetError::ControlOrNonAscii),
-                        b';' => return Err(TargetError::PathParameter),
-                        byte if is_unreserved(byte) => path.push(byte as char),
-                        byte => push_encoded(&mut path, byte),
-                    }
-                    plain.push(decoded);
-                    i += 3;
-                }
-                byte => {
-                    if is_segment_char(byte) {
-                        path.push(byte as char);
-                    } else {
-                        push_encoded(&mut path, byte);
-                    }
-                    if encoded {
-                        plain.push(byte);
-                    }
-                    i += 1;
-                }
-            }
-        }
-        if !plain.is_ascii() {
-            if std::str::from_utf8(&plain).is_err() {
-                return Err(TargetError::InvalidUtf8(segment.to_owned()));
-            }
-            if !allow_non_ascii {
-                return Err(TargetError::EncodedNonAscii(segment.to_owned()));
-            }
-            non_ascii = true;
-        }
+        let plain = push_segment(&mut path, segment)?;
+        non_ascii |= decodes_to_non_ascii(segment, &plain, allow_non_ascii)?;
         let written = &path[path.rfind('/').unwrap_or(0) + 1..];
         if written == "." || written == ".." {
             return Err(TargetError::DotSegment);
@@ -264,7 +235,65 @@ fn check_with(target: &str, own_authorities: &[String], allow_non_ascii: bool) -
     if path.is_empty() {
         path.push('/');
     }
-    Ok(SafeTarget { path, query, non_ascii })
+    Ok((path, non_ascii))
+}
+
+/// Appends `segment` to `path`, each byte as itself or percent-encoded, one way for each; refuses what decodes
+/// to a separator, a dot, a `%`, a control byte or a path parameter. Returns the bytes of the segment as the
+/// upstream will decode them, only for a segment with a percent-encoding (empty otherwise): literal bytes are
+/// ASCII (checked before), so only those can make it non-ASCII.
+fn push_segment(path: &mut String, segment: &str) -> Result<Vec<u8>, TargetError> {
+    let bytes = segment.as_bytes();
+    let encoded = bytes.contains(&b'%');
+    let mut plain = Vec::new();
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' => {
+                let (Some(hi), Some(lo)) = (bytes.get(i + 1).copied().and_then(hex_value), bytes.get(i + 2).copied().and_then(hex_value))
+                else {
+                    return Err(TargetError::BadPercentEncoding);
+                };
+                let decoded = hi * 16 + lo;
+                match decoded {
+                    b'/' | b'\\' | b'.' => return Err(TargetError::EncodedSeparator(segment[i..i + 3].to_owned())),
+                    b'%' => return Err(TargetError::DoubleEncoding),
+                    0..=0x1f | 0x7f => return Err(TargetError::ControlOrNonAscii),
+                    b';' => return Err(TargetError::PathParameter),
+                    byte if is_unreserved(byte) => path.push(byte as char),
+                    byte => push_encoded(path, byte),
+                }
+                plain.push(decoded);
+                i += 3;
+            }
+            byte => {
+                if is_segment_char(byte) {
+                    path.push(byte as char);
+                } else {
+                    push_encoded(path, byte);
+                }
+                if encoded {
+                    plain.push(byte);
+                }
+                i += 1;
+            }
+        }
+    }
+    Ok(plain)
+}
+
+/// Whether a segment's decoded bytes (`plain`) are non-ASCII: then they must be UTF-8, and allowed.
+fn decodes_to_non_ascii(segment: &str, plain: &[u8], allow_non_ascii: bool) -> Result<bool, TargetError> {
+    if plain.is_ascii() {
+        return Ok(false);
+    }
+    if std::str::from_utf8(plain).is_err() {
+        return Err(TargetError::InvalidUtf8(segment.to_owned()));
+    }
+    if !allow_non_ascii {
+        return Err(TargetError::EncodedNonAscii(segment.to_owned()));
+    }
+    Ok(true)
 }
 
 #[cfg(test)]
@@ -387,5 +416,34 @@ mod tests {
         assert_eq!(check_host(true, &[b"a", b"a"]), Err(TargetError::SeveralHosts));
         assert_eq!(check_host(true, &[b""]).unwrap_err().to_string(), "empty Host header");
         assert_eq!(check_host(true, &[]).unwrap_err().to_string(), "HTTP/1.1 request without a Host header");
+    }
+
+    #[test]
+    fn absolute_form_to_us_becomes_origin_form() {
+        let own = ["127.0.0.1:15001".to_owned()];
+        assert_eq!(origin_form("HTTP://127.0.0.1:15001", &own), Ok("/"));
+        assert_eq!(origin_form("https://127.0.0.1:15001/a?b", &own), Ok("/a?b"));
+        assert_eq!(origin_form("/a://b", &own), Ok("/a://b"));
+        assert_eq!(origin_form("http://127.0.0.1:15001?b", &own), Err(TargetError::NotOriginForm));
+        assert_eq!(origin_form("ftp://127.0.0.1:15001/a", &own), Err(TargetError::NotOriginForm));
+        assert_eq!(origin_form("*", &own), Err(TargetError::NotOriginForm));
+        assert_eq!(origin_form("http://other/a", &own), Err(TargetError::ForeignHost("other".into())));
+    }
+
+    #[test]
+    fn a_segment_is_written_one_way_and_decoded_as_the_upstream_will() {
+        let push = |segment: &str| {
+            let mut path = String::new();
+            push_segment(&mut path, segment).map(|plain| (path, plain))
+        };
+        assert_eq!(push("a-b"), Ok(("a-b".to_owned(), vec![])));
+        assert_eq!(push("a%41%5b"), Ok(("aA%5B".to_owned(), b"aA[".to_vec())));
+        assert_eq!(push("%C3%a9"), Ok(("%C3%A9".to_owned(), vec![0xc3, 0xa9])));
+        assert_eq!(push("x%2e"), Err(TargetError::EncodedSeparator("%2e".into())));
+        assert_eq!(push("x%4"), Err(TargetError::BadPercentEncoding));
+        assert_eq!(decodes_to_non_ascii("a", b"a", false), Ok(false));
+        assert_eq!(decodes_to_non_ascii("%C3%A9", &[0xc3, 0xa9], true), Ok(true));
+        assert_eq!(decodes_to_non_ascii("%C3%A9", &[0xc3, 0xa9], false), Err(TargetError::EncodedNonAscii("%C3%A9".into())));
+        assert_eq!(decodes_to_non_ascii("%FF", &[0xff], true), Err(TargetError::InvalidUtf8("%FF".into())));
     }
 }
