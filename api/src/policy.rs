@@ -764,112 +764,140 @@ impl Policy {
         if self.max_warnings == 0 {
             errors.push(error("maxWarnings", "must be at least 1"));
         }
-        let s = &self.security;
-        for (field, id) in
-            [("security.runAsUser", s.run_as_user), ("security.runAsGroup", s.run_as_group), ("security.fsGroup", s.fs_group)]
-        {
-            check_id(&mut errors, field, id);
-        }
-        if s.tmp_size_limit.value <= Quantity::ZERO {
-            errors.push(error("security.tmpSizeLimit", "must be greater than zero"));
-        }
-
-        let p = &self.proxy;
-        if let Err(why) = check_image_pinned(&p.image) {
-            errors.push(error("proxy.image", why));
-        }
-        let ports = [("proxy.egressPort", p.egress_port), ("proxy.ingressPort", p.ingress_port), ("proxy.adminPort", p.admin_port)];
-        for (i, (field, port)) in ports.iter().enumerate() {
-            if *port == 0 {
-                errors.push(error(*field, "must be a port between 1 and 65535"));
-            }
-            if let Some((other, _)) = ports[..i].iter().find(|(_, p)| p == port) {
-                errors.push(error(*field, format!("port {port} is already used by {other}")));
-            }
-        }
-        check_id(&mut errors, "proxy.runAsUser", p.run_as_user);
-        check_id(&mut errors, "proxy.runAsGroup", p.run_as_group);
-        if p.run_as_user == s.run_as_user {
-            errors.push(error(
-                "proxy.runAsUser",
-                format!("must differ from security.runAsUser ({}): the proxy runs as its own user", s.run_as_user),
-            ));
-        }
-        if let Err(why) = check_object_name(&p.config_map) {
-            errors.push(error("proxy.configMap", why));
-        }
-        // `{analysis_id}` stands for an id of at least one character: the name is checked with one in its place.
-        let secret_example = p.credentials_secret.replace(ANALYSIS_ID_PLACEHOLDER, "a");
-        if secret_example.contains(['{', '}']) {
-            errors.push(error(
-                "proxy.credentialsSecret",
-                format!("{:?} has a placeholder other than {ANALYSIS_ID_PLACEHOLDER}", p.credentials_secret),
-            ));
-        } else if let Err(why) = check_object_name(&secret_example) {
-            let why = if secret_example == p.credentials_secret {
-                why
-            } else {
-                format!(
-                    "{:?} is not a valid object name with an analysis id in place of {ANALYSIS_ID_PLACEHOLDER} (lowercase letters, digits, '-' and '.', at most 253, alphanumeric at both ends)",
-                    p.credentials_secret
-                )
-            };
-            errors.push(error("proxy.credentialsSecret", why));
-        }
-        if let Err(why) = check_object_name(&p.credentials_secret_prefix) {
-            errors.push(error("proxy.credentialsSecretPrefix", why));
-        } else if !p.credentials_secret.starts_with(&p.credentials_secret_prefix) {
-            errors.push(error(
-                "proxy.credentialsSecret",
-                format!("{:?} does not start with proxy.credentialsSecretPrefix ({:?})", p.credentials_secret, p.credentials_secret_prefix),
-            ));
-        }
-        check_egress_hostnames(&mut errors, p);
-        check_placeholder_env(&mut errors, p);
-        if p.startup_failure_threshold == 0 {
-            errors.push(error("proxy.startupFailureThreshold", "must be at least 1"));
-        }
-        check_requirements(&mut errors, "proxy.resources", &p.resources);
-
-        let r = &self.resources;
-        check_requirements(&mut errors, "resources.defaults", &r.defaults);
-        check_resource_names(&mut errors, "resources.maximum", &r.maximum);
-        for (kind, list) in [("requests", &r.defaults.requests), ("limits", &r.defaults.limits)] {
-            for (name, value) in list {
-                if let Some(max) = r.maximum.get(name).filter(|max| value.value > max.value) {
-                    errors.push(error(
-                        format!("resources.defaults.{kind}.{name}"),
-                        format!("{} is above resources.maximum.{name} ({})", value.text, max.text),
-                    ));
-                }
-            }
-        }
+        check_security(&mut errors, &self.security);
+        check_proxy(&mut errors, &self.proxy, &self.security);
+        check_resources(&mut errors, &self.resources);
         if self.lifetime.active_deadline_seconds < 1 {
             errors.push(error("lifetime.activeDeadlineSeconds", "must be at least 1"));
         }
-        for (field, list) in [
-            ("identity.trustedUsers", &self.identity.trusted_users),
-            ("identity.trustedGroups", &self.identity.trusted_groups),
-            ("identity.controllers", &self.identity.controllers),
-            ("security.allowedCsiDrivers", &self.security.allowed_csi_drivers),
-        ] {
-            if let Some(index) = list.iter().position(|name| name.trim().is_empty() || name.trim() != name) {
-                errors.push(error(format!("{field}[{index}]"), "must be a non-empty name without surrounding spaces"));
-            }
-        }
-        let b = &self.bounds;
-        for (field, value, floor) in [
-            ("bounds.containers", b.containers, 2),
-            ("bounds.volumes", b.volumes, 3),
-            ("bounds.volumeMountsPerContainer", b.volume_mounts_per_container, 2),
-            ("bounds.envPerContainer", b.env_per_container, 6),
-        ] {
-            // The sidecar alone needs this much: a smaller bound would deny every pod.
-            if value < floor {
-                errors.push(error(field, format!("must be at least {floor} (tollgate's own sidecar and volumes need that many)")));
-            }
-        }
+        check_name_lists(&mut errors, self);
+        check_bounds(&mut errors, &self.bounds);
         if errors.is_empty() { Ok(()) } else { Err(PolicyErrors(errors)) }
+    }
+}
+
+/// `security`: the pod's user, group and fsGroup, the size of its `/tmp`.
+fn check_security(errors: &mut Vec<PolicyError>, s: &SecurityPolicy) {
+    for (field, id) in [("security.runAsUser", s.run_as_user), ("security.runAsGroup", s.run_as_group), ("security.fsGroup", s.fs_group)] {
+        check_id(errors, field, id);
+    }
+    if s.tmp_size_limit.value <= Quantity::ZERO {
+        errors.push(error("security.tmpSizeLimit", "must be greater than zero"));
+    }
+}
+
+/// `proxy`: its image, ports, user, ConfigMap, credentials Secret, egress, environment, startup and resources.
+fn check_proxy(errors: &mut Vec<PolicyError>, p: &ProxyPolicy, s: &SecurityPolicy) {
+    if let Err(why) = check_image_pinned(&p.image) {
+        errors.push(error("proxy.image", why));
+    }
+    check_proxy_ports(errors, p);
+    check_id(errors, "proxy.runAsUser", p.run_as_user);
+    check_id(errors, "proxy.runAsGroup", p.run_as_group);
+    if p.run_as_user == s.run_as_user {
+        errors.push(error(
+            "proxy.runAsUser",
+            format!("must differ from security.runAsUser ({}): the proxy runs as its own user", s.run_as_user),
+        ));
+    }
+    if let Err(why) = check_object_name(&p.config_map) {
+        errors.push(error("proxy.configMap", why));
+    }
+    check_credentials_secret(errors, p);
+    check_egress_hostnames(errors, p);
+    check_placeholder_env(errors, p);
+    if p.startup_failure_threshold == 0 {
+        errors.push(error("proxy.startupFailureThreshold", "must be at least 1"));
+    }
+    check_requirements(errors, "proxy.resources", &p.resources);
+}
+
+/// The proxy's ports: each one set, no two the same (the later one is said to be taken).
+fn check_proxy_ports(errors: &mut Vec<PolicyError>, p: &ProxyPolicy) {
+    let ports = [("proxy.egressPort", p.egress_port), ("proxy.ingressPort", p.ingress_port), ("proxy.adminPort", p.admin_port)];
+    for (i, (field, port)) in ports.iter().enumerate() {
+        if *port == 0 {
+            errors.push(error(*field, "must be a port between 1 and 65535"));
+        }
+        if let Some((other, _)) = ports[..i].iter().find(|(_, p)| p == port) {
+            errors.push(error(*field, format!("port {port} is already used by {other}")));
+        }
+    }
+}
+
+/// `proxy.credentialsSecret`: an object name, `{analysis_id}` its only placeholder, under
+/// `proxy.credentialsSecretPrefix` (itself an object name).
+fn check_credentials_secret(errors: &mut Vec<PolicyError>, p: &ProxyPolicy) {
+    // `{analysis_id}` stands for an id of at least one character: the name is checked with one in its place.
+    let secret_example = p.credentials_secret.replace(ANALYSIS_ID_PLACEHOLDER, "a");
+    if secret_example.contains(['{', '}']) {
+        errors.push(error(
+            "proxy.credentialsSecret",
+            format!("{:?} has a placeholder other than {ANALYSIS_ID_PLACEHOLDER}", p.credentials_secret),
+        ));
+    } else if let Err(why) = check_object_name(&secret_example) {
+        let why = if secret_example == p.credentials_secret {
+            why
+        } else {
+            format!(
+                "{:?} is not a valid object name with an analysis id in place of {ANALYSIS_ID_PLACEHOLDER} (lowercase letters, digits, '-' and '.', at most 253, alphanumeric at both ends)",
+                p.credentials_secret
+            )
+        };
+        errors.push(error("proxy.credentialsSecret", why));
+    }
+    if let Err(why) = check_object_name(&p.credentials_secret_prefix) {
+        errors.push(error("proxy.credentialsSecretPrefix", why));
+    } else if !p.credentials_secret.starts_with(&p.credentials_secret_prefix) {
+        errors.push(error(
+            "proxy.credentialsSecret",
+            format!("{:?} does not start with proxy.credentialsSecretPrefix ({:?})", p.credentials_secret, p.credentials_secret_prefix),
+        ));
+    }
+}
+
+/// `resources`: the defaults and the maximum well-formed, no default above its maximum.
+fn check_resources(errors: &mut Vec<PolicyError>, r: &ResourcePolicy) {
+    check_requirements(errors, "resources.defaults", &r.defaults);
+    check_resource_names(errors, "resources.maximum", &r.maximum);
+    for (kind, list) in [("requests", &r.defaults.requests), ("limits", &r.defaults.limits)] {
+        for (name, value) in list {
+            if let Some(max) = r.maximum.get(name).filter(|max| value.value > max.value) {
+                errors.push(error(
+                    format!("resources.defaults.{kind}.{name}"),
+                    format!("{} is above resources.maximum.{name} ({})", value.text, max.text),
+                ));
+            }
+        }
+    }
+}
+
+/// The lists of names (users, groups, controllers, CSI drivers): the first blank or padded one in each.
+fn check_name_lists(errors: &mut Vec<PolicyError>, policy: &Policy) {
+    for (field, list) in [
+        ("identity.trustedUsers", &policy.identity.trusted_users),
+        ("identity.trustedGroups", &policy.identity.trusted_groups),
+        ("identity.controllers", &policy.identity.controllers),
+        ("security.allowedCsiDrivers", &policy.security.allowed_csi_drivers),
+    ] {
+        if let Some(index) = list.iter().position(|name| name.trim().is_empty() || name.trim() != name) {
+            errors.push(error(format!("{field}[{index}]"), "must be a non-empty name without surrounding spaces"));
+        }
+    }
+}
+
+/// `bounds`: each at least what tollgate's own sidecar and volumes take.
+fn check_bounds(errors: &mut Vec<PolicyError>, b: &Bounds) {
+    for (field, value, floor) in [
+        ("bounds.containers", b.containers, 2),
+        ("bounds.volumes", b.volumes, 3),
+        ("bounds.volumeMountsPerContainer", b.volume_mounts_per_container, 2),
+        ("bounds.envPerContainer", b.env_per_container, 6),
+    ] {
+        // The sidecar alone needs this much: a smaller bound would deny every pod.
+        if value < floor {
+            errors.push(error(field, format!("must be at least {floor} (tollgate's own sidecar and volumes need that many)")));
+        }
     }
 }
 
