@@ -27,6 +27,10 @@ impl EgressLock {
 
     /// The annotation's text, as the plugin reads it: refused unless the plugin can enforce it whole.
     pub fn parse(value: &str) -> Result<Self, String> {
+        // serde reads a struct from a JSON array too (its fields by position): `[10001,[15006]]` would pass.
+        if !value.trim_start_matches([' ', '\t', '\n', '\r']).starts_with('{') {
+            return Err("not a JSON object".into());
+        }
         let lock: EgressLock = serde_json::from_str(value).map_err(|e| e.to_string())?;
         if lock.proxy_uid == 0 {
             return Err("proxyUid is 0 (root may never be the only UID let out)".into());
@@ -63,6 +67,9 @@ mod tests {
             (r#"{"proxyUid":1,"inboundPorts":[0]}"#, "distinct"),
             (r#"{"proxyUid":1,"inboundPorts":[],"outbound":[]}"#, "unknown field"),
             (r#"{"proxyUid":1,"inboundPorts":[1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17]}"#, "at most 16"),
+            // Found by fuzzing (fuzz/corpus/cni/array-annotation): serde read this as proxyUid 3, inboundPorts [4].
+            ("\r\r[3\r\t,[4\r]]", "not a JSON object"),
+            ("[10001,[15006,15021]]", "not a JSON object"),
         ] {
             let error = EgressLock::parse(value).unwrap_err();
             assert!(error.contains(why), "{value}: {error}");

@@ -307,7 +307,8 @@ mod tests {
             (r#"{"proxyUid":-1,"inboundPorts":[]}"#, "invalid value"),
             (r#"{"proxyUid":5,"inboundPorts":[1],"allowUdp":true}"#, "unknown field `allowUdp`"),
             (r#"{"proxyUid":5}"#, "missing field `inboundPorts`"),
-            ("yes", "expected value"),
+            ("yes", "not a JSON object"),
+            ("[5, [1]]", "not a JSON object"),
         ] {
             let err = lock_for(&annotations(value)).unwrap_err();
             assert_eq!(err.code, CODE_BAD_ANNOTATION);
