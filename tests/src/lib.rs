@@ -278,6 +278,36 @@ pub struct Webhook {
 }
 
 impl Webhook {
+    /// What `helm install` of the chart needs to use this webhook (no node here runs the chart's Deployment):
+    /// its serving certificate as the Secret tollgate/tollgate-webhook-tls (the namespace must exist), and the
+    /// values that point the chart's webhook configuration at it.
+    pub fn chart_values(&self, plane: &ControlPlane) -> Vec<String> {
+        let (cert, key) = (self.certs.join("tls.crt"), self.certs.join("tls.key"));
+        let out = plane.kubectl(&[
+            "create",
+            "secret",
+            "tls",
+            "tollgate-webhook-tls",
+            "-n",
+            "tollgate",
+            &format!("--cert={}", cert.display()),
+            &format!("--key={}", key.display()),
+        ]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        [
+            "--set",
+            "certificates.mode=existingSecret",
+            "--set",
+            "certificates.existingSecret=tollgate-webhook-tls",
+            "--set",
+            &format!("webhook.url=https://127.0.0.1:{}/mutate", self.port),
+            "--set-file",
+            &format!("webhook.caBundle={}", self.certs.join("ca.crt").display()),
+        ]
+        .map(str::to_owned)
+        .to_vec()
+    }
+
     pub fn start(plane: &ControlPlane) -> Webhook {
         let webhook = Webhook::start_unregistered(plane);
         webhook.register(plane);

@@ -203,47 +203,20 @@ async fn the_chart_installs_from_its_repository_over_http_pinned_to_the_images_b
     let webhook = Webhook::start_unregistered(&plane);
     namespace(&plane, "analyses", true);
     assert!(plane.kubectl(&["create", "namespace", "tollgate"]).status.success());
-    let (cert, key) = (webhook.certs.join("tls.crt"), webhook.certs.join("tls.key"));
-    let out = plane.kubectl(&[
-        "create",
-        "secret",
-        "tls",
-        "tollgate-webhook-tls",
-        "-n",
-        "tollgate",
-        &format!("--cert={}", cert.display()),
-        &format!("--key={}", key.display()),
-    ]);
-    assert!(out.status.success(), "{}", text(&out));
+    let local = webhook.chart_values(&plane);
     let kubeconfig = Some(plane.kubeconfig.as_path());
-    let out = helm(
-        &home,
-        kubeconfig,
-        &[
-            "install",
-            "tollgate",
-            "tollgate/tollgate",
-            "--version",
-            version,
-            "-n",
-            "tollgate",
-            "--set",
-            "certificates.mode=existingSecret",
-            "--set",
-            "certificates.existingSecret=tollgate-webhook-tls",
-            "--set",
-            &format!("webhook.url=https://127.0.0.1:{}/mutate", webhook.port),
-            "--set-file",
-            &format!("webhook.caBundle={}", webhook.certs.join("ca.crt").display()),
-            "--set",
-            "analysisNamespaces[0].name=analyses",
-            // No node here runs the validation hook's Job (the node suite does).
-            "--set",
-            "validation.enabled=false",
-            "--set",
-            "egressLock.enabled=true",
-        ],
-    );
+    let mut install = vec!["install", "tollgate", "tollgate/tollgate", "--version", version, "-n", "tollgate"];
+    install.extend(local.iter().map(String::as_str));
+    install.extend([
+        "--set",
+        "analysisNamespaces[0].name=analyses",
+        // No node here runs the validation hook's Job (the node suite does).
+        "--set",
+        "validation.enabled=false",
+        "--set",
+        "egressLock.enabled=true",
+    ]);
+    let out = helm(&home, kubeconfig, &install);
     assert!(out.status.success(), "helm install from the repository: {}", text(&out));
     let requested = requests.lock().unwrap().clone();
     let expected = ["GET /index.yaml".to_owned(), format!("GET /{package}")];

@@ -834,43 +834,20 @@ async fn helm_install_creates_every_object_and_its_webhook_hardens_pods() {
     namespace(&plane, "analyses", true);
     let out = plane.kubectl(&["create", "namespace", "tollgate"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let (cert, key) = (webhook.certs.join("tls.crt"), webhook.certs.join("tls.key"));
-    let out = plane.kubectl(&[
-        "create",
-        "secret",
-        "tls",
-        "tollgate-webhook-tls",
-        "-n",
-        "tollgate",
-        &format!("--cert={}", cert.display()),
-        &format!("--key={}", key.display()),
+    let local = webhook.chart_values(&plane);
+    let chart = chart();
+    let mut install = vec!["install", "tollgate", chart.as_str(), "-n", "tollgate"];
+    install.extend(local.iter().map(String::as_str));
+    install.extend([
+        "--set",
+        "analysisNamespaces[0].name=analyses",
+        "--set",
+        "analysisNamespaces[0].egressNamespaces[0]=flame",
+        // No node here runs the validation hook's Job (the node suite does).
+        "--set",
+        "validation.enabled=false",
     ]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let out = helm(
-        &plane,
-        &[
-            "install",
-            "tollgate",
-            &chart(),
-            "-n",
-            "tollgate",
-            "--set",
-            "certificates.mode=existingSecret",
-            "--set",
-            "certificates.existingSecret=tollgate-webhook-tls",
-            "--set",
-            &format!("webhook.url=https://127.0.0.1:{}/mutate", webhook.port),
-            "--set-file",
-            &format!("webhook.caBundle={}", webhook.certs.join("ca.crt").display()),
-            "--set",
-            "analysisNamespaces[0].name=analyses",
-            "--set",
-            "analysisNamespaces[0].egressNamespaces[0]=flame",
-            // No node here runs the validation hook's Job (the node suite does).
-            "--set",
-            "validation.enabled=false",
-        ],
-    );
+    let out = helm(&plane, &install);
     assert!(out.status.success(), "helm install: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stdout).contains("kubectl label namespace"), "NOTES tell the admin how to enable a namespace");
     for (kind, namespace, name) in [

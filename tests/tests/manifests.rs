@@ -116,39 +116,13 @@ fn comparable(mut object: Value) -> Value {
     object
 }
 
-/// The policy file merged over the embedded default as the webhook merges it (api/src/policy.rs `merge`: map by
-/// map, but for the maps it replaces whole).
+/// The policy file as the webhook runs it: loaded by tollgate-api (merged over the embedded default, the maps
+/// it replaces whole replaced, validated), as its canonical JSON.
 fn effective_policy(text: &str) -> Value {
-    const REPLACED_WHOLE: &[&str] = &[
-        "resources.defaults.requests",
-        "resources.defaults.limits",
-        "resources.maximum",
-        "proxy.resources.requests",
-        "proxy.resources.limits",
-    ];
-    fn merge(base: &mut Value, overlay: Value, path: &str) {
-        match (base, overlay) {
-            (Value::Object(base), Value::Object(overlay)) if !REPLACED_WHOLE.contains(&path) => {
-                for (key, value) in overlay {
-                    let child = if path.is_empty() { key.clone() } else { format!("{path}.{key}") };
-                    match base.get_mut(&key) {
-                        Some(existing) => merge(existing, value, &child),
-                        None => {
-                            base.insert(key, value);
-                        }
-                    }
-                }
-            }
-            (base, overlay) => *base = overlay,
-        }
-    }
-    let default = std::fs::read_to_string(workspace().join("api/default-policy.yaml")).unwrap();
-    let mut merged: Value = serde_yaml_ng::from_str(&default).unwrap();
-    merge(&mut merged, serde_yaml_ng::from_str(text).unwrap(), "");
-    merged
+    let policy = tollgate_api::policy::Policy::from_yaml(text).unwrap_or_else(|e| panic!("a shipped policy does not load:\n{e}"));
+    serde_json::to_value(&policy).expect("a policy serializes")
 }
 
-/// The first place `a` and `b` differ, as a path and the two values.
 fn difference(a: &Value, b: &Value, path: &str) -> Option<String> {
     match (a, b) {
         (Value::Object(x), Value::Object(y)) => {
