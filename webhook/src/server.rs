@@ -297,70 +297,10 @@ impl Server {
                 _ = &mut accept_until => break,
             };
             let _ = tcp.set_nodelay(true);
-            let tls = tls.clone();
-            let state = state.clone();
-            let first_request_timeout = config.first_request_timeout;
-            let mut phase = phase.clone();
+            let connection = serve_connection(tcp, peer, tls.clone(), state.clone(), config.first_request_timeout, phase.clone());
             connections.spawn(async move {
                 let _permit = permit;
-                let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.accept(tcp)).await {
-                    Ok(Ok(stream)) => stream,
-                    Ok(Err(e)) => return tracing::debug!(%peer, error = %e, "TLS handshake failed"),
-                    Err(_) => return tracing::debug!(%peer, "TLS handshake timed out"),
-                };
-                // The protocol is the one ALPN chose, so hyper never waits to sniff it.
-                let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
-                let started = Arc::new(AtomicBool::new(false));
-                let first_request = Arc::new(Notify::new());
-                let (seen, told) = (started.clone(), first_request.clone());
-                let service = service_fn(move |request| {
-                    if !seen.swap(true, Ordering::Relaxed) {
-                        told.notify_one();
-                    }
-                    handle(state.clone(), request)
-                });
-                let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-                builder = if h2 { builder.http2_only() } else { builder.http1_only() };
-                builder.http1().timer(TokioTimer::new()).header_read_timeout(HANDSHAKE_TIMEOUT);
-                builder
-                    .http2()
-                    .timer(TokioTimer::new())
-                    .keep_alive_interval(Duration::from_secs(30))
-                    .keep_alive_timeout(Duration::from_secs(10));
-                let connection = builder.serve_connection(TokioIo::new(stream), service).into_owned();
-                tokio::pin!(connection);
-                // A client that connects and then says nothing must not hold a connection slot forever.
-                let idle_before_first_request = async {
-                    tokio::time::sleep(first_request_timeout).await;
-                    if started.load(Ordering::Relaxed) {
-                        std::future::pending::<()>().await;
-                    }
-                };
-                // When the server drains: once this connection has had a request (at once if it has had
-                // one already), or when the listener has closed.
-                let asked_to_end = async {
-                    loop {
-                        let now = *phase.borrow_and_update();
-                        if now == Phase::Stopping || (now == Phase::Draining && started.load(Ordering::Relaxed)) {
-                            return;
-                        }
-                        tokio::select! {
-                            changed = phase.changed() => if changed.is_err() { std::future::pending::<()>().await },
-                            () = first_request.notified() => {}
-                        }
-                    }
-                };
-                let result = tokio::select! {
-                    result = connection.as_mut() => result,
-                    _ = idle_before_first_request => return tracing::debug!(%peer, "no request in time; connection closed"),
-                    () = asked_to_end => {
-                        connection.as_mut().graceful_shutdown();
-                        connection.as_mut().await
-                    }
-                };
-                if let Err(e) = result {
-                    tracing::debug!(%peer, error = %e, "connection ended with an error");
-                }
+                connection.await;
             });
         }
         drop(listener);
@@ -372,6 +312,73 @@ impl Server {
             Ok(()) => tracing::info!("drained; bye"),
             Err(_) => tracing::warn!(timeout = ?config.shutdown_timeout, "shutdown timeout reached with requests still in flight"),
         }
+    }
+}
+
+/// One connection, from the TLS handshake to its end: served by hyper with the protocol ALPN chose, closed if
+/// no request comes in time, and asked to end (GOAWAY, or close after the next answer) once the server drains
+/// and it has had a request, or once the listener has closed.
+async fn serve_connection(
+    tcp: tokio::net::TcpStream,
+    peer: SocketAddr,
+    tls: TlsAcceptor,
+    state: Arc<State>,
+    first_request_timeout: Duration,
+    mut phase: watch::Receiver<Phase>,
+) {
+    let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.accept(tcp)).await {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(e)) => return tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+        Err(_) => return tracing::debug!(%peer, "TLS handshake timed out"),
+    };
+    // The protocol is the one ALPN chose, so hyper never waits to sniff it.
+    let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
+    let started = Arc::new(AtomicBool::new(false));
+    let first_request = Arc::new(Notify::new());
+    let (seen, told) = (started.clone(), first_request.clone());
+    let service = service_fn(move |request| {
+        if !seen.swap(true, Ordering::Relaxed) {
+            told.notify_one();
+        }
+        handle(state.clone(), request)
+    });
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder = if h2 { builder.http2_only() } else { builder.http1_only() };
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(HANDSHAKE_TIMEOUT);
+    builder.http2().timer(TokioTimer::new()).keep_alive_interval(Duration::from_secs(30)).keep_alive_timeout(Duration::from_secs(10));
+    let connection = builder.serve_connection(TokioIo::new(stream), service).into_owned();
+    tokio::pin!(connection);
+    // A client that connects and then says nothing must not hold a connection slot forever.
+    let idle_before_first_request = async {
+        tokio::time::sleep(first_request_timeout).await;
+        if started.load(Ordering::Relaxed) {
+            std::future::pending::<()>().await;
+        }
+    };
+    // When the server drains: once this connection has had a request (at once if it has had
+    // one already), or when the listener has closed.
+    let asked_to_end = async {
+        loop {
+            let now = *phase.borrow_and_update();
+            if now == Phase::Stopping || (now == Phase::Draining && started.load(Ordering::Relaxed)) {
+                return;
+            }
+            tokio::select! {
+                changed = phase.changed() => if changed.is_err() { std::future::pending::<()>().await },
+                () = first_request.notified() => {}
+            }
+        }
+    };
+    let result = tokio::select! {
+        result = connection.as_mut() => result,
+        _ = idle_before_first_request => return tracing::debug!(%peer, "no request in time; connection closed"),
+        () = asked_to_end => {
+            connection.as_mut().graceful_shutdown();
+            connection.as_mut().await
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!(%peer, error = %e, "connection ended with an error");
     }
 }
 
