@@ -1035,3 +1035,21 @@ fn a_pod_at_its_bounds_stays_admitted_once_hardened() {
     let Outcome::Denied(denial) = harden(&policy, &mut over).unwrap() else { panic!("four containers over a bound of three") };
     assert!(denial.message().contains("spec.*containers has 4 entries; at most 3"), "{}", denial.message());
 }
+
+/// Under override, a volume with a type tollgate does not allow and a ServiceAccount token among its projected
+/// sources is replaced by an emptyDir by both fixes, so the hardened pod is hardened already when the API
+/// server sends it again. Found by fuzzing (fuzz/fuzz_targets/review.rs, issue 25): the token fix kept the
+/// volume's other keys and undid the replacement.
+#[test]
+fn a_volume_fixed_twice_under_override_ends_as_one_emptydir() {
+    let policy = Policy::from_yaml("onViolation: override\n").unwrap();
+    let mut pod = with(|p| {
+        p["spec"]["volumes"] = json!([{"name": "data", "nfs": {"server": "x", "path": "/"},
+            "projected": {"sources": [{"serviceAccountToken": {"path": "token"}}, {"configMap": {"name": "c"}}]}}]);
+        p["spec"]["containers"][0]["volumeMounts"] = json!([{"name": "data", "mountPath": "/data"}]);
+    });
+    let Outcome::Hardened(_) = harden(&policy, &mut pod).unwrap() else { panic!("override hardens") };
+    assert_eq!(pod["spec"]["volumes"][0], json!({"name": "data", "emptyDir": {}}), "{}", pod["spec"]["volumes"]);
+    let Outcome::Hardened(again) = harden(&policy, &mut pod.clone()).unwrap() else { panic!() };
+    assert!(again.patch.is_empty() && again.changes.is_empty(), "{again:?}");
+}

@@ -471,15 +471,19 @@ fn sysctls(doc: &Value, f: &mut Findings) {
     }
 }
 
+/// The volume's type (its first key but `name`) when it is outside the allowed list: the volume is then
+/// replaced whole under override, whatever else is fixed in it.
+fn disallowed_type(volume: &Value) -> Option<&str> {
+    let kind = volume.as_object()?.keys().find(|k| *k != "name")?;
+    (!ALLOWED_VOLUME_TYPES.contains(&kind.as_str())).then_some(kind.as_str())
+}
+
 /// Volumes of a type outside the allowed list (hostPath among them).
 fn volume_types(doc: &Value, f: &mut Findings) {
     let Some(Value::Array(volumes)) = get(doc, &path!["spec", "volumes"]) else { return };
     for (index, volume) in volumes.iter().enumerate() {
         let name = volume.get("name").and_then(Value::as_str).unwrap_or("");
-        let Some(kind) = volume.as_object().and_then(|v| v.keys().find(|k| *k != "name")) else { continue };
-        if ALLOWED_VOLUME_TYPES.contains(&kind.as_str()) {
-            continue;
-        }
+        let Some(kind) = disallowed_type(volume) else { continue };
         let rule = if kind == "hostPath" { Rule::HostPath } else { Rule::VolumeTypes };
         let fix = Fix::Set(path!["spec", "volumes", index], json!({"name": name, "emptyDir": {}}));
         f.insecure(
@@ -547,7 +551,8 @@ fn service_account_tokens(doc: &Value, f: &mut Findings) {
         {
             // Under override: the token goes, what else the volume projects stays (an emptyDir if nothing does).
             let kept: Vec<Value> = sources.iter().filter(|s| !is_token_source(s)).cloned().collect();
-            let fixed = if kept.is_empty() {
+            // A volume replaced whole for its type is replaced here alike: both fixes set the same volume.
+            let fixed = if kept.is_empty() || disallowed_type(volume).is_some() {
                 json!({"name": name, "emptyDir": {}})
             } else {
                 let mut fixed = volume.clone();
