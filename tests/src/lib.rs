@@ -226,6 +226,22 @@ impl ControlPlane {
     }
 
     /// Run kubectl against this control plane.
+    /// The webhook's serving certificate from `dir` (`tls.crt`, `tls.key`) as the Secret
+    /// tollgate/tollgate-webhook-tls, where the chart and `tollgate check` look for it.
+    pub fn create_serving_secret(&self, dir: &Path) {
+        let out = self.kubectl(&[
+            "create",
+            "secret",
+            "tls",
+            "tollgate-webhook-tls",
+            "-n",
+            "tollgate",
+            &format!("--cert={}", dir.join("tls.crt").display()),
+            &format!("--key={}", dir.join("tls.key").display()),
+        ]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+
     pub fn kubectl(&self, args: &[&str]) -> std::process::Output {
         Command::new(self.bin.join("kubectl")).arg(format!("--kubeconfig={}", self.kubeconfig.display())).args(args).output().unwrap()
     }
@@ -282,18 +298,7 @@ impl Webhook {
     /// its serving certificate as the Secret tollgate/tollgate-webhook-tls (the namespace must exist), and the
     /// values that point the chart's webhook configuration at it.
     pub fn chart_values(&self, plane: &ControlPlane) -> Vec<String> {
-        let (cert, key) = (self.certs.join("tls.crt"), self.certs.join("tls.key"));
-        let out = plane.kubectl(&[
-            "create",
-            "secret",
-            "tls",
-            "tollgate-webhook-tls",
-            "-n",
-            "tollgate",
-            &format!("--cert={}", cert.display()),
-            &format!("--key={}", key.display()),
-        ]);
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        plane.create_serving_secret(&self.certs);
         [
             "--set",
             "certificates.mode=existingSecret",

@@ -549,19 +549,7 @@ async fn tollgate_check_reports_a_healthy_setup_as_healthy_and_each_broken_piece
     namespace(&plane, "tollgate", false);
     namespace(&plane, "analyses", true);
     let routes = std::fs::read_to_string(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../proxy/examples/flame.yaml")).unwrap();
-    let serving_secret = |dir: &std::path::Path| {
-        let out = plane.kubectl(&[
-            "create",
-            "secret",
-            "tls",
-            "tollgate-webhook-tls",
-            "-n",
-            "tollgate",
-            &format!("--cert={}", dir.join("tls.crt").display()),
-            &format!("--key={}", dir.join("tls.key").display()),
-        ]);
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    };
+    let serving_secret = |dir: &std::path::Path| plane.create_serving_secret(dir);
     serving_secret(&webhook.certs);
     let routes = format!("--from-literal=config.yaml={routes}");
     let setup = [
