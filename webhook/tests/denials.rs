@@ -1053,3 +1053,22 @@ fn a_volume_fixed_twice_under_override_ends_as_one_emptydir() {
     let Outcome::Hardened(again) = harden(&policy, &mut pod.clone()).unwrap() else { panic!() };
     assert!(again.patch.is_empty() && again.changes.is_empty(), "{again:?}");
 }
+
+/// A volume the ServiceAccount-token fix would keep in part (its other projected sources) and the CSI-driver
+/// fix would replace whole: the two fixes disagree, so neither is made, whatever their order, and the pod is
+/// denied naming both fields (the API server would refuse a volume of two types anyway).
+#[test]
+fn fixes_that_disagree_on_one_volume_deny_the_pod_naming_both() {
+    let policy = Policy::from_yaml("onViolation: override\n").unwrap();
+    let mut pod = with(|p| {
+        p["spec"]["volumes"] = json!([{"name": "data", "csi": {"driver": "secrets.example.org"},
+            "projected": {"sources": [{"serviceAccountToken": {"path": "token"}}, {"configMap": {"name": "c"}}]}}]);
+        p["spec"]["containers"][0]["volumeMounts"] = json!([{"name": "data", "mountPath": "/data"}]);
+    });
+    let Outcome::Denied(denial) = harden(&policy, &mut pod).unwrap() else { panic!("disagreeing fixes deny") };
+    let message = denial.message();
+    for field in ["spec.volumes[\"data\"].csi.driver", "spec.volumes[\"data\"].projected.sources[0].serviceAccountToken"] {
+        assert!(message.contains(&format!("{field} ")), "{field} not named: {message}");
+    }
+    assert_eq!(message.matches("tollgate cannot fix it together with").count(), 2, "{message}");
+}

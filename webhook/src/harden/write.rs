@@ -55,12 +55,13 @@ pub(super) fn build(policy: &Policy, keys: &RecordKeys, pod: &mut Value, plan: P
 pub(super) fn fixes(fixes: Vec<Fixed>, e: &mut Editor) {
     for Fixed { violation, fix, fixed } in fixes {
         match fix {
-            Fix::Set(path, value) => {
+            Some(Fix::Set(path, value)) => {
                 e.builder.set(&path, value);
             }
-            Fix::Remove(path) => {
+            Some(Fix::Remove(path)) => {
                 e.builder.remove(&path);
             }
+            None => {}
         }
         e.change(&violation.scope, format!("{fixed} (was: {} {}) [{}]", violation.field, violation.problem, violation.rule));
     }
