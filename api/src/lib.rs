@@ -15,4 +15,6 @@ pub mod proxy;
 #[cfg(feature = "policy")]
 pub mod quantity;
 #[cfg(feature = "policy")]
+pub mod strict;
+#[cfg(feature = "policy")]
 pub mod units;

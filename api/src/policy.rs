@@ -669,7 +669,7 @@ impl Policy {
             Value::Object(map) => map.shift_remove("namespaces").unwrap_or(Value::Null),
             _ => Value::Null,
         };
-        let mut policy: Policy = serde_path_to_error::deserialize(&merged).map_err(|e| {
+        let mut policy: Policy = crate::strict::deserialize(&merged).map_err(|e| {
             let field = e.path().to_string();
             PolicyErrors(vec![error(if field == "." { "<file>".into() } else { field }, e.into_inner().to_string())])
         })?;
@@ -941,7 +941,7 @@ fn parse_namespaces(raw: Value) -> (BTreeMap<String, NamespaceOverride>, Vec<Pol
                 refused = true;
             }
         }
-        match serde_path_to_error::deserialize::<_, NamespaceOverride>(&value) {
+        match crate::strict::deserialize::<NamespaceOverride>(&value) {
             Ok(overlay) if !refused => {
                 overrides.insert(name, overlay);
             }
@@ -964,7 +964,7 @@ fn effective_policy(base: &Value, name: &str, overlay: &NamespaceOverride) -> Re
     let mut merged = base.clone();
     merge(&mut merged, overlay.clone(), "");
     let policy: Policy =
-        serde_path_to_error::deserialize(&merged).map_err(|e| vec![error(format!("{prefix}.{}", e.path()), e.into_inner().to_string())])?;
+        crate::strict::deserialize(&merged).map_err(|e| vec![error(format!("{prefix}.{}", e.path()), e.into_inner().to_string())])?;
     policy.validate().map_err(|errors| {
         errors
             .0
@@ -1152,6 +1152,21 @@ mod tests {
         assert_eq!(policy.proxy.egress_lock, EgressLock::Off);
         assert_eq!(policy.resources.maximum["nvidia.com/gpu"].text, "2");
         assert!(policy.digest().starts_with("sha256:") && policy.digest().len() == 19);
+    }
+
+    #[test]
+    fn a_section_is_a_mapping_never_a_sequence_read_by_position() {
+        for (text, field) in [
+            ("lifetime: [3600, deny]\n", "lifetime"),
+            ("security: [false]\n", "security"),
+            ("namespaces:\n  trial:\n    lifetime: [3600]\n", "namespaces.trial.lifetime"),
+        ] {
+            let errors = Policy::from_yaml(text).unwrap_err();
+            assert!(
+                errors.0.iter().any(|e| e.field == field && e.message.starts_with("invalid type: sequence, expected struct")),
+                "{text}: {errors:?}"
+            );
+        }
     }
 
     #[test]

@@ -720,7 +720,7 @@ impl Config {
             // Through a JSON value, so that errors carry a clean field path and no YAML position noise.
             let value: serde_json::Value =
                 serde_yaml_ng::from_str(yaml).map_err(|e| ConfigErrors(vec![ConfigError::new("<file>", e.to_string())]))?;
-            serde_path_to_error::deserialize(&value).map_err(|e| {
+            crate::strict::deserialize(&value).map_err(|e| {
                 let path = e.path().to_string();
                 ConfigErrors(vec![ConfigError {
                     // An unknown top-level key that is empty (`? >` in YAML) has an empty path: the file's.
@@ -891,6 +891,19 @@ mod tests {
 
     fn yaml(text: &str) -> RawConfig {
         serde_yaml_ng::from_str(text).expect("test config parses")
+    }
+
+    #[test]
+    fn a_section_is_a_mapping_never_a_sequence_read_by_position() {
+        let env = Environment::default();
+        for (text, field) in [("listen: ['127.0.0.1:15001']\n", "listen"), ("routes:\n  - [hub, 'http://hub.example.org']\n", "routes[0]")]
+        {
+            let errors = Config::load(text, &env).unwrap_err();
+            assert!(
+                errors.0.iter().any(|e| e.field == field && e.message.starts_with("invalid type: sequence, expected struct")),
+                "{text}: {errors:?}"
+            );
+        }
     }
 
     #[test]
