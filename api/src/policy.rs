@@ -886,18 +886,12 @@ fn check_name_lists(errors: &mut Vec<PolicyError>, policy: &Policy) {
     }
 }
 
-/// `bounds`: each at least what tollgate's own sidecar and volumes take.
+/// `bounds`: what the creator's pod may hold. tollgate's own containers, volumes, mounts and env are not counted
+/// (a hardened pod, reinvoked, stays within the bounds it was admitted under), so only `containers` has a
+/// floor: every pod has a container.
 fn check_bounds(errors: &mut Vec<PolicyError>, b: &Bounds) {
-    for (field, value, floor) in [
-        ("bounds.containers", b.containers, 2),
-        ("bounds.volumes", b.volumes, 3),
-        ("bounds.volumeMountsPerContainer", b.volume_mounts_per_container, 2),
-        ("bounds.envPerContainer", b.env_per_container, 6),
-    ] {
-        // The sidecar alone needs this much: a smaller bound would deny every pod.
-        if value < floor {
-            errors.push(error(field, format!("must be at least {floor} (tollgate's own sidecar and volumes need that many)")));
-        }
+    if b.containers < 1 {
+        errors.push(error("bounds.containers", "must be at least 1 (every pod has a container; 0 would deny every pod)"));
     }
 }
 
@@ -1167,6 +1161,14 @@ mod tests {
                 "{text}: {errors:?}"
             );
         }
+    }
+
+    #[test]
+    fn bounds_count_only_the_creators_part_so_only_containers_has_a_floor() {
+        let errors = Policy::from_yaml("bounds: { containers: 0 }\n").unwrap_err();
+        assert_eq!(errors.0.iter().map(|e| e.field.as_str()).collect::<Vec<_>>(), ["bounds.containers"]);
+        let policy = Policy::from_yaml("bounds: { containers: 1, volumes: 0, volumeMountsPerContainer: 0, envPerContainer: 0 }\n").unwrap();
+        assert_eq!(policy.bounds.env_per_container, 0);
     }
 
     #[test]

@@ -1036,6 +1036,25 @@ fn a_pod_at_its_bounds_stays_admitted_once_hardened() {
     assert!(denial.message().contains("spec.*containers has 4 entries; at most 3"), "{}", denial.message());
 }
 
+/// The smallest bounds a policy may set (one container, nothing else of the creator's) admit a pod of one bare
+/// container, hardened with tollgate's own containers, volumes, mounts and env, and admit it again on
+/// reinvocation; the floors in the policy check (`bounds.containers` only) follow from that.
+#[test]
+fn the_smallest_bounds_admit_a_bare_pod_hardened() {
+    let policy = Policy::from_yaml("bounds: { containers: 1, volumes: 0, volumeMountsPerContainer: 0, envPerContainer: 0 }\n").unwrap();
+    let mut pod = with(|p| {
+        p["spec"]["containers"] = json!([{"name": "app", "image": "registry.example.org/app:1.0"}]);
+    });
+    let Outcome::Hardened(first) = harden(&policy, &mut pod).unwrap() else { panic!("a bare pod is admitted") };
+    assert!(!first.patch.is_empty());
+    let app = pod["spec"]["containers"].as_array().unwrap().iter().find(|c| c["name"] == "app").unwrap();
+    assert!(!app["env"].as_array().unwrap().is_empty() && !app["volumeMounts"].as_array().unwrap().is_empty(), "{app}");
+    match harden(&policy, &mut pod.clone()).unwrap() {
+        Outcome::Hardened(second) => assert!(second.patch.is_empty() && second.changes.is_empty(), "{second:?}"),
+        other => panic!("the hardened pod, reviewed again: {other:?}"),
+    }
+}
+
 /// Under override, a volume with a type tollgate does not allow and a ServiceAccount token among its projected
 /// sources is replaced by an emptyDir by both fixes, so the hardened pod is hardened already when the API
 /// server sends it again. Found by fuzzing (fuzz/fuzz_targets/review.rs, issue 25): the token fix kept the
