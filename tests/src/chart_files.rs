@@ -130,9 +130,10 @@ const FLAME_MANIFESTS_HEADER: &str = "\
 # tollgate for a FLAME node without Helm: what charts/tollgate/values-flame.yaml changes, rendered by the chart
 # (written by `cargo run -p tollgate-e2e --bin tollgate-chart-files -- --write`; a test fails when it differs).
 # Apply it after the plain manifests, which it partly replaces (the policy, the webhook configuration, the
-# require-hardening binding), then label the FLAME namespace:
+# require-hardening binding), with the egress lock's installer (the profile requires the lock; set its
+# TOLLGATE_CNI_* directories for your nodes first, see cni/README.md), then label the FLAME namespace:
 #
-#   kubectl apply -f manifests/ -f manifests/flame/
+#   kubectl apply -f manifests/ -f manifests/optional/cni.yaml -f manifests/flame/
 #   kubectl label namespace flame tollgate.dev/inject=enabled
 #
 # It assumes the FLAME chart's release \"flame\" in namespace \"flame\"; edit values-flame.yaml and regenerate for

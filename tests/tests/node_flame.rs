@@ -355,8 +355,8 @@ fn setup_and_run() -> Run {
     c.ok(&["create", "namespace", NS]);
     mark("clean slate", &mut step);
 
-    // tollgate, as values-flame.yaml installs it; the node's own settings besides (the egress lock's CNI
-    // directories are this cluster's, Events on as in cluster.sh).
+    // tollgate, as values-flame.yaml installs it (egress lock on); the node's own settings besides (the egress
+    // lock's CNI directories are this cluster's, Events on as in cluster.sh).
     let chart = format!("{}/../charts/tollgate", env!("CARGO_MANIFEST_DIR"));
     let install = c.helm(&[
         "install",
@@ -369,8 +369,6 @@ fn setup_and_run() -> Run {
         "--timeout=180s",
         "-f",
         &format!("{chart}/values-flame.yaml"),
-        "--set",
-        "egressLock.enabled=true",
         "--set",
         &format!("egressLock.binDir={}/cni/bin", c.dir),
         "--set",
