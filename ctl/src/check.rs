@@ -116,13 +116,8 @@ pub fn evaluate(s: &Snapshot) -> Vec<Finding> {
     let webhooks = registered(&mut r, &s.webhooks, &config);
     let secret_expiry = certificates(&mut r, s, webhooks, &config);
     served(&mut r, s, webhooks, &config, secret_expiry);
-    let policy = s
-        .policy
-        .as_ref()
-        .ok()
-        .and_then(|p| p.as_deref())
-        .and_then(|t| tollgate_webhook::policy::Policy::from_yaml(t).ok())
-        .unwrap_or_default();
+    let policy =
+        s.policy.as_ref().ok().and_then(|p| p.as_deref()).and_then(|t| tollgate_api::policy::Policy::from_yaml(t).ok()).unwrap_or_default();
     match &s.namespaces {
         Ok(namespaces) if namespaces.is_empty() => r.warn(
             "namespaces",
@@ -146,8 +141,8 @@ pub fn evaluate(s: &Snapshot) -> Vec<Finding> {
 /// default's.
 fn lock_required(policy: &Read<Option<String>>) -> Read<bool> {
     let policy = match policy {
-        Ok(None) => tollgate_webhook::policy::Policy::default(),
-        Ok(Some(text)) => tollgate_webhook::policy::Policy::from_yaml(text).map_err(|e| format!("it does not load: {e}"))?,
+        Ok(None) => tollgate_api::policy::Policy::default(),
+        Ok(Some(text)) => tollgate_api::policy::Policy::from_yaml(text).map_err(|e| format!("it does not load: {e}"))?,
         Err(why) => return Err(format!("reading it failed: {why}")),
     };
     Ok(policy.proxy.egress_lock == tollgate_api::policy::EgressLock::Required)
@@ -174,7 +169,7 @@ fn policy_valid(r: &mut Report, s: &Snapshot) {
     let policy_subject = format!("policy ConfigMap in {}", s.release_namespace);
     match &s.policy {
         Ok(None) => r.ok("policy", policy_subject, "none: the webhook runs its embedded default"),
-        Ok(Some(text)) => match tollgate_webhook::policy::Policy::from_yaml(text) {
+        Ok(Some(text)) => match tollgate_api::policy::Policy::from_yaml(text) {
             Ok(policy) => r.ok("policy", policy_subject, format!("valid ({})", policy.digest())),
             Err(e) => r.error(
                 "policy",
@@ -334,7 +329,7 @@ fn bundle_trusts(r: &mut Report, config: &str, der: &[u8], bundle_certs: &[Vec<u
 /// One finding per namespace the policy overrides (`namespaces.<name>`), saying what the override changes for
 /// its pods; a warning where it puts the namespace on trial, or where tollgate does not select the namespace
 /// (the override then does nothing: a misspelt name, or a namespace not labeled yet).
-fn overrides(r: &mut Report, policy: &tollgate_webhook::policy::Policy, namespaces: &Read<Vec<NamespaceView>>) {
+fn overrides(r: &mut Report, policy: &tollgate_api::policy::Policy, namespaces: &Read<Vec<NamespaceView>>) {
     for name in policy.namespaces.keys() {
         let subject = format!("namespace {name}");
         let changes = policy.namespace_changes(name).unwrap_or_default();
@@ -348,8 +343,8 @@ fn overrides(r: &mut Report, policy: &tollgate_webhook::policy::Policy, namespac
                 format!("{message}; but tollgate does not select this namespace, so the override does nothing"),
                 format!("check the name; or label it: kubectl label namespace {name} tollgate.dev/inject=enabled"),
             );
-        } else if policy.for_namespace(name).on_violation == tollgate_webhook::policy::OnViolation::Warn
-            && policy.on_violation != tollgate_webhook::policy::OnViolation::Warn
+        } else if policy.for_namespace(name).on_violation == tollgate_api::policy::OnViolation::Warn
+            && policy.on_violation != tollgate_api::policy::OnViolation::Warn
         {
             r.warn(
                 "namespace-override",
@@ -427,7 +422,7 @@ fn served(r: &mut Report, s: &Snapshot, webhooks: &[WebhookView], config: &str, 
 
 /// The namespace's findings: its proxy's routes and credentials, its labels, its NetworkPolicies and what
 /// admission does to a plain pod in it.
-fn namespace(r: &mut Report, ns: &NamespaceView, policy: &tollgate_webhook::policy::Policy) {
+fn namespace(r: &mut Report, ns: &NamespaceView, policy: &tollgate_api::policy::Policy) {
     let name = format!("namespace {}", ns.name);
     let needs_credentials = routes(r, ns, policy, &name);
     let secret = &policy.proxy.credentials_secret;
@@ -440,7 +435,7 @@ fn namespace(r: &mut Report, ns: &NamespaceView, policy: &tollgate_webhook::poli
 
 /// `routes`: every proxy accepts the namespace's route table. Whether its routes obtain tokens (and so need
 /// credentials).
-fn routes(r: &mut Report, ns: &NamespaceView, policy: &tollgate_webhook::policy::Policy, name: &str) -> bool {
+fn routes(r: &mut Report, ns: &NamespaceView, policy: &tollgate_api::policy::Policy, name: &str) -> bool {
     let config_map = &policy.proxy.config_map;
     let mut needs_credentials = false;
     match &ns.routes {

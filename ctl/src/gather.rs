@@ -284,7 +284,7 @@ async fn namespaces(
     policy: Option<String>,
     pod_labels: &BTreeMap<String, String>,
 ) -> Read<Vec<NamespaceView>> {
-    let policy = policy.and_then(|text| tollgate_webhook::policy::Policy::from_yaml(&text).ok()).unwrap_or_default();
+    let policy = policy.and_then(|text| tollgate_api::policy::Policy::from_yaml(&text).ok()).unwrap_or_default();
     let api: Api<Namespace> = Api::all(client.clone());
     let list = api.list(&ListParams::default().labels(selector)).await.map_err(describe)?;
     let mut views = Vec::new();
@@ -340,7 +340,7 @@ async fn namespaces(
 async fn dry_run(
     client: &kube::Client,
     namespace: &str,
-    policy: &tollgate_webhook::policy::Policy,
+    policy: &tollgate_api::policy::Policy,
     pod_labels: &BTreeMap<String, String>,
 ) -> DryRun {
     let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
@@ -361,7 +361,7 @@ async fn dry_run(
     };
     let spec = created.spec.unwrap_or_default();
     let names = spec.init_containers.iter().flatten().chain(spec.containers.iter()).map(|c| c.name.as_str()).collect::<Vec<_>>();
-    if names.contains(&tollgate_webhook::harden::SIDECAR_NAME) { DryRun::Hardened } else { DryRun::Plain }
+    if names.contains(&tollgate_api::names::SIDECAR_NAME) { DryRun::Hardened } else { DryRun::Plain }
 }
 
 /// The pods of the namespaces tollgate selects (only those its webhooks select there), and what tollgate
@@ -372,7 +372,7 @@ pub async fn proxies(client: &kube::Client, target: &Target) -> Read<(Vec<PodVie
         Some(cm) => cm.data.unwrap_or_default().get("policy.yaml").cloned().unwrap_or_default(),
         None => return Err(format!("no ConfigMap {}/{}: the policy in force is unknown", target.namespace, target.policy_config_map)),
     };
-    let policy = tollgate_webhook::policy::Policy::from_yaml(&policy).map_err(|e| format!("the policy in force does not load: {e}"))?;
+    let policy = tollgate_api::policy::Policy::from_yaml(&policy).map_err(|e| format!("the policy in force does not load: {e}"))?;
     let current = Current {
         version: tollgate_webhook::harden::VERSION.to_owned(),
         policy: policy.digest().to_owned(),
@@ -409,12 +409,12 @@ pub async fn proxies(client: &kube::Client, target: &Target) -> Read<(Vec<PodVie
                 .iter()
                 .flatten()
                 .chain(&spec.containers)
-                .find(|c| c.name == tollgate_webhook::harden::SIDECAR_NAME)
+                .find(|c| c.name == tollgate_api::names::SIDECAR_NAME)
                 .and_then(|c| c.image.clone());
             views.push(PodView {
                 namespace: name.clone(),
                 name: meta.name.unwrap_or_default(),
-                status: meta.annotations.unwrap_or_default().remove(tollgate_webhook::harden::ANNOTATION_STATUS),
+                status: meta.annotations.unwrap_or_default().remove(tollgate_api::names::ANNOTATION_STATUS),
                 owner,
                 template_hash: meta.labels.unwrap_or_default().remove("pod-template-hash"),
                 proxy_image,

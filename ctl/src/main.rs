@@ -4,6 +4,7 @@ use std::io::Write;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
+use tollgate_api::policy::Policy;
 use tollgate_ctl::check::{Finding, Severity, evaluate};
 use tollgate_ctl::gather::{Target, snapshot};
 
@@ -82,22 +83,66 @@ fn text(findings: &[Finding]) -> String {
     out
 }
 
+/// `--pre`'s policy: the file given, else the embedded default; none without `--pre`.
+fn pre_policy(pre: bool, file: Option<&std::path::Path>) -> Result<Option<Policy>, String> {
+    match (pre, file) {
+        (false, _) => Ok(None),
+        (true, None) => Ok(Some(Policy::default())),
+        (true, Some(path)) => std::fs::read_to_string(path)
+            .map_err(|e| e.to_string())
+            .and_then(|text| Policy::from_yaml(&text).map_err(|e| e.to_string()))
+            .map(Some)
+            .map_err(|e| format!("{}: {e}", path.display())),
+    }
+}
+
+/// Every finding, or why the cluster could not be asked.
+async fn findings(target: &Target, pre_policy: Option<&Policy>, namespace_selector: &str, proxy: bool) -> Result<Vec<Finding>, String> {
+    let client = kube::Client::try_default().await.map_err(|e| format!("connecting to the API server: {e}"))?;
+    if let Some(policy) = pre_policy {
+        let snapshot = tollgate_ctl::gather::pre_snapshot(&client, namespace_selector).await;
+        return Ok(tollgate_ctl::preflight::evaluate(&snapshot, policy));
+    }
+    let mut findings = evaluate(&snapshot(client.clone(), target).await);
+    if proxy {
+        match tollgate_ctl::gather::proxies(&client, target).await {
+            Ok((pods, current)) => findings.extend(tollgate_ctl::proxies::evaluate(&pods, &current)),
+            Err(why) => findings.push(Finding {
+                check: "proxies",
+                subject: "selected namespaces".into(),
+                severity: Severity::Warning,
+                message: format!("not checked: {why}"),
+                hint: Some("run with rights to read the policy ConfigMap, the webhook configuration, namespaces and pods".into()),
+            }),
+        }
+    }
+    Ok(findings)
+}
+
+fn render(output: Output, findings: &[Finding]) -> String {
+    match output {
+        Output::Text => text(findings),
+        Output::Json => {
+            let count = |s| findings.iter().filter(|f| f.severity == s).count();
+            let report = serde_json::json!({
+                "errors": count(Severity::Error),
+                "warnings": count(Severity::Warning),
+                "findings": findings,
+            });
+            format!("{report:#}\n")
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let Command::Check { namespace, webhook_config, secret, expiry_warning_days, output, proxy, pre, policy, namespace_selector } =
         Cli::parse().command;
-    let pre_policy = match (pre, &policy) {
-        (false, _) => None,
-        (true, None) => Some(tollgate_webhook::policy::Policy::default()),
-        (true, Some(path)) => match std::fs::read_to_string(path)
-            .map_err(|e| e.to_string())
-            .and_then(|text| tollgate_webhook::policy::Policy::from_yaml(&text).map_err(|e| e.to_string()))
-        {
-            Ok(policy) => Some(policy),
-            Err(e) => {
-                eprintln!("error: {}: {e}", path.display());
-                return ExitCode::from(2);
-            }
-        },
+    let pre_policy = match pre_policy(pre, policy.as_deref()) {
+        Ok(policy) => policy,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
     };
     let target = Target {
         namespace,
@@ -114,47 +159,15 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let findings = match runtime.block_on(async {
-        let client = kube::Client::try_default().await.map_err(|e| format!("connecting to the API server: {e}"))?;
-        if let Some(policy) = &pre_policy {
-            let snapshot = tollgate_ctl::gather::pre_snapshot(&client, &namespace_selector).await;
-            return Ok(tollgate_ctl::preflight::evaluate(&snapshot, policy));
-        }
-        let mut findings = evaluate(&snapshot(client.clone(), &target).await);
-        if proxy {
-            match tollgate_ctl::gather::proxies(&client, &target).await {
-                Ok((pods, current)) => findings.extend(tollgate_ctl::proxies::evaluate(&pods, &current)),
-                Err(why) => findings.push(Finding {
-                    check: "proxies",
-                    subject: "selected namespaces".into(),
-                    severity: Severity::Warning,
-                    message: format!("not checked: {why}"),
-                    hint: Some("run with rights to read the policy ConfigMap, the webhook configuration, namespaces and pods".into()),
-                }),
-            }
-        }
-        Ok::<_, String>(findings)
-    }) {
+    let findings = match runtime.block_on(findings(&target, pre_policy.as_ref(), &namespace_selector, proxy)) {
         Ok(findings) => findings,
         Err(e) => {
             eprintln!("error: {e}");
             return ExitCode::from(2);
         }
     };
-    let rendered = match output {
-        Output::Text => text(&findings),
-        Output::Json => {
-            let count = |s| findings.iter().filter(|f| f.severity == s).count();
-            let report = serde_json::json!({
-                "errors": count(Severity::Error),
-                "warnings": count(Severity::Warning),
-                "findings": findings,
-            });
-            format!("{report:#}\n")
-        }
-    };
     let mut stdout = std::io::stdout().lock();
-    if let Err(e) = stdout.write_all(rendered.as_bytes()).and_then(|()| stdout.flush())
+    if let Err(e) = stdout.write_all(render(output, &findings).as_bytes()).and_then(|()| stdout.flush())
         && e.kind() != std::io::ErrorKind::BrokenPipe
     {
         eprintln!("error: writing to stdout: {e}");

@@ -4,8 +4,8 @@
 //! `kyverno apply` runs policies over existing resources. Pure: [`crate::gather::pre_snapshot`] reads.
 
 use serde_json::Value;
+use tollgate_api::policy::Policy;
 use tollgate_webhook::harden::{Outcome, harden};
-use tollgate_webhook::policy::Policy;
 
 use crate::finding::{Finding, Read, Severity};
 

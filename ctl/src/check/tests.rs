@@ -357,7 +357,7 @@ fn each_piece_of_the_cluster_check_on_its_own() {
 fn each_piece_of_a_namespace_check_on_its_own() {
     let now = OffsetDateTime::now_utc();
     let ns = healthy(now, &bundle(now, 365)).namespaces.unwrap().remove(0);
-    let policy = tollgate_webhook::policy::Policy::default();
+    let policy = tollgate_api::policy::Policy::default();
     let mut r = report();
     assert!(routes(&mut r, &ns, &policy, "namespace analyses"), "the FLAME routes obtain tokens");
     assert_eq!(only(&r).0, "routes");
