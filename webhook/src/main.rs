@@ -262,31 +262,11 @@ fn serve(args: ServeArgs) -> ExitCode {
         ..ServeConfig::new(args.tls_cert, args.tls_key)
     };
     runtime.block_on(async {
+        let version_unknown = follow_kubernetes_version(args.kubernetes_version.0).await;
         let mut config = config;
-        // Which Pod Security standard the safe sysctls follow: said on the "serving" line (and why, where the API
-        // server's version is unknown).
-        let version_unknown = match args.kubernetes_version.0 {
-            Some(minor) => {
-                tollgate_webhook::harden::rules::set_kubernetes_minor(minor);
-                None
-            }
-            None => match api_server_minor().await {
-                Ok(minor) => {
-                    tollgate_webhook::harden::rules::set_kubernetes_minor(minor);
-                    None
-                }
-                Err(e) => Some(format!("--kubernetes-version auto: {e}; the safe sysctls are those of the oldest version supported")),
-            },
-        };
-        let kubernetes = format!("1.{}", tollgate_webhook::harden::rules::kubernetes_minor());
         if args.events {
-            match kube::Config::infer().await {
-                Ok(kube_config) => {
-                    // The pod's name (the Downward API, or the hostname a pod gets).
-                    let instance =
-                        std::env::var("POD_NAME").or_else(|_| std::env::var("HOSTNAME")).unwrap_or_else(|_| "tollgate-webhook".into());
-                    config.events = Some((kube_config, instance));
-                }
+            match events_config().await {
+                Ok(events) => config.events = Some(events),
                 Err(e) => {
                     tracing::error!(error = %e, "--events: no API server to write Events to (in-cluster ServiceAccount or KUBECONFIG)");
                     return ExitCode::FAILURE;
@@ -300,6 +280,7 @@ fn serve(args: ServeArgs) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
+        let kubernetes = format!("1.{}", tollgate_webhook::harden::rules::kubernetes_minor());
         match server.local_addr() {
             Ok(addr) => match &version_unknown {
                 None => tracing::info!(%addr, version = env!("CARGO_PKG_VERSION"), kubernetes = %kubernetes, "serving"),
@@ -310,6 +291,28 @@ fn serve(args: ServeArgs) -> ExitCode {
         server.run(shutdown_signal()).await;
         ExitCode::SUCCESS
     })
+}
+
+/// Which Pod Security standard the safe sysctls follow: `minor` when given, else the API server's. Returns why
+/// the version is unknown (then the oldest supported one's apply), for the "serving" line.
+async fn follow_kubernetes_version(minor: Option<u32>) -> Option<String> {
+    let minor = match minor {
+        Some(minor) => minor,
+        None => match api_server_minor().await {
+            Ok(minor) => minor,
+            Err(e) => return Some(format!("--kubernetes-version auto: {e}; the safe sysctls are those of the oldest version supported")),
+        },
+    };
+    tollgate_webhook::harden::rules::set_kubernetes_minor(minor);
+    None
+}
+
+/// Where Events go, and the instance that reports them: the pod's name (the Downward API, or the hostname a pod
+/// gets).
+async fn events_config() -> Result<(kube::Config, String), kube::config::InferConfigError> {
+    let kube_config = kube::Config::infer().await?;
+    let instance = std::env::var("POD_NAME").or_else(|_| std::env::var("HOSTNAME")).unwrap_or_else(|_| "tollgate-webhook".into());
+    Ok((kube_config, instance))
 }
 
 async fn shutdown_signal() {
