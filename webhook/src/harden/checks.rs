@@ -280,73 +280,60 @@ fn security_context(doc: &Value, scope: &str, sc_path: &crate::patch::Path, pref
     let sc = get(doc, sc_path);
     let look = |rel: &[&str]| lookup(sc, rel);
     let field = |rel: &str| format!("{prefix}securityContext.{rel}");
+    let unconfined = |rel: &[&str]| look(rel).and_then(Value::as_str) == Some("Unconfined");
+    let runtime_default = || json!({"type": "RuntimeDefault"});
+    // Each found wrong, in this order: the rule, the field, what is wrong, where the fix writes, what, as shown.
+    type Wrong = (Rule, &'static str, &'static str, &'static [&'static str], Value, String);
+    let mut wrong: Vec<Wrong> = Vec::new();
     if look(&["runAsUser"]).and_then(Value::as_i64) == Some(0) {
-        f.insecure(
-            Rule::RunAsRoot,
-            scope,
-            &field("runAsUser"),
-            "is 0 (root)",
-            Fix::Set(at(&["runAsUser"]), json!(uid)),
-            format!("set {}={uid}", field("runAsUser")),
-        );
+        wrong.push((Rule::RunAsRoot, "runAsUser", "is 0 (root)", &["runAsUser"], json!(uid), uid.to_string()));
     }
     if look(&["runAsNonRoot"]) == Some(&Value::Bool(false)) {
-        f.insecure(
-            Rule::RunAsRoot,
-            scope,
-            &field("runAsNonRoot"),
-            "is false",
-            Fix::Set(at(&["runAsNonRoot"]), json!(true)),
-            format!("set {}=true", field("runAsNonRoot")),
-        );
+        wrong.push((Rule::RunAsRoot, "runAsNonRoot", "is false", &["runAsNonRoot"], json!(true), "true".into()));
     }
-    if look(&["seccompProfile", "type"]).and_then(Value::as_str) == Some("Unconfined") {
-        let fix = Fix::Set(at(&["seccompProfile"]), json!({"type": "RuntimeDefault"}));
-        f.insecure(
+    if unconfined(&["seccompProfile", "type"]) {
+        wrong.push((
             Rule::Seccomp,
-            scope,
-            &field("seccompProfile.type"),
+            "seccompProfile.type",
             "is Unconfined",
-            fix,
-            format!("set {}=RuntimeDefault", field("seccompProfile.type")),
-        );
+            &["seccompProfile"],
+            runtime_default(),
+            "RuntimeDefault".into(),
+        ));
     }
-    if look(&["appArmorProfile", "type"]).and_then(Value::as_str) == Some("Unconfined") {
-        let fix = Fix::Set(at(&["appArmorProfile"]), json!({"type": "RuntimeDefault"}));
-        f.insecure(
+    if unconfined(&["appArmorProfile", "type"]) {
+        wrong.push((
             Rule::AppArmor,
-            scope,
-            &field("appArmorProfile.type"),
+            "appArmorProfile.type",
             "is Unconfined",
-            fix,
-            format!("set {}=RuntimeDefault", field("appArmorProfile.type")),
-        );
+            &["appArmorProfile"],
+            runtime_default(),
+            "RuntimeDefault".into(),
+        ));
     }
-    if let Some(selinux) = look(&["seLinuxOptions"]) {
-        let selinux_type = selinux.get("type").and_then(Value::as_str).unwrap_or("");
-        let sets_user_or_role = ["user", "role"].iter().any(|k| selinux.get(*k).and_then(Value::as_str).is_some_and(|v| !v.is_empty()));
-        if (!selinux_type.is_empty() && !ALLOWED_SELINUX_TYPES.contains(&selinux_type)) || sets_user_or_role {
-            let problem = if sets_user_or_role { "sets a user or role".to_owned() } else { format!("has type {selinux_type:?}") };
-            f.insecure(
-                Rule::SeLinux,
-                scope,
-                &field("seLinuxOptions"),
-                problem,
-                Fix::Remove(at(&["seLinuxOptions"])),
-                format!("removed {}", field("seLinuxOptions")),
-            );
-        }
+    for (rule, rel, problem, fix_rel, value, shown) in wrong.drain(..) {
+        f.insecure(rule, scope, &field(rel), problem, Fix::Set(at(fix_rel), value), format!("set {}={shown}", field(rel)));
+    }
+    if let Some(problem) = look(&["seLinuxOptions"]).and_then(selinux_problem) {
+        let fixed = format!("removed {}", field("seLinuxOptions"));
+        f.insecure(Rule::SeLinux, scope, &field("seLinuxOptions"), problem, Fix::Remove(at(&["seLinuxOptions"])), fixed);
     }
     if is_true(look(&["windowsOptions", "hostProcess"])) {
-        let fix = Fix::Set(at(&["windowsOptions", "hostProcess"]), json!(false));
-        f.insecure(
-            Rule::HostProcess,
-            scope,
-            &field("windowsOptions.hostProcess"),
-            "is true",
-            fix,
-            format!("set {}=false", field("windowsOptions.hostProcess")),
-        );
+        let (rel, fix) = ("windowsOptions.hostProcess", Fix::Set(at(&["windowsOptions", "hostProcess"]), json!(false)));
+        f.insecure(Rule::HostProcess, scope, &field(rel), "is true", fix, format!("set {}=false", field(rel)));
+    }
+}
+
+/// What is wrong with `seLinuxOptions`, if anything: a type outside the allowed ones, or a user or role.
+fn selinux_problem(selinux: &Value) -> Option<String> {
+    let selinux_type = selinux.get("type").and_then(Value::as_str).unwrap_or("");
+    let sets_user_or_role = ["user", "role"].iter().any(|k| selinux.get(*k).and_then(Value::as_str).is_some_and(|v| !v.is_empty()));
+    if sets_user_or_role {
+        Some("sets a user or role".to_owned())
+    } else if !selinux_type.is_empty() && !ALLOWED_SELINUX_TYPES.contains(&selinux_type) {
+        Some(format!("has type {selinux_type:?}"))
+    } else {
+        None
     }
 }
 

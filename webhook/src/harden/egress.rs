@@ -82,73 +82,18 @@ pub(super) fn hostnames(policy: &Policy, doc: &Value, f: &mut Findings, notes: &
     if templates.is_empty() {
         return Vec::new();
     }
-    let apps: Vec<(String, &Value)> = match get(doc, &path!["spec", "containers"]) {
-        Some(Value::Array(items)) => items
-            .iter()
-            .filter_map(|c| {
-                let name = c.get("name").and_then(Value::as_str).unwrap_or("");
-                (!TOLLGATE_CONTAINERS.contains(&name)).then(|| (format!("container {name:?}"), c))
-            })
-            .collect(),
-        _ => Vec::new(),
-    };
-    let labels = get(doc, &path!["metadata", "labels"]).and_then(Value::as_object);
+    let pod = PodValues { apps: app_containers(doc), labels: get(doc, &path!["metadata", "labels"]).and_then(Value::as_object) };
     let mut names: Vec<String> = Vec::new();
     let mut blamed: Vec<Source> = Vec::new();
     let mut too_many = false;
-    'templates: for (index, template) in templates.iter().enumerate() {
+    for (index, template) in templates.iter().enumerate() {
         // Checked when the policy was loaded.
         let Ok(parts) = parse_hostname_template(template) else { continue };
         let field = format!("proxy.egressHostnames[{index}] ({template:?})");
-        // Every rendering so far, with the sources of its values.
-        let mut partial: Vec<(String, Vec<Source>)> = vec![(String::new(), Vec::new())];
-        for part in &parts {
-            let choices: Vec<(String, Vec<Source>)> = match part {
-                HostnamePart::Literal(text) => vec![(text.clone(), Vec::new())],
-                HostnamePart::Env(var) => {
-                    let (values, set_by_value_from) = env_values(&apps, var, &field, f);
-                    if values.is_empty() {
-                        if !set_by_value_from {
-                            notes.push(format!("policy {field} renders no name: no app container sets env {var}"));
-                        }
-                        continue 'templates;
-                    }
-                    values
-                }
-                HostnamePart::Label(key) => match labels.and_then(|l| l.get(key)).and_then(Value::as_str) {
-                    Some(value) => vec![(value.to_owned(), vec![("pod".to_owned(), format!("metadata.labels[{key}]"))])],
-                    None => {
-                        notes.push(format!("policy {field} renders no name: the pod has no label {key}"));
-                        continue 'templates;
-                    }
-                },
-            };
-            let mut next = Vec::with_capacity(partial.len() * choices.len());
-            'product: for (text, sources) in &partial {
-                for (value, from) in &choices {
-                    if next.len() > MAX_EGRESS_HOSTNAMES {
-                        too_many = true;
-                        break 'product;
-                    }
-                    let mut sources = sources.clone();
-                    sources.extend(from.iter().cloned());
-                    next.push((format!("{text}{value}"), sources));
-                }
-            }
-            partial = next;
-        }
-        for (name, sources) in partial {
+        let Some(rendered) = render_template(&parts, &pod, &field, f, notes, &mut too_many) else { continue };
+        for (name, sources) in rendered {
             if !is_dns1123_subdomain(&name) {
-                for (scope, source) in sources {
-                    if blamed.contains(&(scope.clone(), source.clone())) {
-                        continue;
-                    }
-                    let problem = format!(
-                        "makes {name:?} of policy {field}, which is not a DNS-1123 subdomain (lowercase letters, digits and '-' in dot-separated labels, each alphanumeric at both ends, at most 253 characters)"
-                    );
-                    f.refused(Rule::EgressHostname, &scope, source.clone(), problem);
-                    blamed.push((scope, source));
-                }
+                blame(&name, &field, sources, &mut blamed, f);
             } else if !names.contains(&name) {
                 names.push(name);
             }
@@ -163,6 +108,90 @@ pub(super) fn hostnames(policy: &Policy, doc: &Value, f: &mut Findings, notes: &
         );
     }
     names
+}
+
+/// What a template's placeholders read: the app containers (scope, container) and the pod's labels.
+struct PodValues<'d> {
+    apps: Vec<(String, &'d Value)>,
+    labels: Option<&'d serde_json::Map<String, Value>>,
+}
+
+/// The pod's containers but tollgate's own, each with its scope.
+fn app_containers(doc: &Value) -> Vec<(String, &Value)> {
+    match get(doc, &path!["spec", "containers"]) {
+        Some(Value::Array(items)) => items
+            .iter()
+            .filter_map(|c| {
+                let name = c.get("name").and_then(Value::as_str).unwrap_or("");
+                (!TOLLGATE_CONTAINERS.contains(&name)).then(|| (format!("container {name:?}"), c))
+            })
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// Every rendering of one template (`field` names it), with the sources of its values: one per combination of
+/// the placeholders' values, stopping past [`MAX_EGRESS_HOSTNAMES`] (`too_many`). None, with a note, when a
+/// placeholder has no value in this pod.
+fn render_template(
+    parts: &[HostnamePart],
+    pod: &PodValues,
+    field: &str,
+    f: &mut Findings,
+    notes: &mut Vec<String>,
+    too_many: &mut bool,
+) -> Option<Vec<(String, Vec<Source>)>> {
+    let mut partial: Vec<(String, Vec<Source>)> = vec![(String::new(), Vec::new())];
+    for part in parts {
+        let choices: Vec<(String, Vec<Source>)> = match part {
+            HostnamePart::Literal(text) => vec![(text.clone(), Vec::new())],
+            HostnamePart::Env(var) => {
+                let (values, set_by_value_from) = env_values(&pod.apps, var, field, f);
+                if values.is_empty() {
+                    if !set_by_value_from {
+                        notes.push(format!("policy {field} renders no name: no app container sets env {var}"));
+                    }
+                    return None;
+                }
+                values
+            }
+            HostnamePart::Label(key) => match pod.labels.and_then(|l| l.get(key)).and_then(Value::as_str) {
+                Some(value) => vec![(value.to_owned(), vec![("pod".to_owned(), format!("metadata.labels[{key}]"))])],
+                None => {
+                    notes.push(format!("policy {field} renders no name: the pod has no label {key}"));
+                    return None;
+                }
+            },
+        };
+        let mut next = Vec::with_capacity(partial.len() * choices.len());
+        'product: for (text, sources) in &partial {
+            for (value, from) in &choices {
+                if next.len() > MAX_EGRESS_HOSTNAMES {
+                    *too_many = true;
+                    break 'product;
+                }
+                let mut sources = sources.clone();
+                sources.extend(from.iter().cloned());
+                next.push((format!("{text}{value}"), sources));
+            }
+        }
+        partial = next;
+    }
+    Some(partial)
+}
+
+/// `name`, not a DNS-1123 subdomain: refused once per field that gave it a value (`blamed`: those refused already).
+fn blame(name: &str, field: &str, sources: Vec<Source>, blamed: &mut Vec<Source>, f: &mut Findings) {
+    for (scope, source) in sources {
+        if blamed.contains(&(scope.clone(), source.clone())) {
+            continue;
+        }
+        let problem = format!(
+            "makes {name:?} of policy {field}, which is not a DNS-1123 subdomain (lowercase letters, digits and '-' in dot-separated labels, each alphanumeric at both ends, at most 253 characters)"
+        );
+        f.refused(Rule::EgressHostname, &scope, source.clone(), problem);
+        blamed.push((scope, source));
+    }
 }
 
 /// The distinct literal values of env `var` in the app containers, with the containers that set each, and
