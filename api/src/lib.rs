@@ -14,6 +14,7 @@ pub mod policy;
 pub mod proxy;
 #[cfg(feature = "policy")]
 pub mod quantity;
+#[cfg(feature = "policy")]
 pub mod strict;
 #[cfg(feature = "policy")]
 pub mod units;

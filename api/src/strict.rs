@@ -2,24 +2,17 @@
 //!
 //! serde's derived structs also accept a sequence of their fields in order, and `serde_json`'s value
 //! deserializer offers one when asked for a struct, so `routes: [[...]]` or `security: [1000]` would be read
-//! as a struct's fields by position: a file an admin never meant, accepted silently. [`from_value`] reads
-//! through a wrapper that refuses that and is otherwise `serde_json`'s value deserializer; [`deserialize`]
-//! (feature `policy`) adds the failing field's path (`serde_path_to_error`).
+//! as a struct's fields by position: a file an admin never meant, accepted silently. [`deserialize`] reads
+//! through a wrapper that refuses that and is otherwise `serde_json`'s value deserializer, with the failing
+//! field's path (`serde_path_to_error`).
 
-use serde::Deserialize;
 use serde::de::value::{MapAccessDeserializer, MapDeserializer, SeqDeserializer};
-use serde::de::{self, IntoDeserializer, Unexpected, Visitor};
+use serde::de::{self, DeserializeOwned, IntoDeserializer, Unexpected, Visitor};
 use serde::forward_to_deserialize_any;
 use serde_json::{Error, Value};
 
-/// `value` as a `T`, refusing a sequence where a struct is expected.
-pub fn from_value<'v, T: Deserialize<'v>>(value: &'v Value) -> Result<T, Error> {
-    T::deserialize(Strict(value))
-}
-
-/// [`from_value`], the error carrying the field's path.
-#[cfg(feature = "policy")]
-pub fn deserialize<T: de::DeserializeOwned>(value: &Value) -> Result<T, serde_path_to_error::Error<Error>> {
+/// `value` as a `T`, refusing a sequence where a struct is expected; the error carries the field's path.
+pub fn deserialize<T: DeserializeOwned>(value: &Value) -> Result<T, serde_path_to_error::Error<Error>> {
     serde_path_to_error::deserialize(Strict(value))
 }
 
@@ -117,8 +110,7 @@ impl<'de> de::Deserializer<'de> for Strict<'de> {
     }
 }
 
-// The path in every message comes from `deserialize` (feature `policy`).
-#[cfg(all(test, feature = "policy"))]
+#[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
 
@@ -183,13 +175,6 @@ mod tests {
             assert!(Outer::deserialize(&value).is_ok(), "serde_json alone accepts {value}");
             assert_eq!(error(value), expected);
         }
-    }
-
-    #[test]
-    fn from_value_refuses_alike_without_the_path() {
-        let e = from_value::<Outer>(&json!({"inner": {"port": 80}, "list": [[1]]})).unwrap_err();
-        assert_eq!(e.to_string(), "invalid type: sequence, expected struct Inner");
-        assert_eq!(from_value::<Outer>(&json!({"inner": {"port": 80}})).unwrap().inner.port, 80);
     }
 
     #[test]
