@@ -330,6 +330,17 @@ mod tests {
         }
     }
 
+    /// The fields the plugin does not read are skipped unread, so bytes that are not UTF-8 in one of them (the
+    /// network's own `type`, here) do not fail DEL, which must succeed whenever there is nothing to remove.
+    /// Found by fuzzing (fuzz/corpus/cni/del-invalid-utf8-in-unread-field) when the configuration was read
+    /// through a JSON value first, which checks every string.
+    #[test]
+    fn bytes_that_are_not_utf8_in_a_field_not_read_do_not_fail_del() {
+        let env = Environment { command: Command::Del, netns: None, pod: None };
+        let stdin = [&br#"{"cniVersion": "1.0.0", "type": "bridge-"#[..], &[0xff, 0xfe], br#"", "runtimeConfig": {}}"#].concat();
+        assert_eq!(run(&env, &stdin, &mut Listed(Vec::new())).unwrap(), None);
+    }
+
     /// The kernel side stood in for, to reach the decisions a real namespace makes hard to provoke.
     struct Listed(Vec<crate::nft::Installed>);
 
